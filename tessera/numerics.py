@@ -1,0 +1,105 @@
+"""Integer arithmetic shared bit-for-bit by the compiler, the emulator and the RTL.
+
+``docs/numerics.md`` is the prose version of this module; the rounding rule is
+:func:`round_shift` and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["MAX_SHIFT", "round_shift", "wrap32", "requantize", "quantize_multiplier",
+           "pack_weights", "unpack_weights", "weight_range"]
+
+#: Shift amounts are 6-bit fields; values above this behave as this.
+MAX_SHIFT = 62
+
+
+def round_shift(x, s):
+    """``x / 2**s`` rounded to the nearest integer, ties to even (int64, vectorized).
+
+    ``x`` must satisfy ``|x| < 2**62``; ``s`` is taken modulo 64 and then
+    limited to :data:`MAX_SHIFT`; ``s == 0`` returns ``x`` unchanged.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    s = np.minimum(np.asarray(s, dtype=np.int64) & 63, MAX_SHIFT)
+    q = x >> s
+    rem = x - (q << s)
+    half = (np.int64(1) << s) >> 1
+    up = (rem > half) | ((rem == half) & (s > 0) & ((q & 1) == 1))
+    return q + up.astype(np.int64)
+
+
+def wrap32(x):
+    """Two's-complement wrap to int32 (as int64)."""
+    x = np.asarray(x, dtype=np.int64)
+    return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
+def requantize(acc, bias, mult, shift, zp_out, lo=-128, hi=127):
+    """``clamp(round_shift(wrap32(acc + bias) * mult, shift) + zp_out, lo, hi)`` as int64."""
+    v = wrap32(np.asarray(acc, np.int64) + np.asarray(bias, np.int64))
+    q = round_shift(v * np.asarray(mult, np.int64), shift)
+    return np.minimum(np.maximum(q + zp_out, lo), hi)
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """Fixed-point ``(mult, shift)`` with ``mult * 2**-shift ≈ real``.
+
+    ``mult`` is normalized into ``[2**30, 2**31)`` (31 significant bits) where
+    the shift range allows; ``shift`` is in ``0..MAX_SHIFT``.
+    """
+    if not math.isfinite(real) or real < 0:
+        raise ValueError(f"requantization scale {real!r} must be finite and non-negative")
+    if real == 0:
+        return 0, 0
+    m, e = math.frexp(real)          # real = m * 2**e, m in [0.5, 1)
+    shift = 31 - e
+    if shift > MAX_SHIFT:
+        mult = round(real * 2.0 ** MAX_SHIFT)
+        return int(mult), MAX_SHIFT
+    if shift < 0:
+        raise ValueError(f"requantization scale {real!r} is too large (at most 2**31)")
+    mult = round(m * (1 << 31))
+    if mult == 1 << 31:
+        mult >>= 1
+        shift -= 1
+    return int(mult), int(shift)
+
+
+def weight_range(bits: int) -> tuple[int, int]:
+    """Signed range of a ``bits``-wide weight."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def pack_weights(w: np.ndarray, bits: int) -> bytes:
+    """Pack signed weights (any shape, C order) densely, ``bits`` each, little-endian.
+
+    Element ``i`` occupies bits ``i*bits .. i*bits+bits-1`` of the byte string.
+    """
+    w = np.asarray(w).reshape(-1).astype(np.int64)
+    lo, hi = weight_range(bits)
+    if w.size and (w.min() < lo or w.max() > hi):
+        raise ValueError(f"weights outside the {bits}-bit range {lo}..{hi}")
+    if bits == 8:
+        return w.astype(np.int8).tobytes()
+    per = 8 // bits
+    if w.size % per:
+        raise ValueError(f"{w.size} weights do not fill whole bytes at {bits} bits")
+    u = (w & ((1 << bits) - 1)).astype(np.uint8).reshape(-1, per)
+    shifts = (np.arange(per, dtype=np.uint8) * bits)
+    return np.bitwise_or.reduce(u << shifts, axis=1).astype(np.uint8).tobytes()
+
+
+def unpack_weights(raw, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_weights`: a flat int8 array of sign-extended weights."""
+    b = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray, memoryview)) else np.asarray(raw, np.uint8)
+    if bits == 8:
+        return b.view(np.int8).copy()
+    per = 8 // bits
+    shifts = (np.arange(per, dtype=np.uint8) * bits)
+    u = (b[:, None] >> shifts) & ((1 << bits) - 1)
+    s = u.astype(np.int8).reshape(-1)
+    return np.where(s >= 1 << (bits - 1), s - (1 << bits), s).astype(np.int8)

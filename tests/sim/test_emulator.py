@@ -1,0 +1,333 @@
+"""Every emulator instruction against plain numpy (tessera.sim.reference), plus faults and tokens."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tessera.isa import Buffer, ErrorCode, Instruction, encode, encode_program
+from tessera.numerics import pack_weights
+from tessera.sim import reference as ref
+from tessera.sim.emulator import Emulator, HazardError, NpuError
+
+from ..conftest import SMALL
+
+PROG = 0x0
+DATA = 0x8000
+
+
+def run(cfg, instrs, writes=(), buffers=None, check_hazards=True):
+    """Run `instrs` (END appended) on a fresh emulator; `buffers` pre-fills on-chip memories."""
+    emu = Emulator(cfg, check_hazards=check_hazards)
+    emu.write(PROG, encode_program(list(instrs) + [Instruction("end")]))
+    for addr, data in writes:
+        emu.write(addr, data)
+    for buf, (addr, words) in (buffers or {}).items():
+        emu.buffers[buf][addr:addr + len(words)] = words
+    emu.run(PROG)
+    return emu
+
+
+def conv_case(cfg, rng, *, in_h, in_w, in_cb, k, stride, dil, pad, ob, out_h=None, out_w=None):
+    """Random operands for one CONV; returns (instruction, act words, weight blocks, expected acc words)."""
+    N, M = cfg.lanes, cfg.rows
+    kh, kw = k
+    (sh, sw), (dh, dw), (pt, pl) = stride, dil, pad
+    full_h = (in_h + 2 * pt - dh * (kh - 1) - 1) // sh + 1
+    full_w = (in_w + 2 * pl - dw * (kw - 1) - 1) // sw + 1
+    out_h, out_w = out_h or full_h, out_w or full_w
+    lo, hi = -(1 << (cfg.weight_bits - 1)), (1 << (cfg.weight_bits - 1)) - 1
+    x = rng.integers(-128, 128, size=(in_h, in_w, in_cb * N))
+    w = rng.integers(lo, hi + 1, size=(ob * M, in_cb * N, kh, kw))
+    pad_value = int(rng.integers(-128, 128))
+    # Reference: explicit pad_value padding (enough on every side for the requested output), no implicit padding.
+    need_h = (out_h - 1) * sh + (kh - 1) * dh + 1
+    need_w = (out_w - 1) * sw + (kw - 1) * dw + 1
+    xp = np.full((in_cb * N, max(need_h, pt + in_h), max(need_w, pl + in_w)), pad_value, dtype=np.int64)
+    xp[:, pt:pt + in_h, pl:pl + in_w] = x.transpose(2, 0, 1)
+    acc = ref.conv2d(xp, w, stride=(sh, sw), dilation=(dh, dw))[:, :out_h, :out_w]
+    expected = acc.reshape(ob, M, out_h * out_w).transpose(0, 2, 1).reshape(ob * out_h * out_w, M)
+    blocks = w.reshape(ob, M, in_cb, N, kh, kw).transpose(0, 4, 5, 2, 1, 3)  # [ob][ky][kx][cb][m][n]
+    ins = Instruction("conv", in_addr=0, in_h=in_h, in_w=in_w, in_cb=in_cb, out_h=out_h, out_w=out_w,
+                      k_h=kh, k_w=kw, stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw, pad_t=pt, pad_l=pl,
+                      pad_value=pad_value, w_addr=0, acc_addr=0, ob_count=ob)
+    return ins, x.reshape(-1, N), blocks.reshape(-1, M, N), expected
+
+
+def conv_through_dma(cfg, ins, act_words, blocks):
+    """The CONV's operands go in through LOAD, so DMA and weight packing are exercised too."""
+    wbytes = pack_weights(blocks, cfg.weight_bits)
+    abytes = act_words.astype(np.int8).tobytes()
+    waddr = DATA + ((len(abytes) + 255) // 256) * 256
+    loads = [
+        Instruction("load", buf="act", dram_addr=DATA, buf_addr=0, rows=1, cols=len(act_words)),
+        Instruction("load", buf="wgt", dram_addr=waddr, buf_addr=0, rows=1, cols=len(blocks), signal=["compute"]),
+        ins.replace(wait=["load"]),
+    ]
+    return run(cfg, loads, writes=[(DATA, abytes), (waddr, wbytes)])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_conv_matches_numpy_with_strides_dilation_and_padding(any_config, data):
+    cfg = any_config
+    k = data.draw(st.tuples(st.integers(1, 7), st.integers(1, 7)))
+    stride = data.draw(st.tuples(st.integers(1, 4), st.integers(1, 4)))
+    dil = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    pad = data.draw(st.tuples(st.integers(0, k[0] - 1), st.integers(0, k[1] - 1)))
+    min_h = max(1, dil[0] * (k[0] - 1) + 1 - 2 * pad[0])
+    min_w = max(1, dil[1] * (k[1] - 1) + 1 - 2 * pad[1])
+    in_h = data.draw(st.integers(min_h, min_h + 6))
+    in_w = data.draw(st.integers(min_w, min_w + 6))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    ins, act, blocks, expected = conv_case(cfg, rng, in_h=in_h, in_w=in_w, in_cb=data.draw(st.integers(1, 3)),
+                                           k=k, stride=stride, dil=dil, pad=pad, ob=data.draw(st.integers(1, 2)))
+    emu = conv_through_dma(cfg, ins, act, blocks)
+    got = emu.buffers[Buffer.ACC][:len(expected)]
+    np.testing.assert_array_equal(got, expected)
+    assert emu.stats.macs == len(expected) * ins.k_h * ins.k_w * ins.in_cb * cfg.rows * cfg.lanes
+
+
+def test_conv_output_tile_smaller_than_full_output(small_config):
+    # A tile computes only the rows it is asked for; the compiler splits layers this way.
+    rng = np.random.default_rng(3)
+    ins, act, blocks, expected = conv_case(small_config, rng, in_h=9, in_w=7, in_cb=2, k=(3, 3), stride=(2, 1),
+                                           dil=(1, 1), pad=(1, 1), ob=2, out_h=2, out_w=5)
+    emu = conv_through_dma(small_config, ins, act, blocks)
+    np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:len(expected)], expected)
+
+
+def test_conv_accumulate_adds_and_wraps_int32(small_config):
+    cfg = small_config
+    rng = np.random.default_rng(4)
+    ins, act, blocks, expected = conv_case(cfg, rng, in_h=4, in_w=4, in_cb=1, k=(1, 1), stride=(1, 1),
+                                           dil=(1, 1), pad=(0, 0), ob=1)
+    # Accumulators near the int32 limits must wrap, as the hardware's 32-bit adders do.
+    start = rng.choice([2**31 - 5, -(2**31) + 5, 7], size=expected.shape).astype(np.int32)
+    emu = Emulator(cfg, check_hazards=True)
+    emu.buffers[Buffer.ACC][:len(start)] = start
+    emu.buffers[Buffer.ACT][:len(act)] = act
+    emu.buffers[Buffer.WGT][:len(blocks)] = blocks
+    emu.write(PROG, encode_program([ins.replace(accumulate=1), Instruction("end")]))
+    emu.run(PROG)
+    want = (start.astype(np.int64) + expected + 2**31) % 2**32 - 2**31
+    np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:len(start)], want)
+
+
+def _params(rng, m, extremes=False):
+    bias = rng.integers(-(2**31), 2**31, size=m) if extremes else rng.integers(-5000, 5000, size=m)
+    mult = rng.integers(0, 2**31, size=m)
+    shift = rng.choice([0, 1, 31, 40, 62, 63], size=m) if extremes else rng.integers(30, 45, size=m)
+    return np.stack([bias, mult, shift], axis=-1).astype(np.int32)
+
+
+@pytest.mark.parametrize("extremes", [False, True])
+def test_epilogue_requantization_matches_reference(small_config, extremes):
+    cfg = small_config
+    M, N, k = cfg.rows, cfg.lanes, cfg.words_per_block
+    rng = np.random.default_rng(5 + extremes)
+    ob, P = 2, 6
+    acc = rng.integers(-(2**31), 2**31, size=(ob * P, M)) if extremes else rng.integers(-(2**20), 2**20, size=(ob * P, M))
+    params = np.stack([_params(rng, M, extremes) for _ in range(ob)])
+    zp_out, lo, hi = int(rng.integers(-20, 20)), -128, 127
+    out_stride = ob * k + 1  # a gap word per pixel must stay untouched
+    emu = run(cfg, [Instruction("epilogue", acc_addr=0, pixels=P, ob_count=ob, param_addr=0, out_addr=10,
+                                out_stride=out_stride, zp_out=zp_out, out_min=lo, out_max=hi)],
+              buffers={Buffer.ACC: (0, acc), Buffer.PARAM: (0, params)})
+    act = emu.buffers[Buffer.ACT]
+    for b in range(ob):
+        want = ref.requantize(acc[b * P:(b + 1) * P], params[b, :, 0], params[b, :, 1], params[b, :, 2], zp_out, lo, hi)
+        for p in range(P):
+            got = act[10 + p * out_stride + b * k:10 + p * out_stride + (b + 1) * k].reshape(-1)
+            assert got.tolist() == want[p].tolist(), (b, p)
+    assert not act[10 + np.arange(P) * out_stride + ob * k].any()
+
+
+def test_epilogue_relu_and_clip_bounds(small_config):
+    cfg = small_config
+    acc = np.arange(-8, 8).reshape(2, 8) * 1000
+    params = np.tile(np.array([0, 2**30, 31], dtype=np.int32), (cfg.rows, 1))[None]  # ×0.5
+    emu = run(cfg, [Instruction("epilogue", acc_addr=0, pixels=2, ob_count=1, param_addr=0, out_addr=0,
+                                out_stride=2, zp_out=-10, out_min=-10, out_max=60)],
+              buffers={Buffer.ACC: (0, acc), Buffer.PARAM: (0, params)})
+    y = emu.buffers[Buffer.ACT][:4].reshape(2, 8).astype(int)
+    assert y.tolist() == np.clip(acc // 2 - 10, -10, 60).tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_epilogue_residual_add_matches_reference(small_config, seed):
+    cfg = small_config
+    M, N, k = cfg.rows, cfg.lanes, cfg.words_per_block
+    rng = np.random.default_rng(seed)
+    ob, P = 2, 5
+    acc = rng.integers(-(2**18), 2**18, size=(ob * P, M))
+    params = np.stack([_params(rng, M) for _ in range(ob)])
+    res_stride = ob * k
+    r = rng.integers(-128, 128, size=(P * res_stride, N))
+    zp_mid, zp_res, zp_out = (int(v) for v in rng.integers(-128, 128, size=3))
+    # seed 3 saturates: huge multipliers push the sum past int8 on both sides.
+    ma, mb = (2**30, 2**30) if seed == 3 else (int(rng.integers(2**29, 2**31)), int(rng.integers(2**29, 2**31)))
+    rs = 24 if seed == 3 else int(rng.integers(30, 33))
+    lo = max(zp_out, -128) if seed % 2 else -128
+    emu = run(cfg, [Instruction("epilogue", acc_addr=0, pixels=P, ob_count=ob, param_addr=0, out_addr=200,
+                                out_stride=res_stride, zp_out=zp_out, out_min=lo, out_max=127, residual=1,
+                                res_addr=100, res_stride=res_stride, zp_mid=zp_mid, zp_res=zp_res,
+                                res_mult_a=ma, res_mult_b=mb, res_shift=rs)],
+              buffers={Buffer.ACC: (0, acc), Buffer.PARAM: (0, params), Buffer.ACT: (100, r)})
+    act = emu.buffers[Buffer.ACT]
+    for b in range(ob):
+        a = ref.requantize(acc[b * P:(b + 1) * P], params[b, :, 0], params[b, :, 1], params[b, :, 2], zp_mid)
+        for p in range(P):
+            rr = r[p * res_stride + b * k:p * res_stride + (b + 1) * k].reshape(-1).astype(int)
+            want = [min(max(ref.round_half_even_shift((int(a[p, m]) - zp_mid) * ma + (int(rr[m]) - zp_res) * mb, rs)
+                            + zp_out, lo), 127) for m in range(M)]
+            got = act[200 + p * res_stride + b * k:200 + p * res_stride + (b + 1) * k].reshape(-1)
+            assert got.tolist() == want, (b, p)
+    if seed == 3:
+        got = act[200:200 + P * res_stride].reshape(-1)
+        assert (got == 127).any() and (got == lo).any()
+
+
+@pytest.mark.parametrize("k, stride, pad, hw", [((3, 3), (2, 2), (1, 1), (7, 6)), ((2, 2), (2, 2), (0, 0), (6, 6)),
+                                                ((3, 2), (1, 3), (2, 1), (5, 8)), ((7, 7), (1, 1), (0, 0), (7, 7))])
+def test_pool_max_matches_numpy_at_borders(small_config, k, stride, pad, hw):
+    cfg = small_config
+    rng = np.random.default_rng(11)
+    cb, (H, W) = 2, hw
+    x = rng.integers(-128, 128, size=(H, W, cb * cfg.lanes))
+    want = ref.maxpool(x.transpose(2, 0, 1), k, stride, pad)
+    OH, OW = want.shape[1:]
+    emu = run(cfg, [Instruction("pool", mode="max", in_addr=0, in_h=H, in_w=W, cb=cb, out_addr=500, out_h=OH,
+                                out_w=OW, k_h=k[0], k_w=k[1], stride_h=stride[0], stride_w=stride[1],
+                                pad_t=pad[0], pad_l=pad[1])],
+              buffers={Buffer.ACT: (0, x.reshape(-1, cfg.lanes))})
+    got = emu.buffers[Buffer.ACT][500:500 + OH * OW * cb].reshape(OH, OW, -1).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("k, stride, pad, hw", [((7, 7), (1, 1), (0, 0), (7, 7)), ((3, 3), (2, 2), (1, 1), (6, 5)),
+                                                ((2, 2), (2, 2), (0, 0), (4, 6))])
+def test_pool_avg_requantizes_like_reference(small_config, k, stride, pad, hw):
+    cfg = small_config
+    rng = np.random.default_rng(12)
+    cb, (H, W) = 1, hw
+    zp_in, zp_out = -7, 5
+    x = rng.integers(-128, 128, size=(H, W, cb * cfg.lanes))
+    sums = ref.avgpool_sum(x.transpose(2, 0, 1) - zp_in, k, stride, pad)
+    mult, shift = 1_718_986_918, 35  # about 1/(k*k) * 0.9 for 3x3
+    want = np.clip([[[ref.round_half_even_shift(int(s) * mult, shift) + zp_out for s in row] for row in ch]
+                    for ch in sums], -128, 127)
+    OH, OW = sums.shape[1:]
+    emu = run(cfg, [Instruction("pool", mode="avg", in_addr=0, in_h=H, in_w=W, cb=cb, out_addr=500, out_h=OH,
+                                out_w=OW, k_h=k[0], k_w=k[1], stride_h=stride[0], stride_w=stride[1],
+                                pad_t=pad[0], pad_l=pad[1], zp_in=zp_in, zp_out=zp_out, mult=mult, shift=shift)],
+              buffers={Buffer.ACT: (0, x.reshape(-1, cfg.lanes))})
+    got = emu.buffers[Buffer.ACT][500:500 + OH * OW * cb].reshape(OH, OW, -1).transpose(2, 0, 1)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dma_2d_strided_load_and_store(small_config):
+    cfg = small_config
+    N = cfg.lanes
+    rng = np.random.default_rng(13)
+    src = rng.integers(0, 256, size=4096, dtype=np.uint8)
+    # Load 3 rows of 5 words with a 64-byte source stride into buffer rows 7 words apart, then store them back
+    # packed at another address: the result is the gathered sub-matrix.
+    emu = run(cfg, [
+        Instruction("load", buf="act", dram_addr=DATA + 32, dram_stride=64, buf_addr=3, buf_stride=7, rows=3, cols=5,
+                    signal=["store"]),
+        Instruction("store", wait=["load"], buf="act", dram_addr=DATA + 8192, dram_stride=5 * N, buf_addr=3,
+                    buf_stride=7, rows=3, cols=5),
+    ], writes=[(DATA, src.tobytes())])
+    want = np.stack([src[32 + r * 64:32 + r * 64 + 5 * N] for r in range(3)]).reshape(-1)
+    got = np.frombuffer(emu.read(DATA + 8192, 15 * N), dtype=np.uint8)
+    np.testing.assert_array_equal(got, want)
+    assert emu.stats.dram_read_bytes == emu.stats.dram_write_bytes == 15 * N
+
+
+def test_load_param_records(small_config):
+    cfg = small_config
+    params = np.random.default_rng(14).integers(-(2**31), 2**31, size=(2, cfg.rows, 3)).astype("<i4")
+    emu = run(cfg, [Instruction("load", buf="param", dram_addr=DATA, buf_addr=5, rows=1, cols=2)],
+              writes=[(DATA, params.tobytes())])
+    np.testing.assert_array_equal(emu.buffers[Buffer.PARAM][5:7], params)
+
+
+# ---- faults: every one stops with the error code the hardware reports ----------------------------------
+
+@pytest.mark.parametrize("ins, code, message", [
+    (Instruction("load", buf="act", dram_addr=DATA + 2, rows=1, cols=1), ErrorCode.MISALIGNED, "multiples of 4"),
+    (Instruction("load", buf="act", dram_addr=(1 << 20) - 4, rows=1, cols=2), ErrorCode.DRAM_RANGE, "ends at"),
+    (Instruction("load", buf="act", dram_addr=DATA, buf_addr=4095, rows=1, cols=2), ErrorCode.BUFFER_RANGE, "4096"),
+    (Instruction("load", buf="acc", dram_addr=DATA, rows=1, cols=1), ErrorCode.BAD_FIELD, "not a DMA target"),
+    (Instruction("store", buf="wgt", dram_addr=DATA, rows=1, cols=1), ErrorCode.BAD_FIELD, "only act"),
+    (Instruction("conv", in_addr=4090, in_h=2, in_w=2, in_cb=2, out_h=1, out_w=1, k_h=1, k_w=1, stride_h=1,
+                 stride_w=1, dil_h=1, dil_w=1, ob_count=1), ErrorCode.BUFFER_RANGE, "conv input tile"),
+    (Instruction("pool", in_h=2, in_w=2, cb=1, out_addr=4095, out_h=2, out_w=2, k_h=1, k_w=1, stride_h=1,
+                 stride_w=1), ErrorCode.BUFFER_RANGE, "pool output"),
+    (Instruction("epilogue", acc_addr=1020, pixels=8, ob_count=1), ErrorCode.BUFFER_RANGE, "accumulators"),
+])
+def test_faults_stop_with_error_code(small_config, ins, code, message):
+    with pytest.raises(NpuError, match=message) as e:
+        run(small_config, [ins])
+    assert e.value.code == code and e.value.pc == 0
+
+
+def test_illegal_opcode_from_erased_memory(small_config):
+    emu = Emulator(small_config)
+    emu.write(0, encode_program([Instruction("sync", unit="load")]))  # no END: fetch runs into zeros
+    with pytest.raises(NpuError, match="illegal opcode 0") as e:
+        emu.run(0)
+    assert e.value.code == ErrorCode.ILLEGAL_OPCODE and e.value.pc == 32
+
+
+def test_zero_count_field_is_bad_field(small_config):
+    emu = Emulator(small_config)
+    emu.write(0, encode(Instruction("load", buf="act", rows=0, cols=1), check=False))
+    with pytest.raises(NpuError, match="rows: must not be zero") as e:
+        emu.run(0)
+    assert e.value.code == ErrorCode.BAD_FIELD
+
+
+def test_token_to_own_unit_is_bad_field(small_config):
+    with pytest.raises(NpuError, match="cannot wait for or signal its own unit") as e:
+        run(small_config, [Instruction("sync", unit="post", signal=["post"])])
+    assert e.value.code == ErrorCode.BAD_FIELD
+
+
+def test_missing_token_deadlocks_instead_of_hanging(small_config):
+    with pytest.raises(NpuError, match="deadlock: unit COMPUTE waits for tokens from LOAD") as e:
+        run(small_config, [Instruction("sync", unit="compute", wait=["load"])])
+    assert e.value.code == ErrorCode.DEADLOCK
+
+
+def test_full_token_queue_stalls_the_signaller(small_config):
+    # token_depth=4: a fifth signal with nobody consuming can never start.
+    prog = [Instruction("sync", unit="load", signal=["compute"])] * 5
+    with pytest.raises(NpuError, match="room to signal COMPUTE"):
+        run(small_config, prog)
+    run(small_config, prog[:4] + [Instruction("sync", unit="compute", wait=["load"])] * 4)
+
+
+def test_bounded_queues_deadlock_like_hardware(small_config):
+    # The compute instruction that would release LOAD sits behind five LOAD-queue entries that fetch
+    # cannot dispatch (queue_depth=4): the emulator must report the deadlock the hardware would have.
+    prog = ([Instruction("sync", unit="load", wait=["compute"])]
+            + [Instruction("sync", unit="load")] * 4
+            + [Instruction("sync", unit="compute", signal=["load"])])
+    with pytest.raises(NpuError, match="fetch is blocked"):
+        run(small_config, prog)
+    run(small_config, prog[:1] + prog[-1:] + prog[1:-1])
+
+
+def test_race_without_token_is_detected(small_config):
+    # The second LOAD overwrites the conv's input without waiting for the conv: a race on hardware.
+    conv = Instruction("conv", in_h=1, in_w=1, in_cb=1, out_h=1, out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1,
+                       dil_h=1, dil_w=1, ob_count=1, wait=["load"])
+    load = Instruction("load", buf="act", dram_addr=DATA, rows=1, cols=1)
+    racy = [load.replace(signal=["compute"]), conv, load]
+    with pytest.raises(HazardError, match="ACT buffer word 0"):
+        run(small_config, racy)
+    run(small_config, racy, check_hazards=False)  # the emulator alone would not notice
+    safe = [load.replace(signal=["compute"]), conv.replace(signal=["load"]), load.replace(wait=["compute"])]
+    run(small_config, safe)

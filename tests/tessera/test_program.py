@@ -1,0 +1,124 @@
+import hashlib
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from tessera.arch import PRESETS
+from tessera.isa import INSTR_BYTES
+from tessera.program import FORMAT_VERSION, MAGIC, Program, ProgramError, TensorInfo
+from tessera.sim.handwritten import conv_relu_pool
+
+
+@pytest.fixture
+def program():
+    return conv_relu_pool(PRESETS["sim"])[0]
+
+
+def _reseal(body: bytes) -> bytes:
+    return body + hashlib.sha256(body).digest()
+
+
+def _split(data: bytes):
+    _, _, hlen = struct.unpack_from("<8sII", data)
+    header = json.loads(data[16:16 + hlen])
+    return header, data[16 + hlen:-32]
+
+
+def _rebuild(header: dict, payload: bytes, version=FORMAT_VERSION) -> bytes:
+    h = json.dumps(header).encode()
+    return _reseal(struct.pack("<8sII", MAGIC, version, len(h)) + h + payload)
+
+
+def test_program_round_trip(program, tmp_path):
+    path = tmp_path / "p.tsp"
+    program.save(path)
+    back = Program.load(path)
+    assert back.instructions == program.instructions
+    assert back.constants == program.constants
+    assert back.config == program.config
+    assert back.inputs == program.inputs and back.outputs == program.outputs
+    assert back.meta == program.meta
+
+
+def test_program_rejects_flipped_byte(program):
+    data = bytearray(program.to_bytes())
+    data[len(data) // 2] ^= 0x40
+    with pytest.raises(ProgramError, match="checksum mismatch"):
+        Program.from_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("keep", [0, 10, 100, -1])
+def test_program_rejects_truncation(program, keep):
+    data = program.to_bytes()
+    with pytest.raises(ProgramError, match="truncated|checksum"):
+        Program.from_bytes(data[:keep] if keep >= 0 else data[:-1])
+
+
+def test_program_rejects_other_files(program):
+    with pytest.raises(ProgramError, match="not a Tessera program"):
+        Program.from_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+
+
+def test_program_rejects_future_version(program):
+    header, payload = _split(program.to_bytes())
+    with pytest.raises(ProgramError, match="format version 99 is not supported"):
+        Program.from_bytes(_rebuild(header, payload, version=99))
+
+
+def test_program_rejects_edited_config(program):
+    header, payload = _split(program.to_bytes())
+    header["config"]["rows"] = 32
+    with pytest.raises(ProgramError, match="config hash .* does not match"):
+        Program.from_bytes(_rebuild(header, payload))
+
+
+def test_program_rejects_illegal_instruction_with_valid_checksum(program):
+    header, payload = _split(program.to_bytes())
+    payload = bytearray(payload)
+    payload[3 * INSTR_BYTES] = 0x0F  # opcode 15 does not exist
+    with pytest.raises(ProgramError, match="instruction 3: illegal opcode 15"):
+        Program.from_bytes(_rebuild(header, bytes(payload)))
+
+
+def test_program_rejects_section_outside_payload(program):
+    header, payload = _split(program.to_bytes())
+    header["sections"]["constants"][1] += 1
+    with pytest.raises(ProgramError, match="section 'constants'"):
+        Program.from_bytes(_rebuild(header, payload))
+
+
+def test_program_rejects_missing_header_field(program):
+    header, payload = _split(program.to_bytes())
+    del header["prog_addr"]
+    with pytest.raises(ProgramError, match="lacks field 'prog_addr'"):
+        Program.from_bytes(_rebuild(header, payload))
+
+
+def test_program_check_config_names_both_configs(program):
+    with pytest.raises(ProgramError, match="built for config 'sim'.*NPU is 'arria10'"):
+        program.check_config(PRESETS["arria10"])
+    program.check_config(PRESETS["sim"].replace(name="same-hardware"))
+
+
+def test_load_names_unreadable_file(tmp_path):
+    with pytest.raises(ProgramError, match="cannot read"):
+        Program.load(tmp_path / "missing.tsp")
+
+
+@pytest.mark.parametrize("layout, shape", [("NCHW", [1, 3, 2, 5]), ("NHWC", [1, 2, 5, 3]), ("NC", [1, 3])])
+def test_tensor_info_quantize_dequantize_round_trip(layout, shape):
+    h, w = (1, 1) if layout == "NC" else (2, 5)
+    t = TensorInfo("x", shape, layout, 0, h, w, 3, 16, 0.1, -3)
+    q = np.random.default_rng(0).integers(-128, 128, size=shape)
+    x = (q + 3) * 0.1
+    img = t.quantize(x)
+    assert img.shape == (h, w, 16) and (img[:, :, 3:] == -3).all()
+    np.testing.assert_array_equal(np.rint(t.dequantize(img) / np.float32(0.1)) - 3, q)
+
+
+def test_tensor_info_quantize_rejects_wrong_shape():
+    t = TensorInfo("x", [1, 3, 2, 2], "NCHW", 0, 2, 2, 3, 16, 0.1, 0)
+    with pytest.raises(ValueError, match=r"input 'x' has shape \[1, 3, 2\]"):
+        t.quantize(np.zeros((1, 3, 2)))

@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import numpy as np
-
-from tessera.arch import PRESETS
 from tessera.sim import reference as ref
 from tessera.sim.handwritten import conv_relu_pool
+
+from tessera.arch import PRESETS
 
 out = pathlib.Path("build/demo")
 out.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tessera.arch import NpuConfig, PARAM_FIELDS
+from tessera.arch import PARAM_FIELDS, NpuConfig
 from tessera.errors import UserError
-from tessera.isa import (INSTR_BYTES, Buffer, ErrorCode, Instruction, IsaError, Opcode, PoolMode,
-                         Unit, decode, mask_units)
+from tessera.isa import (
+    INSTR_BYTES,
+    Buffer,
+    ErrorCode,
+    Instruction,
+    IsaError,
+    Opcode,
+    PoolMode,
+    Unit,
+    decode,
+    mask_units,
+)
 from tessera.numerics import requantize, round_shift, unpack_weights, wrap32
 from tessera.program import Program
 

@@ -8,12 +8,12 @@ generated Verilog file.
 
 from __future__ import annotations
 
-from tessera.errors import UserError
-
 import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+
+from tessera.errors import UserError
 
 __all__ = ["NpuConfig", "ConfigError", "PRESETS", "get_config", "PARAM_FIELDS"]
 

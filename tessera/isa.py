@@ -20,13 +20,13 @@ execute in program order.
 
 from __future__ import annotations
 
-from tessera.errors import UserError
-
 import re
 from dataclasses import dataclass
 
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data, enum
+
+from tessera.errors import UserError
 
 __all__ = [
     "INSTR_BITS", "INSTR_BYTES", "Opcode", "Unit", "Buffer", "PoolMode", "ErrorCode", "Csr", "Status",

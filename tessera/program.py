@@ -19,14 +19,14 @@ activations live in ``[scratch_addr, scratch_addr + scratch_size)``.
 
 from __future__ import annotations
 
-from tessera.errors import UserError
-
 import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from tessera.errors import UserError
 
 from .arch import ConfigError, NpuConfig
 from .isa import INSTR_BYTES, Instruction, IsaError, decode_program, encode_program

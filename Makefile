@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Parallel pytest workers; CI machines have 2 cores.
 JOBS   ?= 2
 
-.PHONY: all demo test test-fast bench synth docs clean distclean
+.PHONY: all venv demo test bench synth docs clean distclean
 
 all: test
 
@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(JOBS) -q
 
 bench: $(STAMP)
-	$(BIN)/python -m tessera.bench_all --out docs/benchmarks.md
+	$(BIN)/python benchmarks/run_all.py $(if $(ONLY),--only $(ONLY))
 
 docs: $(STAMP)
 	$(BIN)/python -m tessera.isa > docs/isa.md

@@ -331,3 +331,14 @@ def test_race_without_token_is_detected(small_config):
     run(small_config, racy, check_hazards=False)  # the emulator alone would not notice
     safe = [load.replace(signal=["compute"]), conv.replace(signal=["load"]), load.replace(wait=["compute"])]
     run(small_config, safe)
+
+
+@pytest.mark.parametrize("k, dil, pad, stride", [((3, 3), (6, 6), (6, 6), (1, 1)), ((1, 1), (1, 1), (0, 0), (4, 4)),
+                                                 ((7, 7), (1, 1), (3, 3), (2, 2))])
+def test_conv_named_shapes_ssd_dilation_stem_and_stride4(small_config, k, dil, pad, stride):
+    # SSD's VGG-16 conv6 (3×3, dilation 6), a stride-4 1×1, and the ResNet stem (7×7/2, pad 3).
+    rng = np.random.default_rng(21)
+    ins, act, blocks, expected = conv_case(small_config, rng, in_h=13, in_w=15, in_cb=2, k=k, stride=stride,
+                                           dil=dil, pad=pad, ob=1)
+    emu = conv_through_dma(small_config, ins, act, blocks)
+    np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:len(expected)], expected)

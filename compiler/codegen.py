@@ -1,0 +1,513 @@
+"""Back end: tiling to the on-chip buffers, scheduling, and emission of a :class:`Program`.
+
+Buffer plan (every region double-buffered, so the load of tile i+1 and the
+store of tile i-1 overlap the compute of tile i):
+
+- ACT: two input-tile slots (a quarter of the buffer each), two output slots
+  and two residual slots (an eighth each);
+- WGT, ACC, PARAM: two halves each.
+
+A convolution keeps as many output blocks (``ob`` groups) and input channel
+blocks (``cb`` groups, accumulated with ``accumulate=1``) as a weight slot
+holds; if the whole layer's weights fit one slot they are loaded once and stay
+for every spatial tile. Spatial tiles are bands of output rows (and columns
+when one row is too wide) sized to the input, accumulator and output slots.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tessera.isa import Buffer, FORMATS, Opcode
+from tessera.numerics import pack_weights, quantize_multiplier, weight_range
+from tessera.program import Program, TensorInfo
+
+from .ir import CompileError, Graph, unsupported
+from .memory import allocate
+from .schedule import DRAM, Scheduler
+
+__all__ = ["TileForBuffers", "EmitInstructions", "LayerReport", "ConvPlan", "PoolPlan"]
+
+CONST_ALIGN = 256
+TENSOR_ALIGN = 256
+
+
+def _fmax(op, name):
+    for f in FORMATS[op].fields:
+        if f.name == name:
+            return f.max
+    raise KeyError(name)
+
+
+@dataclass
+class ConvPlan:
+    cg: int            # input channel blocks per cb group
+    n_cg: int
+    g: int             # output blocks per ob group
+    n_og: int
+    th: int
+    tw: int
+    weights_resident: bool
+    params_resident: bool
+
+
+@dataclass
+class PoolPlan:
+    cg: int
+    th: int
+
+
+@dataclass
+class LayerReport:
+    name: str
+    op: str
+    in_shape: list
+    out_shape: list
+    macs: int
+    instructions: int = 0
+    tiles: int = 0
+    buffers: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return dict(self.__dict__)
+
+
+class _Slots:
+    """Two alternating slots of one region of a buffer."""
+
+    def __init__(self, base, size):
+        self.base, self.size, self.k = base, size, 0
+
+    def next(self):
+        a = self.base + (self.k % 2) * self.size
+        self.k += 1
+        return a
+
+
+class TileForBuffers:
+    """Choose tile sizes for every conv and pool so each tile fits its buffer slots."""
+
+    def __init__(self, config):
+        c = self.config = config
+        self.in_slot = c.abuf_words // 4
+        self.out_slot = c.abuf_words // 8
+        self.res_slot = c.abuf_words // 8
+        self.w_slot = c.wbuf_words // 2
+        self.acc_slot = c.accbuf_words // 2
+        self.p_slot = c.pbuf_words // 2
+
+    def __call__(self, g: Graph) -> dict:
+        return {op.name: (self.conv(g, op) if op.kind == "conv" else self.pool(g, op)) for op in g.ops}
+
+    def conv(self, g, op) -> ConvPlan:
+        c = self.config
+        x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+        a = op.attrs
+        kh, kw = a["kernel"]
+        taps = kh * kw
+        wpb = c.words_per_block
+        for v, f, what in ((kh, "k_h", "kernel height"), (kw, "k_w", "kernel width"),
+                           (a["strides"][0], "stride_h", "stride"), (a["strides"][1], "stride_w", "stride"),
+                           (a["dilations"][0], "dil_h", "dilation"), (a["dilations"][1], "dil_w", "dilation"),
+                           (a["pads"][0], "pad_t", "top padding"), (a["pads"][1], "pad_l", "left padding")):
+            if v > _fmax(Opcode.CONV, f):
+                raise unsupported(op.name, op.onnx_op, f"{what} {v}", f"{what} up to {_fmax(Opcode.CONV, f)}")
+        if taps > self.w_slot:
+            raise unsupported(op.name, op.onnx_op, f"a {kh}×{kw} kernel", f"kernels of at most {self.w_slot} taps")
+        cb_in = x.cpad // c.lanes
+        OB = y.cpad // c.rows
+        cg = min(cb_in, self.w_slot // taps)
+        n_cg = -(-cb_in // cg)
+        cg = -(-cb_in // n_cg)
+        gmax = min(OB, self.w_slot // (taps * cg), self.acc_slot, _fmax(Opcode.CONV, "ob_count"))
+        n_og = -(-OB // gmax)
+        gg = -(-OB // n_og)
+        params_resident = OB <= self.p_slot
+        if not params_resident:
+            gg = min(gg, self.p_slot)
+            n_og = -(-OB // gg)
+        has_res = "residual" in a
+        sh, sw = a["strides"]
+        dh, dw = a["dilations"]
+        H, W = x.height, x.width
+        OH, OW = y.height, y.width
+
+        def fits(th, tw):
+            ir = min(H, (th - 1) * sh + (kh - 1) * dh + 1)
+            ic = min(W, (tw - 1) * sw + (kw - 1) * dw + 1)
+            P = th * tw
+            return (ir * ic * cg <= self.in_slot and P * gg <= self.acc_slot and P * gg * wpb <= self.out_slot
+                    and (not has_res or P * gg * wpb <= self.res_slot) and ir <= 1023 and ic <= 1023
+                    and th <= 1023 and tw <= 1023)
+
+        tw = OW
+        while tw >= 1:
+            th = 0
+            while th < OH and fits(th + 1, tw):
+                th += 1
+            if th:
+                break
+            tw = -(-tw // 2) if tw > 1 else 0
+        if not tw:
+            raise unsupported(op.name, op.onnx_op, f"a layer whose smallest tile ({cg} channel blocks of a "
+                              f"{kh}×{kw} window) exceeds the activation buffer",
+                              f"tiles within {self.in_slot} ACT words")
+        nth = -(-OH // th)
+        th = -(-OH // nth)
+        ntw = -(-OW // tw)
+        tw = -(-OW // ntw)
+        return ConvPlan(cg, n_cg, gg, n_og, th, tw, n_og == 1 and n_cg == 1, params_resident)
+
+    def pool(self, g, op) -> PoolPlan:
+        c = self.config
+        x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+        a = op.attrs
+        kh, kw = a["kernel"]
+        for v, f, what in ((kh, "k_h", "window height"), (kw, "k_w", "window width"),
+                           (a["strides"][0], "stride_h", "stride"), (a["strides"][1], "stride_w", "stride"),
+                           (a["pads"][0], "pad_t", "top padding"), (a["pads"][1], "pad_l", "left padding")):
+            if v > _fmax(Opcode.POOL, f):
+                raise unsupported(op.name, op.onnx_op, f"{what} {v}", f"{what} up to {_fmax(Opcode.POOL, f)}")
+        cbw = x.cpad // c.lanes
+        H, W, OH, OW = x.height, x.width, y.height, y.width
+        sh = a["strides"][0]
+        for cg in range(cbw, 0, -1):
+            th = 0
+            while th < OH:
+                ir = min(H, th * sh + kh)
+                if ir * W * cg > self.in_slot or (th + 1) * OW * cg > self.out_slot:
+                    break
+                th += 1
+            if th:
+                n_cg = -(-cbw // cg)
+                cg = -(-cbw // n_cg)
+                nth = -(-OH // th)
+                return PoolPlan(cg, -(-OH // nth))
+        raise unsupported(op.name, op.onnx_op, f"rows of {W} pixels", f"pooling tiles within {self.in_slot} ACT words")
+
+
+class EmitInstructions:
+    """Allocate external memory, pack constants, emit the scheduled instruction stream."""
+
+    def __init__(self, config, plans: dict):
+        self.config = c = config
+        self.plans = plans
+        t = TileForBuffers(config)
+        self.in_slots = _Slots(0, t.in_slot)
+        self.out_slots = _Slots(2 * t.in_slot, t.out_slot)
+        self.res_slots = _Slots(2 * t.in_slot + 2 * t.out_slot, t.res_slot)
+        self.w_slots = _Slots(0, t.w_slot)
+        self.acc_slots = _Slots(0, t.acc_slot)
+        self.p_slots = _Slots(0, t.p_slot)
+
+    # ---- constants ------------------------------------------------------------------------
+
+    def _const(self, blob: bytes) -> int:
+        off = len(self.const)
+        self.const += blob
+        self.const += bytes(-len(self.const) % CONST_ALIGN)
+        return off
+
+    def _pack_conv(self, g, op, plan):
+        c = self.config
+        N, M = c.lanes, c.rows
+        a = op.attrs
+        x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+        w = a["w"]
+        O, I, kh, kw = w.shape
+        lo, hi = weight_range(c.weight_bits)
+        if w.min(initial=0) < lo or w.max(initial=0) > hi:
+            raise unsupported(op.name, op.onnx_op, f"weights outside {lo}..{hi} (after removing the zero point)",
+                              f"{c.weight_bits}-bit signed weights")
+        OB, CB = y.cpad // M, x.cpad // N
+        wp = np.zeros((OB * M, CB * N, kh, kw), np.int64)
+        wp[:O, :I] = w
+        blocks = wp.reshape(OB, M, CB, N, kh, kw).transpose(0, 4, 5, 2, 1, 3)   # [ob][ky][kx][cb][M][N]
+        groups = {}
+        for og in range(plan.n_og):
+            o0, o1 = og * plan.g, min(OB, (og + 1) * plan.g)
+            for cgi in range(plan.n_cg):
+                c0, c1 = cgi * plan.cg, min(CB, (cgi + 1) * plan.cg)
+                words = (o1 - o0) * kh * kw * (c1 - c0)
+                groups[og, cgi] = (self._const(pack_weights(blocks[o0:o1, :, :, c0:c1], c.weight_bits)), words)
+        # Per-channel (bias, mult, shift): the input zero point read by padding folds into the bias.
+        sx, sy = x.scale, y.scale
+        mid_scale = a["residual"]["mid_scale"] if "residual" in a else sy
+        prm = np.zeros((OB * M, 3), np.int64)
+        bias = a["bias"] - x.zero_point * w.reshape(O, -1).sum(axis=1)
+        if np.abs(bias).max(initial=0) >= 1 << 31:
+            raise unsupported(op.name, op.onnx_op, "a bias beyond the int32 range", "int32 biases")
+        prm[:O, 0] = bias
+        for o in range(O):
+            try:
+                prm[o, 1], prm[o, 2] = quantize_multiplier(sx * float(a["w_scale"][o]) / mid_scale)
+            except ValueError as e:
+                raise unsupported(op.name, op.onnx_op, f"requantization scale of channel {o} ({e})",
+                                  "scales s_x*s_w/s_y below 2**31") from None
+        params = self._const(prm.astype("<i4").tobytes())
+        return groups, params
+
+    # ---- DMA -----------------------------------------------------------------------------------
+
+    def _box(self, op, t, y0, y1, x0, x1, w0, w1, buf_addr, buf=Buffer.ACT, reads=(), writes_buf=True):
+        """LOAD (or STORE) the pixel box [y0,y1)×[x0,x1), channel words [w0,w1) of tensor ``t``."""
+        c = self.config
+        N = c.lanes
+        cbw = t.cpad // N
+        nw, ny, nx = w1 - w0, y1 - y0, x1 - x0
+        base = self.addr[t.name] + (y0 * t.width + x0) * t.cpad + w0 * N
+        end = self.addr[t.name] + ((y1 - 1) * t.width + x1) * t.cpad
+        maxc = _fmax(Opcode.LOAD, "cols")
+        if nw == cbw and nx == t.width and ny * nx * nw <= maxc:
+            dmas = [(base, 1, ny * nx * nw, 0, 0)]
+        elif nw == cbw:
+            dmas = [(base, ny, nx * nw, t.width * t.cpad, nx * nw)]
+        elif nx == t.width:
+            dmas = [(base, ny * nx, nw, t.cpad, nw)]
+        else:
+            dmas = [(base + r * t.width * t.cpad, nx, nw, t.cpad, nw) for r in range(ny)]
+        for k, (addr, rows, cols, dstride, bstride) in enumerate(dmas):
+            ba = buf_addr + k * nx * nw
+            span = (ba, ba + rows * cols if bstride == 0 else ba + (rows - 1) * bstride + cols)
+            dspan = (DRAM, addr, addr + (rows - 1) * dstride + cols * N)
+            f = dict(buf=buf, dram_addr=addr, dram_stride=dstride, buf_addr=ba, buf_stride=bstride,
+                     rows=rows, cols=cols)
+            if op == "load":
+                self.s.emit("load", reads=[dspan], writes=[(Buffer.ACT, *span)], **f)
+            else:
+                self.s.emit("store", reads=[(Buffer.ACT, *span)], writes=[dspan], **f)
+        del end
+
+    def _load_const(self, buf, off, words):
+        c = self.config
+        wb = c.word_bytes(buf)
+        slots = self.w_slots if buf == Buffer.WGT else self.p_slots
+        a = slots.next()
+        self.s.emit("load", writes=[(buf, a, a + words)], buf=buf, dram_addr=self.const_addr + off,
+                    dram_stride=0, buf_addr=a, buf_stride=0, rows=1, cols=words)
+        del wb
+        return a
+
+    # ---- layers ---------------------------------------------------------------------------------
+
+    def conv(self, g, op, plan: ConvPlan):
+        c = self.config
+        N, M, wpb = c.lanes, c.rows, c.words_per_block
+        a = op.attrs
+        x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+        groups, poff = self._pack_conv(g, op, plan)
+        kh, kw = a["kernel"]
+        sh, sw = a["strides"]
+        dh, dw = a["dilations"]
+        pt, pl = a["pads"][0], a["pads"][1]
+        CB, OB = x.cpad // N, y.cpad // M
+        OH, OW = y.height, y.width
+        lo, hi = a.get("clamp", (-math.inf, math.inf))
+        out_min = max(-128, y.quantize_real(lo)) if lo > -math.inf else -128
+        out_max = min(127, y.quantize_real(hi)) if hi < math.inf else 127
+        res = a.get("residual")
+        epi = dict(zp_out=y.zero_point, out_min=out_min, out_max=out_max)
+        if res is not None:
+            r = g.tensors[res["tensor"]]
+            ra, rb = res["mid_scale"] / y.scale, r.scale / y.scale
+            m, s = quantize_multiplier(max(ra, rb))
+            s = min(s, _fmax(Opcode.EPILOGUE, "res_shift"))
+            ma, mb = round(ra * 2.0 ** s), round(rb * 2.0 ** s)
+            if max(ma, mb) > _fmax(Opcode.EPILOGUE, "res_mult_a"):
+                raise unsupported(op.name, op.onnx_op, "an Add whose input/output scale ratio exceeds 2**31",
+                                  "residual adds with moderate scale ratios")
+            epi.update(residual=1, zp_mid=res["mid_zp"], zp_res=r.zero_point, res_mult_a=ma, res_mult_b=mb,
+                       res_shift=s)
+        w_addr = p_base = None
+        if plan.weights_resident:
+            off, words = groups[0, 0]
+            w_addr = self._load_const(Buffer.WGT, off, words)
+        if plan.params_resident:
+            p_base = self._load_const(Buffer.PARAM, poff, OB)
+        tiles = 0
+        for oy0 in range(0, OH, plan.th):
+            oy1 = min(OH, oy0 + plan.th)
+            r0 = oy0 * sh - pt
+            iy0, iy1 = max(0, r0), min(x.height, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1)
+            for ox0 in range(0, OW, plan.tw):
+                ox1 = min(OW, ox0 + plan.tw)
+                c0_ = ox0 * sw - pl
+                ix0, ix1 = max(0, c0_), min(x.width, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1)
+                if iy1 <= iy0 or ix1 <= ix0:
+                    raise unsupported(op.name, op.onnx_op, "output pixels whose window lies entirely in the padding",
+                                      "padding smaller than the kernel")
+                th, tw = oy1 - oy0, ox1 - ox0
+                P = th * tw
+                tiles += 1
+                in_addr = None
+                if plan.n_cg == 1:
+                    in_addr = self.in_slots.next()
+                    self._box("load", x, iy0, iy1, ix0, ix1, 0, CB, in_addr)
+                for og in range(plan.n_og):
+                    ob0, ob1 = og * plan.g, min(OB, (og + 1) * plan.g)
+                    gcount = ob1 - ob0
+                    acc = self.acc_slots.next()
+                    for cgi in range(plan.n_cg):
+                        cb0, cb1 = cgi * plan.cg, min(CB, (cgi + 1) * plan.cg)
+                        ncb = cb1 - cb0
+                        if plan.n_cg > 1:
+                            in_addr = self.in_slots.next()
+                            self._box("load", x, iy0, iy1, ix0, ix1, cb0, cb1, in_addr)
+                        wa = w_addr
+                        if not plan.weights_resident:
+                            off, words = groups[og, cgi]
+                            wa = self._load_const(Buffer.WGT, off, words)
+                        n_in = (iy1 - iy0) * (ix1 - ix0) * ncb
+                        reads = [(Buffer.ACT, in_addr, in_addr + n_in),
+                                 (Buffer.WGT, wa, wa + gcount * kh * kw * ncb)]
+                        if cgi:
+                            reads.append((Buffer.ACC, acc, acc + gcount * P))
+                        self.s.emit("conv", reads=reads, writes=[(Buffer.ACC, acc, acc + gcount * P)],
+                                    in_addr=in_addr, in_h=iy1 - iy0, in_w=ix1 - ix0, in_cb=ncb, out_h=th, out_w=tw,
+                                    k_h=kh, k_w=kw, stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw,
+                                    pad_t=iy0 - r0, pad_l=ix0 - c0_, pad_value=x.zero_point, w_addr=wa,
+                                    acc_addr=acc, ob_count=gcount, accumulate=int(cgi > 0))
+                        self.macs += P * kh * kw * ncb * gcount * M * N
+                    pa = p_base + ob0 if plan.params_resident else self._load_const(
+                        Buffer.PARAM, poff + ob0 * c.param_word_bytes, gcount)
+                    nwords = P * gcount * wpb
+                    reads = [(Buffer.ACC, acc, acc + gcount * P), (Buffer.PARAM, pa, pa + gcount)]
+                    extra = {}
+                    if res is not None:
+                        ra_ = self.res_slots.next()
+                        self._box("load", r, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, ra_)
+                        reads.append((Buffer.ACT, ra_, ra_ + nwords))
+                        extra = dict(res_addr=ra_, res_stride=gcount * wpb)
+                    oa = self.out_slots.next()
+                    self.s.emit("epilogue", reads=reads, writes=[(Buffer.ACT, oa, oa + nwords)], acc_addr=acc,
+                                pixels=P, ob_count=gcount, param_addr=pa, out_addr=oa, out_stride=gcount * wpb,
+                                **epi, **extra)
+                    self._box("store", y, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, oa)
+        return tiles
+
+    def pool(self, g, op, plan: PoolPlan):
+        c = self.config
+        N = c.lanes
+        a = op.attrs
+        x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+        kh, kw = a["kernel"]
+        sh, sw = a["strides"]
+        pt, pl = a["pads"][0], a["pads"][1]
+        cbw = x.cpad // N
+        OH, OW = y.height, y.width
+        f = dict(k_h=kh, k_w=kw, stride_h=sh, stride_w=sw, pad_l=pl)
+        if a["mode"] == "avg":
+            mult, shift = quantize_multiplier(x.scale / (y.scale * kh * kw))
+            f.update(mode="avg", zp_in=x.zero_point, zp_out=y.zero_point, mult=mult, shift=shift)
+        else:
+            f.update(mode="max")
+        tiles = 0
+        for oy0 in range(0, OH, plan.th):
+            oy1 = min(OH, oy0 + plan.th)
+            r0 = oy0 * sh - pt
+            iy0, iy1 = max(0, r0), min(x.height, (oy1 - 1) * sh - pt + kh)
+            for w0 in range(0, cbw, plan.cg):
+                w1 = min(cbw, w0 + plan.cg)
+                tiles += 1
+                ia = self.in_slots.next()
+                self._box("load", x, iy0, iy1, 0, x.width, w0, w1, ia)
+                oa = self.out_slots.next()
+                n_in = (iy1 - iy0) * x.width * (w1 - w0)
+                n_out = (oy1 - oy0) * OW * (w1 - w0)
+                self.s.emit("pool", reads=[(Buffer.ACT, ia, ia + n_in)], writes=[(Buffer.ACT, oa, oa + n_out)],
+                            in_addr=ia, in_h=iy1 - iy0, in_w=x.width, cb=w1 - w0, out_addr=oa, out_h=oy1 - oy0,
+                            out_w=OW, pad_t=iy0 - r0, **f)
+                self._box("store", y, oy0, oy1, 0, OW, w0, w1, oa)
+        return tiles
+
+    # ---- the whole graph -------------------------------------------------------------------------
+
+    def __call__(self, g: Graph, meta: dict | None = None):
+        c = self.config
+        self.const = bytearray()
+        self.const_addr = 0
+        self.macs = 0
+        # Liveness: op index of definition and last use; inputs from -1, outputs to the end.
+        order = {op.output: i for i, op in enumerate(g.ops)}
+        live = {}
+        for _, t in g.inputs:
+            live[t] = [-1, -1]
+        for i, op in enumerate(g.ops):
+            live.setdefault(op.output, [i, i])
+            for t in op.inputs:
+                live[t][1] = max(live[t][1], i)
+        for _, t in g.outputs:
+            live[t][1] = len(g.ops)
+        sizes = {t: g.tensors[t].height * g.tensors[t].width * g.tensors[t].cpad for t in live}
+        # Constants go first so their offsets are known when layers are emitted.
+        self.packed = {}
+        # Scratch placement needs the constant size: pack all constants in a dry run of the layers.
+        scratch_guess = None
+        del order, scratch_guess
+        reports = []
+        # First pass: reserve constants by emitting into a throwaway scheduler, then the real pass.
+        for attempt in (0, 1):
+            self.const = bytearray()
+            scratch = -(-max(len(self.const), 1) // 4096) * 4096 if attempt == 0 else self.scratch_addr
+            self.scratch_addr = scratch
+            self.addr, size = allocate(sizes, {k: tuple(v) for k, v in live.items()}, scratch, TENSOR_ALIGN)
+            self.scratch_size = size
+            self.s = Scheduler(c, scratch, max(size, 1))
+            self.macs = 0
+            for s_ in (self.in_slots, self.out_slots, self.res_slots, self.w_slots, self.acc_slots, self.p_slots):
+                s_.k = 0
+            reports = []
+            for op in g.ops:
+                n0, m0 = len(self.s.instrs), self.macs
+                plan = self.plans[op.name]
+                tiles = self.conv(g, op, plan) if op.kind == "conv" else self.pool(g, op, plan)
+                reports.append(self._report(g, op, plan, len(self.s.instrs) - n0, tiles))
+            if attempt == 0:
+                self.scratch_addr = -(-len(self.const) // 4096) * 4096
+                if self.scratch_addr == scratch:
+                    break
+        instrs = self.s.instructions()
+        prog_addr = -(-(self.scratch_addr + self.scratch_size) // 4096) * 4096
+        end = prog_addr + 32 * len(instrs)
+        if end > c.dram_bytes:
+            raise CompileError(f"the program needs {end} bytes of external memory; config {c.name!r} has "
+                               f"{c.dram_bytes}")
+
+        def info(name, t, shape=None):
+            shape = list(shape if shape is not None else t.shape)
+            return TensorInfo(name=name, shape=shape, layout="NCHW" if len(shape) == 4 else "NC",
+                              addr=self.addr[t.name], height=t.height, width=t.width, channels=t.channels,
+                              cpad=t.cpad, scale=float(t.scale), zero_point=int(t.zero_point))
+
+        views = getattr(g, "output_views", {})
+        prog = Program(config=c, instructions=instrs, constants=bytes(self.const), prog_addr=prog_addr,
+                       const_addr=self.const_addr, scratch_addr=self.scratch_addr, scratch_size=self.scratch_size,
+                       inputs=[info(n, g.tensors[t]) for n, t in g.inputs],
+                       outputs=[info(n, g.tensors[t], views.get(n)) for n, t in g.outputs],
+                       host_ops=list(g.host_ops), meta=dict(meta or {}, macs=self.macs))
+        return prog, reports
+
+    def _report(self, g, op, plan, n_instr, tiles):
+        c = self.config
+        x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+        if op.kind == "conv":
+            O, I, kh, kw = op.attrs["w"].shape
+            macs = O * I * kh * kw * y.height * y.width
+            th, tw = plan.th, plan.tw
+            sh, sw = op.attrs["strides"]
+            ir = min(x.height, (th - 1) * sh + (kh - 1) * op.attrs["dilations"][0] + 1)
+            ic = min(x.width, (tw - 1) * sw + (kw - 1) * op.attrs["dilations"][1] + 1)
+            buffers = dict(act_in=ir * ic * plan.cg, act_out=th * tw * plan.g * c.words_per_block,
+                           wgt=plan.g * kh * kw * plan.cg, acc=th * tw * plan.g,
+                           param=(y.cpad // c.rows) if plan.params_resident else plan.g)
+        else:
+            kh, kw = op.attrs["kernel"]
+            macs = y.channels * y.height * y.width * kh * kw
+            ir = min(x.height, (plan.th - 1) * op.attrs["strides"][0] + kh)
+            buffers = dict(act_in=ir * x.width * plan.cg, act_out=plan.th * y.width * plan.cg)
+        return LayerReport(op.name, op.onnx_op if op.kind != "conv" or op.onnx_op in ("Conv", "QLinearConv")
+                           else f"{op.onnx_op}→conv", [int(d) for d in x.shape], [int(d) for d in y.shape],
+                           int(macs), n_instr, tiles, buffers)

@@ -1,0 +1,91 @@
+"""``tessera compile``: the compiler pipeline and its command-line handler."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import onnx
+
+from tessera.arch import get_config
+from tessera.errors import UserError
+
+from .codegen import EmitInstructions, TileForBuffers
+from .frontend import load_onnx, lower
+from .ir import CompileError
+from .passes import FoldBatchNorm, run_passes
+
+__all__ = ["compile_model", "compile_command", "is_quantized", "format_report"]
+
+_QOPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in _QOPS for n in model.graph.node)
+
+
+def compile_model(model, config, *, calibrate=None, name: str | None = None):
+    """Compile an ONNX model (path or ModelProto) for ``config``.
+
+    Returns ``(program, reports)``; ``reports`` is a list of
+    :class:`~tessera.compiler.codegen.LayerReport`, one per NPU layer.
+    """
+    if isinstance(config, str):
+        config = get_config(config)
+    t0 = time.perf_counter()
+    m = load_onnx(model)
+    if not is_quantized(m):
+        if calibrate is None:
+            raise CompileError(f"{name or 'model'}: the model is not quantized (no QuantizeLinear/QLinear* "
+                               f"nodes); pass --calibrate DIR|NPZ to calibrate and quantize it")
+        from .calibrate import quantize_float_model
+        m = load_onnx(quantize_float_model(FoldBatchNorm()(m), calibrate))
+    elif calibrate is not None:
+        raise CompileError(f"{name or 'model'}: --calibrate is for float models, and this model is already quantized")
+    g = lower(m)
+    g = run_passes(g, config)
+    plans = TileForBuffers(config)(g)
+    meta = {"source": name or (model if isinstance(model, str) else "model"), "compiler": "tessera.compiler"}
+    prog, reports = EmitInstructions(config, plans)(g, meta)
+    prog.meta["compile_seconds"] = round(time.perf_counter() - t0, 3)
+    return prog, reports
+
+
+def format_report(reports, prog) -> str:
+    lines = ["| layer | op | input | output | MACs | instructions | tiles | buffer words (per slot) |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for r in reports:
+        buf = ", ".join(f"{k} {v}" for k, v in r.buffers.items())
+        lines.append(f"| {r.name} | {r.op} | {'×'.join(map(str, r.in_shape))} | {'×'.join(map(str, r.out_shape))} "
+                     f"| {r.macs} | {r.instructions} | {r.tiles} | {buf} |")
+    total = sum(r.macs for r in reports)
+    lines.append(f"\n{len(reports)} layers, {total} MACs, {len(prog.instructions)} instructions, "
+                 f"{len(prog.constants)} constant bytes, {prog.scratch_size} scratch bytes"
+                 + "".join(f"; host op {h['op']} ({h['name']})" for h in prog.host_ops))
+    return "\n".join(lines)
+
+
+def compile_command(args) -> int:
+    config = get_config(args.config)
+    if not os.path.exists(args.model):
+        raise UserError(f"{args.model}: no such file")
+    if os.path.isdir(args.model) or args.model.endswith(".keras"):
+        raise UserError(f"{args.model}: Keras and SavedModel inputs are not supported by this compiler yet; "
+                        f"supported: .onnx (convert with tf2onnx)")
+    try:
+        prog, reports = compile_model(args.model, config, calibrate=args.calibrate, name=args.model)
+    except CompileError as e:
+        raise UserError(f"{args.model}: {e}") from None
+    prog.save(args.output)
+    if args.json:
+        print(json.dumps({"output": args.output, "instructions": len(prog.instructions),
+                          "constants": len(prog.constants), "macs": prog.meta.get("macs"),
+                          "seconds": prog.meta.get("compile_seconds"),
+                          "layers": [r.to_dict() for r in reports] if args.report else None}))
+    else:
+        if args.report:
+            print(format_report(reports, prog))
+        print(f"compiled {args.model} for {config.name}: {len(reports)} layers, {len(prog.instructions)} "
+              f"instructions -> {args.output} ({prog.meta['compile_seconds']:.2f} s)")
+    return 0

@@ -1,0 +1,664 @@
+"""ONNX front end: load, infer shapes, lower QDQ / QOperator nodes into the integer graph.
+
+:func:`load_onnx` reads and checks a model; :func:`lower` walks its nodes in
+topological order and builds a :class:`~tessera.compiler.ir.Graph` whose tensors
+are the quantized activations. Float tensors that are exact dequantizations of
+int tensors (DequantizeLinear outputs) map back onto them; float results of
+ops (Conv, Gemm, Add, AveragePool, …) wait for the QuantizeLinear that gives
+them their scale and zero point.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .ir import CompileError, Graph, Op, QTensor, unsupported
+
+__all__ = ["load_onnx", "lower", "SUPPORTED_OPS"]
+
+SUPPORTED_OPS = ("QuantizeLinear, DequantizeLinear, Conv, Gemm, MatMul, Add, Relu, Clip, MaxPool, "
+                 "AveragePool, GlobalAveragePool, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Pad, "
+                 "Concat, Identity, Softmax, BatchNormalization (folded), QLinearConv, QLinearMatMul, QGemm, "
+                 "QLinearAdd, QLinearAveragePool, QLinearGlobalAveragePool, QLinearConcat, QLinearSoftmax")
+
+_SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity")
+
+
+def load_onnx(path_or_model) -> onnx.ModelProto:
+    """Load (if a path), check the opset and run shape inference."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        model = path_or_model
+        src = "model"
+    else:
+        src = str(path_or_model)
+        if not os.path.exists(src):
+            raise CompileError(f"{src}: no such file")
+        try:
+            model = onnx.load(src)
+        except Exception as e:  # noqa: BLE001 - protobuf raises several types for garbage
+            raise CompileError(f"{src}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 10:
+        raise CompileError(f"{src}: opset {opset} is not supported; supported: opset 10 or newer (13+ tested)")
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"{src}: shape inference failed: {e}") from None
+    return model
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _shapes(model) -> dict:
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            out[vi.name] = dims
+    return out
+
+
+def _out_shape(kind, x, a):
+    """Output shape of a QOperator op that shape inference does not know (com.microsoft ops)."""
+    x = list(x)
+    if kind == "add":
+        return x
+    if kind == "gemm":
+        return [1, int(a["w"].shape[0])]
+    if kind == "concat":
+        raise CompileError("internal: concat shape")
+    k, s, p = a["kernel"], a["strides"], a["pads"]
+    d = a.get("dilations", [1, 1])
+    c = int(a["w"].shape[0]) if kind == "conv" else x[1]
+    return [1, c] + [(x[2 + i] + p[i] + p[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
+
+
+class _Lowering:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.g = Graph()
+        self.consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.shapes = _shapes(model)
+        self.qconst = {}     # float name -> (int array, scale, zero point, axis) of a constant
+        self.fmap = {}       # float name -> int tensor it exactly dequantizes
+        self.pending = {}    # float name -> op whose output still needs quantization parameters
+        self.hostf = {}      # float name (host domain) -> name the runtime produces it under
+        self.imap = {}       # int tensor name (from ONNX) -> int tensor name in the graph
+        for vi in model.graph.input:
+            if vi.name in self.consts:
+                continue
+            elem = vi.type.tensor_type.elem_type
+            self.graph_input_dtype = elem
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def shape(self, name, node=None):
+        s = self.shapes.get(name)
+        if s is None or any(d is None for d in s):
+            if name in self.consts:
+                return list(self.consts[name].shape)
+            raise CompileError(f"node {getattr(node, 'name', '?')!r} ({getattr(node, 'op_type', '?')}): "
+                               f"tensor {name!r} has no static shape after shape inference; "
+                               f"supported: static shapes with batch 1")
+        return list(s)
+
+    def const(self, name, node, what):
+        if name in self.consts:
+            return self.consts[name]
+        raise unsupported(node.name, node.op_type, f"a non-constant {what} ({name!r})", f"constant {what}")
+
+    def zp_int8(self, zp_arr, node):
+        zp = np.asarray(zp_arr)
+        if zp.dtype == np.uint8:
+            return zp.astype(np.int64) - 128, "uint8"
+        if zp.dtype == np.int8:
+            return zp.astype(np.int64), "int8"
+        raise unsupported(node.name, node.op_type, f"zero point dtype {zp.dtype}", "uint8 and int8 activations")
+
+    def scalar_q(self, node, s_name, zp_name):
+        s = np.asarray(self.const(s_name, node, "scale"), np.float64)
+        zp_arr = self.const(zp_name, node, "zero point") if zp_name else np.zeros((), np.uint8)
+        zp, dt = self.zp_int8(zp_arr, node)
+        if s.size != 1 or zp.size != 1:
+            raise unsupported(node.name, node.op_type, "per-channel activation quantization",
+                              "per-tensor scale and zero point for activations")
+        return float(s.reshape(-1)[0]), int(zp.reshape(-1)[0]), dt
+
+    def new_tensor(self, name, shape, scale=None, zp=None, dt="int8"):
+        t = QTensor(name, tuple(int(d) for d in shape), scale, zp, dt)
+        self.g.tensors[name] = t
+        return t
+
+    def int_in(self, fname, node):
+        """Int tensor that the float tensor ``fname`` dequantizes (an op input)."""
+        if fname in self.fmap:
+            return self.fmap[fname]
+        if fname in self.pending:
+            raise unsupported(node.name, node.op_type, f"input {fname!r} that is never quantized",
+                              "inputs quantized by QuantizeLinear (a QDQ model) or int8/uint8 tensors")
+        raise unsupported(node.name, node.op_type, f"float input {fname!r}",
+                          "quantized models (QDQ or QOperator); compile float models with --calibrate")
+
+    def q_in(self, name, node):
+        """Int tensor for an ONNX int8/uint8 tensor name (QOperator inputs)."""
+        if name in self.imap:
+            return self.imap[name]
+        raise unsupported(node.name, node.op_type, f"input {name!r} that is not a quantized activation",
+                          "quantized activations produced by QuantizeLinear or QLinear* ops")
+
+    def add_op(self, kind, node, inputs, attrs, out_float=None, out_int=None, params=None):
+        op = Op(kind, node.name or f"{node.op_type}_{len(self.g.ops)}", node.op_type, list(inputs), "", attrs)
+        self.g.ops.append(op)
+        if out_int is not None:
+            s, zp, dt = params
+            known = self.shapes.get(out_int)
+            shape = known if known and None not in known else _out_shape(kind, self.g.tensors[inputs[0]].shape, attrs)
+            self.new_tensor(out_int, shape, s, zp, dt)
+            op.output = out_int
+        else:
+            op.attrs["_shape"] = self.shape(out_float, node)
+            self.pending[out_float] = op
+        return op
+
+    def weights(self, node, name, transpose=False):
+        """(int weights with zero point removed, per-output-channel scales) of a quantized constant."""
+        if name not in self.qconst:
+            if name in self.consts:
+                raise unsupported(node.name, node.op_type, f"float weights ({name!r})",
+                                  "int8 weights (QDQ or QOperator); compile float models with --calibrate")
+            raise unsupported(node.name, node.op_type, f"non-constant weights ({name!r})", "constant weights")
+        w, s, zp, axis = self.qconst[name]
+        return self._wq(node, w, s, zp, axis, transpose)
+
+    def _wq(self, node, w, s, zp, axis, transpose):
+        w = np.asarray(w).astype(np.int64)
+        if transpose:          # MatMul / Gemm(transB=0) weights are K×N
+            w = w.T
+            axis = 1 - axis if w.ndim == 2 else axis
+        o = w.shape[0]
+        s = np.asarray(s, np.float64).reshape(-1)
+        zp = np.asarray(zp).astype(np.int64).reshape(-1)
+        if s.size not in (1, o) or (s.size > 1 and axis != 0):
+            raise unsupported(node.name, node.op_type, f"weight quantization along axis {axis}",
+                              "per-tensor or per-output-channel weight scales")
+        s = np.broadcast_to(s, (o,)).copy()
+        zp = np.broadcast_to(zp, (o,)).reshape((o,) + (1,) * (w.ndim - 1))
+        return w - zp, s
+
+    def bias(self, node, name, sx, sw):
+        if not name:
+            return np.zeros(len(sw), np.int64)
+        if name in self.qconst:
+            b, bs, bzp, _ = self.qconst[name]
+            real = (np.asarray(b, np.float64) - np.asarray(bzp, np.float64)) * np.asarray(bs, np.float64)
+        elif name in self.consts and self.consts[name].dtype == np.int32:
+            return self.consts[name].astype(np.int64)
+        elif name in self.consts:
+            real = self.consts[name].astype(np.float64)
+        else:
+            raise unsupported(node.name, node.op_type, f"non-constant bias ({name!r})", "constant bias")
+        return np.rint(real / (sx * sw)).astype(np.int64)
+
+    # ---- the walk ------------------------------------------------------------------------
+
+    def run(self) -> Graph:
+        for n in self.model.graph.node:
+            if n.op_type == "Constant":
+                a = _attrs(n)
+                if "value" not in a:
+                    raise unsupported(n.name, "Constant", "a non-tensor constant", "tensor constants")
+                self.consts[n.output[0]] = numpy_helper.to_array(a["value"])
+                continue
+            if n.domain not in ("", "ai.onnx", "com.microsoft"):
+                raise unsupported(n.name, n.op_type, f"domain {n.domain!r}", "ai.onnx and com.microsoft ops")
+            fn = getattr(self, f"op_{n.op_type}", None)
+            if fn is None:
+                raise unsupported(n.name, n.op_type, "this op", SUPPORTED_OPS)
+            fn(n, _attrs(n))
+        for vo in self.model.graph.output:
+            name = vo.name
+            if name in self.hostf:
+                for h in self.g.host_ops:
+                    if h["outputs"][0] == self.hostf[name]:
+                        h["outputs"] = [name]
+                continue
+            t = self.fmap.get(name) or self.imap.get(name)
+            if t is None:
+                raise CompileError(f"graph output {name!r} is not a quantized tensor the NPU produces "
+                                   f"(supported: outputs of DequantizeLinear or quantized ops)")
+            self.g.outputs.append((name, t))
+        if not self.g.inputs:
+            raise CompileError("the model has no quantized input (expected a QuantizeLinear on a graph input)")
+        return self.g
+
+    # ---- quantization nodes ----------------------------------------------------------------
+
+    def op_QuantizeLinear(self, n, a):
+        x = n.input[0]
+        if x in self.consts:   # a quantized constant (weights written as Q of a float initializer)
+            s = np.asarray(self.consts[n.input[1]], np.float64)
+            zp = self.consts[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
+            axis = a.get("axis", 1)
+            shp = [1] * self.consts[x].ndim
+            if s.size > 1:
+                shp[axis] = -1
+            q = np.rint(self.consts[x] / s.reshape(shp)) + np.asarray(zp, np.float64).reshape(shp if s.size > 1 else ())
+            info = np.iinfo(np.asarray(zp).dtype)
+            self.consts[n.output[0]] = np.clip(q, info.min, info.max).astype(np.asarray(zp).dtype)
+            return
+        s, zp, dt = self.scalar_q(n, n.input[1], n.input[2] if len(n.input) > 2 else "")
+        out = n.output[0]
+        if x in self.hostf:
+            self.hostf[out] = self.hostf[x]
+        elif x in self.pending:
+            op = self.pending.pop(x)
+            self.new_tensor(out, op.attrs.pop("_shape"), s, zp, dt)
+            op.output = out
+            self.imap[out] = out
+        elif x in self.fmap:
+            t = self.g.tensors[self.fmap[x]]
+            if abs(t.scale - s) <= 1e-9 * s and t.zero_point == zp:
+                self.imap[out] = t.name
+            else:
+                self.new_tensor(out, t.shape, s, zp, dt)
+                self.g.ops.append(Op("requant", n.name or out, n.op_type, [t.name], out, {}))
+                self.imap[out] = out
+        elif any(i.name == x for i in self.model.graph.input):
+            self.new_tensor(out, self.shape(x, n), s, zp, dt)
+            self.g.inputs.append((x, out))
+            self.imap[out] = out
+        else:
+            raise unsupported(n.name, n.op_type, f"quantizing {x!r}", "quantizing graph inputs and op outputs")
+
+    def op_DequantizeLinear(self, n, a):
+        x, out = n.input[0], n.output[0]
+        if x in self.consts:
+            zp = self.consts[n.input[2]] if len(n.input) > 2 and n.input[2] else np.zeros((), self.consts[x].dtype)
+            self.qconst[out] = (self.consts[x], self.consts[n.input[1]], zp, a.get("axis", 1))
+        elif x in self.hostf:
+            self.hostf[out] = self.hostf[x]
+        elif x in self.imap:
+            t = self.g.tensors[self.imap[x]]
+            s, zp, _ = self.scalar_q(n, n.input[1], n.input[2] if len(n.input) > 2 else "")
+            if abs(t.scale - s) > 1e-6 * s or t.zero_point != zp:
+                raise unsupported(n.name, n.op_type, "dequantizing with other parameters than the tensor's",
+                                  "DequantizeLinear with the matching QuantizeLinear's scale and zero point")
+            self.fmap[out] = t.name
+        elif any(i.name == x for i in self.model.graph.input):
+            raise unsupported(n.name, n.op_type, f"an int8/uint8 graph input ({x!r})",
+                              "float graph inputs followed by QuantizeLinear")
+        else:
+            raise unsupported(n.name, n.op_type, f"dequantizing {x!r}", "dequantizing quantized tensors")
+
+    # ---- float-domain compute ops (QDQ) ------------------------------------------------------
+
+    def _conv_attrs(self, n, a, w):
+        k = list(w.shape[2:])
+        if len(k) != 2:
+            raise unsupported(n.name, n.op_type, f"{len(k)}-D convolution", "2-D convolution (NCHW)")
+        if a.get("group", 1) != 1:
+            raise unsupported(n.name, n.op_type, f"group={a['group']}", "group=1 (no grouped/depthwise conv)")
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        strides = list(a.get("strides", [1, 1]))
+        dil = list(a.get("dilations", [1, 1]))
+        if auto in ("NOTSET", "VALID"):
+            pads = list(a.get("pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            x_shape = self.shape(n.input[0], n)
+            for i in range(2):
+                inp = x_shape[2 + i]
+                outp = -(-inp // strides[i])
+                total = max(0, (outp - 1) * strides[i] + (k[i] - 1) * dil[i] + 1 - inp)
+                lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+                pads[i], pads[2 + i] = lo, total - lo
+        else:
+            raise unsupported(n.name, n.op_type, f"auto_pad={auto}", "NOTSET, VALID, SAME_UPPER, SAME_LOWER")
+        return dict(kernel=k, strides=strides, pads=pads, dilations=dil)
+
+    def op_Conv(self, n, a):
+        x = self.int_in(n.input[0], n)
+        w, sw = self.weights(n, n.input[1])
+        sx = self.g.tensors[x].scale
+        b = self.bias(n, n.input[2] if len(n.input) > 2 else "", sx, sw)
+        attrs = dict(self._conv_attrs(n, a, w), w=w, w_scale=sw, bias=b)
+        self.add_op("conv", n, [x], attrs, out_float=n.output[0])
+
+    def _gemm(self, n, x, w, sw, b, a=None):
+        a = a or {}
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            raise unsupported(n.name, n.op_type, "transA=1 or alpha/beta other than 1",
+                              "Gemm with transA=0, alpha=1, beta=1")
+        return dict(w=w, w_scale=sw, bias=b)
+
+    def op_Gemm(self, n, a):
+        x = self.int_in(n.input[0], n)
+        w, sw = self.weights(n, n.input[1], transpose=not a.get("transB", 0))
+        b = self.bias(n, n.input[2] if len(n.input) > 2 else "", self.g.tensors[x].scale, sw)
+        self.add_op("gemm", n, [x], self._gemm(n, x, w, sw, b, a), out_float=n.output[0])
+
+    def op_MatMul(self, n, a):
+        x = self.int_in(n.input[0], n)
+        w, sw = self.weights(n, n.input[1], transpose=True)
+        b = np.zeros(w.shape[0], np.int64)
+        self.add_op("gemm", n, [x], dict(w=w, w_scale=sw, bias=b), out_float=n.output[0])
+
+    def op_Add(self, n, a):
+        ins = []
+        for i in n.input:
+            if i in self.pending and len(self.pending[i].attrs) and self.pending[i].kind in ("conv", "gemm") \
+                    and i not in self.fmap:
+                # Gemm/MatMul followed by a float bias Add: fold the constant into the bias.
+                pass
+            ins.append(i)
+        if any(i in self.consts or i in self.qconst for i in ins):
+            other = [i for i in ins if i not in self.consts and i not in self.qconst]
+            cst = [i for i in ins if i in self.consts or i in self.qconst]
+            if len(other) == 1 and other[0] in self.pending and self.pending[other[0]].kind == "gemm":
+                op = self.pending.pop(other[0])
+                c = cst[0]
+                if c in self.qconst:
+                    v, s, zp, _ = self.qconst[c]
+                    real = (np.asarray(v, np.float64) - np.asarray(zp, np.float64)) * np.asarray(s, np.float64)
+                else:
+                    real = self.consts[c].astype(np.float64)
+                sx = self.g.tensors[op.inputs[0]].scale
+                op.attrs["bias"] = op.attrs["bias"] + np.rint(real.reshape(-1) / (sx * op.attrs["w_scale"])).astype(np.int64)
+                op.attrs["_shape"] = self.shape(n.output[0], n)
+                self.pending[n.output[0]] = op
+                return
+            raise unsupported(n.name, n.op_type, "adding a constant", "Add of two activations, or a bias after MatMul")
+        xa, xb = (self.int_in(i, n) for i in ins)
+        if self.shape(n.output[0], n) != list(self.g.tensors[xa].shape) or \
+                list(self.g.tensors[xa].shape) != list(self.g.tensors[xb].shape):
+            raise unsupported(n.name, n.op_type, "broadcasting", "Add of two tensors of the same shape")
+        self.add_op("add", n, [xa, xb], {}, out_float=n.output[0])
+
+    def _clamp_bounds(self, n, a):
+        if n.op_type == "Relu":
+            return 0.0, float("inf")
+        lo, hi = a.get("min", -float("inf")), a.get("max", float("inf"))
+        if len(n.input) > 1 and n.input[1]:
+            lo = float(np.asarray(self.const(n.input[1], n, "min")).reshape(-1)[0])
+        if len(n.input) > 2 and n.input[2]:
+            hi = float(np.asarray(self.const(n.input[2], n, "max")).reshape(-1)[0])
+        return float(lo), float(hi)
+
+    def op_Relu(self, n, a):
+        lo, hi = self._clamp_bounds(n, a)
+        x = n.input[0]
+        if x in self.pending:
+            op = self.pending.pop(x)
+            c = op.attrs.get("clamp", (-float("inf"), float("inf")))
+            op.attrs["clamp"] = (max(c[0], lo), min(c[1], hi))
+            self.pending[n.output[0]] = op
+            return
+        if n.input[0] in self.imap:          # QOperator: Relu on an int tensor
+            t = self.g.tensors[self.imap[x]]
+            self.new_tensor(n.output[0], t.shape, t.scale, t.zero_point, t.src_dtype)
+            self.g.ops.append(Op("clamp", n.name or n.output[0], n.op_type, [t.name], n.output[0],
+                                 {"clamp": (lo, hi)}))
+            self.imap[n.output[0]] = n.output[0]
+            return
+        xi = self.int_in(x, n)
+        self.add_op("clamp", n, [xi], {"clamp": (lo, hi)}, out_float=n.output[0])
+
+    op_Clip = op_Relu
+
+    def _pool_attrs(self, n, a, shape):
+        if n.op_type.startswith("Global") or n.op_type == "QLinearGlobalAveragePool":
+            return dict(mode="avg", kernel=list(shape[2:]), strides=[1, 1], pads=[0, 0, 0, 0])
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto not in ("NOTSET", "VALID"):
+            raise unsupported(n.name, n.op_type, f"auto_pad={auto}", "auto_pad NOTSET or VALID with explicit pads")
+        k = list(a["kernel_shape"])
+        if len(k) != 2:
+            raise unsupported(n.name, n.op_type, f"{len(k)}-D pooling", "2-D pooling")
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            raise unsupported(n.name, n.op_type, "dilated pooling", "dilations=1")
+        pads = list(a.get("pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
+        strides = list(a.get("strides", [1, 1]))
+        mode = "max" if "Max" in n.op_type else "avg"
+        if mode == "avg":
+            out = self.shape(n.output[0], n)
+            partial = any((out[2 + i] - 1) * strides[i] + k[i] > shape[2 + i] + pads[i] + pads[2 + i] for i in range(2))
+            if partial:
+                raise unsupported(n.name, n.op_type, "ceil_mode windows that run past the padding",
+                                  "average pooling whose windows lie inside the padded input")
+            if any(pads) and not a.get("count_include_pad", 0):
+                raise unsupported(n.name, n.op_type, "padding with count_include_pad=0",
+                                  "average pooling without padding, or with count_include_pad=1")
+        if len(n.output) > 1 and n.output[1]:
+            raise unsupported(n.name, n.op_type, "the Indices output", "MaxPool with one output")
+        return dict(mode=mode, kernel=k, strides=strides, pads=pads)
+
+    def op_MaxPool(self, n, a):
+        x = n.input[0]
+        if x in self.imap:        # QOperator: int8 MaxPool
+            t = self.g.tensors[self.imap[x]]
+            self.new_tensor(n.output[0], self.shape(n.output[0], n), t.scale, t.zero_point, t.src_dtype)
+            self.g.ops.append(Op("pool", n.name or n.output[0], n.op_type, [t.name], n.output[0],
+                                 self._pool_attrs(n, a, t.shape)))
+            self.imap[n.output[0]] = n.output[0]
+            return
+        xi = self.int_in(x, n)
+        t = self.g.tensors[xi]
+        # Max pooling commutes with dequantization: the output is exact in the input's parameters.
+        out = n.output[0]
+        self.new_tensor(out, self.shape(out, n), t.scale, t.zero_point, t.src_dtype)
+        self.g.ops.append(Op("pool", n.name or out, n.op_type, [xi], out, self._pool_attrs(n, a, t.shape)))
+        self.fmap[out] = out
+
+    def op_AveragePool(self, n, a):
+        xi = self.int_in(n.input[0], n)
+        self.add_op("pool", n, [xi], self._pool_attrs(n, a, self.g.tensors[xi].shape), out_float=n.output[0])
+
+    op_GlobalAveragePool = op_AveragePool
+
+    def _shape_op(self, n, src, out_name, to_map):
+        t = self.g.tensors[src]
+        if n.op_type == "Transpose":
+            perm = _attrs(n).get("perm")
+            nontrivial = [d for d in perm if t.shape[d] != 1]
+            if nontrivial != sorted(nontrivial):
+                raise unsupported(n.name, n.op_type, f"perm={perm} on shape {list(t.shape)} (it moves data)",
+                                  "transposes that only move dimensions of size 1")
+        known = self.shapes.get(out_name)
+        if known and None not in known:
+            shape = list(known)
+        elif n.op_type == "Flatten" and _attrs(n).get("axis", 1) == 1:
+            shape = [1, int(np.prod(t.shape[1:]))]
+        elif n.op_type == "Reshape" and n.input[1] in self.consts:
+            tgt = [int(v) for v in self.consts[n.input[1]]]
+            tgt = [t.shape[i] if v == 0 else v for i, v in enumerate(tgt)]
+            if -1 in tgt:
+                tgt[tgt.index(-1)] = int(np.prod(t.shape)) // -int(np.prod(tgt))
+            shape = tgt
+        else:
+            shape = self.shape(out_name, n)
+        if len(shape) not in (2, 4) or shape[0] != 1:
+            raise unsupported(n.name, n.op_type, f"output shape {shape}", "NCHW or NC tensors with batch 1")
+        self.new_tensor(out_name, shape, t.scale, t.zero_point, t.src_dtype)
+        self.g.ops.append(Op("alias", n.name or out_name, n.op_type, [src], out_name, {}))
+        to_map[out_name] = out_name
+
+    def _shape_dispatch(self, n, a):
+        x = n.input[0]
+        if x in self.hostf:
+            raise unsupported(n.name, n.op_type, "reshaping a host-side result", "Softmax as the last op")
+        if x in self.imap:
+            self._shape_op(n, self.imap[x], n.output[0], self.imap)
+        elif x in self.pending:
+            op = self.pending.pop(x)
+            # Reshape of a pending result: it keeps waiting for its QuantizeLinear under the new name.
+            new, old = self.shape(n.output[0], n), op.attrs["_shape"]
+            if int(np.prod(new[2:])) != 1 or int(np.prod(old[2:])) != 1 or new[1] != old[1]:
+                raise unsupported(n.name, n.op_type, f"reshaping an unquantized {old} result to {new}",
+                                  "reshapes of 1x1-pixel results, or reshapes of quantized tensors")
+            op.attrs["_shape"] = new
+            self.pending[n.output[0]] = op
+        else:
+            self._shape_op(n, self.int_in(x, n), n.output[0], self.fmap)
+
+    op_Flatten = op_Reshape = op_Squeeze = op_Unsqueeze = op_Transpose = op_Identity = _shape_dispatch
+
+    def op_Pad(self, n, a):
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "constant":
+            raise unsupported(n.name, n.op_type, f"mode={mode}", "constant padding")
+        pads = list(a["pads"]) if "pads" in a else [int(v) for v in self.const(n.input[1], n, "pads")]
+        value = 0.0
+        if len(n.input) > 2 and n.input[2]:
+            value = float(np.asarray(self.const(n.input[2], n, "constant_value")).reshape(-1)[0])
+        x = n.input[0]
+        src = self.imap.get(x) or self.int_in(x, n)
+        t = self.g.tensors[src]
+        if len(pads) != 8 or pads[0] or pads[1] or pads[4] or pads[5]:
+            raise unsupported(n.name, n.op_type, f"pads={pads}", "padding of H and W only")
+        # Int-domain Pad pads with the zero point code; QDQ Pad pads with the real value.
+        code = value if x in self.imap else t.quantize_real(value)
+        out = n.output[0]
+        self.new_tensor(out, self.shape(out, n), t.scale, t.zero_point, t.src_dtype)
+        self.g.ops.append(Op("pad", n.name or out, n.op_type, [src], out,
+                             {"pads": [pads[2], pads[3], pads[6], pads[7]], "value": int(code)}))
+        (self.imap if x in self.imap else self.fmap)[out] = out
+
+    def op_Concat(self, n, a):
+        ins = [self.int_in(i, n) for i in n.input]
+        if a.get("axis") not in (1, -3 if len(self.g.tensors[ins[0]].shape) == 4 else 1):
+            raise unsupported(n.name, n.op_type, f"axis={a.get('axis')}", "concatenation along channels (axis 1)")
+        self.add_op("concat", n, ins, {}, out_float=n.output[0])
+
+    def op_Softmax(self, n, a):
+        x = n.input[0]
+        axis = a.get("axis", -1)
+        if x in self.fmap or x in self.imap:
+            t = self.fmap.get(x) or self.imap.get(x)
+            src = x
+            self.g.outputs.append((src, t))
+        elif x in self.hostf:
+            src = self.hostf[x]
+        else:
+            raise unsupported(n.name, n.op_type, f"input {x!r} that is not quantized", "Softmax of a quantized tensor")
+        shape = self.shape(x, n)
+        if axis not in (-1, len(shape) - 1) or len(shape) != 2:
+            raise unsupported(n.name, n.op_type, f"axis={axis} on shape {shape}", "Softmax over the last axis of an NC tensor")
+        out = n.output[0]
+        self.g.host_ops.append({"op": "Softmax", "name": n.name or out, "inputs": [src], "outputs": [out],
+                                "attrs": {"axis": -1}})
+        self.hostf[out] = out
+
+    def op_BatchNormalization(self, n, a):
+        x = n.input[0]
+        op = self.pending.get(x)
+        if op is not None and op.kind == "conv" and all(i in self.consts for i in n.input[1:5]):
+            # A float BatchNormalization on a convolution's unquantized result: fold into its scales and bias.
+            gamma, beta, mean, var = (self.consts[i].astype(np.float64) for i in n.input[1:5])
+            k = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
+            sx = self.g.tensors[op.inputs[0]].scale
+            sw = op.attrs["w_scale"]
+            b_real = op.attrs["bias"] * sx * sw
+            sign = np.where(k < 0, -1, 1)
+            op.attrs["w"] = op.attrs["w"] * sign.reshape(-1, 1, 1, 1)
+            op.attrs["w_scale"] = sw * np.abs(k)
+            op.attrs["bias"] = np.rint(((b_real - mean) * k + beta) / (sx * op.attrs["w_scale"])).astype(np.int64)
+            self.pending[n.output[0]] = self.pending.pop(x)
+            return
+        raise unsupported(n.name, n.op_type, "BatchNormalization between quantized tensors",
+                          "BatchNormalization directly after a float Conv (folded by FoldBatchNorm before quantization)")
+
+    # ---- QOperator ops -------------------------------------------------------------------
+
+    def _qparams(self, n, i_s, i_zp):
+        return self.scalar_q(n, n.input[i_s], n.input[i_zp] if len(n.input) > i_zp else "")
+
+    def op_QLinearConv(self, n, a):
+        x = self.q_in(n.input[0], n)
+        wq = self.const(n.input[3], n, "weights")
+        w, sw = self._wq(n, wq, self.consts[n.input[4]], self.const(n.input[5], n, "weight zero point"), 0, False)
+        sx = self.g.tensors[x].scale
+        b = self.bias(n, n.input[8] if len(n.input) > 8 else "", sx, sw)
+        attrs = dict(self._conv_attrs(n, a, w), w=w, w_scale=sw, bias=b)
+        self.add_op("conv", n, [x], attrs, out_int=n.output[0], params=self._qparams(n, 6, 7))
+        self.imap[n.output[0]] = n.output[0]
+
+    def op_QLinearMatMul(self, n, a):
+        x = self.q_in(n.input[0], n)
+        w, sw = self._wq(n, self.const(n.input[3], n, "weights"), self.consts[n.input[4]],
+                         self.const(n.input[5], n, "weight zero point"), 1, True)
+        attrs = dict(w=w, w_scale=sw, bias=np.zeros(w.shape[0], np.int64))
+        self.add_op("gemm", n, [x], attrs, out_int=n.output[0], params=self._qparams(n, 6, 7))
+        self.imap[n.output[0]] = n.output[0]
+
+    def op_QGemm(self, n, a):
+        x = self.q_in(n.input[0], n)
+        trans_b = a.get("transB", 0)
+        w, sw = self._wq(n, self.const(n.input[3], n, "weights"), self.consts[n.input[4]],
+                         self.const(n.input[5], n, "weight zero point"), 0 if trans_b else 1, not trans_b)
+        b = self.bias(n, n.input[6] if len(n.input) > 6 else "", self.g.tensors[x].scale, sw)
+        if len(n.input) < 8 or not n.input[7]:
+            raise unsupported(n.name, n.op_type, "a float output", "QGemm with y_scale")
+        attrs = self._gemm(n, x, w, sw, b, a)
+        self.add_op("gemm", n, [x], attrs, out_int=n.output[0], params=self._qparams(n, 7, 8))
+        self.imap[n.output[0]] = n.output[0]
+
+    def op_QLinearAdd(self, n, a):
+        xa, xb = self.q_in(n.input[0], n), self.q_in(n.input[3], n)
+        if list(self.g.tensors[xa].shape) != list(self.g.tensors[xb].shape):
+            raise unsupported(n.name, n.op_type, "broadcasting", "Add of two tensors of the same shape")
+        self.add_op("add", n, [xa, xb], {}, out_int=n.output[0], params=self._qparams(n, 6, 7))
+        self.imap[n.output[0]] = n.output[0]
+
+    def op_QLinearGlobalAveragePool(self, n, a):
+        x = self.q_in(n.input[0], n)
+        if a.get("channels_last", 0):
+            raise unsupported(n.name, n.op_type, "channels_last=1", "NCHW (channels_last=0)")
+        self.add_op("pool", n, [x], self._pool_attrs(n, a, self.g.tensors[x].shape), out_int=n.output[0],
+                    params=self._qparams(n, 3, 4))
+        self.imap[n.output[0]] = n.output[0]
+
+    def op_QLinearAveragePool(self, n, a):
+        x = self.q_in(n.input[0], n)
+        if a.get("channels_last", 0):
+            raise unsupported(n.name, n.op_type, "channels_last=1", "NCHW (channels_last=0)")
+        self.add_op("pool", n, [x], self._pool_attrs(n, a, self.g.tensors[x].shape), out_int=n.output[0],
+                    params=self._qparams(n, 3, 4))
+        self.imap[n.output[0]] = n.output[0]
+
+    def op_QLinearConcat(self, n, a):
+        ins = [self.q_in(n.input[i], n) for i in range(2, len(n.input), 3)]
+        self.add_op("concat", n, ins, {}, out_int=n.output[0], params=self._qparams(n, 0, 1))
+        self.imap[n.output[0]] = n.output[0]
+
+    def op_QLinearSoftmax(self, n, a):
+        x = self.q_in(n.input[0], n)
+        shape = self.shape(n.input[0], n)
+        if len(shape) != 2 or a.get("axis", -1) not in (-1, 1):
+            raise unsupported(n.name, n.op_type, f"axis={a.get('axis')} on shape {shape}",
+                              "Softmax over the last axis of an NC tensor")
+        self.g.outputs.append((n.input[0], x))
+        out = n.output[0]
+        self.g.host_ops.append({"op": "Softmax", "name": n.name or out, "inputs": [n.input[0]], "outputs": [out],
+                                "attrs": {"axis": -1}})
+        self.hostf[out] = out
+
+
+def lower(model: onnx.ModelProto) -> Graph:
+    """Lower a quantized ONNX model into the integer graph (see the module docstring)."""
+    g = _Lowering(model).run()
+    for op in g.ops:
+        if not op.output:
+            raise unsupported(op.name, op.onnx_op, "a result that is never quantized",
+                              "ops followed by QuantizeLinear (QDQ) or QLinear* ops")
+        op.attrs.pop("_shape", None)
+    return g

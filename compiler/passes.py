@@ -1,0 +1,300 @@
+"""Graph passes: small named verbs, each a callable run once over the graph.
+
+ONNX-level (float models, before calibration): :class:`FoldBatchNorm`.
+Integer-graph level, in pipeline order: :class:`FoldPad`, :class:`FuseActivation`,
+:class:`FuseAdd`, :class:`EliminateReshape`, :class:`GemmToConv`,
+:class:`LowerLeftovers` (unfused Add/Clip/requantization as identity
+convolutions), :class:`PadChannels`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .ir import CompileError, Graph, Op, unsupported
+
+__all__ = ["FoldBatchNorm", "FoldPad", "FuseActivation", "FuseAdd", "EliminateReshape", "GemmToConv",
+           "LowerLeftovers", "PadChannels", "PIPELINE", "run_passes"]
+
+
+class FoldBatchNorm:
+    """Fold ``Conv → BatchNormalization`` (constant parameters) into the convolution (float ONNX)."""
+
+    def __call__(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        g = model.graph
+        inits = {i.name: i for i in g.initializer}
+        users = {}
+        for n in g.node:
+            for i in n.input:
+                users.setdefault(i, []).append(n)
+        remove = []
+        for bn in list(g.node):
+            if bn.op_type != "BatchNormalization":
+                continue
+            conv = next((n for n in g.node if bn.input[0] in n.output), None)
+            if conv is None or conv.op_type != "Conv" or len(users.get(conv.output[0], [])) != 1:
+                continue
+            if any(i not in inits for i in bn.input[1:5]) or conv.input[1] not in inits:
+                continue
+            eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+            gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in bn.input[1:5])
+            w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+            b = (numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+                 if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0]))
+            a = gamma / np.sqrt(var + eps)
+            w2 = (w * a.reshape(-1, 1, 1, 1)).astype(np.float32)
+            b2 = ((b - mean) * a + beta).astype(np.float32)
+            wname, bname = conv.input[1] + "_bnfolded", (conv.output[0] + "_bias_bnfolded")
+            g.initializer.append(numpy_helper.from_array(w2, wname))
+            g.initializer.append(numpy_helper.from_array(b2, bname))
+            x = conv.input[0]
+            del conv.input[:]
+            conv.input.extend([x, wname, bname])
+            conv.output[0] = bn.output[0]
+            remove.append(bn)
+        for n in remove:
+            g.node.remove(n)
+        used = {i for n in g.node for i in n.input}
+        for init in list(g.initializer):
+            if init.name not in used:
+                g.initializer.remove(init)
+        return model
+
+
+class FoldPad:
+    """Fold a Pad (constant = the zero point) into the padding of the Conv/MaxPool that reads it."""
+
+    def __call__(self, g: Graph) -> Graph:
+        for op in list(g.ops):
+            if op.kind != "pad":
+                continue
+            users = g.consumers(op.output)
+            x = g.tensors[op.inputs[0]]
+            t, l, b, r = op.attrs["pads"]
+            ok = users and not g.is_output(op.output) and all(
+                (u.kind == "conv" and op.attrs["value"] == x.zero_point) or
+                (u.kind == "pool" and u.attrs["mode"] == "max" and op.attrs["value"] == -128) for u in users)
+            if not ok or min(t, l, b, r) < 0:
+                raise unsupported(op.name, op.onnx_op, "padding that does not feed a convolution with the "
+                                  "input zero point (or a max pool with the minimum)",
+                                  "Pad folded into the following Conv/MaxPool")
+            for u in users:
+                p = u.attrs["pads"]
+                u.attrs["pads"] = [p[0] + t, p[1] + l, p[2] + b, p[3] + r]
+            g.rename(op.output, op.inputs[0])
+            g.ops.remove(op)
+        g.remove_unused()
+        return g
+
+
+def _single_use(g: Graph, tensor: str) -> bool:
+    return len(g.consumers(tensor)) == 1 and not g.is_output(tensor)
+
+
+class FuseActivation:
+    """Fold Relu/Clip (``clamp`` ops) into the epilogue clamp of the op that produced their input."""
+
+    def __call__(self, g: Graph) -> Graph:
+        for op in list(g.ops):
+            if op.kind != "clamp":
+                continue
+            src = g.producer(op.inputs[0])
+            if src is None or src.kind not in ("conv", "gemm", "add") or not _single_use(g, op.inputs[0]):
+                continue
+            lo, hi = op.attrs["clamp"]
+            c = src.attrs.get("clamp", (-float("inf"), float("inf")))
+            src.attrs["clamp"] = (max(c[0], lo), min(c[1], hi))
+            old = src.output
+            src.output = op.output
+            g.ops.remove(op)
+            del g.tensors[old]
+        return g
+
+
+class FuseAdd:
+    """Fuse ``Add(conv_out, r)`` into the convolution's epilogue as a residual add.
+
+    The convolution's own output parameters become the epilogue's middle
+    (``zp_mid``, scale) and the Add's become the output, as onnxruntime's
+    QLinearConv followed by QLinearAdd computes it.
+    """
+
+    def __call__(self, g: Graph) -> Graph:
+        for op in list(g.ops):
+            if op.kind != "add":
+                continue
+            for i in (0, 1):
+                conv = g.producer(op.inputs[i])
+                other = op.inputs[1 - i]
+                if conv is None or conv.kind != "conv" or "residual" in conv.attrs or not _single_use(g, op.inputs[i]):
+                    continue
+                mid = g.tensors[conv.output]
+                lo = conv.attrs.get("clamp", (-float("inf"), float("inf")))
+                if (lo[0] > -float("inf") and mid.quantize_real(lo[0]) > -128) or \
+                        (lo[1] < float("inf") and mid.quantize_real(lo[1]) < 127):
+                    continue      # a clamp on the middle value has no place in the epilogue
+                conv.attrs["residual"] = dict(tensor=other, mid_scale=mid.scale, mid_zp=mid.zero_point)
+                conv.attrs["clamp"] = op.attrs.get("clamp", (-float("inf"), float("inf")))
+                conv.inputs.append(other)
+                conv.output = op.output
+                conv.name = f"{conv.name}+{op.name}"
+                # The fused op runs where the Add ran: after both of its inputs exist.
+                g.ops.remove(conv)
+                g.ops[g.ops.index(op)] = conv
+                del g.tensors[mid.name]
+                break
+        return g
+
+
+def _root(g: Graph, name: str) -> str:
+    p = g.producer(name)
+    while p is not None and p.kind == "alias":
+        name = p.inputs[0]
+        p = g.producer(name)
+    return name
+
+
+class EliminateReshape:
+    """Remove Flatten/Reshape/Transpose/Squeeze that move no data in the NPU's HWC layout.
+
+    A reshape of a 1×1-pixel tensor, or one keeping C, H and W, is free; a
+    Flatten of an H×W×C tensor is free only in front of a fully connected layer
+    (which then becomes an H×W convolution, see :class:`GemmToConv`).
+    """
+
+    def __call__(self, g: Graph) -> Graph:
+        for op in list(g.ops):
+            if op.kind != "alias":
+                continue
+            src, dst = g.tensors[op.inputs[0]], g.tensors[op.output]
+            same = src.channels == dst.channels and src.height == dst.height and src.width == dst.width
+            if not same and src.height * src.width == 1 and dst.height * dst.width == 1:
+                same = src.channels == dst.channels
+            flat = (not same and len(dst.shape) == 2 and dst.channels == src.channels * src.height * src.width)
+            users = g.consumers(op.output)
+            if flat and not g.is_output(op.output) and all(u.kind == "gemm" for u in users):
+                for u in users:
+                    u.attrs["spatial_input"] = True
+            elif not same:
+                raise unsupported(op.name, op.onnx_op, f"reshaping {list(src.shape)} to {list(dst.shape)}",
+                                  "reshapes that keep the channel, height and width layout, and Flatten "
+                                  "in front of Gemm/MatMul")
+            if g.is_output(op.output):
+                g.output_views = getattr(g, "output_views", {})
+                g.output_views[op.output] = dst.shape
+                for k, (n, t) in enumerate(g.outputs):
+                    if t == op.output:
+                        g.outputs[k] = (n, op.inputs[0])
+                        g.output_views[n] = dst.shape
+            g.rename(op.output, op.inputs[0])
+            g.ops.remove(op)
+        g.remove_unused()
+        return g
+
+
+class GemmToConv:
+    """A fully connected layer (Gemm/MatMul) is a convolution over its whole input.
+
+    Over a 1×1-pixel input it is a 1×1 convolution; after a Flatten of an
+    H×W×C tensor it is an H×W convolution with the weights reshaped to
+    (O, C, H, W), which is exactly ONNX's C-major flattening order.
+    """
+
+    def __call__(self, g: Graph) -> Graph:
+        for op in g.ops:
+            if op.kind != "gemm":
+                continue
+            x = g.tensors[op.inputs[0]]
+            w = op.attrs["w"]
+            k = x.channels * x.height * x.width
+            if w.shape[1] != k:
+                raise unsupported(op.name, op.onnx_op, f"weights of shape {list(w.shape)} for an input of "
+                                  f"{k} features", "Gemm/MatMul over all features of its input")
+            if x.height > 15 or x.width > 15:
+                raise unsupported(op.name, op.onnx_op, f"a fully connected layer over {x.height}×{x.width} pixels",
+                                  "at most 15×15 pixels before Flatten")
+            op.kind = "conv"
+            op.attrs.update(w=w.reshape(w.shape[0], x.channels, x.height, x.width), kernel=[x.height, x.width],
+                            strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1])
+            op.attrs.pop("spatial_input", None)
+        return g
+
+
+class LowerLeftovers:
+    """Ops with no fusion partner become identity 1×1 convolutions.
+
+    An unfused Add becomes an identity convolution of one input with the other
+    as residual; a lone Clip/Relu or a change of quantization parameters
+    becomes an identity convolution that requantizes and clamps.
+    """
+
+    def __call__(self, g: Graph) -> Graph:
+        for op in g.ops:
+            if op.kind not in ("add", "clamp", "requant"):
+                continue
+            x = g.tensors[op.inputs[0]]
+            c = x.channels
+            attrs = dict(w=np.eye(c, dtype=np.int64).reshape(c, c, 1, 1), w_scale=np.ones(c),
+                         bias=np.zeros(c, np.int64), kernel=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0],
+                         dilations=[1, 1], clamp=op.attrs.get("clamp", (-float("inf"), float("inf"))))
+            if op.kind == "add":
+                # The identity convolution reproduces input 0 exactly in its own parameters.
+                attrs["residual"] = dict(tensor=op.inputs[1], mid_scale=x.scale, mid_zp=x.zero_point)
+            op.kind = "conv"
+            op.attrs = attrs
+        for op in g.ops:
+            if op.kind == "concat":
+                raise unsupported(op.name, op.onnx_op, "channel concatenation in this version of the back end",
+                                  "Conv, Gemm, Add, Relu/Clip, MaxPool, AveragePool, GlobalAveragePool, Softmax")
+        return g
+
+
+class PadChannels:
+    """Give every tensor its physical channel count ``cpad``.
+
+    Tensors written by the epilogue hold whole output blocks (a multiple of
+    ``rows``); graph inputs a multiple of ``lanes``; pooled tensors keep their
+    input's layout.
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def __call__(self, g: Graph) -> Graph:
+        c = self.config
+
+        def up(v, m):
+            return -(-v // m) * m
+
+        for _, t in g.inputs:
+            g.tensors[t].cpad = up(g.tensors[t].channels, c.lanes)
+        for op in g.ops:
+            out = g.tensors[op.output]
+            if op.kind == "conv":
+                out.cpad = up(out.channels, c.rows)
+            elif op.kind == "pool":
+                out.cpad = g.tensors[op.inputs[0]].cpad
+            else:
+                raise CompileError(f"internal: op {op.name!r} of kind {op.kind!r} reached PadChannels")
+        for op in g.ops:
+            res = op.attrs.get("residual")
+            if res is not None:
+                r, out = g.tensors[res["tensor"]], g.tensors[op.output]
+                if r.cpad < out.cpad or (r.height, r.width, r.channels) != (out.height, out.width, out.channels):
+                    raise unsupported(op.name, op.onnx_op, f"adding {list(r.shape)} (stored with {r.cpad} channels) "
+                                      f"to {list(out.shape)}", "residual adds of equal shapes produced on the NPU")
+        return g
+
+
+def PIPELINE(config):
+    """The integer-graph passes in order."""
+    return [FoldPad(), FuseActivation(), FuseAdd(), EliminateReshape(), GemmToConv(), LowerLeftovers(),
+            PadChannels(config)]
+
+
+def run_passes(g: Graph, config) -> Graph:
+    for p in PIPELINE(config):
+        g = p(g)
+    return g

@@ -23,6 +23,7 @@ input tensor's own shape and layout (NCHW or NHWC, batch 1).
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +76,12 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = 
     if n > max_bytes:
         raise ImageError(f"encoded image of {n} bytes exceeds the limit of {max_bytes} bytes")
     try:
-        img = Image.open(io.BytesIO(bytes(data)), formats=FORMATS)
+        with warnings.catch_warnings():
+            # The pixel limit below is ours; Pillow's own warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(bytes(data)), formats=FORMATS)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"image exceeds the limit of {max_pixels} pixels ({e})") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image: {n} bytes that are none of {', '.join(FORMATS)} "
                          f"(starting {bytes(data[:8])!r})") from None

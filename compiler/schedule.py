@@ -59,6 +59,7 @@ class Scheduler:
         self.unit_seq = {u: [] for u in Unit}  # unit -> global indices
         self.vc = {u: np.full(_NU, -1, dtype=np.int64) for u in Unit}
         self.ins_vc: list[np.ndarray] = []
+        self.cover: dict = {}
 
     def _span(self, mem, start, end):
         if mem == DRAM:
@@ -89,8 +90,9 @@ class Scheduler:
         for u in Unit:
             if u == unit or need[u.value] < 0 or vc[u.value] >= need[u.value]:
                 continue
-            src = self.unit_seq[u][need[u.value]]
+            src = self._signaller(u, unit, self.unit_seq[u][need[u.value]])
             self.instrs[src]["signal"] |= 1 << unit.value
+            self._cover(u, unit)[src:len(self.instrs)] += 1
             wait |= 1 << u.value
             np.maximum(vc, self.ins_vc[src], out=vc)
         seq = len(self.unit_seq[unit])
@@ -106,6 +108,37 @@ class Scheduler:
         for mem, s, e in writes:
             s, e = self._span(mem, s, e)
             self.tracks[mem].write[unit.value, s:e] = seq
+        return idx
+
+    def _cover(self, src: Unit, dst: Unit) -> np.ndarray:
+        """Tokens in flight from ``src`` to ``dst`` after each instruction, in program order."""
+        n = len(self.instrs) + 1
+        cov = self.cover.get((src, dst))
+        if cov is None or cov.size < n:
+            new = np.zeros(max(64, 2 * n), dtype=np.int32)
+            if cov is not None:
+                new[:cov.size] = cov
+            cov = self.cover[(src, dst)] = new
+        return cov
+
+    def _signaller(self, src: Unit, dst: Unit, first: int) -> int:
+        """Instruction of unit ``src`` at or after ``first`` that can signal ``dst`` within token_depth."""
+        cov = self._cover(src, dst)
+        n = len(self.instrs)
+        depth = self.config.token_depth
+        if cov[first:n].max(initial=0) < depth:
+            return first
+        last = self.unit_seq[src][-1]
+        if cov[last:n].max(initial=0) < depth:
+            return last
+        # Every queue position since is taken: a SYNC on ``src`` right here signals after all of it.
+        idx = len(self.instrs)
+        vc = self.vc[src].copy()
+        vc[src.value] = len(self.unit_seq[src])
+        self.vc[src] = vc
+        self.instrs.append({"op": "sync", "fields": {"unit": src}, "unit": src, "wait": 0, "signal": 0})
+        self.ins_vc.append(vc)
+        self.unit_seq[src].append(idx)
         return idx
 
     def instructions(self) -> list[Instruction]:

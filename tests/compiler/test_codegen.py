@@ -1,0 +1,149 @@
+"""Back end: single layers agree with onnxruntime within one step on every element, for every tiling path."""
+
+import numpy as np
+import pytest
+
+from tessera.arch import PRESETS, NpuConfig
+from tessera.compiler.codegen import TileForBuffers
+from tessera.compiler.frontend import load_onnx, lower
+from tessera.compiler.passes import run_passes
+from tessera.isa import Opcode
+
+from ..conftest import SMALL
+from .netgen import NetBuilder, assert_layer_exact, check_against_ort, quantize
+
+SIM = PRESETS["sim"].replace(dram_bytes=4 << 20)
+#: Buffers so small that tiles split rows, columns, output blocks and input channel blocks,
+#: weights and parameters are reloaded per group, and two tokens per queue must suffice.
+TINY = NpuConfig(name="tiny", lanes=8, rows=16, abuf_words=512, wbuf_words=128, accbuf_words=96, pbuf_words=4,
+                 bus_bytes=8, dram_bytes=1 << 22, queue_depth=4, token_depth=2)
+CONFIGS = {"sim": SIM, "small": SMALL, "tiny": TINY}
+
+
+def _conv_model(in_shape, cout, seed=0, **kw):
+    b = NetBuilder(in_shape, seed=seed)
+    return b.model([b.conv("x", cout, **kw)])
+
+
+CONV_CASES = {
+    "3x3": dict(in_shape=(1, 3, 9, 7), cout=5, k=3),
+    "1x1-wide-channels": dict(in_shape=(1, 37, 5, 6), cout=21, k=1),
+    "3x3-stride2": dict(in_shape=(1, 19, 11, 8), cout=33, k=3, stride=2),
+    "7x7-stride2-pad3": dict(in_shape=(1, 3, 15, 13), cout=8, k=7, stride=2),
+    "5x3-asym": dict(in_shape=(1, 6, 8, 10), cout=7, k=(5, 3)),
+    "dilated": dict(in_shape=(1, 4, 10, 9), cout=6, k=3, dil=2),
+    "3x3-deep": dict(in_shape=(1, 70, 6, 5), cout=40, k=3),
+    "no-pad": dict(in_shape=(1, 10, 7, 7), cout=9, k=3, pad=(0, 0), bias=False),
+}
+
+
+@pytest.mark.parametrize("cfg", ["sim", "small", "tiny"])
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_layer_within_one_step(case, cfg):
+    m = _conv_model(seed=hash(case) % 100, **CONV_CASES[case])
+    q = quantize(m, act="uint8" if len(case) % 2 else "int8")
+    assert_layer_exact(check_against_ort(q, CONFIGS[cfg], n_inputs=2))
+
+
+def test_conv_wide_rows_tile_columns():
+    # One output row of 70 pixels does not fit the tiny config's input slot: tiles split columns.
+    q = quantize(_conv_model((1, 3, 5, 70), 6, k=3))
+    g = run_passes(lower(load_onnx(q)), TINY)
+    plan = TileForBuffers(TINY)(g)[g.ops[0].name]
+    assert plan.tw < 70
+    assert_layer_exact(check_against_ort(q, TINY, n_inputs=2))
+
+
+@pytest.mark.parametrize("cfg", ["sim", "tiny"])
+@pytest.mark.parametrize("kind", ["max", "avg", "gap"])
+def test_pool_layer_within_one_step(kind, cfg):
+    b = NetBuilder((1, 3, 13, 11), seed=1)
+    y = b.conv("x", 20, relu=True, stride=2 if kind == "gap" else 1)
+    y = {"max": lambda v: b.maxpool(v, 3, 2, 1), "avg": lambda v: b.avgpool(v, 2, 2), "gap": b.gap}[kind](y)
+    q = quantize(b.model([y]))
+    assert_layer_exact(check_against_ort(q, CONFIGS[cfg], n_inputs=2))
+
+
+@pytest.mark.parametrize("cfg", ["sim", "tiny"])
+def test_gemm_after_flatten_is_spatial_conv(cfg):
+    # Flatten of a 3×2×5 tensor in front of Gemm: one 3×2 convolution with C-major weights.
+    b = NetBuilder((1, 4, 6, 4), seed=6)
+    y = b.conv("x", 5, stride=2, relu=True)
+    y = b.gemm(b.flatten(y), 7)
+    q = quantize(b.model([y]))
+    assert_layer_exact(check_against_ort(q, CONFIGS[cfg], n_inputs=3))
+
+
+def test_tiny_plans_split_channels_and_blocks():
+    q = quantize(_conv_model(**CONV_CASES["3x3-deep"]))
+    g = run_passes(lower(load_onnx(q)), TINY)
+    p = TileForBuffers(TINY)(g)[g.ops[0].name]
+    assert p.n_cg > 1 and p.n_og > 1 and not p.weights_resident and not p.params_resident
+
+
+def test_plans_fit_the_buffers():
+    b = NetBuilder((1, 3, 17, 15), seed=2)
+    y = b.conv("x", 40, k=5, stride=1, relu=True)
+    y = b.conv(y, 70, k=3, stride=2)
+    y = b.maxpool(y, 3, 2, 1)
+    g = run_passes(lower(load_onnx(quantize(b.model([y])))), TINY)
+    t = TileForBuffers(TINY)
+    for op in g.ops:
+        p = t(g)[op.name]
+        if op.kind == "conv":
+            kh, kw = op.attrs["kernel"]
+            assert p.g * kh * kw * p.cg <= TINY.wbuf_words // 2
+            assert p.th * p.tw * p.g <= TINY.accbuf_words // 2
+        else:
+            assert p.th * g.tensors[op.output].width * p.cg <= TINY.abuf_words // 8
+
+
+def _makespan(prog):
+    """Finish time of a program on four concurrent units, each instruction costing its data beats or MAC
+    passes, tokens matched in FIFO order (a coarse timing model; queues unbounded)."""
+    from tessera.isa import Unit, mask_units
+    c = prog.config
+    free = {u: 0.0 for u in Unit}
+    fifo = {}
+    serial = 0.0
+    for ins in prog.instructions:
+        if ins.op == Opcode.END:
+            continue
+        u = ins.unit
+        if ins.op in (Opcode.LOAD, Opcode.STORE):
+            cost = ins.rows * ins.cols * c.word_bytes(ins.buf) / c.bus_bytes
+        elif ins.op == Opcode.CONV:
+            cost = ins.out_h * ins.out_w * ins.k_h * ins.k_w * ins.in_cb * ins.ob_count
+        elif ins.op == Opcode.EPILOGUE:
+            cost = ins.pixels * ins.ob_count
+        else:
+            cost = 1.0
+        start = free[u]
+        for src in mask_units(ins.wait):
+            start = max(start, fifo[(src, u)].pop(0))
+        free[u] = start + cost
+        serial += cost
+        for dst in mask_units(ins.signal):
+            fifo.setdefault((u, dst), []).append(free[u])
+    return max(free.values()), serial
+
+
+def test_program_overlaps_load_with_compute():
+    # Double buffering: DMA of the next tile runs while the current tile computes, so the program
+    # finishes well before the sum of its instruction times.
+    from tessera.compiler.driver import compile_model
+    q = quantize(_conv_model((1, 16, 40, 24), 32, k=3))
+    prog, _ = compile_model(q, TINY)
+    span, serial = _makespan(prog)
+    assert sum(i.op == Opcode.CONV for i in prog.instructions) > 4
+    assert span < 0.75 * serial
+    assert_layer_exact(check_against_ort(q, TINY, n_inputs=1, program=prog))
+
+
+def test_weights_resident_loaded_once():
+    from tessera.compiler.driver import compile_model
+    q = quantize(_conv_model((1, 8, 40, 30), 16, k=3))
+    prog, rep = compile_model(q, SIM)
+    wgt_loads = [i for i in prog.instructions if i.op == Opcode.LOAD and i.buf.name == "WGT"]
+    assert rep[0].tiles > 1 and len(wgt_loads) == 1
+    assert np.isfinite(rep[0].macs) and rep[0].macs == 16 * 8 * 9 * 40 * 30

@@ -1,0 +1,127 @@
+"""Front end: QDQ and QOperator models lower to the integer graph; bad models give clear errors."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as h
+
+from tessera.compiler.frontend import load_onnx, lower
+from tessera.compiler.ir import CompileError
+
+from tessera.arch import PRESETS
+
+from .netgen import NetBuilder, assert_layer_exact, check_against_ort, quantize
+
+
+def _single_conv(act="uint8", fmt="QDQ", **kw):
+    b = NetBuilder((1, 5, 7, 9), seed=3)
+    y = b.conv("x", 6, **kw)
+    return quantize(b.model([y]), act=act, fmt=fmt)
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+def test_lower_conv_params(fmt, act):
+    q = _single_conv(act, fmt)
+    g = lower(load_onnx(q))
+    assert [op.kind for op in g.ops] == ["conv"]
+    op = g.ops[0]
+    x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+    assert op.attrs["w"].shape == (6, 5, 3, 3) and op.attrs["w_scale"].shape == (6,)
+    assert -128 <= x.zero_point <= 127 and -128 <= y.zero_point <= 127
+    assert x.src_dtype == act
+    # uint8 zero points are shifted into the int8 domain.
+    zps = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer if "zero_point" in i.name}
+    if act == "uint8":
+        assert any(int(v) - 128 == x.zero_point for v in zps.values() if v.dtype == np.uint8)
+    assert g.inputs[0][0] == "x" and g.outputs[0][0] == q.graph.output[0].name
+
+
+def test_lower_qdq_batchnorm_after_conv_folds():
+    q = _single_conv("int8")
+    conv = next(n for n in q.graph.node if n.op_type == "Conv")
+    out = conv.output[0]
+    conv.output[0] = "pre_bn"
+    rng = np.random.default_rng(0)
+    names = []
+    for k, v in enumerate([rng.uniform(-1.5, 1.5, 6), rng.normal(0, .1, 6), rng.normal(0, .1, 6),
+                           rng.uniform(.5, 1.5, 6)]):
+        names.append(f"bn{k}")
+        q.graph.initializer.append(onnx.numpy_helper.from_array(v.astype(np.float32), f"bn{k}"))
+    q.graph.node.insert(list(q.graph.node).index(conv) + 1,
+                        h.make_node("BatchNormalization", ["pre_bn"] + names, [out], name="bn"))
+    g = lower(load_onnx(q))
+    assert [op.kind for op in g.ops] == ["conv"]
+    assert_layer_exact(check_against_ort(q, PRESETS["sim"], n_inputs=2))
+
+
+def _graph(nodes, inits, x_shape=(1, 3, 4, 4), y_shape=None, y="y"):
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TP.FLOAT, list(x_shape))],
+                     [h.make_tensor_value_info(y, TP.FLOAT, y_shape)], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def _qdq_prefix():
+    inits = [onnx.numpy_helper.from_array(np.float32(0.05), "s"), onnx.numpy_helper.from_array(np.uint8(128), "z")]
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             h.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq")]
+    return nodes, inits
+
+
+def test_lower_unsupported_op_names_node_and_supported():
+    nodes, inits = _qdq_prefix()
+    nodes.append(h.make_node("Sin", ["xd"], ["y"], name="weird_sin"))
+    with pytest.raises(CompileError, match=r"weird_sin.*\(Sin\).*not supported; supported: .*Conv"):
+        lower(load_onnx(_graph(nodes, inits)))
+
+
+def test_lower_group_conv_rejected():
+    q = _single_conv()
+    for n in q.graph.node:
+        if n.op_type == "Conv":
+            n.attribute.append(h.make_attribute("group", 1))
+    lower(load_onnx(q))          # group=1 is fine
+    b = NetBuilder((1, 4, 6, 6))
+    y = b.conv("x", 4, k=3)
+    m = b.model([y])
+    for n in m.graph.node:
+        if n.op_type == "Conv":
+            n.attribute.append(h.make_attribute("group", 2))
+            w = next(i for i in m.graph.initializer if i.name == n.input[1])
+            arr = onnx.numpy_helper.to_array(w)[:, :2]
+            w.CopyFrom(onnx.numpy_helper.from_array(arr, w.name))
+    q = quantize(m)
+    with pytest.raises(CompileError, match=r"\(Conv\): group=2 is not supported; supported: group=1"):
+        lower(load_onnx(q))
+
+
+def test_lower_float_model_needs_calibration():
+    b = NetBuilder((1, 3, 5, 5))
+    m = b.model([b.conv("x", 4)])
+    with pytest.raises(CompileError, match="float input.*--calibrate"):
+        lower(load_onnx(m))
+
+
+def test_load_onnx_garbage_file(tmp_path):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(b"\x00\x01not a model at all" * 10)
+    with pytest.raises(CompileError, match="bad.onnx"):
+        load_onnx(str(p))
+
+
+def test_lower_auto_pad_same_upper():
+    b = NetBuilder((1, 3, 7, 6), seed=4)
+    y = b.conv("x", 5, k=3, stride=2, pad=(0, 0))
+    m = b.model([y])
+    for n in m.graph.node:
+        if n.op_type == "Conv":
+            del n.attribute[:]
+            n.attribute.extend([h.make_attribute("kernel_shape", [3, 3]), h.make_attribute("strides", [2, 2]),
+                                h.make_attribute("auto_pad", "SAME_UPPER")])
+    m.graph.output[0].type.tensor_type.shape.dim[2].dim_value = 4
+    m.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 3
+    g = lower(load_onnx(quantize(m)))
+    assert g.ops[0].attrs["pads"] == [1, 0, 1, 1] or sum(g.ops[0].attrs["pads"]) == 3

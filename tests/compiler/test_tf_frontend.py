@@ -1,0 +1,57 @@
+"""Keras/SavedModel → ONNX keeps names and numerics (float, before quantization)."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+keras = pytest.importorskip("keras")
+ort = pytest.importorskip("onnxruntime")
+
+from tessera.compiler.tf_frontend import TfFrontendError, is_tf_model, tf_to_onnx  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_keras(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 5, 3), name="pixels")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(3, activation="softmax", name="scores")(x)
+    model = keras.Model(inp, out)
+    d = tmp_path_factory.mktemp("keras")
+    model.save(d / "m.keras")
+    model.export(str(d / "saved"), verbose=False)
+    return d, model
+
+
+def _run(proto, x):
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_tf_to_onnx_keeps_keras_names_and_values(tiny_keras):
+    d, model = tiny_keras
+    proto = tf_to_onnx(d / "m.keras")
+    assert [i.name for i in proto.graph.input] == ["pixels"]
+    assert [o.name for o in proto.graph.output] == ["scores"]
+    x = np.random.default_rng(0).random((1, 6, 5, 3), dtype=np.float32)
+    np.testing.assert_allclose(_run(proto, x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_tf_to_onnx_converts_saved_model_folder(tiny_keras):
+    d, model = tiny_keras
+    assert is_tf_model(d / "saved") and is_tf_model(d / "m.keras")
+    proto = tf_to_onnx(d / "saved")
+    x = np.random.default_rng(1).random((1, 6, 5, 3), dtype=np.float32)
+    np.testing.assert_allclose(_run(proto, x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_tf_to_onnx_rejects_corrupt_file(tmp_path):
+    bad = tmp_path / "broken.keras"
+    bad.write_bytes(b"this is not a zip archive")
+    with pytest.raises(TfFrontendError, match="broken.keras: cannot load the Keras model"):
+        tf_to_onnx(bad)
+    with pytest.raises(TfFrontendError, match="no such file"):
+        tf_to_onnx(tmp_path / "missing.keras")

@@ -78,7 +78,8 @@ def tf_to_onnx(path):
                 raise TfFrontendError(f"{path}: input {name!r} has an unknown size {t.shape}")
             spec.append(tf.TensorSpec(dims, t.dtype, name=name))
         try:
-            proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=OPSET)
+            # tf2onnx wants a tf.function; the signature's output keys become the ONNX output names.
+            proto, _ = tf2onnx.convert.from_function(tf.function(fn), input_signature=spec, opset=OPSET)
         except Exception as e:  # noqa: BLE001
             raise TfFrontendError(f"{path}: tf2onnx cannot convert the SavedModel: {str(e).splitlines()[0]}") from None
         return proto

@@ -55,18 +55,18 @@ def build_model(width: int = 16, seed: int = 0):
     def block(x, filters, stride):
         shortcut = x
         y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
-        y = layers.BatchNormalization()(y)
+        y = layers.BatchNormalization(momentum=0.9)(y)
         y = layers.ReLU()(y)
         y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-        y = layers.BatchNormalization()(y)
+        y = layers.BatchNormalization(momentum=0.9)(y)
         if stride != 1 or shortcut.shape[-1] != filters:
             shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
-            shortcut = layers.BatchNormalization()(shortcut)
+            shortcut = layers.BatchNormalization(momentum=0.9)(shortcut)
         return layers.ReLU()(layers.Add()([y, shortcut]))
 
     inp = keras.Input((SIZE, SIZE, 1), name=INPUT_NAME)
     x = layers.Conv2D(width, 3, padding="same", use_bias=False)(inp)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
     x = layers.ReLU()(x)
     x = block(x, width, 1)
     x = block(x, 2 * width, 2)

@@ -44,6 +44,9 @@ def test_tf_to_onnx_converts_saved_model_folder(tiny_keras):
     d, model = tiny_keras
     assert is_tf_model(d / "saved") and is_tf_model(d / "m.keras")
     proto = tf_to_onnx(d / "saved")
+    # A SavedModel is served by its signature: input and output keys are the names clients use.
+    assert [i.name for i in proto.graph.input] == ["pixels"]
+    assert [o.name for o in proto.graph.output] == ["output_0"]
     x = np.random.default_rng(1).random((1, 6, 5, 3), dtype=np.float32)
     np.testing.assert_allclose(_run(proto, x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 

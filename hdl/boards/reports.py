@@ -1,0 +1,89 @@
+"""Read the open toolchain's logs: nextpnr's ``<name>.tim`` and yosys' ``<name>.rpt``.
+
+Only text the tools print for people is available, so the parsers are strict about the lines they
+use and say which file lacks what.
+"""
+
+import re
+
+
+__all__ = ["ReportError", "parse_utilisation", "parse_fmax", "parse_yosys_cells"]
+
+
+class ReportError(Exception):
+    """A tool log lacks a section the synthesis report needs (usually: the tool failed)."""
+
+
+_UTIL_HEAD = re.compile(r"^Info:\s+Device utilisation:\s*$")
+_UTIL_LINE = re.compile(r"^Info:\s+(\S+):\s+(\d+)/\s*(\d+)\s+\d+%\s*$")
+_FMAX = re.compile(r"^Info: Max frequency for clock\s+'([^']+)':\s+([0-9.]+) MHz\s+\((PASS|FAIL) at ([0-9.]+) MHz\)")
+
+
+def parse_utilisation(text: str, source: str = "nextpnr log") -> dict:
+    """Cell usage from nextpnr's last "Device utilisation" block: ``{cell_type: (used, available)}``."""
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if _UTIL_HEAD.match(line)]
+    if not heads:
+        raise ReportError(f"{source}: no 'Device utilisation' section (did nextpnr run to the end?)")
+    util = {}
+    for line in lines[heads[-1] + 1:]:
+        mt = _UTIL_LINE.match(line)
+        if not mt:
+            if util:
+                break
+            continue
+        util[mt.group(1)] = (int(mt.group(2)), int(mt.group(3)))
+    if not util:
+        raise ReportError(f"{source}: 'Device utilisation' section has no cell lines")
+    return util
+
+
+def parse_fmax(text: str, source: str = "nextpnr log") -> dict:
+    """Post-route Fmax per clock: ``{clock: (fmax_mhz, target_mhz, passed)}``.
+
+    nextpnr prints a timing summary after placement and again after routing; the last line per
+    clock is the routed one.
+    """
+    result = {}
+    for line in text.splitlines():
+        mt = _FMAX.match(line)
+        if mt:
+            result[mt.group(1)] = (float(mt.group(2)), float(mt.group(4)), mt.group(3) == "PASS")
+    if not result:
+        raise ReportError(f"{source}: no 'Max frequency for clock' line (is any clock constrained?)")
+    return result
+
+
+_STAT_CELL = re.compile(r"^\s+(\d+)\s+(\S+)\s*$")
+_NOT_CELLS = {"wires", "ports", "cells", "submodules", "memories", "processes", "top"}
+
+
+def parse_yosys_cells(text: str, source: str = "yosys log") -> dict:
+    """Cell counts of the whole design from yosys' last "Printing statistics" pass: ``{cell: count}``.
+
+    Uses the last "Count including submodules" table when yosys prints a hierarchy, else the
+    single module's table. Internal ``$`` cells (e.g. ``$scopeinfo``) are left out.
+    """
+    start = text.rfind("Printing statistics.")
+    if start < 0:
+        raise ReportError(f"{source}: no 'Printing statistics' section (did yosys finish?)")
+    section = text[start:]
+    for marker in ("Executing CHECK pass", "End of script"):
+        pos = section.find(marker)
+        if pos >= 0:
+            section = section[:pos]
+    total = section.rfind("Count including submodules")
+    if total >= 0:
+        section = section[total:]
+    cells = {}
+    for line in section.splitlines():
+        mt = _STAT_CELL.match(line)
+        if not mt:
+            continue
+        name = mt.group(2)
+        if name in _NOT_CELLS or name.startswith("$"):
+            continue
+        cells[name] = int(mt.group(1))
+    if not cells:
+        raise ReportError(f"{source}: statistics section lists no cells")
+    return cells

@@ -1,0 +1,216 @@
+"""``tessera synth``: build a board's bitstream (or Quartus project) and write ``DIR/report.json``.
+
+The open flow (ULX3S-85F, iCEBreaker) runs Amaranth's generated build script with the YoWASP
+yosys/nextpnr/pack tools installed from PyPI, never programs a board, and reads nextpnr's and yosys'
+logs into the report. The Arria 10 flow writes a complete Quartus project through Amaranth's
+Altera (Intel) platform; Quartus is not run, so its Fmax is ``null``.
+
+report.json (the CLI contract in DESIGN.md, plus a few informative keys)::
+
+    {"board", "config", "target_mhz", "fmax_mhz", "macs_per_cycle",
+     "resources": {KIND: {"used", "available", "primitive"}}, "bitstream",
+     "device", "clock_mhz", "timing_met", "core", "dsp_products", "soft_products", "seconds", ...}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+from .boards import BOARDS, PRIMITIVES, Board, get_board, resolve_config
+from .boards.macarray import MacArrayDemo
+from .boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yosys_cells
+from .boards.top import BoardTop
+
+__all__ = ["synth_command", "synthesize", "make_core", "SynthError", "summary_markdown", "TOP_NAME"]
+
+#: Name of the top module and of every file Amaranth's build plan writes (top.v, top.qsf, ...).
+TOP_NAME = "top"
+
+
+class SynthError(Exception):
+    """A synthesis tool failed; the message ends with the tail of its log."""
+
+
+def make_core(board: Board, config, *, dsp_products=None):
+    """The compute core for ``board`` at ``config``'s size and how its products are mapped.
+
+    Until the NPU (``tessera.hdl.Npu``) is complete, boards carry :class:`MacArrayDemo`, the MAC
+    array of the same shape. Hard multipliers take the first ``dsp_products`` products (default:
+    as many as the device has, one int8 product each), LUT multipliers the rest.
+
+    Returns
+    -------
+    (core, description, dsp_products)
+    """
+    macs = config.rows * config.lanes
+    if dsp_products is None:
+        dsp_products = macs if board.dsp_kind == "infer" else min(macs, board.dsp_capacity)
+    core = MacArrayDemo(config.rows, config.lanes, dsp=board.dsp_kind, dsp_products=dsp_products)
+    return core, f"MacArrayDemo {config.rows}x{config.lanes} (stand-in for the NPU)", dsp_products
+
+
+def _tool_env(board: Board) -> dict:
+    env = dict(os.environ)
+    bindir = pathlib.Path(sys.executable).parent
+    for var, tool in board.tools.items():
+        if var in env and var != "OPENFPGALOADER":
+            continue  # the user's choice wins (e.g. a native yosys)
+        path = bindir / tool
+        env[var] = str(path) if path.exists() else (shutil.which(tool) or tool)
+    return env
+
+
+def _overrides(board: Board, seed: int) -> dict:
+    if board.family == "ecp5":
+        # -nodsp: yosys would put every multiplier on a MULT18X18D and overflow the 156 of them;
+        # the core instantiates exactly the hard multipliers it wants.
+        return dict(synth_opts="-nodsp", nextpnr_opts=f"--timing-allow-fail --seed {seed}")
+    if board.family == "ice40":
+        return dict(nextpnr_opts=f"--timing-allow-fail --seed {seed}")
+    return {}
+
+
+def _resources(board: Board, util: dict, cells: dict) -> dict:
+    res = {}
+    prim = PRIMITIVES[board.family]
+    for kind, (cell, source) in board.resource_cells.items():
+        if source == "nextpnr":
+            used, available = util.get(cell, (0, None))
+        else:
+            used = sum(n for c, n in cells.items() if c.startswith(cell))
+            available = util.get("ICESTORM_LC", (0, None))[1]  # one flip-flop per logic cell
+        if available is None:
+            raise ReportError(f"nextpnr utilisation has no {cell} line for {kind}")
+        res[kind] = {"used": used, "available": available, "primitive": prim[kind]}
+    return res
+
+
+def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None, dsp_products=None,
+               seed=1, log=None) -> dict:
+    """Build ``board`` with ``config`` into ``out_dir``; write and return the report.
+
+    Parameters
+    ----------
+    board : Board or str
+    config : NpuConfig
+    out_dir : path
+        Gets ``report.json``, ``summary.md`` and ``build/`` (every generated and tool file).
+    core : Elaboratable, optional
+        Core to build instead of :func:`make_core`'s (must have a ``led`` output).
+    seed : int
+        nextpnr placement seed.
+    log : callable, optional
+        Progress messages (default: stderr).
+    """
+    board = get_board(board) if isinstance(board, str) else board
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = pathlib.Path(out_dir)
+    build_dir = out / "build"
+    if core is None:
+        core, core_desc, dsp_products = make_core(board, config, dsp_products=dsp_products)
+    macs = getattr(core, "macs_per_cycle", config.macs_per_cycle)
+    target_hz = config.clock_mhz * 1e6
+    top = BoardTop(board.family, core, target_hz)
+    platform = board.platform(clock_hz=top.clock_hz)
+    t0 = time.perf_counter()
+    log(f"synth: elaborating {core_desc or type(core).__name__} for {board.name} ({board.device})")
+    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed))
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    plan.extract(build_dir)
+    report = {
+        "board": board.name, "config": config.name, "config_hash": config.hash(),
+        "target_mhz": config.clock_mhz, "fmax_mhz": None, "macs_per_cycle": macs,
+        "resources": {}, "bitstream": None,
+        "device": board.device, "clock_mhz": round(top.clock_hz / 1e6, 4), "timing_met": None,
+        "core": core_desc or type(core).__name__, "dsp_products": dsp_products,
+        "soft_products": None if dsp_products is None else macs - dsp_products,
+    }
+    if board.family == "arria10":
+        report["resources"] = {k: {"used": None, "available": a, "primitive": p}
+                               for k, (p, a) in board.capacity.items()}
+        report["project"] = {"qsf": f"build/{TOP_NAME}.qsf", "sdc": f"build/{TOP_NAME}.sdc",
+                             "script": f"build/build_{TOP_NAME}.sh", "verilog": f"build/{TOP_NAME}.v"}
+        report["note"] = "Quartus project only: run build/build_top.sh where Quartus Prime Pro is installed."
+    else:
+        log(f"synth: running yosys, nextpnr and the packer in {build_dir} (minutes for a large design)")
+        with open(build_dir / "build.log", "w") as f:
+            r = subprocess.run(["sh", f"build_{TOP_NAME}.sh"], cwd=build_dir, env=_tool_env(board),
+                               stdout=f, stderr=subprocess.STDOUT)
+        if r.returncode:
+            tail = "\n".join((build_dir / "build.log").read_text(errors="replace").splitlines()[-12:])
+            raise SynthError(f"{board.name}: the build script failed (exit {r.returncode}); "
+                             f"see {build_dir / 'build.log'}:\n{tail}")
+        tim = (build_dir / f"{TOP_NAME}.tim").read_text(errors="replace")
+        rpt = (build_dir / f"{TOP_NAME}.rpt").read_text(errors="replace")
+        util = parse_utilisation(tim, f"{TOP_NAME}.tim")
+        fmax = parse_fmax(tim, f"{TOP_NAME}.tim")
+        cells = parse_yosys_cells(rpt, f"{TOP_NAME}.rpt")
+        slowest = min(fmax.values(), key=lambda v: v[0])
+        report.update(
+            fmax_mhz=slowest[0], timing_met=all(v[2] for v in fmax.values()),
+            clocks={name: {"fmax_mhz": f, "constraint_mhz": c, "met": ok} for name, (f, c, ok) in fmax.items()},
+            resources=_resources(board, util, cells),
+            bitstream=f"build/{TOP_NAME}.{board.bitstream}", yosys_cells=cells)
+        bit = build_dir / f"{TOP_NAME}.{board.bitstream}"
+        if not bit.is_file() or bit.stat().st_size == 0:
+            raise SynthError(f"{board.name}: no bitstream {bit} after a successful build script")
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_markdown(report))
+    return report
+
+
+def summary_markdown(report: dict) -> str:
+    """A readable summary of a report: clocks and each resource against the device."""
+    lines = [f"# Synthesis: {report['board']} ({report['device']}), config {report['config']}", "",
+             f"Core: {report['core']}; {report['macs_per_cycle']} int8 MACs per cycle"]
+    if report.get("dsp_products") is not None:
+        lines[-1] += f" ({report['dsp_products']} on hard multipliers, {report['soft_products']} in LUTs)"
+    lines[-1] += "."
+    lines.append("")
+    if report["fmax_mhz"] is None:
+        lines.append(f"Requested clock {report['target_mhz']:g} MHz; achieved Fmax: not measured "
+                     f"({report.get('note', 'no timing report')}).")
+    else:
+        verdict = "met" if report["timing_met"] else "NOT met"
+        lines.append(f"Requested clock {report['target_mhz']:g} MHz (PLL output {report['clock_mhz']:g} MHz); "
+                     f"achieved Fmax after routing {report['fmax_mhz']:.1f} MHz: timing {verdict}.")
+        gmacs = report["macs_per_cycle"] * min(report["fmax_mhz"], report["clock_mhz"]) / 1e3
+        lines.append(f"Peak throughput at min(Fmax, clock): {gmacs:.1f} GMAC/s.")
+    lines += ["", "| resource | primitive | used | available | use |", "|---|---|---|---|---|"]
+    for kind, r in report["resources"].items():
+        used = "—" if r["used"] is None else f"{r['used']:,}"
+        pct = "—" if r["used"] is None else f"{100 * r['used'] / r['available']:.1f} %"
+        lines.append(f"| {kind} | {r['primitive']} | {used} | {r['available']:,} | {pct} |")
+    if report.get("bitstream"):
+        lines += ["", f"Bitstream: `{report['bitstream']}`."]
+    if report.get("project"):
+        p = report["project"]
+        lines += ["", f"Quartus project: `{p['qsf']}`, `{p['sdc']}`, `{p['verilog']}`; build script `{p['script']}`."]
+    lines.append(f"Took {report['seconds']:g} s.")
+    return "\n".join(lines) + "\n"
+
+
+def synth_command(args) -> int:
+    """CLI handler: ``tessera synth --board B [--config NAME] --out DIR``."""
+    board = get_board(args.board)
+    config = resolve_config(board, args.config)
+    try:
+        report = synthesize(board, config, args.out)
+    except (SynthError, ReportError) as e:
+        print(f"tessera synth: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.write(summary_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(", ".join(BOARDS))

@@ -303,7 +303,14 @@ class ModelServer:
                         f"unknown output(s) {unknown} in output_filter; the model's outputs are {self.output_names}")
         batch = self.decode_inputs(request)
         fut = self.device.submit(batch, self.queue_wait)
-        remaining = context.time_remaining() if context is not None else None
+        remaining = None
+        if context is not None:
+            # A cancelled RPC's job is dropped if it has not started (at once if the RPC already ended).
+            if not context.add_callback(fut.cancel):
+                fut.cancel()
+            remaining = context.time_remaining()
+            if remaining > 1e6:               # no deadline: gRPC reports one at the end of time
+                remaining = None
         try:
             outs = fut.result(timeout=remaining)
         except futures.TimeoutError:

@@ -77,6 +77,12 @@ def test_predict_encoded_image_equals_emulator(stub, local):
     assert resp.model_spec.name == "tiny" and resp.model_spec.version.value == 1
 
 
+def test_predict_without_deadline(stub, local):
+    data = photo(8)
+    call = stub.Predict.future(request({"images": images_tensor(data)}, outputs=[tc.PROBS]))  # no RPC deadline
+    np.testing.assert_array_equal(tf.make_ndarray(call.result(timeout=30).outputs[tc.PROBS]), local(data)[tc.PROBS])
+
+
 def test_predict_numeric_tensor_by_model_input_name(stub, program):
     x = np.random.default_rng(0).normal(0, 40, size=(1, 3, 16, 16)).astype(np.float32)
     resp = stub.Predict(request({tc.INPUT: tf.make_tensor_proto(x)}, outputs=[tc.PROBS]), timeout=30)
@@ -281,6 +287,26 @@ def test_full_queue_is_resource_exhausted_and_deadline_is_kept(program, local):
         ch, fut = predict_future(port, photo(71))
         np.testing.assert_array_equal(tf.make_ndarray(fut.result().outputs[tc.PROBS]), local(photo(71))[tc.PROBS])
         ch.close()
+    finally:
+        srv.stop(grace=0)
+        rt.close()
+
+
+def test_cancelled_request_is_dropped_before_it_runs(program):
+    rt = SlowRuntime(program, 0.3)
+    srv = ModelServer(program, host=LOOPBACK, port=0, runtime=rt)
+    port = srv.start()
+    try:
+        ch1, first = predict_future(port, photo(80))
+        assert rt.started.wait(10)
+        ch2, second = predict_future(port, photo(81))
+        time.sleep(0.1)                  # the second request now waits in the device queue
+        second.cancel()
+        first.result()
+        time.sleep(0.5)
+        assert srv.device.runs == 1
+        ch1.close()
+        ch2.close()
     finally:
         srv.stop(grace=0)
         rt.close()

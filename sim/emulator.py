@@ -82,6 +82,8 @@ class Emulator:
             Buffer.PARAM: np.zeros((c.pbuf_words, c.rows, len(PARAM_FIELDS)), dtype=np.int32),
         }
         self._exec = {op: getattr(self, f"exec_{op.name.lower()}") for op in Opcode}
+        self._decoded: dict[bytes, Instruction] = {}
+        self._masks = {m: mask_units(m) for m in range(1 << len(Unit))}
         self.stats = RunStats()
 
     # ---- host access ----------------------------------------------------------
@@ -141,7 +143,7 @@ class Emulator:
                                f"{'blocked at 0x%x' % pc if fetching else 'finished'}")
             u = min(ready, key=lambda u: queues[u][0][0])
             ipc, ins = queues[u].popleft()
-            for src in mask_units(ins.wait):
+            for src in self._masks[ins.wait]:
                 tokens[(src, u)] -= 1
             if self._clocks is not None:
                 self._vc = self._clocks.start(u.value, [s.value for s in mask_units(ins.wait)])
@@ -149,7 +151,7 @@ class Emulator:
                 self._unit = u.value
             self._pc = ipc
             self._exec[ins.op](ins)
-            for dst in mask_units(ins.signal):
+            for dst in self._masks[ins.signal]:
                 tokens[(u, dst)] += 1
             if self._clocks is not None:
                 self._clocks.signal(u.value, [d.value for d in mask_units(ins.signal)], self._vc)
@@ -165,20 +167,26 @@ class Emulator:
     def _fetch(self, pc: int) -> Instruction:
         if pc < 0 or pc + INSTR_BYTES > self.dram.size:
             raise NpuError(ErrorCode.DRAM_RANGE, pc, "instruction fetch outside external memory")
+        raw = self.dram[pc:pc + INSTR_BYTES].tobytes()
+        hit = self._decoded.get(raw)
+        if hit is not None:
+            return hit
         try:
-            ins = decode(self.dram[pc:pc + INSTR_BYTES].tobytes())
+            ins = decode(raw)
         except IsaError as e:
             raise NpuError(ErrorCode.ILLEGAL_OPCODE if e.illegal_opcode else ErrorCode.BAD_FIELD, pc, str(e)) from None
         unit = ins.unit
         if unit is not None and (ins.wait | ins.signal) >> unit.value & 1:
             raise NpuError(ErrorCode.BAD_FIELD, pc, f"{ins.op.name.lower()} on unit {unit.name} "
                            f"cannot wait for or signal its own unit")
+        # Decoding is pure, so identical words share one decoded instruction (fetch may retry a word).
+        self._decoded[raw] = ins
         return ins
 
     def _can_start(self, u: Unit, ins: Instruction, tokens) -> bool:
         # An instruction starts only with its tokens present and room in every queue it signals.
-        return (all(tokens[(s, u)] > 0 for s in mask_units(ins.wait))
-                and all(tokens[(u, d)] < self.config.token_depth for d in mask_units(ins.signal)))
+        return (all(tokens[(s, u)] > 0 for s in self._masks[ins.wait])
+                and all(tokens[(u, d)] < self.config.token_depth for d in self._masks[ins.signal]))
 
     # ---- helpers ---------------------------------------------------------------
 
@@ -295,10 +303,18 @@ class Emulator:
         w = self.buffers[Buffer.WGT][w_idx].reshape(ins.ob_count, taps, ins.in_cb, M, N)
         wmat = w.transpose(1, 2, 4, 0, 3).reshape(taps * cw, ins.ob_count * M)
         k = taps * cw
-        # float32 GEMM is exact while every partial sum stays below 2**24; otherwise use float64.
-        bound = k * int(np.abs(cols).max(initial=0)) * int(np.abs(wmat).max(initial=0))
-        ftype = np.float32 if bound < (1 << 24) else np.float64
-        prod = cols.reshape(P, k).astype(ftype) @ wmat.astype(ftype)
+        # float32 GEMM is exact while every partial sum stays below 2**24: split the reduction into
+        # chunks that keep it so, and add the (exact, integer) chunk results in float64.
+        a = cols.reshape(P, k).astype(np.float32)
+        wf = wmat.astype(np.float32)
+        per = int(np.abs(cols).max(initial=0)) * int(np.abs(wmat).max(initial=0))
+        chunk = max(1, ((1 << 24) - 1) // per) if per else k
+        if chunk >= k:
+            prod = a @ wf
+        else:
+            prod = np.zeros((P, wf.shape[1]), dtype=np.float64)
+            for k0 in range(0, k, chunk):
+                prod += a[:, k0:k0 + chunk] @ wf[k0:k0 + chunk]
         res = np.rint(prod).astype(np.int64).reshape(P, ins.ob_count, M).transpose(1, 0, 2).reshape(-1, M)
         acc = self.buffers[Buffer.ACC]
         if ins.accumulate:

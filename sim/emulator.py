@@ -227,6 +227,12 @@ class Emulator:
         row_starts = ins.dram_addr + np.arange(ins.rows, dtype=np.int64) * ins.dram_stride
         return wb, bidx, row_starts
 
+    def _dram_rows(self, ins: Instruction, nbytes: int) -> np.ndarray:
+        """Strided view of the transfer's rows in external memory (bounds checked by _dma_geometry)."""
+        stride = ins.dram_stride if ins.rows > 1 else nbytes
+        return np.lib.stride_tricks.as_strided(self.dram[ins.dram_addr:], shape=(ins.rows, nbytes),
+                                               strides=(stride, 1), writeable=True)
+
     def _dram_words(self, row_starts, nbytes):
         bus = self.config.bus_bytes
         first = row_starts // bus
@@ -241,7 +247,7 @@ class Emulator:
             self._fail(ErrorCode.BAD_FIELD, "load: buf=acc is not a DMA target (act, wgt or param)")
         wb, bidx, row_starts = self._dma_geometry(ins)
         nbytes = ins.cols * wb
-        raw = self.dram[row_starts[:, None] + np.arange(nbytes, dtype=np.int64)[None, :]]
+        raw = self._dram_rows(ins, nbytes).copy()
         self._touch(None, self._dram_words(row_starts, nbytes), False)
         self._touch(ins.buf, bidx, True)
         if ins.buf == Buffer.ACT:
@@ -250,7 +256,12 @@ class Emulator:
             words = unpack_weights(raw.reshape(-1), c.weight_bits).reshape(ins.rows, ins.cols, c.rows, c.lanes)
         else:
             words = raw.reshape(-1).view("<i4").reshape(ins.rows, ins.cols, c.rows, len(PARAM_FIELDS))
-        self.buffers[ins.buf][bidx] = words
+        if ins.rows == 1 or ins.buf_stride == ins.cols:
+            # Contiguous in the buffer: a slice instead of a gather.
+            self.buffers[ins.buf][ins.buf_addr:ins.buf_addr + ins.rows * ins.cols] = \
+                words.reshape((ins.rows * ins.cols,) + words.shape[2:])
+        else:
+            self.buffers[ins.buf][bidx] = words
         self.stats.dram_read_bytes += raw.size
 
     def exec_store(self, ins: Instruction):
@@ -260,10 +271,13 @@ class Emulator:
         data = self.buffers[Buffer.ACT][bidx].view(np.uint8).reshape(ins.rows, ins.cols * wb)
         self._touch(Buffer.ACT, bidx, False)
         self._touch(None, self._dram_words(row_starts, ins.cols * wb), True)
-        # Rows are written in order, so overlapping rows end with the last one.
-        for r in range(ins.rows):
-            s = int(row_starts[r])
-            self.dram[s:s + ins.cols * wb] = data[r]
+        if ins.rows == 1 or ins.dram_stride >= ins.cols * wb:
+            self._dram_rows(ins, ins.cols * wb)[...] = data
+        else:
+            # Rows are written in order, so overlapping rows end with the last one.
+            for r in range(ins.rows):
+                s = int(row_starts[r])
+                self.dram[s:s + ins.cols * wb] = data[r]
         self.stats.dram_write_bytes += data.size
 
     def exec_conv(self, ins: Instruction):

@@ -50,7 +50,7 @@ def make_core(board: Board, config, *, dsp_products=None):
     """
     macs = config.rows * config.lanes
     if dsp_products is None:
-        dsp_products = macs if board.dsp_kind == "infer" else min(macs, board.dsp_capacity)
+        dsp_products = min(macs, board.dsp_capacity)
     core = MacArrayDemo(config.rows, config.lanes, dsp=board.dsp_kind, dsp_products=dsp_products)
     return core, f"MacArrayDemo {config.rows}x{config.lanes} (stand-in for the NPU)", dsp_products
 
@@ -73,7 +73,10 @@ def _overrides(board: Board, seed: int) -> dict:
         return dict(synth_opts="-nodsp", nextpnr_opts=f"--timing-allow-fail --seed {seed}")
     if board.family == "ice40":
         return dict(nextpnr_opts=f"--timing-allow-fail --seed {seed}")
-    return {}
+    # Arria 10 (Quartus): name the family too, and let TimeQuest add jitter/uncertainty.
+    return dict(add_settings='set_global_assignment -name FAMILY "Arria 10"\n'
+                             'set_global_assignment -name PROJECT_OUTPUT_DIRECTORY output_files\n',
+                add_constraints="derive_pll_clocks\nderive_clock_uncertainty\n")
 
 
 def _resources(board: Board, util: dict, cells: dict) -> dict:
@@ -118,6 +121,9 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     target_hz = config.clock_mhz * 1e6
     top = BoardTop(board.family, core, target_hz)
     platform = board.platform(clock_hz=top.clock_hz)
+    if board.family == "arria10":
+        # Quartus opens a project by its .qpf; the revision is the .qsf of the same name.
+        platform.add_file(f"{TOP_NAME}.qpf", f'PROJECT_REVISION = "{TOP_NAME}"\n')
     t0 = time.perf_counter()
     log(f"synth: elaborating {core_desc or type(core).__name__} for {board.name} ({board.device})")
     plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed))
@@ -135,7 +141,8 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     if board.family == "arria10":
         report["resources"] = {k: {"used": None, "available": a, "primitive": p}
                                for k, (p, a) in board.capacity.items()}
-        report["project"] = {"qsf": f"build/{TOP_NAME}.qsf", "sdc": f"build/{TOP_NAME}.sdc",
+        report["project"] = {"qpf": f"build/{TOP_NAME}.qpf", "qsf": f"build/{TOP_NAME}.qsf",
+                             "sdc": f"build/{TOP_NAME}.sdc",
                              "script": f"build/build_{TOP_NAME}.sh", "verilog": f"build/{TOP_NAME}.v"}
         report["note"] = "Quartus project only: run build/build_top.sh where Quartus Prime Pro is installed."
     else:

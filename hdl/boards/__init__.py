@@ -91,7 +91,7 @@ BOARDS = {
         bitstream="bin"),
     "arria10": Board(
         name="arria10", family="arria10", device="10AX115S2F45I1SG", default_config="arria10",
-        dsp_kind="infer", dsp_capacity=3036,
+        dsp_kind="infer", dsp_capacity=3036,  # 18x19 multipliers, one int8 product each
         # Arria 10 GX 1150 data sheet: 427,200 ALMs, 1,708,800 registers, 1,518 variable-precision
         # DSP blocks (two 18x19 multipliers each), 2,713 M20K blocks.
         capacity={"ALM": ("ALM", 427200), "FF": ("register", 1708800), "DSP": ("DSP block", 1518),

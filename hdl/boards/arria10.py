@@ -31,6 +31,7 @@ class Arria10GXPlatform(AlteraPlatform):
     default_clk = "clk"
     default_rst = "rst"
     connectors = []
+    resources = []  # set per instance: the clock resource carries the requested frequency
 
     def __init__(self, clock_hz=100e6, **kwargs):
         self.clock_hz = clock_hz
@@ -40,6 +41,11 @@ class Arria10GXPlatform(AlteraPlatform):
             *LEDResources(pins="L28 K26 K25 L25", invert=True, attrs=Attrs(IO_STANDARD="1.8 V")),
         ]
         super().__init__(**kwargs)
+
+    def get_io_buffer(self, buffer):
+        # Plain Verilog ports: Quartus inserts its own I/O buffers. Amaranth's default here
+        # instantiates ALTIOBUF megafunctions, which Quartus Prime Pro does not offer for Arria 10.
+        return type(buffer).elaborate(buffer, None)
 
     @property
     def device_name(self):

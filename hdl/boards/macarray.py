@@ -116,7 +116,7 @@ def product(m, a, b, *, dsp, name):
     elif dsp == "infer":
         ra = Signal(signed(8), name=f"{name}_a")
         rb = Signal(signed(8), name=f"{name}_b")
-        rp = Signal(signed(16), name=f"{name}_rp")
+        rp = Signal(signed(16), name=f"{name}_rp", attrs={"multstyle": "dsp"})
         m.d.sync += [ra.eq(a), rb.eq(b), rp.eq(ra * rb), p.eq(rp)]
     elif dsp is None:
         soft_product(m, a, b, p, name)

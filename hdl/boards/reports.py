@@ -41,11 +41,14 @@ def parse_utilisation(text: str, source: str = "nextpnr log") -> dict:
 def parse_fmax(text: str, source: str = "nextpnr log") -> dict:
     """Post-route Fmax per clock: ``{clock: (fmax_mhz, target_mhz, passed)}``.
 
-    nextpnr prints a timing summary after placement and again after routing; the last line per
-    clock is the routed one.
+    nextpnr prints a timing summary after placement and again after routing; only lines after
+    "Routing complete." count, and the last one per clock wins.
     """
+    routed = text.rfind("Routing complete.")
+    if routed < 0:
+        raise ReportError(f"{source}: routing did not complete, so there is no post-route Fmax")
     result = {}
-    for line in text.splitlines():
+    for line in text[routed:].splitlines():
         mt = _FMAX.match(line)
         if mt:
             result[mt.group(1)] = (float(mt.group(2)), float(mt.group(4)), mt.group(3) == "PASS")

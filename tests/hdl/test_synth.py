@@ -1,0 +1,203 @@
+"""`tessera synth`: report parsers on captured logs, the Arria 10 project, an iCE40 build end to end."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tessera.arch import PRESETS
+from tessera.hdl.boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yosys_cells
+from tessera.hdl.synth import TOP_NAME, synthesize
+
+# Captured from nextpnr-ecp5 0.11 (YoWASP) on a ULX3S-85F build; tabs and spacing as printed.
+NEXTPNR_ECP5_LOG = """\
+Info: Device utilisation:
+Info: \t          TRELLIS_IO:       2/    365     0%
+Info: \t                DCCA:       1/     56     1%
+Info: \t              DP16KD:       0/    208     0%
+Info: \t          MULT18X18D:       4/    156     2%
+Info: \t             EHXPLLL:       1/      4    25%
+Info: \t          TRELLIS_FF:     384/  83640     0%
+Info: \t        TRELLIS_COMB:    1492/  83640     1%
+
+Info: Placed 6 cells based on constraints.
+Info: Max frequency for clock '$glbnet$clk': 93.84 MHz (FAIL at 100.00 MHz)
+
+Info: Routing globals...
+Info: Routing complete.
+Info: Critical path report for clock '$glbnet$clk' (posedge -> posedge):
+Info: Max frequency for clock '$glbnet$clk': 111.46 MHz (PASS at 100.00 MHz)
+
+Info: Program finished normally.
+"""
+
+# Captured from nextpnr-ice40 0.11 on an iCEBreaker build (two clocks, one failing).
+NEXTPNR_ICE40_LOG = """\
+Info: Device utilisation:
+Info: \t         ICESTORM_LC:     958/   5280    18%
+Info: \t        ICESTORM_RAM:       0/     30     0%
+Info: \t        ICESTORM_DSP:       4/      8    50%
+Info: \t      ICESTORM_SPRAM:       0/      4     0%
+
+Info: Routing complete.
+Info: Max frequency for clock 'clk': 65.27 MHz (PASS at 30.00 MHz)
+Info: Max frequency for clock 'uart_clk': 21.50 MHz (FAIL at 24.00 MHz)
+"""
+
+# Captured from yosys 0.70 `synth_ecp5` (the end of top.rpt).
+YOSYS_RPT = """\
+2.49. Printing statistics.
+
+=== top ===
+
+        +----------Local Count, excluding submodules.
+        |
+     1959 wires
+     3084 wire bits
+        2 ports
+       15 cells
+        8   $scopeinfo
+        1   EHXPLLL
+        4   MULT18X18D
+     2329 submodules
+      118   CCU2C
+     1206   LUT4
+      384   TRELLIS_FF
+
+=== design hierarchy ===
+
+        +----------Count including submodules.
+        |
+       15 top
+
+        +----------Count including submodules.
+        |
+     1959 wires
+       15 cells
+        8   $scopeinfo
+        1   EHXPLLL
+        4   MULT18X18D
+     2329 submodules
+      118   CCU2C
+     1206   LUT4
+      384   TRELLIS_FF
+
+2.50. Executing CHECK pass (checking for obvious problems).
+"""
+
+
+def test_parse_utilisation_reads_used_and_available():
+    util = parse_utilisation(NEXTPNR_ECP5_LOG)
+    assert util["TRELLIS_COMB"] == (1492, 83640)
+    assert util["MULT18X18D"] == (4, 156)
+    assert util["DP16KD"] == (0, 208)
+    assert parse_utilisation(NEXTPNR_ICE40_LOG)["ICESTORM_DSP"] == (4, 8)
+
+
+def test_parse_fmax_takes_the_post_route_figure_per_clock():
+    assert parse_fmax(NEXTPNR_ECP5_LOG) == {"$glbnet$clk": (111.46, 100.0, True)}
+    f = parse_fmax(NEXTPNR_ICE40_LOG)
+    assert f["uart_clk"] == (21.5, 24.0, False) and f["clk"][2]
+
+
+def test_parse_yosys_cells_uses_hierarchy_totals_without_internal_cells():
+    cells = parse_yosys_cells(YOSYS_RPT)
+    assert cells == {"EHXPLLL": 1, "MULT18X18D": 4, "CCU2C": 118, "LUT4": 1206, "TRELLIS_FF": 384}
+
+
+@pytest.mark.parametrize("fn, text, match", [
+    (parse_utilisation, "Info: Placed 6 cells\n", "Device utilisation"),
+    (parse_fmax, NEXTPNR_ECP5_LOG.split("Info: Routing globals")[0], "routing did not complete"),
+    (parse_fmax, "Info: Routing complete.\n", "Max frequency"),
+    (parse_yosys_cells, "ERROR: syntax error\n", "Printing statistics"),
+])
+def test_parsers_name_what_is_missing(fn, text, match):
+    with pytest.raises(ReportError, match=match):
+        fn(text, "top.tim")
+
+
+CONTRACT = {"board", "config", "target_mhz", "fmax_mhz", "macs_per_cycle", "resources", "bitstream"}
+
+
+def _tessera(*args):
+    return subprocess.run([sys.executable, "-m", "tessera.cli", *args], capture_output=True, text=True)
+
+
+def test_arria10_writes_a_complete_consistent_quartus_project(tmp_path):
+    config = PRESETS["sim"].replace(name="a10-tiny", lanes=4, rows=4, clock_mhz=250.0)
+    report = synthesize("arria10", config, tmp_path, log=lambda msg: None)
+    build = tmp_path / "build"
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk == report and CONTRACT <= set(report)
+    assert report["fmax_mhz"] is None and report["bitstream"] is None
+    assert report["macs_per_cycle"] == 16 and report["target_mhz"] == 250.0
+    assert all(r["used"] is None and r["available"] > 0 for r in report["resources"].values())
+
+    qsf = (build / f"{TOP_NAME}.qsf").read_text()
+    assert re.search(r"^set_global_assignment -name DEVICE 10AX115S2F45I1SG$", qsf, re.M)
+    assert 'set_global_assignment -name FAMILY "Arria 10"' in qsf
+    assert re.search(rf"^set_global_assignment -name TOP_LEVEL_ENTITY {TOP_NAME}$", qsf, re.M)
+    verilog = re.findall(r"^set_global_assignment -name (?:SYSTEM)?VERILOG_FILE \"?([^\"\s]+)\"?$", qsf, re.M)
+    assert verilog, "the project names no Verilog file"
+    defined = set()
+    for name in verilog:
+        text = (build / name).read_text()
+        defined |= set(re.findall(r"^module\s+\\?([\w$.]+)", text, re.M))
+    assert TOP_NAME in defined
+    # Every instantiated module is in the project, or a Quartus library megafunction.
+    instantiated = set()
+    for name in verilog:
+        instantiated |= set(re.findall(r"^\s+\\?([A-Za-z_][\w$]*)\s+(?:#\(|\\?[\w$.]+\s*\()",
+                                       (build / name).read_text(), re.M))
+    keywords = {"input", "output", "inout", "wire", "reg", "assign", "always", "module", "if", "else",
+                "case", "begin", "end", "initial"}
+    assert instantiated - keywords - defined <= {"altera_std_synchronizer", "altera_std_synchronizer_bundle"}
+
+    sdc = (build / f"{TOP_NAME}.sdc").read_text()
+    clocks = re.findall(r"create_clock -name \S+ -period ([0-9.]+) \[get_ports \"?([^\]\"]+)\"?\]", sdc)
+    assert len(clocks) == 1
+    period, port = clocks[0]
+    assert float(period) == pytest.approx(1000 / 250.0)
+    assert re.search(rf'set_location_assignment -to "?{re.escape(port)}"? PIN_\w+', qsf)
+    assert re.search(rf"^\s*(input|inout)\s+(wire\s+)?{re.escape(port)}\b", (build / f"{TOP_NAME}.v").read_text(), re.M)
+
+    script = (build / f"build_{TOP_NAME}.sh").read_text()
+    steps = re.findall(r'"\$QUARTUS_(MAP|FIT|ASM|STA)" --rev=(\w+) (\w+)', script)
+    assert [s[0] for s in steps] == ["MAP", "FIT", "ASM", "STA"]
+    assert all(rev == proj == TOP_NAME for _, rev, proj in steps)
+    assert (build / f"{TOP_NAME}.qpf").read_text().strip() == f'PROJECT_REVISION = "{TOP_NAME}"'
+
+
+def test_synth_cli_builds_the_smallest_ice40_design_end_to_end(tmp_path):
+    # 2x2 MACs on the iCEBreaker: yosys, nextpnr-ice40 and icepack really run (about 20 s).
+    cfg = PRESETS["sim"].replace(name="ice-tiny", lanes=2, rows=2, bus_bytes=2, clock_mhz=24.0)
+    (tmp_path / "tiny.json").write_text(cfg.to_json())
+    r = _tessera("synth", "--board", "icebreaker", "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert CONTRACT <= set(report)
+    assert report["board"] == "icebreaker" and report["config"] == "ice-tiny"
+    assert report["macs_per_cycle"] == 4 and report["dsp_products"] == 4
+    assert report["target_mhz"] == 24.0 and report["fmax_mhz"] > 0
+    assert isinstance(report["timing_met"], bool)
+    res = report["resources"]
+    assert {"LUT4", "FF", "DSP", "BRAM", "SPRAM"} <= set(res)
+    assert res["DSP"] == {"used": 4, "available": 8, "primitive": "SB_MAC16"}
+    assert all(0 <= r["used"] <= r["available"] for r in res.values())
+    assert res["LUT4"]["used"] > 0 and res["FF"]["used"] > 0
+    bit = tmp_path / "out" / report["bitstream"]
+    assert bit.is_file() and bit.stat().st_size > 1000
+    assert "achieved Fmax" in r.stdout and "| DSP | SB_MAC16 | 4 | 8 |" in r.stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--board", "zedboard"], "invalid choice"),
+    (["--board", "ulx3s-85f", "--config", "nope"], "unknown config"),
+])
+def test_synth_cli_bad_input_is_one_line_exit_2(tmp_path, args, match):
+    r = _tessera("synth", *args, "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert match in r.stderr and "Traceback" not in r.stderr

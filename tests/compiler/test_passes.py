@@ -1,0 +1,181 @@
+"""Each graph pass on a tiny hand-written onnx.helper graph."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from tessera.arch import PRESETS
+from tessera.compiler.frontend import load_onnx, lower
+from tessera.compiler.ir import CompileError
+from tessera.compiler.passes import (EliminateReshape, FoldBatchNorm, FoldPad, FuseActivation, FuseAdd, GemmToConv,
+                                     LowerLeftovers, PadChannels, run_passes)
+
+from .netgen import NetBuilder, assert_layer_exact, check_against_ort, ort_run
+
+SIM = PRESETS["sim"]
+
+
+class QDQ:
+    """Hand-written QDQ graphs: every activation quantized with a chosen uint8 scale and zero point."""
+
+    def __init__(self, shape=(1, 3, 6, 5), seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits, self.k = [], [], 0
+        self.shape = list(shape)
+        self.x = self.q("x", 0.04, 128)
+
+    def init(self, arr, name=None):
+        self.k += 1
+        name = name or f"i{self.k}"
+        self.inits.append(nh.from_array(arr, name))
+        return name
+
+    def q(self, f, scale, zp):
+        """Quantize-dequantize float tensor f; returns the dequantized name."""
+        s, z = self.init(np.float32(scale)), self.init(np.uint8(zp))
+        self.nodes += [h.make_node("QuantizeLinear", [f, s, z], [f + "_q"], name=f + "_Q"),
+                       h.make_node("DequantizeLinear", [f + "_q", s, z], [f + "_dq"], name=f + "_DQ")]
+        return f + "_dq"
+
+    def conv(self, x, cout, cin, out, scale=0.05, zp=100, k=3, pads=(1, 1, 1, 1), **attrs):
+        w = self.rng.integers(-127, 128, (cout, cin, k, k)).astype(np.int8)
+        ws = self.rng.uniform(0.001, 0.004, cout).astype(np.float32)
+        wq = self.init(w)
+        wd = f"{out}_w"
+        self.nodes.append(h.make_node("DequantizeLinear", [wq, self.init(ws), self.init(np.zeros(cout, np.int8))],
+                                      [wd], axis=0))
+        self.nodes.append(h.make_node("Conv", [x, wd], [out], name=out, kernel_shape=[k, k], pads=list(pads),
+                                      **attrs))
+        return self.q(out, scale, zp)
+
+    def op(self, op_type, ins, out, scale=None, zp=None, **attrs):
+        self.nodes.append(h.make_node(op_type, ins, [out], name=out, **attrs))
+        return self.q(out, scale, zp) if scale else out
+
+    def model(self, out, out_shape=None):
+        g = h.make_graph(self.nodes, "g", [h.make_tensor_value_info("x", TP.FLOAT, self.shape)],
+                         [h.make_tensor_value_info(out, TP.FLOAT, out_shape)], self.inits)
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+        m.ir_version = 8
+        return m
+
+
+def _pipeline_until(g, stop):
+    for p in run_passes.__globals__["PIPELINE"](SIM):
+        if isinstance(p, stop):
+            return g, p
+        g = p(g)
+    raise AssertionError(stop)
+
+
+def test_fold_batchnorm_keeps_float_results():
+    b = NetBuilder((1, 3, 6, 7), seed=1)
+    y = b.conv("x", 5, bn=True)
+    m = b.model([y])
+    x = np.random.default_rng(0).normal(size=(1, 3, 6, 7)).astype(np.float32)
+    ref = ort_run(m, x)[y]
+    folded = FoldBatchNorm()(onnx.ModelProto.FromString(m.SerializeToString()))
+    assert not any(n.op_type == "BatchNormalization" for n in folded.graph.node)
+    np.testing.assert_allclose(ort_run(folded, x)[y], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_pad_into_conv():
+    q = QDQ()
+    pads = q.init(np.array([0, 0, 1, 2, 0, 0, 0, 1], np.int64))
+    p = q.op("Pad", [q.x, pads], "p", 0.04, 128)
+    y = q.conv(p, 4, 3, "y", pads=(0, 0, 0, 0))
+    m = q.model(y)
+    g = lower(load_onnx(m))
+    assert [op.kind for op in g.ops] == ["pad", "conv"]
+    g = FoldPad()(g)
+    assert [op.kind for op in g.ops] == ["conv"] and g.ops[0].attrs["pads"] == [1, 2, 0, 1]
+    assert_layer_exact(check_against_ort(m, SIM, n_inputs=2))
+
+
+def test_fold_pad_rejects_nonzero_value():
+    q = QDQ()
+    pads = q.init(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))
+    p = q.op("Pad", [q.x, pads, q.init(np.float32(1.0))], "p", 0.04, 128)
+    y = q.conv(p, 4, 3, "y", pads=(0, 0, 0, 0))
+    with pytest.raises(CompileError, match=r"'p' \(Pad\).*not supported"):
+        FoldPad()(lower(load_onnx(q.model(y))))
+
+
+def test_fuse_activation_into_conv_epilogue():
+    q = QDQ()
+    y = q.conv(q.x, 4, 3, "c", scale=0.05, zp=120)
+    r = q.op("Clip", [y, q.init(np.float32(0.0)), q.init(np.float32(2.0))], "r", 0.03, 20)
+    m = q.model(r)
+    g = lower(load_onnx(m))
+    assert [op.kind for op in g.ops] == ["conv", "clamp"]
+    g = FuseActivation()(g)
+    assert [op.kind for op in g.ops] == ["conv"] and g.ops[0].attrs["clamp"] == (0.0, 2.0)
+    assert g.ops[0].output == g.outputs[0][1]
+    assert_layer_exact(check_against_ort(m, SIM, n_inputs=2))
+
+
+def test_fuse_add_into_conv_residual():
+    q = QDQ((1, 16, 5, 4))
+    a = q.conv(q.x, 16, 16, "a", scale=0.05, zp=110)
+    y = q.op("Add", [a, q.x], "s", 0.06, 90)
+    m = q.model(y)
+    g = FuseAdd()(FuseActivation()(lower(load_onnx(m))))
+    assert [op.kind for op in g.ops] == ["conv"]
+    res = g.ops[0].attrs["residual"]
+    assert res["tensor"] == g.inputs[0][1] and res["mid_zp"] == 110 - 128
+    assert_layer_exact(check_against_ort(m, SIM, n_inputs=2))
+
+
+def test_unfused_add_becomes_identity_conv():
+    # Add of the input and a max pool: no convolution to fuse into.
+    q = QDQ((1, 5, 6, 6))
+    p = q.op("MaxPool", [q.x], "p", 0.04, 128, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    y = q.op("Add", [p, q.x], "s", 0.07, 60)
+    m = q.model(y)
+    g = FuseAdd()(lower(load_onnx(m)))
+    assert [op.kind for op in g.ops] == ["pool", "add"]
+    g = LowerLeftovers()(g)
+    assert g.ops[1].kind == "conv" and "residual" in g.ops[1].attrs
+    assert_layer_exact(check_against_ort(m, SIM, n_inputs=2))
+
+
+def test_eliminate_reshape_and_gemm_to_conv():
+    q = QDQ((1, 3, 4, 3))
+    c = q.conv(q.x, 6, 3, "c", scale=0.05, zp=128)
+    f = q.op("Flatten", [c], "f", 0.05, 128, axis=1)
+    w = q.rng.integers(-127, 128, (72, 5)).astype(np.int8)
+    wd = "fc_w"
+    q.nodes.append(h.make_node("DequantizeLinear", [q.init(w), q.init(np.float32(0.003)), q.init(np.int8(0))], [wd]))
+    y = q.op("MatMul", [f, wd], "y", 0.1, 128)
+    m = q.model(y)
+    g = lower(load_onnx(m))
+    assert [op.kind for op in g.ops] == ["conv", "alias", "gemm"]
+    g = EliminateReshape()(g)
+    assert [op.kind for op in g.ops] == ["conv", "gemm"] and g.ops[1].attrs["spatial_input"]
+    g = GemmToConv()(g)
+    assert g.ops[1].kind == "conv" and g.ops[1].attrs["kernel"] == [4, 3]
+    assert g.ops[1].attrs["w"].shape == (5, 6, 4, 3)
+    assert_layer_exact(check_against_ort(m, SIM, n_inputs=2))
+
+
+def test_eliminate_reshape_rejects_data_moving_transpose():
+    q = QDQ((1, 3, 4, 3))
+    c = q.conv(q.x, 6, 3, "c")
+    t = q.op("Transpose", [c], "t", 0.05, 100, perm=[0, 2, 3, 1])
+    with pytest.raises(CompileError, match=r"'t' \(Transpose\).*moves data.*supported"):
+        EliminateReshape()(lower(load_onnx(q.model(t))))
+
+
+def test_pad_channels_to_lanes_and_rows():
+    q = QDQ((1, 3, 4, 4))
+    c = q.conv(q.x, 21, 3, "c")
+    p = q.op("MaxPool", [c], "p", kernel_shape=[2, 2], strides=[2, 2])
+    m = q.model(q.q(p, 0.05, 100))
+    g = run_passes(lower(load_onnx(m)), SIM)
+    pc = PadChannels(SIM.replace(lanes=8, rows=32))(g)
+    cpads = {op.kind: pc.tensors[op.output].cpad for op in pc.ops}
+    assert pc.tensors[pc.inputs[0][1]].cpad == 8
+    assert cpads == {"conv": 32, "pool": 32}

@@ -6,8 +6,16 @@
 
 from importlib import import_module
 
-__all__ = ["Runtime", "RunResult", "Preprocess", "ImageModel", "PredictionClient", "ModelServer", "topk",
-           "imagenet1k"]
+__all__ = [
+    "ImageModel",
+    "ModelServer",
+    "PredictionClient",
+    "Preprocess",
+    "RunResult",
+    "Runtime",
+    "imagenet1k",
+    "topk",
+]
 
 _WHERE = {"Runtime": "runtime", "RunResult": "runtime", "Preprocess": "preprocess", "ImageModel": "model",
           "PredictionClient": "client", "ModelServer": "server", "topk": "labels", "imagenet1k": "labels"}

@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 from google.protobuf import wrappers_pb2
 
+from ._protos import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 from .labels import labels_for, topk
 from .tensors import to_ndarray, to_tensor_proto
-from ._protos import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
 __all__ = ["PredictionClient"]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from tessera.errors import UserError
 
-__all__ = ["imagenet1k", "labels_for", "topk", "softmax"]
+__all__ = ["imagenet1k", "labels_for", "softmax", "topk"]
 
 
 @lru_cache(maxsize=1)

@@ -32,7 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from tessera.errors import UserError
 from tessera.program import Program, TensorInfo
 
-__all__ = ["STYLES", "ImageError", "Preprocess", "decode_image", "MAX_PIXELS", "MAX_BYTES", "FORMATS"]
+__all__ = ["FORMATS", "MAX_BYTES", "MAX_PIXELS", "STYLES", "ImageError", "Preprocess", "decode_image"]
 
 #: Normalization presets, as keras.applications.imagenet_utils.preprocess_input's modes.
 STYLES = {
@@ -125,7 +125,7 @@ class Preprocess:
     max_bytes: int = MAX_BYTES
 
     @classmethod
-    def from_program(cls, program: Program, **limits) -> "Preprocess":
+    def from_program(cls, program: Program, **limits) -> Preprocess:
         """The preprocessing ``program.meta["preprocess"]`` describes (style ``none`` if absent)."""
         spec = dict(program.meta.get("preprocess") or {})
         if not program.inputs:
@@ -142,7 +142,7 @@ class Preprocess:
         return cls.from_spec(tensor, spec, **limits)
 
     @classmethod
-    def from_spec(cls, tensor: TensorInfo, spec: dict, **limits) -> "Preprocess":
+    def from_spec(cls, tensor: TensorInfo, spec: dict, **limits) -> Preprocess:
         spec = dict(spec)
         style = spec.pop("style", "none")
         if style not in STYLES:

@@ -28,13 +28,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tessera.errors import UserError
 from tessera.program import Program
 
-from ._protos import get_model_metadata_pb2, meta_graph_pb2, predict_pb2, prediction_service_pb2_grpc
-from ._protos import tensor_shape_pb2
+from ._protos import (
+    get_model_metadata_pb2,
+    meta_graph_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    tensor_shape_pb2,
+)
 from .model import ImageModel, scores_tensor
 from .runtime import Runtime
-from .tensors import DT_FLOAT, DT_STRING, TensorError, dtype_name, string_values, to_ndarray, to_tensor_proto
+from .tensors import (
+    DT_FLOAT,
+    DT_STRING,
+    TensorError,
+    dtype_name,
+    string_values,
+    to_ndarray,
+    to_tensor_proto,
+)
 
-__all__ = ["ModelServer", "serve_command", "IMAGE_INPUT", "SERVICE", "SIGNATURES"]
+__all__ = ["IMAGE_INPUT", "SERVICE", "SIGNATURES", "ModelServer", "serve_command"]
 
 SERVICE = "tensorflow.serving.PredictionService"
 #: Name under which encoded images are always accepted (the seed's clients send "images").
@@ -98,7 +111,7 @@ class Device:
         self.thread.join()
 
 
-def _shape_proto(dims) -> "tensor_shape_pb2.TensorShapeProto":
+def _shape_proto(dims) -> tensor_shape_pb2.TensorShapeProto:
     return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d)) for d in dims])
 
 
@@ -186,6 +199,8 @@ class ModelServer:
             err = None
         if not port:
             self.device.close()
+            if self._own_runtime:
+                self.runtime.close()
             raise UserError(f"cannot listen on {address}: {err or 'address in use or not available'}")
         self.port = port
         self.grpc.start()
@@ -294,7 +309,7 @@ class ModelServer:
         n = next(iter(sizes.values()))
         return [{name: col[i] for name, col in columns.items()} for i in range(n)]
 
-    def predict(self, request, context) -> "predict_pb2.PredictResponse":
+    def predict(self, request, context) -> predict_pb2.PredictResponse:
         self.check_spec(request.model_spec)
         wanted = list(request.output_filter) or self.output_names
         unknown = [n for n in wanted if n not in self.output_names]
@@ -331,7 +346,7 @@ class ModelServer:
 
     # ---- metadata -------------------------------------------------------------
 
-    def signature_defs(self) -> "get_model_metadata_pb2.SignatureDefMap":
+    def signature_defs(self) -> get_model_metadata_pb2.SignatureDefMap:
         TI = meta_graph_pb2.TensorInfo
         outputs = {}
         for t in self.program.outputs:
@@ -365,7 +380,7 @@ class ModelServer:
                 "scores": self.scores_name, "probabilities": self.probabilities,
                 "labels": im.labels if im else None}
 
-    def metadata(self, request) -> "get_model_metadata_pb2.GetModelMetadataResponse":
+    def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         self.check_spec(request.model_spec)
         if not request.metadata_field:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,

@@ -12,7 +12,7 @@ from tessera.errors import UserError
 
 from ._protos import tensor_pb2, tensor_shape_pb2, types_pb2
 
-__all__ = ["TensorError", "to_ndarray", "to_tensor_proto", "string_values", "dtype_name", "NUMERIC"]
+__all__ = ["NUMERIC", "TensorError", "dtype_name", "string_values", "to_ndarray", "to_tensor_proto"]
 
 
 class TensorError(UserError, ValueError):
@@ -97,7 +97,7 @@ def string_values(proto) -> tuple[list[bytes], list[int]]:
     return list(_fill(vals, n, "DT_STRING")) if n else [], shape
 
 
-def to_tensor_proto(x) -> "tensor_pb2.TensorProto":
+def to_tensor_proto(x) -> tensor_pb2.TensorProto:
     """numpy array (numeric) or list of ``bytes`` → ``TensorProto`` (numeric data as little-endian tensor_content)."""
     if isinstance(x, (bytes, bytearray)):
         x = [bytes(x)]

@@ -26,7 +26,7 @@ from tessera.program import Program, TensorInfo
 
 from .preprocess import STYLES
 
-__all__ = ["tiny_classifier", "tiny_classifier_with_params", "INPUT", "LOGITS", "PROBS"]
+__all__ = ["INPUT", "LOGITS", "PROBS", "tiny_classifier", "tiny_classifier_with_params"]
 
 INPUT = "images:0"
 LOGITS = "logits:0"

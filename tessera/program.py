@@ -52,6 +52,13 @@ class TensorInfo:
     converts between that and the source model's tensor (``shape``, ``layout``,
     ``dtype``) with ``scale`` and ``zero_point`` (int8 domain:
     ``real = scale * (q - zero_point)``).
+
+    Inputs may also be stored transformed, so that a first layer with few
+    channels fills the lanes: ``pad`` (top, left, bottom, right) pixels of the
+    zero point are added around the image, then ``block``×``block``
+    space-to-depth packs each block into one pixel with channels ordered
+    (dy, dx, c). ``height``, ``width`` and ``channels`` always describe the
+    source tensor; :attr:`stored_height`, :attr:`stored_width` the memory image.
     """
 
     name: str
@@ -65,10 +72,29 @@ class TensorInfo:
     scale: float
     zero_point: int
     dtype: str = "float32"
+    pad: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    block: int = 1
+
+    def __post_init__(self):
+        pt, pl, pb, pr = self.pad
+        if min(self.pad) < 0 or self.block < 1 or (self.height + pt + pb) % self.block \
+                or (self.width + pl + pr) % self.block:
+            raise ProgramError(f"tensor {self.name!r}: pad {self.pad} and block {self.block} do not tile "
+                               f"{self.height}x{self.width}")
+        if self.cpad < self.block * self.block * self.channels:
+            raise ProgramError(f"tensor {self.name!r}: cpad {self.cpad} < {self.block}²×{self.channels} channels")
+
+    @property
+    def stored_height(self) -> int:
+        return (self.height + self.pad[0] + self.pad[2]) // self.block
+
+    @property
+    def stored_width(self) -> int:
+        return (self.width + self.pad[1] + self.pad[3]) // self.block
 
     @property
     def nbytes(self) -> int:
-        return self.height * self.width * self.cpad
+        return self.stored_height * self.stored_width * self.cpad
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -102,12 +128,21 @@ class TensorInfo:
             q = np.rint(x.astype(np.float64) / self.scale) + self.zero_point
         q = np.clip(q, -128, 127).astype(np.int8)
         hwc = self._to_hwc(q)
-        out = np.full((self.height, self.width, self.cpad), self.zero_point, dtype=np.int8)
-        out[:, :, :self.channels] = hwc
+        pt, pl, pb, pr = self.pad
+        if any(self.pad):
+            hwc = np.pad(hwc, ((pt, pb), (pl, pr), (0, 0)), constant_values=self.zero_point)
+        b = self.block
+        if b > 1:
+            h, w, c = hwc.shape
+            hwc = hwc.reshape(h // b, b, w // b, b, c).transpose(0, 2, 1, 3, 4).reshape(h // b, w // b, b * b * c)
+        out = np.full((self.stored_height, self.stored_width, self.cpad), self.zero_point, dtype=np.int8)
+        out[:, :, :hwc.shape[2]] = hwc
         return out
 
     def dequantize(self, img: np.ndarray) -> np.ndarray:
         """int8 NPU image (``H×W×cpad``) → source-model tensor (float32, source shape and layout)."""
+        if any(self.pad) or self.block != 1:
+            raise ProgramError(f"tensor {self.name!r}: padded or space-to-depth tensors are inputs only")
         q = img.reshape(self.height, self.width, self.cpad)[:, :, :self.channels].astype(np.float32)
         real = (q - self.zero_point) * np.float32(self.scale)
         if self.layout == "NCHW":

@@ -122,3 +122,26 @@ def test_tensor_info_quantize_rejects_wrong_shape():
     t = TensorInfo("x", [1, 3, 2, 2], "NCHW", 0, 2, 2, 3, 16, 0.1, 0)
     with pytest.raises(ValueError, match=r"input 'x' has shape \[1, 3, 2\]"):
         t.quantize(np.zeros((1, 3, 2)))
+
+
+def test_tensor_info_pad_and_space_to_depth_for_the_stem():
+    # A 3-channel 6×6 image padded by (1, 1, 1, 1) and packed 2×2: 4×4 pixels of 12 (of 16) channels.
+    t = TensorInfo("x", [1, 3, 6, 6], "NCHW", 0, 6, 6, 3, 16, 1.0, -5, pad=[1, 1, 1, 1], block=2)
+    assert (t.stored_height, t.stored_width, t.nbytes) == (4, 4, 4 * 4 * 16)
+    q = np.random.default_rng(0).integers(-128, 128, size=(1, 3, 6, 6))
+    img = t.quantize((q + 5).astype(np.float32))
+    padded = np.pad(q[0].transpose(1, 2, 0), ((1, 1), (1, 1), (0, 0)), constant_values=-5)
+    for y in range(4):
+        for x in range(4):
+            for dy in range(2):
+                for dx in range(2):
+                    ch = (dy * 2 + dx) * 3
+                    assert img[y, x, ch:ch + 3].tolist() == padded[2 * y + dy, 2 * x + dx].tolist()
+    assert (img[:, :, 12:] == -5).all()
+
+
+def test_tensor_info_rejects_untileable_space_to_depth():
+    with pytest.raises(ProgramError, match="do not tile"):
+        TensorInfo("x", [1, 3, 5, 5], "NCHW", 0, 5, 5, 3, 16, 1.0, 0, block=2)
+    with pytest.raises(ProgramError, match="cpad 8"):
+        TensorInfo("x", [1, 3, 4, 4], "NCHW", 0, 4, 4, 3, 8, 1.0, 0, block=2)

@@ -187,7 +187,8 @@ class ModelServer:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_Servicer(self), self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        address = f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        address = f"{host}:{self.port}"      # IPv6 literals need brackets
         try:
             if self.tls:
                 port = self.grpc.add_secure_port(address, grpc.ssl_server_credentials([self.tls]))

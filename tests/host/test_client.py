@@ -106,3 +106,16 @@ def test_tls_needs_cert_and_key(program, tmp_path):
         ModelServer(program, port=0, tls_cert=tmp_path / "c.pem")
     with pytest.raises(UserError, match="cannot read"):
         ModelServer(program, port=0, tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem")
+
+
+def test_ipv6_loopback(program, local_top):
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    data = photo(22)
+    with ModelServer(program, host="::1", port=0) as srv, \
+            PredictionClient("[::1]", srv.port, service_name="tiny", timeout=20) as client:
+        assert client.score_image(data) == local_top(data)

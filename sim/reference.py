@@ -54,23 +54,8 @@ def requantize(acc, bias, mult, shift, zp, lo=-128, hi=127):
     return out
 
 
-def maxpool(x, k, stride, pad=(0, 0)):
-    """C×H×W int max pooling; padding is ignored (never the maximum)."""
-    C, H, W = x.shape
-    (kh, kw), (sh, sw), (pt, pl) = k, stride, pad
-    OH = (H + 2 * pt - kh) // sh + 1
-    OW = (W + 2 * pl - kw) // sw + 1
-    out = np.empty((C, OH, OW), dtype=np.int64)
-    for oy in range(OH):
-        for ox in range(OW):
-            ys = slice(max(0, oy * sh - pt), min(H, oy * sh - pt + kh))
-            xs = slice(max(0, ox * sw - pl), min(W, ox * sw - pl + kw))
-            out[:, oy, ox] = x[:, ys, xs].reshape(C, -1).max(axis=1)
-    return out
-
-
-def avgpool_sum(x, k, stride, pad=(0, 0)):
-    """C×H×W window sums over the valid taps (padding contributes zero)."""
+def _pool(x, k, stride, pad, reduce):
+    """Apply ``reduce`` to every window's valid taps (C×H×W input; padding contributes nothing)."""
     C, H, W = x.shape
     (kh, kw), (sh, sw), (pt, pl) = k, stride, pad
     OH = (H + 2 * pt - kh) // sh + 1
@@ -80,5 +65,15 @@ def avgpool_sum(x, k, stride, pad=(0, 0)):
         for ox in range(OW):
             ys = slice(max(0, oy * sh - pt), min(H, oy * sh - pt + kh))
             xs = slice(max(0, ox * sw - pl), min(W, ox * sw - pl + kw))
-            out[:, oy, ox] = x[:, ys, xs].reshape(C, -1).sum(axis=1)
+            out[:, oy, ox] = reduce(x[:, ys, xs].reshape(C, -1), axis=1)
     return out
+
+
+def maxpool(x, k, stride, pad=(0, 0)):
+    """C×H×W int max pooling; padding is ignored (never the maximum)."""
+    return _pool(x, k, stride, pad, np.max)
+
+
+def avgpool_sum(x, k, stride, pad=(0, 0)):
+    """C×H×W window sums over the valid taps (padding contributes zero)."""
+    return _pool(x, k, stride, pad, np.sum)

@@ -100,7 +100,8 @@ class TileForBuffers:
         self.p_slot = c.pbuf_words // 2
 
     def __call__(self, g: Graph) -> dict:
-        return {op.name: (self.conv(g, op) if op.kind == "conv" else self.pool(g, op)) for op in g.ops}
+        return {op.name: (self.conv(g, op) if op.kind == "conv" else self.pool(g, op)) for op in g.ops
+                if op.kind != "concat"}
 
     def conv(self, g, op) -> ConvPlan:
         c = self.config
@@ -224,7 +225,10 @@ class EmitInstructions:
                               f"{c.weight_bits}-bit signed weights")
         OB, CB = y.cpad // M, x.cpad // N
         wp = np.zeros((OB * M, CB * N, kh, kw), np.int64)
-        wp[:O, :I] = w
+        if x.chan_map is None:
+            wp[:O, :I] = w
+        else:
+            wp[:O, x.chan_map] = w
         blocks = wp.reshape(OB, M, CB, N, kh, kw).transpose(0, 4, 5, 2, 1, 3)   # [ob][ky][kx][cb][M][N]
         groups = {}
         for og in range(plan.n_og):
@@ -256,19 +260,19 @@ class EmitInstructions:
         """LOAD (or STORE) the pixel box [y0,y1)×[x0,x1), channel words [w0,w1) of tensor ``t``."""
         c = self.config
         N = c.lanes
-        cbw = t.cpad // N
+        pitch = t.pitch
+        cbw = pitch // N
         nw, ny, nx = w1 - w0, y1 - y0, x1 - x0
-        base = self.addr[t.name] + (y0 * t.width + x0) * t.cpad + w0 * N
-        end = self.addr[t.name] + ((y1 - 1) * t.width + x1) * t.cpad
+        base = self.addr[t.name] + (y0 * t.width + x0) * pitch + w0 * N
         maxc = _fmax(Opcode.LOAD, "cols")
         if nw == cbw and nx == t.width and ny * nx * nw <= maxc:
             dmas = [(base, 1, ny * nx * nw, 0, 0)]
         elif nw == cbw:
-            dmas = [(base, ny, nx * nw, t.width * t.cpad, nx * nw)]
+            dmas = [(base, ny, nx * nw, t.width * pitch, nx * nw)]
         elif nx == t.width:
-            dmas = [(base, ny * nx, nw, t.cpad, nw)]
+            dmas = [(base, ny * nx, nw, pitch, nw)]
         else:
-            dmas = [(base + r * t.width * t.cpad, nx, nw, t.cpad, nw) for r in range(ny)]
+            dmas = [(base + r * t.width * pitch, nx, nw, pitch, nw) for r in range(ny)]
         for k, (addr, rows, cols, dstride, bstride) in enumerate(dmas):
             ba = buf_addr + k * nx * nw
             span = (ba, ba + rows * cols if bstride == 0 else ba + (rows - 1) * bstride + cols)
@@ -279,7 +283,6 @@ class EmitInstructions:
                 self.s.emit("load", reads=[dspan], writes=[(Buffer.ACT, *span)], **f)
             else:
                 self.s.emit("store", reads=[(Buffer.ACT, *span)], writes=[dspan], **f)
-        del end
 
     def _load_const(self, buf, off, words):
         c = self.config
@@ -441,6 +444,13 @@ class EmitInstructions:
                 live[t][1] = max(live[t][1], i)
         for _, t in g.outputs:
             live[t][1] = len(g.ops)
+        # A concatenation's slices live in the concatenated tensor: it lives from its first slice on.
+        for t in list(live):
+            v = g.tensors[t].view
+            if v is not None:
+                base = live.setdefault(v[0].name, list(live[t]))
+                base[0], base[1] = min(base[0], live[t][0]), max(base[1], live[t][1])
+                del live[t]
         sizes = {t: g.tensors[t].height * g.tensors[t].width * g.tensors[t].cpad for t in live}
         # Constants go first so their offsets are known when layers are emitted.
         self.packed = {}
@@ -454,6 +464,9 @@ class EmitInstructions:
             scratch = -(-max(len(self.const), 1) // 4096) * 4096 if attempt == 0 else self.scratch_addr
             self.scratch_addr = scratch
             self.addr, size = allocate(sizes, {k: tuple(v) for k, v in live.items()}, scratch, TENSOR_ALIGN)
+            for t in g.tensors.values():
+                if t.view is not None:
+                    self.addr[t.name] = self.addr[t.view[0].name] + t.view[1]
             self.scratch_size = size
             self.s = Scheduler(c, scratch, max(size, 1))
             self.macs = 0
@@ -461,6 +474,8 @@ class EmitInstructions:
                 s_.k = 0
             reports = []
             for op in g.ops:
+                if op.kind == "concat":
+                    continue
                 n0, m0 = len(self.s.instrs), self.macs
                 plan = self.plans[op.name]
                 tiles = self.conv(g, op, plan) if op.kind == "conv" else self.pool(g, op, plan)

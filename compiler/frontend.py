@@ -73,7 +73,7 @@ def _out_shape(kind, x, a):
     if kind == "gemm":
         return [1, int(a["w"].shape[0])]
     if kind == "concat":
-        raise CompileError("internal: concat shape")
+        raise CompileError("internal: concat shapes come from shape inference or _concat_shape")
     k, s, p = a["kernel"], a["strides"], a["pads"]
     d = a.get("dilations", [1, 1])
     c = int(a["w"].shape[0]) if kind == "conv" else x[1]
@@ -429,7 +429,9 @@ class _Lowering:
         strides = list(a.get("strides", [1, 1]))
         mode = "max" if "Max" in n.op_type else "avg"
         if mode == "avg":
-            out = self.shape(n.output[0], n)
+            out = self.shapes.get(n.output[0])
+            if not out or None in out:
+                out = _out_shape("pool", shape, dict(kernel=k, strides=strides, pads=pads))
             partial = any((out[2 + i] - 1) * strides[i] + k[i] > shape[2 + i] + pads[i] + pads[2 + i] for i in range(2))
             if partial:
                 raise unsupported(n.name, n.op_type, "ceil_mode windows that run past the padding",
@@ -535,7 +537,7 @@ class _Lowering:
 
     def op_Concat(self, n, a):
         ins = [self.int_in(i, n) for i in n.input]
-        if a.get("axis") not in (1, -3 if len(self.g.tensors[ins[0]].shape) == 4 else 1):
+        if a.get("axis") not in (1, -3 if len(self.g.tensors[ins[0]].shape) == 4 else -1):
             raise unsupported(n.name, n.op_type, f"axis={a.get('axis')}", "concatenation along channels (axis 1)")
         self.add_op("concat", n, ins, {}, out_float=n.output[0])
 
@@ -637,6 +639,11 @@ class _Lowering:
 
     def op_QLinearConcat(self, n, a):
         ins = [self.q_in(n.input[i], n) for i in range(2, len(n.input), 3)]
+        shapes = [self.g.tensors[i].shape for i in ins]
+        if a.get("axis") not in (1, -3 if len(shapes[0]) == 4 else -1):
+            raise unsupported(n.name, n.op_type, f"axis={a.get('axis')}", "concatenation along channels (axis 1)")
+        if n.output[0] not in self.shapes or None in self.shapes[n.output[0]]:
+            self.shapes[n.output[0]] = [1, sum(s[1] for s in shapes)] + list(shapes[0][2:])
         self.add_op("concat", n, ins, {}, out_int=n.output[0], params=self._qparams(n, 0, 1))
         self.imap[n.output[0]] = n.output[0]
 

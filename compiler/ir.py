@@ -38,6 +38,15 @@ class QTensor:
     zero_point: int | None = None
     src_dtype: str = "int8"
     cpad: int = 0                  # physical channels per pixel (set by PadChannels)
+    #: physical channel of each logical channel when they are not 0..C-1 (a concatenation of padded parts)
+    chan_map: object = None
+    #: (base tensor, first physical channel) when this tensor is a channel slice of a concatenation
+    view: object = None
+
+    @property
+    def pitch(self) -> int:
+        """Bytes between consecutive pixels in external memory."""
+        return self.cpad if self.view is None else self.view[0].cpad
 
     @property
     def channels(self) -> int:

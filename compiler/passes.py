@@ -4,7 +4,7 @@ ONNX-level (float models, before calibration): :class:`FoldBatchNorm`.
 Integer-graph level, in pipeline order: :class:`FoldPad`, :class:`FuseActivation`,
 :class:`FuseAdd`, :class:`EliminateReshape`, :class:`GemmToConv`,
 :class:`LowerLeftovers` (unfused Add/Clip/requantization as identity
-convolutions), :class:`PadChannels`.
+convolutions), :class:`PlanConcat`, :class:`PadChannels`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from .ir import CompileError, Graph, Op, unsupported
 
 __all__ = ["FoldBatchNorm", "FoldPad", "FuseActivation", "FuseAdd", "EliminateReshape", "GemmToConv",
-           "LowerLeftovers", "PadChannels", "PIPELINE", "run_passes"]
+           "LowerLeftovers", "PlanConcat", "PadChannels", "PIPELINE", "run_passes"]
 
 
 class FoldBatchNorm:
@@ -244,10 +244,47 @@ class LowerLeftovers:
                 attrs["residual"] = dict(tensor=op.inputs[1], mid_scale=x.scale, mid_zp=x.zero_point)
             op.kind = "conv"
             op.attrs = attrs
-        for op in g.ops:
-            if op.kind == "concat":
-                raise unsupported(op.name, op.onnx_op, "channel concatenation in this version of the back end",
-                                  "Conv, Gemm, Add, Relu/Clip, MaxPool, AveragePool, GlobalAveragePool, Softmax")
+        return g
+
+
+def _identity_attrs(c, clamp=(-float("inf"), float("inf"))):
+    return dict(w=np.eye(c, dtype=np.int64).reshape(c, c, 1, 1), w_scale=np.ones(c), bias=np.zeros(c, np.int64),
+                kernel=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], clamp=clamp)
+
+
+class PlanConcat:
+    """Channel concatenation without copies where possible.
+
+    Each part of a Concat becomes a channel slice of the concatenated tensor
+    (starting at a multiple of ``rows``): a convolution that produces a part
+    only for this Concat, in the Concat's quantization, writes its slice
+    directly. Any other part (a graph input, a pooled tensor, a tensor used
+    elsewhere or quantized differently) is copied in by an identity
+    convolution that also requantizes it. The Concat op stays as a marker
+    that emits nothing.
+    """
+
+    def __call__(self, g: Graph) -> Graph:
+        graph_inputs = {t for _, t in g.inputs}
+        for op in list(g.ops):
+            if op.kind != "concat":
+                continue
+            cat = g.tensors[op.output]
+            parts = []
+            for i, name in enumerate(op.inputs):
+                t = g.tensors[name]
+                prod = g.producer(name)
+                direct = (prod is not None and prod.kind == "conv" and _single_use(g, name)
+                          and op.inputs.count(name) == 1 and name not in graph_inputs
+                          and abs(t.scale - cat.scale) <= 1e-9 * cat.scale and t.zero_point == cat.zero_point)
+                if not direct:
+                    new = f"{op.output}/part{i}"
+                    g.tensors[new] = type(t)(new, t.shape, cat.scale, cat.zero_point, cat.src_dtype)
+                    g.ops.insert(g.ops.index(op), Op("conv", f"{op.name}/copy{i}", op.onnx_op, [name], new,
+                                                     _identity_attrs(t.channels)))
+                    name = new
+                parts.append(name)
+            op.inputs = parts
         return g
 
 
@@ -275,23 +312,41 @@ class PadChannels:
             if op.kind == "conv":
                 out.cpad = up(out.channels, c.rows)
             elif op.kind == "pool":
-                out.cpad = g.tensors[op.inputs[0]].cpad
+                src = g.tensors[op.inputs[0]]
+                out.cpad, out.chan_map = src.cpad, src.chan_map
+            elif op.kind == "concat":
+                off, cmap = 0, []
+                for name in op.inputs:
+                    part = g.tensors[name]
+                    part.view = (out, off)
+                    cmap.append(off + (np.arange(part.channels) if part.chan_map is None else part.chan_map))
+                    off += part.cpad
+                out.cpad = off
+                cmap = np.concatenate(cmap)
+                out.chan_map = None if np.array_equal(cmap, np.arange(out.channels)) else cmap
             else:
                 raise CompileError(f"internal: op {op.name!r} of kind {op.kind!r} reached PadChannels")
         for op in g.ops:
             res = op.attrs.get("residual")
             if res is not None:
                 r, out = g.tensors[res["tensor"]], g.tensors[op.output]
-                if r.cpad < out.cpad or (r.height, r.width, r.channels) != (out.height, out.width, out.channels):
+                if r.cpad < out.cpad or (r.height, r.width, r.channels) != (out.height, out.width, out.channels) \
+                        or r.chan_map is not None:
                     raise unsupported(op.name, op.onnx_op, f"adding {list(r.shape)} (stored with {r.cpad} channels) "
                                       f"to {list(out.shape)}", "residual adds of equal shapes produced on the NPU")
+        for name, t in g.outputs:
+            if g.tensors[t].chan_map is not None or g.tensors[t].view is not None:
+                op = g.producer(t)
+                raise unsupported(op.name if op else name, op.onnx_op if op else "?",
+                                  f"graph output {name!r} as a slice or padded concatenation",
+                                  "graph outputs that are whole tensors with contiguous channels")
         return g
 
 
 def PIPELINE(config):
     """The integer-graph passes in order."""
     return [FoldPad(), FuseActivation(), FuseAdd(), EliminateReshape(), GemmToConv(), LowerLeftovers(),
-            PadChannels(config)]
+            PlanConcat(), PadChannels(config)]
 
 
 def run_passes(g: Graph, config) -> Graph:

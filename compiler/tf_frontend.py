@@ -13,7 +13,7 @@ import pathlib
 
 from tessera.errors import UserError
 
-__all__ = ["is_tf_model", "tf_to_onnx", "TfFrontendError"]
+__all__ = ["is_tf_model", "tf_to_onnx", "strip_input_layout", "TfFrontendError"]
 
 OPSET = 17
 
@@ -84,3 +84,63 @@ def tf_to_onnx(path):
             raise TfFrontendError(f"{path}: tf2onnx cannot convert the SavedModel: {str(e).splitlines()[0]}") from None
         return proto
     raise TfFrontendError(f"{path}: not a TensorFlow model (expected .keras, .h5 or a SavedModel folder)")
+
+
+def _const_ints(model, name):
+    import onnx.numpy_helper as nh
+    for init in model.graph.initializer:
+        if init.name == name:
+            return nh.to_array(init).astype("int64").tolist()
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            return nh.to_array(n.attribute[0].t).astype("int64").tolist()
+    return None
+
+
+def strip_input_layout(model):
+    """Remove the NHWC→NCHW conversion tf2onnx puts right after each 4-D image input.
+
+    Keras models take ``N×H×W×C`` images; tf2onnx converts them with a Transpose
+    (perm 0,3,1,2) or, for one channel, an equivalent Reshape. The NPU stores
+    images pixel-major anyway, so the conversion moves no data: the input is
+    redeclared as ``N×C×H×W`` and the host is told the source layout instead.
+    Returns ``(model, {input name: original NHWC shape})``; the model is modified in place.
+    """
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    changed = {}
+    for inp in g.input:
+        if inp.name in inits:
+            continue
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        if len(dims) != 4 or 0 in dims:
+            continue
+        users = [n for n in g.node if inp.name in n.input]
+        if len(users) != 1:
+            continue
+        node = users[0]
+        n_, h, w, c = dims
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if perm != [0, 3, 1, 2]:
+                continue
+        elif node.op_type == "Reshape":
+            if c != 1 or _const_ints(model, node.input[1]) not in ([n_, 1, h, w], [-1, 1, h, w]):
+                continue
+        else:
+            continue
+        out = node.output[0]
+        for other in g.node:
+            for i, name in enumerate(other.input):
+                if name == out:
+                    other.input[i] = inp.name
+        for o in g.output:
+            if o.name == out:
+                break
+        else:
+            g.node.remove(node)
+            shape = inp.type.tensor_type.shape
+            for d, v in zip(shape.dim, (n_, c, h, w)):
+                d.dim_value = v
+            changed[inp.name] = [n_, h, w, c]
+    return model, changed

@@ -115,6 +115,12 @@ class NetBuilder:
         self.shape[y] = [1, n]
         return y
 
+    def concat(self, *xs):
+        y = self._name("cat")
+        self.nodes.append(h.make_node("Concat", list(xs), [y], name=y, axis=1))
+        self.shape[y] = [1, sum(self.shape[x][1] for x in xs)] + self.shape[xs[0]][2:]
+        return y
+
     def softmax(self, x):
         y = self.unary("Softmax", x, axis=-1)
         self.shape[y] = self.shape[x]
@@ -155,6 +161,22 @@ def resnet(in_shape=(1, 3, 12, 10), widths=(8, 12), blocks=1, bottleneck=False, 
     y = b.gemm(b.flatten(b.gap(y)), classes)
     if softmax:
         y = b.softmax(y)
+    return b.model([y])
+
+
+def densenet(in_shape=(1, 3, 12, 10), growth=6, layers=3, blocks=2, classes=10, seed=0):
+    """A small DenseNet: each layer's 3×3 output is concatenated onto everything before it."""
+    b = NetBuilder(in_shape, seed)
+    y = b.conv("x", 2 * growth, 3, 1, relu=True)
+    for bi in range(blocks):
+        for _ in range(layers):
+            z = b.conv(y, 2 * growth, 1, 1, relu=True)
+            z = b.conv(z, growth, 3, 1, relu=True)
+            y = b.concat(y, z)
+        if bi < blocks - 1:
+            y = b.conv(y, b.shape[y][1] // 2, 1, 1, relu=True)
+            y = b.avgpool(y, 2, 2)
+    y = b.gemm(b.flatten(b.gap(y)), classes)
     return b.model([y])
 
 

@@ -9,7 +9,7 @@ import pytest
 from tessera.arch import PRESETS
 
 from ..conftest import SMALL
-from .netgen import assert_network, check_against_ort, quantize, resnet
+from .netgen import assert_network, check_against_ort, densenet, quantize, resnet
 from .test_codegen import TINY
 
 SIM = PRESETS["sim"].replace(dram_bytes=8 << 20)
@@ -53,3 +53,10 @@ def test_resnet_with_softmax_host_op():
     assert got.shape == ref.shape and abs(got.sum() - 1) < 1e-4
     # The probabilities are quantized in onnxruntime (1/256 steps); ours are float.
     assert np.abs(got - ref).max() < 3 / 256 and got.argmax() == ref.argmax()
+
+
+@pytest.mark.parametrize("fmt,act", [("QDQ", "uint8"), ("QOperator", "int8")])
+@pytest.mark.parametrize("cfg", ["sim", "tiny"])
+def test_densenet_concat_matches_onnxruntime(cfg, fmt, act):
+    q = quantize(densenet(seed=3), fmt=fmt, act=act)
+    assert_network(check_against_ort(q, {"sim": SIM, "tiny": TINY}[cfg], n_inputs=2))

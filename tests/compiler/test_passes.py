@@ -11,7 +11,7 @@ from tessera.arch import PRESETS
 from tessera.compiler.frontend import load_onnx, lower
 from tessera.compiler.ir import CompileError
 from tessera.compiler.passes import (EliminateReshape, FoldBatchNorm, FoldPad, FuseActivation, FuseAdd, GemmToConv,
-                                     LowerLeftovers, PadChannels, run_passes)
+                                     LowerLeftovers, PadChannels, PlanConcat, run_passes)
 
 from .netgen import NetBuilder, assert_layer_exact, check_against_ort, ort_run
 
@@ -179,3 +179,20 @@ def test_pad_channels_to_lanes_and_rows():
     cpads = {op.kind: pc.tensors[op.output].cpad for op in pc.ops}
     assert pc.tensors[pc.inputs[0][1]].cpad == 8
     assert cpads == {"conv": 32, "pool": 32}
+
+
+def test_plan_concat_writes_slices_and_copies_the_rest():
+    # Concat(conv output, graph input): the conv writes its slice directly, the input is copied in.
+    q = QDQ((1, 5, 4, 4))
+    c = q.conv(q.x, 21, 5, "c", scale=0.04, zp=128)
+    y = q.op("Concat", [c, q.x], "cat", 0.04, 128, axis=1)
+    m = q.model(y)
+    g = lower(load_onnx(m))
+    for p in (FoldPad(), FuseActivation(), FuseAdd(), EliminateReshape(), GemmToConv(), LowerLeftovers()):
+        g = p(g)
+    with pytest.raises(CompileError, match="graph output.*slice or padded concatenation"):
+        PadChannels(SIM)(PlanConcat()(g))
+    g = lower(load_onnx(m))
+    g = PlanConcat()(g)
+    assert [op.kind for op in g.ops] == ["conv", "conv", "concat"]
+    assert g.ops[1].name.endswith("copy1")

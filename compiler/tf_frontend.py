@@ -130,17 +130,17 @@ def strip_input_layout(model):
         else:
             continue
         out = node.output[0]
+        if any(o.name == out for o in g.output):
+            continue
         for other in g.node:
             for i, name in enumerate(other.input):
                 if name == out:
                     other.input[i] = inp.name
-        for o in g.output:
-            if o.name == out:
-                break
-        else:
-            g.node.remove(node)
-            shape = inp.type.tensor_type.shape
-            for d, v in zip(shape.dim, (n_, c, h, w)):
-                d.dim_value = v
-            changed[inp.name] = [n_, h, w, c]
+        g.node.remove(node)
+        dead = [i for i in g.initializer if i.name in node.input[1:] and not any(i.name in n.input for n in g.node)]
+        for i in dead:
+            g.initializer.remove(i)
+        for d, v in zip(inp.type.tensor_type.shape.dim, (n_, c, h, w)):
+            d.dim_value = v
+        changed[inp.name] = [n_, h, w, c]
     return model, changed

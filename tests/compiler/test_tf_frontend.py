@@ -58,3 +58,21 @@ def test_tf_to_onnx_rejects_corrupt_file(tmp_path):
         tf_to_onnx(bad)
     with pytest.raises(TfFrontendError, match="no such file"):
         tf_to_onnx(tmp_path / "missing.keras")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_strip_input_layout_removes_nhwc_conversion(tmp_path, channels):
+    from tessera.compiler.tf_frontend import strip_input_layout
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((5, 7, channels), name="img")
+    out = keras.layers.Conv2D(2, 3, name="c")(inp)
+    keras.Model(inp, out).save(tmp_path / "m.keras")
+    proto = tf_to_onnx(tmp_path / "m.keras")
+    x = np.random.default_rng(2).random((1, 5, 7, channels), dtype=np.float32)
+    want = _run(proto, x)
+    stripped, changed = strip_input_layout(proto)
+    # tf2onnx uses a Transpose for 3 channels and a Reshape for one; both must go.
+    assert changed == {"img": [1, 5, 7, channels]}
+    assert [d.dim_value for d in stripped.graph.input[0].type.tensor_type.shape.dim] == [1, channels, 5, 7]
+    assert not any(n.op_type in ("Transpose", "Reshape") and "img" in n.input for n in stripped.graph.node)
+    np.testing.assert_allclose(_run(stripped, x.transpose(0, 3, 1, 2)), want, rtol=1e-6)

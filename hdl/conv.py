@@ -1,0 +1,145 @@
+"""The COMPUTE unit: CONV's address generator (implicit im2col) around the MAC array."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, layout
+
+from .common import BufReadSignature, BufWriteSignature, UnitSignature, word_bits
+from .mac import MacArray
+
+__all__ = ["ConvUnit"]
+
+
+class ConvUnit(wiring.Component):
+    """Executes CONV: walks blocks, output pixels, taps and channel blocks, one MAC-array cycle each.
+
+    The generator emits one (ACT word, WGT word) pair per cycle; padding taps
+    read ``pad_value`` in every lane. A pixel's row sums go to the ACC buffer,
+    added to the old contents with ``accumulate``. The unit signals ``done``
+    once the pipeline has drained, so the next instruction sees every write.
+    """
+
+    def __init__(self, config: NpuConfig):
+        self.config = c = config
+        super().__init__({
+            "ctl": In(UnitSignature()),
+            "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
+            "wgt_rd": Out(BufReadSignature(c.wbuf_words, word_bits(c, Buffer.WGT))),
+            "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
+            "acc_wr": Out(BufWriteSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
+            "mac": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        N, M = c.lanes, c.rows
+        m.submodules.array = array = MacArray(c)
+
+        ir = Signal(INSTR_BITS)
+        ins = data.View(layout(Opcode.CONV), ir)
+        running = Signal()
+        with m.If(self.ctl.start):
+            m.d.sync += [ir.eq(self.ctl.instr)]
+
+        K = Signal(18)      # terms per pixel: k_h*k_w*in_cb
+        P = Signal(20)      # pixels per block
+        m.d.comb += [K.eq(ins.k_h * ins.k_w * ins.in_cb), P.eq(ins.out_h * ins.out_w)]
+        bad_range = ((ins.in_addr + ins.in_h * ins.in_w * ins.in_cb > c.abuf_words)
+                     | (ins.w_addr + ins.ob_count * K > c.wbuf_words)
+                     | (ins.acc_addr + ins.ob_count * P > c.accbuf_words))
+
+        # Generator counters.
+        b, y, x = Signal(10), Signal(10), Signal(10)
+        ky, kx, cb = Signal(4), Signal(4), Signal(10)
+        t, wbase, pcnt = Signal(18), Signal(28), Signal(30)
+        gen = Signal()
+        last_c = cb == ins.in_cb - 1
+        last_kx = kx == ins.k_w - 1
+        last_ky = ky == ins.k_h - 1
+        pix_end = last_c & last_kx & last_ky
+        last_x, last_y, last_b = x == ins.out_w - 1, y == ins.out_h - 1, b == ins.ob_count - 1
+
+        drain = Signal(range(64))
+        depth = 4 + array.latency + 2
+
+        m.d.comb += self.ctl.busy.eq(running)
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.ctl.start):
+                    m.next = "CHECK"
+                    m.d.sync += running.eq(1)
+            with m.State("CHECK"):
+                with m.If(bad_range):
+                    m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(ErrorCode.BUFFER_RANGE)]
+                    m.d.sync += running.eq(0)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [b.eq(0), y.eq(0), x.eq(0), ky.eq(0), kx.eq(0), cb.eq(0), t.eq(0),
+                                 wbase.eq(ins.w_addr), pcnt.eq(0), gen.eq(1)]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(gen):
+                    m.d.sync += [cb.eq(Mux(last_c, 0, cb + 1)), t.eq(Mux(pix_end, 0, t + 1))]
+                    with m.If(last_c):
+                        m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
+                    with m.If(last_c & last_kx):
+                        m.d.sync += ky.eq(Mux(last_ky, 0, ky + 1))
+                    with m.If(pix_end):
+                        m.d.sync += [pcnt.eq(pcnt + 1), x.eq(Mux(last_x, 0, x + 1))]
+                        with m.If(last_x):
+                            m.d.sync += y.eq(Mux(last_y, 0, y + 1))
+                            with m.If(last_y):
+                                m.d.sync += [b.eq(b + 1), wbase.eq(wbase + K)]
+                                with m.If(last_b):
+                                    m.d.sync += [gen.eq(0), drain.eq(depth)]
+                with m.Else():
+                    m.d.sync += drain.eq(drain - 1)
+                    with m.If(drain == 0):
+                        m.d.comb += self.ctl.done.eq(1)
+                        m.d.sync += running.eq(0)
+                        m.next = "IDLE"
+
+        m.d.comb += [self.mac.eq(gen), self.ctl.progress.eq(gen | array.o_valid)]
+
+        # S1: input coordinates of the tap.
+        s1 = dict(v=Signal(), first=Signal(), last=Signal(), cb=Signal(10), wa=Signal(28), tag=Signal(16),
+                  iy=Signal(signed(16)), ix=Signal(signed(16)))
+        m.d.sync += [s1["v"].eq(gen), s1["first"].eq(t == 0), s1["last"].eq(pix_end), s1["cb"].eq(cb),
+                     s1["wa"].eq(wbase + t), s1["tag"].eq(ins.acc_addr + pcnt),
+                     s1["iy"].eq(y * ins.stride_h + ky * ins.dil_h - ins.pad_t),
+                     s1["ix"].eq(x * ins.stride_w + kx * ins.dil_w - ins.pad_l)]
+        # S2: padding test and linear pixel index.
+        s2 = dict(v=Signal(), first=Signal(), last=Signal(), cb=Signal(10), wa=Signal(28), tag=Signal(16),
+                  pad=Signal(), lin=Signal(signed(32)))
+        m.d.sync += [s2[k].eq(s1[k]) for k in ("v", "first", "last", "cb", "wa", "tag")]
+        m.d.sync += [s2["pad"].eq((s1["iy"] < 0) | (s1["iy"] >= ins.in_h) | (s1["ix"] < 0) | (s1["ix"] >= ins.in_w)),
+                     s2["lin"].eq(s1["iy"] * ins.in_w + s1["ix"])]
+        # S3: buffer addresses, presented to the read ports.
+        s3 = dict(v=Signal(), first=Signal(), last=Signal(), wa=Signal(28), tag=Signal(16), pad=Signal(),
+                  aa=Signal(32))
+        m.d.sync += [s3[k].eq(s2[k]) for k in ("v", "first", "last", "wa", "tag", "pad")]
+        m.d.sync += s3["aa"].eq(ins.in_addr + s2["lin"] * ins.in_cb + s2["cb"])
+        m.d.comb += [self.act_rd.addr.eq(s3["aa"]), self.wgt_rd.addr.eq(s3["wa"])]
+        # S4: data arrives; padding taps read pad_value in every lane.
+        s4 = dict(v=Signal(), first=Signal(), last=Signal(), tag=Signal(16), pad=Signal())
+        m.d.sync += [s4[k].eq(s3[k]) for k in s4]
+        pad_word = Cat(*([ins.pad_value.as_unsigned()] * N))
+        m.d.comb += [array.valid.eq(s4["v"]), array.first.eq(s4["first"]), array.last.eq(s4["last"]),
+                     array.tag.eq(s4["tag"]), array.act.eq(Mux(s4["pad"], pad_word, self.act_rd.data)),
+                     array.wgt.eq(self.wgt_rd.data)]
+        # Pixel totals: read the old ACC word, then write total (+ old).
+        m.d.comb += self.acc_rd.addr.eq(array.o_tag)
+        o2v, o2a, o2s = Signal(), Signal(16), Signal(32 * M)
+        m.d.sync += [o2v.eq(array.o_valid), o2a.eq(array.o_tag), o2s.eq(array.o_sum)]
+        acc_on = ins.accumulate
+        m.d.comb += [self.acc_wr.en.eq(o2v), self.acc_wr.addr.eq(o2a),
+                     self.acc_wr.data.eq(Cat(*[
+                         (o2s[32 * r:32 * r + 32] + Mux(acc_on, self.acc_rd.data[32 * r:32 * r + 32], 0))[:32]
+                         for r in range(M)]))]
+        return m

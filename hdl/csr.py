@@ -1,0 +1,113 @@
+"""The host's CSR block: start/stop, status, error code and pc, counters, watchdog."""
+
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import Csr, ErrorCode, Status, Unit
+
+from .common import ADDR_BITS
+
+__all__ = ["CsrSignature", "CsrBlock", "CTRL_START", "CTRL_RESET"]
+
+CTRL_START = 1
+CTRL_RESET = 2
+
+
+def CsrSignature() -> wiring.Signature:
+    """Word-addressed 32-bit register bus (host's side is the flipped one); reads are combinational."""
+    return wiring.Signature({"addr": Out(Csr), "wdata": Out(32), "we": Out(1), "rdata": In(32)})
+
+
+class CsrBlock(wiring.Component):
+    """Registers of :class:`tessera.isa.Csr` and the run state machine.
+
+    The core is held in reset (``core_rst``) except while running. A finished
+    or failed run drains the memory reads still in flight (``reads_idle``)
+    before STATUS shows DONE, so a new run never sees an old answer.
+    """
+
+    bus: In(CsrSignature())
+    core_rst: Out(1)
+    prog_addr: Out(ADDR_BITS)
+    irq: Out(1)
+    done: Out(1)
+    core_done: In(1)
+    core_err: In(1)
+    core_err_code: In(ErrorCode)
+    core_err_pc: In(ADDR_BITS)
+    oldest_pc: In(ADDR_BITS)
+    progress: In(1)
+    mac: In(1)
+    stall: In(len(Unit))
+    reads_idle: In(1)
+
+    def __init__(self, config: NpuConfig):
+        self.config = config
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        regs = {r: Signal(32, name=r.name.lower()) for r in (Csr.ERROR, Csr.ERROR_PC, Csr.IRQ_ENABLE, Csr.WATCHDOG)}
+        cycles, macs = Signal(64), Signal(64)
+        stalls = [Signal(32, name=f"stall_{u.name.lower()}") for u in Unit]
+        done_f, err_f = Signal(), Signal()
+        wd = Signal(32)
+        state_run, state_drain = Signal(), Signal()
+        busy = state_run | state_drain
+        m.d.comb += [self.core_rst.eq(~state_run), self.done.eq(~busy & (done_f | err_f)),
+                     self.irq.eq(regs[Csr.IRQ_ENABLE][0] & self.done)]
+
+        hash32 = int(c.hash(), 16) & 0xFFFFFFFF
+        status = Signal(3)
+        m.d.comb += status.eq(Mux(busy, Status.BUSY.value, 0) | Mux(~busy & (done_f | err_f), Status.DONE.value, 0)
+                              | Mux(~busy & err_f, Status.ERROR.value, 0))
+        with m.Switch(self.bus.addr):
+            for r, s in {Csr.STATUS: status, Csr.ERROR: regs[Csr.ERROR], Csr.ERROR_PC: regs[Csr.ERROR_PC],
+                         Csr.PROG_ADDR: self.prog_addr, Csr.CYCLES_LO: cycles[:32], Csr.CYCLES_HI: cycles[32:],
+                         Csr.STALL_LOAD: stalls[0], Csr.STALL_COMPUTE: stalls[1], Csr.STALL_POST: stalls[2],
+                         Csr.STALL_STORE: stalls[3], Csr.IRQ_ENABLE: regs[Csr.IRQ_ENABLE],
+                         Csr.WATCHDOG: regs[Csr.WATCHDOG], Csr.MACS_LO: macs[:32], Csr.MACS_HI: macs[32:],
+                         Csr.CONFIG_HASH: hash32}.items():
+                with m.Case(r):
+                    m.d.comb += self.bus.rdata.eq(s)
+
+        with m.If(self.bus.we):
+            with m.Switch(self.bus.addr):
+                with m.Case(Csr.PROG_ADDR):
+                    with m.If(~busy):
+                        m.d.sync += self.prog_addr.eq(self.bus.wdata)
+                with m.Case(Csr.IRQ_ENABLE):
+                    m.d.sync += regs[Csr.IRQ_ENABLE].eq(self.bus.wdata)
+                with m.Case(Csr.WATCHDOG):
+                    m.d.sync += regs[Csr.WATCHDOG].eq(self.bus.wdata)
+
+        start = self.bus.we & (self.bus.addr == Csr.CTRL) & (self.bus.wdata == CTRL_START) & ~busy
+        soft_reset = self.bus.we & (self.bus.addr == Csr.CTRL) & (self.bus.wdata == CTRL_RESET)
+
+        def fail(code, pc):
+            m.d.sync += [regs[Csr.ERROR].eq(code), regs[Csr.ERROR_PC].eq(pc), err_f.eq(1),
+                         state_run.eq(0), state_drain.eq(1)]
+
+        with m.If(start):
+            m.d.sync += [state_run.eq(1), done_f.eq(0), err_f.eq(0), regs[Csr.ERROR].eq(0),
+                         regs[Csr.ERROR_PC].eq(0), cycles.eq(0), macs.eq(0), wd.eq(0)]
+            m.d.sync += [s.eq(0) for s in stalls]
+        with m.Elif(state_run):
+            m.d.sync += [cycles.eq(cycles + 1), macs.eq(macs + Mux(self.mac, c.macs_per_cycle, 0))]
+            m.d.sync += [s.eq(s + self.stall[i]) for i, s in enumerate(stalls)]
+            m.d.sync += wd.eq(Mux(self.progress, 0, wd + 1))
+            with m.If(soft_reset):
+                m.d.sync += [state_run.eq(0), state_drain.eq(1)]
+            with m.Elif(self.core_err):
+                fail(self.core_err_code.as_value(), self.core_err_pc)
+            with m.Elif((regs[Csr.WATCHDOG] != 0) & (wd >= regs[Csr.WATCHDOG])):
+                fail(ErrorCode.WATCHDOG.value, self.oldest_pc)
+            with m.Elif(self.core_done):
+                m.d.sync += [done_f.eq(1), state_run.eq(0), state_drain.eq(1)]
+        with m.Elif(state_drain & self.reads_idle):
+            m.d.sync += state_drain.eq(0)
+        return m

@@ -1,0 +1,114 @@
+"""Dispatch: the four instruction queues and the dependency-token counters between units."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import INSTR_BITS, ErrorCode, Opcode, Unit
+
+from .common import ADDR_BITS, UnitSignature
+
+__all__ = ["Dispatch"]
+
+UNITS = list(Unit)
+
+
+class Dispatch(wiring.Component):
+    """Queues fetched instructions per unit and starts each unit's head when the tokens allow.
+
+    An instruction starts when every unit in its ``wait`` mask has sent it a
+    token and every queue in its ``signal`` mask has room (``token_depth``),
+    the emulator's rule. SYNC completes here. ``idle`` reports a finished
+    program; ``deadlock`` a state no unit can leave (pc: the oldest queued
+    instruction). ``oldest_pc`` names the oldest executing instruction.
+    """
+
+    def __init__(self, config: NpuConfig):
+        self.config = c = config
+        super().__init__({
+            "i_valid": In(1), "i_ready": Out(1), "i_instr": In(INSTR_BITS), "i_unit": In(Unit),
+            "i_pc": In(ADDR_BITS), "fetch_finished": In(1),
+            **{f"u_{u.name.lower()}": Out(UnitSignature()) for u in UNITS},
+            "idle": Out(1), "deadlock": Out(1), "deadlock_pc": Out(ADDR_BITS), "oldest_pc": Out(ADDR_BITS),
+            "err": Out(1), "err_code": Out(ErrorCode), "err_pc": Out(ADDR_BITS),
+            "progress": Out(1), "stall": Out(len(UNITS)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        ctl = [getattr(self, f"u_{u.name.lower()}") for u in UNITS]
+        qs = []
+        for u in UNITS:
+            q = fifo.SyncFIFO(width=INSTR_BITS + ADDR_BITS, depth=c.queue_depth)
+            m.submodules[f"q_{u.name.lower()}"] = q
+            qs.append(q)
+        sel = self.i_unit.as_value()
+        m.d.comb += self.i_ready.eq(Cat(*[q.w_rdy for q in qs]).bit_select(sel, 1))
+        for i, q in enumerate(qs):
+            m.d.comb += [q.w_data.eq(Cat(self.i_instr, self.i_pc)), q.w_en.eq(self.i_valid & (sel == i))]
+
+        n = len(UNITS)
+        tok = {(s, d): Signal(range(c.token_depth + 1), name=f"tok_{s}_{d}")
+               for s in range(n) for d in range(n) if s != d}
+        active = [Signal(name=f"active{u}") for u in range(n)]
+        sync_done = [Signal(name=f"sync_done{u}") for u in range(n)]
+        cur_sig = [Signal(4, name=f"cur_sig{u}") for u in range(n)]
+        cur_pc = [Signal(ADDR_BITS, name=f"cur_pc{u}") for u in range(n)]
+        start = [Signal(name=f"start{u}") for u in range(n)]
+        finish = [Signal(name=f"finish{u}") for u in range(n)]
+        can = [Signal(name=f"can{u}") for u in range(n)]
+        hwait = [q.r_data[4:8] for q in qs]
+        hsig = [q.r_data[8:12] for q in qs]
+        hpc = [q.r_data[INSTR_BITS:] for q in qs]
+        for u in range(n):
+            ok = qs[u].r_rdy & ~active[u]
+            for s in range(n):
+                if s != u:
+                    ok = ok & (~hwait[u][s] | (tok[(s, u)] != 0))
+                    ok = ok & (~hsig[u][s] | (tok[(u, s)] != c.token_depth))
+            is_sync = qs[u].r_data[:4] == Opcode.SYNC.value
+            m.d.comb += [can[u].eq(ok), start[u].eq(ok), qs[u].r_en.eq(ok),
+                         ctl[u].start.eq(ok & ~is_sync), ctl[u].instr.eq(qs[u].r_data[:INSTR_BITS]),
+                         ctl[u].pc.eq(hpc[u]),
+                         finish[u].eq(ctl[u].done | sync_done[u])]
+            with m.If(start[u]):
+                m.d.sync += [active[u].eq(1), cur_sig[u].eq(hsig[u]), cur_pc[u].eq(hpc[u]),
+                             sync_done[u].eq(is_sync)]
+            with m.Elif(finish[u] | ctl[u].err):
+                m.d.sync += [active[u].eq(0), sync_done[u].eq(0)]
+            m.d.comb += self.stall[u].eq((qs[u].r_rdy & ~active[u] & ~ok) | ctl[u].stall)
+        for (s, d), t in tok.items():
+            inc = finish[s] & cur_sig[s][d]
+            dec = start[d] & hwait[d][s]
+            m.d.sync += t.eq(t + inc - dec)
+
+        any_active = Cat(*active).any()
+        queued = Cat(*[q.r_rdy for q in qs]).any()
+        m.d.comb += self.idle.eq(self.fetch_finished & ~queued & ~any_active)
+        stuck = ~any_active & ~Cat(*can).any() & queued & (self.fetch_finished | (self.i_valid & ~self.i_ready))
+        stuck_d = Signal()
+        m.d.sync += stuck_d.eq(stuck)
+        m.d.comb += self.deadlock.eq(stuck & stuck_d)
+
+        def oldest(valids, pcs, default):
+            best_v, best = Signal(), Signal(ADDR_BITS)
+            v_acc, p_acc = 0, default
+            for v, p in zip(valids, pcs):
+                take = v & (~v_acc | (p < p_acc))
+                p_acc = Mux(take, p, p_acc)
+                v_acc = v_acc | v
+            return p_acc
+
+        m.d.comb += [self.deadlock_pc.eq(oldest([q.r_rdy for q in qs], hpc, self.i_pc)),
+                     self.oldest_pc.eq(oldest(active, cur_pc, self.i_pc))]
+        # Unit faults: the first unit (in Unit order) reporting one wins.
+        for u in reversed(range(n)):
+            with m.If(ctl[u].err):
+                m.d.comb += [self.err.eq(1), self.err_code.eq(ctl[u].err_code), self.err_pc.eq(cur_pc[u])]
+        m.d.comb += self.progress.eq((self.i_valid & self.i_ready) | Cat(*start).any() | Cat(*finish).any()
+                                     | Cat(*[x.progress for x in ctl]).any())
+        return m

@@ -1,0 +1,149 @@
+"""Instruction fetch and decode: 32-byte instructions from external memory, checked against the ISA table."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import data, enum, fifo, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import FORMATS, HEADER, INSTR_BITS, INSTR_BYTES, ErrorCode, Opcode, Unit, layout
+
+from .common import ADDR_BITS, ReadClientSignature, log2
+
+__all__ = ["Fetch", "decode_checks"]
+
+
+def decode_checks(m: Module, raw):
+    """Combinational decode of one instruction word, built from :data:`tessera.isa.FORMATS`.
+
+    Returns ``(legal_opcode, bad_field, unit, is_end)``: ``bad_field`` covers
+    illegal enum values, zero counts, non-zero reserved bits and a unit waiting
+    for or signalling itself (``ErrorCode.BAD_FIELD`` in the emulator).
+    """
+    opcode = raw[:4]
+    legal = Signal()
+    bad = Signal()
+    unit = Signal(Unit)
+    is_end = Signal()
+    m.d.comb += [legal.eq(0), bad.eq(0), is_end.eq(opcode == Opcode.END.value)]
+    with m.Switch(opcode):
+        for op, fmt in FORMATS.items():
+            with m.Case(op.value):
+                v = data.View(layout(op), raw)
+                terms = []
+                for f in HEADER[1:] + fmt.fields:
+                    val = getattr(v, f.name)
+                    if isinstance(f.kind, type) and issubclass(f.kind, enum.Enum):
+                        raw_v = val.as_value()
+                        ok = 0
+                        for mem in f.kind:
+                            ok = ok | (raw_v == mem.value)
+                        if len(f.kind) < (1 << f.width):
+                            terms.append(~ok)
+                    elif f.nonzero:
+                        terms.append(val == 0)
+                if "_reserved" in layout(op).members:
+                    terms.append(v["_reserved"] != 0)
+                if fmt.unit is not None:
+                    u = fmt.unit.value
+                    m.d.comb += unit.eq(fmt.unit)
+                    terms.append((v.wait | v.signal).bit_select(u, 1))
+                elif op == Opcode.SYNC:
+                    m.d.comb += unit.eq(v.unit)
+                    terms.append((v.wait | v.signal).bit_select(v.unit.as_value(), 1))
+                m.d.comb += [legal.eq(1), bad.eq(Cat(*terms).any() if terms else 0)]
+    return legal, bad, unit, is_end
+
+
+class Fetch(wiring.Component):
+    """Prefetches instruction beats from ``prog_addr`` on and hands decoded instructions to dispatch.
+
+    Fetch stops at END (``finished``) or at the first faulty instruction
+    (``err`` with its code; the pc is ``pc``). The core's reset restarts it.
+    """
+
+    def __init__(self, config: NpuConfig):
+        self.config = c = config
+        super().__init__({
+            "mem": Out(ReadClientSignature(c)),
+            "prog_addr": In(ADDR_BITS),
+            "o_valid": Out(1), "o_ready": In(1), "o_instr": Out(INSTR_BITS), "o_unit": Out(Unit),
+            "pc": Out(ADDR_BITS), "finished": Out(1),
+            "err": Out(1), "err_code": Out(ErrorCode),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        B = c.bus_bytes
+        ib = max(1, INSTR_BYTES // B)       # beats per instruction
+        ipb = max(1, B // INSTR_BYTES)      # instructions per beat
+        fd = max(2 * ib, 4)
+        m.submodules.beats = beats = fifo.SyncFIFO(width=8 * B, depth=fd)
+        started, halted = Signal(), Signal()
+        iss = Signal(ADDR_BITS + 1)
+        inflight = Signal(range(fd + 1))
+        with m.If(~started):
+            m.d.sync += [started.eq(1), self.pc.eq(self.prog_addr), iss.eq(self.prog_addr & ~(B - 1))]
+
+        # Requests: sequential beats while the beat FIFO has room for their answers.
+        req = self.mem.req
+        m.d.comb += [req.valid.eq(started & ~halted & ~self.finished & (inflight + beats.level < fd)
+                                  & (iss + B <= c.dram_bytes)),
+                     req.payload.eq(iss >> log2(B))]
+        acc = req.valid & req.ready
+        with m.If(acc):
+            m.d.sync += iss.eq(iss + B)
+        m.d.sync += inflight.eq(inflight + acc - self.mem.resp.valid)
+        m.d.comb += [beats.w_en.eq(self.mem.resp.valid), beats.w_data.eq(self.mem.resp.payload)]
+
+        # Assembly.
+        cur, cur_valid = Signal(INSTR_BITS), Signal()
+        idle = started & ~halted & ~self.finished
+        if ipb == 1:
+            cnt = Signal(range(ib))
+            with m.If(idle & ~cur_valid & beats.r_rdy):
+                m.d.comb += beats.r_en.eq(1)
+                m.d.sync += cur.word_select(cnt, 8 * B).eq(beats.r_data)
+                m.d.sync += cnt.eq(Mux(cnt == ib - 1, 0, cnt + 1))
+                with m.If(cnt == ib - 1):
+                    m.d.sync += cur_valid.eq(1)
+        else:
+            hb, hb_valid, sub = Signal(8 * B), Signal(), Signal(range(ipb))
+            with m.If(~started):
+                m.d.sync += sub.eq(self.prog_addr[log2(INSTR_BYTES):log2(B)])
+            with m.If(idle & ~cur_valid):
+                with m.If(hb_valid):
+                    m.d.sync += [cur.eq(hb.word_select(sub, INSTR_BITS)), cur_valid.eq(1),
+                                 sub.eq(Mux(sub == ipb - 1, 0, sub + 1))]
+                    with m.If(sub == ipb - 1):
+                        m.d.sync += hb_valid.eq(0)
+                with m.Elif(beats.r_rdy):
+                    m.d.comb += beats.r_en.eq(1)
+                    m.d.sync += [hb.eq(beats.r_data), hb_valid.eq(1)]
+
+        # Decode and hand over.
+        legal, bad, unit, is_end = decode_checks(m, cur)
+        pc_bad = (self.pc + INSTR_BYTES > c.dram_bytes) | (self.pc[:log2(INSTR_BYTES)] != 0)
+        m.d.comb += [self.o_instr.eq(cur), self.o_unit.eq(unit)]
+        with m.If(idle):
+            with m.If(pc_bad):
+                m.d.comb += [self.err.eq(1), self.err_code.eq(Mux(self.pc[:log2(INSTR_BYTES)] != 0,
+                                                                   ErrorCode.MISALIGNED.value,
+                                                                   ErrorCode.DRAM_RANGE.value))]
+                m.d.sync += halted.eq(1)
+            with m.Elif(cur_valid):
+                with m.If(~legal):
+                    m.d.comb += [self.err.eq(1), self.err_code.eq(ErrorCode.ILLEGAL_OPCODE)]
+                    m.d.sync += halted.eq(1)
+                with m.Elif(bad):
+                    m.d.comb += [self.err.eq(1), self.err_code.eq(ErrorCode.BAD_FIELD)]
+                    m.d.sync += halted.eq(1)
+                with m.Elif(is_end):
+                    m.d.sync += self.finished.eq(1)
+                with m.Else():
+                    m.d.comb += self.o_valid.eq(1)
+                    with m.If(self.o_ready):
+                        m.d.sync += [cur_valid.eq(0), self.pc.eq(self.pc + INSTR_BYTES)]
+        return m

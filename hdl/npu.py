@@ -1,0 +1,149 @@
+"""The NPU top: ``Npu(config)`` for any :class:`~tessera.arch.NpuConfig`."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, ResetInserter, Signal, unsigned
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import Buffer, ErrorCode, Unit
+
+from .common import ADDR_BITS, MemPortSignature, word_bits
+from .conv import ConvUnit
+from .csr import CsrBlock, CsrSignature
+from .dispatch import Dispatch
+from .dma import LoadDma, StoreDma, write_lanes
+from .fetch import Fetch
+from .post import PostUnit
+
+__all__ = ["Npu", "NpuCore"]
+
+
+class NpuCore(wiring.Component):
+    """Fetch, dispatch, the four units, the on-chip buffers and the memory-port arbiter."""
+
+    def __init__(self, config: NpuConfig):
+        self.config = c = config
+        super().__init__({
+            "mem": Out(MemPortSignature(c)),
+            "prog_addr": In(ADDR_BITS),
+            "done": Out(1), "err": Out(1), "err_code": Out(ErrorCode), "err_pc": Out(ADDR_BITS),
+            "oldest_pc": Out(ADDR_BITS), "progress": Out(1), "mac": Out(1), "stall": Out(len(Unit)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        m.submodules.fetch = fetch = Fetch(c)
+        m.submodules.dispatch = disp = Dispatch(c)
+        m.submodules.load = load = LoadDma(c)
+        m.submodules.conv = conv = ConvUnit(c)
+        m.submodules.post = post = PostUnit(c)
+        m.submodules.store = store = StoreDma(c)
+
+        m.d.comb += fetch.prog_addr.eq(self.prog_addr)
+        m.d.comb += [disp.i_valid.eq(fetch.o_valid), fetch.o_ready.eq(disp.i_ready), disp.i_instr.eq(fetch.o_instr),
+                     disp.i_unit.eq(fetch.o_unit), disp.i_pc.eq(fetch.pc), disp.fetch_finished.eq(fetch.finished)]
+        wiring.connect(m, disp.u_load, load.ctl)
+        wiring.connect(m, disp.u_compute, conv.ctl)
+        wiring.connect(m, disp.u_post, post.ctl)
+        wiring.connect(m, disp.u_store, store.ctl)
+
+        # On-chip buffers: one port per user, so units never wait for each other here.
+        def buf(b):
+            mem = memory.Memory(shape=unsigned(word_bits(c, b)), depth=c.buffer_words(b), init=[])
+            m.submodules[f"{b.name.lower()}_buf"] = mem
+            return mem
+
+        act, wgt, acc, prm = buf(Buffer.ACT), buf(Buffer.WGT), buf(Buffer.ACC), buf(Buffer.PARAM)
+
+        def rd(mem, user):
+            p = mem.read_port()
+            m.d.comb += [p.addr.eq(user.addr), user.data.eq(p.data)]
+
+        def wr(mem, user, lanes=1):
+            p = mem.write_port(granularity=mem.shape.width // lanes)
+            m.d.comb += [p.addr.eq(user.addr), p.data.eq(user.data), p.en.eq(user.en)]
+
+        rd(act, conv.act_rd)
+        rd(act, post.act_rd)
+        rd(act, store.act_rd)
+        rd(wgt, conv.wgt_rd)
+        rd(acc, conv.acc_rd)
+        rd(acc, post.acc_rd)
+        rd(prm, post.prm_rd)
+        wr(act, load.act_wr, write_lanes(c, Buffer.ACT))
+        wr(act, post.act_wr)
+        wr(wgt, load.wgt_wr, write_lanes(c, Buffer.WGT))
+        wr(prm, load.prm_wr, write_lanes(c, Buffer.PARAM))
+        wr(acc, conv.acc_wr)
+
+        # Memory port: fetch (id 0) and LOAD (id 1) share reads round-robin; STORE owns writes.
+        prio = Signal()
+        rq = self.mem.rd_req
+        take_load = load.mem.req.valid & (prio | ~fetch.mem.req.valid)
+        m.d.comb += rq.valid.eq(fetch.mem.req.valid | load.mem.req.valid)
+        with m.If(take_load):
+            m.d.comb += [rq.payload.addr.eq(load.mem.req.payload), rq.payload.id.eq(1),
+                         load.mem.req.ready.eq(rq.ready)]
+        with m.Else():
+            m.d.comb += [rq.payload.addr.eq(fetch.mem.req.payload), rq.payload.id.eq(0),
+                         fetch.mem.req.ready.eq(rq.ready)]
+        with m.If(rq.valid & rq.ready):
+            m.d.sync += prio.eq(~take_load)
+        rs = self.mem.rd_resp
+        m.d.comb += [fetch.mem.resp.valid.eq(rs.valid & (rs.payload.id == 0)), fetch.mem.resp.payload.eq(rs.payload.data),
+                     load.mem.resp.valid.eq(rs.valid & (rs.payload.id == 1)), load.mem.resp.payload.eq(rs.payload.data)]
+        wiring.connect(m, wiring.flipped(self.mem.wr_req), store.mem.req)
+
+        # Faults: fetch first, then units (by unit order), then deadlock.
+        with m.If(fetch.err):
+            m.d.comb += [self.err.eq(1), self.err_code.eq(fetch.err_code), self.err_pc.eq(fetch.pc)]
+        with m.Elif(disp.err):
+            m.d.comb += [self.err.eq(1), self.err_code.eq(disp.err_code), self.err_pc.eq(disp.err_pc)]
+        with m.Elif(disp.deadlock):
+            m.d.comb += [self.err.eq(1), self.err_code.eq(ErrorCode.DEADLOCK), self.err_pc.eq(disp.deadlock_pc)]
+        m.d.comb += [self.done.eq(disp.idle), self.oldest_pc.eq(disp.oldest_pc), self.mac.eq(conv.mac),
+                     self.stall.eq(disp.stall),
+                     self.progress.eq(disp.progress | fetch.mem.resp.valid | (rq.valid & rq.ready))]
+        return m
+
+
+class Npu(wiring.Component):
+    """The whole NPU: CSR block, core (reset between runs) and one external memory port.
+
+    Parameters
+    ----------
+    config : NpuConfig
+        Sizes of everything; its hash is readable in the ``CONFIG_HASH`` CSR.
+    """
+
+    def __init__(self, config: NpuConfig):
+        self.config = c = config
+        super().__init__({"csr": In(CsrSignature()), "mem": Out(MemPortSignature(c)), "irq": Out(1), "done": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        m.submodules.csr = csr = CsrBlock(c)
+        core = NpuCore(c)
+        m.submodules.core = ResetInserter(csr.core_rst)(core)
+        wiring.connect(m, wiring.flipped(self.csr), csr.bus)
+        m.d.comb += [self.irq.eq(csr.irq), self.done.eq(csr.done)]
+        m.d.comb += [core.prog_addr.eq(csr.prog_addr), csr.core_done.eq(core.done), csr.core_err.eq(core.err),
+                     csr.core_err_code.eq(core.err_code), csr.core_err_pc.eq(core.err_pc),
+                     csr.oldest_pc.eq(core.oldest_pc), csr.progress.eq(core.progress), csr.mac.eq(core.mac),
+                     csr.stall.eq(core.stall)]
+        # Reads in flight, counted outside the core's reset: a stopped run waits for their answers.
+        inflight = Signal(16)
+        rq, rs = core.mem.rd_req, core.mem.rd_resp
+        m.d.comb += [self.mem.rd_req.valid.eq(rq.valid & ~csr.core_rst), self.mem.rd_req.payload.eq(rq.payload),
+                     rq.ready.eq(self.mem.rd_req.ready & ~csr.core_rst),
+                     rs.valid.eq(self.mem.rd_resp.valid & ~csr.core_rst), rs.payload.eq(self.mem.rd_resp.payload)]
+        m.d.sync += inflight.eq(inflight + (self.mem.rd_req.valid & self.mem.rd_req.ready) - self.mem.rd_resp.valid)
+        m.d.comb += csr.reads_idle.eq(inflight == 0)
+        wq = core.mem.wr_req
+        m.d.comb += [self.mem.wr_req.valid.eq(wq.valid & ~csr.core_rst), self.mem.wr_req.payload.eq(wq.payload),
+                     wq.ready.eq(self.mem.wr_req.ready & ~csr.core_rst)]
+        return m

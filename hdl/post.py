@@ -1,0 +1,276 @@
+"""The POST unit: EPILOGUE (requantize ACC → ACT, optional residual add) and POOL (max/avg)."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, PoolMode, layout
+
+from .common import BufReadSignature, BufWriteSignature, UnitSignature, clamp, round_shift, word_bits
+
+__all__ = ["EpilogueEngine", "PoolEngine", "PostUnit"]
+
+
+def _engine_signature(c: NpuConfig, extra: dict) -> dict:
+    return {"start": In(1), "instr": In(INSTR_BITS), "bad": Out(1), "done": Out(1), "active": Out(1),
+            "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
+            "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))), **extra}
+
+
+class _Drain:
+    """Counts the pipeline empty after the generator's last element."""
+
+    def __init__(self, m, depth, gen, done):
+        self.cnt = Signal(range(depth + 2))
+        self.busy = Signal()
+        with m.If(gen):
+            m.d.sync += [self.cnt.eq(depth), self.busy.eq(1)]
+        with m.Elif(self.busy):
+            m.d.sync += self.cnt.eq(self.cnt - 1)
+            with m.If(self.cnt == 0):
+                m.d.sync += self.busy.eq(0)
+                m.d.comb += done.eq(1)
+
+
+class EpilogueEngine(wiring.Component):
+    """One ACT output word (``lanes`` channels) per cycle through a fixed-latency pipeline.
+
+    Stages: read ACC/PARAM/residual → select the word's channels → bias →
+    64-bit multiply → rounding shift → clamp or residual products → residual
+    rounding shift → clamp → write.
+    """
+
+    def __init__(self, config: NpuConfig):
+        self.config = c = config
+        super().__init__(_engine_signature(c, {
+            "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
+            "prm_rd": Out(BufReadSignature(c.pbuf_words, word_bits(c, Buffer.PARAM))),
+        }))
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        N, k = c.lanes, c.words_per_block
+        ins = data.View(layout(Opcode.EPILOGUE), self.instr)
+        P, ob = ins.pixels, ins.ob_count
+        m.d.comb += self.bad.eq((ins.acc_addr + ob * P > c.accbuf_words)
+                                | (ins.param_addr + ob > c.pbuf_words)
+                                | (ins.out_addr + (P - 1) * ins.out_stride + ob * k > c.abuf_words)
+                                | (ins.residual & (ins.res_addr + (P - 1) * ins.res_stride + ob * k > c.abuf_words)))
+
+        b, p, j = Signal(10), Signal(16), Signal(range(k))
+        acc_cnt = Signal(26)
+        gen = Signal()
+        last_j, last_p, last_b = j == k - 1, p == P - 1, b == ob - 1
+        with m.If(self.start):
+            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), acc_cnt.eq(0), gen.eq(1)]
+        with m.Elif(gen):
+            m.d.sync += j.eq(Mux(last_j, 0, j + 1))
+            with m.If(last_j):
+                m.d.sync += [p.eq(Mux(last_p, 0, p + 1)), acc_cnt.eq(acc_cnt + 1)]
+                with m.If(last_p):
+                    m.d.sync += b.eq(b + 1)
+                    with m.If(last_b):
+                        m.d.sync += gen.eq(0)
+        depth = 12
+        drain = _Drain(m, depth, gen, self.done)
+        m.d.comb += self.active.eq(gen | drain.busy)
+
+        # S1: addresses.
+        v1, j1, oa1 = Signal(), Signal(range(k)), Signal(16)
+        blk = b * k + j
+        m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p * ins.out_stride + blk)]
+        aa1, pa1, ra1 = Signal(16), Signal(16), Signal(16)
+        m.d.sync += [aa1.eq(ins.acc_addr + acc_cnt), pa1.eq(ins.param_addr + b),
+                     ra1.eq(ins.res_addr + p * ins.res_stride + blk)]
+        m.d.comb += [self.acc_rd.addr.eq(aa1), self.prm_rd.addr.eq(pa1), self.act_rd.addr.eq(ra1)]
+        # R: the read data of S1's addresses arrives; its sideband waits one cycle with it.
+        vr, jr, oar = Signal(), Signal(range(k)), Signal(16)
+        m.d.sync += [vr.eq(v1), jr.eq(j1), oar.eq(oa1)]
+        # S2: the word's channels.
+        v2, oa2 = Signal(), Signal(16)
+        m.d.sync += [v2.eq(vr), oa2.eq(oar)]
+        accw = self.acc_rd.data.word_select(jr, 32 * N)
+        prmw = self.prm_rd.data.word_select(jr, 96 * N)
+        lanes = []
+        for n in range(N):
+            L = dict(acc=Signal(signed(32)), bias=Signal(signed(32)), mult=Signal(signed(32)), shift=Signal(6),
+                     r=Signal(signed(8)))
+            m.d.sync += [L["acc"].eq(accw[32 * n:32 * n + 32]), L["bias"].eq(prmw[96 * n:96 * n + 32]),
+                         L["mult"].eq(prmw[96 * n + 32:96 * n + 64]), L["shift"].eq(prmw[96 * n + 64:96 * n + 70]),
+                         L["r"].eq(self.act_rd.data[8 * n:8 * n + 8])]
+            lanes.append(L)
+        # S3 .. S8, per lane.
+        v = [v2]
+        oa = [oa2]
+        for _ in range(6):
+            nv, no = Signal(), Signal(16)
+            m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
+            v.append(nv)
+            oa.append(no)
+        ys = []
+        for n, L in enumerate(lanes):
+            s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
+            m.d.sync += [s3v.eq((L["acc"] + L["bias"])[:32]), s3m.eq(L["mult"]), s3s.eq(L["shift"]), s3r.eq(L["r"])]
+            s4p, s4s, s4r = Signal(signed(64)), Signal(6), Signal(signed(8))
+            m.d.sync += [s4p.eq(s3v * s3m), s4s.eq(s3s), s4r.eq(s3r)]
+            s5q, s5r = Signal(signed(64)), Signal(signed(8))
+            m.d.sync += [s5q.eq(round_shift(s4p, s4s, 64)), s5r.eq(s4r)]
+            s6y, s6s = Signal(signed(8)), Signal(signed(48))
+            a = clamp(s5q + ins.zp_mid, -128, 127)
+            m.d.sync += [s6y.eq(clamp(s5q + ins.zp_out, ins.out_min, ins.out_max)),
+                         s6s.eq((a - ins.zp_mid) * ins.res_mult_a + (s5r - ins.zp_res) * ins.res_mult_b)]
+            s7q, s7y = Signal(signed(48)), Signal(signed(8))
+            m.d.sync += [s7q.eq(round_shift(s6s, ins.res_shift, 48)), s7y.eq(s6y)]
+            s8y = Signal(signed(8))
+            m.d.sync += s8y.eq(Mux(ins.residual, clamp(s7q + ins.zp_out, ins.out_min, ins.out_max), s7y))
+            ys.append(s8y)
+        m.d.comb += [self.act_wr.en.eq(v[-1]), self.act_wr.addr.eq(oa[-1]),
+                     self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
+        return m
+
+
+class PoolEngine(wiring.Component):
+    """Window taps one ACT read per cycle; the pixel's max or requantized sum leaves after the last tap."""
+
+    def __init__(self, config: NpuConfig):
+        self.config = c = config
+        super().__init__(_engine_signature(c, {}))
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        N = c.lanes
+        ins = data.View(layout(Opcode.POOL), self.instr)
+        m.d.comb += self.bad.eq((ins.in_addr + ins.in_h * ins.in_w * ins.cb > c.abuf_words)
+                                | (ins.out_addr + ins.out_h * ins.out_w * ins.cb > c.abuf_words))
+        oy, ox, cc, ky, kx = Signal(10), Signal(10), Signal(10), Signal(4), Signal(4)
+        ocnt = Signal(30)
+        gen = Signal()
+        last_kx, last_ky = kx == ins.k_w - 1, ky == ins.k_h - 1
+        last_c, last_x, last_y = cc == ins.cb - 1, ox == ins.out_w - 1, oy == ins.out_h - 1
+        win_end = last_kx & last_ky
+        with m.If(self.start):
+            m.d.sync += [oy.eq(0), ox.eq(0), cc.eq(0), ky.eq(0), kx.eq(0), ocnt.eq(0), gen.eq(1)]
+        with m.Elif(gen):
+            m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
+            with m.If(last_kx):
+                m.d.sync += ky.eq(Mux(last_ky, 0, ky + 1))
+            with m.If(win_end):
+                m.d.sync += [ocnt.eq(ocnt + 1), cc.eq(Mux(last_c, 0, cc + 1))]
+                with m.If(last_c):
+                    m.d.sync += ox.eq(Mux(last_x, 0, ox + 1))
+                    with m.If(last_x):
+                        m.d.sync += oy.eq(oy + 1)
+                        with m.If(last_y):
+                            m.d.sync += gen.eq(0)
+        drain = _Drain(m, 10, gen, self.done)
+        m.d.comb += self.active.eq(gen | drain.busy)
+
+        def carry(prev):
+            nxt = {k: Signal.like(s, name=f"{k}_p") for k, s in prev.items()}
+            m.d.sync += [nxt[k].eq(s) for k, s in prev.items()]
+            return nxt
+
+        s1 = dict(v=Signal(), first=Signal(), last=Signal(), cc=Signal(10), oa=Signal(16))
+        iy1, ix1 = Signal(signed(16)), Signal(signed(16))
+        m.d.sync += [s1["v"].eq(gen), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
+                     s1["cc"].eq(cc), s1["oa"].eq(ins.out_addr + ocnt),
+                     iy1.eq(oy * ins.stride_h + ky - ins.pad_t), ix1.eq(ox * ins.stride_w + kx - ins.pad_l)]
+        s2 = carry(s1)
+        inside2, lin2 = Signal(), Signal(signed(32))
+        m.d.sync += [inside2.eq((iy1 >= 0) & (iy1 < ins.in_h) & (ix1 >= 0) & (ix1 < ins.in_w)),
+                     lin2.eq(iy1 * ins.in_w + ix1)]
+        s3 = carry(s2)
+        inside3, aa3 = Signal(), Signal(32)
+        m.d.sync += [inside3.eq(inside2), aa3.eq(ins.in_addr + lin2 * ins.cb + s2["cc"])]
+        m.d.comb += self.act_rd.addr.eq(aa3)
+        s4 = carry(s3)
+        inside4 = Signal()
+        m.d.sync += inside4.eq(inside3)
+        # S4: running max / sum per lane; the pixel's result is latched on the last tap.
+        s5v, s5a = Signal(), Signal(16)
+        m.d.sync += [s5v.eq(s4["v"] & s4["last"]), s5a.eq(s4["oa"])]
+        s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
+        m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
+        ys = []
+        for n in range(N):
+            x = self.act_rd.data[8 * n:8 * n + 8].as_signed()
+            mx, sm = Signal(signed(8)), Signal(signed(20))
+            new_mx = Signal(signed(8))
+            new_sm = Signal(signed(20))
+            base_mx = Mux(s4["first"], -128, mx)
+            m.d.comb += [new_mx.eq(Mux(inside4 & (x > base_mx), x, base_mx)),
+                         new_sm.eq(Mux(s4["first"], 0, sm) + Mux(inside4, x - ins.zp_in, 0))]
+            with m.If(s4["v"]):
+                m.d.sync += [mx.eq(new_mx), sm.eq(new_sm)]
+            s5m, s5s = Signal(signed(8)), Signal(signed(20))
+            m.d.sync += [s5m.eq(new_mx), s5s.eq(new_sm)]
+            s6m, s6p = Signal(signed(8)), Signal(signed(56))
+            m.d.sync += [s6m.eq(s5m), s6p.eq(s5s * ins.mult)]
+            s7m, s7q = Signal(signed(8)), Signal(signed(56))
+            m.d.sync += [s7m.eq(s6m), s7q.eq(round_shift(s6p, ins.shift, 56))]
+            s8y = Signal(signed(8))
+            m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(s7q + ins.zp_out, -128, 127)))
+            ys.append(s8y)
+        m.d.comb += [self.act_wr.en.eq(s8v), self.act_wr.addr.eq(s8a),
+                     self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
+        return m
+
+
+class PostUnit(wiring.Component):
+    """Runs EPILOGUE and POOL instructions one at a time, sharing one ACT read and one ACT write port."""
+
+    def __init__(self, config: NpuConfig):
+        self.config = c = config
+        super().__init__({
+            "ctl": In(UnitSignature()),
+            "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
+            "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
+            "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
+            "prm_rd": Out(BufReadSignature(c.pbuf_words, word_bits(c, Buffer.PARAM))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        m.submodules.epi = epi = EpilogueEngine(c)
+        m.submodules.pool = pool = PoolEngine(c)
+        ir = Signal(INSTR_BITS)
+        is_pool = Signal()
+        running = Signal()
+        with m.If(self.ctl.start):
+            m.d.sync += [ir.eq(self.ctl.instr), is_pool.eq(self.ctl.instr[:4] == Opcode.POOL.value)]
+        m.d.comb += [epi.instr.eq(ir), pool.instr.eq(ir)]
+        wiring.connect(m, wiring.flipped(self.acc_rd), epi.acc_rd)
+        wiring.connect(m, wiring.flipped(self.prm_rd), epi.prm_rd)
+        m.d.comb += [pool.act_rd.data.eq(self.act_rd.data), epi.act_rd.data.eq(self.act_rd.data)]
+        with m.If(is_pool):
+            m.d.comb += [self.act_rd.addr.eq(pool.act_rd.addr), self.act_wr.addr.eq(pool.act_wr.addr),
+                         self.act_wr.data.eq(pool.act_wr.data), self.act_wr.en.eq(pool.act_wr.en)]
+        with m.Else():
+            m.d.comb += [self.act_rd.addr.eq(epi.act_rd.addr), self.act_wr.addr.eq(epi.act_wr.addr),
+                         self.act_wr.data.eq(epi.act_wr.data), self.act_wr.en.eq(epi.act_wr.en)]
+        m.d.comb += [self.ctl.busy.eq(running), self.ctl.progress.eq(epi.active | pool.active)]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.ctl.start):
+                    m.d.sync += running.eq(1)
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(Mux(is_pool, pool.bad, epi.bad)):
+                    m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(ErrorCode.BUFFER_RANGE)]
+                    m.d.sync += running.eq(0)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += [pool.start.eq(is_pool), epi.start.eq(~is_pool)]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(epi.done | pool.done):
+                    m.d.comb += self.ctl.done.eq(1)
+                    m.d.sync += running.eq(0)
+                    m.next = "IDLE"
+        return m

@@ -491,16 +491,17 @@ class EmitInstructions:
             raise CompileError(f"the program needs {end} bytes of external memory; config {c.name!r} has "
                                f"{c.dram_bytes}")
 
-        def info(name, t, shape=None):
+        def info(name, t, shape=None, layout=None):
             shape = list(shape if shape is not None else t.shape)
-            return TensorInfo(name=name, shape=shape, layout="NCHW" if len(shape) == 4 else "NC",
+            return TensorInfo(name=name, shape=shape, layout=layout or ("NCHW" if len(shape) == 4 else "NC"),
                               addr=self.addr[t.name], height=t.height, width=t.width, channels=t.channels,
                               cpad=t.cpad, scale=float(t.scale), zero_point=int(t.zero_point))
 
         views = getattr(g, "output_views", {})
         prog = Program(config=c, instructions=instrs, constants=bytes(self.const), prog_addr=prog_addr,
                        const_addr=self.const_addr, scratch_addr=self.scratch_addr, scratch_size=self.scratch_size,
-                       inputs=[info(n, g.tensors[t]) for n, t in g.inputs],
+                       inputs=[info(n, g.tensors[t], *reversed(g.input_layouts.get(t, (None, None))))
+                               for n, t in g.inputs],
                        outputs=[info(n, g.tensors[t], views.get(n)) for n, t in g.outputs],
                        host_ops=list(g.host_ops), meta=dict(meta or {}, macs=self.macs))
         return prog, reports

@@ -15,6 +15,7 @@ from .codegen import EmitInstructions, TileForBuffers
 from .frontend import load_onnx, lower
 from .ir import CompileError
 from .passes import FoldBatchNorm, run_passes
+from .tfimport import is_tf_model, tf_to_onnx
 
 __all__ = ["compile_model", "compile_command", "is_quantized", "format_report"]
 
@@ -70,11 +71,14 @@ def compile_command(args) -> int:
     config = get_config(args.config)
     if not os.path.exists(args.model):
         raise UserError(f"{args.model}: no such file")
-    if os.path.isdir(args.model) or args.model.endswith(".keras"):
-        raise UserError(f"{args.model}: Keras and SavedModel inputs are not supported by this compiler yet; "
-                        f"supported: .onnx (convert with tf2onnx)")
     try:
-        prog, reports = compile_model(args.model, config, calibrate=args.calibrate, name=args.model)
+        model = args.model
+        if is_tf_model(model):
+            model = tf_to_onnx(model)
+        elif os.path.isdir(model):
+            raise CompileError(f"{model} is a folder without saved_model.pb; supported: .onnx, .keras, "
+                               f"or a SavedModel folder")
+        prog, reports = compile_model(model, config, calibrate=args.calibrate, name=args.model)
     except CompileError as e:
         raise UserError(f"{args.model}: {e}") from None
     prog.save(args.output)

@@ -91,6 +91,7 @@ class _Lowering:
         self.pending = {}    # float name -> op whose output still needs quantization parameters
         self.hostf = {}      # float name (host domain) -> name the runtime produces it under
         self.imap = {}       # int tensor name (from ONNX) -> int tensor name in the graph
+        self.nhwc = {}       # float NCHW view of an NHWC graph input -> the input's name
         for vi in model.graph.input:
             if vi.name in self.consts:
                 continue
@@ -270,9 +271,16 @@ class _Lowering:
                 self.new_tensor(out, t.shape, s, zp, dt)
                 self.g.ops.append(Op("requant", n.name or out, n.op_type, [t.name], out, {}))
                 self.imap[out] = out
-        elif any(i.name == x for i in self.model.graph.input):
-            self.new_tensor(out, self.shape(x, n), s, zp, dt)
-            self.g.inputs.append((x, out))
+        elif any(i.name == x for i in self.model.graph.input) or x in self.nhwc:
+            src = self.nhwc.get(x, x)
+            shape = self.shape(x, n)
+            if shape[0] != 1 or len(shape) not in (2, 4):
+                raise unsupported(n.name, n.op_type, f"input {src!r} of shape {shape}",
+                                  "batch-1 NCHW, NHWC or NC inputs")
+            self.new_tensor(out, shape, s, zp, dt)
+            self.g.inputs.append((src, out))
+            if x in self.nhwc:
+                self.g.input_layouts[out] = ("NHWC", self.shape(src, n))
             self.imap[out] = out
         else:
             raise unsupported(n.name, n.op_type, f"quantizing {x!r}", "quantizing graph inputs and op outputs")
@@ -497,6 +505,19 @@ class _Lowering:
         x = n.input[0]
         if x in self.hostf:
             raise unsupported(n.name, n.op_type, "reshaping a host-side result", "Softmax as the last op")
+        perm = list(a.get("perm", [])) if n.op_type == "Transpose" else None
+        if perm == [0, 3, 1, 2] and any(i.name == x for i in self.model.graph.input):
+            # NHWC graph input (Keras): the NPU's pixel-major layout already is NHWC; the host packs it.
+            self.nhwc[n.output[0]] = x
+            return
+        if perm == [0, 3, 1, 2] and (x in self.imap or x in self.fmap):
+            t = self.g.tensors[self.imap.get(x) or self.fmap.get(x)]
+            if any(t.name == ti for _, ti in self.g.inputs) and not self.g.consumers(t.name) \
+                    and t.name not in self.g.input_layouts:
+                self.g.input_layouts[t.name] = ("NHWC", list(t.shape))
+                t.shape = (t.shape[0], t.shape[3], t.shape[1], t.shape[2])
+                (self.imap if x in self.imap else self.fmap)[n.output[0]] = t.name
+                return
         if x in self.imap:
             self._shape_op(n, self.imap[x], n.output[0], self.imap)
         elif x in self.pending:

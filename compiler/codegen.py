@@ -35,6 +35,15 @@ CONST_ALIGN = 256
 TENSOR_ALIGN = 256
 
 
+def _f32_ratio(a: float, b: float, c: float) -> float:
+    """``a*b/c`` rounded as onnxruntime computes requantization scales (float32, in that order).
+
+    A 31-bit multiplier holds a float32 exactly, so the fixed-point product then equals
+    onnxruntime's float product before its rounding, which keeps disagreements to near-ties.
+    """
+    return float(np.float32(np.float32(a) * np.float32(b)) / np.float32(c))
+
+
 def _fmax(op, name):
     for f in FORMATS[op].fields:
         if f.name == name:
@@ -247,7 +256,7 @@ class EmitInstructions:
         prm[:O, 0] = bias
         for o in range(O):
             try:
-                prm[o, 1], prm[o, 2] = quantize_multiplier(sx * float(a["w_scale"][o]) / mid_scale)
+                prm[o, 1], prm[o, 2] = quantize_multiplier(_f32_ratio(sx, float(a["w_scale"][o]), mid_scale))
             except ValueError as e:
                 raise unsupported(op.name, op.onnx_op, f"requantization scale of channel {o} ({e})",
                                   "scales s_x*s_w/s_y below 2**31") from None
@@ -315,7 +324,7 @@ class EmitInstructions:
         epi = dict(zp_out=y.zero_point, out_min=out_min, out_max=out_max)
         if res is not None:
             r = g.tensors[res["tensor"]]
-            ra, rb = res["mid_scale"] / y.scale, r.scale / y.scale
+            ra, rb = _f32_ratio(res["mid_scale"], 1.0, y.scale), _f32_ratio(r.scale, 1.0, y.scale)
             m, s = quantize_multiplier(max(ra, rb))
             s = min(s, _fmax(Opcode.EPILOGUE, "res_shift"))
             ma, mb = round(ra * 2.0 ** s), round(rb * 2.0 ** s)

@@ -188,3 +188,25 @@ def test_npu_reset_mid_run_then_rerun_is_correct(sim):
 def test_npu_config_hash_csr(sim):
     regs = sim.run(0, timeout_cycles=10) if False else sim._call("csr")[0]
     assert regs["CONFIG_HASH"] == int(CONFIG.hash(), 16) & 0xFFFFFFFF
+
+
+@pytest.fixture(scope="module")
+def small_resnet():
+    from tessera.compiler.driver import compile_model
+    from tests.compiler.netgen import quantize, resnet
+    return compile_model(quantize(resnet(in_shape=(1, 3, 12, 10), widths=(8, 12), blocks=1)), CONFIG)[0]
+
+
+@pytest.mark.parametrize("backpressure", BACKPRESSURE)
+def test_npu_compiled_resnet_matches_emulator(sim, small_resnet, backpressure):
+    from tessera.host.runtime import EmulatorBackend, Runtime
+    from tessera.sim.rtl import RtlBackend
+    prog = small_resnet
+    rng = np.random.default_rng(int(backpressure * 10))
+    images = {t.name: rng.integers(-128, 128, size=(t.height, t.width, t.cpad), dtype=np.int8) for t in prog.inputs}
+    emu = Runtime(prog)
+    rtl = Runtime(prog, backend="rtl", sim=sim, backpressure=backpressure)
+    want, got = emu.run_quantized(images), rtl.run_quantized(images)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert rtl.last.macs == emu.last.macs and 0 < rtl.last.utilization <= 1

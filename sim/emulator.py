@@ -317,9 +317,15 @@ class Emulator:
         w = self.buffers[Buffer.WGT][w_idx].reshape(ins.ob_count, taps, ins.in_cb, M, N)
         wmat = w.transpose(1, 2, 4, 0, 3).reshape(taps * cw, ins.ob_count * M)
         k = taps * cw
+        cols = cols.reshape(P, k)
+        live = wmat.any(axis=1)
+        if not live.all():
+            # Input lanes whose weights are all zero (channel padding) add nothing: leave them out.
+            cols, wmat = cols[:, live], wmat[live]
+            k = int(live.sum())
         # float32 GEMM is exact while every partial sum stays below 2**24: split the reduction into
         # chunks that keep it so, and add the (exact, integer) chunk results in float64.
-        a = cols.reshape(P, k).astype(np.float32)
+        a = cols.astype(np.float32)
         wf = wmat.astype(np.float32)
         per = int(np.abs(cols).max(initial=0)) * int(np.abs(wmat).max(initial=0))
         chunk = max(1, ((1 << 24) - 1) // per) if per else k

@@ -440,10 +440,8 @@ class EmitInstructions:
     def __call__(self, g: Graph, meta: dict | None = None):
         c = self.config
         self.const = bytearray()
-        self.const_addr = 0
         self.macs = 0
         # Liveness: op index of definition and last use; inputs from -1, outputs to the end.
-        order = {op.output: i for i, op in enumerate(g.ops)}
         live = {}
         for _, t in g.inputs:
             live[t] = [-1, -1]
@@ -461,40 +459,25 @@ class EmitInstructions:
                 base[0], base[1] = min(base[0], live[t][0]), max(base[1], live[t][1])
                 del live[t]
         sizes = {t: g.tensors[t].height * g.tensors[t].width * g.tensors[t].cpad for t in live}
-        # Constants go first so their offsets are known when layers are emitted.
-        self.packed = {}
-        # Scratch placement needs the constant size: pack all constants in a dry run of the layers.
-        scratch_guess = None
-        del order, scratch_guess
+        # Activations first (their footprint is known before any instruction exists), then the
+        # constants, whose base is therefore known while layers are emitted, then the program.
+        self.scratch_addr = 0
+        self.addr, self.scratch_size = allocate(sizes, {k: tuple(v) for k, v in live.items()}, 0, TENSOR_ALIGN)
+        for t in g.tensors.values():
+            if t.view is not None:
+                self.addr[t.name] = self.addr[t.view[0].name] + t.view[1]
+        self.const_addr = -(-max(self.scratch_size, 1) // 4096) * 4096
+        self.s = Scheduler(c, 0, max(self.scratch_size, 1))
         reports = []
-        # First pass: reserve constants by emitting into a throwaway scheduler, then the real pass.
-        for attempt in (0, 1):
-            self.const = bytearray()
-            scratch = -(-max(len(self.const), 1) // 4096) * 4096 if attempt == 0 else self.scratch_addr
-            self.scratch_addr = scratch
-            self.addr, size = allocate(sizes, {k: tuple(v) for k, v in live.items()}, scratch, TENSOR_ALIGN)
-            for t in g.tensors.values():
-                if t.view is not None:
-                    self.addr[t.name] = self.addr[t.view[0].name] + t.view[1]
-            self.scratch_size = size
-            self.s = Scheduler(c, scratch, max(size, 1))
-            self.macs = 0
-            for s_ in (self.in_slots, self.out_slots, self.res_slots, self.w_slots, self.acc_slots, self.p_slots):
-                s_.k = 0
-            reports = []
-            for op in g.ops:
-                if op.kind == "concat":
-                    continue
-                n0, m0 = len(self.s.instrs), self.macs
-                plan = self.plans[op.name]
-                tiles = self.conv(g, op, plan) if op.kind == "conv" else self.pool(g, op, plan)
-                reports.append(self._report(g, op, plan, len(self.s.instrs) - n0, tiles))
-            if attempt == 0:
-                self.scratch_addr = -(-len(self.const) // 4096) * 4096
-                if self.scratch_addr == scratch:
-                    break
+        for op in g.ops:
+            if op.kind == "concat":
+                continue
+            n0 = len(self.s.instrs)
+            plan = self.plans[op.name]
+            tiles = self.conv(g, op, plan) if op.kind == "conv" else self.pool(g, op, plan)
+            reports.append(self._report(g, op, plan, len(self.s.instrs) - n0, tiles))
         instrs = self.s.instructions()
-        prog_addr = -(-(self.scratch_addr + self.scratch_size) // 4096) * 4096
+        prog_addr = -(-(self.const_addr + len(self.const)) // 4096) * 4096
         end = prog_addr + 32 * len(instrs)
         if end > c.dram_bytes:
             raise CompileError(f"the program needs {end} bytes of external memory; config {c.name!r} has "

@@ -92,11 +92,6 @@ class _Lowering:
         self.hostf = {}      # float name (host domain) -> name the runtime produces it under
         self.imap = {}       # int tensor name (from ONNX) -> int tensor name in the graph
         self.nhwc = {}       # float NCHW view of an NHWC graph input -> the input's name
-        for vi in model.graph.input:
-            if vi.name in self.consts:
-                continue
-            elem = vi.type.tensor_type.elem_type
-            self.graph_input_dtype = elem
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -360,17 +355,12 @@ class _Lowering:
         self.add_op("gemm", n, [x], dict(w=w, w_scale=sw, bias=b), out_float=n.output[0])
 
     def op_Add(self, n, a):
-        ins = []
-        for i in n.input:
-            if i in self.pending and len(self.pending[i].attrs) and self.pending[i].kind in ("conv", "gemm") \
-                    and i not in self.fmap:
-                # Gemm/MatMul followed by a float bias Add: fold the constant into the bias.
-                pass
-            ins.append(i)
+        ins = list(n.input)
         if any(i in self.consts or i in self.qconst for i in ins):
             other = [i for i in ins if i not in self.consts and i not in self.qconst]
             cst = [i for i in ins if i in self.consts or i in self.qconst]
             if len(other) == 1 and other[0] in self.pending and self.pending[other[0]].kind == "gemm":
+                # MatMul followed by a constant bias Add (tf2onnx's Dense): fold it into the int32 bias.
                 op = self.pending.pop(other[0])
                 c = cst[0]
                 if c in self.qconst:

@@ -158,10 +158,12 @@ class ModelServer:
         self.host, self.port = host, port
         self.backend_name = backend
         self.queue_size, self.max_batch, self.queue_wait = queue_size, max_batch, queue_wait
-        try:
-            self.image_model = ImageModel(self.program, **limits)
-        except UserError:
-            self.image_model = None        # not an image classifier: numeric tensors only
+        # A program takes images if it says how to preprocess them or its input looks like an image;
+        # then a bad preprocessing or label spec is an error, not a silent loss of the image input.
+        first = self.program.inputs[0] if self.program.inputs else None
+        takes_images = "preprocess" in self.program.meta or (
+            first is not None and first.channels == 3 and first.layout in ("NCHW", "NHWC"))
+        self.image_model = ImageModel(self.program, **limits) if takes_images else None
         self.scores_name, self.probabilities = scores_tensor(self.program) if self.program.outputs else (None, False)
         self.inputs = {t.name: t for t in self.program.inputs}
         self.output_names = [t.name for t in self.program.outputs] + [op["outputs"][0] for op in self.program.host_ops]

@@ -310,3 +310,25 @@ def test_cancelled_request_is_dropped_before_it_runs(program):
     finally:
         srv.stop(grace=0)
         rt.close()
+
+
+def test_non_image_model_serves_tensors_only(program):
+    from tessera.errors import UserError
+    from tessera.program import Program, TensorInfo
+    vec = Program.from_bytes(program.to_bytes())
+    t = vec.inputs[0]
+    # The same memory image seen as 16 feature maps: not an image, so the server takes no DT_STRING for it.
+    vec.inputs = [TensorInfo("features", [1, 16, 16, 16], "NCHW", t.addr, 16, 16, 16, t.cpad, t.scale, t.zero_point)]
+    vec.meta = {"name": "vec"}
+    bad = Program.from_bytes(vec.to_bytes())
+    bad.meta = {"preprocess": {"style": "caffe"}}
+    with pytest.raises(UserError, match="not a batch-1, 3-channel image"):
+        ModelServer(bad, port=0)
+    with ModelServer(vec, host=LOOPBACK, port=0) as srv, grpc.insecure_channel(f"{LOOPBACK}:{srv.port}") as ch:
+        s = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            s.Predict(request({"images": images_tensor(photo(1))}, name="vec"), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "takes no images" in e.value.details()
+        x = np.zeros((1, 16, 16, 16), np.float32)
+        resp = s.Predict(request({"features": tf.make_tensor_proto(x)}, name="vec", outputs=[tc.PROBS]), timeout=30)
+        assert tf.make_ndarray(resp.outputs[tc.PROBS]).shape == (1, 1000)

@@ -22,12 +22,15 @@ import subprocess
 import sys
 import time
 
+from tessera.errors import UserError
+
 from .boards import BOARDS, PRIMITIVES, Board, get_board, resolve_config
 from .boards.macarray import MacArrayDemo
 from .boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yosys_cells
 from .boards.top import BoardTop
 
-__all__ = ["synth_command", "synthesize", "make_core", "SynthError", "summary_markdown", "TOP_NAME"]
+__all__ = ["synth_command", "synthesize", "make_core", "estimate_resources", "SynthError", "summary_markdown",
+           "TOP_NAME", "CORES"]
 
 #: Name of the top module and of every file Amaranth's build plan writes (top.v, top.qsf, ...).
 TOP_NAME = "top"
@@ -37,23 +40,38 @@ class SynthError(Exception):
     """A synthesis tool failed; the message ends with the tail of its log."""
 
 
-def make_core(board: Board, config, *, dsp_products=None):
-    """The compute core for ``board`` at ``config``'s size and how its products are mapped.
+#: Cores a board top can carry; TESSERA_SYNTH_CORE picks one (default "npu").
+CORES = ("npu", "macarray")
 
-    Until the NPU (``tessera.hdl.Npu``) is complete, boards carry :class:`MacArrayDemo`, the MAC
-    array of the same shape. Hard multipliers take the first ``dsp_products`` products (default:
-    as many as the device has, one int8 product each), LUT multipliers the rest.
+
+def make_core(board: Board, config, *, kind=None, dsp_products=None):
+    """The compute core for ``board`` at ``config``'s size.
+
+    ``kind`` (default: the TESSERA_SYNTH_CORE environment variable, else "npu"):
+
+    - "npu": :class:`NpuBoardCore`, the real NPU with an on-chip memory window and a restart loop
+      (the SDRAM controller and UART host link are still to come);
+    - "macarray": :class:`MacArrayDemo`, the NPU's MAC array alone, for sizing. Hard multipliers
+      take the first ``dsp_products`` products (default: as many as the device has, one int8
+      product each), LUT multipliers the rest.
 
     Returns
     -------
-    (core, description, dsp_products)
+    (core, description, dsp_products) -- dsp_products is None when the tools choose.
     """
+    kind = kind or os.environ.get("TESSERA_SYNTH_CORE") or "npu"
+    if kind == "npu":
+        from .boards.npu_top import NpuBoardCore
+        core = NpuBoardCore(config, mem_beats=board.mem_beats)
+        return core, f"Npu {config.rows}x{config.lanes} + {board.mem_beats}-beat on-chip memory window", None
+    if kind != "macarray":
+        raise UserError(f"TESSERA_SYNTH_CORE={kind!r}: expected one of {', '.join(CORES)}")
     macs = config.rows * config.lanes
     if dsp_products is None:
         dsp_products = min(macs, board.dsp_capacity)
     core = MacArrayDemo(config.rows, config.lanes, dsp=board.dsp_kind, dsp_products=dsp_products,
                         soft=board.soft_kind)
-    return core, f"MacArrayDemo {config.rows}x{config.lanes} (stand-in for the NPU)", dsp_products
+    return core, f"MacArrayDemo {config.rows}x{config.lanes} (the NPU's MAC array alone)", dsp_products
 
 
 def _tool_env(board: Board) -> dict:
@@ -67,11 +85,12 @@ def _tool_env(board: Board) -> dict:
     return env
 
 
-def _overrides(board: Board, seed: int) -> dict:
+def _overrides(board: Board, seed: int, explicit_dsp: bool) -> dict:
     if board.family == "ecp5":
-        # -nodsp: yosys would put every multiplier on a MULT18X18D and overflow the 156 of them;
-        # the core instantiates exactly the hard multipliers it wants.
-        return dict(synth_opts="-nodsp", nextpnr_opts=f"--timing-allow-fail --seed {seed}")
+        # -nodsp when the core instantiates exactly the hard multipliers it wants: otherwise yosys
+        # puts every multiplier on a MULT18X18D and overflows the 156 of them.
+        return dict(synth_opts="-nodsp" if explicit_dsp else "",
+                    nextpnr_opts=f"--timing-allow-fail --seed {seed}")
     if board.family == "ice40":
         return dict(nextpnr_opts=f"--timing-allow-fail --seed {seed}")
     # Arria 10 (Quartus): name the family too, and let TimeQuest add jitter/uncertainty.
@@ -127,7 +146,8 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         platform.add_file(f"{TOP_NAME}.qpf", f'PROJECT_REVISION = "{TOP_NAME}"\n')
     t0 = time.perf_counter()
     log(f"synth: elaborating {core_desc or type(core).__name__} for {board.name} ({board.device})")
-    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed))
+    explicit_dsp = isinstance(core, MacArrayDemo)
+    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed, explicit_dsp))
     if build_dir.exists():
         shutil.rmtree(build_dir)
     plan.extract(build_dir)
@@ -147,33 +167,71 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
                              "script": f"build/build_{TOP_NAME}.sh", "verilog": f"build/{TOP_NAME}.v"}
         report["note"] = "Quartus project only: run build/build_top.sh where Quartus Prime Pro is installed."
     else:
-        log(f"synth: running yosys, nextpnr and the packer in {build_dir} (minutes for a large design)")
-        with open(build_dir / "build.log", "w") as f:
-            r = subprocess.run(["sh", f"build_{TOP_NAME}.sh"], cwd=build_dir, env=_tool_env(board),
-                               stdout=f, stderr=subprocess.STDOUT)
-        if r.returncode:
-            tail = "\n".join((build_dir / "build.log").read_text(errors="replace").splitlines()[-12:])
-            raise SynthError(f"{board.name}: the build script failed (exit {r.returncode}); "
-                             f"see {build_dir / 'build.log'}:\n{tail}")
+        env = _tool_env(board)
+        log(f"synth: running yosys in {build_dir} (minutes for a large design)")
+        _run(["sh", "-c", f'"$YOSYS" -q -l {TOP_NAME}.rpt {TOP_NAME}.ys'], build_dir, env, board, "yosys")
+        cells = parse_yosys_cells((build_dir / f"{TOP_NAME}.rpt").read_text(errors="replace"), f"{TOP_NAME}.rpt")
+        estimate = estimate_resources(board, cells)
+        over = [f"{k} {r['used']:,}/{r['available']:,}" for k, r in estimate.items() if r["used"] > r["available"]]
+        if over:
+            # Place and route cannot succeed; report what synthesis needs instead.
+            report.update(resources=estimate, fits=False, yosys_cells=cells,
+                          note="does not fit the device after synthesis (yosys cell counts): " + ", ".join(over))
+            _write(out, report, t0)
+            raise SynthError(f"{board.name}: {config.name} does not fit the {board.device}: "
+                             f"{', '.join(over)} (yosys cell counts; see {out / 'summary.md'})")
+        log("synth: running nextpnr and the bitstream packer")
+        # The build script again, with yosys already done.
+        _run(["sh", f"build_{TOP_NAME}.sh"], build_dir, dict(env, YOSYS="true"), board, "nextpnr/pack")
         tim = (build_dir / f"{TOP_NAME}.tim").read_text(errors="replace")
-        rpt = (build_dir / f"{TOP_NAME}.rpt").read_text(errors="replace")
         util = parse_utilisation(tim, f"{TOP_NAME}.tim")
         fmax = parse_fmax(tim, f"{TOP_NAME}.tim")
-        cells = parse_yosys_cells(rpt, f"{TOP_NAME}.rpt")
         slowest = min(fmax.values(), key=lambda v: v[0])
         report.update(
             fmax_mhz=slowest[0], timing_met=all(v[2] for v in fmax.values()),
             clocks={name: {"fmax_mhz": f, "constraint_mhz": c, "met": ok} for name, (f, c, ok) in fmax.items()},
-            resources=_resources(board, util, cells),
+            resources=_resources(board, util, cells), fits=True,
             bitstream=f"build/{TOP_NAME}.{board.bitstream}", yosys_cells=cells)
         bit = build_dir / f"{TOP_NAME}.{board.bitstream}"
         if not bit.is_file() or bit.stat().st_size == 0:
             raise SynthError(f"{board.name}: no bitstream {bit} after a successful build script")
+    _write(out, report, t0)
+    return report
+
+
+def _run(cmd, cwd, env, board, what):
+    with open(cwd / "build.log", "a") as f:
+        r = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if r.returncode:
+        tail = "\n".join((cwd / "build.log").read_text(errors="replace").splitlines()[-12:])
+        raise SynthError(f"{board.name}: {what} failed (exit {r.returncode}); see {cwd / 'build.log'}:\n{tail}")
+
+
+def _write(out, report, t0):
     report["seconds"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(report))
-    return report
+
+
+def estimate_resources(board: Board, cells: dict) -> dict:
+    """Resource use from yosys' cell counts (before packing), against the device's capacity.
+
+    LUT4 counts each carry-chain cell's two LUTs (ECP5 CCU2C) and distributed-RAM LUTs; the figure
+    after place and route (nextpnr's) replaces it when the design fits.
+    """
+    def count(*prefixes):
+        return sum(n for c, n in cells.items() if c.startswith(prefixes))
+
+    if board.family == "ecp5":
+        used = {"LUT4": count("LUT4") + 2 * count("CCU2C") + 2 * count("DPR16X4"),
+                "FF": count("TRELLIS_FF"), "DSP": count("MULT18X18D") + 2 * count("ALU54B"),
+                "BRAM": count("DP16KD")}
+    else:
+        used = {"LUT4": count("SB_LUT4"), "FF": count("SB_DFF"), "DSP": count("SB_MAC16"),
+                "BRAM": count("SB_RAM40_4K"), "SPRAM": count("SB_SPRAM256KA")}
+    prim = PRIMITIVES[board.family]
+    return {k: {"used": used[k], "available": board.capacity[k][1], "primitive": prim[k]} for k in used}
 
 
 def summary_markdown(report: dict) -> str:

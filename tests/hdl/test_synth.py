@@ -1,6 +1,7 @@
 """`tessera synth`: report parsers on captured logs, the Arria 10 project, an iCE40 build end to end."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import pytest
 
 from tessera.arch import PRESETS
 from tessera.hdl.boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yosys_cells
-from tessera.hdl.synth import TOP_NAME, synthesize
+from tessera.hdl.boards import BOARDS
+from tessera.hdl.synth import TOP_NAME, estimate_resources, synthesize
 
 # Captured from nextpnr-ecp5 0.11 (YoWASP) on a ULX3S-85F build; tabs and spacing as printed.
 NEXTPNR_ECP5_LOG = """\
@@ -108,6 +110,15 @@ def test_parse_yosys_cells_uses_hierarchy_totals_without_internal_cells():
     assert cells == {"EHXPLLL": 1, "MULT18X18D": 4, "CCU2C": 118, "LUT4": 1206, "TRELLIS_FF": 384}
 
 
+def test_estimate_resources_counts_carry_luts_against_capacity():
+    est = estimate_resources(BOARDS["ulx3s-85f"], parse_yosys_cells(YOSYS_RPT))
+    assert est["LUT4"] == {"used": 1206 + 2 * 118, "available": 83640, "primitive": "TRELLIS_COMB (LUT4 + carry halves)"}
+    assert est["DSP"]["used"] == 4 and est["DSP"]["available"] == 156
+    assert est["FF"]["used"] == 384 and est["BRAM"]["used"] == 0
+    ice = estimate_resources(BOARDS["icebreaker"], {"SB_LUT4": 6000, "SB_DFFSR": 10, "SB_DFFE": 5, "SB_MAC16": 9})
+    assert ice["LUT4"]["used"] > ice["LUT4"]["available"] and ice["FF"]["used"] == 15 and ice["DSP"]["used"] == 9
+
+
 @pytest.mark.parametrize("fn, text, match", [
     (parse_utilisation, "Info: Placed 6 cells\n", "Device utilisation"),
     (parse_fmax, NEXTPNR_ECP5_LOG.split("Info: Routing globals")[0], "routing did not complete"),
@@ -122,17 +133,20 @@ def test_parsers_name_what_is_missing(fn, text, match):
 CONTRACT = {"board", "config", "target_mhz", "fmax_mhz", "macs_per_cycle", "resources", "bitstream"}
 
 
-def _tessera(*args):
-    return subprocess.run([sys.executable, "-m", "tessera.cli", *args], capture_output=True, text=True)
+def _tessera(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "tessera.cli", *args], capture_output=True, text=True,
+                          env=dict(os.environ, **(env or {})))
 
 
 def test_arria10_writes_a_complete_consistent_quartus_project(tmp_path):
-    config = PRESETS["sim"].replace(name="a10-tiny", lanes=4, rows=4, clock_mhz=250.0)
+    config = PRESETS["sim"].replace(name="a10-tiny", lanes=4, rows=4, abuf_words=64, wbuf_words=16,
+                                    accbuf_words=16, pbuf_words=4, clock_mhz=250.0)
     report = synthesize("arria10", config, tmp_path, log=lambda msg: None)
     build = tmp_path / "build"
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == report and CONTRACT <= set(report)
     assert report["fmax_mhz"] is None and report["bitstream"] is None
+    assert report["core"].startswith("Npu 4x4")
     assert report["macs_per_cycle"] == 16 and report["target_mhz"] == 250.0
     assert all(r["used"] is None and r["available"] > 0 for r in report["resources"].values())
 
@@ -150,10 +164,11 @@ def test_arria10_writes_a_complete_consistent_quartus_project(tmp_path):
     # Every instantiated module is in the project, or a Quartus library megafunction.
     instantiated = set()
     for name in verilog:
-        instantiated |= set(re.findall(r"^\s+\\?([A-Za-z_][\w$]*)\s+(?:#\(|\\?[\w$.]+\s*\()",
+        instantiated |= set(re.findall(r"^[ \t]+\\?([A-Za-z_][\w$.]*)[ \t]+(?:#\(|\\?[\w$.]+[ \t]*\()",
                                        (build / name).read_text(), re.M))
     keywords = {"input", "output", "inout", "wire", "reg", "assign", "always", "module", "if", "else",
                 "case", "begin", "end", "initial"}
+    assert instantiated & defined, "no submodule instantiation recognised: the check below would be empty"
     assert instantiated - keywords - defined <= {"altera_std_synchronizer", "altera_std_synchronizer_bundle"}
 
     sdc = (build / f"{TOP_NAME}.sdc").read_text()
@@ -175,7 +190,8 @@ def test_synth_cli_builds_the_smallest_ice40_design_end_to_end(tmp_path):
     # 2x2 MACs on the iCEBreaker: yosys, nextpnr-ice40 and icepack really run (about 20 s).
     cfg = PRESETS["sim"].replace(name="ice-tiny", lanes=2, rows=2, bus_bytes=2, clock_mhz=24.0)
     (tmp_path / "tiny.json").write_text(cfg.to_json())
-    r = _tessera("synth", "--board", "icebreaker", "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "out"))
+    r = _tessera("synth", "--board", "icebreaker", "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "out"),
+                 env={"TESSERA_SYNTH_CORE": "macarray"})
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert CONTRACT <= set(report)

@@ -22,7 +22,7 @@ __all__ = ["load_onnx", "lower", "SUPPORTED_OPS"]
 
 SUPPORTED_OPS = ("QuantizeLinear, DequantizeLinear, Conv, Gemm, MatMul, Add, Relu, Clip, MaxPool, "
                  "AveragePool, GlobalAveragePool, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Pad, "
-                 "Concat, Identity, Softmax, BatchNormalization (folded), QLinearConv, QLinearMatMul, QGemm, "
+                 "Concat, Identity, Softmax, BatchNormalization, Mul/Add by a per-channel constant, QLinearConv, QLinearMatMul, QGemm, "
                  "QLinearAdd, QLinearAveragePool, QLinearGlobalAveragePool, QLinearConcat, QLinearSoftmax")
 
 _SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity")
@@ -357,23 +357,14 @@ class _Lowering:
     def op_Add(self, n, a):
         ins = list(n.input)
         if any(i in self.consts or i in self.qconst for i in ins):
-            other = [i for i in ins if i not in self.consts and i not in self.qconst]
             cst = [i for i in ins if i in self.consts or i in self.qconst]
-            if len(other) == 1 and other[0] in self.pending and self.pending[other[0]].kind == "gemm":
-                # MatMul followed by a constant bias Add (tf2onnx's Dense): fold it into the int32 bias.
-                op = self.pending.pop(other[0])
-                c = cst[0]
-                if c in self.qconst:
-                    v, s, zp, _ = self.qconst[c]
-                    real = (np.asarray(v, np.float64) - np.asarray(zp, np.float64)) * np.asarray(s, np.float64)
-                else:
-                    real = self.consts[c].astype(np.float64)
-                sx = self.g.tensors[op.inputs[0]].scale
-                op.attrs["bias"] = op.attrs["bias"] + np.rint(real.reshape(-1) / (sx * op.attrs["w_scale"])).astype(np.int64)
-                op.attrs["_shape"] = self.shape(n.output[0], n)
-                self.pending[n.output[0]] = op
-                return
-            raise unsupported(n.name, n.op_type, "adding a constant", "Add of two activations, or a bias after MatMul")
+            other = [i for i in ins if i not in cst]
+            if len(other) != 1:
+                raise unsupported(n.name, n.op_type, "adding two constants", "Add with at least one activation")
+            b = self._per_channel(n, other[0], self._const_value(cst[0]))
+            # A bias after MatMul (tf2onnx's Dense) or a per-channel shift: into the int32 bias.
+            self._affine(n, other[0], np.ones_like(b), b)
+            return
         xa, xb = (self.int_in(i, n) for i in ins)
         if self.shape(n.output[0], n) != list(self.g.tensors[xa].shape) or \
                 list(self.g.tensors[xa].shape) != list(self.g.tensors[xb].shape):
@@ -572,23 +563,73 @@ class _Lowering:
         self.hostf[out] = out
 
     def op_BatchNormalization(self, n, a):
-        x = n.input[0]
+        if not all(i in self.consts for i in n.input[1:5]):
+            raise unsupported(n.name, n.op_type, "non-constant statistics", "BatchNormalization with constant parameters")
+        gamma, beta, mean, var = (self.consts[i].astype(np.float64) for i in n.input[1:5])
+        k = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
+        self._affine(n, n.input[0], k, beta - mean * k)
+
+    def _const_value(self, name):
+        if name in self.qconst:
+            v, s, zp, _ = self.qconst[name]
+            return (np.asarray(v, np.float64) - np.asarray(zp, np.float64)) * np.asarray(s, np.float64)
+        return self.consts[name].astype(np.float64)
+
+    def _per_channel(self, n, x, value):
+        """A constant that broadcasts over an activation's channels (ONNX broadcasting) as a [C] vector."""
+        shape = self._shape_of_act(x, n)
+        c = shape[1]
+        v = np.asarray(value, np.float64)
+        if v.size == 1:
+            return np.full(c, float(v.reshape(-1)[0]))
+        dims = list(v.shape)
+        aligned = [1] * (len(shape) - len(dims)) + dims
+        if len(aligned) == len(shape) and aligned[1] == c and all(d == 1 for i, d in enumerate(aligned) if i != 1):
+            return v.reshape(-1)
+        raise unsupported(n.name, n.op_type, f"a constant of shape {dims} on an activation of shape {shape}",
+                          "scalar or per-channel constants (shape [C,1,1] or [1,C,1,1]; [C] for NC tensors)")
+
+    def _shape_of_act(self, x, n):
+        if x in self.pending:
+            return self.pending[x].attrs["_shape"]
+        return list(self.g.tensors[self.int_in(x, n)].shape)
+
+    def _affine(self, n, x, k, b):
+        """``y = k[c]*x + b[c]`` per channel: folded into a pending convolution, else a diagonal 1×1 conv."""
         op = self.pending.get(x)
-        if op is not None and op.kind == "conv" and all(i in self.consts for i in n.input[1:5]):
-            # A float BatchNormalization on a convolution's unquantized result: fold into its scales and bias.
-            gamma, beta, mean, var = (self.consts[i].astype(np.float64) for i in n.input[1:5])
-            k = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
+        if op is not None and op.kind in ("conv", "gemm") and "clamp" not in op.attrs:
             sx = self.g.tensors[op.inputs[0]].scale
             sw = op.attrs["w_scale"]
             b_real = op.attrs["bias"] * sx * sw
             sign = np.where(k < 0, -1, 1)
-            op.attrs["w"] = op.attrs["w"] * sign.reshape(-1, 1, 1, 1)
-            op.attrs["w_scale"] = sw * np.abs(k)
-            op.attrs["bias"] = np.rint(((b_real - mean) * k + beta) / (sx * op.attrs["w_scale"])).astype(np.int64)
+            op.attrs["w"] = op.attrs["w"] * sign.reshape((-1,) + (1,) * (op.attrs["w"].ndim - 1))
+            op.attrs["w_scale"] = sw * np.where(k == 0, 1.0, np.abs(k))
+            if np.any(k == 0):
+                op.attrs["w"] = op.attrs["w"] * (k != 0).reshape((-1,) + (1,) * (op.attrs["w"].ndim - 1))
+            op.attrs["bias"] = np.rint((b_real * k + b) / (sx * op.attrs["w_scale"])).astype(np.int64)
+            op.attrs["_shape"] = self.shape(n.output[0], n) if n.output[0] in self.shapes else op.attrs["_shape"]
             self.pending[n.output[0]] = self.pending.pop(x)
             return
-        raise unsupported(n.name, n.op_type, "BatchNormalization between quantized tensors",
-                          "BatchNormalization directly after a float Conv (folded by FoldBatchNorm before quantization)")
+        xi = self.int_in(x, n)
+        t = self.g.tensors[xi]
+        if len(t.shape) != 4:
+            raise unsupported(n.name, n.op_type, f"a per-channel affine op on shape {list(t.shape)}",
+                              "per-channel scale/shift of NCHW tensors")
+        c = t.channels
+        sign = np.where(k < 0, -1, np.where(k == 0, 0, 1))
+        sw = np.where(k == 0, 1.0, np.abs(k))
+        attrs = dict(w=np.diag(sign).astype(np.int64).reshape(c, c, 1, 1), w_scale=sw,
+                     bias=np.rint(b / (t.scale * sw)).astype(np.int64), kernel=[1, 1], strides=[1, 1],
+                     pads=[0, 0, 0, 0], dilations=[1, 1])
+        self.add_op("conv", n, [xi], attrs, out_float=n.output[0])
+
+    def op_Mul(self, n, a):
+        cst = [i for i in n.input if i in self.consts or i in self.qconst]
+        if len(cst) != 1:
+            raise unsupported(n.name, n.op_type, "a product of two activations", "multiplication by a constant")
+        x = next(i for i in n.input if i not in cst)
+        k = self._per_channel(n, x, self._const_value(cst[0]))
+        self._affine(n, x, k, np.zeros_like(k))
 
     # ---- QOperator ops -------------------------------------------------------------------
 

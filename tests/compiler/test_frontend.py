@@ -125,3 +125,47 @@ def test_lower_auto_pad_same_upper():
     m.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 3
     g = lower(load_onnx(quantize(m)))
     assert g.ops[0].attrs["pads"] == [1, 0, 1, 1] or sum(g.ops[0].attrs["pads"]) == 3
+
+
+@pytest.mark.parametrize("kind", ["bn", "mul", "add"])
+def test_lower_affine_op_after_pool_becomes_diagonal_conv(kind):
+    # Pre-activation BatchNormalization and per-channel Mul/Add on a pooled tensor (DenseNet-style):
+    # no convolution to fold into, so it becomes a diagonal 1×1 convolution.
+    from .test_passes import QDQ
+    q = QDQ((1, 6, 6, 6))
+    p = q.op("MaxPool", [q.x], "p", kernel_shape=[2, 2], strides=[2, 2])
+    rng = np.random.default_rng(1)
+    if kind == "bn":
+        bn = [q.init(v.astype(np.float32)) for v in (rng.uniform(-1.5, 1.5, 6), rng.normal(0, .2, 6),
+                                                      rng.normal(0, .2, 6), rng.uniform(.5, 1.5, 6))]
+        y = q.op("BatchNormalization", [p] + bn, "bn", 0.05, 120)
+    elif kind == "mul":
+        y = q.op("Mul", [p, q.init(rng.uniform(-2, 2, (6, 1, 1)).astype(np.float32))], "mul", 0.06, 128)
+    else:
+        y = q.op("Add", [p, q.init(rng.uniform(-1, 1, (1, 6, 1, 1)).astype(np.float32))], "add", 0.07, 110)
+    m = q.model(y)
+    g = lower(load_onnx(m))
+    assert [op.kind for op in g.ops] == ["pool", "conv"]
+    assert_layer_exact(check_against_ort(m, PRESETS["sim"], n_inputs=2))
+
+
+@pytest.mark.parametrize("kind", ["mul", "add"])
+def test_lower_affine_after_conv_folds_into_it(kind):
+    # Conv → Mul/Add by a per-channel constant → QuantizeLinear: one convolution with new scales/bias.
+    from .test_passes import QDQ
+    q = QDQ((1, 4, 6, 5))
+    c = q.conv(q.x, 6, 4, "c", quant=False)
+    k = np.random.default_rng(2).uniform(-2, 2, (1, 6, 1, 1)).astype(np.float32)
+    y = q.op("Mul" if kind == "mul" else "Add", [c, q.init(k)], "aff", 0.08, 128)
+    m = q.model(y)
+    g = lower(load_onnx(m))
+    assert [op.kind for op in g.ops] == ["conv"]
+    assert_layer_exact(check_against_ort(m, PRESETS["sim"], n_inputs=2))
+
+
+def test_lower_mul_by_broadcast_row_is_rejected():
+    from .test_passes import QDQ
+    q = QDQ((1, 6, 4, 4))
+    y = q.op("Mul", [q.x, q.init(np.ones(4, np.float32))], "mul", 0.06, 128)
+    with pytest.raises(CompileError, match=r"'mul' \(Mul\): a constant of shape \[4\].*per-channel"):
+        lower(load_onnx(q.model(y)))

@@ -40,7 +40,7 @@ class QDQ:
                        h.make_node("DequantizeLinear", [f + "_q", s, z], [f + "_dq"], name=f + "_DQ")]
         return f + "_dq"
 
-    def conv(self, x, cout, cin, out, scale=0.05, zp=100, k=3, pads=(1, 1, 1, 1), **attrs):
+    def conv(self, x, cout, cin, out, scale=0.05, zp=100, k=3, pads=(1, 1, 1, 1), quant=True, **attrs):
         w = self.rng.integers(-127, 128, (cout, cin, k, k)).astype(np.int8)
         ws = self.rng.uniform(0.001, 0.004, cout).astype(np.float32)
         wq = self.init(w)
@@ -49,7 +49,7 @@ class QDQ:
                                       [wd], axis=0))
         self.nodes.append(h.make_node("Conv", [x, wd], [out], name=out, kernel_shape=[k, k], pads=list(pads),
                                       **attrs))
-        return self.q(out, scale, zp)
+        return self.q(out, scale, zp) if quant else out
 
     def op(self, op_type, ins, out, scale=None, zp=None, **attrs):
         self.nodes.append(h.make_node(op_type, ins, [out], name=out, **attrs))

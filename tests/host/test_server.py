@@ -136,6 +136,8 @@ BAD = {
                      grpc.StatusCode.INVALID_ARGUMENT, "not an image"),
     "too-large": (lambda: request({"images": images_tensor(huge_png(30000, 30000))}),
                   grpc.StatusCode.INVALID_ARGUMENT, "exceeds the limit"),
+    "too-many-bytes": (lambda: request({"images": images_tensor(b"\xff\xd8\xff" + bytes(33 << 20))}),
+                       grpc.StatusCode.INVALID_ARGUMENT, "exceeds the limit of 33554432 bytes"),
     "second-of-batch-bad": (lambda: request({"images": images_tensor(photo(1), b"xx")}),
                             grpc.StatusCode.INVALID_ARGUMENT, "image 1"),
     "wrong-name": (lambda: request({"pixels": images_tensor(photo(1))}),
@@ -332,3 +334,33 @@ def test_non_image_model_serves_tensors_only(program):
         x = np.zeros((1, 16, 16, 16), np.float32)
         resp = s.Predict(request({"features": tf.make_tensor_proto(x)}, name="vec", outputs=[tc.PROBS]), timeout=30)
         assert tf.make_ndarray(resp.outputs[tc.PROBS]).shape == (1, 1000)
+
+
+class FailingRuntime(Runtime):
+    """A runtime whose device stops with an error on the first run only."""
+
+    def __init__(self, program):
+        super().__init__(program)
+        self.failed = False
+
+    def run(self, inputs):
+        if not self.failed:
+            from tessera.isa import ErrorCode
+            from tessera.sim.emulator import NpuError
+            self.failed = True
+            raise NpuError(ErrorCode.WATCHDOG, 0x40, "injected")
+        return super().run(inputs)
+
+
+def test_device_error_is_internal_and_server_keeps_serving(program, local):
+    rt = FailingRuntime(program)
+    with ModelServer(program, host=LOOPBACK, port=0, runtime=rt) as srv:
+        ch, fut = predict_future(srv.port, photo(90))
+        with pytest.raises(grpc.RpcError) as e:
+            fut.result()
+        assert e.value.code() == grpc.StatusCode.INTERNAL and "WATCHDOG" in e.value.details()
+        ch.close()
+        ch, fut = predict_future(srv.port, photo(91))
+        np.testing.assert_array_equal(tf.make_ndarray(fut.result().outputs[tc.PROBS]), local(photo(91))[tc.PROBS])
+        ch.close()
+    rt.close()

@@ -145,3 +145,12 @@ def test_decode_rejects_truncated_png():
     data = photo(4, size=(64, 64))
     with pytest.raises(ImageError, match="truncated|corrupt"):
         decode_image(data[:len(data) - 200])
+
+
+@pytest.mark.parametrize("style", ["caffe", "torch", "tf"])
+def test_styles_equal_keras_preprocess_input(style):
+    imagenet_utils = pytest.importorskip("keras.applications.imagenet_utils")
+    rgb = np.random.default_rng(5).integers(0, 256, (4, 6, 3)).astype(np.uint8)
+    ours = Preprocess.from_spec(tensor("NHWC"), {"style": style}).normalize(rgb)
+    theirs = imagenet_utils.preprocess_input(rgb[None].astype(np.float32), data_format="channels_last", mode=style)
+    np.testing.assert_allclose(ours, np.asarray(theirs), rtol=1e-5, atol=1e-5)

@@ -29,12 +29,24 @@ _DESCRIPTIONS = {
 }
 
 
+#: Host preprocessing of the Keras applications (keras.applications.<family>.preprocess_input's mode).
+_META = {"resnet50": {"preprocess": {"style": "caffe"}}, "resnet152": {"preprocess": {"style": "caffe"}},
+         "vgg16": {"preprocess": {"style": "caffe"}}, "densenet121": {"preprocess": {"style": "torch"}},
+         "ssd300": {"preprocess": {"style": "caffe"}}}
+
+
 def keras_model(name: str, *, reduced: bool = False, weights: str | None = None, input_size: int | None = None):
-    """The Keras model of a zoo entry."""
-    from . import models
-    if name not in models.ARCHITECTURES:
+    """The Keras model of a zoo entry (``digits`` needs ``weights`` from ``tessera zoo train``)."""
+    from . import digits, models
+    if name == "digits":
+        if not weights:
+            raise UserError("digits has no pretrained weights: run `tessera zoo train digits --out DIR` and pass "
+                            "--weights DIR/digits.weights.h5")
+        model = digits.build_model()
+    elif name not in models.ARCHITECTURES:
         raise UserError(f"unknown zoo model {name!r}; models: {', '.join(_DESCRIPTIONS)}")
-    model = models.reduced(name, input_size) if reduced else models.full(name)
+    else:
+        model = models.reduced(name, input_size) if reduced else models.full(name)
     if weights:
         if not os.path.exists(weights):
             raise UserError(f"{weights}: no such weights file")
@@ -71,9 +83,18 @@ def build_program(name: str, output, *, config: str = "sim", reduced: bool = Fal
         onnx.save(tf_to_onnx(pathlib.Path(tmp) / f"{name}.keras"), onnx_path)
         if calibrate is None:
             calibrate = str(pathlib.Path(tmp) / "calibration.npz")
-            np.savez(calibrate, **calibration_data(model))
+            if name == "digits":
+                from . import digits
+                np.savez(calibrate, **digits.calibration())
+            else:
+                np.savez(calibrate, **calibration_data(model))
         prog, reports = compile_model(str(onnx_path), config, calibrate=calibrate, name=name)
-    prog.meta.setdefault("zoo", name)
+    if name == "digits":
+        from . import digits
+        prog.meta.update(digits.META)
+    else:
+        prog.meta.update(_META.get(name, {}), name=name)
+    prog.meta["zoo"] = name
     prog.save(output)
     return prog, reports
 
@@ -83,7 +104,7 @@ def _parser():
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="list the zoo's models")
     b = sub.add_parser("build", help="build a zoo model into a .tsp program")
-    b.add_argument("name", choices=[n for n in _DESCRIPTIONS if n != "digits"])
+    b.add_argument("name", choices=list(_DESCRIPTIONS))
     b.add_argument("-o", "--output", required=True)
     b.add_argument("--config", default="sim")
     b.add_argument("--weights", help="Keras weights file (default: random weights; nothing is downloaded)")

@@ -16,11 +16,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DigitsData", "load_digits_split", "build_model", "train", "SIZE", "INPUT_NAME", "OUTPUT_NAME"]
+__all__ = ["DigitsData", "load_digits_split", "build_model", "train", "calibration", "SIZE", "INPUT_NAME",
+           "OUTPUT_NAME", "META"]
 
 SIZE = 16            # images are upsampled 8×8 → 16×16 so the network has room for a stride-2 stage
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+
+#: What the host needs to score a digit image file: grey 0..255 → [0, 1], 16×16, labels "0".."9".
+META = {
+    "name": "digits",
+    "preprocess": {"size": [SIZE, SIZE], "style": "none", "scale": 1 / 255, "mean": [0.0], "std": [1.0],
+                   "interpolation": "nearest"},
+    "labels": [str(d) for d in range(10)],
+    "scores": OUTPUT_NAME,
+}
 
 
 @dataclass
@@ -76,8 +86,14 @@ def build_model(width: int = 16, seed: int = 0):
     return keras.Model(inp, out, name="digits_resnet")
 
 
+def calibration(seed: int = 0, samples: int = 64) -> dict:
+    """Calibration tensors for quantization: the first training images, one batch-1 tensor each."""
+    x = load_digits_split(seed).x_train[:samples]
+    return {INPUT_NAME: x[:, None]}
+
+
 def train(out_dir, *, epochs: int = 12, seed: int = 0, width: int = 16) -> dict:
-    """Train and save ``digits.keras``, ``calibration.npz`` (64 training images) and ``test.npz``.
+    """Train and save ``digits.keras``, ``digits.weights.h5``, ``calibration.npz`` and ``test.npz``.
 
     Returns float accuracy on the held-out split and the paths written.
     """
@@ -93,7 +109,8 @@ def train(out_dir, *, epochs: int = 12, seed: int = 0, width: int = 16) -> dict:
     probs = model.predict(data.x_test, verbose=0, batch_size=256)
     acc = float((probs.argmax(axis=1) == data.y_test).mean())
     model.save(out / "digits.keras")
-    np.savez(out / "calibration.npz", **{INPUT_NAME: data.x_train[:64]})
+    model.save_weights(out / "digits.weights.h5")
+    np.savez(out / "calibration.npz", **calibration(seed))
     np.savez(out / "test.npz", x=data.x_test, y=data.y_test)
-    return {"float_accuracy": acc, "model": str(out / "digits.keras"),
+    return {"float_accuracy": acc, "model": str(out / "digits.keras"), "weights": str(out / "digits.weights.h5"),
             "calibration": str(out / "calibration.npz"), "test": str(out / "test.npz")}

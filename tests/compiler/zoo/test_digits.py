@@ -21,4 +21,4 @@ def test_digits_model_learns_above_chance(tmp_path):
     r = digits.train(tmp_path, epochs=2)
     assert r["float_accuracy"] > 0.5  # chance is 0.1; two epochs are enough to leave it far behind
     with np.load(r["calibration"]) as f:
-        assert f[digits.INPUT_NAME].shape == (64, digits.SIZE, digits.SIZE, 1)
+        assert f[digits.INPUT_NAME].shape == (64, 1, digits.SIZE, digits.SIZE, 1)  # samples of batch-1 inputs

@@ -100,10 +100,13 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = 
         raise ImageError(f"corrupt or truncated {img.format} image ({w}x{h}): {e}") from None
 
 
-def _three(v, what):
-    v = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3)]
-    if len(v) != 3:
-        raise UserError(f"preprocess {what!r} must have 3 values, has {len(v)}")
+def _per_channel(v, what, channels=3):
+    """``channels`` floats from a scalar, a list of that many, or (grey inputs) three equal values."""
+    v = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * channels)]
+    if channels == 1 and len(v) == 3 and len(set(v)) == 1:
+        v = v[:1]
+    if len(v) != channels:
+        raise UserError(f"preprocess {what!r} must have {channels} value(s), has {len(v)}")
     return tuple(v)
 
 
@@ -151,9 +154,9 @@ class Preprocess:
         unknown = set(spec) - set(STYLES["none"]) - {"size", "resize", "crop", "interpolation"}
         if unknown:
             raise UserError(f"preprocess has unknown field(s) {sorted(unknown)}")
-        if tensor.channels != 3 or tensor.layout not in ("NCHW", "NHWC") or tensor.shape[0] != 1:
+        if tensor.channels not in (1, 3) or tensor.layout not in ("NCHW", "NHWC") or tensor.shape[0] != 1:
             raise UserError(f"input {tensor.name!r} ({tensor.layout} {tensor.shape}) is not a batch-1, "
-                            f"3-channel image tensor")
+                            f"3-channel (colour) or 1-channel (grey) image tensor")
         size = tuple(int(v) for v in spec.get("size", [tensor.height, tensor.width]))
         if size != (tensor.height, tensor.width):
             raise UserError(f"preprocess size {list(size)} does not match input {tensor.name!r} "
@@ -172,11 +175,11 @@ class Preprocess:
         order = fields["channel_order"]
         if order not in ("RGB", "BGR"):
             raise UserError(f"preprocess channel_order {order!r} must be 'RGB' or 'BGR'")
-        std = _three(fields["std"], "std")
+        std = _per_channel(fields["std"], "std", tensor.channels)
         if any(s == 0 for s in std):
             raise UserError("preprocess std must not contain 0")
         return cls(tensor=tensor, size=size, resize=resize, crop=crop, interpolation=interp, channel_order=order,
-                   scale=float(fields["scale"]), mean=_three(fields["mean"], "mean"), std=std, style=style,
+                   scale=float(fields["scale"]), mean=_per_channel(fields["mean"], "mean", tensor.channels), std=std, style=style,
                    **limits)
 
     def to_dict(self) -> dict:
@@ -213,9 +216,11 @@ class Preprocess:
         return img
 
     def normalize(self, rgb: np.ndarray) -> np.ndarray:
-        """``H×W×3`` RGB pixels (0..255) → the model's float32 input tensor."""
+        """``H×W×3`` RGB pixels (0..255) → the model's float32 input tensor (grey: ITU-R 601 luma)."""
         x = np.asarray(rgb, dtype=np.float32)
-        if self.channel_order == "BGR":
+        if self.tensor.channels == 1:
+            x = np.asarray(Image.fromarray(np.asarray(rgb, np.uint8)).convert("L"), dtype=np.float32)[..., None]
+        elif self.channel_order == "BGR":
             x = x[..., ::-1]
         x = (x * np.float32(self.scale) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.tensor.layout == "NCHW":

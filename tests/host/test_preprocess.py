@@ -127,7 +127,7 @@ def test_decode_rejects_oversized_bytes():
     ({"interpolation": "cubic"}, "interpolation 'cubic'"),
     ({"channel_order": "GBR"}, "channel_order"),
     ({"std": [1, 0, 1]}, "std must not contain 0"),
-    ({"mean": [1, 2]}, "3 values"),
+    ({"mean": [1, 2]}, r"3 value\(s\), has 2"),
     ({"colour": "yes"}, "unknown field"),
 ])
 def test_preprocess_spec_errors(spec, message):
@@ -137,7 +137,7 @@ def test_preprocess_spec_errors(spec, message):
 
 def test_preprocess_refuses_non_image_input():
     t = TensorInfo("v", [1, 10], "NC", 0, 1, 1, 10, 16, 1.0, 0)
-    with pytest.raises(UserError, match="not a batch-1, 3-channel image"):
+    with pytest.raises(UserError, match=r"not a batch-1, 3-channel \(colour\) or 1-channel \(grey\) image"):
         Preprocess.from_spec(t, {})
 
 
@@ -154,3 +154,21 @@ def test_styles_equal_keras_preprocess_input(style):
     ours = Preprocess.from_spec(tensor("NHWC"), {"style": style}).normalize(rgb)
     theirs = imagenet_utils.preprocess_input(rgb[None].astype(np.float32), data_format="channels_last", mode=style)
     np.testing.assert_allclose(ours, np.asarray(theirs), rtol=1e-5, atol=1e-5)
+
+
+def test_grey_input_takes_luma_of_colour_images():
+    t = TensorInfo("g", [1, 4, 4, 1], "NHWC", 0, 4, 4, 1, 16, 1.0, 0)
+    pre = Preprocess.from_spec(t, {"style": "none", "scale": 1 / 255, "interpolation": "nearest"})
+    img = Image.new("RGB", (4, 4), (255, 255, 255))
+    img.putpixel((1, 2), (0, 0, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    x = pre(buf.getvalue())
+    assert x.shape == (1, 4, 4, 1)
+    assert x[0, 2, 1, 0] == 0.0 and x[0, 0, 0, 0] == 1.0
+
+
+def test_grey_input_rejects_three_different_means():
+    t = TensorInfo("g", [1, 1, 4, 4], "NCHW", 0, 4, 4, 1, 16, 1.0, 0)
+    with pytest.raises(UserError, match="'mean' must have 1 value"):
+        Preprocess.from_spec(t, {"style": "caffe"})

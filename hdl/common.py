@@ -78,15 +78,18 @@ def UnitSignature() -> wiring.Signature:
 def round_shift(x, s, width: int):
     """docs/numerics.md's ``rnd(x, s)`` (ties to even) of a signed value; ``s`` is taken & 63, max 62.
 
-    Returns a signed value of ``width`` bits (the caller's bound on ``x``).
+    ``x`` is at most 63 bits wide so that every intermediate fits 64 bits (wider
+    values cost Verilator multi-word arithmetic every cycle). Returns a signed
+    value of ``width`` bits (the caller's bound on the result).
     """
+    assert len(x) <= 63, len(x)
     s6 = s[:6]
     s_eff = Mux(s6 > 62, 62, s6)
     xs = x.as_signed()
-    q = (xs >> s_eff)
-    mask = ((Const(1, 64) << s_eff) - 1)[:64]
-    rem = (xs.as_unsigned() & mask)[:64]
-    half = ((Const(1, 64) << s_eff) >> 1)[:64]
+    q = xs >> s_eff
+    mask = Const((1 << 64) - 1, 64) >> (64 - s_eff).as_unsigned()[:7]   # low s bits
+    half = mask ^ (mask >> 1)                                 # bit s-1 (0 when s = 0)
+    rem = xs.as_unsigned() & mask
     up = (rem > half) | ((rem == half) & (s_eff != 0) & q[0])
     return (q + up)[:width].as_signed()
 

@@ -115,12 +115,14 @@ class EpilogueEngine(wiring.Component):
         for n, L in enumerate(lanes):
             s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
             m.d.sync += [s3v.eq((L["acc"] + L["bias"])[:32]), s3m.eq(L["mult"]), s3s.eq(L["shift"]), s3r.eq(L["r"])]
-            s4p, s4s, s4r = Signal(signed(64)), Signal(6), Signal(signed(8))
+            # |v * mult| < 2**62: 63 bits hold it.
+            s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
             m.d.sync += [s4p.eq(s3v * s3m), s4s.eq(s3s), s4r.eq(s3r)]
-            s5q, s5r = Signal(signed(64)), Signal(signed(8))
-            m.d.sync += [s5q.eq(round_shift(s4p, s4s, 64)), s5r.eq(s4r)]
+            s5q, s5r = Signal(signed(63)), Signal(signed(8))
+            m.d.sync += [s5q.eq(round_shift(s4p, s4s, 63)), s5r.eq(s4r)]
             s6y, s6s = Signal(signed(8)), Signal(signed(48))
-            a = clamp(s5q + ins.zp_mid, -128, 127)
+            a = Signal(signed(9), name=f"a{n}")
+            m.d.comb += a.eq(clamp(s5q + ins.zp_mid, -128, 127))
             m.d.sync += [s6y.eq(clamp(s5q + ins.zp_out, ins.out_min, ins.out_max)),
                          s6s.eq((a - ins.zp_mid) * ins.res_mult_a + (s5r - ins.zp_res) * ins.res_mult_b)]
             s7q, s7y = Signal(signed(48)), Signal(signed(8))

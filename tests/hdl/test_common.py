@@ -11,7 +11,7 @@ from tessera.numerics import round_shift as golden
 
 
 class _Rnd(wiring.Component):
-    x: In(signed(64))
+    x: In(signed(63))
     s: In(unsigned(32))
     y: Out(signed(64))
     lo: In(signed(8))

@@ -210,3 +210,25 @@ def test_npu_compiled_resnet_matches_emulator(sim, small_resnet, backpressure):
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
     assert rtl.last.macs == emu.last.macs and 0 < rtl.last.utilization <= 1
+
+
+def test_cli_run_backend_rtl_matches_emulator(tmp_path, capsys):
+    import json
+
+    from tessera.cli import main
+    prog, _ = conv_relu_pool(CONFIG, seed=8)
+    path = tmp_path / "p.tsp"
+    prog.save(path)
+    t = prog.inputs[0]
+    np.savez(tmp_path / "in.npz", **{t.name: np.random.default_rng(2).normal(0, 1, t.shape).astype(np.float32)})
+    outs = {}
+    for backend in ("emulator", "rtl"):
+        assert main(["run", str(path), "--backend", backend, "--input", str(tmp_path / "in.npz"),
+                     "--output", str(tmp_path / f"{backend}.npz"), "--json"]) == 0
+        stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert stats["backend"] == backend
+        with np.load(tmp_path / f"{backend}.npz") as f:
+            outs[backend] = {k: f[k] for k in f.files}
+    assert stats["cycles"] > 0 and 0 < stats["utilization"] <= 1 and stats["macs"] > 0
+    for k in outs["emulator"]:
+        np.testing.assert_array_equal(outs["rtl"][k], outs["emulator"][k])

@@ -165,11 +165,16 @@ class RtlSim:
         Size of the memory model (default: all of ``config.dram_bytes``); addresses wrap modulo it.
     latency : int, optional
         Memory read latency in cycles (default ``config.mem_latency``).
+    waves : bool, optional
+        Record a VCD (default: the ``TESSERA_WAVES`` environment variable).
     """
 
     def __init__(self, config: NpuConfig, *, mem_bytes: int | None = None, latency: int | None = None,
-                 waves: bool = False, start_timeout: float = 120.0):
+                 waves: bool | None = None, start_timeout: float = 120.0):
         from tessera.hdl.simtop import DUMP_FILE, LOAD_FILE, SIM_TOP, mem_words
+        if waves is None:
+            # Waveforms (a separate build with --trace) only when asked for: TESSERA_WAVES=1.
+            waves = os.environ.get("TESSERA_WAVES", "") not in ("", "0")
         self.config = config
         self.words = mem_words(config, mem_bytes)
         self.runner, self.build_dir, self.build_seconds = build_sim(config, mem_bytes=mem_bytes, latency=latency,

@@ -232,3 +232,18 @@ def test_cli_run_backend_rtl_matches_emulator(tmp_path, capsys):
     assert stats["cycles"] > 0 and 0 < stats["utilization"] <= 1 and stats["macs"] > 0
     for k in outs["emulator"]:
         np.testing.assert_array_equal(outs["rtl"][k], outs["emulator"][k])
+
+
+def test_rtl_backend_raises_npu_error_like_the_emulator(sim):
+    from tessera.host.runtime import EmulatorBackend
+    from tessera.sim.rtl import RtlBackend
+    prog, _ = conv_relu_pool(CONFIG, seed=1)
+    # Point the first LOAD past the end of external memory.
+    bad = prog.instructions[0].replace(dram_addr=CONFIG.dram_bytes - CONFIG.act_word_bytes)
+    prog.instructions = [bad] + prog.instructions[1:]
+    errors = []
+    for be in (EmulatorBackend(prog), RtlBackend(prog, sim=sim)):
+        with pytest.raises(NpuError) as e:
+            be.execute()
+        errors.append((e.value.code, e.value.pc))
+    assert errors[0] == errors[1] == (ErrorCode.DRAM_RANGE, 0)

@@ -44,6 +44,28 @@ def _f32_ratio(a: float, b: float, c: float) -> float:
     return float(np.float32(np.float32(a) * np.float32(b)) / np.float32(c))
 
 
+def _padded_weights(x, y, w, N, M):
+    """Weights scattered to physical channels: (OB*M, CB*N, kh, kw)."""
+    O, I, kh, kw = w.shape
+    wp = np.zeros((y.cpad // M * M, x.cpad // N * N, kh, kw), np.int64)
+    if x.chan_map is None:
+        wp[:O, :I] = w
+    else:
+        wp[:O, x.chan_map] = w
+    return wp
+
+
+def _block_ranges(wp, N, M):
+    """Per output block, the input word range [lo, hi) holding its nonzero weights."""
+    OB, CB = wp.shape[0] // M, wp.shape[1] // N
+    nz = (wp != 0).reshape(OB, M, CB, N, -1).any(axis=(1, 3, 4))      # [ob][cb]
+    out = []
+    for b in range(OB):
+        idx = np.nonzero(nz[b])[0]
+        out.append((int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 1))
+    return out
+
+
 def _fmax(op, name):
     for f in FORMATS[op].fields:
         if f.name == name:
@@ -61,6 +83,9 @@ class ConvPlan:
     tw: int
     weights_resident: bool
     params_resident: bool
+    #: block-sparse layers (identity copies, per-channel affine ops): the input channel words
+    #: [lo, hi) each ob group reads; only those are loaded and multiplied
+    og_ranges: list | None = None
 
 
 @dataclass
@@ -129,16 +154,35 @@ class TileForBuffers:
             raise unsupported(op.name, op.onnx_op, f"a {kh}×{kw} kernel", f"kernels of at most {self.w_slot} taps")
         cb_in = x.cpad // c.lanes
         OB = y.cpad // c.rows
-        cg = min(cb_in, self.w_slot // taps)
-        n_cg = -(-cb_in // cg)
-        cg = -(-cb_in // n_cg)
-        gmax = min(OB, self.w_slot // (taps * cg), self.acc_slot, _fmax(Opcode.CONV, "ob_count"))
-        n_og = -(-OB // gmax)
-        gg = -(-OB // n_og)
-        params_resident = OB <= self.p_slot
-        if not params_resident:
-            gg = min(gg, self.p_slot)
-            n_og = -(-OB // gg)
+        og_ranges = None
+        blocks = _block_ranges(_padded_weights(x, y, a["w"], c.lanes, c.rows), c.lanes, c.rows)
+        if OB > 1 and max(hi - lo for lo, hi in blocks) * 4 <= cb_in:
+            # Block-sparse (diagonal) weights: small ob groups, each reading only its own input words.
+            params_resident = OB <= self.p_slot
+            gg = min(4, OB, self.acc_slot, OB if params_resident else self.p_slot)
+            while gg > 1:
+                rng = [(min(lo for lo, _ in blocks[o:o + gg]), max(hi for _, hi in blocks[o:o + gg]))
+                       for o in range(0, OB, gg)]
+                if max(hi - lo for lo, hi in rng) * taps * gg <= self.w_slot:
+                    break
+                gg -= 1
+            og_ranges = [(min(lo for lo, _ in blocks[o:o + gg]), max(hi for _, hi in blocks[o:o + gg]))
+                         for o in range(0, OB, gg)]
+            cg = max(hi - lo for lo, hi in og_ranges)
+            n_cg, n_og = 1, len(og_ranges)
+            if cg * taps * gg > self.w_slot:
+                og_ranges = None
+        if og_ranges is None:
+            cg = min(cb_in, self.w_slot // taps)
+            n_cg = -(-cb_in // cg)
+            cg = -(-cb_in // n_cg)
+            gmax = min(OB, self.w_slot // (taps * cg), self.acc_slot, _fmax(Opcode.CONV, "ob_count"))
+            n_og = -(-OB // gmax)
+            gg = -(-OB // n_og)
+            params_resident = OB <= self.p_slot
+            if not params_resident:
+                gg = min(gg, self.p_slot)
+                n_og = -(-OB // gg)
         has_res = "residual" in a
         sh, sw = a["strides"]
         dh, dw = a["dilations"]
@@ -169,7 +213,11 @@ class TileForBuffers:
         th = -(-OH // nth)
         ntw = -(-OW // tw)
         tw = -(-OW // ntw)
-        return ConvPlan(cg, n_cg, gg, n_og, th, tw, n_og == 1 and n_cg == 1, params_resident)
+        resident = n_og == 1 and n_cg == 1
+        if og_ranges is not None:
+            resident = sum((min(OB, o + gg) - o) * taps * (hi - lo)
+                           for o, (lo, hi) in zip(range(0, OB, gg), og_ranges)) <= self.w_slot
+        return ConvPlan(cg, n_cg, gg, n_og, th, tw, resident, params_resident, og_ranges)
 
     def pool(self, g, op) -> PoolPlan:
         c = self.config
@@ -233,14 +281,23 @@ class EmitInstructions:
             raise unsupported(op.name, op.onnx_op, f"weights outside {lo}..{hi} (after removing the zero point)",
                               f"{c.weight_bits}-bit signed weights")
         OB, CB = y.cpad // M, x.cpad // N
-        wp = np.zeros((OB * M, CB * N, kh, kw), np.int64)
-        if x.chan_map is None:
-            wp[:O, :I] = w
-        else:
-            wp[:O, x.chan_map] = w
+        wp = _padded_weights(x, y, w, N, M)
         blocks = wp.reshape(OB, M, CB, N, kh, kw).transpose(0, 4, 5, 2, 1, 3)   # [ob][ky][kx][cb][M][N]
         groups = {}
-        for og in range(plan.n_og):
+        if plan.og_ranges is not None:
+            # One chunk, ob groups back to back, so resident weights load with one instruction.
+            parts, words0 = [], 0
+            wb = c.wgt_word_bytes
+            for og, (c0, c1) in enumerate(plan.og_ranges):
+                o0, o1 = og * plan.g, min(OB, (og + 1) * plan.g)
+                parts.append(blocks[o0:o1, :, :, c0:c1].reshape(-1))
+                words = (o1 - o0) * kh * kw * (c1 - c0)
+                groups[og, 0] = (words0, words)
+                words0 += words
+            base = self._const(pack_weights(np.concatenate(parts), c.weight_bits))
+            groups = {k: (base + off * wb, words, off) for k, (off, words) in groups.items()}
+            groups["all"] = (base, words0)
+        for og in range(plan.n_og if plan.og_ranges is None else 0):
             o0, o1 = og * plan.g, min(OB, (og + 1) * plan.g)
             for cgi in range(plan.n_cg):
                 c0, c1 = cgi * plan.cg, min(CB, (cgi + 1) * plan.cg)
@@ -334,8 +391,9 @@ class EmitInstructions:
             epi.update(residual=1, zp_mid=res["mid_zp"], zp_res=r.zero_point, res_mult_a=ma, res_mult_b=mb,
                        res_shift=s)
         w_addr = p_base = None
+        sparse = plan.og_ranges is not None
         if plan.weights_resident:
-            off, words = groups[0, 0]
+            off, words = groups["all"] if sparse else groups[0, 0]
             w_addr = self._load_const(Buffer.WGT, off, words)
         if plan.params_resident:
             p_base = self._load_const(Buffer.PARAM, poff, OB)
@@ -355,7 +413,7 @@ class EmitInstructions:
                 P = th * tw
                 tiles += 1
                 in_addr = None
-                if plan.n_cg == 1:
+                if plan.n_cg == 1 and not sparse:
                     in_addr = self.in_slots.next()
                     self._box("load", x, iy0, iy1, ix0, ix1, 0, CB, in_addr)
                 for og in range(plan.n_og):
@@ -364,13 +422,17 @@ class EmitInstructions:
                     acc = self.acc_slots.next()
                     for cgi in range(plan.n_cg):
                         cb0, cb1 = cgi * plan.cg, min(CB, (cgi + 1) * plan.cg)
+                        if sparse:
+                            cb0, cb1 = plan.og_ranges[og]
                         ncb = cb1 - cb0
-                        if plan.n_cg > 1:
+                        if plan.n_cg > 1 or sparse:
                             in_addr = self.in_slots.next()
                             self._box("load", x, iy0, iy1, ix0, ix1, cb0, cb1, in_addr)
                         wa = w_addr
-                        if not plan.weights_resident:
-                            off, words = groups[og, cgi]
+                        if sparse and plan.weights_resident:
+                            wa = w_addr + groups[og, 0][2]
+                        elif not plan.weights_resident:
+                            off, words = groups[og, cgi][:2]
                             wa = self._load_const(Buffer.WGT, off, words)
                         n_in = (iy1 - iy0) * (ix1 - ix0) * ncb
                         reads = [(Buffer.ACT, in_addr, in_addr + n_in),

@@ -196,6 +196,8 @@ class Emulator:
     def _touch(self, mem, idx, write: bool):
         if self._clocks is None:
             return
+        if isinstance(idx, slice):
+            idx = np.arange(idx.start, idx.stop, dtype=np.int64)
         name = mem.name if isinstance(mem, Buffer) else "DRAM"
         tr = self._trackers.get(name)
         if tr is None:
@@ -210,6 +212,14 @@ class Emulator:
                        f"the buffer has {depth} words")
         return idx
 
+    def _span(self, buf: Buffer, start: int, n: int, what: str) -> slice:
+        """The ``n`` words from ``start`` of ``buf`` as a slice, after the same range check as _buf_index."""
+        depth = self.config.buffer_words(buf)
+        if n and (start < 0 or start + n > depth):
+            self._fail(ErrorCode.BUFFER_RANGE, f"{what} reaches {buf.name} word {start + n - 1}, "
+                       f"the buffer has {depth} words")
+        return slice(start, start + n)
+
     def _dma_geometry(self, ins: Instruction):
         c = self.config
         wb = c.word_bytes(ins.buf)
@@ -221,9 +231,13 @@ class Emulator:
         if end > c.dram_bytes:
             self._fail(ErrorCode.DRAM_RANGE, f"transfer ends at 0x{end:x}, external memory has "
                        f"0x{c.dram_bytes:x} bytes")
-        bidx = (ins.buf_addr + np.arange(ins.rows, dtype=np.int64)[:, None] * ins.buf_stride
-                + np.arange(ins.cols, dtype=np.int64)[None, :])
-        self._buf_index(ins.buf, bidx, ins.op.name.lower())
+        if ins.rows == 1 or ins.buf_stride == ins.cols:
+            # Contiguous in the buffer: checked and addressed as one slice.
+            bidx = self._span(ins.buf, ins.buf_addr, ins.rows * ins.cols, ins.op.name.lower())
+        else:
+            bidx = (ins.buf_addr + np.arange(ins.rows, dtype=np.int64)[:, None] * ins.buf_stride
+                    + np.arange(ins.cols, dtype=np.int64)[None, :])
+            self._buf_index(ins.buf, bidx, ins.op.name.lower())
         row_starts = ins.dram_addr + np.arange(ins.rows, dtype=np.int64) * ins.dram_stride
         return wb, bidx, row_starts
 
@@ -256,10 +270,8 @@ class Emulator:
             words = unpack_weights(raw.reshape(-1), c.weight_bits).reshape(ins.rows, ins.cols, c.rows, c.lanes)
         else:
             words = raw.reshape(-1).view("<i4").reshape(ins.rows, ins.cols, c.rows, len(PARAM_FIELDS))
-        if ins.rows == 1 or ins.buf_stride == ins.cols:
-            # Contiguous in the buffer: a slice instead of a gather.
-            self.buffers[ins.buf][ins.buf_addr:ins.buf_addr + ins.rows * ins.cols] = \
-                words.reshape((ins.rows * ins.cols,) + words.shape[2:])
+        if isinstance(bidx, slice):
+            self.buffers[ins.buf][bidx] = words.reshape((ins.rows * ins.cols,) + words.shape[2:])
         else:
             self.buffers[ins.buf][bidx] = words
         self.stats.dram_read_bytes += raw.size
@@ -268,7 +280,7 @@ class Emulator:
         if ins.buf != Buffer.ACT:
             self._fail(ErrorCode.BAD_FIELD, f"store: buf={ins.buf.name.lower()}; only act can be stored")
         wb, bidx, row_starts = self._dma_geometry(ins)
-        data = self.buffers[Buffer.ACT][bidx].view(np.uint8).reshape(ins.rows, ins.cols * wb)
+        data = self.buffers[Buffer.ACT][bidx].view(np.uint8).reshape(ins.rows, ins.cols * wb)  # slice or gather
         self._touch(Buffer.ACT, bidx, False)
         self._touch(None, self._dram_words(row_starts, ins.cols * wb), True)
         if ins.rows == 1 or ins.dram_stride >= ins.cols * wb:
@@ -286,12 +298,9 @@ class Emulator:
         taps = ins.k_h * ins.k_w
         cw = ins.in_cb * N
         P = ins.out_h * ins.out_w
-        in_idx = self._buf_index(Buffer.ACT, ins.in_addr + np.arange(ins.in_h * ins.in_w * ins.in_cb, dtype=np.int64),
-                                 "conv input tile")
-        w_idx = self._buf_index(Buffer.WGT, ins.w_addr + np.arange(ins.ob_count * taps * ins.in_cb, dtype=np.int64),
-                                "conv weights")
-        acc_idx = self._buf_index(Buffer.ACC, ins.acc_addr + np.arange(ins.ob_count * P, dtype=np.int64),
-                                  "conv accumulators")
+        in_idx = self._span(Buffer.ACT, ins.in_addr, ins.in_h * ins.in_w * ins.in_cb, "conv input tile")
+        w_idx = self._span(Buffer.WGT, ins.w_addr, ins.ob_count * taps * ins.in_cb, "conv weights")
+        acc_idx = self._span(Buffer.ACC, ins.acc_addr, ins.ob_count * P, "conv accumulators")
         self._touch(Buffer.ACT, in_idx, False)
         self._touch(Buffer.WGT, w_idx, False)
         if ins.accumulate:
@@ -347,8 +356,8 @@ class Emulator:
         N, M = c.lanes, c.rows
         k = c.words_per_block
         ob, P = ins.ob_count, ins.pixels
-        acc_idx = self._buf_index(Buffer.ACC, ins.acc_addr + np.arange(ob * P, dtype=np.int64), "epilogue accumulators")
-        p_idx = self._buf_index(Buffer.PARAM, ins.param_addr + np.arange(ob, dtype=np.int64), "epilogue parameters")
+        acc_idx = self._span(Buffer.ACC, ins.acc_addr, ob * P, "epilogue accumulators")
+        p_idx = self._span(Buffer.PARAM, ins.param_addr, ob, "epilogue parameters")
         word = (np.arange(P, dtype=np.int64)[None, :, None] * ins.out_stride
                 + (np.arange(ob, dtype=np.int64)[:, None, None] * k + np.arange(k, dtype=np.int64)[None, None, :]))
         out_idx = self._buf_index(Buffer.ACT, ins.out_addr + word, "epilogue output")

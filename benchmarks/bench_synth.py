@@ -3,14 +3,19 @@
 Builds the board's stand-in MAC array (hdl/boards/macarray.py: rows x lanes int8 MACs, pipelined
 adder trees, 32-bit accumulators) at several sizes with the open toolchain, the first 156 products
 on MULT18X18D hard multipliers and the rest on LUT (shift-and-add, carry-chain) multipliers, and
-prints one markdown section. Each size is a full yosys + nextpnr-ecp5 run (minutes each).
+prints one markdown section. ``--sizes`` get a full yosys + nextpnr-ecp5 place and route (tens of
+minutes each for the large ones on a busy 2-core machine: Fmax and exact use); ``--pack-sizes``
+stop nextpnr after packing (exact cell use against the device, no Fmax; minutes each).
 
-    python benchmarks/bench_synth.py [--sizes 32x16,48x16] [--board ulx3s-85f] [--mhz 100] [--out DIR]
+    python benchmarks/bench_synth.py [--sizes 32x16] [--pack-sizes 48x16,64x16] [--board ulx3s-85f]
+                                     [--mhz 100] [--out DIR] [--reuse]
 
-TESSERA_SYNTH_SIZES overrides the default size list (same syntax as --sizes).
+TESSERA_SYNTH_SIZES / TESSERA_SYNTH_PACK_SIZES override the default lists. ``--reuse`` takes an
+existing ``report.json`` of the same size and stage from ``--out`` instead of building again.
 """
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -22,13 +27,17 @@ from tessera.hdl.boards.macarray import MacArrayDemo
 from tessera.hdl.synth import SynthError, synthesize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_SIZES = "16x16,32x16,40x16,48x16"
+DEFAULT_SIZES = "32x16"
+DEFAULT_PACK_SIZES = "48x16,56x16,64x16"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=os.environ.get("TESSERA_SYNTH_SIZES", DEFAULT_SIZES),
-                    help="comma-separated ROWSxLANES list")
+                    help="comma-separated ROWSxLANES list, full place and route")
+    ap.add_argument("--pack-sizes", default=os.environ.get("TESSERA_SYNTH_PACK_SIZES", DEFAULT_PACK_SIZES),
+                    help="comma-separated ROWSxLANES list, packing only")
+    ap.add_argument("--reuse", action="store_true", help="reuse reports already in --out")
     ap.add_argument("--board", default="ulx3s-85f")
     ap.add_argument("--mhz", type=float, default=100.0)
     ap.add_argument("--out", default=str(ROOT / "build" / "bench_synth"))
@@ -36,39 +45,49 @@ def main() -> int:
     board = get_board(args.board)
     config = PRESETS.get(board.default_config, PRESETS["sim"]).replace(clock_mhz=args.mhz)
     rows_out = []
-    for size in args.sizes.split(","):
+    jobs = [(s, False) for s in args.sizes.split(",") if s] + [(s, True) for s in args.pack_sizes.split(",") if s]
+    for size, pack_only in jobs:
         rows, lanes = (int(v) for v in size.lower().split("x"))
         macs = rows * lanes
         dsp = min(macs, board.dsp_capacity)
-        core = MacArrayDemo(rows, lanes, dsp=board.dsp_kind, dsp_products=dsp, soft=board.soft_kind)
+        out = pathlib.Path(args.out) / f"{board.name}-{rows}x{lanes}{'-pack' if pack_only else ''}"
         t0 = time.perf_counter()
-        try:
-            rep = synthesize(board, config.replace(name=f"macarray-{rows}x{lanes}"),
-                             pathlib.Path(args.out) / f"{board.name}-{rows}x{lanes}", core=core,
-                             core_desc=f"MacArrayDemo {rows}x{lanes}", dsp_products=dsp,
-                             log=lambda msg: print(msg, file=sys.stderr, flush=True))
-        except SynthError as e:
-            last = str(e).splitlines()[-1] if str(e) else "build failed"
-            rows_out.append(f"| {rows}x{lanes} | {macs} | {dsp} | {macs - dsp} | — | — | — | — | "
-                            f"failed: {last[:80]} | {time.perf_counter() - t0:.0f} |")
-            continue
+        rep = None
+        if args.reuse and (out / "report.json").exists():
+            rep = json.loads((out / "report.json").read_text())
+            print(f"reusing {out / 'report.json'}", file=sys.stderr)
+        else:
+            core = MacArrayDemo(rows, lanes, dsp=board.dsp_kind, dsp_products=dsp, soft=board.soft_kind)
+            try:
+                rep = synthesize(board, config.replace(name=f"macarray-{rows}x{lanes}"), out, core=core,
+                                 core_desc=f"MacArrayDemo {rows}x{lanes}", dsp_products=dsp, pack_only=pack_only,
+                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            except SynthError as e:
+                last = str(e).splitlines()[-1] if str(e) else "build failed"
+                rows_out.append(f"| {rows}x{lanes} | {macs} | {dsp} | {macs - dsp} | — | — | — | — | — | "
+                                f"failed: {last[:80]} ({time.perf_counter() - t0:.0f} s) |")
+                continue
         res = rep["resources"]
-        pct = {k: 100 * res[k]["used"] / res[k]["available"] for k in res}
-        met = "yes" if rep["timing_met"] else "no"
-        gmacs = macs * min(rep["fmax_mhz"], rep["clock_mhz"]) / 1e3 if rep["timing_met"] else \
-            macs * rep["fmax_mhz"] / 1e3
-        rows_out.append(
-            f"| {rows}x{lanes} | {macs} | {dsp} | {macs - dsp} | {res['LUT4']['used']:,} ({pct['LUT4']:.0f} %) | "
-            f"{res['FF']['used']:,} ({pct['FF']:.0f} %) | {rep['fmax_mhz']:.1f} | {met} | {gmacs:.1f} | "
-            f"{rep['seconds']:.0f} |")
+        cells = f"{res['LUT4']['used']:,} ({100 * res['LUT4']['used'] / res['LUT4']['available']:.0f} %)"
+        ffs = f"{res['FF']['used']:,} ({100 * res['FF']['used'] / res['FF']['available']:.0f} %)"
+        if rep["fmax_mhz"] is None:
+            fmax, met, gmacs = "—", "—", "—"
+        else:
+            fmax, met = f"{rep['fmax_mhz']:.1f}", "yes" if rep["timing_met"] else "no"
+            gmacs = f"{macs * min(rep['fmax_mhz'], rep['clock_mhz']) / 1e3:.1f}"
+        fits = "yes" if rep.get("fits") else "no"
+        stage = "packing only" if rep.get("stage") == "pack" else "place and route"
+        rows_out.append(f"| {rows}x{lanes} | {macs} | {dsp} | {macs - dsp} | {cells} | {ffs} | {fits} | {fmax} | "
+                        f"{met} | {gmacs} ({stage}, {rep['seconds']:.0f} s) |")
     print(f"## Synthesis: int8 MACs on the {board.name} ({board.device}) at {args.mhz:g} MHz\n")
-    print(f"Command: `python benchmarks/bench_synth.py --sizes {args.sizes} --board {board.name} "
-          f"--mhz {args.mhz:g}` (YoWASP yosys 0.70 + nextpnr-ecp5 0.11, seed 1, post-route Fmax).\n")
+    print(f"Command: `python benchmarks/bench_synth.py --sizes {args.sizes} --pack-sizes {args.pack_sizes} "
+          f"--board {board.name} --mhz {args.mhz:g}` (YoWASP yosys 0.70 + nextpnr-ecp5 0.11, seed 1; Fmax is "
+          f"post-route).\n")
     print("Stand-in core: rows x lanes int8 MACs (LFSR-fed, pipelined adder tree, 32-bit accumulators, "
           "all results XOR-reduced to a LED). The first products use the device's hard multipliers "
           "(one int8 product per MULT18X18D), the rest LUT shift-and-add multipliers.\n")
-    print("| rows x lanes | MACs/cycle | on DSP | in LUTs | LUT4 (TRELLIS_COMB) | FF | Fmax MHz | "
-          f"≥ {args.mhz:g} MHz | GMAC/s | build s |")
+    print("| rows x lanes | MACs/cycle | on DSP | in LUTs | LUT4 (TRELLIS_COMB, packed) | FF | fits | Fmax MHz | "
+          f"≥ {args.mhz:g} MHz | GMAC/s (stage, build time) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for line in rows_out:
         print(line)

@@ -85,14 +85,14 @@ def _tool_env(board: Board) -> dict:
     return env
 
 
-def _overrides(board: Board, seed: int, explicit_dsp: bool) -> dict:
+def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool) -> dict:
+    nextpnr = f"--timing-allow-fail --seed {seed}" + (" --pack-only" if pack_only else "")
     if board.family == "ecp5":
         # -nodsp when the core instantiates exactly the hard multipliers it wants: otherwise yosys
         # puts every multiplier on a MULT18X18D and overflows the 156 of them.
-        return dict(synth_opts="-nodsp" if explicit_dsp else "",
-                    nextpnr_opts=f"--timing-allow-fail --seed {seed}")
+        return dict(synth_opts="-nodsp" if explicit_dsp else "", nextpnr_opts=nextpnr)
     if board.family == "ice40":
-        return dict(nextpnr_opts=f"--timing-allow-fail --seed {seed}")
+        return dict(nextpnr_opts=nextpnr)
     # Arria 10 (Quartus): name the family too, and let TimeQuest add jitter/uncertainty.
     return dict(add_settings='set_global_assignment -name FAMILY "Arria 10"\n'
                              'set_global_assignment -name PROJECT_OUTPUT_DIRECTORY output_files\n',
@@ -115,7 +115,7 @@ def _resources(board: Board, util: dict, cells: dict) -> dict:
 
 
 def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None, dsp_products=None,
-               seed=1, log=None) -> dict:
+               seed=1, pack_only=False, log=None) -> dict:
     """Build ``board`` with ``config`` into ``out_dir``; write and return the report.
 
     Parameters
@@ -128,6 +128,9 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         Core to build instead of :func:`make_core`'s (must have a ``led`` output).
     seed : int
         nextpnr placement seed.
+    pack_only : bool
+        Stop nextpnr after packing: exact cell use against the device in a fraction of the time,
+        no placement, Fmax or bitstream (``fmax_mhz`` null, ``stage`` "pack").
     log : callable, optional
         Progress messages (default: stderr).
     """
@@ -147,9 +150,11 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     t0 = time.perf_counter()
     log(f"synth: elaborating {core_desc or type(core).__name__} for {board.name} ({board.device})")
     explicit_dsp = isinstance(core, MacArrayDemo)
-    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed, explicit_dsp))
+    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed, explicit_dsp, pack_only))
     if build_dir.exists():
         shutil.rmtree(build_dir)
+    for stale in ("report.json", "summary.md"):
+        (out / stale).unlink(missing_ok=True)  # a failed run must not leave an old report behind
     plan.extract(build_dir)
     report = {
         "board": board.name, "config": config.name, "config_hash": config.hash(),
@@ -158,6 +163,7 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         "device": board.device, "clock_mhz": round(top.clock_hz / 1e6, 4), "timing_met": None,
         "core": core_desc or type(core).__name__, "dsp_products": dsp_products,
         "soft_products": None if dsp_products is None else macs - dsp_products,
+        "stage": "project" if board.family == "arria10" else "pack" if pack_only else "bitstream",
     }
     if board.family == "arria10":
         report["resources"] = {k: {"used": None, "available": a, "primitive": p}
@@ -165,7 +171,8 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         report["project"] = {"qpf": f"build/{TOP_NAME}.qpf", "qsf": f"build/{TOP_NAME}.qsf",
                              "sdc": f"build/{TOP_NAME}.sdc",
                              "script": f"build/build_{TOP_NAME}.sh", "verilog": f"build/{TOP_NAME}.v"}
-        report["note"] = "Quartus project only: run build/build_top.sh where Quartus Prime Pro is installed."
+        report["note"] = ("Quartus project only: run build/build_top.sh where Quartus Prime "
+                          "(Standard, quartus_map flow) with Arria 10 support is installed.")
     else:
         env = _tool_env(board)
         log(f"synth: running yosys in {build_dir} (minutes for a large design)")
@@ -180,11 +187,20 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
             _write(out, report, t0)
             raise SynthError(f"{board.name}: {config.name} does not fit the {board.device}: "
                              f"{', '.join(over)} (yosys cell counts; see {out / 'summary.md'})")
-        log("synth: running nextpnr and the bitstream packer")
-        # The build script again, with yosys already done.
-        _run(["sh", f"build_{TOP_NAME}.sh"], build_dir, dict(env, YOSYS="true"), board, "nextpnr/pack")
+        log("synth: running nextpnr " + ("(packing only)" if pack_only else "and the bitstream packer"))
+        # The build script again, with yosys already done (and no bitstream packer when only packing).
+        env = dict(env, YOSYS="true", **({"ECPPACK": "true", "ICEPACK": "true"} if pack_only else {}))
+        # With --pack-only nextpnr still tries to write the (unplaced) config and fails after
+        # printing the utilisation we want; parse_utilisation notices if it got no further.
+        _run(["sh", f"build_{TOP_NAME}.sh"], build_dir, env, board, "nextpnr", check=not pack_only)
         tim = (build_dir / f"{TOP_NAME}.tim").read_text(errors="replace")
         util = parse_utilisation(tim, f"{TOP_NAME}.tim")
+        if pack_only:
+            report["note"] = "nextpnr stopped after packing: cell use is exact, Fmax not measured"
+            report.update(resources=_resources(board, util, cells), yosys_cells=cells,
+                          fits=all(r["used"] <= r["available"] for r in _resources(board, util, cells).values()))
+            _write(out, report, t0)
+            return report
         fmax = parse_fmax(tim, f"{TOP_NAME}.tim")
         slowest = min(fmax.values(), key=lambda v: v[0])
         report.update(
@@ -199,10 +215,10 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     return report
 
 
-def _run(cmd, cwd, env, board, what):
+def _run(cmd, cwd, env, board, what, check=True):
     with open(cwd / "build.log", "a") as f:
         r = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode:
+    if r.returncode and check:
         tail = "\n".join((cwd / "build.log").read_text(errors="replace").splitlines()[-12:])
         raise SynthError(f"{board.name}: {what} failed (exit {r.returncode}); see {cwd / 'build.log'}:\n{tail}")
 

@@ -44,7 +44,7 @@ class Arria10GXPlatform(AlteraPlatform):
 
     def get_io_buffer(self, buffer):
         # Plain Verilog ports: Quartus inserts its own I/O buffers. Amaranth's default here
-        # instantiates ALTIOBUF megafunctions, which Quartus Prime Pro does not offer for Arria 10.
+        # instantiates ALTIOBUF megafunctions, which tie the project to one Quartus edition's IP.
         return type(buffer).elaborate(buffer, None)
 
     @property

@@ -551,7 +551,7 @@ class EmitInstructions:
                               addr=self.addr[t.name], height=t.height, width=t.width, channels=t.channels,
                               cpad=t.cpad, scale=float(t.scale), zero_point=int(t.zero_point))
 
-        views = getattr(g, "output_views", {})
+        views = g.output_views
         prog = Program(config=c, instructions=instrs, constants=bytes(self.const), prog_addr=prog_addr,
                        const_addr=self.const_addr, scratch_addr=self.scratch_addr, scratch_size=self.scratch_size,
                        inputs=[info(n, g.tensors[t], *reversed(g.input_layouts.get(t, (None, None))))

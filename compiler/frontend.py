@@ -701,7 +701,7 @@ class _Lowering:
 
     def op_QLinearSoftmax(self, n, a):
         x = self.q_in(n.input[0], n)
-        shape = self.shape(n.input[0], n)
+        shape = list(self.g.tensors[x].shape)
         if len(shape) != 2 or a.get("axis", -1) not in (-1, 1):
             raise unsupported(n.name, n.op_type, f"axis={a.get('axis')} on shape {shape}",
                               "Softmax over the last axis of an NC tensor")

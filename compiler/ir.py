@@ -101,6 +101,8 @@ class Graph:
     host_ops: list = field(default_factory=list)
     #: int input tensor -> (layout, source shape) for inputs the source model gives as NHWC
     input_layouts: dict = field(default_factory=dict)
+    #: source output name -> its shape, for outputs that are a free reshape of an NPU tensor
+    output_views: dict = field(default_factory=dict)
 
     def producer(self, tensor: str):
         for op in self.ops:

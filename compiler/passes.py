@@ -182,8 +182,6 @@ class EliminateReshape:
                                   "reshapes that keep the channel, height and width layout, and Flatten "
                                   "in front of Gemm/MatMul")
             if g.is_output(op.output):
-                g.output_views = getattr(g, "output_views", {})
-                g.output_views[op.output] = dst.shape
                 for k, (n, t) in enumerate(g.outputs):
                     if t == op.output:
                         g.outputs[k] = (n, op.inputs[0])

@@ -37,12 +37,13 @@ def test_resnet_matches_onnxruntime(net, fmt, act):
     assert_network(check_against_ort(q, cfg, n_inputs=3))
 
 
-def test_resnet_with_softmax_host_op():
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_resnet_with_softmax_host_op(fmt):
     from tessera.compiler.driver import compile_model
     from tessera.host.runtime import Runtime
     import numpy as np
     from .netgen import ort_run
-    q = quantize(resnet(in_shape=(1, 3, 10, 10), widths=(16,), blocks=1, softmax=True))
+    q = quantize(resnet(in_shape=(1, 3, 10, 10), widths=(16,), blocks=1, softmax=True), fmt=fmt)
     prog, _ = compile_model(q, SIM)
     assert [h["op"] for h in prog.host_ops] == ["Softmax"]
     out_name = q.graph.output[0].name

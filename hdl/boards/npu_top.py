@@ -41,6 +41,7 @@ class NpuBoardCore(wiring.Component):
     led: Out(1)
 
     def __init__(self, config, *, mem_beats=1024, prog_addr=0, init=b""):
+        self._MustUse__silence = True  # a rejected instance is not an unused design
         if mem_beats < 2 or mem_beats & (mem_beats - 1):
             raise ValueError(f"mem_beats={mem_beats} must be a power of two >= 2")
         bb = config.bus_bytes
@@ -49,6 +50,7 @@ class NpuBoardCore(wiring.Component):
         init = bytes(init) + bytes(-len(init) % bb)
         self.init = [int.from_bytes(init[i:i + bb], "little") for i in range(0, len(init), bb)]
         self.config, self.mem_beats, self.prog_addr = config, mem_beats, prog_addr
+        self._MustUse__silence = False
         super().__init__()
         self.runs = Signal(16)
 

@@ -1,6 +1,7 @@
 """Board tops: clock generation, reset, the compute core and a LED that observes it."""
 
 from amaranth.hdl import ClockDomain, Elaboratable, Module
+from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
 from .clocks import ecp5_pll, ecp5_pll_setting, ice40_pll, ice40_pll_setting
@@ -40,7 +41,8 @@ class BoardTop(Elaboratable):
         m = Module()
         m.domains.sync = cd_sync = ClockDomain("sync")
         if self.family == "ecp5":
-            clk, lock = ecp5_pll(m, platform.request("clk25", 0).i, 25e6, self._setting)
+            m.submodules.clk25 = clk25 = io.Buffer("i", platform.request("clk25", 0, dir="-"))
+            clk, lock = ecp5_pll(m, clk25.i, 25e6, self._setting)
             m.d.comb += cd_sync.clk.eq(clk)
             m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
         elif self.family == "ice40":
@@ -48,11 +50,14 @@ class BoardTop(Elaboratable):
             m.d.comb += cd_sync.clk.eq(clk)
             m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
         else:
-            m.d.comb += cd_sync.clk.eq(platform.request("clk", 0).i)
-            m.submodules.reset_sync = ResetSynchronizer(platform.request("rst", 0).i, domain="sync")
+            m.submodules.clk = clk = io.Buffer("i", platform.request("clk", 0, dir="-"))
+            m.submodules.rst = rst = io.Buffer("i", platform.request("rst", 0, dir="-"))
+            m.d.comb += cd_sync.clk.eq(clk.i)
+            m.submodules.reset_sync = ResetSynchronizer(rst.i, domain="sync")
         if self.family != "arria10":
             # The Arria 10 clock pin already carries the constraint (its Clock resource).
             platform.add_clock_constraint(cd_sync.clk, self.clock_hz)
         m.submodules.core = self.core
-        m.d.comb += platform.request("led", 0).o.eq(self.core.led)
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.d.comb += led.o.eq(self.core.led)
         return m

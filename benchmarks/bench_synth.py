@@ -10,8 +10,9 @@ stop nextpnr after packing (exact cell use against the device, no Fmax; minutes 
     python benchmarks/bench_synth.py [--sizes 32x16] [--pack-sizes 48x16,64x16] [--board ulx3s-85f]
                                      [--mhz 100] [--out DIR] [--reuse]
 
-TESSERA_SYNTH_SIZES / TESSERA_SYNTH_PACK_SIZES override the default lists. ``--reuse`` takes an
-existing ``report.json`` of the same size and stage from ``--out`` instead of building again.
+TESSERA_SYNTH_SIZES / TESSERA_SYNTH_PACK_SIZES override the default lists. ``--reuse`` (or
+TESSERA_SYNTH_REUSE=1, e.g. under ``make bench ONLY=synth``) takes an existing ``report.json`` of the
+same size and stage from ``--out`` instead of building again.
 """
 
 import argparse
@@ -37,7 +38,8 @@ def main() -> int:
                     help="comma-separated ROWSxLANES list, full place and route")
     ap.add_argument("--pack-sizes", default=os.environ.get("TESSERA_SYNTH_PACK_SIZES", DEFAULT_PACK_SIZES),
                     help="comma-separated ROWSxLANES list, packing only")
-    ap.add_argument("--reuse", action="store_true", help="reuse reports already in --out")
+    ap.add_argument("--reuse", action="store_true", default=bool(os.environ.get("TESSERA_SYNTH_REUSE")),
+                    help="reuse reports already in --out (also TESSERA_SYNTH_REUSE=1)")
     ap.add_argument("--board", default="ulx3s-85f")
     ap.add_argument("--mhz", type=float, default=100.0)
     ap.add_argument("--out", default=str(ROOT / "build" / "bench_synth"))

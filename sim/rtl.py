@@ -321,13 +321,13 @@ class RtlBackend(Backend):
     """The NPU's RTL under Verilator (``tessera run --backend rtl``).
 
     Options: ``sim`` (an :class:`RtlSim` to share), ``backpressure`` (0..1,
-    chance the memory refuses a request), ``watchdog`` (cycles, 0 off),
+    chance the memory refuses a request), ``watchdog`` (cycles without progress, default 2**20; 0 off),
     ``mem_bytes``, ``latency``, ``timeout_cycles``.
     """
 
     name = "rtl"
 
-    def __init__(self, program, *, sim: RtlSim | None = None, backpressure: float = 0.0, watchdog: int = 0,
+    def __init__(self, program, *, sim: RtlSim | None = None, backpressure: float = 0.0, watchdog: int = 1 << 20,
                  mem_bytes: int | None = None, latency: int | None = None, timeout_cycles: int | None = None):
         super().__init__(program)
         c = program.config

@@ -86,6 +86,9 @@ class ConvPlan:
     #: block-sparse layers (identity copies, per-channel affine ops): the input channel words
     #: [lo, hi) each ob group reads; only those are loaded and multiplied
     og_ranges: list | None = None
+    #: kernel pieces (ky0, ky1, kx0, kx1) accumulated one after another: kernels larger than the
+    #: CONV fields (15×15) or than a weight slot
+    tap_groups: list | None = None
 
 
 @dataclass
@@ -144,14 +147,23 @@ class TileForBuffers:
         kh, kw = a["kernel"]
         taps = kh * kw
         wpb = c.words_per_block
-        for v, f, what in ((kh, "k_h", "kernel height"), (kw, "k_w", "kernel width"),
-                           (a["strides"][0], "stride_h", "stride"), (a["strides"][1], "stride_w", "stride"),
+        for v, f, what in ((a["strides"][0], "stride_h", "stride"), (a["strides"][1], "stride_w", "stride"),
                            (a["dilations"][0], "dil_h", "dilation"), (a["dilations"][1], "dil_w", "dilation"),
                            (a["pads"][0], "pad_t", "top padding"), (a["pads"][1], "pad_l", "left padding")):
             if v > _fmax(Opcode.CONV, f):
                 raise unsupported(op.name, op.onnx_op, f"{what} {v}", f"{what} up to {_fmax(Opcode.CONV, f)}")
-        if taps > self.w_slot:
-            raise unsupported(op.name, op.onnx_op, f"a {kh}×{kw} kernel", f"kernels of at most {self.w_slot} taps")
+        gh, gw = min(kh, _fmax(Opcode.CONV, "k_h")), min(kw, _fmax(Opcode.CONV, "k_w"))
+        while gh * gw > self.w_slot:
+            if gh >= gw:
+                gh = -(-gh // 2)
+            else:
+                gw = -(-gw // 2)
+        tap_groups = [(ky, min(kh, ky + gh), kx, min(kw, kx + gw)) for ky in range(0, kh, gh) for kx in range(0, kw, gw)]
+        if len(tap_groups) > 1 and (a["pads"][0] or a["pads"][1] or a["pads"][2] or a["pads"][3]):
+            raise unsupported(op.name, op.onnx_op, f"a padded {kh}×{kw} kernel",
+                              f"padded kernels up to {gh}×{gw}; larger kernels without padding")
+        kh, kw = gh, gw               # the extent one CONV instruction covers
+        taps = kh * kw
         cb_in = x.cpad // c.lanes
         OB = y.cpad // c.rows
         og_ranges = None
@@ -213,11 +225,13 @@ class TileForBuffers:
         th = -(-OH // nth)
         ntw = -(-OW // tw)
         tw = -(-OW // ntw)
-        resident = n_og == 1 and n_cg == 1
+        resident = n_og == 1 and n_cg == 1 and len(tap_groups) == 1
         if og_ranges is not None:
-            resident = sum((min(OB, o + gg) - o) * taps * (hi - lo)
-                           for o, (lo, hi) in zip(range(0, OB, gg), og_ranges)) <= self.w_slot
-        return ConvPlan(cg, n_cg, gg, n_og, th, tw, resident, params_resident, og_ranges)
+            resident = sum((min(OB, o + gg) - o) * (ky1 - ky0) * (kx1 - kx0) * (hi - lo)
+                           for o, (lo, hi) in zip(range(0, OB, gg), og_ranges)
+                           for ky0, ky1, kx0, kx1 in tap_groups) <= self.w_slot
+        return ConvPlan(cg, n_cg, gg, n_og, th, tw, resident, params_resident, og_ranges,
+                        tap_groups if len(tap_groups) > 1 else None)
 
     def pool(self, g, op) -> PoolPlan:
         c = self.config
@@ -284,16 +298,18 @@ class EmitInstructions:
         wp = _padded_weights(x, y, w, N, M)
         blocks = wp.reshape(OB, M, CB, N, kh, kw).transpose(0, 4, 5, 2, 1, 3)   # [ob][ky][kx][cb][M][N]
         groups = {}
+        tgs = plan.tap_groups or [(0, kh, 0, kw)]
         if plan.og_ranges is not None:
             # One chunk, ob groups back to back, so resident weights load with one instruction.
             parts, words0 = [], 0
             wb = c.wgt_word_bytes
             for og, (c0, c1) in enumerate(plan.og_ranges):
                 o0, o1 = og * plan.g, min(OB, (og + 1) * plan.g)
-                parts.append(blocks[o0:o1, :, :, c0:c1].reshape(-1))
-                words = (o1 - o0) * kh * kw * (c1 - c0)
-                groups[og, 0] = (words0, words)
-                words0 += words
+                for tg, (ky0, ky1, kx0, kx1) in enumerate(tgs):
+                    parts.append(blocks[o0:o1, ky0:ky1, kx0:kx1, c0:c1].reshape(-1))
+                    words = (o1 - o0) * (ky1 - ky0) * (kx1 - kx0) * (c1 - c0)
+                    groups[og, 0, tg] = (words0, words)
+                    words0 += words
             base = self._const(pack_weights(np.concatenate(parts), c.weight_bits))
             groups = {k: (base + off * wb, words, off) for k, (off, words) in groups.items()}
             groups["all"] = (base, words0)
@@ -301,8 +317,10 @@ class EmitInstructions:
             o0, o1 = og * plan.g, min(OB, (og + 1) * plan.g)
             for cgi in range(plan.n_cg):
                 c0, c1 = cgi * plan.cg, min(CB, (cgi + 1) * plan.cg)
-                words = (o1 - o0) * kh * kw * (c1 - c0)
-                groups[og, cgi] = (self._const(pack_weights(blocks[o0:o1, :, :, c0:c1], c.weight_bits)), words)
+                for tg, (ky0, ky1, kx0, kx1) in enumerate(tgs):
+                    words = (o1 - o0) * (ky1 - ky0) * (kx1 - kx0) * (c1 - c0)
+                    groups[og, cgi, tg] = (self._const(pack_weights(blocks[o0:o1, ky0:ky1, kx0:kx1, c0:c1],
+                                                                    c.weight_bits)), words)
         # Per-channel (bias, mult, shift): the input zero point read by padding folds into the bias.
         sx, sy = x.scale, y.scale
         mid_scale = a["residual"]["mid_scale"] if "residual" in a else sy
@@ -392,59 +410,71 @@ class EmitInstructions:
                        res_shift=s)
         w_addr = p_base = None
         sparse = plan.og_ranges is not None
+        tgs = plan.tap_groups or [(0, kh, 0, kw)]
+        own_loads = plan.n_cg > 1 or sparse or len(tgs) > 1
         if plan.weights_resident:
-            off, words = groups["all"] if sparse else groups[0, 0]
+            off, words = groups["all"] if sparse else groups[0, 0, 0]
             w_addr = self._load_const(Buffer.WGT, off, words)
         if plan.params_resident:
             p_base = self._load_const(Buffer.PARAM, poff, OB)
+
+        def window(o0, o1, s_, p_, k0, k1, d, size):
+            """Input range a kernel piece reads for outputs [o0, o1), and the padding before it."""
+            r0 = o0 * s_ - p_ + k0 * d
+            return max(0, r0), min(size, (o1 - 1) * s_ - p_ + (k1 - 1) * d + 1), max(0, r0) - r0
+
         tiles = 0
         for oy0 in range(0, OH, plan.th):
             oy1 = min(OH, oy0 + plan.th)
-            r0 = oy0 * sh - pt
-            iy0, iy1 = max(0, r0), min(x.height, (oy1 - 1) * sh - pt + (kh - 1) * dh + 1)
             for ox0 in range(0, OW, plan.tw):
                 ox1 = min(OW, ox0 + plan.tw)
-                c0_ = ox0 * sw - pl
-                ix0, ix1 = max(0, c0_), min(x.width, (ox1 - 1) * sw - pl + (kw - 1) * dw + 1)
-                if iy1 <= iy0 or ix1 <= ix0:
+                wins = [window(oy0, oy1, sh, pt, ky0, ky1, dh, x.height) + window(ox0, ox1, sw, pl, kx0, kx1, dw, x.width)
+                        for ky0, ky1, kx0, kx1 in tgs]
+                if any(iy1 <= iy0 or ix1 <= ix0 for iy0, iy1, _, ix0, ix1, _ in wins):
                     raise unsupported(op.name, op.onnx_op, "output pixels whose window lies entirely in the padding",
                                       "padding smaller than the kernel")
                 th, tw = oy1 - oy0, ox1 - ox0
                 P = th * tw
                 tiles += 1
                 in_addr = None
-                if plan.n_cg == 1 and not sparse:
+                if not own_loads:
+                    iy0, iy1, _, ix0, ix1, _ = wins[0]
                     in_addr = self.in_slots.next()
                     self._box("load", x, iy0, iy1, ix0, ix1, 0, CB, in_addr)
                 for og in range(plan.n_og):
                     ob0, ob1 = og * plan.g, min(OB, (og + 1) * plan.g)
                     gcount = ob1 - ob0
                     acc = self.acc_slots.next()
+                    first = True
                     for cgi in range(plan.n_cg):
                         cb0, cb1 = cgi * plan.cg, min(CB, (cgi + 1) * plan.cg)
                         if sparse:
                             cb0, cb1 = plan.og_ranges[og]
                         ncb = cb1 - cb0
-                        if plan.n_cg > 1 or sparse:
-                            in_addr = self.in_slots.next()
-                            self._box("load", x, iy0, iy1, ix0, ix1, cb0, cb1, in_addr)
-                        wa = w_addr
-                        if sparse and plan.weights_resident:
-                            wa = w_addr + groups[og, 0][2]
-                        elif not plan.weights_resident:
-                            off, words = groups[og, cgi][:2]
-                            wa = self._load_const(Buffer.WGT, off, words)
-                        n_in = (iy1 - iy0) * (ix1 - ix0) * ncb
-                        reads = [(Buffer.ACT, in_addr, in_addr + n_in),
-                                 (Buffer.WGT, wa, wa + gcount * kh * kw * ncb)]
-                        if cgi:
-                            reads.append((Buffer.ACC, acc, acc + gcount * P))
-                        self.s.emit("conv", reads=reads, writes=[(Buffer.ACC, acc, acc + gcount * P)],
-                                    in_addr=in_addr, in_h=iy1 - iy0, in_w=ix1 - ix0, in_cb=ncb, out_h=th, out_w=tw,
-                                    k_h=kh, k_w=kw, stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw,
-                                    pad_t=iy0 - r0, pad_l=ix0 - c0_, pad_value=x.zero_point, w_addr=wa,
-                                    acc_addr=acc, ob_count=gcount, accumulate=int(cgi > 0))
-                        self.macs += P * kh * kw * ncb * gcount * M * N
+                        for tg, (ky0, ky1, kx0, kx1) in enumerate(tgs):
+                            iy0, iy1, pad_t, ix0, ix1, pad_l = wins[tg]
+                            if own_loads:
+                                in_addr = self.in_slots.next()
+                                self._box("load", x, iy0, iy1, ix0, ix1, cb0, cb1, in_addr)
+                            k_h, k_w = ky1 - ky0, kx1 - kx0
+                            wa = w_addr
+                            if sparse and plan.weights_resident:
+                                wa = w_addr + groups[og, 0, tg][2]
+                            elif not plan.weights_resident:
+                                off, words = groups[og, 0 if sparse else cgi, tg][:2]
+                                wa = self._load_const(Buffer.WGT, off, words)
+                            n_in = (iy1 - iy0) * (ix1 - ix0) * ncb
+                            reads = [(Buffer.ACT, in_addr, in_addr + n_in),
+                                     (Buffer.WGT, wa, wa + gcount * k_h * k_w * ncb)]
+                            if not first:
+                                reads.append((Buffer.ACC, acc, acc + gcount * P))
+                            self.s.emit("conv", reads=reads, writes=[(Buffer.ACC, acc, acc + gcount * P)],
+                                        in_addr=in_addr, in_h=iy1 - iy0, in_w=ix1 - ix0, in_cb=ncb, out_h=th,
+                                        out_w=tw, k_h=k_h, k_w=k_w, stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw,
+                                        pad_t=pad_t, pad_l=pad_l, pad_value=x.zero_point, w_addr=wa,
+                                        acc_addr=acc, ob_count=gcount, accumulate=int(not first))
+                            first = False
+                            self.macs += P * k_h * k_w * ncb * gcount * M * N
                     pa = p_base + ob0 if plan.params_resident else self._load_const(
                         Buffer.PARAM, poff + ob0 * c.param_word_bytes, gcount)
                     nwords = P * gcount * wpb
@@ -566,6 +596,9 @@ class EmitInstructions:
         if op.kind == "conv":
             O, I, kh, kw = op.attrs["w"].shape
             macs = O * I * kh * kw * y.height * y.width
+            if plan.tap_groups:
+                kh = max(g1 - g0 for g0, g1, _, _ in plan.tap_groups)
+                kw = max(g1 - g0 for _, _, g0, g1 in plan.tap_groups)
             th, tw = plan.th, plan.tw
             sh, sw = op.attrs["strides"]
             ir = min(x.height, (th - 1) * sh + (kh - 1) * op.attrs["dilations"][0] + 1)

@@ -3,7 +3,7 @@
 ONNX-level (float models, before calibration): :class:`FoldBatchNorm`.
 Integer-graph level, in pipeline order: :class:`FoldPad`, :class:`FuseActivation`,
 :class:`FuseAdd`, :class:`EliminateReshape`, :class:`GemmToConv`,
-:class:`LowerLeftovers` (unfused Add/Clip/requantization as identity
+:class:`LowerLargePool`, :class:`LowerLeftovers` (unfused Add/Clip/requantization as identity
 convolutions), :class:`PlanConcat`, :class:`PadChannels`.
 """
 
@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from .ir import CompileError, Graph, Op, unsupported
 
 __all__ = ["FoldBatchNorm", "FoldPad", "FuseActivation", "FuseAdd", "EliminateReshape", "GemmToConv",
-           "LowerLeftovers", "PlanConcat", "PadChannels", "PIPELINE", "run_passes"]
+           "LowerLargePool", "LowerLeftovers", "PlanConcat", "PadChannels", "PIPELINE", "run_passes"]
 
 
 class FoldBatchNorm:
@@ -210,13 +210,40 @@ class GemmToConv:
             if w.shape[1] != k:
                 raise unsupported(op.name, op.onnx_op, f"weights of shape {list(w.shape)} for an input of "
                                   f"{k} features", "Gemm/MatMul over all features of its input")
-            if x.height > 15 or x.width > 15:
-                raise unsupported(op.name, op.onnx_op, f"a fully connected layer over {x.height}×{x.width} pixels",
-                                  "at most 15×15 pixels before Flatten")
             op.kind = "conv"
             op.attrs.update(w=w.reshape(w.shape[0], x.channels, x.height, x.width), kernel=[x.height, x.width],
                             strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1])
             op.attrs.pop("spatial_input", None)
+        return g
+
+
+class LowerLargePool:
+    """Average pooling with a window beyond the POOL fields (15×15) becomes a diagonal convolution.
+
+    The convolution sums each channel over the window (weights 1 on the diagonal,
+    the kernel split into pieces the back end accumulates) and requantizes with
+    ``s_x / (s_y · window)``: the same integer result as the pooling would give.
+    """
+
+    def __init__(self, limit: int = 15):
+        self.limit = limit
+
+    def __call__(self, g: Graph) -> Graph:
+        for op in g.ops:
+            if op.kind != "pool" or op.attrs["mode"] != "avg":
+                continue
+            kh, kw = op.attrs["kernel"]
+            if kh <= self.limit and kw <= self.limit:
+                continue
+            if any(op.attrs["pads"]):
+                raise unsupported(op.name, op.onnx_op, f"a padded {kh}×{kw} average pool",
+                                  f"windows up to {self.limit}×{self.limit}, or larger ones without padding")
+            c = g.tensors[op.inputs[0]].channels
+            w = np.zeros((c, c, kh, kw), np.int64)
+            w[np.arange(c), np.arange(c)] = 1
+            op.kind = "conv"
+            op.attrs = dict(w=w, w_scale=np.full(c, 1.0 / (kh * kw)), bias=np.zeros(c, np.int64), kernel=[kh, kw],
+                            strides=list(op.attrs["strides"]), pads=[0, 0, 0, 0], dilations=[1, 1])
         return g
 
 
@@ -343,7 +370,7 @@ class PadChannels:
 
 def PIPELINE(config):
     """The integer-graph passes in order."""
-    return [FoldPad(), FuseActivation(), FuseAdd(), EliminateReshape(), GemmToConv(), LowerLeftovers(),
+    return [FoldPad(), FuseActivation(), FuseAdd(), EliminateReshape(), GemmToConv(), LowerLargePool(), LowerLeftovers(),
             PlanConcat(), PadChannels(config)]
 
 

@@ -10,7 +10,7 @@ from tessera.compiler.passes import run_passes
 from tessera.isa import Opcode
 
 from ..conftest import SMALL
-from .netgen import NetBuilder, assert_layer_exact, check_against_ort, quantize
+from .netgen import NetBuilder, assert_layer_exact, assert_network, check_against_ort, quantize
 
 SIM = PRESETS["sim"].replace(dram_bytes=4 << 20)
 #: Buffers so small that tiles split rows, columns, output blocks and input channel blocks,
@@ -167,3 +167,28 @@ def test_diagonal_conv_reads_only_its_blocks(cfg):
     dense = 70 * 70 * 5 * 4
     assert prog.meta["macs"] - rep[0].macs < dense      # far less than a dense 70×70 convolution
     assert_layer_exact(check_against_ort(m, config, n_inputs=2, program=prog))
+
+
+@pytest.mark.parametrize("cfg", ["sim", "tiny"])
+def test_global_average_pool_beyond_pool_window(cfg):
+    # A 20×19 window exceeds POOL's 15×15: it becomes a diagonal convolution whose kernel is split
+    # into pieces accumulated in ACC.
+    from tessera.compiler.driver import compile_model
+    from .test_passes import QDQ
+    q = QDQ((1, 5, 20, 19))
+    y = q.op("GlobalAveragePool", [q.x], "gap", 0.01, 128)
+    m = q.model(y)
+    prog, rep = compile_model(m, CONFIGS[cfg])
+    assert rep[0].op == "GlobalAveragePool→conv" or rep[0].op.startswith("GlobalAveragePool")
+    assert all(i.k_h <= 15 and i.k_w <= 15 for i in prog.instructions if i.op == Opcode.CONV)
+    assert sum(i.op == Opcode.CONV for i in prog.instructions) >= 4
+    assert_layer_exact(check_against_ort(m, CONFIGS[cfg], n_inputs=2, program=prog))
+
+
+@pytest.mark.parametrize("cfg", ["sim", "tiny"])
+def test_fully_connected_over_large_spatial_input(cfg):
+    # Flatten of 17×16 pixels in front of Gemm: a 17×16 kernel, split into CONV-sized pieces.
+    b = NetBuilder((1, 3, 17, 16), seed=8)
+    y = b.conv("x", 6, relu=True)
+    q = quantize(b.model([b.gemm(b.flatten(y), 5)]))
+    assert_network(check_against_ort(q, CONFIGS[cfg], n_inputs=2))

@@ -1,5 +1,7 @@
 """Compiler benchmark: ResNet-50 (224×224) compile time, and emulator vs onnxruntime time per image.
 
+DenseNet-121 is measured the same way on one image (concatenations and pre-activation BatchNorm).
+
 The model is keras.applications ResNet50(weights=None) → tf2onnx (opset 17,
 NCHW input) → onnxruntime quantize_static (QDQ, per-channel int8 weights,
 uint8 activations, random calibration data), built once into ``build/bench/``.
@@ -30,7 +32,7 @@ import numpy as np  # noqa: E402
 BUILD = Path(__file__).resolve().parent.parent / "build" / "bench"
 
 
-def resnet50_float(path: Path) -> Path:
+def keras_float(path: Path, app: str = "ResNet50") -> Path:
     if path.exists():
         return path
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -40,7 +42,7 @@ def resnet50_float(path: Path) -> Path:
     except ImportError:
         sys.exit("bench_compiler: needs tensorflow-cpu and tf2onnx: pip install -e '.[bench]'")
     import onnx
-    model = tf.keras.applications.ResNet50(weights=None)
+    model = getattr(tf.keras.applications, app)(weights=None)
     spec = (tf.TensorSpec((1, 224, 224, 3), tf.float32, name="input"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, inputs_as_nchw=["input"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +50,7 @@ def resnet50_float(path: Path) -> Path:
     return path
 
 
-def resnet50_qdq(fpath: Path, path: Path, calib: int) -> Path:
+def qdq(fpath: Path, path: Path, calib: int) -> Path:
     if path.exists():
         return path
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -82,8 +84,8 @@ def main(argv=None):
 
     cfg = get_config(args.config)
     t0 = time.perf_counter()
-    fpath = resnet50_float(BUILD / "resnet50_float.onnx")
-    qpath = resnet50_qdq(fpath, BUILD / f"resnet50_qdq_c{args.calib}.onnx", args.calib)
+    fpath = keras_float(BUILD / "resnet50_float.onnx")
+    qpath = qdq(fpath, BUILD / f"resnet50_qdq_c{args.calib}.onnx", args.calib)
     build_s = time.perf_counter() - t0
     qmodel = onnx.load(qpath)
 
@@ -126,6 +128,8 @@ def main(argv=None):
     s = np.concatenate([v.reshape(-1) for v in steps])
     ort_ms, emu_ms = 1e3 * np.median(ort_t), 1e3 * np.median(emu_t)
     macs = sum(r.macs for r in reports)
+    from tessera.compiler.estimate import estimate
+    est = estimate(prog)
     cmd = "python benchmarks/bench_compiler.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "## Compiler: ResNet-50 224×224",
@@ -144,6 +148,8 @@ def main(argv=None):
         f"{len(prog.constants)} | |",
         *[f"| compile time for `{n}` (instructions) | {t:.2f} s ({k}) | < 10 s |" for n, (t, k) in others.items()],
         f"| MACs per image | {macs / 1e9:.2f} G | |",
+        f"| coarse timing model (compiler/estimate.py): cycles, MAC array busy, useful MACs of peak | "
+        f"{est.cycles / 1e6:.1f} M, {est.compute_busy:.0%}, {macs / (est.cycles * cfg.macs_per_cycle):.0%} | |",
         f"| onnxruntime per image (median of {args.images}) | {ort_ms:.0f} ms | |",
         f"| emulator per image (median of {args.images}) | {emu_ms:.0f} ms | |",
         f"| emulator / onnxruntime | {emu_ms / ort_ms:.1f}× | ≤ 5× |",
@@ -157,11 +163,51 @@ def main(argv=None):
         f"| same top-1 | {top_same}/{args.images} | all |",
         "",
     ]
+    lines += densenet_rows(cfg, args.calib)
     text = "\n".join(lines)
     print(text)
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
             f.write(text + "\n")
+
+
+def densenet_rows(cfg, calib):
+    """DenseNet-121 (concatenations, pre-activation BatchNorm): compile time and agreement on one image."""
+    import onnx
+    import onnxruntime as ort
+
+    from tessera.compiler.driver import compile_model
+    from tessera.host.runtime import Runtime
+    qpath = qdq(keras_float(BUILD / "densenet121_float.onnx", "DenseNet121"), BUILD / f"densenet121_qdq_c{calib}.onnx",
+                calib)
+    t = time.perf_counter()
+    prog, reports = compile_model(str(qpath), cfg)
+    compile_s = time.perf_counter() - t
+    name = prog.outputs[0].name
+    sess = ort.InferenceSession(_with_output(onnx.load(qpath), name).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).uniform(-120, 150, (1, 3, 224, 224)).astype(np.float32)
+    sess.run([name], {"input": x})
+    t, c = time.perf_counter(), time.process_time()
+    ref = sess.run([name], {"input": x})[0]
+    ort_s, ort_c = time.perf_counter() - t, time.process_time() - c
+    rt = Runtime(prog)
+    t, c = time.perf_counter(), time.process_time()
+    got = rt.run({"input": x})[name]
+    emu_s, emu_c = time.perf_counter() - t, time.process_time() - c
+    s = np.abs(got - ref) / prog.outputs[0].scale
+    return [
+        "DenseNet-121 (keras.applications, same flow; one image):",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| compile time / instructions | {compile_s:.2f} s / {len(prog.instructions)} |",
+        f"| onnxruntime / emulator wall (CPU) | {1e3 * ort_s:.0f} ms ({1e3 * ort_c:.0f}) / {1e3 * emu_s:.0f} ms "
+        f"({1e3 * emu_c:.0f}) |",
+        f"| logits within 1 step / max / same top-1 | {(s <= 1.001).mean():.4%} / {s.max():.1f} / "
+        f"{int(np.argmax(got) == np.argmax(ref))} |",
+        "",
+    ]
 
 
 def _with_output(model, name):

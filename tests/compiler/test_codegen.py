@@ -98,45 +98,16 @@ def test_plans_fit_the_buffers():
             assert p.th * g.tensors[op.output].width * p.cg <= TINY.abuf_words // 8
 
 
-def _makespan(prog):
-    """Finish time of a program on four concurrent units, each instruction costing its data beats or MAC
-    passes, tokens matched in FIFO order (a coarse timing model; queues unbounded)."""
-    from tessera.isa import Unit, mask_units
-    c = prog.config
-    free = {u: 0.0 for u in Unit}
-    fifo = {}
-    serial = 0.0
-    for ins in prog.instructions:
-        if ins.op == Opcode.END:
-            continue
-        u = ins.unit
-        if ins.op in (Opcode.LOAD, Opcode.STORE):
-            cost = ins.rows * ins.cols * c.word_bytes(ins.buf) / c.bus_bytes
-        elif ins.op == Opcode.CONV:
-            cost = ins.out_h * ins.out_w * ins.k_h * ins.k_w * ins.in_cb * ins.ob_count
-        elif ins.op == Opcode.EPILOGUE:
-            cost = ins.pixels * ins.ob_count
-        else:
-            cost = 1.0
-        start = free[u]
-        for src in mask_units(ins.wait):
-            start = max(start, fifo[(src, u)].pop(0))
-        free[u] = start + cost
-        serial += cost
-        for dst in mask_units(ins.signal):
-            fifo.setdefault((u, dst), []).append(free[u])
-    return max(free.values()), serial
-
-
 def test_program_overlaps_load_with_compute():
     # Double buffering: DMA of the next tile runs while the current tile computes, so the program
     # finishes well before the sum of its instruction times.
     from tessera.compiler.driver import compile_model
     q = quantize(_conv_model((1, 16, 40, 24), 32, k=3))
+    from tessera.compiler.estimate import estimate
     prog, _ = compile_model(q, TINY)
-    span, serial = _makespan(prog)
+    est = estimate(prog)
     assert sum(i.op == Opcode.CONV for i in prog.instructions) > 4
-    assert span < 0.75 * serial
+    assert est.cycles < 0.75 * est.serial
     assert_layer_exact(check_against_ort(q, TINY, n_inputs=1, program=prog))
 
 

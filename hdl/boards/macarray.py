@@ -86,6 +86,8 @@ class MacArrayDemo(wiring.Component):
         How many of the ``rows * lanes`` products use a hard multiplier (the first ones, row-major).
     soft : str
         Soft-multiplier kind for the others (see :data:`SOFT_KINDS`).
+    rows_per_group : int
+        Rows sharing one activation delay line (bounds the fan-out of each activation bit).
 
     Attributes
     ----------
@@ -95,7 +97,7 @@ class MacArrayDemo(wiring.Component):
 
     led: Out(1)
 
-    def __init__(self, rows, lanes, *, dsp=None, dsp_products=0, soft="generic"):
+    def __init__(self, rows, lanes, *, dsp=None, dsp_products=0, soft="generic", rows_per_group=4):
         self._MustUse__silence = True  # a rejected instance is not an unused design
         if rows < 1 or lanes < 1 or lanes & (lanes - 1):
             raise ValueError(f"rows={rows}, lanes={lanes}: need rows >= 1 and lanes a power of two")
@@ -109,9 +111,15 @@ class MacArrayDemo(wiring.Component):
         self._MustUse__silence = False
         super().__init__()
         # Internal registers, kept as attributes so a testbench can check the arithmetic.
-        self.acts = [Signal(signed(8), name=f"act{i}") for i in range(lanes)]
+        self.rows_per_group = rows_per_group
+        self.act_groups = [[Signal(signed(8), name=f"act{g}_{i}") for i in range(lanes)]
+                           for g in range(-(-rows // rows_per_group))]
         self.weights = [[Signal(unsigned(8), name=f"wu{r}_{i}") for i in range(lanes)] for r in range(rows)]
         self.accs = [Signal(signed(32), name=f"acc{r}") for r in range(rows)]
+
+    def acts_of_row(self, r):
+        """The activation registers row ``r`` multiplies with."""
+        return self.act_groups[r // self.rows_per_group]
 
     @property
     def macs_per_cycle(self):
@@ -125,38 +133,51 @@ class MacArrayDemo(wiring.Component):
             feedback = feedback ^ lfsr[t]
         m.d.sync += lfsr.eq((lfsr << 1) | feedback)
 
-        # Activations: a delay line one byte per lane, refilled from the LFSR every cycle.
-        acts = self.acts
-        m.d.sync += acts[0].eq(lfsr[:8])
-        for i in range(1, self.lanes):
-            m.d.sync += acts[i].eq(acts[i - 1])
+        # Activations: per group of rows a delay line one byte per lane, refilled every cycle from
+        # its own LFSR bits. One line for all rows would fan every activation bit out to hundreds of
+        # carry-chain inputs (the slowest nets after placement); groups fed the same bits would be
+        # merged back into one by yosys.
+        for g, acts in enumerate(self.act_groups):
+            m.d.sync += acts[0].eq(lfsr.rotate_left(3 * g)[:8])
+            for i in range(1, self.lanes):
+                m.d.sync += acts[i].eq(acts[i - 1])
 
-        # Weights (offset binary): one shift chain through all rows, advancing when LFSR bit 31 is set.
+        # Weights (offset binary): one shift chain through all rows. The shift enable comes from LFSR
+        # bit 31 through a chain of per-row registers, so no net drives every weight register.
         weights = self.weights
-        chain = [w for row in weights for w in row]
-        with m.If(lfsr[31]):
-            m.d.sync += chain[0].eq(lfsr[8:16])
-            for i in range(1, len(chain)):
-                m.d.sync += chain[i].eq(chain[i - 1])
+        enables = [Signal(name=f"wshift{r}") for r in range(self.rows)]
+        m.d.sync += enables[0].eq(lfsr[31])
+        for r in range(1, self.rows):
+            m.d.sync += enables[r].eq(enables[r - 1])
+        for r in range(self.rows):
+            with m.If(enables[r]):
+                src = lfsr[8:16] if r == 0 else weights[r - 1][-1]
+                m.d.sync += weights[r][0].eq(src)
+                for i in range(1, self.lanes):
+                    m.d.sync += weights[r][i].eq(weights[r][i - 1])
 
-        # The offset-binary correction, shared by all rows, delayed like a product.
-        asum, _ = _pipelined_sum(m, list(acts), "asum")
-        for k in range(LATENCY):
-            d = Signal.like(asum, name=f"asum_d{k}")
-            m.d.sync += d.eq(asum)
-            asum = d
+        # The offset-binary correction, shared by the rows of a group, delayed like a product.
+        asums = []
+        for g, acts in enumerate(self.act_groups):
+            asum, _ = _pipelined_sum(m, list(acts), f"asum{g}")
+            for k in range(LATENCY):
+                d = Signal.like(asum, name=f"asum{g}_d{k}")
+                m.d.sync += d.eq(asum)
+                asum = d
+            asums.append(asum)
 
         acc_bits = []
         for r in range(self.rows):
             prods = []
             for i in range(self.lanes):
                 k = r * self.lanes + i
-                prods.append(product(m, acts[i], weights[r][i], dsp=self.dsp if k < self.dsp_products else None,
+                prods.append(product(m, self.acts_of_row(r)[i], weights[r][i],
+                                     dsp=self.dsp if k < self.dsp_products else None,
                                      soft=self.soft, name=f"mul{r}_{i}"))
             dot, _ = _pipelined_sum(m, prods, f"row{r}")
             # Registered apart from the accumulation: a three-input sum would lose its carry chains.
             true_dot = Signal(signed(len(dot) + 9), name=f"row{r}_dot")
-            m.d.sync += true_dot.eq(dot - (asum << 7))
+            m.d.sync += true_dot.eq(dot - (asums[r // self.rows_per_group] << 7))
             acc = self.accs[r]
             m.d.sync += acc.eq(acc + true_dot)
             acc_bits.extend(acc[b] for b in range(32))

@@ -97,21 +97,21 @@ def test_macarray_rejects_bad_parameters(kwargs, match):
 def test_macarray_accumulates_true_int8_dot_products(kwargs):
     # Offset-binary weights with the shared correction must give sum(a * (wu - 128)) per row,
     # with hard and soft products mixed in one row; the LED must keep changing.
-    core = MacArrayDemo(2, 4, **kwargs)
+    core = MacArrayDemo(3, 4, rows_per_group=2, **kwargs)
     sim = Simulator(core)
     sim.add_clock(1e-6)
     trace = []
 
     async def bench(ctx):
         for _ in range(80):
-            acts = [ctx.get(a) for a in core.acts]
+            acts = [[ctx.get(a) for a in core.acts_of_row(r)] for r in range(core.rows)]
             wts = [[ctx.get(w) - 128 for w in row] for row in core.weights]
             trace.append((acts, wts, [ctx.get(acc) for acc in core.accs], ctx.get(core.led)))
             await ctx.tick()
 
     sim.add_testbench(bench)
     sim.run()
-    dots = [[int(np.dot(a, w)) for w in wts] for a, wts, _, _ in trace]
+    dots = [[int(np.dot(a, w)) for a, w in zip(acts, wts)] for acts, wts, _, _ in trace]
     deltas = [[(cur - prev) for cur, prev in zip(trace[t][2], trace[t - 1][2])] for t in range(1, len(trace))]
     # Some fixed pipeline depth L maps the operands at cycle t onto the accumulator step at t + L.
     fits = [lat for lat in range(1, 15)
@@ -120,7 +120,8 @@ def test_macarray_accumulates_true_int8_dot_products(kwargs):
     assert any(any(d) for d in dots[10:]), "the stimulus is all zero"
     leds = [led for *_, led in trace[30:]]
     assert 0 in leds and 1 in leds
-    assert core.macs_per_cycle == 8
+    assert core.macs_per_cycle == 12
+    assert core.acts_of_row(0) is core.acts_of_row(1) and core.acts_of_row(2) is not core.acts_of_row(0)
 
 
 def test_ecp5_pll_hits_100mhz_from_25mhz_within_vco_limits():

@@ -27,7 +27,7 @@ from pathlib import Path
 # synchronization to those (16× slower per GEMM on this 2-core machine under load). Set before numpy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 BUILD = Path(__file__).resolve().parent.parent / "build" / "bench"
 
@@ -53,7 +53,12 @@ def keras_float(path: Path, app: str = "ResNet50") -> Path:
 def qdq(fpath: Path, path: Path, calib: int) -> Path:
     if path.exists():
         return path
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     rng = np.random.default_rng(0)
     # Caffe-style preprocessed images span roughly ±128 per channel.
     data = iter([{"input": rng.uniform(-120, 150, (1, 3, 224, 224)).astype(np.float32)} for _ in range(calib)])
@@ -77,10 +82,10 @@ def main(argv=None):
 
     import onnx
     import onnxruntime as ort
-
-    from tessera.arch import get_config
     from tessera.compiler.driver import compile_model
     from tessera.host.runtime import Runtime
+
+    from tessera.arch import get_config
 
     cfg = get_config(args.config)
     t0 = time.perf_counter()
@@ -175,13 +180,12 @@ def densenet_rows(cfg, calib):
     """DenseNet-121 (concatenations, pre-activation BatchNorm): compile time and agreement on one image."""
     import onnx
     import onnxruntime as ort
-
     from tessera.compiler.driver import compile_model
     from tessera.host.runtime import Runtime
     qpath = qdq(keras_float(BUILD / "densenet121_float.onnx", "DenseNet121"), BUILD / f"densenet121_qdq_c{calib}.onnx",
                 calib)
     t = time.perf_counter()
-    prog, reports = compile_model(str(qpath), cfg)
+    prog, _ = compile_model(str(qpath), cfg)
     compile_s = time.perf_counter() - t
     name = prog.outputs[0].name
     sess = ort.InferenceSession(_with_output(onnx.load(qpath), name).SerializeToString(),

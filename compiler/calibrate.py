@@ -22,7 +22,7 @@ import onnx
 
 from .ir import CompileError
 
-__all__ = ["quantize_float_model", "calibration_samples"]
+__all__ = ["calibration_samples", "quantize_float_model"]
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -61,6 +61,7 @@ def calibration_samples(model, source) -> list[dict]:
             elif ext in _IMAGE_EXT:
                 if pre is None:
                     from tessera.host.preprocess import Preprocess
+
                     from tessera.program import TensorInfo
                     layout = "NCHW" if shape[1] == 3 else "NHWC"
                     hh, ww = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
@@ -74,7 +75,7 @@ def calibration_samples(model, source) -> list[dict]:
         try:
             with np.load(src) as f:
                 data = {k: f[k] for k in f.files}
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise CompileError(f"--calibrate {src}: not a readable .npz file ({e})") from None
         missing = [n for n, _ in specs if n not in data]
         if missing:
@@ -97,7 +98,12 @@ def calibration_samples(model, source) -> list[dict]:
 
 def quantize_float_model(model: onnx.ModelProto, source) -> onnx.ModelProto:
     """Calibrate ``model`` on ``source`` and return the QDQ-quantized model."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     samples = calibration_samples(model, source)
 
     class Reader(CalibrationDataReader):
@@ -113,6 +119,6 @@ def quantize_float_model(model: onnx.ModelProto, source) -> onnx.ModelProto:
         try:
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-        except Exception as e:  # noqa: BLE001 - onnxruntime reports bad models with many types
+        except Exception as e:
             raise CompileError(f"calibration failed in onnxruntime.quantization: {type(e).__name__}: {e}") from None
         return onnx.load(dst)

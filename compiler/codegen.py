@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tessera.isa import Buffer, FORMATS, Opcode
+from tessera.isa import FORMATS, Buffer, Opcode
 from tessera.numerics import pack_weights, quantize_multiplier, weight_range
 from tessera.program import Program, TensorInfo
 
@@ -29,7 +29,7 @@ from .ir import CompileError, Graph, unsupported
 from .memory import allocate
 from .schedule import DRAM, Scheduler
 
-__all__ = ["TileForBuffers", "EmitInstructions", "LayerReport", "ConvPlan", "PoolPlan"]
+__all__ = ["ConvPlan", "EmitInstructions", "LayerReport", "PoolPlan", "TileForBuffers"]
 
 CONST_ALIGN = 256
 TENSOR_ALIGN = 256
@@ -265,7 +265,7 @@ class EmitInstructions:
     """Allocate external memory, pack constants, emit the scheduled instruction stream."""
 
     def __init__(self, config, plans: dict):
-        self.config = c = config
+        self.config = config
         self.plans = plans
         t = TileForBuffers(config)
         self.in_slots = _Slots(0, t.in_slot)
@@ -289,7 +289,7 @@ class EmitInstructions:
         a = op.attrs
         x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
         w = a["w"]
-        O, I, kh, kw = w.shape
+        O, _, kh, kw = w.shape
         lo, hi = weight_range(c.weight_bits)
         if w.min(initial=0) < lo or w.max(initial=0) > hi:
             raise unsupported(op.name, op.onnx_op, f"weights outside {lo}..{hi} (after removing the zero point)",
@@ -361,8 +361,8 @@ class EmitInstructions:
             ba = buf_addr + k * nx * nw
             span = (ba, ba + rows * cols if bstride == 0 else ba + (rows - 1) * bstride + cols)
             dspan = (DRAM, addr, addr + (rows - 1) * dstride + cols * N)
-            f = dict(buf=buf, dram_addr=addr, dram_stride=dstride, buf_addr=ba, buf_stride=bstride,
-                     rows=rows, cols=cols)
+            f = {"buf": buf, "dram_addr": addr, "dram_stride": dstride, "buf_addr": ba, "buf_stride": bstride,
+                     "rows": rows, "cols": cols}
             if op == "load":
                 self.s.emit("load", reads=[dspan], writes=[(Buffer.ACT, *span)], **f)
             else:
@@ -396,11 +396,11 @@ class EmitInstructions:
         out_min = max(-128, y.quantize_real(lo)) if lo > -math.inf else -128
         out_max = min(127, y.quantize_real(hi)) if hi < math.inf else 127
         res = a.get("residual")
-        epi = dict(zp_out=y.zero_point, out_min=out_min, out_max=out_max)
+        epi = {"zp_out": y.zero_point, "out_min": out_min, "out_max": out_max}
         if res is not None:
             r = g.tensors[res["tensor"]]
             ra, rb = _f32_ratio(res["mid_scale"], 1.0, y.scale), _f32_ratio(r.scale, 1.0, y.scale)
-            m, s = quantize_multiplier(max(ra, rb))
+            _, s = quantize_multiplier(max(ra, rb))
             s = min(s, _fmax(Opcode.EPILOGUE, "res_shift"))
             ma, mb = round(ra * 2.0 ** s), round(rb * 2.0 ** s)
             if max(ma, mb) > _fmax(Opcode.EPILOGUE, "res_mult_a"):
@@ -484,7 +484,7 @@ class EmitInstructions:
                         ra_ = self.res_slots.next()
                         self._box("load", r, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, ra_)
                         reads.append((Buffer.ACT, ra_, ra_ + nwords))
-                        extra = dict(res_addr=ra_, res_stride=gcount * wpb)
+                        extra = {"res_addr": ra_, "res_stride": gcount * wpb}
                     oa = self.out_slots.next()
                     self.s.emit("epilogue", reads=reads, writes=[(Buffer.ACT, oa, oa + nwords)], acc_addr=acc,
                                 pixels=P, ob_count=gcount, param_addr=pa, out_addr=oa, out_stride=gcount * wpb,
@@ -502,7 +502,7 @@ class EmitInstructions:
         pt, pl = a["pads"][0], a["pads"][1]
         cbw = x.cpad // N
         OH, OW = y.height, y.width
-        f = dict(k_h=kh, k_w=kw, stride_h=sh, stride_w=sw, pad_l=pl)
+        f = {"k_h": kh, "k_w": kw, "stride_h": sh, "stride_w": sw, "pad_l": pl}
         if a["mode"] == "avg":
             mult, shift = quantize_multiplier(x.scale / (y.scale * kh * kw))
             f.update(mode="avg", zp_in=x.zero_point, zp_out=y.zero_point, mult=mult, shift=shift)
@@ -603,14 +603,14 @@ class EmitInstructions:
             sh, sw = op.attrs["strides"]
             ir = min(x.height, (th - 1) * sh + (kh - 1) * op.attrs["dilations"][0] + 1)
             ic = min(x.width, (tw - 1) * sw + (kw - 1) * op.attrs["dilations"][1] + 1)
-            buffers = dict(act_in=ir * ic * plan.cg, act_out=th * tw * plan.g * c.words_per_block,
-                           wgt=plan.g * kh * kw * plan.cg, acc=th * tw * plan.g,
-                           param=(y.cpad // c.rows) if plan.params_resident else plan.g)
+            buffers = {"act_in": ir * ic * plan.cg, "act_out": th * tw * plan.g * c.words_per_block,
+                           "wgt": plan.g * kh * kw * plan.cg, "acc": th * tw * plan.g,
+                           "param": (y.cpad // c.rows) if plan.params_resident else plan.g}
         else:
             kh, kw = op.attrs["kernel"]
             macs = y.channels * y.height * y.width * kh * kw
             ir = min(x.height, (plan.th - 1) * op.attrs["strides"][0] + kh)
-            buffers = dict(act_in=ir * x.width * plan.cg, act_out=plan.th * y.width * plan.cg)
+            buffers = {"act_in": ir * x.width * plan.cg, "act_out": plan.th * y.width * plan.cg}
         return LayerReport(op.name, op.onnx_op if op.kind != "conv" or op.onnx_op in ("Conv", "QLinearConv")
                            else f"{op.onnx_op}→conv", [int(d) for d in x.shape], [int(d) for d in y.shape],
                            int(macs), n_instr, tiles, buffers)

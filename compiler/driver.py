@@ -16,9 +16,9 @@ from .estimate import estimate
 from .frontend import load_onnx, lower
 from .ir import CompileError
 from .passes import FoldBatchNorm, run_passes
-from .tfimport import is_tf_model, tf_to_onnx
+from .tf_frontend import is_tf_model, tf_to_onnx
 
-__all__ = ["compile_model", "compile_command", "is_quantized", "format_report"]
+__all__ = ["compile_command", "compile_model", "format_report", "is_quantized"]
 
 _QOPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
 

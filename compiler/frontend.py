@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from .ir import CompileError, Graph, Op, QTensor, unsupported
 
-__all__ = ["load_onnx", "lower", "SUPPORTED_OPS"]
+__all__ = ["SUPPORTED_OPS", "load_onnx", "lower"]
 
 SUPPORTED_OPS = ("QuantizeLinear, DequantizeLinear, Conv, Gemm, MatMul, Add, Relu, Clip, MaxPool, "
                  "AveragePool, GlobalAveragePool, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Pad, "
@@ -39,14 +39,14 @@ def load_onnx(path_or_model) -> onnx.ModelProto:
             raise CompileError(f"{src}: no such file")
         try:
             model = onnx.load(src)
-        except Exception as e:  # noqa: BLE001 - protobuf raises several types for garbage
+        except Exception as e:
             raise CompileError(f"{src}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset < 10:
         raise CompileError(f"{src}: opset {opset} is not supported; supported: opset 10 or newer (13+ tested)")
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CompileError(f"{src}: shape inference failed: {e}") from None
     return model
 
@@ -325,7 +325,7 @@ class _Lowering:
                 pads[i], pads[2 + i] = lo, total - lo
         else:
             raise unsupported(n.name, n.op_type, f"auto_pad={auto}", "NOTSET, VALID, SAME_UPPER, SAME_LOWER")
-        return dict(kernel=k, strides=strides, pads=pads, dilations=dil)
+        return {"kernel": k, "strides": strides, "pads": pads, "dilations": dil}
 
     def op_Conv(self, n, a):
         x = self.int_in(n.input[0], n)
@@ -340,7 +340,7 @@ class _Lowering:
         if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
             raise unsupported(n.name, n.op_type, "transA=1 or alpha/beta other than 1",
                               "Gemm with transA=0, alpha=1, beta=1")
-        return dict(w=w, w_scale=sw, bias=b)
+        return {"w": w, "w_scale": sw, "bias": b}
 
     def op_Gemm(self, n, a):
         x = self.int_in(n.input[0], n)
@@ -352,7 +352,7 @@ class _Lowering:
         x = self.int_in(n.input[0], n)
         w, sw = self.weights(n, n.input[1], transpose=True)
         b = np.zeros(w.shape[0], np.int64)
-        self.add_op("gemm", n, [x], dict(w=w, w_scale=sw, bias=b), out_float=n.output[0])
+        self.add_op("gemm", n, [x], {"w": w, "w_scale": sw, "bias": b}, out_float=n.output[0])
 
     def op_Add(self, n, a):
         ins = list(n.input)
@@ -404,7 +404,7 @@ class _Lowering:
 
     def _pool_attrs(self, n, a, shape):
         if n.op_type.startswith("Global") or n.op_type == "QLinearGlobalAveragePool":
-            return dict(mode="avg", kernel=list(shape[2:]), strides=[1, 1], pads=[0, 0, 0, 0])
+            return {"mode": "avg", "kernel": list(shape[2:]), "strides": [1, 1], "pads": [0, 0, 0, 0]}
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto not in ("NOTSET", "VALID"):
@@ -420,7 +420,7 @@ class _Lowering:
         if mode == "avg":
             out = self.shapes.get(n.output[0])
             if not out or None in out:
-                out = _out_shape("pool", shape, dict(kernel=k, strides=strides, pads=pads))
+                out = _out_shape("pool", shape, {"kernel": k, "strides": strides, "pads": pads})
             partial = any((out[2 + i] - 1) * strides[i] + k[i] > shape[2 + i] + pads[i] + pads[2 + i] for i in range(2))
             if partial:
                 raise unsupported(n.name, n.op_type, "ceil_mode windows that run past the padding",
@@ -430,7 +430,7 @@ class _Lowering:
                                   "average pooling without padding, or with count_include_pad=1")
         if len(n.output) > 1 and n.output[1]:
             raise unsupported(n.name, n.op_type, "the Indices output", "MaxPool with one output")
-        return dict(mode=mode, kernel=k, strides=strides, pads=pads)
+        return {"mode": mode, "kernel": k, "strides": strides, "pads": pads}
 
     def op_MaxPool(self, n, a):
         x = n.input[0]
@@ -618,9 +618,9 @@ class _Lowering:
         c = t.channels
         sign = np.where(k < 0, -1, np.where(k == 0, 0, 1))
         sw = np.where(k == 0, 1.0, np.abs(k))
-        attrs = dict(w=np.diag(sign).astype(np.int64).reshape(c, c, 1, 1), w_scale=sw,
-                     bias=np.rint(b / (t.scale * sw)).astype(np.int64), kernel=[1, 1], strides=[1, 1],
-                     pads=[0, 0, 0, 0], dilations=[1, 1])
+        attrs = {"w": np.diag(sign).astype(np.int64).reshape(c, c, 1, 1), "w_scale": sw,
+                     "bias": np.rint(b / (t.scale * sw)).astype(np.int64), "kernel": [1, 1], "strides": [1, 1],
+                     "pads": [0, 0, 0, 0], "dilations": [1, 1]}
         self.add_op("conv", n, [xi], attrs, out_float=n.output[0])
 
     def op_Mul(self, n, a):
@@ -650,7 +650,7 @@ class _Lowering:
         x = self.q_in(n.input[0], n)
         w, sw = self._wq(n, self.const(n.input[3], n, "weights"), self.consts[n.input[4]],
                          self.const(n.input[5], n, "weight zero point"), 1, True)
-        attrs = dict(w=w, w_scale=sw, bias=np.zeros(w.shape[0], np.int64))
+        attrs = {"w": w, "w_scale": sw, "bias": np.zeros(w.shape[0], np.int64)}
         self.add_op("gemm", n, [x], attrs, out_int=n.output[0], params=self._qparams(n, 6, 7))
         self.imap[n.output[0]] = n.output[0]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from tessera.errors import UserError
 
-__all__ = ["QTensor", "Op", "Graph", "CompileError", "unsupported"]
+__all__ = ["CompileError", "Graph", "Op", "QTensor", "unsupported"]
 
 
 class CompileError(UserError, ValueError):

@@ -15,8 +15,20 @@ from onnx import numpy_helper
 
 from .ir import CompileError, Graph, Op, unsupported
 
-__all__ = ["FoldBatchNorm", "FoldPad", "FuseActivation", "FuseAdd", "EliminateReshape", "GemmToConv",
-           "LowerLargePool", "LowerLeftovers", "PlanConcat", "PadChannels", "PIPELINE", "run_passes"]
+__all__ = [
+    "PIPELINE",
+    "EliminateReshape",
+    "FoldBatchNorm",
+    "FoldPad",
+    "FuseActivation",
+    "FuseAdd",
+    "GemmToConv",
+    "LowerLargePool",
+    "LowerLeftovers",
+    "PadChannels",
+    "PlanConcat",
+    "run_passes",
+]
 
 
 class FoldBatchNorm:
@@ -135,7 +147,7 @@ class FuseAdd:
                 if (lo[0] > -float("inf") and mid.quantize_real(lo[0]) > -128) or \
                         (lo[1] < float("inf") and mid.quantize_real(lo[1]) < 127):
                     continue      # a clamp on the middle value has no place in the epilogue
-                conv.attrs["residual"] = dict(tensor=other, mid_scale=mid.scale, mid_zp=mid.zero_point)
+                conv.attrs["residual"] = {"tensor": other, "mid_scale": mid.scale, "mid_zp": mid.zero_point}
                 conv.attrs["clamp"] = op.attrs.get("clamp", (-float("inf"), float("inf")))
                 conv.inputs.append(other)
                 conv.output = op.output
@@ -242,8 +254,8 @@ class LowerLargePool:
             w = np.zeros((c, c, kh, kw), np.int64)
             w[np.arange(c), np.arange(c)] = 1
             op.kind = "conv"
-            op.attrs = dict(w=w, w_scale=np.full(c, 1.0 / (kh * kw)), bias=np.zeros(c, np.int64), kernel=[kh, kw],
-                            strides=list(op.attrs["strides"]), pads=[0, 0, 0, 0], dilations=[1, 1])
+            op.attrs = {"w": w, "w_scale": np.full(c, 1.0 / (kh * kw)), "bias": np.zeros(c, np.int64), "kernel": [kh, kw],
+                            "strides": list(op.attrs["strides"]), "pads": [0, 0, 0, 0], "dilations": [1, 1]}
         return g
 
 
@@ -261,20 +273,20 @@ class LowerLeftovers:
                 continue
             x = g.tensors[op.inputs[0]]
             c = x.channels
-            attrs = dict(w=np.eye(c, dtype=np.int64).reshape(c, c, 1, 1), w_scale=np.ones(c),
-                         bias=np.zeros(c, np.int64), kernel=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0],
-                         dilations=[1, 1], clamp=op.attrs.get("clamp", (-float("inf"), float("inf"))))
+            attrs = {"w": np.eye(c, dtype=np.int64).reshape(c, c, 1, 1), "w_scale": np.ones(c),
+                         "bias": np.zeros(c, np.int64), "kernel": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0],
+                         "dilations": [1, 1], "clamp": op.attrs.get("clamp", (-float("inf"), float("inf")))}
             if op.kind == "add":
                 # The identity convolution reproduces input 0 exactly in its own parameters.
-                attrs["residual"] = dict(tensor=op.inputs[1], mid_scale=x.scale, mid_zp=x.zero_point)
+                attrs["residual"] = {"tensor": op.inputs[1], "mid_scale": x.scale, "mid_zp": x.zero_point}
             op.kind = "conv"
             op.attrs = attrs
         return g
 
 
 def _identity_attrs(c, clamp=(-float("inf"), float("inf"))):
-    return dict(w=np.eye(c, dtype=np.int64).reshape(c, c, 1, 1), w_scale=np.ones(c), bias=np.zeros(c, np.int64),
-                kernel=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], clamp=clamp)
+    return {"w": np.eye(c, dtype=np.int64).reshape(c, c, 1, 1), "w_scale": np.ones(c), "bias": np.zeros(c, np.int64),
+                "kernel": [1, 1], "strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "clamp": clamp}
 
 
 class PlanConcat:

@@ -23,7 +23,7 @@ from tessera.isa import Buffer, Instruction, Unit
 
 from .ir import CompileError
 
-__all__ = ["Scheduler", "DRAM"]
+__all__ = ["DRAM", "Scheduler"]
 
 DRAM = "DRAM"
 _NU = len(Unit)

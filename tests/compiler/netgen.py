@@ -17,7 +17,6 @@ import onnxruntime as ort
 from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
-
 from tessera.compiler.driver import compile_model
 from tessera.host.runtime import Runtime
 
@@ -183,8 +182,12 @@ def densenet(in_shape=(1, 3, 12, 10), growth=6, layers=3, blocks=2, classes=10, 
 def quantize(model: onnx.ModelProto, *, fmt="QDQ", act="uint8", per_channel=True, calib=8, seed=1,
              in_scale=1.0) -> onnx.ModelProto:
     """Quantize a float model with onnxruntime's quantize_static on random calibration data."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from tessera.compiler.passes import FoldBatchNorm
     model = FoldBatchNorm()(onnx.ModelProto.FromString(model.SerializeToString()))
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -235,7 +238,7 @@ def check_against_ort(qmodel, config, n_inputs=3, seed=5, in_scale=1.0, program=
         for t in prog.outputs:
             if t.name in ref:
                 steps = np.abs(got[t.name].astype(np.float64) - ref[t.name]) / t.scale
-                results.append(dict(name=t.name, steps=steps, got=got[t.name], ref=ref[t.name]))
+                results.append({"name": t.name, "steps": steps, "got": got[t.name], "ref": ref[t.name]})
     return results
 
 

@@ -2,15 +2,21 @@
 
 import numpy as np
 import pytest
-
-from tessera.arch import PRESETS, NpuConfig
 from tessera.compiler.codegen import TileForBuffers
 from tessera.compiler.frontend import load_onnx, lower
 from tessera.compiler.passes import run_passes
+
+from tessera.arch import PRESETS, NpuConfig
 from tessera.isa import Opcode
 
 from ..conftest import SMALL
-from .netgen import NetBuilder, assert_layer_exact, assert_network, check_against_ort, quantize
+from .netgen import (
+    NetBuilder,
+    assert_layer_exact,
+    assert_network,
+    check_against_ort,
+    quantize,
+)
 
 SIM = PRESETS["sim"].replace(dram_bytes=4 << 20)
 #: Buffers so small that tiles split rows, columns, output blocks and input channel blocks,
@@ -26,14 +32,14 @@ def _conv_model(in_shape, cout, seed=0, **kw):
 
 
 CONV_CASES = {
-    "3x3": dict(in_shape=(1, 3, 9, 7), cout=5, k=3),
-    "1x1-wide-channels": dict(in_shape=(1, 37, 5, 6), cout=21, k=1),
-    "3x3-stride2": dict(in_shape=(1, 19, 11, 8), cout=33, k=3, stride=2),
-    "7x7-stride2-pad3": dict(in_shape=(1, 3, 15, 13), cout=8, k=7, stride=2),
-    "5x3-asym": dict(in_shape=(1, 6, 8, 10), cout=7, k=(5, 3)),
-    "dilated": dict(in_shape=(1, 4, 10, 9), cout=6, k=3, dil=2),
-    "3x3-deep": dict(in_shape=(1, 70, 6, 5), cout=40, k=3),
-    "no-pad": dict(in_shape=(1, 10, 7, 7), cout=9, k=3, pad=(0, 0), bias=False),
+    "3x3": {"in_shape": (1, 3, 9, 7), "cout": 5, "k": 3},
+    "1x1-wide-channels": {"in_shape": (1, 37, 5, 6), "cout": 21, "k": 1},
+    "3x3-stride2": {"in_shape": (1, 19, 11, 8), "cout": 33, "k": 3, "stride": 2},
+    "7x7-stride2-pad3": {"in_shape": (1, 3, 15, 13), "cout": 8, "k": 7, "stride": 2},
+    "5x3-asym": {"in_shape": (1, 6, 8, 10), "cout": 7, "k": (5, 3)},
+    "dilated": {"in_shape": (1, 4, 10, 9), "cout": 6, "k": 3, "dil": 2},
+    "3x3-deep": {"in_shape": (1, 70, 6, 5), "cout": 40, "k": 3},
+    "no-pad": {"in_shape": (1, 10, 7, 7), "cout": 9, "k": 3, "pad": (0, 0), "bias": False},
 }
 
 
@@ -125,6 +131,7 @@ def test_diagonal_conv_reads_only_its_blocks(cfg):
     # A per-channel scale on a pooled 70-channel tensor is a diagonal 1×1 convolution: each ob group
     # loads and multiplies only the input words of its own channels.
     from tessera.compiler.driver import compile_model
+
     from .test_passes import QDQ
     q = QDQ((1, 70, 6, 5))
     p = q.op("MaxPool", [q.x], "p", kernel_shape=[2, 2], strides=[1, 1])
@@ -145,6 +152,7 @@ def test_global_average_pool_beyond_pool_window(cfg):
     # A 20×19 window exceeds POOL's 15×15: it becomes a diagonal convolution whose kernel is split
     # into pieces accumulated in ACC.
     from tessera.compiler.driver import compile_model
+
     from .test_passes import QDQ
     q = QDQ((1, 5, 20, 19))
     y = q.op("GlobalAveragePool", [q.x], "gap", 0.01, 128)

@@ -8,14 +8,21 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper as h
-
-from tessera.arch import PRESETS
-from tessera.cli import main
 from tessera.compiler.calibrate import quantize_float_model
 from tessera.compiler.driver import compile_model
 from tessera.compiler.passes import FoldBatchNorm
 
-from .netgen import NetBuilder, assert_network, check_against_ort, ort_run, quantize, resnet
+from tessera.arch import PRESETS
+from tessera.cli import main
+
+from .netgen import (
+    NetBuilder,
+    assert_network,
+    check_against_ort,
+    ort_run,
+    quantize,
+    resnet,
+)
 
 SIM = PRESETS["sim"]
 

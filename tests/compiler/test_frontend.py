@@ -5,7 +5,6 @@ import onnx
 import pytest
 from onnx import TensorProto as TP
 from onnx import helper as h
-
 from tessera.compiler.frontend import load_onnx, lower
 from tessera.compiler.ir import CompileError
 

@@ -16,13 +16,13 @@ SIM = PRESETS["sim"].replace(dram_bytes=8 << 20)
 
 NETS = {
     # name: (resnet kwargs, config)
-    "basic-2stage-nonsquare": (dict(in_shape=(1, 3, 13, 11), widths=(20, 36), blocks=1), SIM),
-    "basic-3stage-deeper": (dict(in_shape=(1, 3, 16, 12), widths=(12, 24, 40), blocks=2), SIM),
-    "bottleneck-odd": (dict(in_shape=(1, 3, 15, 9), widths=(24, 52), blocks=2, bottleneck=True), SIM),
-    "bottleneck-small-config": (dict(in_shape=(1, 3, 11, 14), widths=(24, 44), blocks=1, bottleneck=True), SMALL),
-    "basic-tiny-config": (dict(in_shape=(1, 3, 17, 13), widths=(20, 36), blocks=2), TINY),
-    "ulx3s": (dict(in_shape=(1, 3, 12, 10), widths=(20, 40), blocks=1, bottleneck=True), PRESETS["ulx3s-85f"]),
-    "no-stem-pool-7classes": (dict(in_shape=(1, 3, 9, 9), widths=(16,), blocks=3, classes=7, stem_pool=False), SIM),
+    "basic-2stage-nonsquare": ({"in_shape": (1, 3, 13, 11), "widths": (20, 36), "blocks": 1}, SIM),
+    "basic-3stage-deeper": ({"in_shape": (1, 3, 16, 12), "widths": (12, 24, 40), "blocks": 2}, SIM),
+    "bottleneck-odd": ({"in_shape": (1, 3, 15, 9), "widths": (24, 52), "blocks": 2, "bottleneck": True}, SIM),
+    "bottleneck-small-config": ({"in_shape": (1, 3, 11, 14), "widths": (24, 44), "blocks": 1, "bottleneck": True}, SMALL),
+    "basic-tiny-config": ({"in_shape": (1, 3, 17, 13), "widths": (20, 36), "blocks": 2}, TINY),
+    "ulx3s": ({"in_shape": (1, 3, 12, 10), "widths": (20, 40), "blocks": 1, "bottleneck": True}, PRESETS["ulx3s-85f"]),
+    "no-stem-pool-7classes": ({"in_shape": (1, 3, 9, 9), "widths": (16,), "blocks": 3, "classes": 7, "stem_pool": False}, SIM),
 }
 
 
@@ -39,9 +39,10 @@ def test_resnet_matches_onnxruntime(net, fmt, act):
 
 @pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
 def test_resnet_with_softmax_host_op(fmt):
+    import numpy as np
     from tessera.compiler.driver import compile_model
     from tessera.host.runtime import Runtime
-    import numpy as np
+
     from .netgen import ort_run
     q = quantize(resnet(in_shape=(1, 3, 10, 10), widths=(16,), blocks=1, softmax=True), fmt=fmt)
     prog, _ = compile_model(q, SIM)

@@ -6,12 +6,22 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
-
-from tessera.arch import PRESETS
 from tessera.compiler.frontend import load_onnx, lower
 from tessera.compiler.ir import CompileError
-from tessera.compiler.passes import (EliminateReshape, FoldBatchNorm, FoldPad, FuseActivation, FuseAdd, GemmToConv,
-                                     LowerLeftovers, PadChannels, PlanConcat, run_passes)
+from tessera.compiler.passes import (
+    EliminateReshape,
+    FoldBatchNorm,
+    FoldPad,
+    FuseActivation,
+    FuseAdd,
+    GemmToConv,
+    LowerLeftovers,
+    PadChannels,
+    PlanConcat,
+    run_passes,
+)
+
+from tessera.arch import PRESETS
 
 from .netgen import NetBuilder, assert_layer_exact, check_against_ort, ort_run
 

@@ -1,11 +1,11 @@
 """The token scheduler: conflicting accesses are ordered, implied ones are not, queues stay bounded."""
 
 import pytest
+from tessera.compiler.schedule import DRAM, Scheduler
+from tessera.sim.emulator import Emulator
 
 from tessera.arch import NpuConfig
-from tessera.compiler.schedule import DRAM, Scheduler
 from tessera.isa import Buffer, Unit
-from tessera.sim.emulator import Emulator
 from tessera.program import Program
 
 CFG = NpuConfig(name="t", lanes=8, rows=8, abuf_words=256, wbuf_words=16, accbuf_words=64, pbuf_words=4,

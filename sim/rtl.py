@@ -41,9 +41,8 @@ def _ensure_path():
     if vbin not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = vbin + os.pathsep + os.environ.get("PATH", "")
     # The PyPI wheel's verilated.mk leaves the precompiled-header include flag empty (g++ needs -include).
-    # OPT_FAST: the per-cycle code is worth -O2 (the default is -Os); OPT_SLOW (setup code) stays at -O0.
     if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
-        os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " CFG_CXXFLAGS_PCH_I=-include OPT_FAST=-O2").strip()
+        os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " CFG_CXXFLAGS_PCH_I=-include").strip()
     if shutil.which("verilator") is None:
         from tessera.host.runtime import BackendUnavailable
         raise BackendUnavailable("verilator not found: run `make` (it installs tools/verilator-wrapper.sh "
@@ -59,7 +58,7 @@ def source_hash(files: dict[str, str], *extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bool = False):
+def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bool = False, opt: str = "-O2"):
     """Write ``files`` (name → Verilog text) into ``build_dir`` and build them once.
 
     A finished build leaves ``build_dir/.built``; later calls with the same folder
@@ -82,8 +81,14 @@ def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bo
         fcntl.flock(lock, fcntl.LOCK_EX)
         if stamp.exists() and (build_dir / toplevel).exists():
             return runner
-        runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir, build_args=BUILD_ARGS,
-                     timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log")
+        # OPT_FAST is the per-cycle code (Verilator's default -Os); OPT_SLOW (set-up code) stays at -O0.
+        flags = os.environ.get("MAKEFLAGS", "")
+        os.environ["MAKEFLAGS"] = f"{flags} OPT_FAST={opt}".strip()
+        try:
+            runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir, build_args=BUILD_ARGS,
+                         timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log")
+        finally:
+            os.environ["MAKEFLAGS"] = flags
         stamp.write_text("ok\n")
     return runner
 
@@ -136,7 +141,7 @@ def _hdl_source_key(*extra) -> str:
 
 
 def build_sim(config: NpuConfig, *, mem_bytes: int | None = None, latency: int | None = None,
-              waves: bool = False):
+              waves: bool = False, opt: str = "-O2"):
     """Generate and verilate the simulation top for ``config``; returns (runner, build_dir, seconds).
 
     The build folder is named after the config hash and a hash of the HDL sources
@@ -145,12 +150,12 @@ def build_sim(config: NpuConfig, *, mem_bytes: int | None = None, latency: int |
     from tessera.hdl.simtop import SIM_TOP, sim_sources
     from cocotb_tools.runner import get_runner
     t0 = time.perf_counter()
-    build = build_root() / f"{config.hash()}-{_hdl_source_key(mem_bytes, latency, waves)}"
+    build = build_root() / f"{config.hash()}-{_hdl_source_key(mem_bytes, latency, waves, opt)}"
     if (build / ".built").exists() and (build / SIM_TOP).exists():
         _ensure_path()
         return get_runner("verilator"), build, time.perf_counter() - t0
     files = sim_sources(config, mem_bytes=mem_bytes, latency=latency)
-    runner = verilate(files, SIM_TOP, build, waves=waves)
+    runner = verilate(files, SIM_TOP, build, waves=waves, opt=opt)
     return runner, build, time.perf_counter() - t0
 
 
@@ -167,18 +172,23 @@ class RtlSim:
         Memory read latency in cycles (default ``config.mem_latency``).
     waves : bool, optional
         Record a VCD (default: the ``TESSERA_WAVES`` environment variable).
+    opt : str, optional
+        g++ optimization of the per-cycle model code (default: ``TESSERA_RTL_OPT`` or
+        ``-O2``); ``-O0`` builds in about half the time, for short test programs.
     """
 
     def __init__(self, config: NpuConfig, *, mem_bytes: int | None = None, latency: int | None = None,
-                 waves: bool | None = None, start_timeout: float = 120.0):
+                 waves: bool | None = None, opt: str | None = None, start_timeout: float = 120.0):
         from tessera.hdl.simtop import DUMP_FILE, LOAD_FILE, SIM_TOP, mem_words
+        if opt is None:
+            opt = os.environ.get("TESSERA_RTL_OPT", "-O2")
         if waves is None:
             # Waveforms (a separate build with --trace) only when asked for: TESSERA_WAVES=1.
             waves = os.environ.get("TESSERA_WAVES", "") not in ("", "0")
         self.config = config
         self.words = mem_words(config, mem_bytes)
         self.runner, self.build_dir, self.build_seconds = build_sim(config, mem_bytes=mem_bytes, latency=latency,
-                                                                    waves=waves)
+                                                                    waves=waves, opt=opt)
         self.run_dir = Path(tempfile.mkdtemp(prefix="tessera-rtl-"))
         self._load, self._dump = self.run_dir / LOAD_FILE, self.run_dir / DUMP_FILE
         sock_path = str(self.run_dir / "ctl.sock")

@@ -41,8 +41,8 @@ class Counter(wiring.Component):
 
 def test_toolchain_counter_runs_in_verilator(tmp_path):
     files = {"counter.v": verilog.convert(Counter(LIMIT), name="counter"), "tb_counter.v": WRAPPER}
-    build = build_root() / f"toolchain-{source_hash(files)}"
-    runner = verilate(files, "tb_counter", build)
+    build = build_root() / f"toolchain-{source_hash(files, '-O0')}"
+    runner = verilate(files, "tb_counter", build, opt="-O0")
     xml = run_cocotb(runner, "toolchain_bench", "tb_counter", build, tmp_path, module_dirs=[HERE])
     from cocotb_tools.runner import get_results
     tests, fails = get_results(xml)

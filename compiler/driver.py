@@ -85,7 +85,10 @@ def compile_command(args) -> int:
         prog, reports = compile_model(model, config, calibrate=args.calibrate, name=args.model)
     except CompileError as e:
         raise UserError(f"{args.model}: {e}") from None
-    prog.save(args.output)
+    try:
+        prog.save(args.output)
+    except OSError as e:
+        raise UserError(f"{args.output}: cannot write the program: {e.strerror}") from None
     if args.json:
         print(json.dumps({"output": args.output, "instructions": len(prog.instructions),
                           "constants": len(prog.constants), "macs": prog.meta.get("macs"),

@@ -88,8 +88,10 @@ def test_cli_float_model_without_calibration_exits_2(tmp_path):
     assert r.returncode == 2 and "--calibrate" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_cli_missing_and_broken_inputs_exit_2(tmp_path):
+def test_cli_missing_and_broken_inputs_exit_2(tmp_path, qmodel_path):
     assert _run_cli("compile", str(tmp_path / "none.onnx"), "-o", "x.tsp").returncode == 2
+    r = _run_cli("compile", str(qmodel_path), "-o", str(tmp_path / "no" / "such" / "dir.tsp"))
+    assert r.returncode == 2 and "dir.tsp" in r.stderr
     k = tmp_path / "m.keras"
     k.write_bytes(b"zip")
     r = _run_cli("compile", str(k), "-o", str(tmp_path / "x.tsp"))
@@ -115,7 +117,7 @@ def test_keras_model_with_nhwc_input(tmp_path):
     out = tmp_path / "k.tsp"
     assert main(["compile", str(path), "-o", str(out), "--calibrate", str(tmp_path / "cal.npz")]) == 0
     from tessera.host.runtime import Runtime
-    rt = Runtime(str(out))
+    rt = Runtime(str(out), check_hazards=True)
     assert rt.program.inputs[0].layout == "NHWC" and rt.program.inputs[0].shape == [1, 9, 7, 3]
     x = rng.uniform(0, 1, (1, 9, 7, 3)).astype(np.float32)
     got = rt.run({"img": x})

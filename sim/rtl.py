@@ -154,6 +154,8 @@ def build_sim(config: NpuConfig, *, mem_bytes: int | None = None, latency: int |
     if (build / ".built").exists() and (build / SIM_TOP).exists():
         _ensure_path()
         return get_runner("verilator"), build, time.perf_counter() - t0
+    print(f"tessera: building the RTL model of config {config.name!r} into {build} "
+          f"(once per design; a few minutes)", file=sys.stderr, flush=True)
     files = sim_sources(config, mem_bytes=mem_bytes, latency=latency)
     runner = verilate(files, SIM_TOP, build, waves=waves, opt=opt)
     return runner, build, time.perf_counter() - t0

@@ -7,7 +7,8 @@ report's resource kinds (LUT4, FF, DSP, BRAM, SPRAM) with the device's capacity.
 
 from dataclasses import dataclass, field
 
-from tessera.arch import PRESETS, NpuConfig
+from tessera.arch import NpuConfig, get_config
+from tessera.errors import UserError
 
 __all__ = ["Board", "BOARDS", "ICEBREAKER_CONFIG", "get_board", "resolve_config"]
 
@@ -120,7 +121,7 @@ PRIMITIVES = {
 
 
 def get_board(name: str) -> Board:
-    from tessera.errors import UserError
+    """The :class:`Board` named ``name`` (a ``--board`` value)."""
     try:
         return BOARDS[name]
     except KeyError:
@@ -129,10 +130,7 @@ def get_board(name: str) -> Board:
 
 def resolve_config(board: Board, name: str | None) -> NpuConfig:
     """The NPU config to build: ``name`` (a preset, "icebreaker" or a .json file) or the board's default."""
-    from tessera.arch import get_config
     name = name or board.default_config
     if name == ICEBREAKER_CONFIG.name:
         return ICEBREAKER_CONFIG
-    if name in PRESETS or name.endswith(".json"):
-        return get_config(name)
-    return get_config(name)  # raises the uniform "unknown config" error
+    return get_config(name)  # presets and .json files; the uniform "unknown config" error otherwise

@@ -6,7 +6,6 @@ use and say which file lacks what.
 
 import re
 
-
 __all__ = ["ReportError", "parse_utilisation", "parse_fmax", "parse_yosys_cells"]
 
 

@@ -7,12 +7,12 @@ from amaranth.sim import Simulator
 
 from tessera.arch import PRESETS, ConfigError, NpuConfig
 from tessera.errors import UserError
-from tessera.isa import Instruction, encode_program
 from tessera.hdl.boards import BOARDS, ICEBREAKER_CONFIG, get_board, resolve_config
 from tessera.hdl.boards.clocks import ecp5_pll_setting, ice40_pll_setting
 from tessera.hdl.boards.macarray import MacArrayDemo
-from tessera.hdl.boards.npu_top import NpuBoardCore
 from tessera.hdl.boards.multipliers import AND_ADD_INIT, LATENCY, and_add_wiring, product
+from tessera.hdl.boards.npu_top import NpuBoardCore
+from tessera.isa import Instruction, encode_program
 
 
 def _run_product(pairs, **kwargs):

@@ -5,13 +5,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tessera.arch import PRESETS
-from tessera.hdl.boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yosys_cells
 from tessera.hdl.boards import BOARDS
+from tessera.hdl.boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yosys_cells
 from tessera.hdl.synth import TOP_NAME, estimate_resources, synthesize
 
 # Captured from nextpnr-ecp5 0.11 (YoWASP) on a ULX3S-85F build; tabs and spacing as printed.

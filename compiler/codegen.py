@@ -423,7 +423,7 @@ class EmitInstructions:
             r0 = o0 * s_ - p_ + k0 * d
             return max(0, r0), min(size, (o1 - 1) * s_ - p_ + (k1 - 1) * d + 1), max(0, r0) - r0
 
-        tiles = 0
+        tile_list = []
         for oy0 in range(0, OH, plan.th):
             oy1 = min(OH, oy0 + plan.th)
             for ox0 in range(0, OW, plan.tw):
@@ -433,64 +433,79 @@ class EmitInstructions:
                 if any(iy1 <= iy0 or ix1 <= ix0 for iy0, iy1, _, ix0, ix1, _ in wins):
                     raise unsupported(op.name, op.onnx_op, "output pixels whose window lies entirely in the padding",
                                       "padding smaller than the kernel")
-                th, tw = oy1 - oy0, ox1 - ox0
-                P = th * tw
-                tiles += 1
-                in_addr = None
-                if not own_loads:
-                    iy0, iy1, _, ix0, ix1, _ = wins[0]
-                    in_addr = self.in_slots.next()
-                    self._box("load", x, iy0, iy1, ix0, ix1, 0, CB, in_addr)
-                for og in range(plan.n_og):
-                    ob0, ob1 = og * plan.g, min(OB, (og + 1) * plan.g)
-                    gcount = ob1 - ob0
-                    acc = self.acc_slots.next()
-                    first = True
-                    for cgi in range(plan.n_cg):
-                        cb0, cb1 = cgi * plan.cg, min(CB, (cgi + 1) * plan.cg)
-                        if sparse:
-                            cb0, cb1 = plan.og_ranges[og]
-                        ncb = cb1 - cb0
-                        for tg, (ky0, ky1, kx0, kx1) in enumerate(tgs):
-                            iy0, iy1, pad_t, ix0, ix1, pad_l = wins[tg]
-                            if own_loads:
-                                in_addr = self.in_slots.next()
-                                self._box("load", x, iy0, iy1, ix0, ix1, cb0, cb1, in_addr)
-                            k_h, k_w = ky1 - ky0, kx1 - kx0
-                            wa = w_addr
-                            if sparse and plan.weights_resident:
-                                wa = w_addr + groups[og, 0, tg][2]
-                            elif not plan.weights_resident:
-                                off, words = groups[og, 0 if sparse else cgi, tg][:2]
-                                wa = self._load_const(Buffer.WGT, off, words)
-                            n_in = (iy1 - iy0) * (ix1 - ix0) * ncb
-                            reads = [(Buffer.ACT, in_addr, in_addr + n_in),
-                                     (Buffer.WGT, wa, wa + gcount * k_h * k_w * ncb)]
-                            if not first:
-                                reads.append((Buffer.ACC, acc, acc + gcount * P))
-                            self.s.emit("conv", reads=reads, writes=[(Buffer.ACC, acc, acc + gcount * P)],
-                                        in_addr=in_addr, in_h=iy1 - iy0, in_w=ix1 - ix0, in_cb=ncb, out_h=th,
-                                        out_w=tw, k_h=k_h, k_w=k_w, stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw,
-                                        pad_t=pad_t, pad_l=pad_l, pad_value=x.zero_point, w_addr=wa,
-                                        acc_addr=acc, ob_count=gcount, accumulate=int(not first))
-                            first = False
-                            self.macs += P * k_h * k_w * ncb * gcount * M * N
-                    pa = p_base + ob0 if plan.params_resident else self._load_const(
-                        Buffer.PARAM, poff + ob0 * c.param_word_bytes, gcount)
-                    nwords = P * gcount * wpb
-                    reads = [(Buffer.ACC, acc, acc + gcount * P), (Buffer.PARAM, pa, pa + gcount)]
-                    extra = {}
-                    if res is not None:
-                        ra_ = self.res_slots.next()
-                        self._box("load", r, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, ra_)
-                        reads.append((Buffer.ACT, ra_, ra_ + nwords))
-                        extra = {"res_addr": ra_, "res_stride": gcount * wpb}
-                    oa = self.out_slots.next()
-                    self.s.emit("epilogue", reads=reads, writes=[(Buffer.ACT, oa, oa + nwords)], acc_addr=acc,
-                                pixels=P, ob_count=gcount, param_addr=pa, out_addr=oa, out_stride=gcount * wpb,
-                                **epi, **extra)
-                    self._box("store", y, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, oa)
-        return tiles
+                tile_list.append((oy0, oy1, ox0, ox1, wins))
+        # Loop order: with tiles outermost every tile reloads the weights of every ob group; with ob
+        # groups outermost the weights load once and every tile's input reloads per group. Take the
+        # order that moves fewer bytes.
+        og_outer = False
+        if not plan.weights_resident and not own_loads and plan.n_og > 1 and len(tile_list) > 1:
+            in_bytes = sum((w[0][1] - w[0][0]) * (w[0][4] - w[0][3]) for *_, w in tile_list) * x.cpad
+            w_bytes = sum(groups[og, 0, 0][1] for og in range(plan.n_og)) * c.wgt_word_bytes
+            og_outer = w_bytes + plan.n_og * in_bytes < in_bytes + len(tile_list) * w_bytes
+        steps = ([(t, og) for og in range(plan.n_og) for t in range(len(tile_list))] if og_outer
+                 else [(t, og) for t in range(len(tile_list)) for og in range(plan.n_og)])
+        last_in = last_w = last_wa = in_addr = None
+        for t, og in steps:
+            oy0, oy1, ox0, ox1, wins = tile_list[t]
+            th, tw = oy1 - oy0, ox1 - ox0
+            P = th * tw
+            if not own_loads and last_in != t:
+                iy0, iy1, _, ix0, ix1, _ = wins[0]
+                in_addr = self.in_slots.next()
+                self._box("load", x, iy0, iy1, ix0, ix1, 0, CB, in_addr)
+                last_in = t
+            ob0, ob1 = og * plan.g, min(OB, (og + 1) * plan.g)
+            gcount = ob1 - ob0
+            acc = self.acc_slots.next()
+            first = True
+            for cgi in range(plan.n_cg):
+                cb0, cb1 = cgi * plan.cg, min(CB, (cgi + 1) * plan.cg)
+                if sparse:
+                    cb0, cb1 = plan.og_ranges[og]
+                ncb = cb1 - cb0
+                for tg, (ky0, ky1, kx0, kx1) in enumerate(tgs):
+                    iy0, iy1, pad_t, ix0, ix1, pad_l = wins[tg]
+                    if own_loads:
+                        in_addr = self.in_slots.next()
+                        self._box("load", x, iy0, iy1, ix0, ix1, cb0, cb1, in_addr)
+                    k_h, k_w = ky1 - ky0, kx1 - kx0
+                    wa = w_addr
+                    if sparse and plan.weights_resident:
+                        wa = w_addr + groups[og, 0, tg][2]
+                    elif not plan.weights_resident:
+                        key = (og, 0 if sparse else cgi, tg)
+                        if key != last_w:
+                            off, words = groups[key][:2]
+                            last_w, last_wa = key, self._load_const(Buffer.WGT, off, words)
+                        wa = last_wa
+                    n_in = (iy1 - iy0) * (ix1 - ix0) * ncb
+                    reads = [(Buffer.ACT, in_addr, in_addr + n_in),
+                             (Buffer.WGT, wa, wa + gcount * k_h * k_w * ncb)]
+                    if not first:
+                        reads.append((Buffer.ACC, acc, acc + gcount * P))
+                    self.s.emit("conv", reads=reads, writes=[(Buffer.ACC, acc, acc + gcount * P)],
+                                in_addr=in_addr, in_h=iy1 - iy0, in_w=ix1 - ix0, in_cb=ncb, out_h=th,
+                                out_w=tw, k_h=k_h, k_w=k_w, stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw,
+                                pad_t=pad_t, pad_l=pad_l, pad_value=x.zero_point, w_addr=wa,
+                                acc_addr=acc, ob_count=gcount, accumulate=int(not first))
+                    first = False
+                    self.macs += P * k_h * k_w * ncb * gcount * M * N
+            pa = p_base + ob0 if plan.params_resident else self._load_const(
+                Buffer.PARAM, poff + ob0 * c.param_word_bytes, gcount)
+            nwords = P * gcount * wpb
+            reads = [(Buffer.ACC, acc, acc + gcount * P), (Buffer.PARAM, pa, pa + gcount)]
+            extra = {}
+            if res is not None:
+                ra_ = self.res_slots.next()
+                self._box("load", r, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, ra_)
+                reads.append((Buffer.ACT, ra_, ra_ + nwords))
+                extra = {"res_addr": ra_, "res_stride": gcount * wpb}
+            oa = self.out_slots.next()
+            self.s.emit("epilogue", reads=reads, writes=[(Buffer.ACT, oa, oa + nwords)], acc_addr=acc,
+                        pixels=P, ob_count=gcount, param_addr=pa, out_addr=oa, out_stride=gcount * wpb,
+                        **epi, **extra)
+            self._box("store", y, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, oa)
+        return len(tile_list)
 
     def pool(self, g, op, plan: PoolPlan):
         c = self.config

@@ -171,3 +171,17 @@ def test_fully_connected_over_large_spatial_input(cfg):
     y = b.conv("x", 6, relu=True)
     q = quantize(b.model([b.gemm(b.flatten(y), 5)]))
     assert_network(check_against_ort(q, CONFIGS[cfg], n_inputs=2))
+
+
+def test_weight_heavy_layer_keeps_weights_and_reloads_inputs():
+    # Many output groups and little input per tile: ob groups go outermost, so each group's weights
+    # load once instead of once per tile.
+    from tessera.compiler.driver import compile_model
+    q = quantize(_conv_model((1, 64, 6, 3), 256, k=1))
+    g = run_passes(lower(load_onnx(q)), TINY)
+    plan = TileForBuffers(TINY)(g)[g.ops[0].name]
+    prog, rep = compile_model(q, TINY)
+    assert rep[0].tiles > 1 and plan.n_og > 1 and plan.n_cg == 1
+    wgt_loads = sum(i.op == Opcode.LOAD and i.buf.name == "WGT" for i in prog.instructions)
+    assert wgt_loads == plan.n_og
+    assert_layer_exact(check_against_ort(q, TINY, n_inputs=2, program=prog))

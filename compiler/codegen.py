@@ -348,14 +348,15 @@ class EmitInstructions:
         cbw = pitch // N
         nw, ny, nx = w1 - w0, y1 - y0, x1 - x0
         base = self.addr[t.name] + (y0 * t.width + x0) * pitch + w0 * N
-        maxc = _fmax(Opcode.LOAD, "cols")
+        maxc, maxr = _fmax(Opcode.LOAD, "cols"), _fmax(Opcode.LOAD, "rows")
         if nw == cbw and nx == t.width and ny * nx * nw <= maxc:
             dmas = [(base, 1, ny * nx * nw, 0, 0)]
-        elif nw == cbw:
+        elif nw == cbw and nx * nw <= maxc:
             dmas = [(base, ny, nx * nw, t.width * pitch, nx * nw)]
-        elif nx == t.width:
+        elif nx == t.width and ny * nx <= maxr:
             dmas = [(base, ny * nx, nw, pitch, nw)]
         else:
+            # One transfer per image row (rows = pixels, cols = channel words): always within the fields.
             dmas = [(base + r * t.width * pitch, nx, nw, pitch, nw) for r in range(ny)]
         for k, (addr, rows, cols, dstride, bstride) in enumerate(dmas):
             ba = buf_addr + k * nx * nw

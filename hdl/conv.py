@@ -107,39 +107,42 @@ class ConvUnit(wiring.Component):
 
         m.d.comb += [self.mac.eq(gen), self.ctl.progress.eq(gen | array.o_valid)]
 
-        # S1: input coordinates of the tap.
-        s1 = dict(v=Signal(), first=Signal(), last=Signal(), cb=Signal(10), wa=Signal(28), tag=Signal(16),
-                  iy=Signal(signed(16)), ix=Signal(signed(16)))
-        m.d.sync += [s1["v"].eq(gen), s1["first"].eq(t == 0), s1["last"].eq(pix_end), s1["cb"].eq(cb),
-                     s1["wa"].eq(wbase + t), s1["tag"].eq(ins.acc_addr + pcnt),
-                     s1["iy"].eq(y * ins.stride_h + ky * ins.dil_h - ins.pad_t),
-                     s1["ix"].eq(x * ins.stride_w + kx * ins.dil_w - ins.pad_l)]
-        # S2: padding test and linear pixel index.
-        s2 = dict(v=Signal(), first=Signal(), last=Signal(), cb=Signal(10), wa=Signal(28), tag=Signal(16),
-                  pad=Signal(), lin=Signal(signed(32)))
-        m.d.sync += [s2[k].eq(s1[k]) for k in ("v", "first", "last", "cb", "wa", "tag")]
-        m.d.sync += [s2["pad"].eq((s1["iy"] < 0) | (s1["iy"] >= ins.in_h) | (s1["ix"] < 0) | (s1["ix"] >= ins.in_w)),
-                     s2["lin"].eq(s1["iy"] * ins.in_w + s1["ix"])]
-        # S3: buffer addresses, presented to the read ports.
-        s3 = dict(v=Signal(), first=Signal(), last=Signal(), wa=Signal(28), tag=Signal(16), pad=Signal(),
-                  aa=Signal(32))
-        m.d.sync += [s3[k].eq(s2[k]) for k in ("v", "first", "last", "wa", "tag", "pad")]
-        m.d.sync += s3["aa"].eq(ins.in_addr + s2["lin"] * ins.in_cb + s2["cb"])
-        m.d.comb += [self.act_rd.addr.eq(s3["aa"]), self.wgt_rd.addr.eq(s3["wa"])]
-        # S4: data arrives; padding taps read pad_value in every lane.
-        s4 = dict(v=Signal(), first=Signal(), last=Signal(), tag=Signal(16), pad=Signal())
-        m.d.sync += [s4[k].eq(s3[k]) for k in s4]
-        pad_word = Cat(*([ins.pad_value.as_unsigned()] * N))
-        m.d.comb += [array.valid.eq(s4["v"]), array.first.eq(s4["first"]), array.last.eq(s4["last"]),
-                     array.tag.eq(s4["tag"]), array.act.eq(Mux(s4["pad"], pad_word, self.act_rd.data)),
-                     array.wgt.eq(self.wgt_rd.data)]
-        # Pixel totals: read the old ACC word, then write total (+ old).
-        m.d.comb += self.acc_rd.addr.eq(array.o_tag)
-        o2v, o2a, o2s = Signal(), Signal(16), Signal(32 * M)
-        m.d.sync += [o2v.eq(array.o_valid), o2a.eq(array.o_tag), o2s.eq(array.o_sum)]
-        acc_on = ins.accumulate
-        m.d.comb += [self.acc_wr.en.eq(o2v), self.acc_wr.addr.eq(o2a),
-                     self.acc_wr.data.eq(Cat(*[
-                         (o2s[32 * r:32 * r + 32] + Mux(acc_on, self.acc_rd.data[32 * r:32 * r + 32], 0))[:32]
-                         for r in range(M)]))]
+        # The datapath only moves while an instruction runs (a simulator then skips it when idle).
+        m.d.comb += array.en.eq(running)
+        with m.If(running):
+            # S1: input coordinates of the tap.
+            s1 = dict(v=Signal(), first=Signal(), last=Signal(), cb=Signal(10), wa=Signal(28), tag=Signal(16),
+                      iy=Signal(signed(16)), ix=Signal(signed(16)))
+            m.d.sync += [s1["v"].eq(gen), s1["first"].eq(t == 0), s1["last"].eq(pix_end), s1["cb"].eq(cb),
+                         s1["wa"].eq(wbase + t), s1["tag"].eq(ins.acc_addr + pcnt),
+                         s1["iy"].eq(y * ins.stride_h + ky * ins.dil_h - ins.pad_t),
+                         s1["ix"].eq(x * ins.stride_w + kx * ins.dil_w - ins.pad_l)]
+            # S2: padding test and linear pixel index.
+            s2 = dict(v=Signal(), first=Signal(), last=Signal(), cb=Signal(10), wa=Signal(28), tag=Signal(16),
+                      pad=Signal(), lin=Signal(signed(32)))
+            m.d.sync += [s2[k].eq(s1[k]) for k in ("v", "first", "last", "cb", "wa", "tag")]
+            m.d.sync += [s2["pad"].eq((s1["iy"] < 0) | (s1["iy"] >= ins.in_h) | (s1["ix"] < 0) | (s1["ix"] >= ins.in_w)),
+                         s2["lin"].eq(s1["iy"] * ins.in_w + s1["ix"])]
+            # S3: buffer addresses, presented to the read ports.
+            s3 = dict(v=Signal(), first=Signal(), last=Signal(), wa=Signal(28), tag=Signal(16), pad=Signal(),
+                      aa=Signal(32))
+            m.d.sync += [s3[k].eq(s2[k]) for k in ("v", "first", "last", "wa", "tag", "pad")]
+            m.d.sync += s3["aa"].eq(ins.in_addr + s2["lin"] * ins.in_cb + s2["cb"])
+            m.d.comb += [self.act_rd.addr.eq(s3["aa"]), self.wgt_rd.addr.eq(s3["wa"])]
+            # S4: data arrives; padding taps read pad_value in every lane.
+            s4 = dict(v=Signal(), first=Signal(), last=Signal(), tag=Signal(16), pad=Signal())
+            m.d.sync += [s4[k].eq(s3[k]) for k in s4]
+            pad_word = Cat(*([ins.pad_value.as_unsigned()] * N))
+            m.d.comb += [array.valid.eq(s4["v"]), array.first.eq(s4["first"]), array.last.eq(s4["last"]),
+                         array.tag.eq(s4["tag"]), array.act.eq(Mux(s4["pad"], pad_word, self.act_rd.data)),
+                         array.wgt.eq(self.wgt_rd.data)]
+            # Pixel totals: read the old ACC word, then write total (+ old).
+            m.d.comb += self.acc_rd.addr.eq(array.o_tag)
+            o2v, o2a, o2s = Signal(), Signal(16), Signal(32 * M)
+            m.d.sync += [o2v.eq(array.o_valid), o2a.eq(array.o_tag), o2s.eq(array.o_sum)]
+            acc_on = ins.accumulate
+            m.d.comb += [self.acc_wr.en.eq(o2v), self.acc_wr.addr.eq(o2a),
+                         self.acc_wr.data.eq(Cat(*[
+                             (o2s[32 * r:32 * r + 32] + Mux(acc_on, self.acc_rd.data[32 * r:32 * r + 32], 0))[:32]
+                             for r in range(M)]))]
         return m

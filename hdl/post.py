@@ -79,57 +79,59 @@ class EpilogueEngine(wiring.Component):
         drain = _Drain(m, depth, gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
-        # S1: addresses.
-        v1, j1, oa1 = Signal(), Signal(range(k)), Signal(16)
-        blk = b * k + j
-        m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p * ins.out_stride + blk)]
-        aa1, pa1, ra1 = Signal(16), Signal(16), Signal(16)
-        m.d.sync += [aa1.eq(ins.acc_addr + acc_cnt), pa1.eq(ins.param_addr + b),
-                     ra1.eq(ins.res_addr + p * ins.res_stride + blk)]
-        m.d.comb += [self.acc_rd.addr.eq(aa1), self.prm_rd.addr.eq(pa1), self.act_rd.addr.eq(ra1)]
-        # R: the read data of S1's addresses arrives; its sideband waits one cycle with it.
-        vr, jr, oar = Signal(), Signal(range(k)), Signal(16)
-        m.d.sync += [vr.eq(v1), jr.eq(j1), oar.eq(oa1)]
-        # S2: the word's channels.
-        v2, oa2 = Signal(), Signal(16)
-        m.d.sync += [v2.eq(vr), oa2.eq(oar)]
-        accw = self.acc_rd.data.word_select(jr, 32 * N)
-        prmw = self.prm_rd.data.word_select(jr, 96 * N)
-        lanes = []
-        for n in range(N):
-            L = dict(acc=Signal(signed(32)), bias=Signal(signed(32)), mult=Signal(signed(32)), shift=Signal(6),
-                     r=Signal(signed(8)))
-            m.d.sync += [L["acc"].eq(accw[32 * n:32 * n + 32]), L["bias"].eq(prmw[96 * n:96 * n + 32]),
-                         L["mult"].eq(prmw[96 * n + 32:96 * n + 64]), L["shift"].eq(prmw[96 * n + 64:96 * n + 70]),
-                         L["r"].eq(self.act_rd.data[8 * n:8 * n + 8])]
-            lanes.append(L)
-        # S3 .. S8, per lane.
-        v = [v2]
-        oa = [oa2]
-        for _ in range(6):
-            nv, no = Signal(), Signal(16)
-            m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
-            v.append(nv)
-            oa.append(no)
-        ys = []
-        for n, L in enumerate(lanes):
-            s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
-            m.d.sync += [s3v.eq((L["acc"] + L["bias"])[:32]), s3m.eq(L["mult"]), s3s.eq(L["shift"]), s3r.eq(L["r"])]
-            # |v * mult| < 2**62: 63 bits hold it.
-            s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
-            m.d.sync += [s4p.eq(s3v * s3m), s4s.eq(s3s), s4r.eq(s3r)]
-            s5q, s5r = Signal(signed(63)), Signal(signed(8))
-            m.d.sync += [s5q.eq(round_shift(s4p, s4s, 63)), s5r.eq(s4r)]
-            s6y, s6s = Signal(signed(8)), Signal(signed(48))
-            a = Signal(signed(9), name=f"a{n}")
-            m.d.comb += a.eq(clamp(s5q + ins.zp_mid, -128, 127))
-            m.d.sync += [s6y.eq(clamp(s5q + ins.zp_out, ins.out_min, ins.out_max)),
-                         s6s.eq((a - ins.zp_mid) * ins.res_mult_a + (s5r - ins.zp_res) * ins.res_mult_b)]
-            s7q, s7y = Signal(signed(48)), Signal(signed(8))
-            m.d.sync += [s7q.eq(round_shift(s6s, ins.res_shift, 48)), s7y.eq(s6y)]
-            s8y = Signal(signed(8))
-            m.d.sync += s8y.eq(Mux(ins.residual, clamp(s7q + ins.zp_out, ins.out_min, ins.out_max), s7y))
-            ys.append(s8y)
+        # The pipeline only moves while the engine is active (Verilator then skips it when idle).
+        with m.If(self.active):
+            # S1: addresses.
+            v1, j1, oa1 = Signal(), Signal(range(k)), Signal(16)
+            blk = b * k + j
+            m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p * ins.out_stride + blk)]
+            aa1, pa1, ra1 = Signal(16), Signal(16), Signal(16)
+            m.d.sync += [aa1.eq(ins.acc_addr + acc_cnt), pa1.eq(ins.param_addr + b),
+                         ra1.eq(ins.res_addr + p * ins.res_stride + blk)]
+            m.d.comb += [self.acc_rd.addr.eq(aa1), self.prm_rd.addr.eq(pa1), self.act_rd.addr.eq(ra1)]
+            # R: the read data of S1's addresses arrives; its sideband waits one cycle with it.
+            vr, jr, oar = Signal(), Signal(range(k)), Signal(16)
+            m.d.sync += [vr.eq(v1), jr.eq(j1), oar.eq(oa1)]
+            # S2: the word's channels.
+            v2, oa2 = Signal(), Signal(16)
+            m.d.sync += [v2.eq(vr), oa2.eq(oar)]
+            accw = self.acc_rd.data.word_select(jr, 32 * N)
+            prmw = self.prm_rd.data.word_select(jr, 96 * N)
+            lanes = []
+            for n in range(N):
+                L = dict(acc=Signal(signed(32)), bias=Signal(signed(32)), mult=Signal(signed(32)), shift=Signal(6),
+                         r=Signal(signed(8)))
+                m.d.sync += [L["acc"].eq(accw[32 * n:32 * n + 32]), L["bias"].eq(prmw[96 * n:96 * n + 32]),
+                             L["mult"].eq(prmw[96 * n + 32:96 * n + 64]), L["shift"].eq(prmw[96 * n + 64:96 * n + 70]),
+                             L["r"].eq(self.act_rd.data[8 * n:8 * n + 8])]
+                lanes.append(L)
+            # S3 .. S8, per lane.
+            v = [v2]
+            oa = [oa2]
+            for _ in range(6):
+                nv, no = Signal(), Signal(16)
+                m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
+                v.append(nv)
+                oa.append(no)
+            ys = []
+            for n, L in enumerate(lanes):
+                s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
+                m.d.sync += [s3v.eq((L["acc"] + L["bias"])[:32]), s3m.eq(L["mult"]), s3s.eq(L["shift"]), s3r.eq(L["r"])]
+                # |v * mult| < 2**62: 63 bits hold it.
+                s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
+                m.d.sync += [s4p.eq(s3v * s3m), s4s.eq(s3s), s4r.eq(s3r)]
+                s5q, s5r = Signal(signed(63)), Signal(signed(8))
+                m.d.sync += [s5q.eq(round_shift(s4p, s4s, 63)), s5r.eq(s4r)]
+                s6y, s6s = Signal(signed(8)), Signal(signed(48))
+                a = Signal(signed(9), name=f"a{n}")
+                m.d.comb += a.eq(clamp(s5q + ins.zp_mid, -128, 127))
+                m.d.sync += [s6y.eq(clamp(s5q + ins.zp_out, ins.out_min, ins.out_max)),
+                             s6s.eq((a - ins.zp_mid) * ins.res_mult_a + (s5r - ins.zp_res) * ins.res_mult_b)]
+                s7q, s7y = Signal(signed(48)), Signal(signed(8))
+                m.d.sync += [s7q.eq(round_shift(s6s, ins.res_shift, 48)), s7y.eq(s6y)]
+                s8y = Signal(signed(8))
+                m.d.sync += s8y.eq(Mux(ins.residual, clamp(s7q + ins.zp_out, ins.out_min, ins.out_max), s7y))
+                ys.append(s8y)
         m.d.comb += [self.act_wr.en.eq(v[-1]), self.act_wr.addr.eq(oa[-1]),
                      self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
         return m
@@ -177,47 +179,49 @@ class PoolEngine(wiring.Component):
             m.d.sync += [nxt[k].eq(s) for k, s in prev.items()]
             return nxt
 
-        s1 = dict(v=Signal(), first=Signal(), last=Signal(), cc=Signal(10), oa=Signal(16))
-        iy1, ix1 = Signal(signed(16)), Signal(signed(16))
-        m.d.sync += [s1["v"].eq(gen), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
-                     s1["cc"].eq(cc), s1["oa"].eq(ins.out_addr + ocnt),
-                     iy1.eq(oy * ins.stride_h + ky - ins.pad_t), ix1.eq(ox * ins.stride_w + kx - ins.pad_l)]
-        s2 = carry(s1)
-        inside2, lin2 = Signal(), Signal(signed(32))
-        m.d.sync += [inside2.eq((iy1 >= 0) & (iy1 < ins.in_h) & (ix1 >= 0) & (ix1 < ins.in_w)),
-                     lin2.eq(iy1 * ins.in_w + ix1)]
-        s3 = carry(s2)
-        inside3, aa3 = Signal(), Signal(32)
-        m.d.sync += [inside3.eq(inside2), aa3.eq(ins.in_addr + lin2 * ins.cb + s2["cc"])]
-        m.d.comb += self.act_rd.addr.eq(aa3)
-        s4 = carry(s3)
-        inside4 = Signal()
-        m.d.sync += inside4.eq(inside3)
-        # S4: running max / sum per lane; the pixel's result is latched on the last tap.
-        s5v, s5a = Signal(), Signal(16)
-        m.d.sync += [s5v.eq(s4["v"] & s4["last"]), s5a.eq(s4["oa"])]
-        s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
-        m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
-        ys = []
-        for n in range(N):
-            x = self.act_rd.data[8 * n:8 * n + 8].as_signed()
-            mx, sm = Signal(signed(8)), Signal(signed(20))
-            new_mx = Signal(signed(8))
-            new_sm = Signal(signed(20))
-            base_mx = Mux(s4["first"], -128, mx)
-            m.d.comb += [new_mx.eq(Mux(inside4 & (x > base_mx), x, base_mx)),
-                         new_sm.eq(Mux(s4["first"], 0, sm) + Mux(inside4, x - ins.zp_in, 0))]
-            with m.If(s4["v"]):
-                m.d.sync += [mx.eq(new_mx), sm.eq(new_sm)]
-            s5m, s5s = Signal(signed(8)), Signal(signed(20))
-            m.d.sync += [s5m.eq(new_mx), s5s.eq(new_sm)]
-            s6m, s6p = Signal(signed(8)), Signal(signed(56))
-            m.d.sync += [s6m.eq(s5m), s6p.eq(s5s * ins.mult)]
-            s7m, s7q = Signal(signed(8)), Signal(signed(56))
-            m.d.sync += [s7m.eq(s6m), s7q.eq(round_shift(s6p, ins.shift, 56))]
-            s8y = Signal(signed(8))
-            m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(s7q + ins.zp_out, -128, 127)))
-            ys.append(s8y)
+        # The pipeline only moves while the engine is active (Verilator then skips it when idle).
+        with m.If(self.active):
+            s1 = dict(v=Signal(), first=Signal(), last=Signal(), cc=Signal(10), oa=Signal(16))
+            iy1, ix1 = Signal(signed(16)), Signal(signed(16))
+            m.d.sync += [s1["v"].eq(gen), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
+                         s1["cc"].eq(cc), s1["oa"].eq(ins.out_addr + ocnt),
+                         iy1.eq(oy * ins.stride_h + ky - ins.pad_t), ix1.eq(ox * ins.stride_w + kx - ins.pad_l)]
+            s2 = carry(s1)
+            inside2, lin2 = Signal(), Signal(signed(32))
+            m.d.sync += [inside2.eq((iy1 >= 0) & (iy1 < ins.in_h) & (ix1 >= 0) & (ix1 < ins.in_w)),
+                         lin2.eq(iy1 * ins.in_w + ix1)]
+            s3 = carry(s2)
+            inside3, aa3 = Signal(), Signal(32)
+            m.d.sync += [inside3.eq(inside2), aa3.eq(ins.in_addr + lin2 * ins.cb + s2["cc"])]
+            m.d.comb += self.act_rd.addr.eq(aa3)
+            s4 = carry(s3)
+            inside4 = Signal()
+            m.d.sync += inside4.eq(inside3)
+            # S4: running max / sum per lane; the pixel's result is latched on the last tap.
+            s5v, s5a = Signal(), Signal(16)
+            m.d.sync += [s5v.eq(s4["v"] & s4["last"]), s5a.eq(s4["oa"])]
+            s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
+            m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
+            ys = []
+            for n in range(N):
+                x = self.act_rd.data[8 * n:8 * n + 8].as_signed()
+                mx, sm = Signal(signed(8)), Signal(signed(20))
+                new_mx = Signal(signed(8))
+                new_sm = Signal(signed(20))
+                base_mx = Mux(s4["first"], -128, mx)
+                m.d.comb += [new_mx.eq(Mux(inside4 & (x > base_mx), x, base_mx)),
+                             new_sm.eq(Mux(s4["first"], 0, sm) + Mux(inside4, x - ins.zp_in, 0))]
+                with m.If(s4["v"]):
+                    m.d.sync += [mx.eq(new_mx), sm.eq(new_sm)]
+                s5m, s5s = Signal(signed(8)), Signal(signed(20))
+                m.d.sync += [s5m.eq(new_mx), s5s.eq(new_sm)]
+                s6m, s6p = Signal(signed(8)), Signal(signed(56))
+                m.d.sync += [s6m.eq(s5m), s6p.eq(s5s * ins.mult)]
+                s7m, s7q = Signal(signed(8)), Signal(signed(56))
+                m.d.sync += [s7m.eq(s6m), s7q.eq(round_shift(s6p, ins.shift, 56))]
+                s8y = Signal(signed(8))
+                m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(s7q + ins.zp_out, -128, 127)))
+                ys.append(s8y)
         m.d.comb += [self.act_wr.en.eq(s8v), self.act_wr.addr.eq(s8a),
                      self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
         return m

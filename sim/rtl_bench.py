@@ -10,7 +10,7 @@ import socket
 from multiprocessing.connection import Connection
 
 import cocotb
-from cocotb.triggers import First, RisingEdge, Timer
+from cocotb.triggers import FallingEdge, First, RisingEdge, Timer
 
 from tessera.isa import Csr
 
@@ -18,11 +18,17 @@ PERIOD_NS = 10
 
 
 async def _edges(dut, n=1):
+    """Wait for ``n`` falling edges.
+
+    Inputs change only at falling edges: a value written in a time slot that
+    also holds a rising edge could reach the design before or after that edge.
+    """
     for _ in range(n):
-        await RisingEdge(dut.clk)
+        await FallingEdge(dut.clk)
 
 
 async def csr_write(dut, reg, value):
+    await _edges(dut)
     dut.csr_addr.value = int(reg)
     dut.csr_wdata.value = value
     dut.csr_we.value = 1
@@ -31,6 +37,7 @@ async def csr_write(dut, reg, value):
 
 
 async def csr_read(dut, reg):
+    await _edges(dut)
     dut.csr_addr.value = int(reg)
     await Timer(1, "ns")
     return int(dut.csr_rdata.value)
@@ -45,6 +52,7 @@ async def read_status(dut):
 
 
 async def _pulse(dut, sig):
+    await _edges(dut)
     sig.value = 1
     await _edges(dut)
     sig.value = 0
@@ -76,6 +84,7 @@ async def serve(dut):
             await _pulse(dut, dut.host_load)
             conn.send(("ok",))
         elif cmd == "dump":
+            await _edges(dut)
             dut.dump_lo.value, dut.dump_hi.value = args
             await _pulse(dut, dut.host_dump)
             conn.send(("ok",))
@@ -83,6 +92,7 @@ async def serve(dut):
             conn.send(("ok", await read_status(dut)))
         elif cmd == "run":
             opts = args[0]
+            await _edges(dut)
             dut.bp_level.value = opts.get("bp_level", 0)
             dut.mem_stall.value = int(opts.get("mem_stall", False))
             await csr_write(dut, Csr.PROG_ADDR.value, opts["prog_addr"])
@@ -91,6 +101,7 @@ async def serve(dut):
             reset_after = opts.get("reset_after")
             if reset_after:
                 await Timer(reset_after * PERIOD_NS, "ns")
+                await _edges(dut)
                 dut.rst.value = 1
                 await _edges(dut, 3)
                 dut.rst.value = 0
@@ -102,6 +113,7 @@ async def serve(dut):
             fired = await First(RisingEdge(dut.done), timeout)
             regs = await read_status(dut)
             regs["timeout"] = fired is timeout
+            await _edges(dut)
             dut.mem_stall.value = 0
             conn.send(("ok", regs))
         else:

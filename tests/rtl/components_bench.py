@@ -40,6 +40,7 @@ class TB:
 
 async def mac_run(dut, gaps):
     tb = TB(dut)
+    dut.mac_en.value = 1
     await tb.reset()
     rng = np.random.default_rng(4)
     pixels = []

@@ -113,6 +113,12 @@ async def serve(dut):
             fired = await First(RisingEdge(dut.done), timeout)
             regs = await read_status(dut)
             regs["timeout"] = fired is timeout
+            if regs["timeout"]:
+                # Stop the run (soft reset) so the next command finds an idle NPU.
+                await csr_write(dut, Csr.CTRL.value, 2)
+                for _ in range(1 << 16):
+                    if not await csr_read(dut, Csr.STATUS.value) & 1:
+                        break
             await _edges(dut)
             dut.mem_stall.value = 0
             conn.send(("ok", regs))

@@ -247,3 +247,13 @@ def test_rtl_backend_raises_npu_error_like_the_emulator(sim):
             be.execute()
         errors.append((e.value.code, e.value.pc))
     assert errors[0] == errors[1] == (ErrorCode.DRAM_RANGE, 0)
+
+
+def test_rtl_timeout_stops_the_run_and_the_npu_stays_usable(sim):
+    prog, segs, outs = conv_layer(CONFIG, np.random.default_rng(12), in_cb=2)
+    for a, b in [(0, encode_program(prog))] + segs:
+        sim.write(a, b)
+    regs = sim.run(0, timeout_cycles=50)
+    assert regs["timeout"] and regs["STATUS"] & 1  # still busy when the host gave up
+    err, _ = run_both(sim, prog, segs, outs)
+    assert err is None

@@ -358,9 +358,12 @@ class Emulator:
         ob, P = ins.ob_count, ins.pixels
         acc_idx = self._span(Buffer.ACC, ins.acc_addr, ob * P, "epilogue accumulators")
         p_idx = self._span(Buffer.PARAM, ins.param_addr, ob, "epilogue parameters")
-        word = (np.arange(P, dtype=np.int64)[None, :, None] * ins.out_stride
-                + (np.arange(ob, dtype=np.int64)[:, None, None] * k + np.arange(k, dtype=np.int64)[None, None, :]))
-        out_idx = self._buf_index(Buffer.ACT, ins.out_addr + word, "epilogue output")
+        dense = ob * k                 # words per pixel when the output (or residual) is packed
+        if ins.out_stride == dense:
+            out_idx = self._span(Buffer.ACT, ins.out_addr, P * dense, "epilogue output")
+        else:
+            out_idx = self._buf_index(Buffer.ACT, ins.out_addr + self._block_words(P, ob, ins.out_stride),
+                                      "epilogue output")
         self._touch(Buffer.ACC, acc_idx, False)
         self._touch(Buffer.PARAM, p_idx, False)
         acc = self.buffers[Buffer.ACC][acc_idx].astype(np.int64).reshape(ob, P, M)
@@ -369,16 +372,29 @@ class Emulator:
         if not ins.residual:
             y = requantize(acc, bias, mult, shift, ins.zp_out, ins.out_min, ins.out_max)
         else:
-            r_word = (np.arange(P, dtype=np.int64)[None, :, None] * ins.res_stride
-                      + (np.arange(ob, dtype=np.int64)[:, None, None] * k + np.arange(k, dtype=np.int64)[None, None, :]))
-            r_idx = self._buf_index(Buffer.ACT, ins.res_addr + r_word, "epilogue residual")
+            if ins.res_stride == dense:
+                r_idx = self._span(Buffer.ACT, ins.res_addr, P * dense, "epilogue residual")
+                # Pixel-major words, viewed block-major like the accumulators.
+                r = self.buffers[Buffer.ACT][r_idx].reshape(P, ob, M).transpose(1, 0, 2).astype(np.int64)
+            else:
+                r_idx = self._buf_index(Buffer.ACT, ins.res_addr + self._block_words(P, ob, ins.res_stride),
+                                        "epilogue residual")
+                r = self.buffers[Buffer.ACT][r_idx].astype(np.int64).reshape(ob, P, M)
             self._touch(Buffer.ACT, r_idx, False)
-            r = self.buffers[Buffer.ACT][r_idx].astype(np.int64).reshape(ob, P, M)
             a = requantize(acc, bias, mult, shift, ins.zp_mid)
             s = (a - ins.zp_mid) * ins.res_mult_a + (r - ins.zp_res) * ins.res_mult_b
             y = np.minimum(np.maximum(round_shift(s, ins.res_shift) + ins.zp_out, ins.out_min), ins.out_max)
         self._touch(Buffer.ACT, out_idx, True)
-        self.buffers[Buffer.ACT][out_idx.reshape(-1)] = y.reshape(-1, N).astype(np.int8)
+        if isinstance(out_idx, slice):
+            self.buffers[Buffer.ACT][out_idx] = y.transpose(1, 0, 2).reshape(-1, N).astype(np.int8)
+        else:
+            self.buffers[Buffer.ACT][out_idx.reshape(-1)] = y.reshape(-1, N).astype(np.int8)
+
+    def _block_words(self, P: int, ob: int, stride: int) -> np.ndarray:
+        """ACT word offsets [block][pixel][word] of ``ob`` blocks of ``P`` pixels, ``stride`` words apart."""
+        k = self.config.words_per_block
+        return (np.arange(P, dtype=np.int64)[None, :, None] * stride
+                + (np.arange(ob, dtype=np.int64)[:, None, None] * k + np.arange(k, dtype=np.int64)[None, None, :]))
 
     def exec_pool(self, ins: Instruction):
         c = self.config

@@ -262,7 +262,8 @@ class Emulator:
         wb, bidx, row_starts = self._dma_geometry(ins)
         nbytes = ins.cols * wb
         raw = self._dram_rows(ins, nbytes).copy()
-        self._touch(None, self._dram_words(row_starts, nbytes), False)
+        if self._clocks is not None:
+            self._touch(None, self._dram_words(row_starts, nbytes), False)
         self._touch(ins.buf, bidx, True)
         if ins.buf == Buffer.ACT:
             words = raw.view(np.int8).reshape(ins.rows, ins.cols, c.lanes)
@@ -282,7 +283,8 @@ class Emulator:
         wb, bidx, row_starts = self._dma_geometry(ins)
         data = self.buffers[Buffer.ACT][bidx].view(np.uint8).reshape(ins.rows, ins.cols * wb)  # slice or gather
         self._touch(Buffer.ACT, bidx, False)
-        self._touch(None, self._dram_words(row_starts, ins.cols * wb), True)
+        if self._clocks is not None:
+            self._touch(None, self._dram_words(row_starts, ins.cols * wb), True)
         if ins.rows == 1 or ins.dram_stride >= ins.cols * wb:
             self._dram_rows(ins, ins.cols * wb)[...] = data
         else:

@@ -82,7 +82,7 @@ def main(argv=None):
     from tessera.sim.rtl import RtlSim, _hdl_source_key, build_root
     if args.fresh:
         # Drop this design's cached build so the figure is a cold one; the new build stays cached.
-        shutil.rmtree(build_root() / f"{config.hash()}-{_hdl_source_key(None, None, False, "-O2")}", ignore_errors=True)
+        shutil.rmtree(build_root() / f"{config.hash()}-{_hdl_source_key(None, None, False, '-O2')}", ignore_errors=True)
     rng = np.random.default_rng(0)
     lines = [f"## RTL simulation (`{config.name}`: {config.rows}×{config.lanes} MACs, {config.bus_bytes}-byte bus)", "",
              f"Command: `python benchmarks/bench_rtl.py {' '.join(argv if argv is not None else sys.argv[1:])}`"

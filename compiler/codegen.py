@@ -200,6 +200,9 @@ class TileForBuffers:
         dh, dw = a["dilations"]
         H, W = x.height, x.width
         OH, OW = y.height, y.width
+        if min(OH, OW, H, W) < 1:
+            raise unsupported(op.name, op.onnx_op, f"an empty tensor ({list(x.shape)} → {list(y.shape)})",
+                              "tensors with at least one pixel")
 
         def fits(th, tw):
             ir = min(H, (th - 1) * sh + (kh - 1) * dh + 1)
@@ -245,6 +248,9 @@ class TileForBuffers:
                 raise unsupported(op.name, op.onnx_op, f"{what} {v}", f"{what} up to {_fmax(Opcode.POOL, f)}")
         cbw = x.cpad // c.lanes
         H, W, OH, OW = x.height, x.width, y.height, y.width
+        if min(OH, OW, H, W) < 1:
+            raise unsupported(op.name, op.onnx_op, f"an empty tensor ({list(x.shape)} → {list(y.shape)})",
+                              "tensors with at least one pixel")
         sh = a["strides"][0]
         for cg in range(cbw, 0, -1):
             th = 0

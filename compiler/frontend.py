@@ -65,6 +65,15 @@ def _shapes(model) -> dict:
     return out
 
 
+def _check_geometry(n, kernel, strides, pads, dilations):
+    if len(strides) != 2 or len(dilations) != 2 or len(pads) != 4 or len(kernel) != 2:
+        raise unsupported(n.name, n.op_type, f"strides={strides}, pads={pads}, dilations={dilations}",
+                          "2-D strides and dilations, 4 pads")
+    if min(strides) < 1 or min(dilations) < 1 or min(pads) < 0 or min(kernel) < 1:
+        raise unsupported(n.name, n.op_type, f"kernel={kernel}, strides={strides}, pads={pads}, "
+                          f"dilations={dilations}", "positive kernels, strides and dilations, pads ≥ 0")
+
+
 def _out_shape(kind, x, a):
     """Output shape of a QOperator op that shape inference does not know (com.microsoft ops)."""
     x = list(x)
@@ -142,10 +151,22 @@ class _Lowering:
         raise unsupported(node.name, node.op_type, f"float input {fname!r}",
                           "quantized models (QDQ or QOperator); compile float models with --calibrate")
 
-    def q_in(self, name, node):
-        """Int tensor for an ONNX int8/uint8 tensor name (QOperator inputs)."""
+    def q_in(self, name, node, i_scale=None):
+        """Int tensor for an ONNX int8/uint8 tensor name (QOperator inputs).
+
+        With ``i_scale``, the node's own (scale, zero point) inputs at ``i_scale``, ``i_scale + 1``
+        must be the tensor's: the node dequantizes it with them.
+        """
         if name in self.imap:
-            return self.imap[name]
+            t = self.g.tensors[self.imap[name]]
+            if i_scale is not None:
+                s, zp, _ = self.scalar_q(node, node.input[i_scale],
+                                         node.input[i_scale + 1] if len(node.input) > i_scale + 1 else "")
+                if abs(s - t.scale) > 1e-6 * t.scale or zp != t.zero_point:
+                    raise unsupported(node.name, node.op_type, f"reading {name!r} with scale {s:g} / zero point "
+                                      f"{zp} while it was quantized with {t.scale:g} / {t.zero_point}",
+                                      "inputs read with the parameters they were quantized with")
+            return t.name
         raise unsupported(node.name, node.op_type, f"input {name!r} that is not a quantized activation",
                           "quantized activations produced by QuantizeLinear or QLinear* ops")
 
@@ -189,6 +210,19 @@ class _Lowering:
         return w - zp, s
 
     def bias(self, node, name, sx, sw):
+        b = self._bias(node, name, sx, sw)
+        if b.shape != (len(sw),):
+            raise unsupported(node.name, node.op_type, f"a bias of shape {list(b.shape)} for {len(sw)} outputs",
+                              "one bias per output channel")
+        return b
+
+    def _check_in_channels(self, node, x, w):
+        c = self.g.tensors[x].channels
+        if w.ndim == 4 and w.shape[1] != c:
+            raise unsupported(node.name, node.op_type, f"weights for {w.shape[1]} input channels on a "
+                              f"{c}-channel input", "weights matching the input's channels")
+
+    def _bias(self, node, name, sx, sw):
         if not name:
             return np.zeros(len(sw), np.int64)
         if name in self.qconst:
@@ -217,7 +251,14 @@ class _Lowering:
             fn = getattr(self, f"op_{n.op_type}", None)
             if fn is None:
                 raise unsupported(n.name, n.op_type, "this op", SUPPORTED_OPS)
-            fn(n, _attrs(n))
+            try:
+                fn(n, _attrs(n))
+            except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError) as e:
+                if isinstance(e, CompileError):
+                    raise
+                # Inconsistent inputs (shapes, arities) that the ONNX checker lets through.
+                raise CompileError(f"node {n.name!r} ({n.op_type}): malformed inputs or attributes "
+                                   f"({type(e).__name__}: {e})") from None
         for vo in self.model.graph.output:
             name = vo.name
             if name in self.hostf:
@@ -332,7 +373,9 @@ class _Lowering:
         w, sw = self.weights(n, n.input[1])
         sx = self.g.tensors[x].scale
         b = self.bias(n, n.input[2] if len(n.input) > 2 else "", sx, sw)
-        attrs = dict(self._conv_attrs(n, a, w), w=w, w_scale=sw, bias=b)
+        geometry = self._conv_attrs(n, a, w)
+        self._check_in_channels(n, x, w)
+        attrs = dict(geometry, w=w, w_scale=sw, bias=b)
         self.add_op("conv", n, [x], attrs, out_float=n.output[0])
 
     def _gemm(self, n, x, w, sw, b, a=None):
@@ -416,6 +459,7 @@ class _Lowering:
             raise unsupported(n.name, n.op_type, "dilated pooling", "dilations=1")
         pads = list(a.get("pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
         strides = list(a.get("strides", [1, 1]))
+        _check_geometry(n, k, strides, pads, [1, 1])
         mode = "max" if "Max" in n.op_type else "avg"
         if mode == "avg":
             out = self.shapes.get(n.output[0])
@@ -637,17 +681,19 @@ class _Lowering:
         return self.scalar_q(n, n.input[i_s], n.input[i_zp] if len(n.input) > i_zp else "")
 
     def op_QLinearConv(self, n, a):
-        x = self.q_in(n.input[0], n)
+        x = self.q_in(n.input[0], n, 1)
         wq = self.const(n.input[3], n, "weights")
         w, sw = self._wq(n, wq, self.consts[n.input[4]], self.const(n.input[5], n, "weight zero point"), 0, False)
         sx = self.g.tensors[x].scale
         b = self.bias(n, n.input[8] if len(n.input) > 8 else "", sx, sw)
-        attrs = dict(self._conv_attrs(n, a, w), w=w, w_scale=sw, bias=b)
+        geometry = self._conv_attrs(n, a, w)
+        self._check_in_channels(n, x, w)
+        attrs = dict(geometry, w=w, w_scale=sw, bias=b)
         self.add_op("conv", n, [x], attrs, out_int=n.output[0], params=self._qparams(n, 6, 7))
         self.imap[n.output[0]] = n.output[0]
 
     def op_QLinearMatMul(self, n, a):
-        x = self.q_in(n.input[0], n)
+        x = self.q_in(n.input[0], n, 1)
         w, sw = self._wq(n, self.const(n.input[3], n, "weights"), self.consts[n.input[4]],
                          self.const(n.input[5], n, "weight zero point"), 1, True)
         attrs = {"w": w, "w_scale": sw, "bias": np.zeros(w.shape[0], np.int64)}
@@ -655,7 +701,7 @@ class _Lowering:
         self.imap[n.output[0]] = n.output[0]
 
     def op_QGemm(self, n, a):
-        x = self.q_in(n.input[0], n)
+        x = self.q_in(n.input[0], n, 1)
         trans_b = a.get("transB", 0)
         w, sw = self._wq(n, self.const(n.input[3], n, "weights"), self.consts[n.input[4]],
                          self.const(n.input[5], n, "weight zero point"), 0 if trans_b else 1, not trans_b)
@@ -667,14 +713,14 @@ class _Lowering:
         self.imap[n.output[0]] = n.output[0]
 
     def op_QLinearAdd(self, n, a):
-        xa, xb = self.q_in(n.input[0], n), self.q_in(n.input[3], n)
+        xa, xb = self.q_in(n.input[0], n, 1), self.q_in(n.input[3], n, 4)
         if list(self.g.tensors[xa].shape) != list(self.g.tensors[xb].shape):
             raise unsupported(n.name, n.op_type, "broadcasting", "Add of two tensors of the same shape")
         self.add_op("add", n, [xa, xb], {}, out_int=n.output[0], params=self._qparams(n, 6, 7))
         self.imap[n.output[0]] = n.output[0]
 
     def op_QLinearGlobalAveragePool(self, n, a):
-        x = self.q_in(n.input[0], n)
+        x = self.q_in(n.input[0], n, 1)
         if a.get("channels_last", 0):
             raise unsupported(n.name, n.op_type, "channels_last=1", "NCHW (channels_last=0)")
         self.add_op("pool", n, [x], self._pool_attrs(n, a, self.g.tensors[x].shape), out_int=n.output[0],
@@ -682,7 +728,7 @@ class _Lowering:
         self.imap[n.output[0]] = n.output[0]
 
     def op_QLinearAveragePool(self, n, a):
-        x = self.q_in(n.input[0], n)
+        x = self.q_in(n.input[0], n, 1)
         if a.get("channels_last", 0):
             raise unsupported(n.name, n.op_type, "channels_last=1", "NCHW (channels_last=0)")
         self.add_op("pool", n, [x], self._pool_attrs(n, a, self.g.tensors[x].shape), out_int=n.output[0],
@@ -690,7 +736,7 @@ class _Lowering:
         self.imap[n.output[0]] = n.output[0]
 
     def op_QLinearConcat(self, n, a):
-        ins = [self.q_in(n.input[i], n) for i in range(2, len(n.input), 3)]
+        ins = [self.q_in(n.input[i], n, i + 1) for i in range(2, len(n.input), 3)]
         shapes = [self.g.tensors[i].shape for i in ins]
         if a.get("axis") not in (1, -3 if len(shapes[0]) == 4 else -1):
             raise unsupported(n.name, n.op_type, f"axis={a.get('axis')}", "concatenation along channels (axis 1)")
@@ -700,7 +746,7 @@ class _Lowering:
         self.imap[n.output[0]] = n.output[0]
 
     def op_QLinearSoftmax(self, n, a):
-        x = self.q_in(n.input[0], n)
+        x = self.q_in(n.input[0], n, 1)
         shape = list(self.g.tensors[x].shape)
         if len(shape) != 2 or a.get("axis", -1) not in (-1, 1):
             raise unsupported(n.name, n.op_type, f"axis={a.get('axis')} on shape {shape}",

@@ -168,3 +168,35 @@ def test_lower_mul_by_broadcast_row_is_rejected():
     y = q.op("Mul", [q.x, q.init(np.ones(4, np.float32))], "mul", 0.06, 128)
     with pytest.raises(CompileError, match=r"'mul' \(Mul\): a constant of shape \[4\].*per-channel"):
         lower(load_onnx(q.model(y)))
+
+
+def _mutated(fmt, mutate):
+    import copy
+    b = NetBuilder((1, 3, 6, 6), seed=1)
+    q = copy.deepcopy(quantize(b.model([b.conv("x", 4)]), fmt=fmt))
+    mutate(q)
+    return q
+
+
+def _truncate_bias(q):
+    init = next(i for i in q.graph.initializer if i.data_type == onnx.TensorProto.INT32)
+    arr = onnx.numpy_helper.to_array(init)
+    init.CopyFrom(onnx.numpy_helper.from_array(arr[:2].copy(), init.name))
+
+
+def _zero_stride(q):
+    conv = next(n for n in q.graph.node if "Conv" in n.op_type)
+    conv.attribute.append(h.make_attribute("strides", [0, 1]))
+
+
+def _drop_input(q):
+    conv = next(n for n in q.graph.node if "Conv" in n.op_type)
+    conv.input[1] = "nowhere"
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+@pytest.mark.parametrize("mutate", [_truncate_bias, _zero_stride, _drop_input])
+def test_malformed_models_are_compile_errors(fmt, mutate):
+    from tessera.compiler.driver import compile_model
+    with pytest.raises(CompileError):
+        compile_model(_mutated(fmt, mutate), PRESETS["sim"])

@@ -324,7 +324,7 @@ def test_non_image_model_serves_tensors_only(program):
     vec.meta = {"name": "vec"}
     bad = Program.from_bytes(vec.to_bytes())
     bad.meta = {"preprocess": {"style": "caffe"}}
-    with pytest.raises(UserError, match="not a batch-1, 3-channel image"):
+    with pytest.raises(UserError, match=r"not a batch-1, 3-channel \(colour\) or 1-channel \(grey\) image"):
         ModelServer(bad, port=0)
     with ModelServer(vec, host=LOOPBACK, port=0) as srv, grpc.insecure_channel(f"{LOOPBACK}:{srv.port}") as ch:
         s = prediction_service_pb2_grpc.PredictionServiceStub(ch)

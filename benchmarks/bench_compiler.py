@@ -133,8 +133,8 @@ def main(argv=None):
     s = np.concatenate([v.reshape(-1) for v in steps])
     ort_ms, emu_ms = 1e3 * np.median(ort_t), 1e3 * np.median(emu_t)
     macs = sum(r.macs for r in reports)
-    from tessera.compiler.estimate import estimate
-    est = estimate(prog)
+    from tessera.sim.cyclemodel import predict
+    est = predict(prog)
     cmd = "python benchmarks/bench_compiler.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "## Compiler: ResNet-50 224×224",
@@ -153,7 +153,7 @@ def main(argv=None):
         f"{len(prog.constants)} | |",
         *[f"| compile time for `{n}` (instructions) | {t:.2f} s ({k}) | < 10 s |" for n, (t, k) in others.items()],
         f"| MACs per image | {macs / 1e9:.2f} G | |",
-        f"| coarse timing model (compiler/estimate.py): cycles, MAC array busy, useful MACs of peak | "
+        f"| cycle model (sim/cyclemodel.py): cycles, MAC array busy, useful MACs of peak | "
         f"{est.cycles / 1e6:.1f} M, {est.compute_busy:.0%}, {macs / (est.cycles * cfg.macs_per_cycle):.0%} | |",
         f"| onnxruntime per image (median of {args.images}) | {ort_ms:.0f} ms | |",
         f"| emulator per image (median of {args.images}) | {emu_ms:.0f} ms | |",

@@ -12,7 +12,7 @@ from tessera.arch import get_config
 from tessera.errors import UserError
 
 from .codegen import EmitInstructions, TileForBuffers
-from .estimate import estimate
+from tessera.sim.cyclemodel import predict
 from .frontend import load_onnx, lower
 from .ir import CompileError
 from .passes import FoldBatchNorm, run_passes
@@ -62,10 +62,10 @@ def format_report(reports, prog) -> str:
         lines.append(f"| {r.name} | {r.op} | {'×'.join(map(str, r.in_shape))} | {'×'.join(map(str, r.out_shape))} "
                      f"| {r.macs} | {r.instructions} | {r.tiles} | {buf} |")
     total = sum(r.macs for r in reports)
-    est = estimate(prog)
+    est = predict(prog)
     lines.append(f"\n{len(reports)} layers, {total} MACs, {len(prog.instructions)} instructions, "
                  f"{len(prog.constants)} constant bytes, {prog.scratch_size} scratch bytes; "
-                 f"coarse timing model: {est.cycles:.0f} cycles, MAC array busy {est.compute_busy:.0%}, "
+                 f"cycle model: {est.cycles:.0f} cycles, MAC array busy {est.compute_busy:.0%}, "
                  f"useful MACs {total / (est.cycles * prog.config.macs_per_cycle):.0%} of peak"
                  + "".join(f"; host op {h['op']} ({h['name']})" for h in prog.host_ops))
     return "\n".join(lines)

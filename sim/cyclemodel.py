@@ -61,6 +61,16 @@ class ModelResult:
     def utilization(self, config: NpuConfig) -> float:
         return self.macs / max(1, self.cycles * config.macs_per_cycle)
 
+    @property
+    def serial(self) -> int:
+        """Cycles if no two instructions overlapped."""
+        return sum(i.end - i.start for i in self.instructions)
+
+    @property
+    def compute_busy(self) -> float:
+        """Fraction of the cycles the MAC array issues (CONV work)."""
+        return sum(i.busy for i in self.instructions if i.op == "CONV") / max(1, self.cycles)
+
 
 class CycleModel:
     """Timing of one program on one config."""

@@ -109,9 +109,9 @@ def test_program_overlaps_load_with_compute():
     # finishes well before the sum of its instruction times.
     from tessera.compiler.driver import compile_model
     q = quantize(_conv_model((1, 16, 40, 24), 32, k=3))
-    from tessera.compiler.estimate import estimate
+    from tessera.sim.cyclemodel import predict
     prog, _ = compile_model(q, TINY)
-    est = estimate(prog)
+    est = predict(prog)
     assert sum(i.op == Opcode.CONV for i in prog.instructions) > 4
     assert est.cycles < 0.75 * est.serial
     assert_layer_exact(check_against_ort(q, TINY, n_inputs=1, program=prog))

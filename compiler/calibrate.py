@@ -85,9 +85,12 @@ def calibration_samples(model, source) -> list[dict]:
             a = data[n]
             if list(a.shape) == shape:
                 data[n] = a[None]
+            elif shape[0] == 1 and list(a.shape[1:]) == shape[1:]:
+                # A batch of N samples for a batch-1 model, as Keras users keep data sets.
+                data[n] = a[:, None]
             elif list(a.shape[1:]) != shape:
-                raise CompileError(f"--calibrate {src}: array {n!r} has shape {list(a.shape)}; expected {shape} "
-                                   f"or [samples] + {shape}")
+                raise CompileError(f"--calibrate {src}: array {n!r} has shape {list(a.shape)}; expected {shape}, "
+                                   f"[samples] + {shape} or [samples] + {shape[1:]}")
             counts.add(data[n].shape[0])
         if len(counts) != 1:
             raise CompileError(f"--calibrate {src}: inputs have different sample counts {sorted(counts)}")

@@ -7,18 +7,18 @@ import os
 import time
 
 import onnx
+from tessera.sim.cyclemodel import predict
 
 from tessera.arch import get_config
 from tessera.errors import UserError
 
 from .codegen import EmitInstructions, TileForBuffers
-from tessera.sim.cyclemodel import predict
 from .frontend import load_onnx, lower
 from .ir import CompileError
 from .passes import FoldBatchNorm, run_passes
-from .tf_frontend import is_tf_model, tf_to_onnx
+from .tf_frontend import is_tf_model, strip_input_layout, tf_to_onnx
 
-__all__ = ["compile_command", "compile_model", "format_report", "is_quantized"]
+__all__ = ["compile_command", "compile_model", "compile_tf_model", "format_report", "is_quantized"]
 
 _QOPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QGemm"}
 
@@ -54,6 +54,31 @@ def compile_model(model, config, *, calibrate=None, name: str | None = None):
     return prog, reports
 
 
+def compile_tf_model(path, config, *, calibrate=None, name: str | None = None):
+    """Compile a Keras file or SavedModel folder: tf2onnx, then :func:`compile_model`.
+
+    The NHWC→NCHW conversion tf2onnx puts after image inputs is stripped (the NPU stores
+    pixels channel-innermost anyway); the program's inputs keep the Keras model's NHWC
+    shapes, and NHWC calibration arrays are transposed to match.
+    """
+    import tempfile
+
+    import numpy as np
+
+    proto, nhwc = strip_input_layout(tf_to_onnx(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        if nhwc and calibrate is not None and str(calibrate).endswith(".npz"):
+            with np.load(calibrate) as f:
+                arrays = {k: (np.moveaxis(f[k], -1, -3) if k in nhwc else f[k]) for k in f.files}
+            calibrate = os.path.join(tmp, "calibration_nchw.npz")
+            np.savez(calibrate, **arrays)
+        prog, reports = compile_model(proto, config, calibrate=calibrate, name=name or str(path))
+    for t in prog.inputs:
+        if t.name in nhwc:
+            t.shape, t.layout = nhwc[t.name], "NHWC"
+    return prog, reports
+
+
 def format_report(reports, prog) -> str:
     lines = ["| layer | op | input | output | MACs | instructions | tiles | buffer words (per slot) |",
              "|---|---|---|---|---:|---:|---:|---|"]
@@ -78,11 +103,12 @@ def compile_command(args) -> int:
     try:
         model = args.model
         if is_tf_model(model):
-            model = tf_to_onnx(model)
+            prog, reports = compile_tf_model(model, config, calibrate=args.calibrate, name=args.model)
         elif os.path.isdir(model):
             raise CompileError(f"{model} is a folder without saved_model.pb; supported: .onnx, .keras, "
                                f"or a SavedModel folder")
-        prog, reports = compile_model(model, config, calibrate=args.calibrate, name=args.model)
+        else:
+            prog, reports = compile_model(model, config, calibrate=args.calibrate, name=args.model)
     except CompileError as e:
         raise UserError(f"{args.model}: {e}") from None
     try:

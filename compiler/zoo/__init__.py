@@ -71,17 +71,12 @@ def calibration_data(model, samples: int = 8, seed: int = 0) -> dict:
 def build_program(name: str, output, *, config: str = "sim", reduced: bool = False, weights: str | None = None,
                   calibrate: str | None = None, input_size: int | None = None):
     """Keras model → ONNX (tf2onnx) → quantize with calibration data → compile → ``output``."""
-    import onnx
-
-    from ..driver import compile_model
-    from ..tf_frontend import strip_input_layout, tf_to_onnx
+    from ..driver import compile_tf_model
 
     model = keras_model(name, reduced=reduced, weights=weights, input_size=input_size)
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = pathlib.Path(tmp) / f"{name}.onnx"
-        model.save(pathlib.Path(tmp) / f"{name}.keras")
-        proto, nhwc = strip_input_layout(tf_to_onnx(pathlib.Path(tmp) / f"{name}.keras"))
-        onnx.save(proto, onnx_path)
+        path = pathlib.Path(tmp) / f"{name}.keras"
+        model.save(path)
         if calibrate is None:
             calibrate = str(pathlib.Path(tmp) / "calibration.npz")
             if name == "digits":
@@ -89,12 +84,7 @@ def build_program(name: str, output, *, config: str = "sim", reduced: bool = Fal
                 np.savez(calibrate, **digits.calibration())
             else:
                 np.savez(calibrate, **calibration_data(model))
-        calibrate = _to_nchw(calibrate, nhwc, pathlib.Path(tmp))
-        prog, reports = compile_model(str(onnx_path), config, calibrate=calibrate, name=name)
-    for t in prog.inputs:
-        if t.name in nhwc:
-            # Clients keep feeding the Keras model's NHWC images.
-            t.shape, t.layout = nhwc[t.name], "NHWC"
+        prog, reports = compile_tf_model(path, config, calibrate=calibrate, name=name)
     if name == "digits":
         from . import digits
         prog.meta.update(digits.META)
@@ -103,17 +93,6 @@ def build_program(name: str, output, *, config: str = "sim", reduced: bool = Fal
     prog.meta["zoo"] = name
     prog.save(output)
     return prog, reports
-
-
-def _to_nchw(calibrate: str, nhwc: dict, tmp: pathlib.Path) -> str:
-    """Calibration tensors for inputs whose NHWC→NCHW conversion was stripped, transposed to match."""
-    if not nhwc or not str(calibrate).endswith(".npz"):
-        return calibrate
-    with np.load(calibrate) as f:
-        data = {k: (f[k].transpose(*range(f[k].ndim - 3), -1, -3, -2) if k in nhwc else f[k]) for k in f.files}
-    path = tmp / "calibration_nchw.npz"
-    np.savez(path, **data)
-    return str(path)
 
 
 def _parser():

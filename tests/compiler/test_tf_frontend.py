@@ -76,3 +76,29 @@ def test_strip_input_layout_removes_nhwc_conversion(tmp_path, channels):
     assert [d.dim_value for d in stripped.graph.input[0].type.tensor_type.shape.dim] == [1, channels, 5, 7]
     assert not any(n.op_type in ("Transpose", "Reshape") and "img" in n.input for n in stripped.graph.node)
     np.testing.assert_allclose(_run(stripped, x.transpose(0, 3, 1, 2)), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_compile_keras_file_keeps_nhwc_input_for_clients(tmp_path, channels):
+    from tessera.cli import main
+    from tessera.host.runtime import Runtime
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 6, channels), name="img")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(4, activation="softmax", name="probs")(x)
+    model = keras.Model(inp, out)
+    model.save(tmp_path / "m.keras")
+    rng = np.random.default_rng(4)
+    # Calibration as a Keras user keeps it: N samples of the NHWC input, no batch axis per sample.
+    np.savez(tmp_path / "calib.npz", img=rng.random((16, 8, 6, channels), dtype=np.float32))
+    assert main(["compile", str(tmp_path / "m.keras"), "-o", str(tmp_path / "m.tsp"), "--config", "sim",
+                 "--calibrate", str(tmp_path / "calib.npz")]) == 0
+    with Runtime(str(tmp_path / "m.tsp")) as rt:
+        t = rt.program.inputs[0]
+        assert (t.name, t.layout, t.shape) == ("img", "NHWC", [1, 8, 6, channels])
+        x = rng.random((1, 8, 6, channels), dtype=np.float32)
+        got = rt.run({"img": x})["probs"]
+    want = model.predict(x, verbose=0)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 0.05  # int8 through the NPU vs the float Keras model

@@ -82,8 +82,7 @@ class Emulator:
             Buffer.PARAM: np.zeros((c.pbuf_words, c.rows, len(PARAM_FIELDS)), dtype=np.int32),
         }
         self._exec = {op: getattr(self, f"exec_{op.name.lower()}") for op in Opcode}
-        self._decoded: dict[bytes, Instruction] = {}
-        self._masks = {m: mask_units(m) for m in range(1 << len(Unit))}
+        self._decoded: dict[bytes, tuple | None] = {}
         self.stats = RunStats()
 
     # ---- host access ----------------------------------------------------------
@@ -112,64 +111,82 @@ class Emulator:
         t0 = time.perf_counter()
         c = self.config
         self.stats = RunStats()
-        queues = {u: deque() for u in Unit}
-        tokens = {(s, d): 0 for s in Unit for d in Unit if s != d}
+        nu = len(Unit)
+        queues = [deque() for _ in range(nu)]
+        tokens = [0] * (nu * nu)          # tokens[src * nu + dst]
+        depth, qdepth = c.token_depth, c.queue_depth
         self._clocks = VectorClocks() if self.check_hazards else None
         self._trackers = {}
+        counts = {}
         pc = prog_addr
         fetching = True
         executed = 0
         while True:
             while fetching:
-                ins = self._fetch(pc)
-                if ins.op == Opcode.END:
+                e = self._fetch(pc)
+                if e is None:
                     fetching = False
                     break
-                if len(queues[ins.unit]) >= c.queue_depth:
+                if len(queues[e[1]]) >= qdepth:
                     break
-                queues[ins.unit].append((pc, ins))
+                queues[e[1]].append((pc, e))
                 pc += INSTR_BYTES
-            ready = [u for u in Unit if queues[u] and self._can_start(u, queues[u][0][1], tokens)]
-            if not ready:
-                if not fetching and not any(queues.values()):
+            # Among the heads that can start, the oldest goes first (deterministic).
+            best = None
+            for u in range(nu):
+                q = queues[u]
+                if not q:
+                    continue
+                ipc, (ins, _, waits, sigs, fn) = q[0]
+                if best is not None and ipc > best[0]:
+                    continue
+                if all(tokens[s * nu + u] for s in waits) and all(tokens[u * nu + d] < depth for d in sigs):
+                    best = (ipc, u)
+            if best is None:
+                if not fetching and not any(queues):
                     break
-                heads = [(q[0][0], u, q[0][1]) for u, q in queues.items() if q]
-                hpc, hu, hins = min(heads, key=lambda t: t[0]) if heads else (pc, None, None)
-                blocked = (f"unit {hu.name} waits for tokens from "
-                           f"{','.join(u.name for u in mask_units(hins.wait)) or '-'} "
-                           f"or for room to signal {','.join(u.name for u in mask_units(hins.signal)) or '-'}"
-                           if hu is not None else "no unit can start")
-                raise NpuError(ErrorCode.DEADLOCK, hpc, f"deadlock: {blocked}; fetch is "
-                               f"{'blocked at 0x%x' % pc if fetching else 'finished'}")
-            u = min(ready, key=lambda u: queues[u][0][0])
-            ipc, ins = queues[u].popleft()
-            for src in self._masks[ins.wait]:
-                tokens[(src, u)] -= 1
+                self._deadlock(queues, pc, fetching)
+            ipc, u = best
+            _, (ins, _, waits, sigs, fn) = queues[u].popleft()
+            for s in waits:
+                tokens[s * nu + u] -= 1
             if self._clocks is not None:
-                self._vc = self._clocks.start(u.value, [s.value for s in mask_units(ins.wait)])
+                self._vc = self._clocks.start(u, list(waits))
                 self._where = f"instruction 0x{ipc:x} ({ins.op.name})"
-                self._unit = u.value
+                self._unit = u
             self._pc = ipc
-            self._exec[ins.op](ins)
-            for dst in self._masks[ins.signal]:
-                tokens[(u, dst)] += 1
+            fn(ins)
+            for d in sigs:
+                tokens[u * nu + d] += 1
             if self._clocks is not None:
-                self._clocks.signal(u.value, [d.value for d in mask_units(ins.signal)], self._vc)
-            self.stats.instructions += 1
-            self.stats.by_opcode[ins.op.name] = self.stats.by_opcode.get(ins.op.name, 0) + 1
+                self._clocks.signal(u, list(sigs), self._vc)
+            counts[ins.op] = counts.get(ins.op, 0) + 1
             executed += 1
             if executed > max_instructions:
                 raise NpuError(ErrorCode.WATCHDOG, ipc, f"more than {max_instructions} instructions executed")
+        self.stats.instructions = executed
+        self.stats.by_opcode = {op.name: n for op, n in counts.items()}
         self.stats.by_opcode["END"] = 1
         self.stats.seconds = time.perf_counter() - t0
         return self.stats
 
-    def _fetch(self, pc: int) -> Instruction:
+    def _deadlock(self, queues, pc, fetching):
+        heads = [(q[0][0], Unit(u), q[0][1][0]) for u, q in enumerate(queues) if q]
+        hpc, hu, hins = min(heads, key=lambda t: t[0]) if heads else (pc, None, None)
+        blocked = (f"unit {hu.name} waits for tokens from "
+                   f"{','.join(u.name for u in mask_units(hins.wait)) or '-'} "
+                   f"or for room to signal {','.join(u.name for u in mask_units(hins.signal)) or '-'}"
+                   if hu is not None else "no unit can start")
+        raise NpuError(ErrorCode.DEADLOCK, hpc, f"deadlock: {blocked}; fetch is "
+                       f"{'blocked at 0x%x' % pc if fetching else 'finished'}")
+
+    def _fetch(self, pc: int):
+        """The dispatch entry of the word at ``pc``: (instruction, unit, waits, signals, exec), or None for END."""
         if pc < 0 or pc + INSTR_BYTES > self.dram.size:
             raise NpuError(ErrorCode.DRAM_RANGE, pc, "instruction fetch outside external memory")
         raw = self.dram[pc:pc + INSTR_BYTES].tobytes()
-        hit = self._decoded.get(raw)
-        if hit is not None:
+        hit = self._decoded.get(raw, False)
+        if hit is not False:
             return hit
         try:
             ins = decode(raw)
@@ -179,14 +196,12 @@ class Emulator:
         if unit is not None and (ins.wait | ins.signal) >> unit.value & 1:
             raise NpuError(ErrorCode.BAD_FIELD, pc, f"{ins.op.name.lower()} on unit {unit.name} "
                            f"cannot wait for or signal its own unit")
-        # Decoding is pure, so identical words share one decoded instruction (fetch may retry a word).
-        self._decoded[raw] = ins
-        return ins
-
-    def _can_start(self, u: Unit, ins: Instruction, tokens) -> bool:
-        # An instruction starts only with its tokens present and room in every queue it signals.
-        return (all(tokens[(s, u)] > 0 for s in self._masks[ins.wait])
-                and all(tokens[(u, d)] < self.config.token_depth for d in self._masks[ins.signal]))
+        entry = None if ins.op == Opcode.END else (
+            ins, unit.value, tuple(u.value for u in mask_units(ins.wait)),
+            tuple(u.value for u in mask_units(ins.signal)), self._exec[ins.op])
+        # Decoding is pure, so identical words share one entry (fetch may retry a word).
+        self._decoded[raw] = entry
+        return entry
 
     # ---- helpers ---------------------------------------------------------------
 

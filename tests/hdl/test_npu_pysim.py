@@ -10,25 +10,31 @@ from tests.rtl.test_npu import CONFIG
 
 from .pysim import run_npu
 
+#: 4-bit weights, and ACT words as wide as the bus.
+W4 = CONFIG.replace(name="rtl-test-w4", weight_bits=4, lanes=8, rows=8, bus_bytes=8)
+
 CASES = {
-    "conv_residual": lambda rng: conv_layer(CONFIG, rng, ob=2, in_cb=2, residual=True, k_h=1, k_w=1, pad=(0, 0)),
-    "conv_strided_dilated": lambda rng: conv_layer(CONFIG, rng, stride=(2, 1), dil=(1, 2), in_h=6, in_w=7, pad=(1, 2)),
-    "pool_avg": lambda rng: pool_layer(CONFIG, rng, mode="avg", k=(3, 3), stride=(1, 1), pad=(1, 1), in_h=4, in_w=4),
-    "dma_act": lambda rng: dma_pattern(CONFIG, rng, offset=1),
+    "conv_w4": lambda rng: (W4, conv_layer(W4, rng, in_cb=2, ob=2)),
+    "conv_residual": lambda rng: (CONFIG, conv_layer(CONFIG, rng, ob=2, in_cb=2, residual=True, k_h=1, k_w=1, pad=(0, 0))),
+    "conv_strided_dilated": lambda rng: (CONFIG, conv_layer(CONFIG, rng, stride=(2, 1), dil=(1, 2), in_h=6, in_w=7,
+                                                           pad=(1, 2))),
+    "pool_avg": lambda rng: (CONFIG, pool_layer(CONFIG, rng, mode="avg", k=(3, 3), stride=(1, 1), pad=(1, 1),
+                                                in_h=4, in_w=4)),
+    "dma_act": lambda rng: (CONFIG, dma_pattern(CONFIG, rng, offset=1)),
 }
 
 
 @pytest.mark.parametrize("backpressure", [0.4])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_npu_pysim_matches_emulator(case, backpressure):
-    prog, segs, outs = CASES[case](np.random.default_rng(3))
-    dram = np.zeros(CONFIG.dram_bytes, np.uint8)
+    config, (prog, segs, outs) = CASES[case](np.random.default_rng(3))
+    dram = np.zeros(config.dram_bytes, np.uint8)
     for a, b in [(0, encode_program(prog))] + segs:
         dram[a:a + len(b)] = np.frombuffer(b, np.uint8)
-    emu = Emulator(CONFIG)
+    emu = Emulator(config)
     emu.dram[:] = dram
     emu.run(0)
-    regs = run_npu(CONFIG, dram, 0, backpressure=backpressure, latency=3, max_cycles=20_000)
+    regs = run_npu(config, dram, 0, backpressure=backpressure, latency=3, max_cycles=20_000)
     assert regs["STATUS"] == 2 and regs["ERROR"] == 0
     for a, n in outs:
         np.testing.assert_array_equal(dram[a:a + n], emu.dram[a:a + n])

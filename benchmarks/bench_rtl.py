@@ -36,8 +36,9 @@ def _load() -> str:
 
 
 def conv_speed(sim, config, rng):
-    from tessera.isa import encode_program
     from tessera.sim.emulator import Emulator
+
+    from tessera.isa import encode_program
     from tests.rtl.programs import conv_layer
     prog, segs, outs = conv_layer(config, rng, in_h=14, in_w=14, in_cb=8, ob=4)
     emu = Emulator(config)
@@ -65,7 +66,7 @@ def resnet(sim, config, rng):
     rtl = Runtime(prog, backend="rtl", sim=sim)
     got = rtl.run_quantized(images)
     exact = all(np.array_equal(got[k], want[k]) for k in want)
-    return dict(compile=t_compile, result=rtl.last, exact=exact)
+    return {"compile": t_compile, "result": rtl.last, "exact": exact}
 
 
 def main(argv=None):
@@ -85,8 +86,8 @@ def main(argv=None):
         shutil.rmtree(build_root() / f"{config.hash()}-{_hdl_source_key(None, None, False, '-O2')}", ignore_errors=True)
     rng = np.random.default_rng(0)
     lines = [f"## RTL simulation (`{config.name}`: {config.rows}×{config.lanes} MACs, {config.bus_bytes}-byte bus)", "",
-             f"Command: `python benchmarks/bench_rtl.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-             f" ({_load()} at start)", ""]
+             (f"Command: `python benchmarks/bench_rtl.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
+              f" ({_load()} at start)"), ""]
     try:
         t0 = time.perf_counter()
         sim = RtlSim(config)

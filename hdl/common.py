@@ -6,15 +6,27 @@ layout from :func:`tessera.isa.layout`.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Mux, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
-from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Unit
+from tessera.isa import INSTR_BITS, Buffer, ErrorCode
 
-__all__ = ["ADDR_BITS", "beat_bits", "MemPortSignature", "BufReadSignature", "BufWriteSignature",
-           "UnitSignature", "ReadClientSignature", "WriteClientSignature", "word_bits", "round_shift", "clamp", "log2"]
+__all__ = [
+    "ADDR_BITS",
+    "BufReadSignature",
+    "BufWriteSignature",
+    "MemPortSignature",
+    "ReadClientSignature",
+    "UnitSignature",
+    "WriteClientSignature",
+    "beat_bits",
+    "clamp",
+    "log2",
+    "round_shift",
+    "word_bits",
+]
 
 #: External memory byte addresses are 32 bit (ISA `dram_addr`).
 ADDR_BITS = 32

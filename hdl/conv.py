@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -70,10 +70,9 @@ class ConvUnit(wiring.Component):
 
         m.d.comb += self.ctl.busy.eq(running)
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.ctl.start):
-                    m.next = "CHECK"
-                    m.d.sync += running.eq(1)
+            with m.State("IDLE"), m.If(self.ctl.start):
+                m.next = "CHECK"
+                m.d.sync += running.eq(1)
             with m.State("CHECK"):
                 with m.If(bad_range):
                     m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(ErrorCode.BUFFER_RANGE)]
@@ -111,26 +110,26 @@ class ConvUnit(wiring.Component):
         m.d.comb += array.en.eq(running)
         with m.If(running):
             # S1: input coordinates of the tap.
-            s1 = dict(v=Signal(), first=Signal(), last=Signal(), cb=Signal(10), wa=Signal(28), tag=Signal(16),
-                      iy=Signal(signed(16)), ix=Signal(signed(16)))
+            s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cb": Signal(10), "wa": Signal(28), "tag": Signal(16),
+                      "iy": Signal(signed(16)), "ix": Signal(signed(16))}
             m.d.sync += [s1["v"].eq(gen), s1["first"].eq(t == 0), s1["last"].eq(pix_end), s1["cb"].eq(cb),
                          s1["wa"].eq(wbase + t), s1["tag"].eq(ins.acc_addr + pcnt),
                          s1["iy"].eq(y * ins.stride_h + ky * ins.dil_h - ins.pad_t),
                          s1["ix"].eq(x * ins.stride_w + kx * ins.dil_w - ins.pad_l)]
             # S2: padding test and linear pixel index.
-            s2 = dict(v=Signal(), first=Signal(), last=Signal(), cb=Signal(10), wa=Signal(28), tag=Signal(16),
-                      pad=Signal(), lin=Signal(signed(32)))
+            s2 = {"v": Signal(), "first": Signal(), "last": Signal(), "cb": Signal(10), "wa": Signal(28), "tag": Signal(16),
+                      "pad": Signal(), "lin": Signal(signed(32))}
             m.d.sync += [s2[k].eq(s1[k]) for k in ("v", "first", "last", "cb", "wa", "tag")]
             m.d.sync += [s2["pad"].eq((s1["iy"] < 0) | (s1["iy"] >= ins.in_h) | (s1["ix"] < 0) | (s1["ix"] >= ins.in_w)),
                          s2["lin"].eq(s1["iy"] * ins.in_w + s1["ix"])]
             # S3: buffer addresses, presented to the read ports.
-            s3 = dict(v=Signal(), first=Signal(), last=Signal(), wa=Signal(28), tag=Signal(16), pad=Signal(),
-                      aa=Signal(32))
+            s3 = {"v": Signal(), "first": Signal(), "last": Signal(), "wa": Signal(28), "tag": Signal(16), "pad": Signal(),
+                      "aa": Signal(32)}
             m.d.sync += [s3[k].eq(s2[k]) for k in ("v", "first", "last", "wa", "tag", "pad")]
             m.d.sync += s3["aa"].eq(ins.in_addr + s2["lin"] * ins.in_cb + s2["cb"])
             m.d.comb += [self.act_rd.addr.eq(s3["aa"]), self.wgt_rd.addr.eq(s3["wa"])]
             # S4: data arrives; padding taps read pad_value in every lane.
-            s4 = dict(v=Signal(), first=Signal(), last=Signal(), tag=Signal(16), pad=Signal())
+            s4 = {"v": Signal(), "first": Signal(), "last": Signal(), "tag": Signal(16), "pad": Signal()}
             m.d.sync += [s4[k].eq(s3[k]) for k in s4]
             pad_word = Cat(*([ins.pad_value.as_unsigned()] * N))
             m.d.comb += [array.valid.eq(s4["v"]), array.first.eq(s4["first"]), array.last.eq(s4["last"]),

@@ -10,7 +10,7 @@ from tessera.isa import Csr, ErrorCode, Status, Unit
 
 from .common import ADDR_BITS
 
-__all__ = ["CsrSignature", "CsrBlock", "CTRL_START", "CTRL_RESET"]
+__all__ = ["CTRL_RESET", "CTRL_START", "CsrBlock", "CsrSignature"]
 
 CTRL_START = 1
 CTRL_RESET = 2
@@ -75,15 +75,13 @@ class CsrBlock(wiring.Component):
                 with m.Case(r):
                     m.d.comb += self.bus.rdata.eq(s)
 
-        with m.If(self.bus.we):
-            with m.Switch(self.bus.addr):
-                with m.Case(Csr.PROG_ADDR):
-                    with m.If(~busy):
-                        m.d.sync += self.prog_addr.eq(self.bus.wdata)
-                with m.Case(Csr.IRQ_ENABLE):
-                    m.d.sync += regs[Csr.IRQ_ENABLE].eq(self.bus.wdata)
-                with m.Case(Csr.WATCHDOG):
-                    m.d.sync += regs[Csr.WATCHDOG].eq(self.bus.wdata)
+        with m.If(self.bus.we), m.Switch(self.bus.addr):
+            with m.Case(Csr.PROG_ADDR), m.If(~busy):
+                m.d.sync += self.prog_addr.eq(self.bus.wdata)
+            with m.Case(Csr.IRQ_ENABLE):
+                m.d.sync += regs[Csr.IRQ_ENABLE].eq(self.bus.wdata)
+            with m.Case(Csr.WATCHDOG):
+                m.d.sync += regs[Csr.WATCHDOG].eq(self.bus.wdata)
 
         start = self.bus.we & (self.bus.addr == Csr.CTRL) & (self.bus.wdata == CTRL_START) & ~busy
         soft_reset = self.bus.we & (self.bus.addr == Csr.CTRL) & (self.bus.wdata == CTRL_RESET)

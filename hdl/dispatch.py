@@ -27,7 +27,7 @@ class Dispatch(wiring.Component):
     """
 
     def __init__(self, config: NpuConfig):
-        self.config = c = config
+        self.config = config
         super().__init__({
             "i_valid": In(1), "i_ready": Out(1), "i_instr": In(INSTR_BITS), "i_unit": In(Unit),
             "i_pc": In(ADDR_BITS), "fetch_finished": In(1),
@@ -95,7 +95,6 @@ class Dispatch(wiring.Component):
         m.d.comb += self.deadlock.eq(stuck & stuck_d)
 
         def oldest(valids, pcs, default):
-            best_v, best = Signal(), Signal(ADDR_BITS)
             v_acc, p_acc = 0, default
             for v, p in zip(valids, pcs):
                 take = v & (~v_acc | (p < p_acc))

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, layout
 
-from .common import (BufReadSignature, BufWriteSignature, ReadClientSignature, UnitSignature,
-                     WriteClientSignature, log2, word_bits)
+from .common import (
+    BufReadSignature,
+    BufWriteSignature,
+    ReadClientSignature,
+    UnitSignature,
+    WriteClientSignature,
+    log2,
+    word_bits,
+)
 
 __all__ = ["LoadDma", "StoreDma", "write_lanes"]
 
@@ -144,10 +151,9 @@ class LoadDma(wiring.Component):
                              port.en.eq(got & sel[b])]
 
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.ctl.start):
-                    m.d.sync += running.eq(1)
-                    m.next = "CHECK"
+            with m.State("IDLE"), m.If(self.ctl.start):
+                m.d.sync += running.eq(1)
+                m.next = "CHECK"
             with m.State("CHECK"):
                 err = ins.buf == Buffer.ACC
                 code = Mux(err, ErrorCode.BAD_FIELD.value, Mux(mis, ErrorCode.MISALIGNED.value,
@@ -159,11 +165,10 @@ class LoadDma(wiring.Component):
                 with m.Else():
                     w.start(m)
                     m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(~w.active & (inflight == 0)):
-                    m.d.comb += self.ctl.done.eq(1)
-                    m.d.sync += running.eq(0)
-                    m.next = "IDLE"
+            with m.State("RUN"), m.If(~w.active & (inflight == 0)):
+                m.d.comb += self.ctl.done.eq(1)
+                m.d.sync += running.eq(0)
+                m.next = "IDLE"
         return m
 
 
@@ -224,10 +229,9 @@ class StoreDma(wiring.Component):
         m.d.comb += [self.ctl.stall.eq(req.valid & ~req.ready), self.ctl.progress.eq(req.valid & req.ready)]
 
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.ctl.start):
-                    m.d.sync += running.eq(1)
-                    m.next = "CHECK"
+            with m.State("IDLE"), m.If(self.ctl.start):
+                m.d.sync += running.eq(1)
+                m.next = "CHECK"
             with m.State("CHECK"):
                 err = ins.buf != Buffer.ACT
                 code = Mux(err, ErrorCode.BAD_FIELD.value, Mux(mis, ErrorCode.MISALIGNED.value,
@@ -239,9 +243,8 @@ class StoreDma(wiring.Component):
                 with m.Else():
                     w.start(m)
                     m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(~w.active & ~pending & ~q.r_rdy):
-                    m.d.comb += self.ctl.done.eq(1)
-                    m.d.sync += running.eq(0)
-                    m.next = "IDLE"
+            with m.State("RUN"), m.If(~w.active & ~pending & ~q.r_rdy):
+                m.d.comb += self.ctl.done.eq(1)
+                m.d.sync += running.eq(0)
+                m.next = "IDLE"
         return m

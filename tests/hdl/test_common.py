@@ -1,12 +1,12 @@
 """hdl.common.round_shift against tessera.numerics.round_shift (the one rounding rule)."""
 
 import numpy as np
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
-
 from tessera.hdl.common import clamp, round_shift
+
 from tessera.numerics import round_shift as golden
 
 

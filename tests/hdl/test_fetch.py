@@ -5,9 +5,19 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
-
 from tessera.hdl.fetch import decode_checks
-from tessera.isa import FORMATS, INSTR_BITS, INSTR_BYTES, Instruction, IsaError, Opcode, Unit, decode, encode
+
+from tessera.isa import (
+    FORMATS,
+    INSTR_BITS,
+    INSTR_BYTES,
+    Instruction,
+    IsaError,
+    Opcode,
+    Unit,
+    decode,
+    encode,
+)
 
 
 class _Decoder(wiring.Component):

@@ -2,15 +2,15 @@
 
 import numpy as np
 from amaranth.sim import Simulator
+from tessera.hdl.mac import MacArray
 
 from tessera.arch import NpuConfig
-from tessera.hdl.mac import MacArray
 from tessera.numerics import pack_weights, wrap32
 
 
 def _run(c, terms, gaps, rng):
     dut = MacArray(c)
-    N, M = c.lanes, c.rows
+    M = c.rows
     got = []
 
     async def bench(ctx):

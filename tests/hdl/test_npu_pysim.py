@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from tessera.sim.emulator import Emulator
 
 from tessera.isa import encode_program
-from tessera.sim.emulator import Emulator
 from tests.rtl.programs import conv_layer, dma_pattern, pool_layer
 from tests.rtl.test_npu import CONFIG
 

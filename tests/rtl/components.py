@@ -1,14 +1,14 @@
 """One Verilog build holding several NPU components side by side, for per-component cocotb benches."""
 
 from amaranth.back import verilog
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
-
 from tessera.hdl.common import round_shift
 from tessera.hdl.fetch import decode_checks
 from tessera.hdl.mac import MacArray
-from tessera.isa import INSTR_BITS, Unit
+
+from tessera.isa import INSTR_BITS
 
 
 class Components(wiring.Component):

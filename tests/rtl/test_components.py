@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from tessera.arch import NpuConfig
 from tessera.sim.rtl import build_root, run_cocotb, source_hash, verilate
+
+from tessera.arch import NpuConfig
 
 from .components import sources
 

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-
-from tessera.arch import NpuConfig
-from tessera.isa import INSTR_BYTES, ErrorCode, Instruction as I, encode, encode_program
 from tessera.sim.emulator import Emulator, NpuError
 from tessera.sim.handwritten import conv_relu_pool
+
+from tessera.arch import NpuConfig
+from tessera.isa import INSTR_BYTES, ErrorCode, encode, encode_program
+from tessera.isa import Instruction as I
 
 from .programs import ACT, OUT, conv_layer, dma_pattern, pool_layer
 
@@ -51,16 +52,16 @@ def run_both(sim, prog, segs, outs, *, backpressure=0.0, **opts):
 
 
 LAYERS = {
-    "conv3x3": dict(),
-    "conv1x1": dict(k_h=1, k_w=1, pad=(0, 0)),
-    "conv_multiblock": dict(in_cb=3, ob=2, in_h=4, in_w=5),
-    "conv_stride2": dict(stride=(2, 2), in_h=7, in_w=6),
-    "conv_stride_w": dict(stride=(1, 3), in_h=4, in_w=9, k_h=2, k_w=3, pad=(0, 2)),
-    "conv_dilated": dict(dil=(2, 3), in_h=7, in_w=8, pad=(2, 3)),
-    "conv_no_pad_rect": dict(k_h=3, k_w=1, pad=(0, 0), in_h=6, in_w=3, pad_value=-7),
-    "conv_accumulate": dict(accumulate=True, in_cb=2),
-    "epilogue_relu": dict(relu=True, ob=2),
-    "epilogue_residual": dict(residual=True, ob=2, k_h=1, k_w=1, pad=(0, 0)),
+    "conv3x3": {},
+    "conv1x1": {"k_h": 1, "k_w": 1, "pad": (0, 0)},
+    "conv_multiblock": {"in_cb": 3, "ob": 2, "in_h": 4, "in_w": 5},
+    "conv_stride2": {"stride": (2, 2), "in_h": 7, "in_w": 6},
+    "conv_stride_w": {"stride": (1, 3), "in_h": 4, "in_w": 9, "k_h": 2, "k_w": 3, "pad": (0, 2)},
+    "conv_dilated": {"dil": (2, 3), "in_h": 7, "in_w": 8, "pad": (2, 3)},
+    "conv_no_pad_rect": {"k_h": 3, "k_w": 1, "pad": (0, 0), "in_h": 6, "in_w": 3, "pad_value": -7},
+    "conv_accumulate": {"accumulate": True, "in_cb": 2},
+    "epilogue_relu": {"relu": True, "ob": 2},
+    "epilogue_residual": {"residual": True, "ob": 2, "k_h": 1, "k_w": 1, "pad": (0, 0)},
 }
 
 
@@ -73,11 +74,11 @@ def test_npu_conv_layer_matches_emulator(sim, layer, backpressure):
 
 
 POOLS = {
-    "max2x2": dict(),
-    "max3x3_pad": dict(k=(3, 3), stride=(2, 2), pad=(1, 1), in_h=7, in_w=7),
-    "avg2x2": dict(mode="avg"),
-    "avg_global": dict(mode="avg", k=(5, 4), stride=(1, 1), in_h=5, in_w=4, cb=3),
-    "avg3x3_pad": dict(mode="avg", k=(3, 3), stride=(1, 1), pad=(1, 1), in_h=4, in_w=4),
+    "max2x2": {},
+    "max3x3_pad": {"k": (3, 3), "stride": (2, 2), "pad": (1, 1), "in_h": 7, "in_w": 7},
+    "avg2x2": {"mode": "avg"},
+    "avg_global": {"mode": "avg", "k": (5, 4), "stride": (1, 1), "in_h": 5, "in_w": 4, "cb": 3},
+    "avg3x3_pad": {"mode": "avg", "k": (3, 3), "stride": (1, 1), "pad": (1, 1), "in_h": 4, "in_w": 4},
 }
 
 
@@ -90,11 +91,11 @@ def test_npu_pool_matches_emulator(sim, pool, backpressure):
 
 
 DMAS = {
-    "act_strided": dict(),
-    "act_unaligned_rows": dict(offset=1, rows=4, cols=3),
-    "act_single_row": dict(rows=1, cols=40, buf_stride=0),
-    "wgt": dict(buf="wgt", rows=2, cols=3),
-    "param": dict(buf="param", rows=2, cols=2),
+    "act_strided": {},
+    "act_unaligned_rows": {"offset": 1, "rows": 4, "cols": 3},
+    "act_single_row": {"rows": 1, "cols": 40, "buf_stride": 0},
+    "wgt": {"buf": "wgt", "rows": 2, "cols": 3},
+    "param": {"buf": "param", "rows": 2, "cols": 2},
 }
 
 
@@ -108,8 +109,8 @@ def test_npu_dma_matches_emulator(sim, dma, backpressure):
 
 @pytest.mark.parametrize("backpressure", BACKPRESSURE)
 def test_npu_handwritten_program_matches_emulator(sim, backpressure):
-    from tessera.sim.rtl import RtlBackend
     from tessera.host.runtime import EmulatorBackend
+    from tessera.sim.rtl import RtlBackend
     prog, _ = conv_relu_pool(CONFIG, seed=3)
     t = prog.inputs[0]
     img = np.random.default_rng(5).integers(-128, 128, size=t.nbytes, dtype=np.int8).tobytes()
@@ -193,14 +194,14 @@ def test_npu_config_hash_csr(sim):
 @pytest.fixture(scope="module")
 def small_resnet():
     from tessera.compiler.driver import compile_model
+
     from tests.compiler.netgen import quantize, resnet
     return compile_model(quantize(resnet(in_shape=(1, 3, 12, 10), widths=(8, 12), blocks=1)), CONFIG)[0]
 
 
 @pytest.mark.parametrize("backpressure", BACKPRESSURE)
 def test_npu_compiled_resnet_matches_emulator(sim, small_resnet, backpressure):
-    from tessera.host.runtime import EmulatorBackend, Runtime
-    from tessera.sim.rtl import RtlBackend
+    from tessera.host.runtime import Runtime
     prog = small_resnet
     rng = np.random.default_rng(int(backpressure * 10))
     images = {t.name: rng.integers(-128, 128, size=(t.height, t.width, t.cpad), dtype=np.int8) for t in prog.inputs}

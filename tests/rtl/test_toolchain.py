@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-from amaranth import Module, Signal
+from amaranth import Module
 from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
-
 from tessera.sim.rtl import build_root, run_cocotb, source_hash, verilate
 
 HERE = Path(__file__).parent

@@ -24,13 +24,14 @@ class Dispatch(wiring.Component):
     the emulator's rule. SYNC completes here. ``idle`` reports a finished
     program; ``deadlock`` a state no unit can leave (pc: the oldest queued
     instruction). ``oldest_pc`` names the oldest executing instruction.
+    ``hold`` keeps every unit from starting (a fault is waiting to be reported).
     """
 
     def __init__(self, config: NpuConfig):
         self.config = config
         super().__init__({
             "i_valid": In(1), "i_ready": Out(1), "i_instr": In(INSTR_BITS), "i_unit": In(Unit),
-            "i_pc": In(ADDR_BITS), "fetch_finished": In(1),
+            "i_pc": In(ADDR_BITS), "fetch_finished": In(1), "hold": In(1),
             **{f"u_{u.name.lower()}": Out(UnitSignature()) for u in UNITS},
             "idle": Out(1), "deadlock": Out(1), "deadlock_pc": Out(ADDR_BITS), "oldest_pc": Out(ADDR_BITS),
             "err": Out(1), "err_code": Out(ErrorCode), "err_pc": Out(ADDR_BITS),
@@ -65,7 +66,7 @@ class Dispatch(wiring.Component):
         hsig = [q.r_data[8:12] for q in qs]
         hpc = [q.r_data[INSTR_BITS:] for q in qs]
         for u in range(n):
-            ok = qs[u].r_rdy & ~active[u]
+            ok = qs[u].r_rdy & ~active[u] & ~self.hold
             for s in range(n):
                 if s != u:
                     ok = ok & (~hwait[u][s] | (tok[(s, u)] != 0))

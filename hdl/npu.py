@@ -97,12 +97,22 @@ class NpuCore(wiring.Component):
                      load.mem.resp.valid.eq(rs.valid & (rs.payload.id == 1)), load.mem.resp.payload.eq(rs.payload.data)]
         wiring.connect(m, wiring.flipped(self.mem.wr_req), store.mem.req)
 
-        # Faults: fetch first, then units (by unit order), then deadlock.
+        # Faults. The emulator fetches as far as it can (END or a full queue) before it executes, so a
+        # faulty instruction fetch wins over an execution fault of an earlier instruction: a unit's fault
+        # waits (the first one is kept) until fetch has finished, is blocked on a full queue, or faults.
+        pend, pend_code, pend_pc = Signal(), Signal(ErrorCode), Signal(ADDR_BITS)
+        with m.If(disp.err & ~pend):
+            m.d.sync += [pend.eq(1), pend_code.eq(disp.err_code), pend_pc.eq(disp.err_pc)]
+        settled = fetch.finished | (fetch.o_valid & ~disp.i_ready)
+        # Meanwhile no unit starts, so the queues fill as the emulator's do before it executes.
+        m.d.comb += disp.hold.eq(pend | disp.err)
         with m.If(fetch.err):
             m.d.comb += [self.err.eq(1), self.err_code.eq(fetch.err_code), self.err_pc.eq(fetch.pc)]
-        with m.Elif(disp.err):
+        with m.Elif(pend & settled):
+            m.d.comb += [self.err.eq(1), self.err_code.eq(pend_code), self.err_pc.eq(pend_pc)]
+        with m.Elif(disp.err & settled):
             m.d.comb += [self.err.eq(1), self.err_code.eq(disp.err_code), self.err_pc.eq(disp.err_pc)]
-        with m.Elif(disp.deadlock):
+        with m.Elif(disp.deadlock & ~pend):
             m.d.comb += [self.err.eq(1), self.err_code.eq(ErrorCode.DEADLOCK), self.err_pc.eq(disp.deadlock_pc)]
         m.d.comb += [self.done.eq(disp.idle), self.oldest_pc.eq(disp.oldest_pc), self.mac.eq(conv.mac),
                      self.stall.eq(disp.stall),

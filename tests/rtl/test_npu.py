@@ -152,6 +152,13 @@ FAULTS = {
     "load_acc": lambda: encode_program([I("load", buf="acc", dram_addr=ACT, rows=1, cols=1), I("end")]),
     "store_wgt": lambda: encode_program([I("store", buf="wgt", dram_addr=OUT, rows=1, cols=1), I("end")]),
     "deadlock": lambda: encode_program([I("sync", unit="compute", wait=["load"]), I("end")]),
+    # Two faults: the emulator fetches the illegal instruction before it executes the bad LOAD.
+    "exec_then_fetch_fault": lambda: encode_program([
+        I("load", buf="act", dram_addr=CONFIG.dram_bytes - 16, rows=1, cols=8),
+        I("sync", unit="post"), I("sync", unit="post")]) + bytes([0x0F]) + bytes(INSTR_BYTES - 1),
+    "exec_fault_full_queue": lambda: encode_program([
+        I("load", buf="act", dram_addr=CONFIG.dram_bytes - 16, rows=1, cols=8),
+        *[I("sync", unit="load")] * (CONFIG.queue_depth + 1)]) + bytes(INSTR_BYTES),
 }
 
 

@@ -78,16 +78,22 @@ def main() -> int:
             fmax, met = f"{rep['fmax_mhz']:.1f}", "yes" if rep["timing_met"] else "no"
             gmacs = f"{macs * min(rep['fmax_mhz'], rep['clock_mhz']) / 1e3:.1f}"
         fits = "yes" if rep.get("fits") else "no"
-        stage = "packing only" if rep.get("stage") == "pack" else "place and route"
+        if "after synthesis" in rep.get("note", ""):
+            stage = "yosys estimate, stopped before nextpnr"
+        else:
+            stage = "packing only" if rep.get("stage") == "pack" else "place and route"
         rows_out.append(f"| {rows}x{lanes} | {macs} | {dsp} | {macs - dsp} | {cells} | {ffs} | {fits} | {fmax} | "
                         f"{met} | {gmacs} ({stage}, {rep['seconds']:.0f} s) |")
     print(f"## Synthesis: int8 MACs on the {board.name} ({board.device}) at {args.mhz:g} MHz\n")
     print(f"Command: `python benchmarks/bench_synth.py --sizes {args.sizes} --pack-sizes {args.pack_sizes} "
           f"--board {board.name} --mhz {args.mhz:g}` (YoWASP yosys 0.70 + nextpnr-ecp5 0.11, seed 1; Fmax is "
           f"post-route).\n")
-    print("Stand-in core: rows x lanes int8 MACs (LFSR-fed, pipelined adder tree, 32-bit accumulators, "
-          "all results XOR-reduced to a LED). The first products use the device's hard multipliers "
-          "(one int8 product per MULT18X18D), the rest LUT shift-and-add multipliers.\n")
+    print("Stand-in core (hdl/boards/macarray.py): rows x lanes int8 MACs (LFSR-fed, pipelined adder tree, "
+          "32-bit accumulators, all results XOR-reduced to a LED). The first products use the device's hard "
+          "multipliers (one int8 product per MULT18X18D), the rest soft multipliers with the AND gates fused "
+          "into CCU2C carry chains and offset-binary weights (docs/synthesis.md).\n")
+    if args.reuse:
+        print(f"Reports reused from {args.out} where present (build times in the table are the original ones).\n")
     print("| rows x lanes | MACs/cycle | on DSP | in LUTs | LUT4 (TRELLIS_COMB, packed) | FF | fits | Fmax MHz | "
           f"≥ {args.mhz:g} MHz | GMAC/s (stage, build time) |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -277,7 +277,7 @@ def summary_markdown(report: dict) -> str:
     if report.get("project"):
         p = report["project"]
         lines += ["", f"Quartus project: `{p['qsf']}`, `{p['sdc']}`, `{p['verilog']}`; build script `{p['script']}`."]
-    lines.append(f"Took {report['seconds']:g} s.")
+    lines += ["", f"Took {report['seconds']:g} s."]
     return "\n".join(lines) + "\n"
 
 

@@ -719,14 +719,6 @@ class _Lowering:
         self.add_op("add", n, [xa, xb], {}, out_int=n.output[0], params=self._qparams(n, 6, 7))
         self.imap[n.output[0]] = n.output[0]
 
-    def op_QLinearGlobalAveragePool(self, n, a):
-        x = self.q_in(n.input[0], n, 1)
-        if a.get("channels_last", 0):
-            raise unsupported(n.name, n.op_type, "channels_last=1", "NCHW (channels_last=0)")
-        self.add_op("pool", n, [x], self._pool_attrs(n, a, self.g.tensors[x].shape), out_int=n.output[0],
-                    params=self._qparams(n, 3, 4))
-        self.imap[n.output[0]] = n.output[0]
-
     def op_QLinearAveragePool(self, n, a):
         x = self.q_in(n.input[0], n, 1)
         if a.get("channels_last", 0):
@@ -734,6 +726,9 @@ class _Lowering:
         self.add_op("pool", n, [x], self._pool_attrs(n, a, self.g.tensors[x].shape), out_int=n.output[0],
                     params=self._qparams(n, 3, 4))
         self.imap[n.output[0]] = n.output[0]
+
+    # The same operands and quantization parameters; _pool_attrs reads the window from the op type.
+    op_QLinearGlobalAveragePool = op_QLinearAveragePool
 
     def op_QLinearConcat(self, n, a):
         ins = [self.q_in(n.input[i], n, i + 1) for i in range(2, len(n.input), 3)]

@@ -38,6 +38,20 @@ def _checks(m, c: NpuConfig, ins, wb, depth):
     return mis, dram, bufr
 
 
+def _check_then_run(m, ctl, running, walker, bad_buf, mis, dram, bufr):
+    """The CHECK state of LOAD and STORE: stop with the first fault in the emulator's order
+    (buffer kind, alignment, DRAM range, buffer range), else start the transfer."""
+    code = Mux(bad_buf, ErrorCode.BAD_FIELD.value, Mux(mis, ErrorCode.MISALIGNED.value,
+               Mux(dram, ErrorCode.DRAM_RANGE.value, ErrorCode.BUFFER_RANGE.value)))
+    with m.If(bad_buf | mis | dram | bufr):
+        m.d.comb += [ctl.err.eq(1), ctl.err_code.eq(code)]
+        m.d.sync += running.eq(0)
+        m.next = "IDLE"
+    with m.Else():
+        walker.start(m)
+        m.next = "RUN"
+
+
 class _Walker:
     """Row/column/beat counters of a 2-D transfer and the addresses they name."""
 
@@ -155,16 +169,7 @@ class LoadDma(wiring.Component):
                 m.d.sync += running.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
-                err = ins.buf == Buffer.ACC
-                code = Mux(err, ErrorCode.BAD_FIELD.value, Mux(mis, ErrorCode.MISALIGNED.value,
-                           Mux(dram, ErrorCode.DRAM_RANGE.value, ErrorCode.BUFFER_RANGE.value)))
-                with m.If(err | mis | dram | bufr):
-                    m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(code)]
-                    m.d.sync += running.eq(0)
-                    m.next = "IDLE"
-                with m.Else():
-                    w.start(m)
-                    m.next = "RUN"
+                _check_then_run(m, self.ctl, running, w, ins.buf == Buffer.ACC, mis, dram, bufr)
             with m.State("RUN"), m.If(~w.active & (inflight == 0)):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)
@@ -233,16 +238,7 @@ class StoreDma(wiring.Component):
                 m.d.sync += running.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
-                err = ins.buf != Buffer.ACT
-                code = Mux(err, ErrorCode.BAD_FIELD.value, Mux(mis, ErrorCode.MISALIGNED.value,
-                           Mux(dram, ErrorCode.DRAM_RANGE.value, ErrorCode.BUFFER_RANGE.value)))
-                with m.If(err | mis | dram | bufr):
-                    m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(code)]
-                    m.d.sync += running.eq(0)
-                    m.next = "IDLE"
-                with m.Else():
-                    w.start(m)
-                    m.next = "RUN"
+                _check_then_run(m, self.ctl, running, w, ins.buf != Buffer.ACT, mis, dram, bufr)
             with m.State("RUN"), m.If(~w.active & ~pending & ~q.r_rdy):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)

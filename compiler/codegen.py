@@ -582,15 +582,22 @@ class EmitInstructions:
                 self.addr[t.name] = self.addr[t.view[0].name] + t.view[1]
         self.const_addr = -(-max(self.scratch_size, 1) // 4096) * 4096
         self.s = Scheduler(c, 0, max(self.scratch_size, 1))
-        reports = []
+        reports, issued = [], []
         for op in g.ops:
             if op.kind == "concat":
                 continue
-            n0 = len(self.s.instrs)
+            n0, m0 = len(self.s.instrs), self.macs
+            self.s.tag = len(reports)
             plan = self.plans[op.name]
             tiles = self.conv(g, op, plan) if op.kind == "conv" else self.pool(g, op, plan)
             reports.append(self._report(g, op, plan, len(self.s.instrs) - n0, tiles))
+            issued.append(self.macs - m0)
+        self.s.tag = None
         instrs = self.s.instructions()
+        ranges = self.s.tag_ranges()
+        layers = [{"name": r.name, "op": r.op, "macs": r.macs, "issued_macs": int(m),
+                   "instructions": ranges.get(k, []), "in_shape": r.in_shape, "out_shape": r.out_shape}
+                  for k, (r, m) in enumerate(zip(reports, issued))]
         prog_addr = -(-(self.const_addr + len(self.const)) // 4096) * 4096
         end = prog_addr + 32 * len(instrs)
         if end > c.dram_bytes:
@@ -609,7 +616,7 @@ class EmitInstructions:
                        inputs=[info(n, g.tensors[t], *reversed(g.input_layouts.get(t, (None, None))))
                                for n, t in g.inputs],
                        outputs=[info(n, g.tensors[t], views.get(n)) for n, t in g.outputs],
-                       host_ops=list(g.host_ops), meta=dict(meta or {}, macs=self.macs))
+                       host_ops=list(g.host_ops), meta=dict(meta or {}, macs=self.macs, layers=layers))
         return prog, reports
 
     def _report(self, g, op, plan, n_instr, tiles):

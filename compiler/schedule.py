@@ -60,6 +60,8 @@ class Scheduler:
         self.vc = {u: np.full(_NU, -1, dtype=np.int64) for u in Unit}
         self.ins_vc: list[np.ndarray] = []
         self.cover: dict = {}
+        #: tag stored with every emitted instruction (the back end sets the current layer); SYNCs get None
+        self.tag = None
 
     def _span(self, mem, start, end):
         if mem == DRAM:
@@ -99,7 +101,7 @@ class Scheduler:
         vc[unit.value] = seq
         self.vc[unit] = vc
         idx = len(self.instrs)
-        self.instrs.append({"op": op, "fields": fields, "unit": unit, "wait": wait, "signal": 0})
+        self.instrs.append({"op": op, "fields": fields, "unit": unit, "wait": wait, "signal": 0, "tag": self.tag})
         self.ins_vc.append(vc)
         self.unit_seq[unit].append(idx)
         for mem, s, e in reads:
@@ -136,7 +138,7 @@ class Scheduler:
         vc = self.vc[src].copy()
         vc[src.value] = len(self.unit_seq[src])
         self.vc[src] = vc
-        self.instrs.append({"op": "sync", "fields": {"unit": src}, "unit": src, "wait": 0, "signal": 0})
+        self.instrs.append({"op": "sync", "fields": {"unit": src}, "unit": src, "wait": 0, "signal": 0, "tag": None})
         self.ins_vc.append(vc)
         self.unit_seq[src].append(idx)
         return idx
@@ -147,6 +149,20 @@ class Scheduler:
         out = [Instruction(d["op"], wait=d["wait"], signal=d["signal"], **d["fields"]) for d in self.instrs]
         out.append(Instruction("end"))
         return out
+
+    def tag_ranges(self) -> dict:
+        """tag → inclusive ``[first, last]`` index runs of its instructions (SYNCs, tagged None, omitted)."""
+        runs: dict = {}
+        for i, d in enumerate(self.instrs):
+            t = d["tag"]
+            if t is None:
+                continue
+            r = runs.setdefault(t, [])
+            if r and r[-1][1] == i - 1:
+                r[-1][1] = i
+            else:
+                r.append([i, i])
+        return runs
 
     def check_token_depth(self) -> int:
         """Largest number of tokens any queue holds in sequential program order (≤ token_depth)."""

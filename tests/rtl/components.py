@@ -1,50 +1,142 @@
-"""One Verilog build holding several NPU components side by side, for per-component cocotb benches."""
+"""Verilog of single NPU components for the per-component cocotb benches, and the pytest side of a bench.
+
+:class:`Harness` puts one or more components side by side with their ports
+renamed ``<prefix>_<port>``; :func:`sources` converts any component to
+Verilog and wraps it in ``tb_<name>`` with the clock generated inside the
+model. :func:`run_bench` builds that with Verilator once per (bench, config,
+source) hash and runs a cocotb bench module (tests/rtl/bench_*.py) against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from pathlib import Path
 
 from amaranth.back import verilog
-from amaranth.hdl import Module, signed, unsigned
+from amaranth.hdl import Const, Module, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from tessera.hdl.common import round_shift
 from tessera.hdl.fetch import decode_checks
 from tessera.hdl.mac import MacArray
 
+from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS
 
+HERE = Path(__file__).resolve().parent
 
-class Components(wiring.Component):
-    """MacArray, the instruction decoder and the rounding shift, each with its own ports."""
 
-    def __init__(self, config):
-        self.config = c = config
-        self.mac = MacArray(c)
-        members = {f"mac_{k}": v for k, v in self.mac.signature.members.items()}
-        members.update({"dec_raw": In(INSTR_BITS), "dec_legal": Out(1), "dec_bad": Out(1), "dec_unit": Out(2),
-                        "rnd_x": In(signed(63)), "rnd_s": In(unsigned(32)), "rnd_y": Out(signed(63))})
+def _leaves(obj):
+    """(path, flow, value) of every port of a component that is a signal (constants are not ports)."""
+    out = []
+    for path, member, v in obj.signature.flatten(obj):
+        v = Value.cast(v)
+        if not isinstance(v, Const):
+            out.append((path, member.flow, v))
+    return out
+
+
+class Harness(wiring.Component):
+    """Components side by side; each port of part ``p`` is named ``p_<port>`` (just ``<port>`` for ``p == ""``)."""
+
+    def __init__(self, parts: dict, extra: dict | None = None):
+        self.parts = parts
+        members = {}
+        for p, sub in parts.items():
+            members.update({(f"{p}_{k}" if p else k): v for k, v in sub.signature.members.items()})
+        members.update(extra or {})
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mac = self.mac
-        for name, member in self.mac.signature.members.items():
-            outer, inner = getattr(self, f"mac_{name}"), getattr(self.mac, name)
-            m.d.comb += (outer.eq(inner) if member.flow == Out else inner.eq(outer))
+        outer = {path: (flow, v) for path, flow, v in _leaves(self)}
+        for p, sub in self.parts.items():
+            m.submodules[p or "dut"] = sub
+            for path, _, inner in _leaves(sub):
+                flow, v = outer[((f"{p}_{path[0]}" if p else path[0]),) + path[1:]]
+                m.d.comb += v.eq(inner) if flow == Out else inner.eq(v)
+        return m
+
+
+class Components(Harness):
+    """MacArray, the instruction decoder and the rounding shift, each with its own ports."""
+
+    def __init__(self, config):
+        self.config = config
+        super().__init__({"mac": MacArray(config)}, {
+            "dec_raw": In(INSTR_BITS), "dec_legal": Out(1), "dec_bad": Out(1), "dec_unit": Out(2),
+            "rnd_x": In(signed(63)), "rnd_s": In(unsigned(32)), "rnd_y": Out(signed(63))})
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
         legal, bad, unit, _ = decode_checks(m, self.dec_raw)
         m.d.comb += [self.dec_legal.eq(legal), self.dec_bad.eq(bad), self.dec_unit.eq(unit.as_value()),
                      self.rnd_y.eq(round_shift(self.rnd_x, self.rnd_s, 63))]
         return m
 
 
-def sources(config) -> dict:
-    top = Components(config)
-    ports = [(p, v) for p, _, v in top.signature.flatten(top)]
-    text = verilog.convert(top, name="components", emit_src=False)
+def sources(top: wiring.Component, name: str) -> dict:
+    """``{name}.v`` (the component) and ``tb_{name}.v`` (clock inside the model, every other port passed out)."""
+    ports = _leaves(top)
+    text = verilog.convert(top, name=name, ports=[v for _, _, v in ports], emit_src=False)
     decls, conns = [], [".clk(clk)", ".rst(rst)"]
-    for path, v in ports:
-        name = "__".join(str(x) for x in path)
-        flow = top.signature.members[path[0]].flow
-        decls.append(f"  {'input' if flow == In else 'output'} [{len(v) - 1}:0] {name}")
-        conns.append(f".{name}({name})")
-    wrapper = ("`timescale 1ns/1ps\nmodule tb_components(\n  input rst,\n" + ",\n".join(decls)
-               + ");\n  reg clk = 1'b0;\n  always #5 clk = ~clk;\n  components dut(" + ", ".join(conns)
+    for path, flow, v in ports:
+        pname = "__".join(str(x) for x in path)
+        assert isinstance(v, Signal) and re.fullmatch(r"\w+", pname), pname
+        decls.append(f"  {'input' if flow == In else 'output'} [{len(v) - 1}:0] {pname}")
+        conns.append(f".{pname}({pname})")
+    wrapper = (f"`timescale 1ns/1ps\nmodule tb_{name}(\n  input rst,\n" + ",\n".join(decls)
+               + f");\n  reg clk = 1'b0;\n  always #5 clk = ~clk;\n  {name} dut(" + ", ".join(conns)
                + ");\nendmodule\n")
-    return {"components.v": text, "tb_components.v": wrapper}
+    return {f"{name}.v": text, f"tb_{name}.v": wrapper}
+
+
+def waves_wanted() -> bool:
+    """VCDs only when asked, with the RTL backend's variable (``TESSERA_WAVES=1``)."""
+    return os.environ.get("TESSERA_WAVES", "") not in ("", "0")
+
+
+def _key(name: str, config: NpuConfig, waves: bool) -> str:
+    # The HDL sources, this file and the config decide the Verilog: an unchanged bench skips generating it.
+    from tessera.sim.rtl import _hdl_source_key
+    h = hashlib.sha256(f"{name}\0{config.to_json()}\0{waves}\0".encode())
+    h.update(_hdl_source_key().encode())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def build(name: str, make_top, config: NpuConfig):
+    """Verilated ``tb_<name>`` of ``make_top(config)`` at -O0; returns (runner, build folder, toplevel)."""
+    from cocotb_tools.runner import get_runner
+    from tessera.sim.rtl import _ensure_path, build_root, verilate
+    waves = waves_wanted()
+    top = f"tb_{name}"
+    folder = build_root() / f"bench-{name}-{config.hash()[:8]}-{_key(name, config, waves)}"
+    if (folder / ".built").exists() and (folder / top).exists():
+        _ensure_path()
+        return get_runner("verilator"), folder, top
+    return verilate(sources(make_top(config), name), top, folder, waves=waves, opt="-O0"), folder, top
+
+
+def run_bench(bench: str, name: str, make_top, config: NpuConfig, test_dir: Path, *, backpressure: bool = False,
+              env: dict | None = None):
+    """Run every cocotb test of ``tests/rtl/<bench>.py`` against ``tb_<name>``; all must pass."""
+    from cocotb_tools.runner import get_results
+    from tessera.sim.rtl import run_cocotb
+    runner, folder, top = build(name, make_top, config)
+    waves = waves_wanted()
+    extra = {"TB_CONFIG": config.to_json(), "TB_BACKPRESSURE": str(int(backpressure)), **(env or {})}
+    xml = run_cocotb(runner, bench, top, folder, test_dir, module_dirs=[HERE], extra_env=extra, waves=waves)
+    if waves:
+        out = folder.parent.parent / "waves" / f"{bench}-{config.hash()[:8]}-bp{int(backpressure)}"
+        out.mkdir(parents=True, exist_ok=True)
+        for f in list(Path(test_dir).glob("*.vcd")) + list(folder.glob("*.vcd")):
+            shutil.copy(f, out / f.name)
+    tests, fails = get_results(xml)
+    # Every @cocotb.test of the module must have run (an import error runs none).
+    want = (HERE / f"{bench}.py").read_text().count("@cocotb.test(")
+    log = (Path(test_dir) / "sim.log").read_text()[-4000:]
+    assert tests == want and fails == 0, f"{tests}/{want} tests ran, {fails} failed\n{log}"

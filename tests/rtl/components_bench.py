@@ -1,88 +1,75 @@
 """cocotb benches of single components (see components.py), against the emulator's numerics and decoder."""
 
-import os
-import random
 
 import cocotb
 import numpy as np
-from cocotb.triggers import RisingEdge, Timer
+from cocotb.triggers import Timer
+from tb import TB, config
 
 from tessera.isa import INSTR_BYTES, IsaError, decode
 from tessera.numerics import pack_weights, round_shift, wrap32
 
-LANES, ROWS = int(os.environ["TB_LANES"]), int(os.environ["TB_ROWS"])
 
+class MacDriver:
+    """Feeds (tag, term index, count, act, wgt) terms; the array cannot stall, so backpressure means gaps."""
 
-class TB:
-    """Shared bench: reset, the in-model clock, and a scoreboard that must end empty."""
+    def __init__(self, tb, terms):
+        self.tb, self.terms, self.dut = tb, terms, tb.dut
 
-    def __init__(self, dut):
-        self.dut = dut
-        self.expected = []
-
-    async def reset(self):
-        self.dut.rst.value = 1
-        await RisingEdge(self.dut.clk)
-        await RisingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-
-    def expect(self, item):
-        self.expected.append(item)
-
-    def check(self, item):
-        assert self.expected, f"unexpected output {item}"
-        want = self.expected.pop(0)
-        assert item == want, f"got {item}, expected {want}"
-
-    def done(self):
-        assert not self.expected, f"{len(self.expected)} expected outputs never came"
-
-
-async def mac_run(dut, gaps):
-    tb = TB(dut)
-    dut.mac_en.value = 1
-    await tb.reset()
-    rng = np.random.default_rng(4)
-    pixels = []
-    for tag in range(8):
-        k = int(rng.integers(1, 5))
-        pixels.append((tag, [(rng.integers(-128, 128, LANES), rng.integers(-128, 128, (ROWS, LANES))) for _ in range(k)]))
-        total = sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in pixels[-1][1])
-        tb.expect((tag, [int(x) for x in wrap32(total)]))
-    terms = [(tag, i, len(ts), a, w) for tag, ts in pixels for i, (a, w) in enumerate(ts)]
-    for cycle in range(2000):
-        if terms and not (gaps and random.random() < 0.4):
-            tag, i, n, a, w = terms.pop(0)
-            dut.mac_valid.value, dut.mac_first.value, dut.mac_last.value = 1, int(i == 0), int(i == n - 1)
-            dut.mac_tag.value = tag
-            dut.mac_act.value = int.from_bytes(a.astype(np.int8).tobytes(), "little")
-            dut.mac_wgt.value = int.from_bytes(pack_weights(w, 8), "little")
+    def drive(self):
+        d = self.dut
+        if self.terms and not self.tb.stall():
+            tag, i, n, a, w = self.terms.pop(0)
+            d.mac_valid.value, d.mac_first.value, d.mac_last.value = 1, int(i == 0), int(i == n - 1)
+            d.mac_tag.value = tag
+            d.mac_act.value = int.from_bytes(a.astype(np.int8).tobytes(), "little")
+            d.mac_wgt.value = int.from_bytes(pack_weights(w, 8), "little")
         else:
-            dut.mac_valid.value = 0
-        await RisingEdge(dut.clk)
-        await Timer(1, "ns")
-        if int(dut.mac_o_valid.value):
-            s = int(dut.mac_o_sum.value)
-            sums = [int(wrap32((s >> (32 * r)) & 0xFFFFFFFF)) for r in range(ROWS)]
-            tb.check((int(dut.mac_o_tag.value), sums))
-        if not terms and not tb.expected:
-            break
-    tb.done()
+            d.mac_valid.value = 0
+
+    def sample(self):
+        pass
+
+
+class MacMonitor:
+    def __init__(self, tb, sb, rows):
+        self.dut, self.sb, self.rows = tb.dut, sb, rows
+
+    def sample(self):
+        if int(self.dut.mac_o_valid.value):
+            s = int(self.dut.mac_o_sum.value)
+            self.sb.got((int(self.dut.mac_o_tag.value), [int(wrap32((s >> (32 * r)) & 0xFFFFFFFF))
+                                                           for r in range(self.rows)]))
+
+    def drive(self):
+        pass
 
 
 @cocotb.test()
 async def mac_array_sums(dut):
-    await mac_run(dut, gaps=False)
-
-
-@cocotb.test()
-async def mac_array_sums_with_gaps(dut):
-    await mac_run(dut, gaps=True)
+    c = config()
+    tb = TB(dut)
+    sb = tb.scoreboard("mac sums")
+    rng = np.random.default_rng(4)
+    terms = []
+    for tag in range(12):
+        k = int(rng.integers(1, 5))
+        ts = [(rng.integers(-128, 128, c.lanes), rng.integers(-128, 128, (c.rows, c.lanes))) for _ in range(k)]
+        terms += [(tag, i, k, a, w) for i, (a, w) in enumerate(ts)]
+        sb.expect((tag, [int(x) for x in wrap32(sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in ts))]))
+    dut.mac_en.value = 1
+    tb.add(MacDriver(tb, terms))
+    tb.add(MacMonitor(tb, sb, c.rows))
+    await tb.reset()
+    await tb.until(lambda: not sb.pending, 2000, "every pixel's sums")
+    for _ in range(8):          # nothing more may come out
+        await tb.step()
+    tb.finish()
 
 
 @cocotb.test()
 async def decoder_matches_isa_decode(dut):
-    rng = random.Random(5)
+    rng = TB(dut).rng
     kinds = set()
     for _ in range(300):
         raw = bytearray(rng.getrandbits(8) for _ in range(INSTR_BYTES))

@@ -605,10 +605,13 @@ class EmitInstructions:
                                f"{c.dram_bytes}")
 
         def info(name, t, shape=None, layout=None):
-            shape = list(shape if shape is not None else t.shape)
+            tr = g.input_transforms.get(t.name)
+            src = type(t)(t.name, tuple(tr["shape"])) if tr else t
+            shape = list(shape if shape is not None else src.shape)
             return TensorInfo(name=name, shape=shape, layout=layout or ("NCHW" if len(shape) == 4 else "NC"),
-                              addr=self.addr[t.name], height=t.height, width=t.width, channels=t.channels,
-                              cpad=t.cpad, scale=float(t.scale), zero_point=int(t.zero_point))
+                              addr=self.addr[t.name], height=src.height, width=src.width, channels=src.channels,
+                              cpad=t.cpad, scale=float(t.scale), zero_point=int(t.zero_point),
+                              **({"pad": list(tr["pad"]), "block": tr["block"]} if tr else {}))
 
         views = g.output_views
         prog = Program(config=c, instructions=instrs, constants=bytes(self.const), prog_addr=prog_addr,
@@ -624,7 +627,8 @@ class EmitInstructions:
         x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
         if op.kind == "conv":
             O, I, kh, kw = op.attrs["w"].shape
-            macs = O * I * kh * kw * y.height * y.width
+            I_, kh_, kw_ = op.attrs.get("space_to_depth", {}).get("source_kernel", (I, kh, kw))
+            macs = O * I_ * kh_ * kw_ * y.height * y.width
             if plan.tap_groups:
                 kh = max(g1 - g0 for g0, g1, _, _ in plan.tap_groups)
                 kw = max(g1 - g0 for _, _, g0, g1 in plan.tap_groups)

@@ -103,6 +103,9 @@ class Graph:
     input_layouts: dict = field(default_factory=dict)
     #: source output name -> its shape, for outputs that are a free reshape of an NPU tensor
     output_views: dict = field(default_factory=dict)
+    #: int input tensor -> {"shape": source NCHW shape, "pad": [t, l, b, r], "block": b} for inputs the
+    #: host stores padded and space-to-depth packed (the tensor's own shape is then the stored image's)
+    input_transforms: dict = field(default_factory=dict)
 
     def producer(self, tensor: str):
         for op in self.ops:

@@ -18,6 +18,7 @@ from tessera.compiler.passes import (
     LowerLeftovers,
     PadChannels,
     PlanConcat,
+    SpaceToDepthStem,
     run_passes,
 )
 
@@ -206,3 +207,42 @@ def test_plan_concat_writes_slices_and_copies_the_rest():
     g = PlanConcat()(g)
     assert [op.kind for op in g.ops] == ["conv", "conv", "concat"]
     assert g.ops[1].name.endswith("copy1")
+
+
+@pytest.mark.parametrize("shape, cin, k, stride, pads", [
+    ((1, 3, 15, 13), 3, 7, 2, (3, 3, 3, 3)),      # ResNet's stem, odd non-square image
+    ((1, 2, 11, 14), 2, 5, 3, (2, 1, 0, 2)),      # stride 3, asymmetric padding
+])
+def test_space_to_depth_stem_rewrites_strided_stem(shape, cin, k, stride, pads):
+    q = QDQ(shape, seed=4)
+    m = q.model(q.conv(q.x, 20, cin, "c", k=k, pads=pads, strides=[stride, stride]))
+    g, p = _pipeline_until(lower(load_onnx(m)), SpaceToDepthStem)
+    op = g.ops[0]
+    w, (oh, ow) = op.attrs["w"].copy(), g.tensors[op.output].shape[2:]
+    g = p(g)
+    K = -(-k // stride)
+    x = g.tensors[op.inputs[0]]
+    tr = g.input_transforms[x.name]
+    assert op.attrs["kernel"] == [K, K] and op.attrs["strides"] == [1, 1] and op.attrs["pads"] == [0, 0, 0, 0]
+    assert tr["block"] == stride and tr["shape"] == list(shape) and tr["pad"][:2] == [pads[0], pads[1]]
+    assert x.channels == stride * stride * cin
+    # the stored image holds every row and column the outputs read
+    assert x.height >= oh - 1 + K and x.width >= ow - 1 + K
+    assert (shape[2] + sum(tr["pad"][0::2])) == stride * x.height
+    w2 = op.attrs["w"]
+    for o, c, ky, kx in [(0, 0, 0, 0), (3, cin - 1, k - 1, k - 2), (19, 1, k // 2, 1)]:
+        ch = ((ky % stride) * stride + kx % stride) * cin + c
+        assert w2[o, ch, ky // stride, kx // stride] == w[o, c, ky, kx]
+    assert np.count_nonzero(w2) == np.count_nonzero(w)
+    # the golden model after the whole pipeline, the host packing the input as the I/O table says
+    assert_layer_exact(check_against_ort(m, SIM, n_inputs=2))
+
+
+def test_space_to_depth_stem_leaves_unit_stride_and_wide_inputs():
+    for shape, cin, stride in (((1, 3, 9, 9), 3, 1), ((1, 16, 9, 9), 16, 2)):
+        q = QDQ(shape)
+        m = q.model(q.conv(q.x, 8, cin, "c", k=3, strides=[stride, stride]))
+        g, p = _pipeline_until(lower(load_onnx(m)), SpaceToDepthStem)
+        kernel = list(g.ops[0].attrs["kernel"])
+        g = p(g)
+        assert g.ops[0].attrs["kernel"] == kernel and not g.input_transforms

@@ -35,6 +35,9 @@ __all__ = ["MAGIC", "FORMAT_VERSION", "Program", "ProgramError", "TensorInfo"]
 
 MAGIC = b"TESSERA\x00"
 FORMAT_VERSION = 1
+#: Version written for programs with several segments (``Program.starts``); version-1 readers would run only
+#: the first segment, so such files must not look readable to them.
+FORMAT_VERSION_SEGMENTS = 2
 _PREAMBLE = struct.Struct("<8sII")
 _DIGEST = 32
 
@@ -165,6 +168,13 @@ class Program:
     outputs: list[TensorInfo] = field(default_factory=list)
     host_ops: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    #: instruction index where each END-terminated segment starts; the host starts the NPU at
+    #: ``segment_addr(k)`` for each in turn and runs the host ops with ``after_segment == k`` in between
+    starts: list[int] = field(default_factory=lambda: [0])
+
+    def segment_addr(self, k: int) -> int:
+        """External-memory address of segment ``k``'s first instruction (32-byte aligned)."""
+        return self.prog_addr + INSTR_BYTES * self.starts[k]
 
     # ---- memory image -------------------------------------------------------
 
@@ -207,8 +217,12 @@ class Program:
             "host_ops": self.host_ops,
             "meta": self.meta,
         }
+        version = FORMAT_VERSION
+        if list(self.starts) != [0]:
+            header["starts"] = list(self.starts)
+            version = FORMAT_VERSION_SEGMENTS
         hjson = json.dumps(header, sort_keys=True).encode()
-        body = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(hjson)) + hjson + instr + const
+        body = _PREAMBLE.pack(MAGIC, version, len(hjson)) + hjson + instr + const
         return body + hashlib.sha256(body).digest()
 
     def save(self, path) -> None:
@@ -226,8 +240,9 @@ class Program:
         magic, version, hlen = _PREAMBLE.unpack_from(data)
         if magic != MAGIC:
             raise bad("not a Tessera program (bad magic; expected a .tsp file from `tessera compile`)")
-        if version != FORMAT_VERSION:
-            raise bad(f"format version {version} is not supported (this Tessera reads version {FORMAT_VERSION})")
+        if version not in (FORMAT_VERSION, FORMAT_VERSION_SEGMENTS):
+            raise bad(f"format version {version} is not supported (this Tessera reads versions "
+                      f"{FORMAT_VERSION} and {FORMAT_VERSION_SEGMENTS})")
         if len(data) < _PREAMBLE.size + hlen + _DIGEST:
             raise bad(f"truncated: header says {hlen} header bytes but the file has only {len(data)} bytes")
         body, digest = data[:-_DIGEST], data[-_DIGEST:]
@@ -256,8 +271,13 @@ class Program:
                 instrs = decode_program(sections["instructions"])
             except IsaError as e:
                 raise bad(str(e)) from None
+            starts = [int(v) for v in header.get("starts", [0])]
+            ends = {i for i, ins in enumerate(instrs) if ins.op.name == "END"}
+            if not starts or starts[0] != 0 or any(not 0 < k < len(instrs) or k - 1 not in ends
+                                                   for k in starts[1:]) or starts != sorted(set(starts)):
+                raise bad(f"segment starts {starts} do not each follow an END instruction")
             return cls(
-                config=config, instructions=instrs, constants=sections["constants"],
+                starts=starts, config=config, instructions=instrs, constants=sections["constants"],
                 prog_addr=int(header["prog_addr"]), const_addr=int(header["const_addr"]),
                 scratch_addr=int(header["scratch_addr"]), scratch_size=int(header["scratch_size"]),
                 inputs=[TensorInfo.from_dict(d) for d in header["inputs"]],

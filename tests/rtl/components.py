@@ -129,7 +129,11 @@ def run_bench(bench: str, name: str, make_top, config: NpuConfig, test_dir: Path
     runner, folder, top = build(name, make_top, config)
     waves = waves_wanted()
     extra = {"TB_CONFIG": config.to_json(), "TB_BACKPRESSURE": str(int(backpressure)), **(env or {})}
-    xml = run_cocotb(runner, bench, top, folder, test_dir, module_dirs=[HERE], extra_env=extra, waves=waves)
+    log = Path(test_dir) / "sim.log"
+    try:
+        xml = run_cocotb(runner, bench, top, folder, test_dir, module_dirs=[HERE], extra_env=extra, waves=waves)
+    except SystemExit:          # the runner exits when a cocotb test failed
+        raise AssertionError(f"{bench} failed:\n{_failures(log)}") from None
     if waves:
         out = folder.parent.parent / "waves" / f"{bench}-{config.hash()[:8]}-bp{int(backpressure)}"
         out.mkdir(parents=True, exist_ok=True)
@@ -138,5 +142,11 @@ def run_bench(bench: str, name: str, make_top, config: NpuConfig, test_dir: Path
     tests, fails = get_results(xml)
     # Every @cocotb.test of the module must have run (an import error runs none).
     want = (HERE / f"{bench}.py").read_text().count("@cocotb.test(")
-    log = (Path(test_dir) / "sim.log").read_text()[-4000:]
-    assert tests == want and fails == 0, f"{tests}/{want} tests ran, {fails} failed\n{log}"
+    assert tests == want and fails == 0, f"{tests}/{want} tests ran, {fails} failed\n{_failures(log)}"
+
+
+def _failures(log: Path) -> str:
+    """The failing tests' assertion lines from a cocotb log (the whole log is long)."""
+    lines = log.read_text().splitlines() if log.exists() else []
+    keep = [ln for ln in lines if "Error" in ln or "assert" in ln or "FAIL" in ln or "TESTS=" in ln]
+    return "\n".join(keep[-40:]) or "\n".join(lines[-40:])

@@ -223,15 +223,14 @@ class ReadMemory:
 
 
 class WriteMemory:
-    """Sink of (beat address, data, byte strobes) write requests; ``on_byte(addr, value)`` per strobed byte."""
+    """Sink of write requests; ``split(payload)`` gives (beat, data, strobes); ``on_byte(addr, value)`` per strobed byte."""
 
-    def __init__(self, tb: TB, bus_bytes: int, valid, ready, addr, data, strb, on_byte):
-        self.tb, self.B, self.on_byte = tb, bus_bytes, on_byte
-        self.addr, self.data, self.strb = addr, data, strb
-        self.sink = StreamSink(tb, valid, ready, addr, self._accept)
+    def __init__(self, tb: TB, bus_bytes: int, valid, ready, payload, split, on_byte):
+        self.B, self.split, self.on_byte = bus_bytes, split, on_byte
+        self.sink = StreamSink(tb, valid, ready, payload, self._accept)
 
-    def _accept(self, beat):
-        data, strb = sig_int(self.data), sig_int(self.strb)
+    def _accept(self, payload):
+        beat, data, strb = self.split(payload)
         for i in range(self.B):
             if strb >> i & 1:
                 self.on_byte(beat * self.B + i, data >> (8 * i) & 0xFF)
@@ -241,6 +240,11 @@ class WriteMemory:
 
     def sample(self):
         self.sink.sample()
+
+
+def unpack(layout, value: int) -> dict:
+    """Fields of an ``amaranth.lib.data.StructLayout`` value as ints."""
+    return {name: value >> f.offset & ((1 << f.width) - 1) for name, f in layout}
 
 
 class BufferModel:

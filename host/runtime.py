@@ -54,7 +54,8 @@ class Backend:
     def read(self, addr: int, n: int) -> bytes:
         raise NotImplementedError
 
-    def execute(self) -> RunResult:
+    def execute(self, prog_addr: int | None = None) -> RunResult:
+        """Run from ``prog_addr`` (default: the program's start) until END; 32-byte aligned."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -78,8 +79,8 @@ class EmulatorBackend(Backend):
     def read(self, addr, n):
         return self.emu.read(addr, n)
 
-    def execute(self) -> RunResult:
-        st = self.emu.run(self.program.prog_addr)
+    def execute(self, prog_addr: int | None = None) -> RunResult:
+        st = self.emu.run(self.program.prog_addr if prog_addr is None else prog_addr)
         return RunResult("emulator", None, st.macs, None, st.seconds)
 
 
@@ -113,9 +114,40 @@ _HOST_OPS = {
 }
 
 
-def apply_host_ops(program: Program, values: dict) -> dict:
-    """Run the program's host-side ops (in order) on the dequantized NPU outputs."""
+def _last_segment(program: Program) -> int:
+    return len(program.starts) - 1
+
+
+def _run_float_op(op: dict, backend: Backend, values: dict) -> None:
+    """A host op with float ``steps``: read its NPU tensors, evaluate, write back the NPU tensors it feeds."""
+    from .hostops import run_steps
+    from tessera.program import TensorInfo
+    io = {name: TensorInfo.from_dict(d) for name, d in op.get("io", {}).items()}
+    env = {}
+    for name in op["inputs"]:
+        t = io.get(name)
+        env[name] = values[name] if t is None else t.dequantize(np.frombuffer(backend.read(t.addr, t.nbytes), np.int8))
+    run_steps(op["attrs"]["steps"], env)
+    for name in op["outputs"]:
+        values[name] = env[name].astype(np.float32)
+        t = io.get(name)
+        if t is not None:
+            backend.write(t.addr, t.quantize(env[name]).tobytes())
+
+
+def apply_host_ops(program: Program, values: dict, backend: Backend | None = None, *, segment: int | None = None) -> dict:
+    """Run the program's host-side ops (in order) on the dequantized NPU outputs.
+
+    ``segment``: run only the ops placed after that segment (default: the last; float ops between
+    segments read and write NPU memory through ``backend``).
+    """
+    segment = _last_segment(program) if segment is None else segment
     for op in program.host_ops:
+        if op.get("after_segment", _last_segment(program)) != segment:
+            continue
+        if "steps" in op.get("attrs", {}):
+            _run_float_op(op, backend, values)
+            continue
         fn = _HOST_OPS.get(op["op"])
         if fn is None:
             raise ValueError(f"host op {op['op']!r} ({op.get('name', '?')}) is not supported by this runtime")
@@ -160,12 +192,12 @@ class Runtime:
         t0 = time.perf_counter()
         for t in self.program.inputs:
             self.backend.write(t.addr, t.quantize(inputs[t.name]).tobytes())
-        result = self.backend.execute()
         values = {}
+        result = self._execute(values)
         for t in self.program.outputs:
             img = np.frombuffer(self.backend.read(t.addr, t.nbytes), dtype=np.int8)
             values[t.name] = t.dequantize(img)
-        values = apply_host_ops(self.program, values)
+        values = apply_host_ops(self.program, values, self.backend)
         result.seconds = time.perf_counter() - t0
         self.last = result
         return values
@@ -174,9 +206,31 @@ class Runtime:
         """Run on int8 NPU images (``H×W×cpad``) and return int8 output images; no host ops."""
         for t in self.program.inputs:
             self.backend.write(t.addr, np.asarray(images[t.name], dtype=np.int8).tobytes())
-        self.last = self.backend.execute()
+        self.last = self._execute({})
         return {t.name: np.frombuffer(self.backend.read(t.addr, t.nbytes), dtype=np.int8)
                 .reshape(t.height, t.width, t.cpad).copy() for t in self.program.outputs}
+
+    def _execute(self, values: dict) -> RunResult:
+        """Run every segment in turn, with the host ops placed between segments (their outputs go to
+        ``values``); statistics summed."""
+        prog = self.program
+        if len(prog.starts) == 1:
+            return self.backend.execute()
+        total = None
+        for k in range(len(prog.starts)):
+            r = self.backend.execute(prog.segment_addr(k))
+            if total is None:
+                total = r
+            else:
+                total.macs += r.macs
+                total.seconds += r.seconds
+                if total.cycles is not None and r.cycles is not None:
+                    total.cycles += r.cycles
+            if k < len(prog.starts) - 1:
+                apply_host_ops(prog, values, self.backend, segment=k)
+        if total.cycles:
+            total.utilization = total.macs / (total.cycles * prog.config.macs_per_cycle)
+        return total
 
     def close(self):
         self.backend.close()

@@ -143,6 +143,19 @@ class Scheduler:
         self.unit_seq[src].append(idx)
         return idx
 
+    def end_segment(self) -> int:
+        """END here; returns the index where the next segment starts.
+
+        The host starts each segment after the previous one drained (it runs host ops in
+        between), so nothing after the END needs a token from anything before it.
+        """
+        self.instrs.append({"op": "end", "fields": {}, "unit": None, "wait": 0, "signal": 0, "tag": None})
+        self.ins_vc.append(np.full(_NU, -1, dtype=np.int64))
+        for tr in self.tracks.values():
+            tr.write.fill(-1)
+            tr.read.fill(-1)
+        return len(self.instrs)
+
     def instructions(self) -> list[Instruction]:
         """The program: every instruction with its masks, then END."""
         self.check_token_depth()

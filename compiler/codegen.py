@@ -267,6 +267,33 @@ class TileForBuffers:
         raise unsupported(op.name, op.onnx_op, f"rows of {W} pixels", f"pooling tiles within {self.in_slot} ACT words")
 
 
+def _segments(g: Graph):
+    """Segment of every op's output, and of every host op with NPU I/O (``io``).
+
+    A host op that writes a tensor back into NPU memory runs between segments: the ops that
+    (transitively) read its result go to a later END-terminated segment than the ops it reads.
+    """
+    src, out = dict(g.inputs), dict(g.outputs)
+    writer = {src[n]: k for k, h in enumerate(g.host_ops) for n in h.get("io", ()) if n in src}
+    level, host = {}, {}
+
+    def host_level(k):
+        if k not in host:
+            h = g.host_ops[k]
+            host[k] = max([tensor_level(out[n]) for n in h["inputs"] if n in out and n in h["io"]], default=0)
+        return host[k]
+
+    def tensor_level(t):
+        return host_level(writer[t]) + 1 if t in writer else level.get(t, 0)
+
+    for op in g.ops:
+        level[op.output] = max([tensor_level(t) for t in op.inputs], default=0)
+    for k, h in enumerate(g.host_ops):
+        if "io" in h:
+            host_level(k)
+    return level, host
+
+
 class EmitInstructions:
     """Allocate external memory, pack constants, emit the scheduled instruction stream."""
 
@@ -555,6 +582,8 @@ class EmitInstructions:
         c = self.config
         self.const = bytearray()
         self.macs = 0
+        level, host_after = _segments(g)
+        g.ops.sort(key=lambda op: level[op.output])
         # Liveness: op index of definition and last use; inputs from -1, outputs to the end.
         live = {}
         for _, t in g.inputs:
@@ -583,7 +612,10 @@ class EmitInstructions:
         self.const_addr = -(-max(self.scratch_size, 1) // 4096) * 4096
         self.s = Scheduler(c, 0, max(self.scratch_size, 1))
         reports, issued = [], []
+        starts = [0]
         for op in g.ops:
+            while level[op.output] >= len(starts):
+                starts.append(self.s.end_segment())
             if op.kind == "concat":
                 continue
             n0, m0 = len(self.s.instrs), self.macs
@@ -614,12 +646,17 @@ class EmitInstructions:
                               **({"pad": list(tr["pad"]), "block": tr["block"]} if tr else {}))
 
         views = g.output_views
-        prog = Program(config=c, instructions=instrs, constants=bytes(self.const), prog_addr=prog_addr,
+        # NPU tensors that host ops between segments read or write are theirs, not the model's I/O.
+        io = {n for h in g.host_ops for n in h.get("io", ())}
+        io_info = {n: info(n, g.tensors[t]).to_dict() for n, t in g.inputs + g.outputs if n in io}
+        host_ops = [dict(h, io={n: io_info[n] for n in h["io"]}, after_segment=host_after[k]) if "io" in h else h
+                    for k, h in enumerate(g.host_ops)]
+        prog = Program(starts=starts, config=c, instructions=instrs, constants=bytes(self.const), prog_addr=prog_addr,
                        const_addr=self.const_addr, scratch_addr=self.scratch_addr, scratch_size=self.scratch_size,
                        inputs=[info(n, g.tensors[t], *reversed(g.input_layouts.get(t, (None, None))))
-                               for n, t in g.inputs],
-                       outputs=[info(n, g.tensors[t], views.get(n)) for n, t in g.outputs],
-                       host_ops=list(g.host_ops), meta=dict(meta or {}, macs=self.macs, layers=layers))
+                               for n, t in g.inputs if n not in io],
+                       outputs=[info(n, g.tensors[t], views.get(n)) for n, t in g.outputs if n not in io],
+                       host_ops=host_ops, meta=dict(meta or {}, macs=self.macs, layers=layers))
         return prog, reports
 
     def _report(self, g, op, plan, n_instr, tiles):

@@ -1,0 +1,135 @@
+"""cocotb bench of hdl/post.py (PostUnit: EPILOGUE and POOL) against the emulator.
+
+The ACT, ACC and PARAM buffers are Python models filled with random data
+(mirrored in the emulator). Each ACT word an instruction writes is matched by
+address against the emulator's result of the same instruction. The unit has no
+handshakes (fixed-latency pipelines), so under ``TB_BACKPRESSURE`` only the
+instruction starts come at random gaps.
+"""
+
+import cocotb
+from tb import BufferBench, Unit, golden
+
+from tessera.isa import Buffer, ErrorCode, Instruction, PoolMode
+
+class PostBench(BufferBench):
+    def __init__(self, dut):
+        super().__init__(dut)
+        # Inputs and residuals live in the upper half of ACT, outputs in the lower half: no instruction
+        # reads what it writes, so the order of its writes cannot matter.
+        self.half = self.c.abuf_words // 2
+        self.fill(Buffer.ACT, -128, 128)
+        self.fill(Buffer.ACC, -(1 << 22), 1 << 22)
+        self.fill_params()
+        self.model(Buffer.ACT, reads=[(dut.act_rd__addr, dut.act_rd__data)],
+                   writes=[(dut.act_wr__addr, dut.act_wr__data, dut.act_wr__en)])
+        self.model(Buffer.ACC, reads=[(dut.acc_rd__addr, dut.acc_rd__data)])
+        self.model(Buffer.PARAM, reads=[(dut.prm_rd__addr, dut.prm_rd__data)])
+        self.unit = self.tb.add(Unit(self.tb, "ctl"))
+
+    def fill_params(self):
+        """Per channel: any int32 bias, a multiplier in the compiler's range, shifts mostly in a useful range."""
+        p = self.emu.buffers[Buffer.PARAM]
+        r = self.np_rng
+        p[..., 0] = r.integers(-(1 << 31), 1 << 31, p.shape[:-1]) >> r.integers(0, 16, p.shape[:-1])
+        p[..., 1] = r.integers(1 << 29, 1 << 31, p.shape[:-1])
+        # Shifts are taken modulo 64, and above 62 act as 62.
+        p[..., 2] = r.choice([0, 1, 31, 62, 63, 64 + 33] + list(range(28, 40)) * 4, p.shape[:-1])
+
+    async def run(self, ins: Instruction, outs):
+        want = golden(self.emu, ins, self.prog)
+        if want is None:
+            self.expect(Buffer.ACT, outs)
+        got = await self.unit.execute(ins)
+        assert got == (0 if want is None else want.value), f"{ins}: RTL {ErrorCode(got).name}, emulator {want}"
+        self.check_buffers(str(ins))
+        return want
+
+    def random_epilogue(self):
+        c, rng = self.c, self.tb.rng
+        k = c.words_per_block
+        ob = rng.randint(1, 2)
+        P = rng.randint(1, 6)
+        stride = ob * k + rng.choice([0, 0, 1, 3])
+        res_stride = ob * k + rng.choice([0, 0, 2])
+        zp_out = rng.randint(-128, 127)
+        lo = rng.choice([-128, zp_out, rng.randint(-128, 127)])
+        hi = rng.choice([127, rng.randint(lo, 127), rng.randint(-128, 127)])       # sometimes lo > hi
+        ins = Instruction("epilogue", acc_addr=rng.randint(0, c.accbuf_words - ob * P),
+                          pixels=P, ob_count=ob, param_addr=rng.randint(0, c.pbuf_words - ob),
+                          out_addr=rng.randint(0, self.half - (P - 1) * stride - ob * k), out_stride=stride,
+                          zp_out=zp_out, out_min=lo, out_max=hi, residual=rng.randint(0, 1),
+                          res_addr=self.half + rng.randint(0, self.half - (P - 1) * res_stride - ob * k),
+                          res_stride=res_stride, zp_mid=rng.randint(-128, 127), zp_res=rng.randint(-128, 127),
+                          res_mult_a=rng.randint(1 << 28, (1 << 31) - 1), res_mult_b=rng.randint(0, (1 << 31) - 1),
+                          res_shift=rng.choice([0, 1, 62, 63] + list(range(28, 34)) * 3))
+        outs = [ins.out_addr + p * stride + b * k + j for b in range(ob) for p in range(P) for j in range(k)]
+        return ins, outs
+
+    def random_pool(self):
+        c, rng = self.c, self.tb.rng
+        cb = rng.randint(1, 2)
+        kh, kw = rng.randint(1, 3), rng.randint(1, 3)
+        sh, sw = rng.randint(1, 3), rng.randint(1, 2)
+        pt, pl = rng.randint(0, kh - 1), rng.randint(0, kw - 1)
+        while True:
+            ih, iw = rng.randint(1, 6), rng.randint(1, 5)
+            oh = max(1, (ih + 2 * pt - kh) // sh + 1 + rng.choice([0, 0, 1]))       # a window may hang out
+            ow = max(1, (iw + 2 * pl - kw) // sw + 1)
+            if ih * iw * cb <= self.half and oh * ow * cb <= self.half:
+                break
+        ins = Instruction("pool", mode=rng.choice(list(PoolMode)),
+                          in_addr=self.half + rng.randint(0, self.half - ih * iw * cb), in_h=ih, in_w=iw, cb=cb,
+                          out_addr=rng.randint(0, self.half - oh * ow * cb), out_h=oh, out_w=ow, k_h=kh, k_w=kw,
+                          stride_h=sh, stride_w=sw, pad_t=pt, pad_l=pl, zp_in=rng.randint(-128, 127),
+                          zp_out=rng.randint(-128, 127), mult=rng.randint(1 << 29, (1 << 31) - 1),
+                          shift=rng.randint(29, 35))
+        return ins, [ins.out_addr + i for i in range(oh * ow * cb)]
+
+
+@cocotb.test()
+async def epilogue_matches_emulator(dut):
+    b = PostBench(dut)
+    await b.tb.reset()
+    kinds = set()
+    for i in range(30):
+        if i % 10 == 9:
+            b.fill(Buffer.ACC, -(1 << 31), 1 << 31)        # acc + bias wraps
+        ins, outs = b.random_epilogue()
+        kinds.add((ins.residual, ins.ob_count, ins.out_stride == ins.ob_count * b.c.words_per_block))
+        await b.run(ins, outs)
+    assert len(kinds) >= 6, kinds
+    b.tb.finish()
+
+
+@cocotb.test()
+async def pool_matches_emulator(dut):
+    b = PostBench(dut)
+    await b.tb.reset()
+    modes = set()
+    for _ in range(24):
+        ins, outs = b.random_pool()
+        modes.add(ins.mode)
+        await b.run(ins, outs)
+    assert modes == set(PoolMode)
+    b.tb.finish()
+
+
+@cocotb.test()
+async def post_range_faults_write_nothing(dut):
+    b = PostBench(dut)
+    c = b.c
+    await b.tb.reset()
+    epi, _ = b.random_epilogue()
+    pool, _ = b.random_pool()
+    faulty = [epi.replace(acc_addr=c.accbuf_words - epi.pixels * epi.ob_count + 1),
+              epi.replace(param_addr=c.pbuf_words - epi.ob_count + 1),
+              epi.replace(out_addr=c.abuf_words - 1),
+              epi.replace(residual=1, res_addr=c.abuf_words - 1),
+              pool.replace(in_addr=c.abuf_words - 1),
+              pool.replace(out_addr=c.abuf_words - 1)]
+    for ins in faulty:
+        assert await b.run(ins, []) == ErrorCode.BUFFER_RANGE, ins
+        ok, outs = b.random_pool()
+        await b.run(ok, outs)                           # and the unit works again
+    b.tb.finish()

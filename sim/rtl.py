@@ -360,10 +360,10 @@ class RtlBackend(Backend):
     def read(self, addr, n):
         return self.sim.read(addr, n)
 
-    def execute(self) -> RunResult:
+    def execute(self, prog_addr: int | None = None) -> RunResult:
         from tessera.sim.emulator import NpuError
         c = self.program.config
-        regs = self.sim.run(self.program.prog_addr, **self.options)
+        regs = self.sim.run(self.program.prog_addr if prog_addr is None else prog_addr, **self.options)
         if regs.get("timeout"):
             raise NpuError(ErrorCode.WATCHDOG, regs["ERROR_PC"], "the RTL simulation timed out")
         if regs["ERROR"]:

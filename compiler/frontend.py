@@ -17,13 +17,15 @@ import onnx
 from onnx import numpy_helper
 
 from .ir import CompileError, Graph, Op, QTensor, unsupported
+from .islands import HOST_ONLY_OPS, HostIslands
 
 __all__ = ["SUPPORTED_OPS", "load_onnx", "lower"]
 
 SUPPORTED_OPS = ("QuantizeLinear, DequantizeLinear, Conv, Gemm, MatMul, Add, Relu, Clip, MaxPool, "
                  "AveragePool, GlobalAveragePool, Flatten, Reshape, Squeeze, Unsqueeze, Transpose, Pad, "
                  "Concat, Identity, Softmax, BatchNormalization, Mul/Add by a per-channel constant, QLinearConv, QLinearMatMul, QGemm, "
-                 "QLinearAdd, QLinearAveragePool, QLinearGlobalAveragePool, QLinearConcat, QLinearSoftmax")
+                 "QLinearAdd, QLinearAveragePool, QLinearGlobalAveragePool, QLinearConcat, QLinearSoftmax; on the host: "
+                 + ", ".join(HOST_ONLY_OPS) + ", products of two activations, data-moving Transpose/Reshape/Concat")
 
 _SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity")
 
@@ -89,7 +91,7 @@ def _out_shape(kind, x, a):
     return [1, c] + [(x[2 + i] + p[i] + p[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
 
 
-class _Lowering:
+class _Lowering(HostIslands):
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.g = Graph()
@@ -101,6 +103,7 @@ class _Lowering:
         self.hostf = {}      # float name (host domain) -> name the runtime produces it under
         self.imap = {}       # int tensor name (from ONNX) -> int tensor name in the graph
         self.nhwc = {}       # float NCHW view of an NHWC graph input -> the input's name
+        self._init_islands()
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -248,7 +251,8 @@ class _Lowering:
                 continue
             if n.domain not in ("", "ai.onnx", "com.microsoft"):
                 raise unsupported(n.name, n.op_type, f"domain {n.domain!r}", "ai.onnx and com.microsoft ops")
-            fn = getattr(self, f"op_{n.op_type}", None)
+            host = n.op_type not in ("QuantizeLinear", "DequantizeLinear") and self.is_host_node(n)
+            fn = self.host_node if host else getattr(self, f"op_{n.op_type}", None)
             if fn is None:
                 raise unsupported(n.name, n.op_type, "this op", SUPPORTED_OPS)
             try:
@@ -261,6 +265,9 @@ class _Lowering:
                                    f"({type(e).__name__}: {e})") from None
         for vo in self.model.graph.output:
             name = vo.name
+            if name in self.hostv:
+                self.islands[self._root(self.hostv[name])]["outputs"].append(name)
+                continue
             if name in self.hostf:
                 for h in self.g.host_ops:
                     if h["outputs"][0] == self.hostf[name]:
@@ -271,6 +278,7 @@ class _Lowering:
                 raise CompileError(f"graph output {name!r} is not a quantized tensor the NPU produces "
                                    f"(supported: outputs of DequantizeLinear or quantized ops)")
             self.g.outputs.append((name, t))
+        self.finish_islands()
         if not self.g.inputs:
             raise CompileError("the model has no quantized input (expected a QuantizeLinear on a graph input)")
         return self.g
@@ -292,7 +300,9 @@ class _Lowering:
             return
         s, zp, dt = self.scalar_q(n, n.input[1], n.input[2] if len(n.input) > 2 else "")
         out = n.output[0]
-        if x in self.hostf:
+        if x in self.hostv:
+            self.host_quantize(n, s, zp, dt)
+        elif x in self.hostf:
             self.hostf[out] = self.hostf[x]
         elif x in self.pending:
             op = self.pending.pop(x)
@@ -335,6 +345,8 @@ class _Lowering:
                 raise unsupported(n.name, n.op_type, "dequantizing with other parameters than the tensor's",
                                   "DequantizeLinear with the matching QuantizeLinear's scale and zero point")
             self.fmap[out] = t.name
+            if x in self.hostv:
+                self.host_dequantize(n)
         elif any(i.name == x for i in self.model.graph.input):
             raise unsupported(n.name, n.op_type, f"an int8/uint8 graph input ({x!r})",
                               "float graph inputs followed by QuantizeLinear")

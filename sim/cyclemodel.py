@@ -1,13 +1,24 @@
 """Cycle model: predicts when every instruction starts and ends, and so cycles per layer.
 
 A discrete-event model of the NPU's timing with the same ordering rules as the
-emulator and the hardware: fetch dispatches in program order into bounded unit
-queues; an instruction starts when its unit is free, its wait tokens have
-arrived and every queue it signals has room; LOAD and STORE share the external
-memory port. Durations come from :class:`Timing`, whose constants describe the
-RTL's pipelines (checked against the RTL cycle counter in tests/sim).
+emulator and the hardware: fetch streams instruction beats from external
+memory into bounded unit queues; an instruction starts when its unit is free,
+its wait tokens have arrived and every token queue it signals has room. The
+durations follow the RTL's structure (hdl/): a unit's FSM spends one cycle
+from start to CHECK and one from CHECK to RUN; CONV issues one MAC-array
+cycle per (block, pixel, tap, channel block) and drains its pipeline; LOAD
+keeps at most ``mem_outstanding`` reads in flight, so it moves
+``mem_outstanding`` beats per ``mem_latency + 1`` cycles, and it makes one
+request per buffer word when a word is narrower than the bus; STORE sends
+one beat per cycle; fetch keeps a few instruction beats in flight the same
+way. Each instruction's ``end`` is the first cycle a dependent instruction (or
+the next one on the same unit) can start. Calibrated against the RTL cycle
+counter (tests/sim/test_cyclemodel.py, docs/utilization.md).
 
-It never touches data, so it runs a ResNet-50 program in well under a second.
+It never touches data, so it models a ResNet-50 program in about a second.
+Every instruction also records how long its unit sat idle before it and what
+it waited for (``waited_on``: FETCH, a unit's token, or QUEUE for room in a
+token queue it signals); the bench turns that into a loss breakdown.
 """
 
 from __future__ import annotations
@@ -21,22 +32,29 @@ from tessera.isa import INSTR_BYTES, Instruction, Opcode, Unit, mask_units
 __all__ = ["Timing", "CycleModel", "InstrTiming", "ModelResult", "predict"]
 
 
+def _log2(n: int) -> int:
+    return max(0, (n - 1).bit_length())
+
+
 @dataclass(frozen=True)
 class Timing:
-    """Cycle costs of the RTL's units (fixed overheads per instruction and per row)."""
-    fetch_latency: int = 2        # decode/dispatch after the instruction's last beat
-    conv_setup: int = 2           # decode to first MAC-array issue
-    conv_drain: int = 6           # last issue to last ACC write (product + adder tree + accumulate)
-    post_setup: int = 2
-    epilogue_drain: int = 6
-    pool_drain: int = 3
-    dma_setup: int = 2
-    dma_row_gap: int = 0          # idle cycles between rows of a 2-D transfer
-    store_drain: int = 2          # write acknowledgement after the last beat
+    """Fixed cycle costs of the RTL's units; :meth:`for_config` derives them from the HDL's structure.
+
+    All counts are from a unit's start pulse to the first cycle a dependent can start.
+    """
+    conv_overhead: int = 15       # FSM to RUN (2) + MAC pipeline drain (8 + log2 lanes) + hand-back (1)
+    epilogue_overhead: int = 17   # FSM (2) + engine start + 12-stage pipeline drain + hand-back
+    pool_overhead: int = 15       # FSM (2) + engine start + 10-stage pipeline drain + hand-back
+    load_overhead: int = 4        # FSM (2) + last response → inflight empty → done → hand-back
+    store_overhead: int = 3       # FSM (2) + last beat accepted → done
+    sync_cycles: int = 1
+    queue_latency: int = 2        # fetch hand-over → queue head → start
+    fetch_start: int = 1          # start pulse → first instruction beat requested
+    end_cycles: int = 2           # END decoded → done seen by the cycle counter
 
     @classmethod
     def for_config(cls, config: NpuConfig) -> "Timing":
-        return cls()
+        return cls(conv_overhead=3 + 4 + (2 + _log2(config.lanes)) + 2)
 
 
 @dataclass
@@ -44,11 +62,14 @@ class InstrTiming:
     pc: int
     op: str
     unit: str
-    dispatch: int
+    dispatch: int       # the cycle it could start as far as fetch is concerned
     start: int
     end: int
-    busy: int           # cycles the unit spent on useful work (MAC issue, memory beats, output words)
+    busy: int           # cycles of useful work (MAC issues, memory beats, output words)
     macs: int = 0
+    index: int = 0      # position in the program
+    idle: int = 0       # cycles its unit sat idle between its previous instruction and this one
+    waited_on: str = "" # what held the start last: FETCH, LOAD/COMPUTE/POST/STORE (a token), QUEUE, or ""
 
 
 @dataclass
@@ -81,59 +102,134 @@ class CycleModel:
 
     # ---- per-instruction work --------------------------------------------------------
 
-    def _beats(self, ins: Instruction) -> int:
+    def beats(self, ins: Instruction) -> int:
+        """Memory requests of a LOAD/STORE: one per bus beat of a word, at least one per word."""
         c = self.config
         wb = c.word_bytes(ins.buf)
-        row_bytes = ins.cols * wb
-        per_row = -(-row_bytes // c.bus_bytes)
-        return ins.rows * per_row
+        return ins.rows * ins.cols * max(1, wb // c.bus_bytes)
+
+    def read_cycles(self, n: int) -> int:
+        """Cycles from the first read request to the last response of ``n`` beats (outstanding-limited)."""
+        c = self.config
+        o, rt = c.mem_outstanding, c.mem_latency + 1
+        if n <= 0:
+            return 0
+        if o >= rt:
+            return n - 1 + c.mem_latency
+        return (n - 1) // o * rt + (n - 1) % o + c.mem_latency
 
     def work(self, ins: Instruction) -> tuple[int, int, int]:
-        """(cycles the unit is occupied, of which memory-port beats, MACs)."""
+        """(cycles the unit is occupied, of which useful work, MACs)."""
         c, t = self.config, self.timing
         op = ins.op
         if op == Opcode.CONV:
             issues = ins.ob_count * ins.out_h * ins.out_w * ins.k_h * ins.k_w * ins.in_cb
-            return t.conv_setup + issues + t.conv_drain, 0, issues * c.macs_per_cycle
+            return t.conv_overhead + issues, issues, issues * c.macs_per_cycle
         if op == Opcode.EPILOGUE:
             words = ins.ob_count * ins.pixels * c.words_per_block
-            return t.post_setup + words + t.epilogue_drain, 0, 0
+            return t.epilogue_overhead + words, words, 0
         if op == Opcode.POOL:
             n = ins.out_h * ins.out_w * ins.cb * ins.k_h * ins.k_w
-            return t.post_setup + n + t.pool_drain, 0, 0
-        if op in (Opcode.LOAD, Opcode.STORE):
-            beats = self._beats(ins)
-            gaps = (ins.rows - 1) * t.dma_row_gap
-            return t.dma_setup + beats + gaps, beats, 0
-        return 1, 0, 0  # SYNC
+            return t.pool_overhead + n, n, 0
+        if op == Opcode.LOAD:
+            n = self.beats(ins)
+            return t.load_overhead + self.read_cycles(n), n, 0
+        if op == Opcode.STORE:
+            n = self.beats(ins)
+            return t.store_overhead + n, n, 0
+        return t.sync_cycles, 0, 0  # SYNC
+
+    def _share_port(self, new: InstrTiming, other: InstrTiming | None, stalls: dict) -> None:
+        """A LOAD and a STORE overlapping in time share the memory port (hdl/simtop.py: turns when both ask).
+
+        Measured on the RTL: the STORE loses one cycle per read request issued while it runs, and the
+        LOAD about 1.2 cycles per round trip of ``mem_outstanding`` reads (a group's first requests meet
+        writes). ``other`` started earlier; both ends move.
+        """
+        if other is None or other.end <= new.start:
+            return
+        c = self.config
+        rate = min(1.0, c.mem_outstanding / (c.mem_latency + 1))       # read requests per cycle
+        load, store = (new, other) if new.op == "LOAD" else (other, new)
+        overlap = min(load.end, store.end) - new.start
+        lost_store = min(load.busy, round(overlap * rate))
+        store.end += lost_store
+        overlap = min(load.end, store.end) - new.start
+        lost_load = round(1.2 * overlap / (c.mem_latency + 1)) if rate < 1 else 0
+        load.end += lost_load
+        stalls["STORE"]["memory"] += lost_store
+        stalls["LOAD"]["memory"] += lost_load
+
+    # ---- instruction fetch -------------------------------------------------------------
+
+    def _fetch_shape(self):
+        c = self.config
+        ib = max(1, INSTR_BYTES // c.bus_bytes)      # beats per instruction
+        ipb = max(1, c.bus_bytes // INSTR_BYTES)     # instructions per beat
+        return ib, ipb, max(2 * ib, 4)               # beat FIFO depth as in hdl/fetch.py
 
     # ---- the event model ---------------------------------------------------------------
 
     def run(self, instructions: list[Instruction]) -> ModelResult:
         c, t = self.config, self.timing
-        fetch_beats = -(-INSTR_BYTES // c.bus_bytes)
+        ib, ipb, fd = self._fetch_shape()
+        lat = c.mem_latency
         units = list(Unit)
         queues = {u: deque() for u in units}
-        unit_free = {u: 0 for u in units}
+        last: dict = {}                             # unit → its latest InstrTiming (ends may still move)
+
+        def unit_free(u):
+            return last[u].end if u in last else 0
         started = {u: [] for u in units}            # start times, to know when queue slots free up
         tokens = {(s, d): deque() for s in units for d in units if s != d}   # arrival times
-        consumed = {(s, d): [] for s in units for d in units if s != d}      # consumption times
+        consumed = {(s, d): [] for s in units for d in units if s != d}     # consumption (start) times
         produced = {(s, d): 0 for s in units for d in units if s != d}
-        port_free = 0
-        fetch_t = 0
-        pc = 0
         n = len(instructions)
         results: list[InstrTiming] = []
         stalls = {u.name: {"tokens": 0, "memory": 0, "queue": 0} for u in units}
         dispatched_count = {u: 0 for u in units}
-        end = 0
+        # Fetch state: beat request/arrival/consumption times (hdl/fetch.py keeps fd beats in flight or queued).
+        rq: list[int] = []
+        cons: list[int] = []
+        fs = {"pc": 0, "handover": t.fetch_start, "finished": None}
+
+        def beat(j: int) -> int:
+            """Arrival cycle of instruction beat j, requesting beats as the FIFO frees up."""
+            while len(rq) <= j:
+                k = len(rq)
+                r = t.fetch_start if k == 0 else rq[-1] + 1
+                if k >= fd:
+                    r = max(r, cons[k - fd] + 1)
+                rq.append(r)
+            return rq[j] + lat
 
         def dispatch_more():
-            nonlocal pc, fetch_t
-            while pc < n:
+            while fs["pc"] < n:
+                pc = fs["pc"]
                 ins = instructions[pc]
+                # Beats of this instruction; each must have been consumed in order.
+                if ipb == 1:
+                    first = pc * ib
+                    tt = fs["handover"]
+                    for j in range(first, first + ib):
+                        if j < len(cons):
+                            tt = cons[j]
+                            continue
+                        if j >= fd and len(cons) <= j - fd:
+                            return
+                        tt = max(beat(j) + 1, tt + 1)
+                        cons.append(tt)
+                    ready = tt + 1
+                else:
+                    j = pc // ipb
+                    if j >= len(cons):
+                        if j >= fd and len(cons) <= j - fd:
+                            return
+                        cons.append(max(beat(j) + 1, fs["handover"] + 1))
+                    ready = max(cons[j] + 1, fs["handover"] + 1)
                 if ins.op == Opcode.END:
-                    pc = n
+                    fs["finished"] = ready
+                    fs["pc"] = n
                     return
                 u = ins.unit
                 k = dispatched_count[u]
@@ -141,14 +237,11 @@ class CycleModel:
                     # The slot frees when the instruction queue_depth earlier in this unit starts.
                     if len(started[u]) <= k - c.queue_depth:
                         return
-                    room = started[u][k - c.queue_depth]
-                else:
-                    room = 0
-                # Fetch streams instructions over the memory port; it only waits for queue room.
-                fetch_t = max(fetch_t + fetch_beats, room)
-                queues[u].append((pc, ins, fetch_t + c.mem_latency + t.fetch_latency))
+                    ready = max(ready, started[u][k - c.queue_depth] + 1)
+                fs["handover"] = ready
+                queues[u].append((pc, ins, ready + t.queue_latency))
                 dispatched_count[u] += 1
-                pc += 1
+                fs["pc"] = pc + 1
 
         dispatch_more()
         while True:
@@ -157,57 +250,66 @@ class CycleModel:
                 if not queues[u]:
                     continue
                 ipc, ins, disp = queues[u][0]
-                ready = max(unit_free[u], disp)
-                tok_t = 0
+                ready = max(unit_free(u), disp)
+                tok_t, why = 0, ""
                 ok = True
                 for s in mask_units(ins.wait):
                     q = tokens[(s, u)]
                     if not q:
                         ok = False
                         break
-                    tok_t = max(tok_t, q[0])
+                    if q[0].end > tok_t:
+                        tok_t, why = q[0].end, s.name
+                room_t = 0
                 for d in mask_units(ins.signal):
-                    # Room in (u→d): fewer than token_depth tokens outstanding at our start.
-                    outstanding = produced[(u, d)] - len(consumed[(u, d)])
-                    if outstanding >= c.token_depth:
-                        ok = False
-                        break
+                    # Room in (u→d): the token token_depth before ours has been taken (the counter is registered).
+                    p = produced[(u, d)] - c.token_depth
+                    if p >= 0:
+                        if len(consumed[(u, d)]) <= p:
+                            ok = False
+                            break
+                        room_t = max(room_t, consumed[(u, d)][p] + 1)
                 if not ok:
                     continue
+                if room_t > max(ready, tok_t):
+                    tok_t, why = room_t, "QUEUE"
                 start = max(ready, tok_t)
                 if best is None or (start, ipc) < (best[0], best[1]):
-                    best = (start, ipc, u)
+                    best = (start, ipc, u, tok_t, why)
             if best is None:
-                if any(queues.values()) or pc < n:
+                if any(queues.values()) or fs["pc"] < n:
                     raise RuntimeError("cycle model: the program deadlocks (the emulator reports where)")
                 break
-            start, ipc, u = best
+            start, ipc, u, tok_t, why = best
             _, ins, disp = queues[u].popleft()
-            tok_t = 0
             for s in mask_units(ins.wait):
-                arr = tokens[(s, u)].popleft()
+                tokens[(s, u)].popleft()
                 consumed[(s, u)].append(start)
-                tok_t = max(tok_t, arr)
-            occupied, beats, macs = self.work(ins)
-            if beats:
-                port_start = max(start + t.dma_setup, port_free)
-                port_free = port_start + beats
-                finish = port_start + beats + (c.mem_latency if ins.op == Opcode.LOAD else t.store_drain)
-                stalls[u.name]["memory"] += port_start - (start + t.dma_setup)
+            occupied, busy, macs = self.work(ins)
+            free = unit_free(u)
+            if start > free:
+                if tok_t >= start and tok_t > disp:
+                    waited = why
+                    stalls[u.name]["queue" if why == "QUEUE" else "tokens"] += start - max(free, disp)
+                else:
+                    waited = "FETCH"
             else:
-                finish = start + occupied
-            stalls[u.name]["tokens"] += max(0, tok_t - max(unit_free[u], disp))
-            stalls[u.name]["queue"] += max(0, disp - unit_free[u])
-            unit_free[u] = finish
+                waited = ""
+            rec = InstrTiming(ipc * INSTR_BYTES, ins.op.name, u.name, disp, start, start + occupied,
+                              busy, macs, ipc, max(0, start - free), waited)
+            if ins.op in (Opcode.LOAD, Opcode.STORE):
+                self._share_port(rec, last.get(Unit.STORE if ins.op == Opcode.LOAD else Unit.LOAD), stalls)
+            last[u] = rec
             started[u].append(start)
             for d in mask_units(ins.signal):
-                tokens[(u, d)].append(finish)
+                tokens[(u, d)].append(rec)
                 produced[(u, d)] += 1
-            results.append(InstrTiming(ipc * INSTR_BYTES, ins.op.name, u.name, disp, start, finish,
-                                       beats or occupied, macs))
-            end = max(end, finish)
+            results.append(rec)
             dispatch_more()
-        results.sort(key=lambda r: r.pc)
+        results.sort(key=lambda r: r.index)
+        end = max((r.end for r in results), default=0)
+        if fs["finished"] is not None:
+            end = max(end, fs["finished"]) + t.end_cycles
         return ModelResult(cycles=end, macs=sum(r.macs for r in results), instructions=results, stalls=stalls)
 
 

@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("model", metavar="MODEL|PROGRAM")
     b.add_argument("--config", default="sim", metavar="NAME")
     b.add_argument("--backend", default="model", choices=["model", "rtl"])
+    b.add_argument("--calibrate", metavar="DIR|NPZ", help="calibration data for a float MODEL (as for compile)")
     b.add_argument("--json", action="store_true")
     b.add_argument("--out", metavar="DIR")
 

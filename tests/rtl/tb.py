@@ -102,9 +102,12 @@ class TB:
         for a in self.agents:
             a.sample()
 
-    async def reset(self, cycles: int = 2):
+    async def reset(self, cycles: int = 2, **inputs):
+        """Hold reset for ``cycles``; ``inputs`` (port name → value) are set with it."""
         await FallingEdge(self.dut.clk)
         self.dut.rst.value = 1
+        for k, v in inputs.items():
+            getattr(self.dut, k).value = v
         for a in self.agents:
             a.drive()
         for _ in range(cycles):

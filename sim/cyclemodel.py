@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BYTES, Instruction, Opcode, Unit, mask_units
 
-__all__ = ["Timing", "CycleModel", "InstrTiming", "ModelResult", "predict"]
+__all__ = ["CycleModel", "InstrTiming", "ModelResult", "Timing", "predict"]
 
 
 def _log2(n: int) -> int:
@@ -53,7 +53,7 @@ class Timing:
     end_cycles: int = 2           # END decoded → done seen by the cycle counter
 
     @classmethod
-    def for_config(cls, config: NpuConfig) -> "Timing":
+    def for_config(cls, config: NpuConfig) -> Timing:
         return cls(conv_overhead=3 + 4 + (2 + _log2(config.lanes)) + 2)
 
 

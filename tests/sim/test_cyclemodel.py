@@ -1,9 +1,9 @@
 """The cycle model's ordering rules: overlap where tokens allow it, serialization where they demand it."""
 
 import pytest
+from tessera.sim.cyclemodel import CycleModel, Timing
 
 from tessera.isa import Instruction
-from tessera.sim.cyclemodel import CycleModel, Timing
 
 from ..conftest import SMALL
 

@@ -1,0 +1,299 @@
+"""The board's host link: request frames in, memory and CSR accesses, response frames out.
+
+:class:`Link` parses the frames of :mod:`.protocol` from a byte stream (the UART receiver),
+executes them on the NPU's CSR bus and on a memory port, and answers on a byte stream (the UART
+transmitter). :class:`MemArbiter` lets the link and the NPU share one memory controller: the link
+touches memory only while the NPU is idle (a memory command during a run is answered BUSY).
+
+Robustness: a frame with a bad command, length or address, or a bad CRC, is not executed; the
+link swallows bytes until the line has been idle for ``idle_cycles`` and then answers with the
+error, so the host's whole (possibly garbled) frame is gone before the answer. A frame cut short
+is answered TIMEOUT after the same idle time. Bytes outside a frame that are not the sync byte
+are ignored.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import Csr, Status
+
+from ..common import MemPortSignature, log2
+from ..csr import CsrSignature
+from .protocol import CRC_INIT, CRC_POLY, CSR_BYTES, MAX_PAYLOAD, SYNC_REQ, SYNC_RESP, Command, LinkStatus
+
+__all__ = ["Link", "MemArbiter", "crc16_next"]
+
+
+def _crc_taps():
+    """For each bit of the next CRC register: the bits of (crc, byte) whose XOR it is (the CRC is linear)."""
+    def step(crc, byte):
+        x = crc ^ (byte << 8)
+        for _ in range(8):
+            x = ((x << 1) ^ CRC_POLY if x & 0x8000 else x << 1) & 0xFFFF
+        return x
+    cols = [step(1 << i, 0) for i in range(16)] + [step(0, 1 << i) for i in range(8)]
+    return [[j for j, col in enumerate(cols) if col >> k & 1] for k in range(16)]
+
+
+_CRC_TAPS = _crc_taps()
+
+
+def crc16_next(crc, byte):
+    """CRC-16/CCITT-FALSE register after one more byte (MSB first): an XOR of input bits per output bit."""
+    bits = Cat(crc, byte)
+    out = []
+    for taps in _CRC_TAPS:
+        v = bits[taps[0]]
+        for j in taps[1:]:
+            v = v ^ bits[j]
+        out.append(v)
+    return Cat(*out)
+
+
+class MemArbiter(wiring.Component):
+    """Two masters on one memory port: ``link`` while ``sel_link`` is high, else ``npu``.
+
+    ``sel_link`` may change only when neither master has a read in flight: the link selects
+    itself only while the NPU is idle (an idle NPU has drained its reads) and finishes its own
+    reads before it lets go.
+    """
+
+    def __init__(self, config: NpuConfig):
+        sig = MemPortSignature(config)
+        super().__init__({"npu": In(sig), "link": In(sig), "out": Out(sig), "sel_link": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        out = self.out
+        for name in ("rd_req", "wr_req"):
+            o = getattr(out, name)
+            for master, sel in ((self.link, self.sel_link), (self.npu, ~self.sel_link)):
+                i = getattr(master, name)
+                with m.If(sel):
+                    m.d.comb += [o.valid.eq(i.valid), o.payload.eq(i.payload), i.ready.eq(o.ready)]
+        for master, sel in ((self.link, self.sel_link), (self.npu, ~self.sel_link)):
+            m.d.comb += [master.rd_resp.valid.eq(out.rd_resp.valid & sel), master.rd_resp.payload.eq(out.rd_resp.payload)]
+        return m
+
+
+class Link(wiring.Component):
+    """Frame parser and executor of the board link protocol (:mod:`.protocol`).
+
+    Parameters
+    ----------
+    config : NpuConfig
+        ``dram_bytes`` bounds memory addresses; ``bus_bytes`` is the memory port's beat.
+    idle_cycles : int
+        Line idle time (clock cycles) that ends a broken frame (several byte times; on a board
+        milliseconds, since USB serial adapters pause between packets).
+    """
+
+    def __init__(self, config: NpuConfig, *, idle_cycles: int):
+        self.config, self.idle_cycles = config, idle_cycles
+        super().__init__({"i_stream": In(stream.Signature(8)), "o_stream": Out(stream.Signature(8)),
+                          "csr": Out(CsrSignature()), "mem": Out(MemPortSignature(config)), "mem_active": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        B = c.bus_bytes
+        lb = log2(B)
+        m.submodules.buf = buf = memory.Memory(shape=8, depth=MAX_PAYLOAD, init=[])
+        bw = buf.write_port()
+        br = buf.read_port()
+
+        rx, tx = self.i_stream, self.o_stream
+        got = rx.valid & rx.ready
+        byte = rx.payload
+
+        cmd = Signal(8)
+        hdr = Signal(48)               # addr (32) and length (16), shifted in little-endian
+        addr, length = hdr[:32], hdr[32:]
+        crc = Signal(16)
+        status = Signal(8)
+        count = Signal(range(max(MAX_PAYLOAD, 8) + 1))
+        data32 = Signal(32)
+        idle = Signal(range(self.idle_cycles + 1))
+        cur = Signal(32)               # byte address of the current memory byte
+        left = Signal(range(MAX_PAYLOAD + 1))
+        beat = Signal(8 * B)
+        strb = Signal(B)
+        rlen = Signal(16)
+        timed_out = idle == self.idle_cycles
+
+        with m.If(got):
+            m.d.sync += idle.eq(0)
+        with m.Elif(~timed_out):
+            m.d.sync += idle.eq(idle + 1)
+
+        m.d.comb += [self.csr.addr.eq(Csr.STATUS)]
+        npu_busy = self.csr.rdata[Status.BUSY.value.bit_length() - 1]
+        is_mem = (cmd == Command.WRITE_MEM) | (cmd == Command.READ_MEM)
+        is_csr = (cmd == Command.WRITE_CSR) | (cmd == Command.READ_CSR)
+        is_write = (cmd == Command.WRITE_MEM) | (cmd == Command.WRITE_CSR)
+
+        def respond(code, n=0):
+            m.d.sync += [status.eq(code), rlen.eq(n), count.eq(0), crc.eq(CRC_INIT)]
+            m.next = "TX_HDR"
+
+        with m.FSM():
+            with m.State("HUNT"):
+                m.d.comb += rx.ready.eq(1)
+                with m.If(got & (byte == SYNC_REQ)):
+                    m.d.sync += [crc.eq(CRC_INIT), count.eq(0), cmd.eq(0)]
+                    m.next = "HDR"
+            with m.State("HDR"):
+                m.d.comb += rx.ready.eq(1)
+                with m.If(got):
+                    m.d.sync += [crc.eq(crc16_next(crc, byte)), count.eq(count + 1)]
+                    with m.If(count == 0):
+                        m.d.sync += cmd.eq(byte)
+                    with m.Else():
+                        m.d.sync += hdr.eq(Cat(hdr[8:], byte))
+                    with m.If(count == 6):
+                        m.next = "CHECK"
+                with m.Elif(timed_out):
+                    respond(LinkStatus.TIMEOUT)
+            with m.State("CHECK"):
+                end = Signal(34)
+                m.d.comb += end.eq(addr + length)
+                with m.If(~is_mem & ~is_csr):
+                    m.d.sync += status.eq(LinkStatus.BAD_COMMAND)
+                    m.next = "DISCARD"
+                with m.Elif(Mux(is_mem, (length == 0) | (length > MAX_PAYLOAD), length != CSR_BYTES)):
+                    m.d.sync += status.eq(LinkStatus.BAD_LENGTH)
+                    m.next = "DISCARD"
+                with m.Elif(Mux(is_mem, end > c.dram_bytes, addr >= len(Csr))):
+                    m.d.sync += status.eq(LinkStatus.BAD_ADDRESS)
+                    m.next = "DISCARD"
+                with m.Elif(is_write):
+                    m.d.sync += count.eq(0)
+                    m.next = "PAYLOAD"
+                with m.Else():
+                    m.d.sync += count.eq(0)
+                    m.next = "CRC"
+            with m.State("PAYLOAD"):
+                m.d.comb += [rx.ready.eq(1), bw.addr.eq(count), bw.data.eq(byte), bw.en.eq(got)]
+                with m.If(got):
+                    m.d.sync += [crc.eq(crc16_next(crc, byte)), count.eq(count + 1), data32.eq(Cat(data32[8:], byte))]
+                    with m.If(count == length - 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "CRC"
+                with m.Elif(timed_out):
+                    respond(LinkStatus.TIMEOUT)
+            with m.State("CRC"):
+                m.d.comb += rx.ready.eq(1)
+                nxt = crc16_next(crc, byte)
+                with m.If(got):
+                    m.d.sync += [crc.eq(nxt), count.eq(count + 1)]
+                    with m.If(count == 1):
+                        with m.If(nxt == 0):
+                            m.next = "EXEC"
+                        with m.Else():
+                            m.d.sync += status.eq(LinkStatus.BAD_CRC)
+                            m.next = "DISCARD"
+                with m.Elif(timed_out):
+                    respond(LinkStatus.TIMEOUT)
+            with m.State("DISCARD"):
+                # Swallow the rest of a bad frame; answer once the line is quiet.
+                m.d.comb += rx.ready.eq(1)
+                with m.If(~got & timed_out):
+                    respond(status)
+            with m.State("EXEC"):
+                with m.Switch(cmd):
+                    with m.Case(Command.WRITE_CSR):
+                        m.d.comb += [self.csr.addr.eq(addr), self.csr.wdata.eq(data32), self.csr.we.eq(1)]
+                        respond(LinkStatus.OK)
+                    with m.Case(Command.READ_CSR):
+                        m.d.comb += self.csr.addr.eq(addr)
+                        m.d.sync += data32.eq(self.csr.rdata)
+                        respond(LinkStatus.OK, CSR_BYTES)
+                    with m.Default():
+                        m.d.sync += [cur.eq(addr), left.eq(length), strb.eq(0)]
+                        with m.If(npu_busy):
+                            respond(LinkStatus.BUSY)
+                        with m.Elif(cmd == Command.WRITE_MEM):
+                            m.d.sync += count.eq(0)
+                            m.next = "WR_FETCH"
+                        with m.Else():
+                            respond(LinkStatus.OK, length)
+
+            # WRITE_MEM: payload bytes into beats with byte strobes, one write per touched beat.
+            with m.State("WR_FETCH"):
+                m.d.comb += [self.mem_active.eq(1), br.addr.eq(count)]
+                m.next = "WR_PLACE"
+            with m.State("WR_PLACE"):
+                m.d.comb += self.mem_active.eq(1)
+                lane = cur[:lb]
+                m.d.sync += [beat.word_select(lane, 8).eq(br.data), strb.bit_select(lane, 1).eq(1)]
+                with m.If((lane == B - 1) | (left == 1)):
+                    m.next = "WR_ISSUE"
+                with m.Else():
+                    m.d.sync += [cur.eq(cur + 1), left.eq(left - 1), count.eq(count + 1)]
+                    m.next = "WR_FETCH"
+            with m.State("WR_ISSUE"):
+                wq = self.mem.wr_req
+                m.d.comb += [self.mem_active.eq(1), wq.valid.eq(1), wq.payload.addr.eq(cur[lb:]),
+                             wq.payload.data.eq(beat), wq.payload.strb.eq(strb)]
+                with m.If(wq.ready):
+                    m.d.sync += [strb.eq(0), cur.eq(cur + 1), left.eq(left - 1), count.eq(count + 1)]
+                    with m.If(left == 1):
+                        respond(LinkStatus.OK)
+                    with m.Else():
+                        m.next = "WR_FETCH"
+
+            # Response: header, data (CSR value or memory bytes), CRC.
+            with m.State("TX_HDR"):
+                hdr_bytes = [Const(SYNC_RESP, 8), cmd, status, rlen[:8], rlen[8:]]
+                with m.Switch(count):
+                    for i, v in enumerate(hdr_bytes):
+                        with m.Case(i):
+                            m.d.comb += tx.payload.eq(v)
+                m.d.comb += tx.valid.eq(1)
+                with m.If(tx.ready):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count != 0):
+                        m.d.sync += crc.eq(crc16_next(crc, tx.payload))
+                    with m.If(count == len(hdr_bytes) - 1):
+                        m.d.sync += count.eq(0)
+                        with m.If(rlen == 0):
+                            m.next = "TX_CRC"
+                        with m.Elif(cmd == Command.READ_CSR):
+                            m.next = "TX_CSR"
+                        with m.Else():
+                            m.next = "RD_REQ"
+            with m.State("TX_CSR"):
+                m.d.comb += [tx.valid.eq(1), tx.payload.eq(data32.word_select(count[:2], 8))]
+                with m.If(tx.ready):
+                    m.d.sync += [crc.eq(crc16_next(crc, tx.payload)), count.eq(count + 1)]
+                    with m.If(count == CSR_BYTES - 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "TX_CRC"
+            with m.State("RD_REQ"):
+                rq = self.mem.rd_req
+                m.d.comb += [self.mem_active.eq(1), rq.valid.eq(1), rq.payload.addr.eq(cur[lb:]), rq.payload.id.eq(0)]
+                with m.If(rq.ready):
+                    m.next = "RD_WAIT"
+            with m.State("RD_WAIT"):
+                m.d.comb += self.mem_active.eq(1)
+                with m.If(self.mem.rd_resp.valid):
+                    m.d.sync += beat.eq(self.mem.rd_resp.payload.data)
+                    m.next = "RD_SEND"
+            with m.State("RD_SEND"):
+                m.d.comb += [self.mem_active.eq(1), tx.valid.eq(1), tx.payload.eq(beat.word_select(cur[:lb], 8))]
+                with m.If(tx.ready):
+                    m.d.sync += [crc.eq(crc16_next(crc, tx.payload)), cur.eq(cur + 1), left.eq(left - 1)]
+                    with m.If(left == 1):
+                        m.d.sync += count.eq(0)
+                        m.next = "TX_CRC"
+                    with m.Elif(cur[:lb] == B - 1):
+                        m.next = "RD_REQ"
+            with m.State("TX_CRC"):
+                m.d.comb += [tx.valid.eq(1), tx.payload.eq(Mux(count[0], crc[:8], crc[8:]))]
+                with m.If(tx.ready):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == 1):
+                        m.next = "HUNT"
+        return m

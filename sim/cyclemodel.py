@@ -142,23 +142,25 @@ class CycleModel:
     def _share_port(self, new: InstrTiming, other: InstrTiming | None, stalls: dict) -> None:
         """A LOAD and a STORE overlapping in time share the memory port (hdl/simtop.py: turns when both ask).
 
-        Measured on the RTL: the STORE loses one cycle per read request issued while it runs, and the
-        LOAD about 1.2 cycles per round trip of ``mem_outstanding`` reads (a group's first requests meet
-        writes). ``other`` started earlier; both ends move.
+        While both run, the LOAD's reads take at most every other cycle (its outstanding-limited rate if
+        lower) and the STORE the rest; measured on the RTL, the LOAD loses at least about 1.2 cycles per
+        round trip of ``mem_outstanding`` reads. ``other`` started earlier; both ends move.
         """
         if other is None or other.end <= new.start:
             return
         c = self.config
-        rate = min(1.0, c.mem_outstanding / (c.mem_latency + 1))       # read requests per cycle
+        rt = c.mem_latency + 1
+        rate = min(1.0, c.mem_outstanding / rt)       # read requests per cycle of a LOAD alone
+        share = min(rate, 0.5)                        # ... and beside a STORE
         load, store = (new, other) if new.op == "LOAD" else (other, new)
-        overlap = min(load.end, store.end) - new.start
-        lost_store = min(load.busy, round(overlap * rate))
-        store.end += lost_store
-        overlap = min(load.end, store.end) - new.start
-        lost_load = round(1.2 * overlap / (c.mem_latency + 1)) if rate < 1 else 0
-        load.end += lost_load
-        stalls["STORE"]["memory"] += lost_store
-        stalls["LOAD"]["memory"] += lost_load
+        load0, store0 = load.end, store.end
+        for _ in range(4):                            # the overlap grows as both stretch
+            overlap = max(0, min(load.end, store.end) - new.start)
+            store.end = store0 + min(load.busy, round(overlap * share))
+            extra = overlap * max(1 - share / rate, 1.2 / rt if rate < 1 else 0)
+            load.end = load0 + round(extra)
+        stalls["STORE"]["memory"] += store.end - store0
+        stalls["LOAD"]["memory"] += load.end - load0
 
     # ---- instruction fetch -------------------------------------------------------------
 

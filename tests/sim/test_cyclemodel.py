@@ -1,9 +1,10 @@
 """The cycle model's ordering rules: overlap where tokens allow it, serialization where they demand it."""
 
+import numpy as np
 import pytest
-from tessera.sim.cyclemodel import CycleModel, Timing
+from tessera.sim.cyclemodel import CycleModel, Timing, predict
 
-from tessera.isa import Instruction
+from tessera.isa import Instruction, encode_program
 
 from ..conftest import SMALL
 
@@ -70,3 +71,77 @@ def test_work_counts_mac_issues_per_conv():
     occupied, issues, macs = m.work(_conv(ob_count=2))
     assert issues == 2 * 64 * 9 and macs == issues * SMALL.macs_per_cycle
     assert occupied > issues
+
+
+# ---- against the RTL cycle counter -----------------------------------------------------------------
+# One Verilator build of the RTL tests' config (tests/rtl share it); each program runs in well under a second.
+
+RTL_TOLERANCE = 0.03
+
+
+@pytest.fixture(scope="module")
+def rtl():
+    from tessera.sim.rtl import RtlSim
+
+    from ..rtl.test_npu import CONFIG
+    sim = RtlSim(CONFIG, opt="-O0")
+    yield sim
+    sim.close()
+
+
+def _rtl_cycles(sim, prog, segs=(), at=0):
+    for a, b in [(at, encode_program(prog))] + list(segs):
+        sim.write(a, b)
+    regs = sim.run(at, timeout_cycles=2_000_000)
+    assert not regs["timeout"] and regs["ERROR"] == 0
+    return regs["cycles"]
+
+
+def _programs(c):
+    from ..rtl.programs import ACT, OUT, conv_layer, dma_pattern, pool_layer
+    rng = np.random.default_rng(4)
+    yield "conv3x3", *conv_layer(c, rng, in_h=10, in_w=9, in_cb=3, ob=2)[:2]
+    yield "conv1x1_residual", *conv_layer(c, rng, in_h=8, in_w=8, in_cb=4, ob=2, k_h=1, k_w=1, pad=(0, 0),
+                                          residual=True)[:2]
+    yield "conv_stride2_accumulate", *conv_layer(c, rng, in_h=9, in_w=9, stride=(2, 2), accumulate=True)[:2]
+    yield "maxpool", *pool_layer(c, rng, in_h=10, in_w=10, cb=3)[:2]
+    yield "dma_strided", *dma_pattern(c, rng, rows=6, cols=20)[:2]
+    yield "load_beside_store", [Instruction("load", buf="wgt", dram_addr=ACT, rows=1, cols=40),
+                                Instruction("store", buf="act", dram_addr=OUT, buf_addr=64, rows=1, cols=300),
+                                Instruction("end")], [(ACT, bytes(40 * c.wgt_word_bytes))]
+
+
+@pytest.mark.parametrize("name", ["conv3x3", "conv1x1_residual", "conv_stride2_accumulate", "maxpool",
+                                  "dma_strided", "load_beside_store"])
+def test_model_matches_rtl_cycles_on_small_programs(rtl, name):
+    prog, segs = next((p, s) for n, p, s in _programs(rtl.config) if n == name)
+    want = _rtl_cycles(rtl, prog, segs)
+    got = CycleModel(rtl.config).run(prog).cycles
+    assert abs(got - want) <= RTL_TOLERANCE * want, f"model {got} vs RTL {want} cycles"
+
+
+def test_model_matches_rtl_per_layer_of_a_compiled_network(rtl):
+    # Per layer: both run the program cut after each layer's last instruction (+END); the cycle count
+    # is that layer's completion, and the difference to the previous cut the layer's cycles (the bench's
+    # definition, up to the later layers' prefetches a cut leaves out).
+    from tessera.compiler.driver import compile_model
+
+    from tessera.program import Program
+
+    from ..compiler.netgen import quantize, resnet
+    c = rtl.config
+    prog, _ = compile_model(quantize(resnet(in_shape=(1, 3, 16, 16), widths=(8, 16), bottleneck=True)), c)
+    prev_rtl = prev_model = 0
+    for d in prog.meta["layers"]:
+        last = max(b for _, b in d["instructions"])
+        cut = Program(c, prog.instructions[:last + 1] + [Instruction("end")], prog.constants, prog.prog_addr,
+                      prog.const_addr)
+        done_rtl = _rtl_cycles(rtl, cut.instructions, cut.segments()[1:], prog.prog_addr)
+        done_model = predict(cut).cycles
+        layer_rtl, layer_model = done_rtl - prev_rtl, done_model - prev_model
+        # 3 % of the layer, or a memory round trip on layers of a few hundred cycles
+        assert abs(layer_model - layer_rtl) <= max(RTL_TOLERANCE * layer_rtl, 16), \
+            f"{d['name']}: model {layer_model} vs RTL {layer_rtl} cycles"
+        prev_rtl, prev_model = done_rtl, done_model
+    total = _rtl_cycles(rtl, prog.instructions, prog.segments()[1:], prog.prog_addr)
+    assert abs(predict(prog).cycles - total) <= RTL_TOLERANCE * total

@@ -16,7 +16,7 @@ from tessera.arch import NpuConfig
 from .common import beat_bits, log2
 from .verilog import npu_verilog
 
-__all__ = ["DUMP_FILE", "LOAD_FILE", "SIM_TOP", "mem_words", "sim_sources"]
+__all__ = ["DUMP_FILE", "LOAD_FILE", "SIM_TOP", "mem_words", "public_signals", "sim_sources"]
 
 SIM_TOP = "tessera_sim"
 LOAD_FILE = "tessera_load.hex"
@@ -48,13 +48,25 @@ module {SIM_TOP}(
   reg clk = 1'b0;
   always #5 clk = ~clk;
 
+  // Host inputs reach the NPU through registers: logic fed by a model input is re-evaluated in every
+  // time step, logic fed by a register only when the clock ticks (this keeps the whole next-state
+  // logic, which sees `rst`, out of Verilator's input-combinational region).
+  reg rst_q = 1'b1, csr_we_q = 1'b0, mem_stall_q = 1'b0;
+  reg [3:0] csr_addr_q = 4'd0;
+  reg [31:0] csr_wdata_q = 32'd0;
+  reg [7:0] bp_level_q = 8'd0;
+  always @(posedge clk) begin
+    rst_q <= rst; csr_we_q <= csr_we; csr_addr_q <= csr_addr; csr_wdata_q <= csr_wdata;
+    bp_level_q <= bp_level; mem_stall_q <= mem_stall;
+  end
+
   wire rd_valid, rd_ready, resp_valid, wr_valid, wr_ready;
   wire [AW:0] rd_payload;
   wire [8*B:0] resp_payload;
   wire [AW+9*B-1:0] wr_payload;
   tessera_npu npu(
-    .clk(clk), .rst(rst),
-    .csr__addr(csr_addr), .csr__wdata(csr_wdata), .csr__we(csr_we), .csr__rdata(csr_rdata),
+    .clk(clk), .rst(rst_q),
+    .csr__addr(csr_addr_q), .csr__wdata(csr_wdata_q), .csr__we(csr_we_q), .csr__rdata(csr_rdata),
     .irq(irq), .done(done),
     .mem__rd_req__valid(rd_valid), .mem__rd_req__ready(rd_ready), .mem__rd_req__payload(rd_payload),
     .mem__rd_resp__valid(resp_valid), .mem__rd_resp__payload(resp_payload),
@@ -63,9 +75,9 @@ module {SIM_TOP}(
   reg [8*B-1:0] mem [0:(1<<WB)-1];
   reg [31:0] lfsr;
   reg turn;
-  wire rnd_ok = lfsr[7:0] >= bp_level;
-  assign rd_ready = !mem_stall && rnd_ok && !(wr_valid && turn);
-  assign wr_ready = !mem_stall && rnd_ok && !(rd_valid && !turn);
+  wire rnd_ok = lfsr[7:0] >= bp_level_q;
+  assign rd_ready = !mem_stall_q && rnd_ok && !(wr_valid && turn);
+  assign wr_ready = !mem_stall_q && rnd_ok && !(rd_valid && !turn);
   wire [WB-1:0] ra = rd_payload[WB-1:0];
   wire [WB-1:0] wa = wr_payload[WB-1:0];
   wire [8*B-1:0] wd = wr_payload[AW +: 8*B];
@@ -75,7 +87,7 @@ module {SIM_TOP}(
   reg pid [0:LAT-1];
   integer i;
   always @(posedge clk) begin
-    if (rst) begin
+    if (rst_q) begin
       lfsr <= 32'h1; pv <= 0; turn <= 1'b0;
     end else begin
       lfsr <= {{lfsr[30:0], lfsr[31] ^ lfsr[21] ^ lfsr[1] ^ lfsr[0]}};
@@ -98,6 +110,23 @@ module {SIM_TOP}(
   assign resp_payload = {{pid[LAT-1], pd[LAT-1]}};
 endmodule
 """
+
+
+#: What the cocotb side (:mod:`tessera.sim.rtl_bench`) touches: the top's ports and the clock.
+PUBLIC = ("clk", "rst", "csr_addr", "csr_wdata", "csr_we", "csr_rdata", "done", "irq", "host_load", "host_dump",
+          "dump_lo", "dump_hi", "bp_level", "mem_stall")
+
+
+def public_signals() -> str:
+    """Verilator control file making only :data:`PUBLIC` reachable through VPI.
+
+    Everything else stays private, so Verilator may inline, drop and order the
+    NPU's logic freely (``--public-flat-rw`` made every signal an input and cost
+    a full combinational evaluation per time step).
+    """
+    lines = ["`verilator_config"]
+    lines += [f'public_flat_rw -module "{SIM_TOP}" -var "{name}"' for name in PUBLIC]
+    return "\n".join(lines) + "\n"
 
 
 def sim_sources(config: NpuConfig, *, mem_bytes: int | None = None, latency: int | None = None) -> dict[str, str]:

@@ -58,24 +58,55 @@ def source_hash(files: dict[str, str], *extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bool = False, opt: str = "-O2"):
+class _Verilator:
+    """``cocotb_tools.runner``'s Verilator runner, with the design's signals kept private.
+
+    The stock runner passes ``--public-flat-rw``: every signal becomes writable
+    through VPI, so Verilator must treat all combinational logic as depending on
+    inputs and re-evaluates it in every time step (twice a clock), and it can
+    neither inline nor drop a signal. With ``public`` naming a ``.vlt`` control
+    file, only what that file marks public is visible to cocotb.
+    """
+
+    @staticmethod
+    def make(public: Path | None):
+        from cocotb_tools.runner import get_runner
+        runner = get_runner("verilator")
+        if public is None:
+            return runner
+        base = type(runner)
+
+        class PrivateVerilator(base):
+            def _build_command(self):
+                cmds = base._build_command(self)
+                cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+                return cmds
+
+        return PrivateVerilator()
+
+
+def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bool = False, opt: str = "-O2",
+             public: str | None = None, extra_args=()):
     """Write ``files`` (name → Verilog text) into ``build_dir`` and build them once.
 
     A finished build leaves ``build_dir/.built``; later calls with the same folder
     return at once (callers name the folder after a hash of the sources).
+    ``public``, the text of a Verilator control file (``.vlt``), limits what
+    cocotb can reach to the signals it marks public (default: every signal).
     """
-    from cocotb_tools.runner import get_runner
     _ensure_path()
     build_dir = Path(build_dir)
-    runner = get_runner("verilator")
     stamp = build_dir / ".built"
     srcs = []
     build_dir.mkdir(parents=True, exist_ok=True)
+    if public is not None:
+        files = {**files, "public.vlt": public}
     for name, text in files.items():
         p = build_dir / name
         if not p.exists() or p.read_text() != text:
             p.write_text(text)
         srcs.append(p)
+    runner = _Verilator.make(build_dir / "public.vlt" if public is not None else None)
     # Parallel test workers may ask for the same build: the first builds, the others wait.
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -85,7 +116,8 @@ def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bo
         flags = os.environ.get("MAKEFLAGS", "")
         os.environ["MAKEFLAGS"] = f"{flags} OPT_FAST={opt}".strip()
         try:
-            runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir, build_args=BUILD_ARGS,
+            runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir,
+                         build_args=BUILD_ARGS + list(extra_args),
                          timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log")
         finally:
             os.environ["MAKEFLAGS"] = flags
@@ -148,7 +180,7 @@ def build_sim(config: NpuConfig, *, mem_bytes: int | None = None, latency: int |
     and options, so an unchanged design is neither regenerated nor rebuilt.
     """
     from cocotb_tools.runner import get_runner
-    from tessera.hdl.simtop import SIM_TOP, sim_sources
+    from tessera.hdl.simtop import SIM_TOP, public_signals, sim_sources
     t0 = time.perf_counter()
     build = build_root() / f"{config.hash()}-{_hdl_source_key(mem_bytes, latency, waves, opt)}"
     if (build / ".built").exists() and (build / SIM_TOP).exists():
@@ -157,7 +189,7 @@ def build_sim(config: NpuConfig, *, mem_bytes: int | None = None, latency: int |
     print(f"tessera: building the RTL model of config {config.name!r} into {build} "
           f"(once per design; a few minutes)", file=sys.stderr, flush=True)
     files = sim_sources(config, mem_bytes=mem_bytes, latency=latency)
-    runner = verilate(files, SIM_TOP, build, waves=waves, opt=opt)
+    runner = verilate(files, SIM_TOP, build, waves=waves, opt=opt, public=public_signals())
     return runner, build, time.perf_counter() - t0
 
 

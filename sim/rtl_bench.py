@@ -37,9 +37,10 @@ async def csr_write(dut, reg, value):
 
 
 async def csr_read(dut, reg):
+    # The sim top registers its inputs: the address reaches the NPU at the next rising edge.
     await _edges(dut)
     dut.csr_addr.value = int(reg)
-    await Timer(1, "ns")
+    await _edges(dut)
     return int(dut.csr_rdata.value)
 
 

@@ -70,11 +70,14 @@ class Scoreboard:
 class TB:
     """Clock phase, reset, agents and scoreboards of one cocotb test."""
 
+    count = 0
+
     def __init__(self, dut, seed: int | None = None):
         self.dut = dut
         self.backpressure = os.environ.get("TB_BACKPRESSURE", "0") == "1"
-        name = os.environ.get("COCOTB_TEST_FILTER", "") + str(seed)
-        self.rng = random.Random(zlib.crc32(name.encode()) if seed is None else seed)
+        # Each test of a module gets its own (reproducible) random stream.
+        TB.count += 1
+        self.rng = random.Random(zlib.crc32(f"{TB.count} {int(self.backpressure)}".encode()) if seed is None else seed)
         self.agents = []
         self.scoreboards = []
         self.cycle = 0
@@ -103,7 +106,11 @@ class TB:
             a.sample()
 
     async def reset(self, cycles: int = 2, **inputs):
-        """Hold reset for ``cycles``; ``inputs`` (port name → value) are set with it."""
+        """Hold reset for ``cycles``; ``inputs`` (port name → value) are set with it.
+
+        The cycle that releases reset is an ordinary cycle of the agents: what they drive
+        in it meets the first live clock edge.
+        """
         await FallingEdge(self.dut.clk)
         self.dut.rst.value = 1
         for k, v in inputs.items():
@@ -113,6 +120,12 @@ class TB:
         for _ in range(cycles):
             await FallingEdge(self.dut.clk)
         self.dut.rst.value = 0
+        self.cycle += 1
+        for a in self.agents:
+            a.drive()
+        await ReadOnly()
+        for a in self.agents:
+            a.sample()
 
     async def until(self, cond, limit: int, what: str):
         """Step until ``cond()`` holds (checked after sampling); fail after ``limit`` cycles."""
@@ -135,7 +148,10 @@ def sig_int(sig) -> int:
 
 
 class StreamSource:
-    """Drives a valid/ready stream from a queue; holds valid until the item is taken."""
+    """Drives a valid/ready stream from a queue; holds valid until the item is taken.
+
+    ``payload`` is one port, or a tuple of ports when items are tuples.
+    """
 
     def __init__(self, tb: TB, valid, ready, payload, name: str = "source"):
         self.tb, self.valid, self.ready, self.payload, self.name = tb, valid, ready, payload, name
@@ -143,7 +159,7 @@ class StreamSource:
         self.offered = False
         self.sent = 0
 
-    def send(self, item: int):
+    def send(self, item):
         self.queue.append(item)
 
     @property
@@ -155,7 +171,11 @@ class StreamSource:
             self.offered = True
         self.valid.value = int(self.offered)
         if self.offered:
-            self.payload.value = self.queue[0]
+            if isinstance(self.payload, tuple):        # several payload ports, one item field each
+                for sig, v in zip(self.payload, self.queue[0]):
+                    sig.value = v
+            else:
+                self.payload.value = self.queue[0]
 
     def sample(self):
         if self.offered and sig_int(self.ready):

@@ -69,13 +69,13 @@ def main(argv=None):
     model = resnet50()
     rel = model.relative_to(ROOT)
     lines = ["## Batch-1 utilization: ResNet-50 (224×224)", "",
-             f"Command: `python benchmarks/bench_utilization.py --configs {args.configs}"
+             (f"Command: `python benchmarks/bench_utilization.py --configs {args.configs}"
              f"{'' if args.rtl else ' --no-rtl'}` ({_load()} at start). Model: `{rel}` "
              f"(benchmarks/bench_compiler.py). Utilization = the model's MACs (3.86 G; pooling windows "
              f"excluded) / (cycles × rows × lanes); per-layer cycles as defined in docs/utilization.md. "
-             f"Full reports with plots: docs/bench/<config>/report.md.", "",
-             "| config | backend | MACs/cycle | cycles | utilization | array busy | layers < 85 % (their share of "
-             "cycles) | latency at target clock | target ≥ 85 % |",
+             f"Full reports with plots: docs/bench/<config>/report.md."), "",
+             ("| config | backend | MACs/cycle | cycles | utilization | array busy | layers < 85 % (their share of "
+             "cycles) | latency at target clock | target ≥ 85 % |"),
              "|---|---|---:|---:|---:|---:|---|---:|---|"]
     results = {}
     for name in args.configs.split(","):
@@ -111,14 +111,14 @@ def main(argv=None):
             if res.layers:
                 write_report(res, Path(args.docs) / "sim-rtl", root=ROOT,
                              command=f"tessera bench {rel} --config sim --backend rtl --out docs/bench/sim-rtl")
-            rtl_lines += ["", f"Cycle model vs RTL, whole ResNet-50 on `sim`: model {res_model.cycles:,}, RTL "
-                              f"{res.cycles:,} cycles: **{err:+.2%}** (RTL run {wall:.0f} s).", ""]
+            rtl_lines += ["", (f"Cycle model vs RTL, whole ResNet-50 on `sim`: model {res_model.cycles:,}, RTL "
+                              f"{res.cycles:,} cycles: **{err:+.2%}** (RTL run {wall:.0f} s)."), ""]
             if res.layers:
                 worst = max(((Lm.cycles - Lr.cycles) / max(1, Lr.cycles), Lr.name)
                             for Lm, Lr in zip(res_model.layers, res.layers))
                 rtl_lines += [f"Largest per-layer difference: {worst[0]:+.2%} ({worst[1]}).", ""]
-            rtl_lines += ["Single layers with ResNet-50's shapes (compiled alone for `sim`), model vs RTL cycle "
-                          "counter:", "", "| layer | RTL cycles | model cycles | difference |", "|---|---:|---:|---:|"]
+            rtl_lines += [("Single layers with ResNet-50's shapes (compiled alone for `sim`), model vs RTL cycle "
+                          "counter:"), "", "| layer | RTL cycles | model cycles | difference |", "|---|---:|---:|---:|"]
             for label, shape, cout, k, stride in LAYERS:
                 p, _ = compile_model(single_layer(shape, cout, k, stride), cfg)
                 r = RtlBackend(p, sim=sim, watchdog=0).execute().cycles
@@ -126,8 +126,8 @@ def main(argv=None):
                 rtl_lines.append(f"| {label} | {r:,} | {m:,} | {(m - r) / r:+.2%} |")
     lines += rtl_lines
     lines += ["", "Where the cycles go (cycle model, share of each config's cycles):", "",
-              "| config | useful MACs | padding | pipeline | dma | dependency | fetch | tail | LOAD rate "
-              "(B/cycle of the port's) |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+              ("| config | useful MACs | padding | pipeline | dma | dependency | fetch | tail | LOAD rate "
+              "(B/cycle of the port's) |"), "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, (prog, res) in results.items():
         cfg = res.config
         tot = {k: sum(L.losses.get(k, 0) for L in res.layers) for k in

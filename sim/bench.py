@@ -158,8 +158,8 @@ def _layer_meta(prog, issued: int) -> tuple[list[dict], list[str]]:
     macs = prog.meta.get("macs") or issued
     return ([{"name": "program", "op": "all", "macs": macs, "issued_macs": macs,
               "instructions": [[0, n - 1]], "in_shape": [], "out_shape": []}],
-            ["the program has no per-layer table (meta['layers']; recompile with a current compiler): "
-             "one row for the whole program, MACs as issued"])
+            [("the program has no per-layer table (meta['layers']; recompile with a current compiler): "
+             "one row for the whole program, MACs as issued")])
 
 
 # ---- per-layer attribution --------------------------------------------------------------------

@@ -174,16 +174,16 @@ def write_report(res: BenchResult, out, *, root=None, command: str | None = None
     lines = [f"# Utilization report: {res.source or 'program'} on `{c.name}` ({res.backend} backend)", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
-    lines += [f"- Config `{c.name}`: {c.rows}×{c.lanes} = {c.macs_per_cycle} int8 MACs/cycle, memory port "
+    lines += [(f"- Config `{c.name}`: {c.rows}×{c.lanes} = {c.macs_per_cycle} int8 MACs/cycle, memory port "
               f"{c.bus_bytes} B/cycle ({c.mem_outstanding} reads in flight, latency {c.mem_latency}: a LOAD "
-              f"sustains {effective_bandwidth(c):.1f} B/cycle)",
+              f"sustains {effective_bandwidth(c):.1f} B/cycle)"),
               f"- Cycles: **{res.cycles:,}**" + (f" (cycle model: {res.model_cycles:,}, "
                                                   f"{(res.model_cycles - res.cycles) / res.cycles:+.2%})"
                                                   if res.backend == "rtl" and res.model_cycles else ""),
-              f"- MACs of the model: {res.macs:,}; issued by the array (padded channels included): "
-              f"{res.issued_macs:,}",
-              f"- **Utilization: {res.utilization:.1%}** of peak (model MACs / (cycles × {c.macs_per_cycle}));"
-              f" array busy {res.issued_macs / (res.cycles * c.macs_per_cycle):.1%}",
+              (f"- MACs of the model: {res.macs:,}; issued by the array (padded channels included): "
+              f"{res.issued_macs:,}"),
+              (f"- **Utilization: {res.utilization:.1%}** of peak (model MACs / (cycles × {c.macs_per_cycle}));"
+              f" array busy {res.issued_macs / (res.cycles * c.macs_per_cycle):.1%}"),
               ""]
     for n in res.notes:
         lines.append(f"> Note: {n}")
@@ -201,17 +201,17 @@ def write_report(res: BenchResult, out, *, root=None, command: str | None = None
         note = "" if same else f" (cycles of `{c.name}`, clock of `{b['config']}`)"
         lines.append(f"| {b['board']} | {b['config']}{note} | {b['mhz']:.1f} MHz | {b['source']} | {ms:.2f} ms "
                      f"| {1000 / ms:.1f} | {res.macs / (ms * 1e6):.1f} |")
-    lines += ["", "Only rows whose config is this program's are a projection of this hardware; the others "
-              "show these cycles at another board's clock.", ""]
+    lines += ["", ("Only rows whose config is this program's are a projection of this hardware; the others "
+              "show these cycles at another board's clock."), ""]
 
     lines += ["## Against published batch-1 figures", "",
               "| system | utilization at batch 1 | source | what the number is |", "|---|---:|---|---|",
-              f"| **Tessera `{c.name}`** ({res.backend}) | **{res.utilization:.1%}** | this report | model MACs / "
-              f"(cycles × peak) |"]
+              (f"| **Tessera `{c.name}`** ({res.backend}) | **{res.utilization:.1%}** | this report | model MACs / "
+              f"(cycles × peak) |")]
     for p in PUBLISHED:
         lines.append(f"| {p['system']} | {p['utilization']} | {p['source']} ({p['url']}) | {p['note']} |")
-    lines += ["", "The titles, authors and venues above were checked; the percentages are the summary figures "
-              "given in issue 9, not re-derived here.", ""]
+    lines += ["", ("The titles, authors and venues above were checked; the percentages are the summary figures "
+              "given in issue 9, not re-derived here."), ""]
 
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
 
@@ -227,8 +227,8 @@ def write_report(res: BenchResult, out, *, root=None, command: str | None = None
         lines.append("")
         below = [L for L in res.layers if L.cycles and L.utilization(c) < TARGET]
         share = sum(L.cycles for L in below) / max(1, sum(L.cycles for L in res.layers))
-        lines += [f"{len(below)} of {len(res.layers)} layers are below {TARGET:.0%}; they take {share:.1%} of the "
-                  f"cycles.", ""]
+        lines += [(f"{len(below)} of {len(res.layers)} layers are below {TARGET:.0%}; they take {share:.1%} of the "
+                  f"cycles."), ""]
     lines += [f"Timing constants of the cycle model for this config: {tm}", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -18,7 +18,7 @@ from .bench import (
 )
 from .cyclemodel import CycleModel
 
-__all__ = ["board_clocks", "effective_bandwidth", "shortfall", "write_report"]
+__all__ = ["board_clocks", "effective_bandwidth", "short_names", "shortfall", "write_report"]
 
 PLOTS = ("layers.png", "losses.png", "roofline.png")
 
@@ -86,6 +86,19 @@ def shortfall(config, L: LayerResult) -> str:
     return "; ".join(why)
 
 
+def short_names(names: list[str], width: int = 32) -> list[str]:
+    """Layer names for axis labels: the path prefix all share dropped, long ones cut (names differ early)."""
+    parts = [n.split("/") for n in names]
+    k = 0
+    while len(names) > 1 and all(len(p) > k + 1 and p[k] == parts[0][k] for p in parts):
+        k += 1
+    out = []
+    for p in parts:
+        n = "/".join(p[k:])
+        out.append(n if len(n) <= width else n[:width - 1] + "…")
+    return out
+
+
 def _plots(res: BenchResult, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -93,7 +106,7 @@ def _plots(res: BenchResult, out: Path) -> list[str]:
 
     c = res.config
     Ls = res.layers
-    names = [L.name for L in Ls]
+    names = short_names([L.name for L in Ls])
     x = range(len(Ls))
     made = []
 

@@ -145,3 +145,14 @@ def test_model_matches_rtl_per_layer_of_a_compiled_network(rtl):
         prev_rtl, prev_model = done_rtl, done_model
     total = _rtl_cycles(rtl, prog.instructions, prog.segments()[1:], prog.prog_addr)
     assert abs(predict(prog).cycles - total) <= RTL_TOLERANCE * total
+
+
+def test_bench_rtl_backend_reports_rtl_cycles(rtl):
+    from tessera.sim.bench import bench_program
+    from tessera.sim.handwritten import conv_relu_pool
+    prog, _ = conv_relu_pool(rtl.config, seed=4)
+    res = bench_program(prog, "rtl", sim=rtl)
+    assert res.backend == "rtl" and res.macs == predict(prog).macs
+    assert abs(res.model_cycles - res.cycles) <= RTL_TOLERANCE * res.cycles
+    # Without an instruction trace the RTL gives totals only, and says so.
+    assert res.layers or any("totals only" in n for n in res.notes)

@@ -13,7 +13,7 @@ import pathlib
 
 from tessera.errors import UserError
 
-__all__ = ["is_tf_model", "tf_to_onnx", "strip_input_layout", "TfFrontendError"]
+__all__ = ["is_tf_model", "tf_to_onnx", "keras_to_onnx", "strip_input_layout", "TfFrontendError"]
 
 OPSET = 17
 
@@ -38,30 +38,47 @@ def _quiet_tf():
     return tf, tf2onnx
 
 
+def _is_keras_model(obj) -> bool:
+    return hasattr(obj, "inputs") and hasattr(obj, "outputs") and hasattr(obj, "save")
+
+
+def keras_to_onnx(model, *, source: str = "model"):
+    """Convert an in-memory Keras model to an ``onnx.ModelProto`` (float, batch 1)."""
+    tf, tf2onnx = _quiet_tf()
+    spec = []
+    for t in model.inputs:
+        dims = tuple(t.shape[1:])
+        if any(d is None for d in dims):
+            raise TfFrontendError(f"{source}: input {t.name!r} has an unknown size {tuple(t.shape)}; "
+                                  f"give the model a fixed input shape")
+        spec.append(tf.TensorSpec((1, *dims), tf.float32, name=t.name.split(":")[0]))
+    try:
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+    except Exception as e:  # noqa: BLE001
+        raise TfFrontendError(f"{source}: tf2onnx cannot convert the model: {str(e).splitlines()[0]}") from None
+    return proto
+
+
 def tf_to_onnx(path):
-    """Convert a Keras file or a SavedModel folder to an ``onnx.ModelProto`` (float, batch 1)."""
+    """Convert a Keras file, a SavedModel folder or an in-memory Keras model to an ``onnx.ModelProto``.
+
+    The result is float, at batch 1.
+    """
+    if _is_keras_model(path):
+        return keras_to_onnx(path, source=getattr(path, "name", "model"))
     p = pathlib.Path(path)
     if not p.exists():
         raise TfFrontendError(f"{path}: no such file or folder")
     tf, tf2onnx = _quiet_tf()
     if p.suffix in (".keras", ".h5"):
         import keras
+
+        from .zoo.models import custom_objects
         try:
-            model = keras.models.load_model(p, compile=False)
+            model = keras.models.load_model(p, compile=False, custom_objects=custom_objects())
         except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad file
             raise TfFrontendError(f"{path}: cannot load the Keras model: {str(e).splitlines()[0]}") from None
-        spec = []
-        for t in model.inputs:
-            dims = tuple(t.shape[1:])
-            if any(d is None for d in dims):
-                raise TfFrontendError(f"{path}: input {t.name!r} has an unknown size {tuple(t.shape)}; "
-                                      f"give the model a fixed input shape")
-            spec.append(tf.TensorSpec((1, *dims), tf.float32, name=t.name.split(":")[0]))
-        try:
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
-        except Exception as e:  # noqa: BLE001
-            raise TfFrontendError(f"{path}: tf2onnx cannot convert the model: {str(e).splitlines()[0]}") from None
-        return proto
+        return keras_to_onnx(model, source=str(path))
     if (p / "saved_model.pb").exists():
         try:
             loaded = tf.saved_model.load(str(p))

@@ -17,7 +17,7 @@ import numpy as np
 
 from tessera.errors import UserError
 
-__all__ = ["zoo_command", "build_program", "keras_model", "calibration_data"]
+__all__ = ["zoo_command", "build_program", "compile_keras", "keras_model", "calibration_data"]
 
 _DESCRIPTIONS = {
     "resnet50": "ResNet-50 ImageNet classifier (keras.applications)",
@@ -68,15 +68,38 @@ def calibration_data(model, samples: int = 8, seed: int = 0) -> dict:
     return out
 
 
+def compile_keras(model, config, calibrate, *, name: str | None = None):
+    """An in-memory Keras model → ONNX (tf2onnx) → QDQ (onnxruntime, on ``calibrate``) → program.
+
+    ``calibrate``: an ``.npz`` of NHWC samples (as Keras takes them) or a folder of images.
+    Returns ``(program, reports, qdq)``: ``qdq`` is the quantized ONNX model the program was compiled
+    from (NCHW input: the NHWC conversion is stripped), which onnxruntime runs as the reference.
+    """
+    from ..calibrate import quantize_float_model
+    from ..driver import compile_model
+    from ..passes import FoldBatchNorm
+    from ..tf_frontend import keras_to_onnx, strip_input_layout
+
+    proto, nhwc = strip_input_layout(keras_to_onnx(model, source=name or model.name))
+    with tempfile.TemporaryDirectory() as tmp:
+        if nhwc and str(calibrate).endswith(".npz"):
+            with np.load(calibrate) as f:
+                arrays = {k: (np.moveaxis(f[k], -1, -3) if k in nhwc else f[k]) for k in f.files}
+            calibrate = os.path.join(tmp, "calibration_nchw.npz")
+            np.savez(calibrate, **arrays)
+        qdq = quantize_float_model(FoldBatchNorm()(proto), calibrate)
+    prog, reports = compile_model(qdq, config, name=name or model.name)
+    for t in prog.inputs:
+        if t.name in nhwc:
+            t.shape, t.layout = nhwc[t.name], "NHWC"
+    return prog, reports, qdq
+
+
 def build_program(name: str, output, *, config: str = "sim", reduced: bool = False, weights: str | None = None,
                   calibrate: str | None = None, input_size: int | None = None):
     """Keras model → ONNX (tf2onnx) → quantize with calibration data → compile → ``output``."""
-    from ..driver import compile_tf_model
-
     model = keras_model(name, reduced=reduced, weights=weights, input_size=input_size)
     with tempfile.TemporaryDirectory() as tmp:
-        path = pathlib.Path(tmp) / f"{name}.keras"
-        model.save(path)
         if calibrate is None:
             calibrate = str(pathlib.Path(tmp) / "calibration.npz")
             if name == "digits":
@@ -84,7 +107,7 @@ def build_program(name: str, output, *, config: str = "sim", reduced: bool = Fal
                 np.savez(calibrate, **digits.calibration())
             else:
                 np.savez(calibrate, **calibration_data(model))
-        prog, reports = compile_tf_model(path, config, calibrate=calibrate, name=name)
+        prog, reports, _ = compile_keras(model, config, calibrate, name=name)
     if name == "digits":
         from . import digits
         prog.meta.update(digits.META)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ARCHITECTURES", "full", "reduced", "resnet", "densenet", "vgg16", "ssd300", "SSD_FEATURE_MAPS"]
+__all__ = ["ARCHITECTURES", "full", "reduced", "resnet", "densenet", "vgg16", "ssd300", "SSD_FEATURE_MAPS",
+           "l2_normalization_layer", "custom_objects"]
 
 ARCHITECTURES = ("resnet50", "resnet152", "densenet121", "vgg16", "ssd300")
 
@@ -125,15 +126,7 @@ def ssd300(width: int = 64, input_size: int = 300, classes: int = 21, name="ssd3
     """
     keras = _keras()
     L = keras.layers
-    import tensorflow as tf
-
-    class L2Normalization(L.Layer):
-        def build(self, shape):
-            self.gamma = self.add_weight(shape=(shape[-1],), initializer=keras.initializers.Constant(20.0),
-                                         name="gamma")
-
-        def call(self, x):
-            return tf.math.l2_normalize(x, axis=-1) * self.gamma
+    L2Normalization = l2_normalization_layer()
 
     def conv(x, f, k, n, stride=1, dilation=1, padding="same"):
         return L.Conv2D(f, k, strides=stride, dilation_rate=dilation, padding=padding, activation="relu",
@@ -174,6 +167,44 @@ def ssd300(width: int = 64, input_size: int = 300, classes: int = 21, name="ssd3
     loc = L.Concatenate(axis=1, name="mbox_loc")(locs)
     conf = L.Concatenate(axis=1, name="mbox_conf")(confs)
     return keras.Model(inp, [loc, conf], name=name)
+
+
+_L2NORM = []
+
+
+def l2_normalization_layer():
+    """SSD's ``L2Normalization`` Keras layer (registered, so saved SSD models load again).
+
+    ``y = x / sqrt(max(sum_c x², 1e-12)) * gamma_c`` over the channel axis, as
+    ``tf.math.l2_normalize`` computes it, with a learned per-channel ``gamma``.
+    """
+    if not _L2NORM:
+        keras = _keras()
+
+        @keras.saving.register_keras_serializable(package="tessera")
+        class L2Normalization(keras.layers.Layer):
+            def __init__(self, gamma_init: float = 20.0, **kwargs):
+                super().__init__(**kwargs)
+                self.gamma_init = gamma_init
+
+            def build(self, shape):
+                self.gamma = self.add_weight(shape=(shape[-1],), name="gamma",
+                                             initializer=keras.initializers.Constant(self.gamma_init))
+
+            def call(self, x):
+                import tensorflow as tf
+                return tf.math.l2_normalize(x, axis=-1) * self.gamma
+
+            def get_config(self):
+                return {**super().get_config(), "gamma_init": self.gamma_init}
+
+        _L2NORM.append(L2Normalization)
+    return _L2NORM[0]
+
+
+def custom_objects() -> dict:
+    """Custom layers of the zoo's models, for ``keras.models.load_model``."""
+    return {"L2Normalization": l2_normalization_layer()}
 
 
 def full(name: str, weights: str | None = None):

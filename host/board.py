@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 
 from tessera.errors import UserError
-from tessera.hdl.boards.protocol import (CSR_BYTES, MAX_PAYLOAD, RESP_HEADER_BYTES, Command, LinkStatus, crc16,
+from tessera.hdl.boards.protocol import (BOARD_IDLE_SECONDS, CSR_BYTES, DEFAULT_BAUD, MAX_PAYLOAD, RESP_HEADER_BYTES, Command, LinkStatus, crc16,
                                          decode_response_header, encode_request)
 from tessera.isa import Csr, ErrorCode, Status
 
@@ -27,8 +27,6 @@ __all__ = ["BoardBackend", "BoardLink", "LinkError", "LinkTimeout", "SerialTrans
            "DEFAULT_BAUD"]
 
 DEFAULT_PORT = "/dev/ttyUSB0"
-#: The ULX3S's FTDI FT231X runs up to 3 Mbaud; the bitstream's UART divisor must match.
-DEFAULT_BAUD = 3_000_000
 _CTRL_START, _CTRL_RESET = 1, 2
 #: Errors worth one more try: the frame was damaged on the way, not refused.
 _TRANSIENT = (LinkStatus.BAD_CRC, LinkStatus.TIMEOUT)
@@ -49,7 +47,7 @@ class LinkTimeout(LinkError):
 class SerialTransport:
     """The board's USB serial port through pyserial (8N1, no flow control)."""
 
-    idle_seconds = 0.025  # the bitstream ends a broken frame after 10 ms of silence
+    idle_seconds = 2.5 * BOARD_IDLE_SECONDS  # the bitstream ends a broken frame after this much silence
 
     def __init__(self, port: str = DEFAULT_PORT, baud: int = DEFAULT_BAUD):
         import serial

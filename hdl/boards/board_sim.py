@@ -30,11 +30,13 @@ from .sdram import SdramGeometry, SdramTiming
 from .sdram_model import MODEL_NAME, sdram_model_verilog
 from .system import BoardSystem
 
-__all__ = ["SIM_TOP", "PERIOD_NS", "SimBoard", "board_sim_sources"]
+__all__ = ["SIM_TOP", "SIM_TIMING", "PERIOD_NS", "SimBoard", "board_sim_sources"]
 
 SIM_TOP = "tessera_board_sim"
 #: The simulated board clock: 100 MHz.
 PERIOD_NS = 10
+#: The SDRAM timing of the board at 100 MHz, with a power-up wait of 10 us instead of 200 us.
+SIM_TIMING = SdramTiming(init_wait=1000)
 
 
 def board_sim_sources(system: BoardSystem, *, max_refresh_gap: int) -> dict[str, str]:
@@ -76,8 +78,9 @@ endmodule
 def _source_key(*extra) -> str:
     from tessera.sim.rtl import _hdl_source_key
     h = hashlib.sha256(_hdl_source_key().encode())
-    for p in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    # The modules the simulated Verilog comes from (not the board top, the bench or the host side).
+    for name in ("board_sim", "link", "protocol", "sdram", "sdram_model", "system", "uart"):
+        h.update(name.encode() + b"\0" + (Path(__file__).parent / f"{name}.py").read_bytes())
     for e in extra:
         h.update(repr(e).encode() + b"\0")
     return h.hexdigest()[:16]
@@ -92,21 +95,22 @@ class SimBoard:
     divisor : int
         UART cycles per bit (small: the simulation pays per cycle).
     idle_cycles : int, optional
-        The link's frame idle timeout (default 40 byte times).
+        The link's frame idle timeout (default 4 byte times: the simulated host leaves no gaps).
     geometry, timing : SdramGeometry, SdramTiming
-        The simulated SDRAM (the default geometry is sized to ``config.dram_bytes``).
+        The simulated SDRAM (the default geometry is sized to ``config.dram_bytes``; the default
+        timing is the board's at 100 MHz with the 200 us power-up wait shortened to 10 us).
     max_refresh_gap : int, optional
         The model flags refreshes further apart (default: the refresh interval plus 64 cycles).
     """
 
-    def __init__(self, config: NpuConfig, *, divisor: int = 8, idle_cycles: int | None = None,
-                 geometry: SdramGeometry | None = None, timing: SdramTiming = SdramTiming(),
+    def __init__(self, config: NpuConfig, *, divisor: int = 4, idle_cycles: int | None = None,
+                 geometry: SdramGeometry | None = None, timing: SdramTiming = SIM_TIMING,
                  max_refresh_gap: int | None = None, start_timeout: float = 300.0):
         from tessera.sim.rtl import _ensure_path, build_root, run_cocotb, verilate
         if geometry is None:
             geometry = _geometry_for(config.dram_bytes)
         self.config, self.divisor = config, divisor
-        self.idle_cycles = idle_cycles or 40 * 10 * divisor
+        self.idle_cycles = idle_cycles or 4 * 10 * divisor
         self.bit_ns = divisor * PERIOD_NS
         gap = max_refresh_gap or timing.refresh_interval + 64
         system = BoardSystem(config, divisor=divisor, idle_cycles=self.idle_cycles, geometry=geometry, timing=timing)

@@ -22,10 +22,14 @@ import binascii
 import enum
 import struct
 
-__all__ = ["SYNC_REQ", "SYNC_RESP", "MAX_PAYLOAD", "CSR_BYTES", "HEADER_BYTES", "RESP_HEADER_BYTES",
+__all__ = ["DEFAULT_BAUD", "BOARD_IDLE_SECONDS", "SYNC_REQ", "SYNC_RESP", "MAX_PAYLOAD", "CSR_BYTES", "HEADER_BYTES", "RESP_HEADER_BYTES",
            "CRC_INIT", "CRC_POLY", "Command", "LinkStatus", "crc16", "encode_request", "encode_response",
            "decode_response_header"]
 
+#: Default UART rate of the board bitstream and the host driver (the ULX3S's FT231X runs up to 3 Mbaud).
+DEFAULT_BAUD = 3_000_000
+#: Silence that ends a broken frame on the board (USB serial adapters pause up to a few ms between packets).
+BOARD_IDLE_SECONDS = 0.01
 SYNC_REQ = 0x5A
 SYNC_RESP = 0xA5
 #: Largest payload of one WRITE_MEM frame and largest READ_MEM answer (the link's frame buffer).

@@ -196,3 +196,25 @@ def test_npu_board_core_rejects_bad_memory_window():
         NpuBoardCore(cfg, mem_beats=100)
     with pytest.raises(ValueError, match="exceeds"):
         NpuBoardCore(cfg, mem_beats=2, init=bytes(33))
+
+
+def test_ulx3s_core_puts_the_board_system_on_the_sdram_and_uart_pins():
+    """The synth plan of the ULX3S top: SDRAM and FTDI pins placed, UART divisor and SDRAM timing from the PLL clock."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    from tessera.hdl.boards.protocol import DEFAULT_BAUD
+    from tessera.hdl.boards.top import BoardTop
+    from tessera.hdl.boards.ulx3s import Ulx3sCore
+    small = NpuConfig(name="ulx3s-tiny", lanes=4, rows=4, abuf_words=256, wbuf_words=64, accbuf_words=64,
+                      pbuf_words=8, bus_bytes=16, dram_bytes=32 << 20, queue_depth=2, token_depth=2, clock_mhz=50.0)
+    core = Ulx3sCore(small)
+    top = BoardTop("ecp5", core, small.clock_mhz * 1e6)
+    assert core.clock_hz == top.clock_hz
+    assert core.system.divisor == round(top.clock_hz / DEFAULT_BAUD)
+    assert core.system.timing.refresh_interval == int(7.8e-6 * top.clock_hz)
+    plan = ULX3S_85F_Platform().prepare(top, name="top")
+    lpf = plan.files["top.lpf"]
+    # SDRAM clock, a row address bit, the top data bit and the FTDI rx/tx lines are all located.
+    for site in ("F19", "G19", "J17", "M1", "L4"):
+        assert f'SITE "{site}"' in lpf, site
+    assert "ODDRX1F" in plan.files["top.il"]  # the SDRAM clock leaves through a DDR flop

@@ -49,8 +49,9 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
 
     ``kind`` (default: the TESSERA_SYNTH_CORE environment variable, else "npu"):
 
-    - "npu": :class:`NpuBoardCore`, the real NPU with an on-chip memory window and a restart loop
-      (the SDRAM controller and UART host link are still to come);
+    - "npu": on ECP5 (ULX3S) :class:`Ulx3sCore`, the NPU with the SDRAM controller and the UART
+      host link; elsewhere :class:`NpuBoardCore`, the NPU with an on-chip memory window and a
+      restart loop;
     - "macarray": :class:`MacArrayDemo`, the NPU's MAC array alone, for sizing. Hard multipliers
       take the first ``dsp_products`` products (default: as many as the device has, one int8
       product each), LUT multipliers the rest.
@@ -60,6 +61,11 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
     (core, description, dsp_products) -- dsp_products is None when the tools choose.
     """
     kind = kind or os.environ.get("TESSERA_SYNTH_CORE") or "npu"
+    if kind == "npu" and board.family == "ecp5":
+        # The ULX3S board top: NPU, SDRAM controller on the board's SDRAM, UART host link.
+        from .boards.ulx3s import Ulx3sCore
+        core = Ulx3sCore(config)
+        return core, core.description(), None
     if kind == "npu":
         from .boards.npu_top import NpuBoardCore
         core = NpuBoardCore(config, mem_beats=board.mem_beats)

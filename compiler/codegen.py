@@ -44,10 +44,20 @@ def _f32_ratio(a: float, b: float, c: float) -> float:
     return float(np.float32(np.float32(a) * np.float32(b)) / np.float32(c))
 
 
-def _padded_weights(x, y, w, N, M):
+def _out_grid(op, y):
+    """(phases P, output channels per pixel of the computed grid, grid height, grid width).
+
+    A phased convolution (:class:`~tessera.compiler.passes.SpaceToDepthStem`) computes ``P²``
+    groups of ``y.cpad`` channels per grid pixel, each group the output pixel of one phase.
+    """
+    P = op.attrs.get("phases", 1)
+    return P, P * P * y.cpad, -(-y.height // P), -(-y.width // P)
+
+
+def _padded_weights(x, ocpad, w, N, M):
     """Weights scattered to physical channels: (OB*M, CB*N, kh, kw)."""
     O, I, kh, kw = w.shape
-    wp = np.zeros((y.cpad // M * M, x.cpad // N * N, kh, kw), np.int64)
+    wp = np.zeros((ocpad // M * M, x.cpad // N * N, kh, kw), np.int64)
     if x.chan_map is None:
         wp[:O, :I] = w
     else:
@@ -89,6 +99,8 @@ class ConvPlan:
     #: kernel pieces (ky0, ky1, kx0, kx1) accumulated one after another: kernels larger than the
     #: CONV fields (15×15) or than a weight slot
     tap_groups: list | None = None
+    #: a strided 1×1 convolution whose tiles load only the pixels it reads (then CONV runs with stride 1)
+    subsample: bool = False
 
 
 @dataclass
@@ -165,9 +177,10 @@ class TileForBuffers:
         kh, kw = gh, gw               # the extent one CONV instruction covers
         taps = kh * kw
         cb_in = x.cpad // c.lanes
-        OB = y.cpad // c.rows
+        _, ocpad, OH, OW = _out_grid(op, y)
+        OB = ocpad // c.rows
         og_ranges = None
-        blocks = _block_ranges(_padded_weights(x, y, a["w"], c.lanes, c.rows), c.lanes, c.rows)
+        blocks = _block_ranges(_padded_weights(x, ocpad, a["w"], c.lanes, c.rows), c.lanes, c.rows)
         if OB > 1 and max(hi - lo for lo, hi in blocks) * 4 <= cb_in:
             # Block-sparse (diagonal) weights: small ob groups, each reading only its own input words.
             params_resident = OB <= self.p_slot
@@ -184,57 +197,111 @@ class TileForBuffers:
             n_cg, n_og = 1, len(og_ranges)
             if cg * taps * gg > self.w_slot:
                 og_ranges = None
-        if og_ranges is None:
-            cg = min(cb_in, self.w_slot // taps)
-            n_cg = -(-cb_in // cg)
-            cg = -(-cb_in // n_cg)
-            gmax = min(OB, self.w_slot // (taps * cg), self.acc_slot, _fmax(Opcode.CONV, "ob_count"))
-            n_og = -(-OB // gmax)
-            gg = -(-OB // n_og)
-            params_resident = OB <= self.p_slot
-            if not params_resident:
-                gg = min(gg, self.p_slot)
-                n_og = -(-OB // gg)
         has_res = "residual" in a
         sh, sw = a["strides"]
         dh, dw = a["dilations"]
         H, W = x.height, x.width
-        OH, OW = y.height, y.width
         if min(OH, OW, H, W) < 1:
             raise unsupported(op.name, op.onnx_op, f"an empty tensor ({list(x.shape)} → {list(y.shape)})",
                               "tensors with at least one pixel")
+        # A strided 1×1 convolution reads every s-th pixel: its tiles load only those.
+        subsample = (og_ranges is None and taps == 1 and len(tap_groups) == 1 and (sh > 1 or sw > 1)
+                     and not any(a["pads"]))
 
-        def fits(th, tw):
-            ir = min(H, (th - 1) * sh + (kh - 1) * dh + 1)
-            ic = min(W, (tw - 1) * sw + (kw - 1) * dw + 1)
-            P = th * tw
-            return (ir * ic * cg <= self.in_slot and P * gg <= self.acc_slot and P * gg * wpb <= self.out_slot
-                    and (not has_res or P * gg * wpb <= self.res_slot) and ir <= 1023 and ic <= 1023
-                    and th <= 1023 and tw <= 1023)
+        def in_box(th, tw):
+            if subsample:
+                return th, tw
+            return (min(H, (th - 1) * sh + (kh - 1) * dh + 1), min(W, (tw - 1) * sw + (kw - 1) * dw + 1))
 
-        tw = OW
-        while tw >= 1:
-            th = 0
-            while th < OH and fits(th + 1, tw):
-                th += 1
-            if th:
-                break
-            tw = -(-tw // 2) if tw > 1 else 0
-        if not tw:
-            raise unsupported(op.name, op.onnx_op, f"a layer whose smallest tile ({cg} channel blocks of a "
-                              f"{kh}×{kw} window) exceeds the activation buffer",
+        def tile(cg, gg):
+            def fits(th, tw):
+                ir, ic = in_box(th, tw)
+                P = th * tw
+                return (ir * ic * cg <= self.in_slot and P * gg <= self.acc_slot and P * gg * wpb <= self.out_slot
+                        and (not has_res or P * gg * wpb <= self.res_slot) and ir <= 1023 and ic <= 1023
+                        and th <= 1023 and tw <= 1023)
+
+            tw = OW
+            while tw >= 1:
+                th = 0
+                while th < OH and fits(th + 1, tw):
+                    th += 1
+                if th:
+                    nth, ntw = -(-OH // th), -(-OW // tw)
+                    return -(-OH // nth), -(-OW // ntw)
+                tw = -(-tw // 2) if tw > 1 else 0
+            return None
+
+        if og_ranges is not None:
+            cands = [(cg, n_cg, gg, n_og, params_resident)]
+        else:
+            # Every split of the input channel blocks that fits a weight slot: more, smaller cb
+            # groups allow bigger spatial tiles and so fewer weight reloads.
+            cands, cg_max = [], min(cb_in, self.w_slot // taps)
+            for cg in sorted({-(-cb_in // k) for k in range(-(-cb_in // max(cg_max, 1)), cb_in + 1)}, reverse=True):
+                if not 0 < cg <= cg_max:
+                    continue
+                n_cg = -(-cb_in // cg)
+                gmax = min(OB, self.w_slot // (taps * cg), self.acc_slot, _fmax(Opcode.CONV, "ob_count"))
+                n_og = -(-OB // gmax)
+                gg = -(-OB // n_og)
+                params_resident = OB <= self.p_slot
+                if not params_resident:
+                    gg = min(gg, self.p_slot)
+                    n_og = -(-OB // gg)
+                cands.append((cg, n_cg, gg, n_og, params_resident))
+        best = None
+        for cand in cands:
+            t = tile(cand[0], cand[2])
+            if t is None:
+                continue
+            cost = self._estimate(cand, t, in_box(*t), OB, cb_in, OH, OW, taps, len(tap_groups), has_res)
+            if best is None or cost < best[0]:
+                best = (cost, cand, t)
+        if best is None:
+            raise unsupported(op.name, op.onnx_op, f"a layer whose smallest tile ({cands[-1][0]} channel blocks "
+                              f"of a {kh}×{kw} window) exceeds the activation buffer",
                               f"tiles within {self.in_slot} ACT words")
-        nth = -(-OH // th)
-        th = -(-OH // nth)
-        ntw = -(-OW // tw)
-        tw = -(-OW // ntw)
+        _, (cg, n_cg, gg, n_og, params_resident), (th, tw) = best
         resident = n_og == 1 and n_cg == 1 and len(tap_groups) == 1
         if og_ranges is not None:
             resident = sum((min(OB, o + gg) - o) * (ky1 - ky0) * (kx1 - kx0) * (hi - lo)
                            for o, (lo, hi) in zip(range(0, OB, gg), og_ranges)
                            for ky0, ky1, kx0, kx1 in tap_groups) <= self.w_slot
         return ConvPlan(cg, n_cg, gg, n_og, th, tw, resident, params_resident, og_ranges,
-                        tap_groups if len(tap_groups) > 1 else None)
+                        tap_groups if len(tap_groups) > 1 else None, subsample)
+
+    def _load_cycles(self, words: int, word_bytes: int) -> float:
+        """LOAD time of ``words``: one request per bus beat (at least one per word), at most
+        ``mem_outstanding`` of them per memory round trip."""
+        c = self.config
+        beats = words * max(1, word_bytes // c.bus_bytes)
+        return beats * max(1.0, (c.mem_latency + 1) / c.mem_outstanding)
+
+    def _estimate(self, cand, tile, box, OB, cb_in, OH, OW, taps, n_tg, has_res) -> float:
+        """Rough cycles of a conv plan: the MAC array and the memory port overlap (double
+        buffering) except for the first step's loads."""
+        c = self.config
+        cg, n_cg, gg, n_og, _ = cand
+        th, tw = tile
+        ntiles = -(-OH // th) * -(-OW // tw)
+        in_words = ntiles * box[0] * box[1] * cb_in
+        w_words = OB * taps * n_tg * cb_in
+        if n_og == 1 and n_cg == 1 and n_tg == 1:
+            wl, il = w_words, in_words
+        elif n_cg > 1 or n_tg > 1:
+            wl, il = ntiles * w_words, n_og * in_words
+        else:
+            wl, il = min((ntiles * w_words, in_words), (w_words, n_og * in_words),
+                         key=lambda v: v[0] * c.wgt_word_bytes + v[1] * c.act_word_bytes)
+        out_words = OH * OW * OB * c.words_per_block
+        steps = ntiles * n_og * n_cg * n_tg
+        compute = OH * OW * OB * taps * n_tg * cb_in + steps * 16
+        dma = (self._load_cycles(wl, c.wgt_word_bytes) + self._load_cycles(il + out_words * has_res, c.act_word_bytes)
+               + out_words * max(1, c.act_word_bytes // c.bus_bytes))
+        first = self._load_cycles(gg * taps * cg, c.wgt_word_bytes) + self._load_cycles(box[0] * box[1] * cg,
+                                                                                          c.act_word_bytes)
+        return max(compute, dma) + first
 
     def pool(self, g, op) -> PoolPlan:
         c = self.config
@@ -327,8 +394,9 @@ class EmitInstructions:
         if w.min(initial=0) < lo or w.max(initial=0) > hi:
             raise unsupported(op.name, op.onnx_op, f"weights outside {lo}..{hi} (after removing the zero point)",
                               f"{c.weight_bits}-bit signed weights")
-        OB, CB = y.cpad // M, x.cpad // N
-        wp = _padded_weights(x, y, w, N, M)
+        _, ocpad, _, _ = _out_grid(op, y)
+        OB, CB = ocpad // M, x.cpad // N
+        wp = _padded_weights(x, ocpad, w, N, M)
         blocks = wp.reshape(OB, M, CB, N, kh, kw).transpose(0, 4, 5, 2, 1, 3)   # [ob][ky][kx][cb][M][N]
         groups = {}
         tgs = plan.tap_groups or [(0, kh, 0, kw)]
@@ -402,6 +470,18 @@ class EmitInstructions:
             else:
                 self.s.emit("store", reads=[(Buffer.ACT, *span)], writes=[dspan], **f)
 
+    def _subsampled_load(self, t, oy0, oy1, ox0, ox1, sh, sw, w0, w1, buf_addr):
+        """LOAD pixels (sh·oy, sw·ox) for the output box, channel words [w0, w1), densely: one
+        transfer per output row with a pixel stride of ``sw``."""
+        N, pitch = self.config.lanes, t.pitch
+        nw, nx = w1 - w0, ox1 - ox0
+        for r, oy in enumerate(range(oy0, oy1)):
+            addr = self.addr[t.name] + (sh * oy * t.width + sw * ox0) * pitch + w0 * N
+            ba = buf_addr + r * nx * nw
+            self.s.emit("load", reads=[(DRAM, addr, addr + (nx - 1) * sw * pitch + nw * N)],
+                        writes=[(Buffer.ACT, ba, ba + nx * nw)], buf=Buffer.ACT, dram_addr=addr,
+                        dram_stride=sw * pitch, buf_addr=ba, buf_stride=nw, rows=nx, cols=nw)
+
     def _load_const(self, buf, off, words):
         c = self.config
         wb = c.word_bytes(buf)
@@ -424,8 +504,8 @@ class EmitInstructions:
         sh, sw = a["strides"]
         dh, dw = a["dilations"]
         pt, pl = a["pads"][0], a["pads"][1]
-        CB, OB = x.cpad // N, y.cpad // M
-        OH, OW = y.height, y.width
+        phases, ocpad, OH, OW = _out_grid(op, y)
+        CB, OB = x.cpad // N, ocpad // M
         lo, hi = a.get("clamp", (-math.inf, math.inf))
         out_min = max(-128, y.quantize_real(lo)) if lo > -math.inf else -128
         out_max = min(127, y.quantize_real(hi)) if hi < math.inf else 127
@@ -464,6 +544,8 @@ class EmitInstructions:
                 ox1 = min(OW, ox0 + plan.tw)
                 wins = [window(oy0, oy1, sh, pt, ky0, ky1, dh, x.height) + window(ox0, ox1, sw, pl, kx0, kx1, dw, x.width)
                         for ky0, ky1, kx0, kx1 in tgs]
+                if plan.subsample:          # the tile holds only the pixels read: one per output pixel
+                    wins = [(oy0, oy1, 0, ox0, ox1, 0)]
                 if any(iy1 <= iy0 or ix1 <= ix0 for iy0, iy1, _, ix0, ix1, _ in wins):
                     raise unsupported(op.name, op.onnx_op, "output pixels whose window lies entirely in the padding",
                                       "padding smaller than the kernel")
@@ -479,14 +561,41 @@ class EmitInstructions:
         steps = ([(t, og) for og in range(plan.n_og) for t in range(len(tile_list))] if og_outer
                  else [(t, og) for t in range(len(tile_list)) for og in range(plan.n_og)])
         last_in = last_w = last_wa = in_addr = None
+        csh, csw = (1, 1) if plan.subsample else (sh, sw)
+
+        def load_in(win, cb0, cb1, addr):
+            iy0, iy1, _, ix0, ix1, _ = win
+            if plan.subsample:
+                self._subsampled_load(x, iy0, iy1, ix0, ix1, sh, sw, cb0, cb1, addr)
+            else:
+                self._box("load", x, iy0, iy1, ix0, ix1, cb0, cb1, addr)
+
+        def weights(og, cgi, tg):
+            """WGT address of the weights of (og, cgi, tg), loading them if they are not there."""
+            nonlocal last_w, last_wa
+            if sparse and plan.weights_resident:
+                return w_addr + groups[og, 0, tg][2]
+            if plan.weights_resident:
+                return w_addr
+            key = (og, 0 if sparse else cgi, tg)
+            if key != last_w:
+                off, words = groups[key][:2]
+                last_w, last_wa = key, self._load_const(Buffer.WGT, off, words)
+            return last_wa
+
+        # Fetch is in program order into bounded queues: a tile's STOREs (and their wait for its
+        # EPILOGUE) go after the next tile's CONVs, so they never hold back the compute queue.
+        deferred = []
         for t, og in steps:
             oy0, oy1, ox0, ox1, wins = tile_list[t]
             th, tw = oy1 - oy0, ox1 - ox0
             P = th * tw
             if not own_loads and last_in != t:
-                iy0, iy1, _, ix0, ix1, _ = wins[0]
+                # Weights first: a layer's first weights (into the slot the previous layer left
+                # free) then load while the previous layer still computes.
+                weights(og, 0, 0)
                 in_addr = self.in_slots.next()
-                self._box("load", x, iy0, iy1, ix0, ix1, 0, CB, in_addr)
+                load_in(wins[0], 0, CB, in_addr)
                 last_in = t
             ob0, ob1 = og * plan.g, min(OB, (og + 1) * plan.g)
             gcount = ob1 - ob0
@@ -499,19 +608,11 @@ class EmitInstructions:
                 ncb = cb1 - cb0
                 for tg, (ky0, ky1, kx0, kx1) in enumerate(tgs):
                     iy0, iy1, pad_t, ix0, ix1, pad_l = wins[tg]
+                    wa = weights(og, cgi, tg)
                     if own_loads:
                         in_addr = self.in_slots.next()
-                        self._box("load", x, iy0, iy1, ix0, ix1, cb0, cb1, in_addr)
+                        load_in(wins[tg], cb0, cb1, in_addr)
                     k_h, k_w = ky1 - ky0, kx1 - kx0
-                    wa = w_addr
-                    if sparse and plan.weights_resident:
-                        wa = w_addr + groups[og, 0, tg][2]
-                    elif not plan.weights_resident:
-                        key = (og, 0 if sparse else cgi, tg)
-                        if key != last_w:
-                            off, words = groups[key][:2]
-                            last_w, last_wa = key, self._load_const(Buffer.WGT, off, words)
-                        wa = last_wa
                     n_in = (iy1 - iy0) * (ix1 - ix0) * ncb
                     reads = [(Buffer.ACT, in_addr, in_addr + n_in),
                              (Buffer.WGT, wa, wa + gcount * k_h * k_w * ncb)]
@@ -519,11 +620,14 @@ class EmitInstructions:
                         reads.append((Buffer.ACC, acc, acc + gcount * P))
                     self.s.emit("conv", reads=reads, writes=[(Buffer.ACC, acc, acc + gcount * P)],
                                 in_addr=in_addr, in_h=iy1 - iy0, in_w=ix1 - ix0, in_cb=ncb, out_h=th,
-                                out_w=tw, k_h=k_h, k_w=k_w, stride_h=sh, stride_w=sw, dil_h=dh, dil_w=dw,
+                                out_w=tw, k_h=k_h, k_w=k_w, stride_h=csh, stride_w=csw, dil_h=dh, dil_w=dw,
                                 pad_t=pad_t, pad_l=pad_l, pad_value=x.zero_point, w_addr=wa,
                                 acc_addr=acc, ob_count=gcount, accumulate=int(not first))
                     first = False
                     self.macs += P * k_h * k_w * ncb * gcount * M * N
+            for f in deferred:
+                f()
+            deferred = []
             pa = p_base + ob0 if plan.params_resident else self._load_const(
                 Buffer.PARAM, poff + ob0 * c.param_word_bytes, gcount)
             nwords = P * gcount * wpb
@@ -538,8 +642,41 @@ class EmitInstructions:
             self.s.emit("epilogue", reads=reads, writes=[(Buffer.ACT, oa, oa + nwords)], acc_addr=acc,
                         pixels=P, ob_count=gcount, param_addr=pa, out_addr=oa, out_stride=gcount * wpb,
                         **epi, **extra)
-            self._box("store", y, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, oa)
+            if phases == 1:
+                deferred.append(lambda a=(y, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, oa): self._box("store", *a))
+            else:
+                deferred.append(lambda a=(y, phases, oy0, oy1, ox0, ox1, ob0, ob1, oa): self._store_phases(*a))
+        for f in deferred:
+            f()
         return len(tile_list)
+
+    def _store_phases(self, y, P, oy0, oy1, ox0, ox1, ob0, ob1, oa):
+        """STORE a phased tile: grid pixel (j, i), phase (py, px) goes to output pixel (P·j+py, P·i+px).
+
+        One transfer per grid row and phase: pixels ``P`` apart in memory, the phase's words of
+        every grid pixel ``ob_count·wpb`` apart in ACT.
+        """
+        c = self.config
+        N, wpb = c.lanes, c.words_per_block
+        OBo = y.cpad // c.rows
+        tw, stride = ox1 - ox0, (ob1 - ob0) * wpb
+        pitch = y.pitch
+        for j in range(oy0, oy1):
+            for ph in range(ob0 // OBo, -(-ob1 // OBo)):
+                py, px = divmod(ph, P)
+                b0, b1 = max(ob0, ph * OBo), min(ob1, (ph + 1) * OBo)
+                oy = P * j + py
+                i1 = min(ox1, -(-(y.width - px) // P))      # grid columns whose pixel exists
+                if oy >= y.height or i1 <= ox0:
+                    continue
+                n = i1 - ox0
+                addr = self.addr[y.name] + (oy * y.width + P * ox0 + px) * pitch + (b0 - ph * OBo) * wpb * N
+                ba = oa + (j - oy0) * tw * stride + (b0 - ob0) * wpb
+                cols = (b1 - b0) * wpb
+                self.s.emit("store", reads=[(Buffer.ACT, ba, ba + (n - 1) * stride + cols)],
+                            writes=[(DRAM, addr, addr + (n - 1) * P * pitch + cols * N)], buf=Buffer.ACT,
+                            dram_addr=addr, dram_stride=P * pitch, buf_addr=ba, buf_stride=stride, rows=n,
+                            cols=cols)
 
     def pool(self, g, op, plan: PoolPlan):
         c = self.config
@@ -664,13 +801,16 @@ class EmitInstructions:
         x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
         if op.kind == "conv":
             O, I, kh, kw = op.attrs["w"].shape
-            I_, kh_, kw_ = op.attrs.get("space_to_depth", {}).get("source_kernel", (I, kh, kw))
+            if "space_to_depth" in op.attrs:
+                O, (I_, kh_, kw_) = y.channels, op.attrs["space_to_depth"]["source_kernel"]
+            else:
+                I_, kh_, kw_ = I, kh, kw
             macs = O * I_ * kh_ * kw_ * y.height * y.width
             if plan.tap_groups:
                 kh = max(g1 - g0 for g0, g1, _, _ in plan.tap_groups)
                 kw = max(g1 - g0 for _, _, g0, g1 in plan.tap_groups)
             th, tw = plan.th, plan.tw
-            sh, sw = op.attrs["strides"]
+            sh, sw = (1, 1) if plan.subsample else op.attrs["strides"]
             ir = min(x.height, (th - 1) * sh + (kh - 1) * op.attrs["dilations"][0] + 1)
             ic = min(x.width, (tw - 1) * sw + (kw - 1) * op.attrs["dilations"][1] + 1)
             buffers = {"act_in": ir * ic * plan.cg, "act_out": th * tw * plan.g * c.words_per_block,

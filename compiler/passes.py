@@ -329,15 +329,23 @@ class PlanConcat:
 class SpaceToDepthStem:
     """A strided convolution over a few-channel graph input runs on a space-to-depth image.
 
-    The host pads the input with the zero point and packs each ``s×s`` block
-    (``s`` the stride) into one pixel with channels ordered (dy, dx, c)
-    (:class:`tessera.program.TensorInfo` ``pad``/``block``). A ``k×k``/``s``
-    convolution over ``C`` channels is then a ``⌈k/s⌉×⌈k/s⌉``/1 convolution
-    without padding over ``s²·C`` channels, its weights rearranged with zeros
-    for the taps beyond ``k``: ResNet's 7×7/2 stem over 3 channels becomes a
-    4×4/1 convolution over 12 of 16 lanes instead of 49 taps over 3. Applied
-    only when it issues fewer MAC-array cycles per output pixel.
+    The host pads the input with the zero point and packs each ``b×b`` block
+    into one pixel with channels ordered (dy, dx, c) (:class:`tessera.program.TensorInfo`
+    ``pad``/``block``). With ``b`` equal to the stride ``s``, a ``k×k``/``s``
+    convolution over ``C`` channels is a ``⌈k/s⌉×⌈k/s⌉``/1 convolution without
+    padding over ``s²·C`` channels, its weights rearranged with zeros for the
+    taps beyond ``k``: ResNet's 7×7/2 stem over 3 channels becomes a 4×4/1
+    convolution over 12 of 16 lanes instead of 49 taps over 3.
+
+    Wide lanes (64) are still mostly empty with 12 channels; then ``b = P·s``
+    and each packed pixel yields ``P×P`` output pixels (phases), computed as
+    ``P²`` groups of output channels whose kernels are shifted by ``s·phase``;
+    the back end scatters each phase to its pixels when storing (attribute
+    ``phases``). The block is the one that issues the fewest MAC-array cycles
+    per output pixel; the pass leaves the convolution alone if none beats it.
     """
+
+    max_phases = 4
 
     def __init__(self, config):
         self.config = config
@@ -348,7 +356,7 @@ class SpaceToDepthStem:
         return taps * -(-channels // lanes)
 
     def __call__(self, g: Graph) -> Graph:
-        n = self.config.lanes
+        n, m = self.config.lanes, self.config.rows
         graph_inputs = {t for _, t in g.inputs}
         for op in g.ops:
             if op.kind != "conv" or op.inputs[0] not in graph_inputs or not _single_use(g, op.inputs[0]) \
@@ -361,26 +369,51 @@ class SpaceToDepthStem:
             if s < 2 or a["strides"][1] != s or list(a["dilations"]) != [1, 1] or len(x.shape) != 4 \
                     or x.chan_map is not None:
                 continue
-            KH, KW = -(-kh // s), -(-kw // s)
             C = x.channels
-            if self.cost(KH * KW, s * s * C, n) >= self.cost(kh * kw, C, n):
+            best, P = self.cost(kh * kw, C, n), 0
+            # Phases need a plain output (no residual, not a slice of a concatenation).
+            max_p = 1 if "residual" in a or any(u.kind == "concat" for u in g.consumers(op.output)) \
+                else self.max_phases
+            for p in range(1, max_p + 1):
+                b = s * p
+                c = self.cost(-(-(s * (p - 1) + kh) // b) * -(-(s * (p - 1) + kw) // b), b * b * C, n)
+                if c < best:
+                    best, P = c, p
+            if not P:
                 continue
+            b = s * P
+            KH, KW = -(-(s * (P - 1) + kh) // b), -(-(s * (P - 1) + kw) // b)
             y = g.tensors[op.output]
+            OHb, OWb = -(-y.height // P), -(-y.width // P)
             pt, pl, _, _ = a["pads"]
-            # Stored image: every row/column the output reads (and the whole source image), a multiple of s.
-            Hp = max(s * (y.height - 1 + KH), -(-(x.height + pt) // s) * s)
-            Wp = max(s * (y.width - 1 + KW), -(-(x.width + pl) // s) * s)
+            # Stored image: every row/column the outputs read (and the whole source image), a multiple of b.
+            Hp = max(b * (OHb - 1 + KH), -(-(x.height + pt) // b) * b)
+            Wp = max(b * (OWb - 1 + KW), -(-(x.width + pl) // b) * b)
             w = np.asarray(a["w"])
             O = w.shape[0]
-            wp = np.zeros((O, C, KH * s, KW * s), w.dtype)
-            wp[:, :, :kh, :kw] = w
-            # [o][c][ky'][dy][kx'][dx] → [o][dy][dx][c][ky'][kx']: channels ordered (dy, dx, c) as the host packs them
-            w2 = wp.reshape(O, C, KH, s, KW, s).transpose(0, 3, 5, 1, 2, 4).reshape(O, s * s * C, KH, KW)
+            Ov = O if P == 1 else -(-O // m) * m        # each phase starts a new output block
+            w2 = np.zeros((P * P * Ov, b * b * C, KH, KW), w.dtype)
+            bias = np.zeros(P * P * Ov, np.asarray(a["bias"]).dtype)
+            w_scale = np.ones(P * P * Ov)
+            for py in range(P):
+                for px in range(P):
+                    # phase (py, px): output pixel (P·j+py, P·i+px) reads packed pixels from (j, i) on,
+                    # at source offsets s·py + ky, s·px + kx
+                    wp = np.zeros((O, C, KH * b, KW * b), w.dtype)
+                    wp[:, :, s * py:s * py + kh, s * px:s * px + kw] = w
+                    o0 = (py * P + px) * Ov
+                    # [o][c][ky'][dy][kx'][dx] → [o][dy][dx][c][ky'][kx']: channels (dy, dx, c) as the host packs
+                    w2[o0:o0 + O] = wp.reshape(O, C, KH, b, KW, b).transpose(0, 3, 5, 1, 2, 4) \
+                        .reshape(O, b * b * C, KH, KW)
+                    bias[o0:o0 + O] = a["bias"]
+                    w_scale[o0:o0 + O] = a["w_scale"]
             g.input_transforms[x.name] = {"shape": list(x.shape), "pad": [pt, pl, Hp - x.height - pt, Wp - x.width - pl],
-                                          "block": s}
-            x.shape = (1, s * s * C, Hp // s, Wp // s)
-            a.update(w=w2, kernel=[KH, KW], strides=[1, 1], pads=[0, 0, 0, 0])
-            a["space_to_depth"] = {"block": s, "source_kernel": [C, kh, kw]}     # model MACs for the report
+                                          "block": b}
+            x.shape = (1, b * b * C, Hp // b, Wp // b)
+            a.update(w=w2, bias=bias, w_scale=w_scale, kernel=[KH, KW], strides=[1, 1], pads=[0, 0, 0, 0])
+            if P > 1:
+                a["phases"] = P
+            a["space_to_depth"] = {"block": b, "source_kernel": [C, kh, kw]}     # model MACs for the report
         return g
 
 

@@ -6,6 +6,7 @@ import pytest
 from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
+from tessera.compiler.driver import compile_model
 from tessera.compiler.frontend import load_onnx, lower
 from tessera.compiler.ir import CompileError
 from tessera.compiler.passes import (
@@ -22,7 +23,7 @@ from tessera.compiler.passes import (
     run_passes,
 )
 
-from tessera.arch import PRESETS
+from tessera.arch import PRESETS, NpuConfig
 
 from .netgen import NetBuilder, assert_layer_exact, check_against_ort, ort_run
 
@@ -248,3 +249,23 @@ def test_space_to_depth_stem_leaves_unit_stride_and_wide_inputs():
         kernel = list(g.ops[0].attrs["kernel"])
         g = p(g)
         assert g.ops[0].attrs["kernel"] == kernel and not g.input_transforms
+
+
+#: 64 lanes (the stem's 12 packed channels would leave most of them empty) and small buffers, so
+#: the phased stem splits into several tiles and output groups that straddle phases.
+WIDE = NpuConfig(name="wide", lanes=64, rows=64, abuf_words=1024, wbuf_words=64, accbuf_words=160, pbuf_words=16,
+                 bus_bytes=64, dram_bytes=8 << 20)
+
+
+@pytest.mark.parametrize("cout", [20, 70])
+def test_space_to_depth_stem_phases_on_wide_lanes(cout):
+    q = QDQ((1, 3, 25, 21), seed=5)
+    m = q.model(q.conv(q.x, cout, 3, "c", k=7, pads=(3, 3, 3, 3), strides=[2, 2]))
+    g = run_passes(lower(load_onnx(m)), WIDE)
+    op = g.ops[0]
+    P = op.attrs["phases"]
+    assert P == 3 and op.attrs["kernel"] == [2, 2] and g.input_transforms[op.inputs[0]]["block"] == 6
+    assert op.attrs["w"].shape[0] == P * P * g.tensors[op.output].cpad
+    prog, rep = compile_model(m, WIDE)
+    assert rep[0].macs == cout * 3 * 49 * 13 * 11           # model MACs, not the phased product
+    assert_layer_exact(check_against_ort(m, WIDE, n_inputs=2, program=prog))

@@ -1,0 +1,190 @@
+"""The model zoo at full size: compile, emulator vs onnxruntime, and ResNet-50/DenseNet-121 on the RTL.
+
+Usage::
+
+    python benchmarks/bench_zoo.py [--models resnet50,vgg16,...] [--skip-rtl] [--config sim]
+
+Each keras.applications model (weights=None: nothing is downloaded; SSD300 is built by
+``tessera.compiler.zoo.models``) goes Keras → tf2onnx → onnxruntime ``quantize_static``
+(QDQ, per-channel int8 weights, int8 activations, 4 random calibration inputs in the
+Caffe-preprocessed range) → ``tessera`` compile. The QDQ models are cached in
+``build/zoo-bench/``. One random input runs on the emulator and on onnxruntime
+(agreement in output quantization steps: classifiers' logits, SSD's ``mbox_loc``/``mbox_conf``).
+The RTL part (``--skip-rtl`` to leave it out; tens of minutes per network) runs one image
+on the Verilated NPU and compares every output byte with the emulator.
+Prints one markdown section (``make bench ONLY=zoo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "zoo-bench"
+RTL_MODELS = ("resnet50", "densenet121")
+
+
+def qdq_model(name: str):
+    """(QDQ ModelProto, NHWC input shape, seconds to build): cached in build/zoo-bench/."""
+    import onnx
+    path, side = BUILD / f"{name}_qdq.onnx", BUILD / f"{name}_qdq.json"
+    if path.exists() and side.exists():
+        return onnx.load(path), json.loads(side.read_text())["shape"], 0.0
+    import keras
+
+    from tessera.compiler.zoo import calibration_data, compile_keras, models
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(0)
+    model = models.full(name)
+    BUILD.mkdir(parents=True, exist_ok=True)
+    cal = BUILD / f"{name}_calibration.npz"
+    np.savez(cal, **calibration_data(model, samples=4))
+    prog, _, qdq = compile_keras(model, "sim", cal, name=name)
+    onnx.save(qdq, path, save_as_external_data=len(qdq.SerializeToString()) > 1.9e9)
+    side.write_text(json.dumps({"shape": prog.inputs[0].shape}))
+    return qdq, prog.inputs[0].shape, time.perf_counter() - t0
+
+
+def reference_outputs(qdq, prog):
+    """The ONNX model with the host Softmax's input (the NPU's logits) as an extra output."""
+    import onnx
+    m = onnx.ModelProto.FromString(qdq.SerializeToString())
+    for h in prog.host_ops:
+        if h["op"] == "Softmax":
+            m.graph.output.append(onnx.helper.make_tensor_value_info(h["inputs"][0], onnx.TensorProto.FLOAT, None))
+    return m
+
+
+def out_scale(prog, name):
+    for t in prog.outputs:
+        if t.name == name:
+            return t.scale
+    for h in prog.host_ops:
+        if name in h["outputs"] and h["op"] != "Softmax":
+            return [s for s in h["attrs"]["steps"] if s["op"] == "FakeQuant"][-1]["attrs"]["scale"]
+    return None
+
+
+def bench_one(name, config, rtl: bool, sim_holder: dict):
+    import onnxruntime as ort
+
+    from tessera.compiler.driver import compile_model
+    from tessera.host.runtime import Runtime
+    qdq, shape, t_build = qdq_model(name)
+    t0 = time.perf_counter()
+    prog, reports = compile_model(qdq, config, name=name)
+    t_compile = time.perf_counter() - t0
+    for t in prog.inputs:
+        t.shape, t.layout = shape, "NHWC"
+    x = np.random.default_rng(3).uniform(-120, 150, shape).astype(np.float32)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(reference_outputs(qdq, prog).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+    sess.run(None, feed)
+    t0 = time.perf_counter()
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+    t_ort = time.perf_counter() - t0
+    rt = Runtime(prog, backend="emulator")
+    t0 = time.perf_counter()
+    got = rt.run({prog.inputs[0].name: x})
+    t_emu = time.perf_counter() - t0
+    steps, top1 = [], True
+    for k, want in ref.items():
+        s = out_scale(prog, k)
+        if s is None:
+            continue
+        d = np.abs(got[k].astype(np.float64) - want).reshape(-1) / s
+        steps.append(d)
+        if name != "ssd300":
+            top1 &= int(np.argmax(got[k])) == int(np.argmax(want))
+    d = np.concatenate(steps)
+    row = {"name": name, "build": t_build, "compile": t_compile, "instructions": len(prog.instructions),
+           "segments": len(prog.starts), "layers": len(reports), "macs": prog.meta.get("macs", 0),
+           "host_ops": sorted({h["op"] for h in prog.host_ops}), "ort": t_ort, "emu": t_emu,
+           "within1": float((d <= 1.001).mean()), "max": float(d.max()), "top1": top1 if name != "ssd300" else None}
+    if name == "ssd300":
+        from tessera.host.detection import detect
+        det = detect(got["mbox_loc"][0], got["mbox_conf"][0], score_threshold=0.05)
+        row["detections"] = len(det["scores"])
+    if rtl and name in RTL_MODELS:
+        from tessera.sim.rtl import RtlSim
+        if "sim" not in sim_holder:
+            sim_holder["sim"] = RtlSim(prog.config)
+        images = {t.name: t.quantize(x) for t in prog.inputs}
+        want = Runtime(prog).run_quantized(images)
+        r = Runtime(prog, backend="rtl", sim=sim_holder["sim"])
+        t0 = time.perf_counter()
+        have = r.run_quantized(images)
+        row["rtl"] = {"seconds": time.perf_counter() - t0, "cycles": r.last.cycles,
+                      "utilization": r.last.utilization,
+                      "exact": all(np.array_equal(have[k], want[k]) for k in want)}
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet50,resnet152,densenet121,vgg16,ssd300")
+    ap.add_argument("--skip-rtl", action="store_true", help="leave out the RTL runs (tens of minutes each)")
+    ap.add_argument("--config", default="sim")
+    args = ap.parse_args(argv)
+    rtl = not args.skip_rtl and os.environ.get("TESSERA_BENCH_SKIP_RTL") != "1"
+    rows, holder = [], {}
+    t_all = time.perf_counter()
+    for name in args.models.split(","):
+        print(f"bench_zoo: {name}", file=sys.stderr, flush=True)
+        rows.append(bench_one(name, args.config, rtl, holder))
+    cmd = "python benchmarks/bench_zoo.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    load = os.getloadavg()[0]
+    out = [f"## Model zoo at full size (config `{args.config}`)", "",
+           f"Command: `{cmd}` (load average {load:.1f} at the end). keras.applications models with random weights "
+           "(SSD300: `tessera.compiler.zoo.models.ssd300`) → tf2onnx → onnxruntime quantize_static QDQ "
+           "(per-channel int8 weights, int8 activations, 4 random calibration inputs) → compile; one random input. "
+           "Agreement: output elements within one quantization step of onnxruntime (classifiers: the logits "
+           "the host Softmax reads; SSD: `mbox_loc` and `mbox_conf`).", "",
+           "| model | compile s | layers / instructions / segments | GMACs | host ops | onnxruntime ms | emulator ms "
+           "| within 1 step / max | same top-1 |",
+           "|---|---:|---|---:|---|---:|---:|---|---|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r['compile']:.2f} | {r['layers']} / {r['instructions']} / {r['segments']} "
+                   f"| {r['macs'] / 1e9:.2f} | {', '.join(r['host_ops'])} | {r['ort'] * 1e3:.0f} | {r['emu'] * 1e3:.0f} "
+                   f"| {r['within1']:.4%} / {r['max']:.1f} | "
+                   f"{'—' if r['top1'] is None else 'yes' if r['top1'] else 'NO'} |")
+    for r in rows:
+        if "detections" in r:
+            out.append(f"\nSSD300: {r['detections']} detections (score > 0.05, NMS 0.45) from host/detection.py "
+                       "on the emulator's outputs (random weights: the boxes mean nothing, the path runs end to end).")
+    rtl_rows = [r for r in rows if "rtl" in r]
+    if rtl_rows:
+        out.append("\nRTL backend (Verilator), one image, every output byte compared with the emulator:\n")
+        out.append("| model | cycles | MAC utilization | wall s | bit-exact |")
+        out.append("|---|---:|---:|---:|---|")
+        for r in rtl_rows:
+            q = r["rtl"]
+            out.append(f"| {r['name']} | {q['cycles']:,} | {q['utilization']:.1%} | {q['seconds']:.0f} "
+                       f"| {'yes' if q['exact'] else 'NO'} |")
+    elif not rtl:
+        out.append("\nRTL runs of ResNet-50 and DenseNet-121 skipped in this run (`--skip-rtl`).")
+    builds = [r for r in rows if r["build"]]
+    if builds:
+        out.append("\nBuilding the QDQ models (Keras → tf2onnx → quantize; cached in build/zoo-bench/): "
+                   + ", ".join(f"{r['name']} {r['build']:.0f} s" for r in builds) + ".")
+    out.append(f"\n_Total {time.perf_counter() - t_all:.0f} s._")
+    print("\n".join(out))
+    if holder.get("sim"):
+        holder["sim"].close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,6 +42,34 @@ def single_layer(shape, cout, k, stride):
     return quantize(b.model([b.conv("x", cout, k, stride, relu=True)]), calib=2)
 
 
+def layers_by_cuts(prog, sim, k: int) -> list[str]:
+    """Per-layer model vs RTL without an instruction trace: run the program cut after layer i-1 and after
+    layer i (+END) on both; the difference of the two cycle counts is layer i's cycles."""
+    from tessera.sim.rtl import RtlBackend
+    from tessera.sim.cyclemodel import predict
+
+    from tessera.isa import Instruction
+    from tessera.program import Program
+    layers = prog.meta["layers"]
+    # Evenly spread over the network (the stem's successor first).
+    picks = sorted({1} | {len(layers) * j // k for j in range(1, k)})
+
+    def cut(i):
+        last = max(b for _, b in layers[i]["instructions"])
+        p = Program(prog.config, prog.instructions[:last + 1] + [Instruction("end")], prog.constants,
+                    prog.prog_addr, prog.const_addr, prog.scratch_addr, prog.scratch_size)
+        return RtlBackend(p, sim=sim, watchdog=0).execute().cycles, predict(p).cycles
+
+    lines = ["", f"Whole-network layers, model vs RTL (the program cut after layer i−1 and after layer i, "
+                 f"{len(picks)} layers):", "",
+             "| # | layer | RTL cycles | model cycles | difference |", "|---:|---|---:|---:|---:|"]
+    for i in picks:
+        (r0, m0), (r1, m1) = cut(i - 1), cut(i)
+        r, m = r1 - r0, m1 - m0
+        lines.append(f"| {i} | {layers[i]['name']} | {r:,} | {m:,} | {(m - r) / max(1, r):+.2%} |")
+    return lines
+
+
 def _load() -> str:
     try:
         return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -54,6 +82,8 @@ def main(argv=None):
     ap.add_argument("--configs", default="sim,arria10")
     ap.add_argument("--rtl", action=argparse.BooleanOptionalAction, default=True,
                     help="also run ResNet-50 and single layers on the RTL of `sim` (default)")
+    ap.add_argument("--rtl-layers", type=int, default=4,
+                    help="ResNet-50 layers checked model vs RTL one by one (two cut runs each; default 4)")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "bench"), help="where the reports go")
     ap.add_argument("--out", help="also append the section to this file")
     args = ap.parse_args(argv)
@@ -124,6 +154,8 @@ def main(argv=None):
                 r = RtlBackend(p, sim=sim, watchdog=0).execute().cycles
                 m = predict(p).cycles
                 rtl_lines.append(f"| {label} | {r:,} | {m:,} | {(m - r) / r:+.2%} |")
+            if args.rtl_layers and not res.layers:
+                rtl_lines += layers_by_cuts(prog, sim, args.rtl_layers)
     lines += rtl_lines
     lines += ["", "Where the cycles go (cycle model, share of each config's cycles):", "",
               ("| config | useful MACs | padding | pipeline | dma | dependency | fetch | tail | LOAD rate "

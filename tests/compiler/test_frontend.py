@@ -200,3 +200,54 @@ def test_malformed_models_are_compile_errors(fmt, mutate):
     from tessera.compiler.driver import compile_model
     with pytest.raises(CompileError):
         compile_model(_mutated(fmt, mutate), PRESETS["sim"])
+
+
+def _l2norm_net(seed=0):
+    """conv → SSD-style L2 normalization (as tf2onnx writes tf.math.l2_normalize · gamma) → conv."""
+    b = NetBuilder((1, 3, 8, 7), seed=seed)
+    x = b.conv("x", 20, 3, relu=True)
+    sq = b._name("sq")
+    b.nodes.append(h.make_node("Mul", [x, x], [sq], name="norm/Square"))
+    s = b._name("sum")
+    b.nodes.append(h.make_node("ReduceSum", [sq, b.const(np.array([1]), "axes")], [s], name="norm/Sum", keepdims=1))
+    b.inits[-1] = onnx.numpy_helper.from_array(np.array([1], np.int64), b.inits[-1].name)
+    m = b._name("max")
+    b.nodes.append(h.make_node("Max", [s, b.const(np.array(1e-12))], [m], name="norm/Maximum"))
+    r, rr = b._name("sqrt"), b._name("rsqrt")
+    b.nodes.append(h.make_node("Sqrt", [m], [r], name="norm/Rsqrt"))
+    b.nodes.append(h.make_node("Reciprocal", [r], [rr], name="norm/Rsqrt_rec"))
+    g = b._name("g")
+    b.nodes.append(h.make_node("Mul", [rr, b.const(b.rng.uniform(10, 30, (20, 1, 1)))], [g], name="norm/gamma"))
+    y = b._name("y")
+    b.nodes.append(h.make_node("Mul", [x, g], [y], name="norm/mul"))
+    b.shape[y] = b.shape[x]
+    out = b.conv(y, 12, 3, name="head")
+    return b.model([out], opset=13)
+
+
+@pytest.mark.parametrize("act", ["int8", "uint8"])
+def test_l2_normalization_runs_on_the_host_between_two_segments(tmp_path, act):
+    from tessera.compiler.driver import compile_model, format_report
+    from tessera.program import Program
+    q = quantize(_l2norm_net(), act=act)
+    prog, reports = compile_model(q, PRESETS["sim"])
+    assert [h["op"] for h in prog.host_ops] == ["L2Normalization"] and len(prog.starts) == 2
+    op = prog.host_ops[0]
+    assert op["after_segment"] == 0 and {s["op"] for s in op["attrs"]["steps"]} >= {"ReduceSum", "Sqrt", "FakeQuant"}
+    # The NPU tensors the host op reads and writes are not the model's inputs or outputs.
+    assert [t.name for t in prog.inputs] == ["x"] and len(prog.outputs) == 1
+    assert "host op L2Normalization (norm" in format_report(reports, prog)
+    prog.save(tmp_path / "p.tsp")
+    back = Program.load(tmp_path / "p.tsp")
+    assert back.starts == prog.starts and (tmp_path / "p.tsp").read_bytes()[8] == 2
+    # The host op matches onnxruntime's float evaluation between DequantizeLinear and QuantizeLinear.
+    assert_layer_exact(check_against_ort(q, PRESETS["sim"], n_inputs=2, program=back))
+
+
+def test_program_with_segments_rejects_start_not_after_end(tmp_path):
+    from tessera.compiler.driver import compile_model
+    from tessera.program import Program, ProgramError
+    prog, _ = compile_model(quantize(_l2norm_net(), act="int8"), PRESETS["sim"])
+    prog.starts = [0, prog.starts[1] - 1]
+    with pytest.raises(ProgramError, match="do not each follow an END"):
+        Program.from_bytes(prog.to_bytes())

@@ -12,6 +12,7 @@ for races that the tokens leave open (see :mod:`tessera.sim.hazards`).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,12 +33,19 @@ from tessera.isa import (
     decode,
     mask_units,
 )
-from tessera.numerics import requantize, round_shift, unpack_weights, wrap32
+from tessera.numerics import round_shift, unpack_weights
 from tessera.program import Program
 
+from .emulator_kernels import (
+    ChannelParams,
+    Int8Gemm,
+    ResidualParams,
+    requantize_into,
+    residual_into,
+)
 from .hazards import HazardError, HazardTracker, VectorClocks
 
-__all__ = ["Emulator", "NpuError", "RunStats", "HazardError"]
+__all__ = ["Emulator", "HazardError", "NpuError", "RunStats"]
 
 
 class NpuError(UserError, RuntimeError):
@@ -69,9 +77,12 @@ class Emulator:
         The hardware to model.
     check_hazards : bool
         Check every access for races between units (slower; for tests).
+    gemm : {"auto", "onnxruntime", "float32"}
+        How CONV's exact int8 GEMM is computed (see :class:`~tessera.sim.emulator_kernels.Int8Gemm`);
+        every choice gives the same bits.
     """
 
-    def __init__(self, config: NpuConfig, *, check_hazards: bool = False):
+    def __init__(self, config: NpuConfig, *, check_hazards: bool = False, gemm: str = "auto"):
         self.config = c = config
         self.check_hazards = check_hazards
         self.dram = np.zeros(c.dram_bytes, dtype=np.uint8)
@@ -82,7 +93,15 @@ class Emulator:
             Buffer.PARAM: np.zeros((c.pbuf_words, c.rows, len(PARAM_FIELDS)), dtype=np.int32),
         }
         self._exec = {op: getattr(self, f"exec_{op.name.lower()}") for op in Opcode}
-        self._decoded: dict[bytes, tuple | None] = {}
+        self._plan = {op: getattr(self, f"_plan_{op.name.lower()}", _no_plan) for op in Opcode}
+        self._decoded: dict[bytes, list | None] = {}
+        self._scratch: dict[tuple, np.ndarray] = {}
+        self._gemm = Int8Gemm(gemm)
+        self._wmats: dict[tuple, list] = {}
+        self._chans: dict[tuple, ChannelParams] = {}
+        self._wmat_bytes = 0
+        self._clocks = None
+        self._traces: dict[int, object] = {}
         self.stats = RunStats()
 
     # ---- host access ----------------------------------------------------------
@@ -111,19 +130,26 @@ class Emulator:
         t0 = time.perf_counter()
         c = self.config
         self.stats = RunStats()
+        trace = self._traces.get(prog_addr)
+        if (trace is not None and not self.check_hazards and len(trace.steps) <= max_instructions
+                and np.array_equal(self.dram[prog_addr:trace.end], trace.words)):
+            return self._replay(trace, t0)
+        order = [] if not self.check_hazards else None
         nu = len(Unit)
         queues = [deque() for _ in range(nu)]
         tokens = [0] * (nu * nu)          # tokens[src * nu + dst]
         depth, qdepth = c.token_depth, c.queue_depth
-        self._clocks = VectorClocks() if self.check_hazards else None
+        checking = self.check_hazards
+        self._clocks = VectorClocks() if checking else None
         self._trackers = {}
         counts = {}
         pc = prog_addr
         fetching = True
         executed = 0
+        fetch = self._fetch
         while True:
             while fetching:
-                e = self._fetch(pc)
+                e = fetch(pc)
                 if e is None:
                     fetching = False
                     break
@@ -133,33 +159,46 @@ class Emulator:
                 pc += INSTR_BYTES
             # Among the heads that can start, the oldest goes first (deterministic).
             best = None
+            bpc = 0
             for u in range(nu):
                 q = queues[u]
                 if not q:
                     continue
-                ipc, (ins, _, waits, sigs, fn) = q[0]
-                if best is not None and ipc > best[0]:
+                ipc, e = q[0]
+                if best is not None and ipc > bpc:
                     continue
-                if all(tokens[s * nu + u] for s in waits) and all(tokens[u * nu + d] < depth for d in sigs):
-                    best = (ipc, u)
+                for t in e[5]:              # token queues it must take from
+                    if not tokens[t]:
+                        break
+                else:
+                    for t in e[6]:          # token queues it must have room in
+                        if tokens[t] >= depth:
+                            break
+                    else:
+                        best, bpc = u, ipc
             if best is None:
                 if not fetching and not any(queues):
                     break
                 self._deadlock(queues, pc, fetching)
-            ipc, u = best
-            _, (ins, _, waits, sigs, fn) = queues[u].popleft()
-            for s in waits:
-                tokens[s * nu + u] -= 1
-            if self._clocks is not None:
-                self._vc = self._clocks.start(u, list(waits))
-                self._where = f"instruction 0x{ipc:x} ({ins.op.name})"
-                self._unit = u
+            ipc, e = queues[best].popleft()
+            ins = e[0]
+            for t in e[5]:
+                tokens[t] -= 1
             self._pc = ipc
-            fn(ins)
-            for d in sigs:
-                tokens[u * nu + d] += 1
-            if self._clocks is not None:
-                self._clocks.signal(u, list(sigs), self._vc)
+            if checking:
+                self._vc = self._clocks.start(best, list(e[2]))
+                self._where = f"instruction 0x{ipc:x} ({ins.op.name})"
+                self._unit = best
+            plan = e[8]
+            if plan is None:
+                plan = e[8] = e[7](ins)     # first execution: range checks, views (see the exec_ section)
+            e[4](ins, plan)
+            if order is not None:
+                order.append(e)
+            for t in e[6]:
+                tokens[t] += 1
+            if checking:
+                self._clocks.signal(best, list(e[3]), self._vc)
             counts[ins.op] = counts.get(ins.op, 0) + 1
             executed += 1
             if executed > max_instructions:
@@ -167,6 +206,36 @@ class Emulator:
         self.stats.instructions = executed
         self.stats.by_opcode = {op.name: n for op, n in counts.items()}
         self.stats.by_opcode["END"] = 1
+        if order is not None:
+            self._record(prog_addr, pc, order)
+        self.stats.seconds = time.perf_counter() - t0
+        return self.stats
+
+    # The order in which units execute instructions depends only on the instruction words (tokens, queue
+    # bounds), never on data. So once a program has run to the end, the next run from the same address
+    # replays that order without the scheduler, as long as the words it fetched are unchanged and no
+    # STORE of the program writes over them (then every fetch would see the same word again).
+
+    def _record(self, prog_addr: int, end_pc: int, order: list) -> None:
+        end = end_pc + INSTR_BYTES
+        for e in order:
+            if e[0].op == Opcode.STORE:
+                ins, p = e[0], e[8]
+                if ins.dram_addr < end and prog_addr < ins.dram_addr + (ins.rows - 1) * ins.dram_stride + p.nbytes:
+                    return
+        by_opcode = {}
+        for e in order:
+            by_opcode[e[0].op.name] = by_opcode.get(e[0].op.name, 0) + 1
+        by_opcode["END"] = 1
+        self._traces[prog_addr] = _Plan(end=end, words=self.dram[prog_addr:end].copy(), by_opcode=by_opcode,
+                                        steps=[(e[4], e[0], e[8]) for e in order])
+
+    def _replay(self, trace, t0: float) -> RunStats:
+        self._clocks = None
+        for fn, ins, plan in trace.steps:
+            fn(ins, plan)
+        self.stats.instructions = len(trace.steps)
+        self.stats.by_opcode = dict(trace.by_opcode)
         self.stats.seconds = time.perf_counter() - t0
         return self.stats
 
@@ -177,8 +246,8 @@ class Emulator:
                    f"{','.join(u.name for u in mask_units(hins.wait)) or '-'} "
                    f"or for room to signal {','.join(u.name for u in mask_units(hins.signal)) or '-'}"
                    if hu is not None else "no unit can start")
-        raise NpuError(ErrorCode.DEADLOCK, hpc, f"deadlock: {blocked}; fetch is "
-                       f"{'blocked at 0x%x' % pc if fetching else 'finished'}")
+        fetch = f"blocked at 0x{pc:x}" if fetching else "finished"
+        raise NpuError(ErrorCode.DEADLOCK, hpc, f"deadlock: {blocked}; fetch is {fetch}")
 
     def _fetch(self, pc: int):
         """The dispatch entry of the word at ``pc``: (instruction, unit, waits, signals, exec), or None for END."""
@@ -196,9 +265,15 @@ class Emulator:
         if unit is not None and (ins.wait | ins.signal) >> unit.value & 1:
             raise NpuError(ErrorCode.BAD_FIELD, pc, f"{ins.op.name.lower()} on unit {unit.name} "
                            f"cannot wait for or signal its own unit")
-        entry = None if ins.op == Opcode.END else (
-            ins, unit.value, tuple(u.value for u in mask_units(ins.wait)),
-            tuple(u.value for u in mask_units(ins.signal)), self._exec[ins.op])
+        entry = None
+        if ins.op != Opcode.END:
+            u = unit.value
+            waits = tuple(w.value for w in mask_units(ins.wait))
+            sigs = tuple(d.value for d in mask_units(ins.signal))
+            nu = len(Unit)
+            # [ins, unit, waits, signals, exec, token indices taken, token indices given, planner, plan]
+            entry = [ins, u, waits, sigs, self._exec[ins.op], tuple(s * nu + u for s in waits),
+                     tuple(u * nu + d for d in sigs), self._plan[ins.op], None]
         # Decoding is pure, so identical words share one entry (fetch may retry a word).
         self._decoded[raw] = entry
         return entry
@@ -269,143 +344,259 @@ class Emulator:
         return (first[:, None] + np.arange(n, dtype=np.int64)[None, :]).reshape(-1)
 
     # ---- one exec_ per opcode ------------------------------------------------------
+    #
+    # Each exec_<op>(ins, plan) runs one instruction. The plan (from _plan_<op>) holds what depends only on
+    # the instruction's fields: range checks (done once, at the first execution, where the hardware would
+    # fault) and numpy views of the buffers and external memory it reads and writes. run() keeps a word's
+    # plan with its decode-cache entry, so repeated tiles reuse it; called without a plan, exec_<op> makes one.
 
-    def exec_load(self, ins: Instruction):
+    def _plan_load(self, ins: Instruction):
         c = self.config
         if ins.buf == Buffer.ACC:
             self._fail(ErrorCode.BAD_FIELD, "load: buf=acc is not a DMA target (act, wgt or param)")
         wb, bidx, row_starts = self._dma_geometry(ins)
-        nbytes = ins.cols * wb
-        raw = self._dram_rows(ins, nbytes).copy()
-        if self._clocks is not None:
-            self._touch(None, self._dram_words(row_starts, nbytes), False)
-        self._touch(ins.buf, bidx, True)
-        if ins.buf == Buffer.ACT:
-            words = raw.view(np.int8).reshape(ins.rows, ins.cols, c.lanes)
-        elif ins.buf == Buffer.WGT:
-            words = unpack_weights(raw.reshape(-1), c.weight_bits).reshape(ins.rows, ins.cols, c.rows, c.lanes)
-        else:
-            words = raw.reshape(-1).view("<i4").reshape(ins.rows, ins.cols, c.rows, len(PARAM_FIELDS))
-        if isinstance(bidx, slice):
-            self.buffers[ins.buf][bidx] = words.reshape((ins.rows * ins.cols,) + words.shape[2:])
-        else:
-            self.buffers[ins.buf][bidx] = words
-        self.stats.dram_read_bytes += raw.size
+        p = _Plan(bidx=bidx, row_starts=row_starts, nbytes=ins.cols * wb, total=ins.rows * ins.cols * wb, dst=None)
+        p.src = self._dram_rows(ins, p.nbytes)
+        buf = self.buffers[ins.buf]
+        # Bytes land in the buffer unchanged (no weight unpacking, little-endian int32 parameters):
+        # one strided copy, unless buffer rows overlap (then the index form below keeps numpy's order).
+        raw_bytes = (ins.buf != Buffer.WGT or c.weight_bits == 8) and sys.byteorder == "little"
+        if raw_bytes and (isinstance(bidx, slice) or ins.buf_stride >= ins.cols):
+            p.dst = _byte_rows(buf, wb, ins.buf_addr, ins.rows, ins.buf_stride, p.nbytes)
+        return p
 
-    def exec_store(self, ins: Instruction):
+    def exec_load(self, ins: Instruction, plan=None):
+        p = plan or self._plan_load(ins)
+        if self._clocks is not None:
+            self._touch(None, self._dram_words(p.row_starts, p.nbytes), False)
+            self._touch(ins.buf, p.bidx, True)
+        if p.dst is not None:
+            np.copyto(p.dst, p.src)
+        else:
+            c = self.config
+            raw = p.src.copy()
+            if ins.buf == Buffer.ACT:
+                words = raw.view(np.int8).reshape(ins.rows, ins.cols, c.lanes)
+            elif ins.buf == Buffer.WGT:
+                words = unpack_weights(raw.reshape(-1), c.weight_bits).reshape(ins.rows, ins.cols, c.rows, c.lanes)
+            else:
+                words = raw.reshape(-1).view("<i4").reshape(ins.rows, ins.cols, c.rows, len(PARAM_FIELDS))
+            if isinstance(p.bidx, slice):
+                self.buffers[ins.buf][p.bidx] = words.reshape((ins.rows * ins.cols,) + words.shape[2:])
+            else:
+                self.buffers[ins.buf][p.bidx] = words
+        self.stats.dram_read_bytes += p.total
+
+    def _plan_store(self, ins: Instruction):
         if ins.buf != Buffer.ACT:
             self._fail(ErrorCode.BAD_FIELD, f"store: buf={ins.buf.name.lower()}; only act can be stored")
         wb, bidx, row_starts = self._dma_geometry(ins)
-        data = self.buffers[Buffer.ACT][bidx].view(np.uint8).reshape(ins.rows, ins.cols * wb)  # slice or gather
-        self._touch(Buffer.ACT, bidx, False)
+        nbytes = ins.cols * wb
+        p = _Plan(bidx=bidx, row_starts=row_starts, nbytes=nbytes, total=ins.rows * nbytes, dst=None)
+        # Reading overlapping buffer rows is harmless, so the source is always one strided view.
+        p.src = _byte_rows(self.buffers[Buffer.ACT], wb, ins.buf_addr, ins.rows, ins.buf_stride, nbytes)
+        if ins.rows == 1 or ins.dram_stride >= nbytes:
+            p.dst = self._dram_rows(ins, nbytes)
+        return p
+
+    def exec_store(self, ins: Instruction, plan=None):
+        p = plan or self._plan_store(ins)
         if self._clocks is not None:
-            self._touch(None, self._dram_words(row_starts, ins.cols * wb), True)
-        if ins.rows == 1 or ins.dram_stride >= ins.cols * wb:
-            self._dram_rows(ins, ins.cols * wb)[...] = data
+            self._touch(Buffer.ACT, p.bidx, False)
+            self._touch(None, self._dram_words(p.row_starts, p.nbytes), True)
+        if p.dst is not None:
+            np.copyto(p.dst, p.src)
         else:
             # Rows are written in order, so overlapping rows end with the last one.
+            data = p.src.copy()
             for r in range(ins.rows):
-                s = int(row_starts[r])
-                self.dram[s:s + ins.cols * wb] = data[r]
-        self.stats.dram_write_bytes += data.size
+                s = int(p.row_starts[r])
+                self.dram[s:s + p.nbytes] = data[r]
+        self.stats.dram_write_bytes += p.total
 
-    def exec_conv(self, ins: Instruction):
+    def _plan_conv(self, ins: Instruction):
         c = self.config
         N, M = c.lanes, c.rows
         taps = ins.k_h * ins.k_w
         cw = ins.in_cb * N
         P = ins.out_h * ins.out_w
-        in_idx = self._span(Buffer.ACT, ins.in_addr, ins.in_h * ins.in_w * ins.in_cb, "conv input tile")
-        w_idx = self._span(Buffer.WGT, ins.w_addr, ins.ob_count * taps * ins.in_cb, "conv weights")
-        acc_idx = self._span(Buffer.ACC, ins.acc_addr, ins.ob_count * P, "conv accumulators")
-        self._touch(Buffer.ACT, in_idx, False)
-        self._touch(Buffer.WGT, w_idx, False)
-        if ins.accumulate:
-            self._touch(Buffer.ACC, acc_idx, False)
-        self._touch(Buffer.ACC, acc_idx, True)
+        p = _Plan(in_idx=self._span(Buffer.ACT, ins.in_addr, ins.in_h * ins.in_w * ins.in_cb, "conv input tile"),
+                  w_idx=self._span(Buffer.WGT, ins.w_addr, ins.ob_count * taps * ins.in_cb, "conv weights"),
+                  acc_idx=self._span(Buffer.ACC, ins.acc_addr, ins.ob_count * P, "conv accumulators"),
+                  ins=ins, accumulate=ins.accumulate, im2col={})
+        # uint8 view of the int8 input: XOR 0x80 turns int8 v into uint8 v + 128, the GEMM's A operand.
+        p.x = self.buffers[Buffer.ACT].view(np.uint8)[p.in_idx].reshape(ins.in_h, ins.in_w, cw)
+        p.w = self.buffers[Buffer.WGT][p.w_idx].reshape(ins.ob_count, taps, ins.in_cb, M, N)
+        p.acc = self.buffers[Buffer.ACC][p.acc_idx].reshape(ins.ob_count, P, M)
+        # Few input channels: check which carry weights at all (channel padding to the lane width).
+        p.trim = cw <= 64
+        wb = p.w.reshape(-1).view(np.uint8)
+        p.wflat = wb.view(np.uint64) if wb.size % 8 == 0 else wb
+        p.wsample = max(1, p.wflat.size // 32)
+        p.macs = P * taps * ins.in_cb * ins.ob_count * M * N
+        return p
 
-        x = self.buffers[Buffer.ACT][in_idx].reshape(ins.in_h, ins.in_w, cw)
+    def exec_conv(self, ins: Instruction, plan=None):
+        p = plan or self._plan_conv(ins)
+        if self._clocks is not None:
+            self._touch(Buffer.ACT, p.in_idx, False)
+            self._touch(Buffer.WGT, p.w_idx, False)
+            if p.accumulate:
+                self._touch(Buffer.ACC, p.acc_idx, False)
+            self._touch(Buffer.ACC, p.acc_idx, True)
+        wmat, sel = self._weight_matrix(p)
+        cw = p.x.shape[2] if sel is None else len(sel)
+        im = p.im2col.get(cw)
+        if im is None:
+            im = p.im2col[cw] = self._im2col_views(p, cw)
+        xsel, xor_src, xor_dst, copy_src, copy_dst, cols = im
+        if sel is not None:
+            np.take(p.x, sel, axis=2, out=xsel)
+        if xor_src is not None:
+            np.bitwise_xor(xor_src, 0x80, out=xor_dst)
+        if copy_src is not None:
+            np.copyto(copy_dst, copy_src)
+        y = self._gemm(cols, wmat)
+        ob, P, M = p.acc.shape
+        y = y.reshape(P, ob, M).transpose(1, 0, 2)
+        if p.accumulate:
+            np.add(p.acc, y, out=p.acc)          # int32 addition wraps, as the hardware's adders do
+        else:
+            np.copyto(p.acc, y)
+        self.stats.macs += p.macs
+
+    def _weight_matrix(self, p):
+        """The GEMM's B operand [tap][input channel][output channel] of the weight tile, and the input
+        channels it keeps (None: all).
+
+        Building it moves every byte, so it is kept per weight content: the same tile serves several
+        output tiles, and every image. A key of sampled bytes finds candidates; equality of all bytes
+        decides.
+        """
+        flat = p.wflat
+        key = (p.w.shape, flat[::p.wsample].tobytes())
+        cands = self._wmats.get(key)
+        if cands is not None:
+            for raw, wmat, sel in cands:
+                if (raw == flat).all():
+                    return wmat, sel
+        ob, taps, cb, M, N = p.w.shape
+        cw = cb * N
+        wmat = p.w.transpose(1, 2, 4, 0, 3).reshape(taps, cw, ob * M)
+        sel = None
+        if p.trim:
+            live = p.w.any(axis=(0, 1, 3)).reshape(cw)
+            n = int(np.count_nonzero(live))
+            if 2 * n <= cw:
+                # Channels whose weights are all zero add nothing: leave them out (exact; one kept if none).
+                sel = np.flatnonzero(live) if n else np.zeros(1, np.intp)
+                wmat = wmat[:, sel]
+        wmat = np.ascontiguousarray(wmat.reshape(-1, ob * M))
+        if self._wmat_bytes < _WMAT_CACHE_BYTES:
+            self._wmats.setdefault(key, []).append((flat.copy(), wmat, sel))
+            self._wmat_bytes += 2 * flat.nbytes
+        return wmat, sel
+
+    def _im2col_views(self, p, cw: int):
+        """Arrays and views that build the GEMM's A operand [pixel][tap][channel] (uint8: input + 128).
+
+        Returns (buffer for the kept channels or None, XOR source or None, XOR destination, copy source or
+        None, copy destination, A). Without padding reads, the taps are read straight from the input tile;
+        otherwise the tile goes into a canvas whose border holds pad_value, and the taps from there.
+        """
+        ins = p.ins
+        x = p.x
+        xsel = None
+        if cw != x.shape[2]:
+            xsel = x = np.empty(x.shape[:2] + (cw,), np.uint8)
+        key = (ins.out_h * ins.out_w, ins.k_h * ins.k_w * cw)
+        cols = self._scratch.get(key)
+        if cols is None:
+            cols = self._scratch[key] = np.empty(key, np.uint8)
+        dst = cols.reshape(ins.out_h, ins.out_w, ins.k_h, ins.k_w, cw)
         span_h = (ins.out_h - 1) * ins.stride_h + (ins.k_h - 1) * ins.dil_h + 1
         span_w = (ins.out_w - 1) * ins.stride_w + (ins.k_w - 1) * ins.dil_w + 1
-        canvas = np.full((span_h, span_w, cw), ins.pad_value, dtype=np.int8)
+
+        def taps(src):
+            sy, sx, sc = src.strides
+            return np.lib.stride_tricks.as_strided(
+                src, shape=(ins.out_h, ins.out_w, ins.k_h, ins.k_w, cw),
+                strides=(ins.stride_h * sy, ins.stride_w * sx, ins.dil_h * sy, ins.dil_w * sx, sc), writeable=False)
+
+        if ins.pad_t == 0 and ins.pad_l == 0 and span_h <= ins.in_h and span_w <= ins.in_w:
+            return xsel, taps(x), dst, None, None, cols
         # Canvas row i holds input row i - pad_t.
         y0, y1 = max(0, ins.pad_t), min(span_h, ins.pad_t + ins.in_h)
         x0, x1 = max(0, ins.pad_l), min(span_w, ins.pad_l + ins.in_w)
-        if y0 < y1 and x0 < x1:
-            canvas[y0:y1, x0:x1] = x[y0 - ins.pad_t:y1 - ins.pad_t, x0 - ins.pad_l:x1 - ins.pad_l]
-        cols = np.empty((P, taps, cw), dtype=np.int8)
-        for ky in range(ins.k_h):
-            for kx in range(ins.k_w):
-                ys, xs = ky * ins.dil_h, kx * ins.dil_w
-                v = canvas[ys:ys + (ins.out_h - 1) * ins.stride_h + 1:ins.stride_h,
-                           xs:xs + (ins.out_w - 1) * ins.stride_w + 1:ins.stride_w]
-                cols[:, ky * ins.k_w + kx] = v.reshape(P, cw)
-        w = self.buffers[Buffer.WGT][w_idx].reshape(ins.ob_count, taps, ins.in_cb, M, N)
-        wmat = w.transpose(1, 2, 4, 0, 3).reshape(taps * cw, ins.ob_count * M)
-        k = taps * cw
-        cols = cols.reshape(P, k)
-        live = wmat.any(axis=1)
-        if not live.all():
-            # Input lanes whose weights are all zero (channel padding) add nothing: leave them out.
-            cols, wmat = cols[:, live], wmat[live]
-            k = int(live.sum())
-        # float32 GEMM is exact while every partial sum stays below 2**24: split the reduction into
-        # chunks that keep it so, and add the (exact, integer) chunk results in float64.
-        a = cols.astype(np.float32)
-        wf = wmat.astype(np.float32)
-        per = int(np.abs(cols).max(initial=0)) * int(np.abs(wmat).max(initial=0))
-        chunk = max(1, ((1 << 24) - 1) // per) if per else k
-        if chunk >= k:
-            prod = a @ wf
-        else:
-            prod = np.zeros((P, wf.shape[1]), dtype=np.float64)
-            for k0 in range(0, k, chunk):
-                prod += a[:, k0:k0 + chunk] @ wf[k0:k0 + chunk]
-        res = np.rint(prod).astype(np.int64).reshape(P, ins.ob_count, M).transpose(1, 0, 2).reshape(-1, M)
-        acc = self.buffers[Buffer.ACC]
-        if ins.accumulate:
-            res = res + acc[acc_idx]
-        acc[acc_idx] = wrap32(res).astype(np.int32)
-        self.stats.macs += P * taps * ins.in_cb * ins.ob_count * M * N
+        ckey = ("canvas", span_h, span_w, cw, ins.pad_value, y0, y1, x0, x1)
+        canvas = self._scratch.get(ckey)
+        if canvas is None:
+            # Only the interior is rewritten, so the border keeps pad_value for every user of this geometry.
+            canvas = self._scratch[ckey] = np.full((span_h, span_w, cw), (ins.pad_value + 128) & 0xFF, np.uint8)
+        if y0 >= y1 or x0 >= x1:
+            return xsel, None, None, taps(canvas), dst, cols       # the tile is outside every tap
+        return (xsel, x[y0 - ins.pad_t:y1 - ins.pad_t, x0 - ins.pad_l:x1 - ins.pad_l], canvas[y0:y1, x0:x1],
+                taps(canvas), dst, cols)
 
-    def exec_epilogue(self, ins: Instruction):
+    def _plan_epilogue(self, ins: Instruction):
         c = self.config
-        N, M = c.lanes, c.rows
-        k = c.words_per_block
+        M, k = c.rows, c.words_per_block
         ob, P = ins.ob_count, ins.pixels
-        acc_idx = self._span(Buffer.ACC, ins.acc_addr, ob * P, "epilogue accumulators")
-        p_idx = self._span(Buffer.PARAM, ins.param_addr, ob, "epilogue parameters")
+        p = _Plan(acc_idx=self._span(Buffer.ACC, ins.acc_addr, ob * P, "epilogue accumulators"),
+                  p_idx=self._span(Buffer.PARAM, ins.param_addr, ob, "epilogue parameters"), r_idx=None, r=None,
+                  prm_key=None, pixels=P, zp_out=ins.zp_out, lo=ins.out_min, hi=ins.out_max, res=None)
         dense = ob * k                 # words per pixel when the output (or residual) is packed
         if ins.out_stride == dense:
-            out_idx = self._span(Buffer.ACT, ins.out_addr, P * dense, "epilogue output")
+            p.out_idx = self._span(Buffer.ACT, ins.out_addr, P * dense, "epilogue output")
         else:
-            out_idx = self._buf_index(Buffer.ACT, ins.out_addr + self._block_words(P, ob, ins.out_stride),
-                                      "epilogue output")
-        self._touch(Buffer.ACC, acc_idx, False)
-        self._touch(Buffer.PARAM, p_idx, False)
-        acc = self.buffers[Buffer.ACC][acc_idx].astype(np.int64).reshape(ob, P, M)
-        prm = self.buffers[Buffer.PARAM][p_idx].astype(np.int64)[:, None, :, :]
-        bias, mult, shift = prm[..., 0], prm[..., 1], prm[..., 2]
-        if not ins.residual:
-            y = requantize(acc, bias, mult, shift, ins.zp_out, ins.out_min, ins.out_max)
-        else:
+            p.out_idx = self._buf_index(Buffer.ACT, ins.out_addr + self._block_words(P, ob, ins.out_stride),
+                                        "epilogue output")
+        if ins.residual:
+            if self._clocks is not None:
+                # These reads come before the residual's range check (the order of checks is part of the model).
+                self._touch(Buffer.ACC, p.acc_idx, False)
+                self._touch(Buffer.PARAM, p.p_idx, False)
             if ins.res_stride == dense:
-                r_idx = self._span(Buffer.ACT, ins.res_addr, P * dense, "epilogue residual")
-                # Pixel-major words, viewed block-major like the accumulators.
-                r = self.buffers[Buffer.ACT][r_idx].reshape(P, ob, M).transpose(1, 0, 2).astype(np.int64)
+                p.r_idx = self._span(Buffer.ACT, ins.res_addr, P * dense, "epilogue residual")
             else:
-                r_idx = self._buf_index(Buffer.ACT, ins.res_addr + self._block_words(P, ob, ins.res_stride),
-                                        "epilogue residual")
-                r = self.buffers[Buffer.ACT][r_idx].astype(np.int64).reshape(ob, P, M)
-            self._touch(Buffer.ACT, r_idx, False)
-            a = requantize(acc, bias, mult, shift, ins.zp_mid)
-            s = (a - ins.zp_mid) * ins.res_mult_a + (r - ins.zp_res) * ins.res_mult_b
-            y = np.minimum(np.maximum(round_shift(s, ins.res_shift) + ins.zp_out, ins.out_min), ins.out_max)
-        self._touch(Buffer.ACT, out_idx, True)
-        if isinstance(out_idx, slice):
-            self.buffers[Buffer.ACT][out_idx] = y.transpose(1, 0, 2).reshape(-1, N).astype(np.int8)
+                p.r_idx = self._buf_index(Buffer.ACT, ins.res_addr + self._block_words(P, ob, ins.res_stride),
+                                          "epilogue residual")
+            p.r = _act_blocks(self.buffers[Buffer.ACT], ins.res_addr, ins.res_stride, ob, P, M)
+            p.res = ResidualParams(ins.zp_mid, ins.zp_res, ins.res_mult_a, ins.res_mult_b, ins.res_shift)
+        p.acc = self.buffers[Buffer.ACC][p.acc_idx].reshape(ob, P, M)
+        p.prm = self.buffers[Buffer.PARAM][p.p_idx]                 # [block][channel][field]
+        # [block][pixel][channel] of the output words; overlapping pixels keep the index form's order.
+        p.out = (_act_blocks(self.buffers[Buffer.ACT], ins.out_addr, ins.out_stride, ob, P, M)
+                 if ins.out_stride >= dense else None)
+        return p
+
+    def exec_epilogue(self, ins: Instruction, plan=None):
+        p = plan or self._plan_epilogue(ins)
+        if self._clocks is not None:
+            self._touch(Buffer.ACC, p.acc_idx, False)
+            self._touch(Buffer.PARAM, p.p_idx, False)
+            if p.res is not None:
+                self._touch(Buffer.ACT, p.r_idx, False)
+            self._touch(Buffer.ACT, p.out_idx, True)
+        out = p.out if p.out is not None else np.empty(p.acc.shape, np.int8)
+        key = p.prm.tobytes()
+        if key != p.prm_key:
+            p.chan, p.prm_key = self._channel_params(key, p.prm, p.pixels), key
+        if p.res is None:
+            requantize_into(out, p.acc, p.chan, p.zp_out, p.lo, p.hi)
         else:
-            self.buffers[Buffer.ACT][out_idx.reshape(-1)] = y.reshape(-1, N).astype(np.int8)
+            residual_into(out, p.acc, p.chan, p.r, p.res, p.zp_out, p.lo, p.hi)
+        if p.out is None:
+            self.buffers[Buffer.ACT][p.out_idx.reshape(-1)] = out.reshape(-1, self.config.lanes)
+
+    def _channel_params(self, key: bytes, prm: np.ndarray, pixels: int) -> ChannelParams:
+        """ChannelParams of these PARAM words, kept per content (one EPILOGUE word may serve many layers)."""
+        ch = self._chans.get((key, pixels))
+        if ch is None:
+            if len(self._chans) > 4096:
+                self._chans.clear()
+            ch = self._chans[(key, pixels)] = ChannelParams(prm, pixels)
+        return ch
 
     def _block_words(self, P: int, ob: int, stride: int) -> np.ndarray:
         """ACT word offsets [block][pixel][word] of ``ob`` blocks of ``P`` pixels, ``stride`` words apart."""
@@ -413,38 +604,81 @@ class Emulator:
         return (np.arange(P, dtype=np.int64)[None, :, None] * stride
                 + (np.arange(ob, dtype=np.int64)[:, None, None] * k + np.arange(k, dtype=np.int64)[None, None, :]))
 
-    def exec_pool(self, ins: Instruction):
-        c = self.config
-        N = c.lanes
-        cw = ins.cb * N
-        in_idx = self._buf_index(Buffer.ACT, ins.in_addr + np.arange(ins.in_h * ins.in_w * ins.cb, dtype=np.int64),
-                                 "pool input tile")
-        out_idx = self._buf_index(Buffer.ACT, ins.out_addr + np.arange(ins.out_h * ins.out_w * ins.cb, dtype=np.int64),
-                                  "pool output tile")
-        self._touch(Buffer.ACT, in_idx, False)
-        x = self.buffers[Buffer.ACT][in_idx].reshape(ins.in_h, ins.in_w, cw).astype(np.int64)
-        span_h = (ins.out_h - 1) * ins.stride_h + ins.k_h
-        span_w = (ins.out_w - 1) * ins.stride_w + ins.k_w
-        fill = -(1 << 20) if ins.mode == PoolMode.MAX else ins.zp_in
-        canvas = np.full((span_h, span_w, cw), fill, dtype=np.int64)
-        y0, y1 = max(0, ins.pad_t), min(span_h, ins.pad_t + ins.in_h)
-        x0, x1 = max(0, ins.pad_l), min(span_w, ins.pad_l + ins.in_w)
-        if y0 < y1 and x0 < x1:
-            canvas[y0:y1, x0:x1] = x[y0 - ins.pad_t:y1 - ins.pad_t, x0 - ins.pad_l:x1 - ins.pad_l]
-        views = [canvas[ky:ky + (ins.out_h - 1) * ins.stride_h + 1:ins.stride_h,
-                        kx:kx + (ins.out_w - 1) * ins.stride_w + 1:ins.stride_w]
-                 for ky in range(ins.k_h) for kx in range(ins.k_w)]
-        if ins.mode == PoolMode.MAX:
-            y = np.maximum(np.max(views, axis=0), -128)
-        else:
-            total = np.sum(views, axis=0) - ins.zp_in * len(views)
-            y = np.clip(round_shift(total * ins.mult, ins.shift) + ins.zp_out, -128, 127)
-        self._touch(Buffer.ACT, out_idx, True)
-        self.buffers[Buffer.ACT][out_idx] = y.reshape(-1, N).astype(np.int8)
+    def _plan_pool(self, ins: Instruction):
+        cw = ins.cb * self.config.lanes
+        p = _Plan(in_idx=self._span(Buffer.ACT, ins.in_addr, ins.in_h * ins.in_w * ins.cb, "pool input tile"),
+                  out_idx=self._span(Buffer.ACT, ins.out_addr, ins.out_h * ins.out_w * ins.cb, "pool output tile"))
+        p.x = self.buffers[Buffer.ACT][p.in_idx].reshape(ins.in_h, ins.in_w, cw)
+        p.out = self.buffers[Buffer.ACT][p.out_idx].reshape(ins.out_h, ins.out_w, cw)
+        p.span_h = (ins.out_h - 1) * ins.stride_h + ins.k_h
+        p.span_w = (ins.out_w - 1) * ins.stride_w + ins.k_w
+        p.y0, p.y1 = max(0, ins.pad_t), min(p.span_h, ins.pad_t + ins.in_h)
+        p.x0, p.x1 = max(0, ins.pad_l), min(p.span_w, ins.pad_l + ins.in_w)
+        return p
 
-    def exec_sync(self, ins: Instruction):
+    def exec_pool(self, ins: Instruction, plan=None):
+        p = plan or self._plan_pool(ins)
+        if self._clocks is not None:
+            self._touch(Buffer.ACT, p.in_idx, False)
+            self._touch(Buffer.ACT, p.out_idx, True)
+        cw = p.x.shape[2]
+        mx = ins.mode == PoolMode.MAX
+        # MAX pads with a value below every int8 (padding never wins); AVG pads with zp_in (adds 0).
+        canvas = np.full((p.span_h, p.span_w, cw), -(1 << 10) if mx else ins.zp_in, dtype=np.int32)
+        if p.y0 < p.y1 and p.x0 < p.x1:
+            canvas[p.y0:p.y1, p.x0:p.x1] = p.x[p.y0 - ins.pad_t:p.y1 - ins.pad_t, p.x0 - ins.pad_l:p.x1 - ins.pad_l]
+        y = None
+        for ky in range(ins.k_h):
+            for kx in range(ins.k_w):
+                v = canvas[ky:ky + (ins.out_h - 1) * ins.stride_h + 1:ins.stride_h,
+                           kx:kx + (ins.out_w - 1) * ins.stride_w + 1:ins.stride_w]
+                if y is None:
+                    y = v.copy()
+                elif mx:
+                    np.maximum(y, v, out=y)
+                else:
+                    y += v
+        if mx:
+            np.maximum(y, -128, out=y)
+        else:
+            taps = ins.k_h * ins.k_w
+            total = y.astype(np.int64) - ins.zp_in * taps
+            y = np.clip(round_shift(total * ins.mult, ins.shift) + ins.zp_out, -128, 127)
+        np.copyto(p.out, y, casting="unsafe")
+
+    def exec_sync(self, ins: Instruction, plan=None):
         pass
 
-    def exec_end(self, ins: Instruction):
+    def exec_end(self, ins: Instruction, plan=None):
         # END never reaches a unit: fetch consumes it (see run()).
         pass
+
+
+def _no_plan(ins):
+    return ()
+
+
+#: Bound on the weight matrices kept by Emulator._weight_matrix (with their raw copies).
+_WMAT_CACHE_BYTES = 512 << 20
+
+
+class _Plan:
+    """Per-instruction state that depends only on its fields (see the exec_ section of Emulator)."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _byte_rows(buf: np.ndarray, wb: int, addr: int, rows: int, stride: int, nbytes: int) -> np.ndarray:
+    """[row][byte] view of ``rows`` runs of ``nbytes`` bytes of ``buf``, ``stride`` words apart from word ``addr``."""
+    flat = buf.reshape(buf.shape[0], -1).view(np.uint8)
+    assert flat.shape[1] == wb, "buffer word size disagrees with the config"
+    return np.lib.stride_tricks.as_strided(flat[addr:], shape=(rows, nbytes),
+                                           strides=(stride * wb if rows > 1 else nbytes, 1))
+
+
+def _act_blocks(act: np.ndarray, addr: int, stride: int, ob: int, P: int, M: int) -> np.ndarray:
+    """[block][pixel][channel] view of ACT: block b, pixel p at word ``addr + p*stride + b*M/lanes``."""
+    lanes = act.shape[1]
+    return np.lib.stride_tricks.as_strided(act.reshape(-1)[addr * lanes:], shape=(ob, P, M),
+                                           strides=(M, stride * lanes, 1))

@@ -4,13 +4,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from tessera.isa import Buffer, ErrorCode, Instruction, encode, encode_program
-from tessera.numerics import pack_weights
 from tessera.sim import reference as ref
 from tessera.sim.emulator import Emulator, HazardError, NpuError
 
-from ..conftest import SMALL
+from tessera.isa import Buffer, ErrorCode, Instruction, encode, encode_program
+from tessera.numerics import pack_weights
 
 PROG = 0x0
 DATA = 0x8000
@@ -124,7 +122,7 @@ def _params(rng, m, extremes=False):
 @pytest.mark.parametrize("extremes", [False, True])
 def test_epilogue_requantization_matches_reference(small_config, extremes):
     cfg = small_config
-    M, N, k = cfg.rows, cfg.lanes, cfg.words_per_block
+    M, k = cfg.rows, cfg.words_per_block
     rng = np.random.default_rng(5 + extremes)
     ob, P = 2, 6
     acc = rng.integers(-(2**31), 2**31, size=(ob * P, M)) if extremes else rng.integers(-(2**20), 2**20, size=(ob * P, M))
@@ -342,3 +340,179 @@ def test_conv_named_shapes_ssd_dilation_stem_and_stride4(small_config, k, dil, p
                                            dil=dil, pad=pad, ob=1)
     emu = conv_through_dma(small_config, ins, act, blocks)
     np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:len(expected)], expected)
+
+
+# ---- the fast kernels behind the emulator are exact, and its caches never serve stale data ----------------
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "float32"])
+def test_int8_gemm_is_exact_on_extremes_and_random(backend):
+    from tessera.sim.emulator_kernels import Int8Gemm
+    gemm = Int8Gemm(backend)
+    rng = np.random.default_rng(31)
+    for m, k, n in [(1, 1, 1), (7, 4608, 16), (98, 2304, 48), (224, 147, 64), (3, 5, 7)]:
+        cases = [(np.full((m, k), a, np.int8), np.full((k, n), b, np.int8))
+                 for a in (-128, 127) for b in (-128, 127)]
+        cases.append((rng.integers(-128, 128, (m, k), dtype=np.int8), rng.integers(-128, 128, (k, n), dtype=np.int8)))
+        for a, b in cases:
+            want = a.astype(np.int64) @ b.astype(np.int64)
+            got = gemm((a.view(np.uint8) ^ 0x80), b)
+            assert got.dtype == np.int32
+            np.testing.assert_array_equal(got, want)
+
+
+def _channel_params(rng, ob, M):
+    # Shifts over the whole 6-bit field and beyond, negative multipliers, full-range biases: every branch
+    # of the float64 path and of its int64 fallback.
+    bias = rng.integers(-(2**31), 2**31, size=(ob, M))
+    mult = np.where(rng.random((ob, M)) < 0.1, rng.integers(-(2**31), 0, size=(ob, M)), rng.integers(0, 2**31, size=(ob, M)))
+    shift = rng.choice([-1, 0, 1, 5, 20, 31, 38, 43, 44, 45, 50, 61, 62, 63, 64, 200], size=(ob, M))
+    return np.stack([bias, mult, shift], axis=-1).astype(np.int32)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_requantize_kernel_matches_integer_definition(seed):
+    from tessera.sim.emulator_kernels import ChannelParams, requantize_into
+
+    from tessera.numerics import requantize
+    rng = np.random.default_rng(seed)
+    ob, P, M = 3, 12, 16
+    prm = _channel_params(rng, ob, M)
+    if seed % 2:
+        prm[..., 2] = rng.integers(30, 45, size=(ob, M))     # the float64 path only
+    acc = rng.integers(-(2**31), 2**31, size=(ob, P, M)).astype(np.int32)
+    if seed >= 4:
+        # Exact ties: acc + bias = (2j + 1) * 2**(shift - 1) with mult = 1.
+        prm[..., 1], prm[..., 2] = 1, rng.integers(1, 20, size=(ob, M))
+        acc = ((2 * rng.integers(-60, 60, size=(ob, P, M)) + 1) << (prm[:, None, :, 2] - 1)) - prm[:, None, :, 0]
+        acc = acc.astype(np.int32)
+    zp, lo, hi = int(rng.integers(-128, 128)), -128, 127
+    if seed == 3:
+        lo, hi = 20, -20                               # lo > hi: hi everywhere
+    out = np.empty((ob, P, M), np.int8)
+    requantize_into(out, acc, ChannelParams(prm, P), zp, lo, hi)
+    want = requantize(acc.astype(np.int64), *(prm[:, None, :, i].astype(np.int64) for i in range(3)), zp, lo, hi)
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_residual_kernel_matches_integer_definition(seed):
+    from tessera.sim.emulator_kernels import (
+        ChannelParams,
+        ResidualParams,
+        residual_into,
+    )
+
+    from tessera.numerics import requantize, round_shift
+    rng = np.random.default_rng(100 + seed)
+    ob, P, M = 2, 10, 16
+    prm = _channel_params(rng, ob, M)
+    acc = rng.integers(-(2**31), 2**31, size=(ob, P, M)).astype(np.int32)
+    r = rng.integers(-128, 128, size=(ob, P, M)).astype(np.int8)
+    zp_mid, zp_res, zp_out = (int(v) for v in rng.integers(-128, 128, size=3))
+    ma, mb = (int(v) for v in rng.integers(0, 2**31, size=2))
+    rs = int(rng.choice([0, 1, 24, 31, 40, 62, 63]))
+    lo, hi = (max(zp_out, -128), 127) if seed % 2 else (-128, 127)
+    out = np.empty((ob, P, M), np.int8)
+    residual_into(out, acc, ChannelParams(prm, P), r, ResidualParams(zp_mid, zp_res, ma, mb, rs), zp_out, lo, hi)
+    a = requantize(acc.astype(np.int64), *(prm[:, None, :, i].astype(np.int64) for i in range(3)), zp_mid)
+    s = (a - zp_mid) * ma + (r.astype(np.int64) - zp_res) * mb
+    np.testing.assert_array_equal(out, np.minimum(np.maximum(round_shift(s, rs) + zp_out, lo), hi))
+
+
+def test_conv_leaves_out_input_channels_without_weights(small_config):
+    # The ResNet stem: 3 of the lane-padded input channels carry weights; and a tile with no weights at all.
+    cfg = small_config
+    rng = np.random.default_rng(41)
+    for live in ([0], [], [1, 2]):
+        ins, act, blocks, _ = conv_case(cfg, rng, in_h=9, in_w=8, in_cb=1, k=(3, 3), stride=(2, 2), dil=(1, 1),
+                                        pad=(1, 1), ob=2)
+        dead = [c for c in range(cfg.lanes) if c not in live]
+        blocks = blocks.reshape(2, 3, 3, 1, cfg.rows, cfg.lanes).copy()
+        blocks[..., dead] = 0
+        x = act.reshape(9, 8, cfg.lanes).transpose(2, 0, 1).astype(np.int64)
+        w = blocks.transpose(0, 4, 3, 5, 1, 2).reshape(2 * cfg.rows, cfg.lanes, 3, 3)
+        xp = np.full((cfg.lanes, 11, 10), ins.pad_value, dtype=np.int64)
+        xp[:, 1:10, 1:9] = x
+        acc = ref.conv2d(xp, w, stride=(2, 2))[:, :ins.out_h, :ins.out_w]
+        expected = acc.reshape(2, cfg.rows, -1).transpose(0, 2, 1).reshape(-1, cfg.rows)
+        emu = conv_through_dma(cfg, ins, act, blocks.reshape(-1, cfg.rows, cfg.lanes))
+        np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:len(expected)], expected)
+
+
+def _layer_program(cfg):
+    """LOAD act/weights/params → CONV (3×3, padded) → EPILOGUE → STORE, with its DRAM operand addresses."""
+    N, M = cfg.lanes, cfg.rows
+    h, w, cb, ob = 6, 5, 2, 2
+    a_act, a_w, a_p, a_out = DATA, DATA + 0x2000, DATA + 0x6000, DATA + 0x8000
+    prog = [
+        Instruction("load", buf="act", dram_addr=a_act, buf_addr=0, rows=1, cols=h * w * cb),
+        Instruction("load", buf="wgt", dram_addr=a_w, buf_addr=0, rows=1, cols=ob * 9 * cb),
+        Instruction("load", buf="param", dram_addr=a_p, buf_addr=0, rows=1, cols=ob, signal=["compute"]),
+        Instruction("conv", wait=["load"], signal=["post"], in_addr=0, in_h=h, in_w=w, in_cb=cb, out_h=h, out_w=w,
+                    k_h=3, k_w=3, stride_h=1, stride_w=1, dil_h=1, dil_w=1, pad_t=1, pad_l=1, pad_value=-3,
+                    w_addr=0, acc_addr=0, ob_count=ob),
+        Instruction("epilogue", wait=["compute"], signal=["store"], acc_addr=0, pixels=h * w, ob_count=ob,
+                    param_addr=0, out_addr=500, out_stride=ob * M // N, zp_out=4, out_min=-128, out_max=127),
+        Instruction("store", wait=["post"], buf="act", dram_addr=a_out, buf_addr=500, rows=1,
+                    cols=h * w * ob * M // N),
+    ]
+    sizes = {a_act: h * w * cb * N, a_w: ob * 9 * cb * M * N, a_p: ob * M * 3}
+    return prog, sizes, (a_out, h * w * ob * M)
+
+
+def _layer_operands(cfg, sizes, rng):
+    a_act, a_w, a_p = sorted(sizes)
+    params = np.stack([rng.integers(-5000, 5000, (sizes[a_p] // 3,)), rng.integers(2**30, 2**31, (sizes[a_p] // 3,)),
+                       rng.integers(36, 42, (sizes[a_p] // 3,))], -1).astype("<i4")
+    return [(a_act, rng.integers(-128, 128, sizes[a_act], dtype=np.int8).tobytes()),
+            (a_w, pack_weights(rng.integers(-128, 128, sizes[a_w]), cfg.weight_bits)),
+            (a_p, params.tobytes())]
+
+
+def test_rerun_with_new_weights_params_and_program_matches_a_fresh_emulator(small_config):
+    # The second run replays the first's schedule and finds weight matrices and requantization constants by
+    # content: new weights (down to a single byte), parameters and inputs must all be seen, and a changed
+    # program must be re-fetched.
+    cfg = small_config
+    prog, sizes, (a_out, n_out) = _layer_program(cfg)
+    rng = np.random.default_rng(51)
+    emu = Emulator(cfg)
+    emu.write(PROG, encode_program(prog + [Instruction("end")]))
+    operands = _layer_operands(cfg, sizes, rng)
+    for i in range(4):
+        if i == 1:
+            a_w, w = operands[1]
+            operands[1] = (a_w, w[:9] + bytes([w[9] ^ 0x11]) + w[10:])
+        elif i == 2:
+            operands = _layer_operands(cfg, sizes, rng)
+        elif i == 3:
+            prog[4] = prog[4].replace(zp_out=-9, out_max=50)
+            emu.write(PROG, encode_program(prog + [Instruction("end")]))
+        for addr, data in operands:
+            emu.write(addr, data)
+        emu.run(PROG)
+        fresh = run(cfg, prog, writes=operands, check_hazards=False)
+        assert emu.read(a_out, n_out) == fresh.read(a_out, n_out), i
+        assert emu.stats.macs == fresh.stats.macs and emu.stats.by_opcode == fresh.stats.by_opcode
+
+
+def test_store_over_the_program_is_fetched_afterwards(small_config):
+    # A STORE overwrites a later instruction word that fetch cannot dispatch before the STORE ran (the LOAD
+    # queue is full until then). The word it writes comes from data, so every run must execute what the
+    # STORE wrote in that run: no schedule of an earlier run may be replayed.
+    cfg = small_config
+    prog = [Instruction("load", buf="act", dram_addr=DATA + 64, buf_addr=0, rows=1, cols=32 // cfg.lanes,
+                        signal=["store"]),
+            Instruction("store", wait=["load"], buf="act", dram_addr=PROG + 6 * 32, buf_addr=0, rows=1,
+                        cols=32 // cfg.lanes, signal=["load"]),
+            Instruction("sync", unit="load", wait=["store"])]
+    prog += [Instruction("sync", unit="load")] * (cfg.queue_depth)
+    assert len(prog) == 7 and cfg.queue_depth == 4
+    emu = Emulator(cfg)
+    emu.write(PROG, encode_program(prog + [Instruction("end")]))
+    emu.write(DATA, bytes(range(1, 1 + cfg.lanes)))
+    for dst in (100, 101, 102):
+        emu.write(DATA + 64, encode(Instruction("load", buf="act", dram_addr=DATA, buf_addr=dst, rows=1, cols=1)))
+        emu.buffers[Buffer.ACT][100:103] = 0
+        emu.run(PROG)
+        assert emu.buffers[Buffer.ACT][100:103].any(axis=1).tolist() == [d == dst for d in (100, 101, 102)]

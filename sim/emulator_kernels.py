@@ -1,0 +1,260 @@
+"""Exact integer kernels behind the emulator: the int8 GEMM of CONV and EPILOGUE's requantization.
+
+Both are bit-exact to the integer definitions in docs/numerics.md; they are
+only faster ways to compute them than plain int64 numpy.
+
+- :class:`Int8Gemm` multiplies int8 matrices into int32 (wrapping modulo
+  2**32, as the hardware's accumulators do) with onnxruntime's
+  ``MatMulInteger`` (MLAS integer kernels) and falls back to the exact
+  chunked float32 GEMM when onnxruntime is missing or a shape fails the
+  self-test. The self-test exists because some MLAS kernels (x86 without
+  VNNI) form pairs of u8×s8 products in saturating int16: every new shape is
+  checked once on all-extreme operands, where such saturation cannot hide.
+- :func:`requantize_into` evaluates ``clamp(rnd(wrap32(acc + bias) * mult,
+  shift) + zp, lo, hi)`` in float64 where that is provably exact and in int64
+  otherwise (the proof is in the function's comments).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tessera.numerics import MAX_SHIFT, requantize, round_shift, wrap32
+
+__all__ = ["ChannelParams", "Int8Gemm", "ResidualParams", "gemm_float32", "requantize_into", "residual_into"]
+
+#: float64 represents every integer of magnitude below this exactly.
+_EXACT_F64 = float(1 << 53)
+#: Requantization shifts up to this make an inexact float64 product harmless (see requantize_into).
+_SAFE_SHIFT = 44
+
+
+def gemm_float32(a_u8: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact ``(a_u8 - 128) @ b`` modulo 2**32 as int32, with float32 BLAS.
+
+    float32 sums are exact while every partial sum stays below 2**24, so the
+    reduction is split into chunks that keep it so and the (exact, integer)
+    chunk results are added in float64.
+    """
+    a = a_u8.astype(np.float32)
+    a -= 128
+    wf = b.astype(np.float32)
+    k = a.shape[1]
+    per = int(np.abs(a).max(initial=0)) * int(np.abs(wf).max(initial=0))
+    chunk = max(1, ((1 << 24) - 1) // per) if per else k
+    if chunk >= k:
+        prod = a @ wf
+    else:
+        prod = np.zeros((a.shape[0], wf.shape[1]), dtype=np.float64)
+        for k0 in range(0, k, chunk):
+            prod += a[:, k0:k0 + chunk] @ wf[k0:k0 + chunk]
+    return wrap32(np.rint(prod).astype(np.int64)).astype(np.int32)
+
+
+class Int8Gemm:
+    """``(a_u8 - 128) @ b`` for uint8 ``a`` (int8 values offset by 128) and int8 ``b``, int32 result.
+
+    Parameters
+    ----------
+    backend : {"auto", "onnxruntime", "float32"}
+        ``auto`` uses onnxruntime when it imports and passes the self-test,
+        float32 otherwise; ``onnxruntime`` insists on it (raises ImportError);
+        ``float32`` never uses it.
+    """
+
+    def __init__(self, backend: str = "auto"):
+        if backend not in ("auto", "onnxruntime", "float32"):
+            raise ValueError(f"gemm backend {backend!r}: one of auto, onnxruntime, float32")
+        self.backend = backend
+        self._sess = None
+        self._shapes: dict[tuple[int, int, int], bool] = {}   # (m, k, n) -> onnxruntime exact there
+        if backend != "float32":
+            try:
+                self._sess = _matmul_integer_session()
+            except ImportError:
+                if backend == "onnxruntime":
+                    raise
+        if self._sess is not None:
+            # The binding itself: InferenceSession.run's per-call input validation costs as much as a
+            # small GEMM, and these inputs are always the graph's two arrays.
+            inner = getattr(self._sess, "_sess", None)
+            self._run = (lambda feeds: inner.run(["Y"], feeds, None)[0]) if inner is not None else (
+                lambda feeds: self._sess.run(["Y"], feeds)[0])
+
+    def __call__(self, a_u8: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if self._sess is None:
+            return gemm_float32(a_u8, b)
+        shape = (a_u8.shape[0], a_u8.shape[1], b.shape[1])
+        ok = self._shapes.get(shape)
+        if ok is None:
+            ok = self._shapes[shape] = self._self_test(*shape)
+        if not ok:
+            return gemm_float32(a_u8, b)
+        return self._run({"A": a_u8, "B": b})
+
+    def uses_onnxruntime(self, m: int, k: int, n: int) -> bool:
+        """Whether shape (m, k, n) goes through onnxruntime (runs the self-test if not done yet)."""
+        if self._sess is None:
+            return False
+        if (m, k, n) not in self._shapes:
+            self._shapes[(m, k, n)] = self._self_test(m, k, n)
+        return self._shapes[(m, k, n)]
+
+    def _self_test(self, m: int, k: int, n: int) -> bool:
+        # Constant operands at the int8 extremes make every pair of products extreme, so a kernel that
+        # saturates anywhere is caught; a random pair checks the index arithmetic of this shape.
+        for av, bv in ((-128, -128), (127, -128), (-128, 127), (127, 127)):
+            got = self._run({"A": np.full((m, k), av + 128, np.uint8), "B": np.full((k, n), bv, np.int8)})
+            if not (got == int(wrap32(k * av * bv))).all():
+                return False
+        rng = np.random.default_rng(k * 7919 + m * 31 + n)
+        a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+        # |sums| < k * 2**14 < 2**53: float64 BLAS is exact here.
+        want = (a.astype(np.float64) - 128) @ b.astype(np.float64)
+        got = self._run({"A": a, "B": b})
+        return got.dtype == np.int32 and np.array_equal(got, wrap32(want.astype(np.int64)))
+
+
+def _matmul_integer_session():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B", "a_zero_point"], ["Y"])], "int8_gemm",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, ["m", "k"]),
+         helper.make_tensor_value_info("B", TensorProto.INT8, ["k", "n"])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["m", "n"])],
+        initializer=[helper.make_tensor("a_zero_point", TensorProto.UINT8, [], [128])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    # The emulator calls thousands of small GEMMs from one thread; a thread pool only adds synchronization.
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+# ---- requantization -------------------------------------------------------------------------------------
+
+def _shifts(shift) -> np.ndarray:
+    """Effective shift amounts as round_shift applies them (modulo 64, at most MAX_SHIFT)."""
+    return np.minimum(np.asarray(shift, np.int64) & 63, MAX_SHIFT)
+
+
+class ChannelParams:
+    """EPILOGUE's per-channel operands for tiles of ``pixels`` pixels, in the forms the kernels use.
+
+    Parameters
+    ----------
+    params : ndarray
+        int32 ``[block][channel][bias, mult, shift]``.
+    pixels : int
+        Pixels per block of the accumulator tiles they will be applied to.
+    """
+
+    def __init__(self, params: np.ndarray, pixels: int):
+        M = params.shape[1]
+        bias, mult, shift = (params[..., i].astype(np.int64) for i in range(3))
+        sh = _shifts(shift)
+        # Per-channel operands repeat every M elements; tiled over T pixels, numpy's loops run over T*M
+        # contiguous elements instead of M.
+        self.tile = T = _tile_pixels(pixels, M)
+        self.bias = np.tile(bias.astype(np.int32), T)[:, None]                       # [block][1][T*M]
+        self.scale = np.tile(np.ldexp(mult.astype(np.float64), -sh), T)[:, None]     # exact: mult * 2**-sh
+        self.large_shift = bool(sh.max(initial=0) > _SAFE_SHIFT)
+        self.mult_max = int(np.abs(mult).max(initial=0))
+        self.int64 = (bias[:, None], mult[:, None], shift[:, None])                 # [block][1][channel]
+
+
+def _tile_pixels(P: int, M: int) -> int:
+    """The largest divisor of ``P`` up to ``max(1, 256 // M)``."""
+    for t in range(min(P, max(1, 256 // M)), 0, -1):
+        if P % t == 0:
+            return t
+    return 1
+
+
+def _rounded(acc: np.ndarray, ch: ChannelParams):
+    """``rnd(wrap32(acc + bias) * mult, shift)`` as float64 ``[block][pixel][channel]`` where exact, else None.
+
+    The result is exact wherever it matters for a later clamp to a range inside [-384, 384]: elements of
+    magnitude 512 or more may be off, but only with the right sign and a magnitude of at least 512, so
+    they clamp to the same bound.
+    """
+    ob, P, M = acc.shape
+    a = acc.reshape(ob, P // ch.tile, ch.tile * M)
+    v = np.add(a, ch.bias)                 # int32 addition wraps: this is wrap32(acc + bias)
+    # Exactness. scale = mult * 2**-sh is exact (31-bit mult, power-of-two factor). Where |v * mult| <
+    # 2**53, fl(v * scale) is the exact x = v * mult * 2**-sh, and np.rint rounds it half to even like
+    # round_shift. Elsewhere fl(v * scale) = x (1 + d) with |d| <= 2**-53; if sh <= 44 then
+    # |x| >= 2**(53 - sh) >= 512, so the rounded value has x's sign and magnitude >= 512 as required.
+    if ch.large_shift:
+        vmax = max(int(v.max(initial=0)), -int(v.min(initial=0)))
+        if vmax * ch.mult_max >= _EXACT_F64:
+            return None
+    f = v.astype(np.float64)
+    f *= ch.scale
+    np.rint(f, out=f)
+    return f.reshape(ob, P, M)
+
+
+# numpy's clip ufunc without np.clip's Python wrapper (a measurable cost at thousands of calls per image).
+_clip = getattr(getattr(np, "_core", None) and np._core.umath, "clip", None) or np.clip
+
+
+def _clamp(f: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    # min(max(f, lo), hi): hi everywhere when lo > hi, as the integer definition gives.
+    if lo > hi:
+        f[...] = hi
+    else:
+        _clip(f, lo, hi, out=f)
+    return f
+
+
+def requantize_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, zp: int, lo: int, hi: int) -> None:
+    """``out[...] = clamp(rnd(wrap32(acc + bias) * mult, shift) + zp, lo, hi)``.
+
+    ``acc`` (int32, contiguous) and ``out`` (int8, any strides) are ``[block][pixel][channel]``.
+    """
+    f = _rounded(acc, ch)
+    if f is None:
+        np.copyto(out, requantize(acc.astype(np.int64), *ch.int64, zp, lo, hi), casting="unsafe")
+        return
+    f += zp
+    np.copyto(out, _clamp(f, lo, hi), casting="unsafe")
+
+
+class ResidualParams:
+    """The residual add's constants (EPILOGUE fields) in the forms residual_into uses."""
+
+    def __init__(self, zp_mid: int, zp_res: int, mult_a: int, mult_b: int, res_shift: int):
+        self.zp_mid, self.zp_res, self.mult_a, self.mult_b, self.res_shift = zp_mid, zp_res, mult_a, mult_b, res_shift
+        rs = int(_shifts(res_shift))
+        # Exact: 31-bit multipliers times powers of two.
+        self.a_scale = np.ldexp(float(mult_a), -rs)
+        self.b_scale = np.ldexp(float(mult_b), -rs)
+        self.b_offset = -zp_res * self.b_scale
+
+
+def residual_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, r: np.ndarray, res: ResidualParams,
+                  zp_out: int, lo: int, hi: int) -> None:
+    """EPILOGUE with a residual ``r`` (int8 ``[block][pixel][channel]``), as docs/numerics.md defines it."""
+    f = _rounded(acc, ch)
+    if f is None:
+        a = requantize(acc.astype(np.int64), *ch.int64, res.zp_mid)
+        s = (a - res.zp_mid) * res.mult_a + (r.astype(np.int64) - res.zp_res) * res.mult_b
+        y = np.minimum(np.maximum(round_shift(s, res.res_shift) + zp_out, lo), hi)
+        np.copyto(out, y, casting="unsafe")
+        return
+    # a - zp_mid = clamp(q + zp_mid, -128, 127) - zp_mid = clamp(q, -128 - zp_mid, 127 - zp_mid).
+    _clip(f, -128 - res.zp_mid, 127 - res.zp_mid, out=f)
+    # Every term below is an integer under 2**40 times 2**-res_shift, and so is every partial sum: all exact.
+    f *= res.a_scale
+    t = np.multiply(r, res.b_scale, dtype=np.float64)
+    t += res.b_offset
+    f += t
+    np.rint(f, out=f)
+    f += zp_out
+    np.copyto(out, _clamp(f, lo, hi), casting="unsafe")

@@ -136,9 +136,11 @@ def _logits_ref(qdq, prog):
 @pytest.mark.parametrize("name", [
     "resnet50", "resnet152", "vgg16",
     pytest.param("densenet121", marks=pytest.mark.xfail(strict=True, reason=(
-        "reduced DenseNet (growth 8, 10 classes) drifts up to 3 steps in its logits: bit-identical to "
-        "onnxruntime through pool2, then differences appear in block 3 and grow with depth (2 steps at "
-        "conv4, 3 at conv5); same top-1. Not yet explained layer by layer"))),
+        "reduced DenseNet (growth 8, 10 classes) drifts up to 3 steps in its logits; same top-1. It is "
+        "bit-identical to onnxruntime up to pool2; its 2x2 average pool differs by one step on 2-5 % of "
+        "outputs (exact .5 ties that onnxruntime's float arithmetic breaks either way: within the "
+        "single-layer contract), every later layer of the dense block reads those, and the differences "
+        "grow with depth (2 steps in block 4, 3 in block 5)"))),
 ])
 def test_reduced_classifier_runs_on_npu_and_agrees_with_onnxruntime(name, tmp_path):
     shape, prog, reports, qdq = _compile(name, tmp_path)

@@ -43,6 +43,7 @@ class ConvBench(BufferBench):
         c = self.c
         cycles0 = self.macs.count
         want = golden(self.emu, ins, self.prog)
+        self.writes.name = f"ACC writes of {ins}"
         P = ins.out_h * ins.out_w
         if want is None:
             self.expect(Buffer.ACC, range(ins.acc_addr, ins.acc_addr + ins.ob_count * P))

@@ -9,12 +9,23 @@ must have arrived when the unit reports done.
 
 import cocotb
 import numpy as np
-from tb import TB, BufferModel, ReadMemory, Unit, WriteMemory, buffer_word_bytes, config, golden, unpack, words_of
-
+from tb import (
+    TB,
+    BufferModel,
+    ReadMemory,
+    Unit,
+    WriteMemory,
+    buffer_word_bytes,
+    config,
+    golden,
+    unpack,
+    words_of,
+)
 from tessera.hdl.common import MemPortSignature
 from tessera.hdl.dma import write_lanes
-from tessera.isa import Buffer, ErrorCode, Instruction
 from tessera.sim.emulator import Emulator
+
+from tessera.isa import Buffer, ErrorCode, Instruction
 
 DMA_BUFS = (Buffer.ACT, Buffer.WGT, Buffer.PARAM)
 PREFIX = {Buffer.ACT: "act_wr", Buffer.WGT: "wgt_wr", Buffer.PARAM: "prm_wr"}
@@ -138,7 +149,7 @@ async def dma_faults_stop_without_traffic(dut):
     await b.tb.reset()
     ok = b.random_transfer("load")
     faulty = [
-        ok.replace(dram_addr=c.dram_bytes - c.bus_bytes, rows=1, cols=4),          # past the end of memory
+        ok.replace(dram_addr=c.dram_bytes - min(c.word_bytes(ok.buf), c.bus_bytes), rows=1, cols=2),  # past the end
         ok.replace(rows=2, dram_stride=0xFFFFFFF8, dram_addr=0),                  # the second row wraps 32 bits
         ok.replace(dram_addr=0xFFFFFFF8, rows=1, cols=1),
         ok.replace(buf=Buffer.ACT, dram_addr=2, rows=1),                          # misaligned

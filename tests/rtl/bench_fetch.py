@@ -9,9 +9,17 @@ memory, which also gives the fault (code and pc) a stream ends with.
 
 import cocotb
 from tb import TB, ReadMemory, StreamSink, config
-
-from tessera.isa import FORMATS, HEADER, INSTR_BYTES, ErrorCode, Instruction, Opcode, encode
 from tessera.sim.emulator import Emulator, NpuError
+
+from tessera.isa import (
+    FORMATS,
+    HEADER,
+    INSTR_BYTES,
+    ErrorCode,
+    Instruction,
+    Opcode,
+    encode,
+)
 
 UNIT_OPS = [op for op in FORMATS if op != Opcode.END]
 
@@ -51,11 +59,10 @@ class FetchBench:
         pass
 
     def sample(self):
+        # err pulses once, in the cycle fetch halts; a second pulse would find nothing expected.
         if int(self.dut.err.value):
-            # err is held while fetch stays halted: report it once.
-            if self.fault is None:
-                self.fault = (int(self.dut.err_code.value), int(self.dut.pc.value))
-                self.faults.got(self.fault)
+            self.fault = (int(self.dut.err_code.value), int(self.dut.pc.value))
+            self.faults.got(self.fault)
 
     def expect(self, prog_addr: int):
         """What the emulator's fetch makes of memory from ``prog_addr`` on."""

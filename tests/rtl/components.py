@@ -122,8 +122,8 @@ def build(name: str, make_top, config: NpuConfig):
 
 
 def run_bench(bench: str, name: str, make_top, config: NpuConfig, test_dir: Path, *, backpressure: bool = False,
-              env: dict | None = None):
-    """Run every cocotb test of ``tests/rtl/<bench>.py`` against ``tb_<name>``; all must pass."""
+              env: dict | None = None, testcase: list | None = None):
+    """Run the cocotb tests of ``tests/rtl/<bench>.py`` (all, or ``testcase``) against ``tb_<name>``; all must pass."""
     from cocotb_tools.runner import get_results
     from tessera.sim.rtl import run_cocotb
     runner, folder, top = build(name, make_top, config)
@@ -131,7 +131,8 @@ def run_bench(bench: str, name: str, make_top, config: NpuConfig, test_dir: Path
     extra = {"TB_CONFIG": config.to_json(), "TB_BACKPRESSURE": str(int(backpressure)), **(env or {})}
     log = Path(test_dir) / "sim.log"
     try:
-        xml = run_cocotb(runner, bench, top, folder, test_dir, module_dirs=[HERE], extra_env=extra, waves=waves)
+        xml = run_cocotb(runner, bench, top, folder, test_dir, module_dirs=[HERE], extra_env=extra, waves=waves,
+                         testcase=testcase)
     except SystemExit:          # the runner exits when a cocotb test failed
         raise AssertionError(f"{bench} failed:\n{_failures(log)}") from None
     if waves:
@@ -141,7 +142,7 @@ def run_bench(bench: str, name: str, make_top, config: NpuConfig, test_dir: Path
             shutil.copy(f, out / f.name)
     tests, fails = get_results(xml)
     # Every @cocotb.test of the module must have run (an import error runs none).
-    want = (HERE / f"{bench}.py").read_text().count("@cocotb.test(")
+    want = len(testcase) if testcase else (HERE / f"{bench}.py").read_text().count("@cocotb.test(")
     assert tests == want and fails == 0, f"{tests}/{want} tests ran, {fails} failed\n{_failures(log)}"
 
 

@@ -108,15 +108,13 @@ class TB:
     async def reset(self, cycles: int = 2, **inputs):
         """Hold reset for ``cycles``; ``inputs`` (port name → value) are set with it.
 
-        The cycle that releases reset is an ordinary cycle of the agents: what they drive
-        in it meets the first live clock edge.
+        The agents sit still meanwhile (what they drive would be lost); the cycle that
+        releases reset is their first ordinary cycle, so it meets the first live clock edge.
         """
         await FallingEdge(self.dut.clk)
         self.dut.rst.value = 1
         for k, v in inputs.items():
             getattr(self.dut, k).value = v
-        for a in self.agents:
-            a.drive()
         for _ in range(cycles):
             await FallingEdge(self.dut.clk)
         self.dut.rst.value = 0

@@ -125,3 +125,23 @@ def test_board_backend_refuses_a_program_for_another_config(board):
     program, _ = conv_relu_pool(other, seed=0)
     with pytest.raises(Exception, match="another NPU config"):
         BoardBackend(program, transport=board, timeout=1e-3)
+
+
+def test_board_link_memory_access_during_a_run_is_busy(link):
+    from tessera.isa import Instruction as I
+    from tessera.isa import Status, encode_program
+    # Six 1600-byte LOADs: about 10k cycles on the SDRAM, several frames' time on the line.
+    prog = [I("load", buf="act", dram_addr=0x1000, buf_addr=0, rows=1, cols=400) for _ in range(6)] + [I("end")]
+    link.write_mem(0x100, b"abcd")
+    link.write_mem(0x2000, encode_program(prog))
+    link.write_csr(Csr.PROG_ADDR, 0x2000)
+    link.write_csr(Csr.CTRL, 1)
+    for cmd, call in ((Command.READ_MEM, lambda: link.read_mem(0x100, 4)),
+                      (Command.WRITE_MEM, lambda: link.write_mem(0x100, b"zzzz"))):
+        with pytest.raises(LinkError) as e:
+            call()
+        assert e.value.status == LinkStatus.BUSY, cmd.name
+    while Status.BUSY in Status(link.read_csr(Csr.STATUS) & 7):
+        pass
+    assert link.read_csr(Csr.ERROR) == 0
+    assert link.read_mem(0x100, 4) == b"abcd"

@@ -27,6 +27,7 @@ class CsrBlock(wiring.Component):
     The core is held in reset (``core_rst``) except while running. A finished
     or failed run drains the memory reads still in flight (``reads_idle``)
     before STATUS shows DONE, so a new run never sees an old answer.
+    ``cycles`` is the CYCLES counter (cycles since the run started).
     """
 
     bus: In(CsrSignature())
@@ -43,6 +44,7 @@ class CsrBlock(wiring.Component):
     mac: In(1)
     stall: In(len(Unit))
     reads_idle: In(1)
+    cycles: Out(64)
 
     def __init__(self, config: NpuConfig):
         self.config = config
@@ -52,7 +54,7 @@ class CsrBlock(wiring.Component):
         m = Module()
         c = self.config
         regs = {r: Signal(32, name=r.name.lower()) for r in (Csr.ERROR, Csr.ERROR_PC, Csr.IRQ_ENABLE, Csr.WATCHDOG)}
-        cycles, macs = Signal(64), Signal(64)
+        cycles, macs = self.cycles, Signal(64)
         stalls = [Signal(32, name=f"stall_{u.name.lower()}") for u in Unit]
         done_f, err_f = Signal(), Signal()
         wd = Signal(32)

@@ -25,6 +25,11 @@ class Dispatch(wiring.Component):
     program; ``deadlock`` a state no unit can leave (pc: the oldest queued
     instruction). ``oldest_pc`` names the oldest executing instruction.
     ``hold`` keeps every unit from starting (a fault is waiting to be reported).
+
+    For an instruction trace, ``trace_start`` has a bit per unit that pulses in
+    the cycle its queue's head starts (SYNC included), ``trace_end`` one that
+    pulses when it completes or faults, and ``trace_pc`` holds each unit's
+    current pc from the cycle after its start on (32 bits per unit, Unit order).
     """
 
     def __init__(self, config: NpuConfig):
@@ -36,6 +41,7 @@ class Dispatch(wiring.Component):
             "idle": Out(1), "deadlock": Out(1), "deadlock_pc": Out(ADDR_BITS), "oldest_pc": Out(ADDR_BITS),
             "err": Out(1), "err_code": Out(ErrorCode), "err_pc": Out(ADDR_BITS),
             "progress": Out(1), "stall": Out(len(UNITS)),
+            "trace_start": Out(len(UNITS)), "trace_end": Out(len(UNITS)), "trace_pc": Out(ADDR_BITS * len(UNITS)),
         })
 
     def elaborate(self, platform):
@@ -109,6 +115,8 @@ class Dispatch(wiring.Component):
         for u in reversed(range(n)):
             with m.If(ctl[u].err):
                 m.d.comb += [self.err.eq(1), self.err_code.eq(ctl[u].err_code), self.err_pc.eq(cur_pc[u])]
+        m.d.comb += [self.trace_start.eq(Cat(*start)), self.trace_end.eq(Cat(*[f | x.err for f, x in zip(finish, ctl)])),
+                     self.trace_pc.eq(Cat(*cur_pc))]
         m.d.comb += self.progress.eq((self.i_valid & self.i_ready) | Cat(*start).any() | Cat(*finish).any()
                                      | Cat(*[x.progress for x in ctl]).any())
         return m

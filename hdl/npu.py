@@ -17,7 +17,21 @@ from .dma import LoadDma, StoreDma, write_lanes
 from .fetch import Fetch
 from .post import PostUnit
 
-__all__ = ["Npu", "NpuCore"]
+__all__ = ["Npu", "NpuCore", "TraceSignature"]
+
+
+def TraceSignature(with_cycle: bool = True) -> wiring.Signature:
+    """Instruction events for a simulation trace (see :class:`~tessera.hdl.dispatch.Dispatch`).
+
+    Bits of ``start``/``end`` and 32-bit slices of ``pc`` are in :class:`~tessera.isa.Unit`
+    order; ``cycle`` is the CYCLES counter. Plain wires: a design that leaves them
+    unconnected pays nothing.
+    """
+    n = len(Unit)
+    members = {"start": Out(n), "end": Out(n), "pc": Out(ADDR_BITS * n)}
+    if with_cycle:
+        members["cycle"] = Out(64)
+    return wiring.Signature(members)
 
 
 class NpuCore(wiring.Component):
@@ -30,6 +44,7 @@ class NpuCore(wiring.Component):
             "prog_addr": In(ADDR_BITS),
             "done": Out(1), "err": Out(1), "err_code": Out(ErrorCode), "err_pc": Out(ADDR_BITS),
             "oldest_pc": Out(ADDR_BITS), "progress": Out(1), "mac": Out(1), "stall": Out(len(Unit)),
+            "trace": Out(TraceSignature(with_cycle=False)),
         })
 
     def elaborate(self, platform):
@@ -114,6 +129,8 @@ class NpuCore(wiring.Component):
             m.d.comb += [self.err.eq(1), self.err_code.eq(disp.err_code), self.err_pc.eq(disp.err_pc)]
         with m.Elif(disp.deadlock & ~pend):
             m.d.comb += [self.err.eq(1), self.err_code.eq(ErrorCode.DEADLOCK), self.err_pc.eq(disp.deadlock_pc)]
+        m.d.comb += [self.trace.start.eq(disp.trace_start), self.trace.end.eq(disp.trace_end),
+                     self.trace.pc.eq(disp.trace_pc)]
         m.d.comb += [self.done.eq(disp.idle), self.oldest_pc.eq(disp.oldest_pc), self.mac.eq(conv.mac),
                      self.stall.eq(disp.stall),
                      self.progress.eq(disp.progress | fetch.mem.resp.valid | (rq.valid & rq.ready))]
@@ -127,11 +144,15 @@ class Npu(wiring.Component):
     ----------
     config : NpuConfig
         Sizes of everything; its hash is readable in the ``CONFIG_HASH`` CSR.
+
+    Besides the CSR bus and the memory port, ``trace`` shows instruction starts
+    and ends for simulation (see :func:`TraceSignature`); hardware leaves it open.
     """
 
     def __init__(self, config: NpuConfig):
         self.config = c = config
-        super().__init__({"csr": In(CsrSignature()), "mem": Out(MemPortSignature(c)), "irq": Out(1), "done": Out(1)})
+        super().__init__({"csr": In(CsrSignature()), "mem": Out(MemPortSignature(c)), "irq": Out(1), "done": Out(1),
+                          "trace": Out(TraceSignature())})
 
     def elaborate(self, platform):
         m = Module()
@@ -145,6 +166,8 @@ class Npu(wiring.Component):
                      csr.core_err_code.eq(core.err_code), csr.core_err_pc.eq(core.err_pc),
                      csr.oldest_pc.eq(core.oldest_pc), csr.progress.eq(core.progress), csr.mac.eq(core.mac),
                      csr.stall.eq(core.stall)]
+        m.d.comb += [self.trace.start.eq(core.trace.start), self.trace.end.eq(core.trace.end),
+                     self.trace.pc.eq(core.trace.pc), self.trace.cycle.eq(csr.cycles)]
         # Reads in flight, counted outside the core's reset: a stopped run waits for their answers.
         inflight = Signal(16)
         rq, rs = core.mem.rd_req, core.mem.rd_resp

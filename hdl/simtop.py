@@ -7,20 +7,28 @@ LFSR compared with ``bp_level``/256) or always (``mem_stall``). Reads and
 writes share the port: when both wait, they take turns. The host loads and
 dumps memory through ``$readmemh``/``$writememh`` of ``tessera_load.hex`` /
 ``tessera_dump.hex`` in the simulation's working folder.
+
+With the ``trace_en`` input high, every instruction that completes (or
+faults) appends a line ``unit pc start end`` (decimal) to ``tessera_trace.txt``:
+``start`` is the CYCLES count of the cycle dispatch started it, ``end`` the
+count after the cycle its unit finished. With ``trace_en`` low the trace costs
+one test per clock.
 """
 
 from __future__ import annotations
 
 from tessera.arch import NpuConfig
+from tessera.isa import Unit
 
 from .common import beat_bits, log2
 from .verilog import npu_verilog
 
-__all__ = ["DUMP_FILE", "LOAD_FILE", "SIM_TOP", "mem_words", "public_signals", "sim_sources"]
+__all__ = ["DUMP_FILE", "LOAD_FILE", "SIM_TOP", "TRACE_FILE", "mem_words", "public_signals", "sim_sources"]
 
 SIM_TOP = "tessera_sim"
 LOAD_FILE = "tessera_load.hex"
 DUMP_FILE = "tessera_dump.hex"
+TRACE_FILE = "tessera_trace.txt"
 
 
 def mem_words(config: NpuConfig, mem_bytes: int | None = None) -> int:
@@ -35,6 +43,7 @@ def sim_wrapper(config: NpuConfig, *, words: int, latency: int) -> str:
     AW = beat_bits(config)
     WB = max(1, log2(words))
     LAT = max(2, latency)
+    NU = len(Unit)
     return f"""`timescale 1ns/1ps
 // Tessera simulation top (config hash {config.hash()}): clock, memory model, host backdoor.
 module {SIM_TOP}(
@@ -42,9 +51,9 @@ module {SIM_TOP}(
   input [3:0] csr_addr, input [31:0] csr_wdata, input csr_we, output [31:0] csr_rdata,
   output done, output irq,
   input host_load, input host_dump, input [31:0] dump_lo, input [31:0] dump_hi,
-  input [7:0] bp_level, input mem_stall
+  input [7:0] bp_level, input mem_stall, input trace_en
 );
-  localparam B = {B}, AW = {AW}, WB = {WB}, LAT = {LAT};
+  localparam B = {B}, AW = {AW}, WB = {WB}, LAT = {LAT}, NU = {NU};
   reg clk = 1'b0;
   always #5 clk = ~clk;
 
@@ -61,6 +70,9 @@ module {SIM_TOP}(
   end
 
   wire rd_valid, rd_ready, resp_valid, wr_valid, wr_ready;
+  wire [NU-1:0] tr_start, tr_end;
+  wire [32*NU-1:0] tr_pc;
+  wire [63:0] tr_cycle;
   wire [AW:0] rd_payload;
   wire [8*B:0] resp_payload;
   wire [AW+9*B-1:0] wr_payload;
@@ -70,7 +82,24 @@ module {SIM_TOP}(
     .irq(irq), .done(done),
     .mem__rd_req__valid(rd_valid), .mem__rd_req__ready(rd_ready), .mem__rd_req__payload(rd_payload),
     .mem__rd_resp__valid(resp_valid), .mem__rd_resp__payload(resp_payload),
-    .mem__wr_req__valid(wr_valid), .mem__wr_req__ready(wr_ready), .mem__wr_req__payload(wr_payload));
+    .mem__wr_req__valid(wr_valid), .mem__wr_req__ready(wr_ready), .mem__wr_req__payload(wr_payload),
+    .trace__start(tr_start), .trace__end(tr_end), .trace__pc(tr_pc), .trace__cycle(tr_cycle));
+
+  // Instruction trace (see the module docstring).
+  reg trace_en_q = 1'b0;
+  reg [63:0] tr_begin [0:NU-1];
+  integer tfd, k;
+  initial tfd = $fopen("{TRACE_FILE}", "w");
+  always @(posedge clk) begin
+    trace_en_q <= trace_en;
+    if (trace_en_q) begin
+      for (k = 0; k < NU; k = k + 1) begin
+        if (tr_start[k]) tr_begin[k] <= tr_cycle;
+        if (tr_end[k]) $fwrite(tfd, "%0d %0d %0d %0d\\n", k, tr_pc[32*k +: 32], tr_begin[k], tr_cycle + 64'd1);
+      end
+      if (tr_end != 0) $fflush(tfd);
+    end
+  end
 
   reg [8*B-1:0] mem [0:(1<<WB)-1];
   reg [31:0] lfsr;
@@ -114,7 +143,7 @@ endmodule
 
 #: What the cocotb side (:mod:`tessera.sim.rtl_bench`) touches: the top's ports and the clock.
 PUBLIC = ("clk", "rst", "csr_addr", "csr_wdata", "csr_we", "csr_rdata", "done", "irq", "host_load", "host_dump",
-          "dump_lo", "dump_hi", "bp_level", "mem_stall")
+          "dump_lo", "dump_hi", "bp_level", "mem_stall", "trace_en")
 
 
 def public_signals() -> str:

@@ -10,6 +10,7 @@ awaits ``done`` (see :mod:`tessera.sim.rtl_bench`).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -154,9 +155,9 @@ import numpy as np
 from tessera.host.runtime import Backend, RunResult
 
 from tessera.arch import NpuConfig
-from tessera.isa import ErrorCode
+from tessera.isa import INSTR_BYTES, ErrorCode, Unit
 
-__all__ += ["RtlBackend", "RtlSim", "build_sim"]
+__all__ += ["RtlBackend", "RtlSim", "TraceEntry", "build_sim", "parse_trace"]
 
 
 def _hdl_source_key(*extra) -> str:
@@ -193,6 +194,38 @@ def build_sim(config: NpuConfig, *, mem_bytes: int | None = None, latency: int |
     return runner, build, time.perf_counter() - t0
 
 
+@dataclasses.dataclass(frozen=True)
+class TraceEntry:
+    """One executed instruction of a traced run (:meth:`RtlSim.run` with ``trace=True``).
+
+    ``index`` is the instruction's position in the program (``(pc - prog_addr) //
+    INSTR_BYTES``), ``pc`` its byte address, ``unit`` the queue that ran it (a SYNC
+    runs in its ``unit``'s queue). ``start`` is the CYCLES count of the cycle
+    dispatch started it (its wait tokens were there and its unit idle), ``end`` the
+    CYCLES count after the cycle its unit reported it complete (all its writes
+    visible) or faulted, so ``end - start`` is its duration in cycles and
+    ``0 <= start < end <= cycles`` of the run.
+    """
+
+    index: int
+    pc: int
+    unit: Unit
+    start: int
+    end: int
+
+
+def parse_trace(text: str, prog_addr: int) -> list[TraceEntry]:
+    """Entries of the simulation top's trace lines (``unit pc start end``), ordered by start, then unit."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        u, pc, start, end = (int(f) for f in line.split())
+        out.append(TraceEntry((pc - prog_addr) // INSTR_BYTES, pc, Unit(u), start, end))
+    out.sort(key=lambda e: (e.start, e.unit.value))
+    return out
+
+
 class RtlSim:
     """One running Verilator simulation of an NPU that serves many programs and images.
 
@@ -213,7 +246,13 @@ class RtlSim:
 
     def __init__(self, config: NpuConfig, *, mem_bytes: int | None = None, latency: int | None = None,
                  waves: bool | None = None, opt: str | None = None, start_timeout: float = 120.0):
-        from tessera.hdl.simtop import DUMP_FILE, LOAD_FILE, SIM_TOP, mem_words
+        from tessera.hdl.simtop import (
+            DUMP_FILE,
+            LOAD_FILE,
+            SIM_TOP,
+            TRACE_FILE,
+            mem_words,
+        )
         if opt is None:
             opt = os.environ.get("TESSERA_RTL_OPT", "-O2")
         if waves is None:
@@ -224,7 +263,7 @@ class RtlSim:
         self.runner, self.build_dir, self.build_seconds = build_sim(config, mem_bytes=mem_bytes, latency=latency,
                                                                     waves=waves, opt=opt)
         self.run_dir = Path(tempfile.mkdtemp(prefix="tessera-rtl-"))
-        self._load, self._dump = self.run_dir / LOAD_FILE, self.run_dir / DUMP_FILE
+        self._load, self._dump, self._trace = (self.run_dir / f for f in (LOAD_FILE, DUMP_FILE, TRACE_FILE))
         sock_path = str(self.run_dir / "ctl.sock")
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         srv.bind(sock_path)
@@ -321,19 +360,31 @@ class RtlSim:
     # ---- runs ----
 
     def run(self, prog_addr: int, *, watchdog: int = 0, backpressure: float = 0.0, mem_stall: bool = False,
-            timeout_cycles: int | None = None, reset_after: int | None = None) -> dict:
-        """Start the NPU at ``prog_addr`` and wait for done; returns the CSRs by name (and ``seconds``)."""
+            timeout_cycles: int | None = None, reset_after: int | None = None, trace: bool = False) -> dict:
+        """Start the NPU at ``prog_addr`` and wait for done; returns the CSRs by name (and ``seconds``).
+
+        With ``trace``, ``regs["trace"]`` lists every instruction that completed or
+        faulted as a :class:`TraceEntry` (index, pc, unit, start and end cycle),
+        ordered by start cycle. One build serves traced and untraced runs; an
+        untraced run pays nothing for the trace.
+        """
         opts = {"prog_addr": prog_addr, "watchdog": watchdog, "bp_level": min(255, round(backpressure * 256)),
-                    "mem_stall": mem_stall}
+                "mem_stall": mem_stall, "trace": trace}
         if timeout_cycles:
             opts["timeout_cycles"] = timeout_cycles
         if reset_after:
             opts["reset_after"] = reset_after
+        # The model appends to its trace file: this run's lines are the ones after the current end.
+        offset = self._trace.stat().st_size if trace and self._trace.exists() else 0
         t0 = time.perf_counter()
         (regs,) = self._call("run", opts)
         regs["seconds"] = time.perf_counter() - t0
         regs["cycles"] = regs["CYCLES_LO"] | regs["CYCLES_HI"] << 32
         regs["macs"] = regs["MACS_LO"] | regs["MACS_HI"] << 32
+        if trace:
+            with open(self._trace, "rb") as f:
+                f.seek(offset)
+                regs["trace"] = parse_trace(f.read().decode(), prog_addr)
         return regs
 
     def close(self):
@@ -366,13 +417,16 @@ class RtlBackend(Backend):
 
     Options: ``sim`` (an :class:`RtlSim` to share), ``backpressure`` (0..1,
     chance the memory refuses a request), ``watchdog`` (cycles without progress, default 2**20; 0 off),
-    ``mem_bytes``, ``latency``, ``timeout_cycles``.
+    ``mem_bytes``, ``latency``, ``timeout_cycles``, ``trace`` (record an instruction trace:
+    after each :meth:`execute`, :attr:`trace` holds its :class:`TraceEntry` list and
+    :attr:`traces` collects one list per execute, i.e. per program segment).
     """
 
     name = "rtl"
 
     def __init__(self, program, *, sim: RtlSim | None = None, backpressure: float = 0.0, watchdog: int = 1 << 20,
-                 mem_bytes: int | None = None, latency: int | None = None, timeout_cycles: int | None = None):
+                 mem_bytes: int | None = None, latency: int | None = None, timeout_cycles: int | None = None,
+                 trace: bool = False):
         super().__init__(program)
         c = program.config
         if sim is None:
@@ -382,7 +436,10 @@ class RtlBackend(Backend):
             program.check_config(sim.config)
             self._own = False
         self.sim = sim
-        self.options = {"backpressure": backpressure, "watchdog": watchdog, "timeout_cycles": timeout_cycles}
+        self.options = {"backpressure": backpressure, "watchdog": watchdog, "timeout_cycles": timeout_cycles,
+                        "trace": trace}
+        self.trace: list[TraceEntry] | None = None
+        self.traces: list[list[TraceEntry]] = []
         for addr, blob in program.segments():
             sim.write(addr, blob)
 
@@ -396,6 +453,11 @@ class RtlBackend(Backend):
         from tessera.sim.emulator import NpuError
         c = self.program.config
         regs = self.sim.run(self.program.prog_addr if prog_addr is None else prog_addr, **self.options)
+        if "trace" in regs:
+            # Indices count from the program's first instruction, whichever segment ran.
+            base = self.program.prog_addr
+            self.trace = [dataclasses.replace(e, index=(e.pc - base) // INSTR_BYTES) for e in regs["trace"]]
+            self.traces.append(self.trace)
         if regs.get("timeout"):
             raise NpuError(ErrorCode.WATCHDOG, regs["ERROR_PC"], "the RTL simulation timed out")
         if regs["ERROR"]:

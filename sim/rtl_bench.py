@@ -66,7 +66,7 @@ async def serve(dut):
     sock.connect(os.environ["TESSERA_RTL_SOCKET"])
     conn = Connection(sock.detach())
     for s in (dut.csr_we, dut.host_load, dut.host_dump, dut.bp_level, dut.mem_stall, dut.csr_addr, dut.csr_wdata,
-              dut.dump_lo, dut.dump_hi):
+              dut.dump_lo, dut.dump_hi, dut.trace_en):
         s.value = 0
     dut.rst.value = 1
     await _edges(dut, 3)
@@ -96,6 +96,7 @@ async def serve(dut):
             await _edges(dut)
             dut.bp_level.value = opts.get("bp_level", 0)
             dut.mem_stall.value = int(opts.get("mem_stall", False))
+            dut.trace_en.value = int(opts.get("trace", False))
             await csr_write(dut, Csr.PROG_ADDR.value, opts["prog_addr"])
             await csr_write(dut, Csr.WATCHDOG.value, opts.get("watchdog", 0))
             await csr_write(dut, Csr.CTRL.value, 1)
@@ -106,7 +107,7 @@ async def serve(dut):
                 dut.rst.value = 1
                 await _edges(dut, 3)
                 dut.rst.value = 0
-                dut.mem_stall.value = 0
+                dut.mem_stall.value = dut.trace_en.value = 0
                 await _edges(dut)
                 conn.send(("ok", {"reset": True, **await read_status(dut)}))
                 continue
@@ -121,7 +122,7 @@ async def serve(dut):
                     if not await csr_read(dut, Csr.STATUS.value) & 1:
                         break
             await _edges(dut)
-            dut.mem_stall.value = 0
+            dut.mem_stall.value = dut.trace_en.value = 0
             conn.send(("ok", regs))
         else:
             conn.send(("error", f"unknown command {cmd!r}"))

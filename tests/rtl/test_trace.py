@@ -1,6 +1,7 @@
 """The RTL instruction trace (``trace=True``): every executed instruction once, in a plausible order."""
 
 from collections import defaultdict
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def test_trace_lists_every_instruction_once(sim, backpressure):
     # A unit runs its queue in program order, one instruction at a time.
     for u in {ins.unit for ins in instrs}:
         mine = [by_index[i] for i, ins in enumerate(instrs) if ins.unit == u]
-        for a, b in zip(mine, mine[1:], strict=False):
+        for a, b in pairwise(mine):
             assert a.end <= b.start, (a, b)
     # A waiting instruction starts no earlier than the end of the one whose token it takes.
     pairs = token_pairs(instrs)

@@ -428,6 +428,7 @@ class Emulator:
         p.x = self.buffers[Buffer.ACT].view(np.uint8)[p.in_idx].reshape(ins.in_h, ins.in_w, cw)
         p.w = self.buffers[Buffer.WGT][p.w_idx].reshape(ins.ob_count, taps, ins.in_cb, M, N)
         p.acc = self.buffers[Buffer.ACC][p.acc_idx].reshape(ins.ob_count, P, M)
+        p.acc_words = p.acc.view(f"V{4 * M}").reshape(ins.ob_count, P)
         # Few input channels: check which carry weights at all (channel padding to the lane width).
         p.trim = cw <= 64
         wb = p.w.reshape(-1).view(np.uint8)
@@ -458,11 +459,11 @@ class Emulator:
             np.copyto(copy_dst, copy_src)
         y = self._gemm(cols, wmat)
         ob, P, M = p.acc.shape
-        y = y.reshape(P, ob, M).transpose(1, 0, 2)
         if p.accumulate:
-            np.add(p.acc, y, out=p.acc)          # int32 addition wraps, as the hardware's adders do
+            np.add(p.acc, y.reshape(P, ob, M).transpose(1, 0, 2), out=p.acc)   # int32 addition wraps
         else:
-            np.copyto(p.acc, y)
+            # [pixel][block] → [block][pixel] moving whole accumulator words (bytes, as one void item each).
+            np.copyto(p.acc_words, y.view(p.acc_words.dtype).reshape(P, ob).T)
         self.stats.macs += p.macs
 
     def _weight_matrix(self, p):

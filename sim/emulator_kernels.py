@@ -66,23 +66,17 @@ class Int8Gemm:
         if backend not in ("auto", "onnxruntime", "float32"):
             raise ValueError(f"gemm backend {backend!r}: one of auto, onnxruntime, float32")
         self.backend = backend
-        self._sess = None
+        self._run = None
         self._shapes: dict[tuple[int, int, int], bool] = {}   # (m, k, n) -> onnxruntime exact there
         if backend != "float32":
             try:
-                self._sess = _matmul_integer_session()
+                self._run, self._shapes = _shared_session()
             except ImportError:
                 if backend == "onnxruntime":
                     raise
-        if self._sess is not None:
-            # The binding itself: InferenceSession.run's per-call input validation costs as much as a
-            # small GEMM, and these inputs are always the graph's two arrays.
-            inner = getattr(self._sess, "_sess", None)
-            self._run = (lambda feeds: inner.run(["Y"], feeds, None)[0]) if inner is not None else (
-                lambda feeds: self._sess.run(["Y"], feeds)[0])
 
     def __call__(self, a_u8: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if self._sess is None:
+        if self._run is None:
             return gemm_float32(a_u8, b)
         shape = (a_u8.shape[0], a_u8.shape[1], b.shape[1])
         ok = self._shapes.get(shape)
@@ -94,7 +88,7 @@ class Int8Gemm:
 
     def uses_onnxruntime(self, m: int, k: int, n: int) -> bool:
         """Whether shape (m, k, n) goes through onnxruntime (runs the self-test if not done yet)."""
-        if self._sess is None:
+        if self._run is None:
             return False
         if (m, k, n) not in self._shapes:
             self._shapes[(m, k, n)] = self._self_test(m, k, n)
@@ -114,6 +108,22 @@ class Int8Gemm:
         want = (a.astype(np.float64) - 128) @ b.astype(np.float64)
         got = self._run({"A": a, "B": b})
         return got.dtype == np.int32 and np.array_equal(got, wrap32(want.astype(np.int64)))
+
+
+#: One session per process (sessions are thread-safe to run), with its per-shape self-test verdicts.
+_SHARED: list = []
+
+
+def _shared_session():
+    if not _SHARED:
+        sess = _matmul_integer_session()
+        # The binding itself: InferenceSession.run's per-call input validation costs as much as a small
+        # GEMM, and the inputs are always the graph's two arrays.
+        inner = getattr(sess, "_sess", None)
+        run = ((lambda feeds: inner.run(["Y"], feeds, None)[0]) if inner is not None
+               else (lambda feeds: sess.run(["Y"], feeds)[0]))
+        _SHARED[:] = [run, {}]
+    return _SHARED[0], _SHARED[1]
 
 
 def _matmul_integer_session():

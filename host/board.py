@@ -16,15 +16,33 @@ from __future__ import annotations
 
 import time
 
+from tessera.hdl.boards.protocol import (
+    BOARD_IDLE_SECONDS,
+    CSR_BYTES,
+    DEFAULT_BAUD,
+    MAX_PAYLOAD,
+    RESP_HEADER_BYTES,
+    Command,
+    LinkStatus,
+    crc16,
+    decode_response_header,
+    encode_request,
+)
+
 from tessera.errors import UserError
-from tessera.hdl.boards.protocol import (BOARD_IDLE_SECONDS, CSR_BYTES, DEFAULT_BAUD, MAX_PAYLOAD, RESP_HEADER_BYTES, Command, LinkStatus, crc16,
-                                         decode_response_header, encode_request)
 from tessera.isa import Csr, ErrorCode, Status
 
 from .runtime import Backend, BackendUnavailable, RunResult
 
-__all__ = ["BoardBackend", "BoardLink", "LinkError", "LinkTimeout", "SerialTransport", "DEFAULT_PORT",
-           "DEFAULT_BAUD"]
+__all__ = [
+    "DEFAULT_BAUD",
+    "DEFAULT_PORT",
+    "BoardBackend",
+    "BoardLink",
+    "LinkError",
+    "LinkTimeout",
+    "SerialTransport",
+]
 
 DEFAULT_PORT = "/dev/ttyUSB0"
 _CTRL_START, _CTRL_RESET = 1, 2

@@ -30,7 +30,7 @@ from .sdram import SdramGeometry, SdramTiming
 from .sdram_model import MODEL_NAME, sdram_model_verilog
 from .system import BoardSystem
 
-__all__ = ["SIM_TOP", "SIM_TIMING", "PERIOD_NS", "SimBoard", "board_sim_sources"]
+__all__ = ["PERIOD_NS", "SIM_TIMING", "SIM_TOP", "SimBoard", "board_sim_sources"]
 
 SIM_TOP = "tessera_board_sim"
 #: The simulated board clock: 100 MHz.

@@ -21,7 +21,16 @@ from tessera.isa import Csr, Status
 
 from ..common import MemPortSignature, log2
 from ..csr import CsrSignature
-from .protocol import CRC_INIT, CRC_POLY, CSR_BYTES, MAX_PAYLOAD, SYNC_REQ, SYNC_RESP, Command, LinkStatus
+from .protocol import (
+    CRC_INIT,
+    CRC_POLY,
+    CSR_BYTES,
+    MAX_PAYLOAD,
+    SYNC_REQ,
+    SYNC_RESP,
+    Command,
+    LinkStatus,
+)
 
 __all__ = ["Link", "MemArbiter", "crc16_next"]
 
@@ -201,24 +210,23 @@ class Link(wiring.Component):
                 m.d.comb += rx.ready.eq(1)
                 with m.If(~got & timed_out):
                     respond(status)
-            with m.State("EXEC"):
-                with m.Switch(cmd):
-                    with m.Case(Command.WRITE_CSR):
-                        m.d.comb += [self.csr.addr.eq(addr), self.csr.wdata.eq(data32), self.csr.we.eq(1)]
-                        respond(LinkStatus.OK)
-                    with m.Case(Command.READ_CSR):
-                        m.d.comb += self.csr.addr.eq(addr)
-                        m.d.sync += data32.eq(self.csr.rdata)
-                        respond(LinkStatus.OK, CSR_BYTES)
-                    with m.Default():
-                        m.d.sync += [cur.eq(addr), left.eq(length), strb.eq(0)]
-                        with m.If(npu_busy):
-                            respond(LinkStatus.BUSY)
-                        with m.Elif(cmd == Command.WRITE_MEM):
-                            m.d.sync += count.eq(0)
-                            m.next = "WR_FETCH"
-                        with m.Else():
-                            respond(LinkStatus.OK, length)
+            with m.State("EXEC"), m.Switch(cmd):
+                with m.Case(Command.WRITE_CSR):
+                    m.d.comb += [self.csr.addr.eq(addr), self.csr.wdata.eq(data32), self.csr.we.eq(1)]
+                    respond(LinkStatus.OK)
+                with m.Case(Command.READ_CSR):
+                    m.d.comb += self.csr.addr.eq(addr)
+                    m.d.sync += data32.eq(self.csr.rdata)
+                    respond(LinkStatus.OK, CSR_BYTES)
+                with m.Default():
+                    m.d.sync += [cur.eq(addr), left.eq(length), strb.eq(0)]
+                    with m.If(npu_busy):
+                        respond(LinkStatus.BUSY)
+                    with m.Elif(cmd == Command.WRITE_MEM):
+                        m.d.sync += count.eq(0)
+                        m.next = "WR_FETCH"
+                    with m.Else():
+                        respond(LinkStatus.OK, length)
 
             # WRITE_MEM: payload bytes into beats with byte strobes, one write per touched beat.
             with m.State("WR_FETCH"):

@@ -22,9 +22,24 @@ import binascii
 import enum
 import struct
 
-__all__ = ["DEFAULT_BAUD", "BOARD_IDLE_SECONDS", "SYNC_REQ", "SYNC_RESP", "MAX_PAYLOAD", "CSR_BYTES", "HEADER_BYTES", "RESP_HEADER_BYTES",
-           "CRC_INIT", "CRC_POLY", "Command", "LinkStatus", "crc16", "encode_request", "encode_response",
-           "decode_response_header"]
+__all__ = [
+    "BOARD_IDLE_SECONDS",
+    "CRC_INIT",
+    "CRC_POLY",
+    "CSR_BYTES",
+    "DEFAULT_BAUD",
+    "HEADER_BYTES",
+    "MAX_PAYLOAD",
+    "RESP_HEADER_BYTES",
+    "SYNC_REQ",
+    "SYNC_RESP",
+    "Command",
+    "LinkStatus",
+    "crc16",
+    "decode_response_header",
+    "encode_request",
+    "encode_response",
+]
 
 #: Default UART rate of the board bitstream and the host driver (the ULX3S's FT231X runs up to 3 Mbaud).
 DEFAULT_BAUD = 3_000_000

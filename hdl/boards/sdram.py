@@ -21,7 +21,7 @@ from tessera.arch import NpuConfig
 
 from ..common import MemPortSignature, log2
 
-__all__ = ["SdramGeometry", "SdramTiming", "SdramController", "SdramPinsSignature", "ULX3S_SDRAM"]
+__all__ = ["ULX3S_SDRAM", "SdramController", "SdramGeometry", "SdramPinsSignature", "SdramTiming"]
 
 
 @dataclass(frozen=True)

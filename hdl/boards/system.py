@@ -19,7 +19,13 @@ from tessera.arch import NpuConfig
 
 from ..npu import Npu
 from .link import Link, MemArbiter
-from .sdram import ULX3S_SDRAM, SdramController, SdramGeometry, SdramPinsSignature, SdramTiming
+from .sdram import (
+    ULX3S_SDRAM,
+    SdramController,
+    SdramGeometry,
+    SdramPinsSignature,
+    SdramTiming,
+)
 from .uart import UartRx, UartTx
 
 __all__ = ["BoardSystem"]
@@ -43,13 +49,13 @@ class BoardSystem(wiring.Component):
     """
 
     def __init__(self, config: NpuConfig, *, divisor: int, idle_cycles: int,
-                 geometry: SdramGeometry = ULX3S_SDRAM, timing: SdramTiming = SdramTiming(),
+                 geometry: SdramGeometry = ULX3S_SDRAM, timing: SdramTiming | None = None,
                  read_delay: int | None = None):
         if config.dram_bytes > geometry.nbytes:
             raise ValueError(f"config {config.name!r}: dram_bytes {config.dram_bytes} exceeds the "
                              f"{geometry.nbytes}-byte SDRAM")
         self.config, self.divisor, self.idle_cycles = config, divisor, idle_cycles
-        self.geometry, self.timing, self.read_delay = geometry, timing, read_delay
+        self.geometry, self.timing, self.read_delay = geometry, timing or SdramTiming(), read_delay
         super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1), "led": Out(1),
                           "sdram": Out(SdramPinsSignature(geometry))})
 

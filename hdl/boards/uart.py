@@ -65,10 +65,9 @@ class UartRx(wiring.Component):
             m.d.sync += self.o_stream.valid.eq(0)
 
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(~line):
-                    m.d.sync += timer.eq(d // 2 - 1)
-                    m.next = "START"
+            with m.State("IDLE"), m.If(~line):
+                m.d.sync += timer.eq(d // 2 - 1)
+                m.next = "START"
             with m.State("START"):
                 with m.If(timer != 0):
                     m.d.sync += timer.eq(timer - 1)
@@ -93,10 +92,9 @@ class UartRx(wiring.Component):
                         m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [shreg.eq(Cat(shreg[1:], line)), bits.eq(bits + 1), timer.eq(d - 1)]
-            with m.State("BREAK"):
-                # Wait for the line to return high before looking for the next start bit.
-                with m.If(line):
-                    m.next = "IDLE"
+            # After a framing error, wait for the line to return high before the next start bit.
+            with m.State("BREAK"), m.If(line):
+                m.next = "IDLE"
         return m
 
 
@@ -125,7 +123,7 @@ class UartTx(wiring.Component):
         shreg = Signal(10, init=0x3FF)
         busy = Signal()
         m.d.comb += [self.tx.eq(shreg[0]), self.i_stream.ready.eq(~busy)]
-        with m.If(~busy):
+        with m.If(~busy):  # noqa: SIM117 - the Elifs below belong to this If
             with m.If(self.i_stream.valid):
                 # Stop bit, data, start bit: shifted out from the low end.
                 m.d.sync += [shreg.eq(Cat(0, self.i_stream.payload, 1)), busy.eq(1), timer.eq(d - 1),

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from amaranth.hdl import Module
 from amaranth.sim import Simulator
-
 from tessera.hdl.boards.uart import UartRx, UartTx, divisor_for
 
 DIV = 5

@@ -131,7 +131,8 @@ def test_board_link_memory_access_during_a_run_is_busy(link):
     from tessera.isa import Instruction as I
     from tessera.isa import Status, encode_program
 
-    prog = [I("load", buf="act", dram_addr=0x1000, buf_addr=0, rows=1, cols=400) for _ in range(6)] + [I("end")]
+    # Three 1600-byte LOADs: about 5k cycles on the SDRAM, longer than the four frames below take on the line.
+    prog = [I("load", buf="act", dram_addr=0x1000, buf_addr=0, rows=1, cols=400) for _ in range(3)] + [I("end")]
     link.write_mem(0x100, b"abcd")
     link.write_mem(0x2000, encode_program(prog))
     link.write_csr(Csr.PROG_ADDR, 0x2000)

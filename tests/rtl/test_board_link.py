@@ -146,3 +146,49 @@ def test_board_link_memory_access_during_a_run_is_busy(link):
         pass
     assert link.read_csr(Csr.ERROR) == 0
     assert link.read_mem(0x100, 4) == b"abcd"
+
+
+class _ScriptedBoard:
+    """A transport answering from a script of response frames (no simulation): the host side alone."""
+
+    idle_seconds = 0.0
+
+    def __init__(self, answers):
+        self.answers, self.sent, self.pending = list(answers), [], b""
+
+    def write(self, data):
+        self.sent.append(bytes(data))
+        self.pending += self.answers.pop(0) if self.answers else b""
+
+    def read(self, n, timeout):
+        out, self.pending = self.pending[:n], self.pending[n:]
+        return out
+
+    def reset_input_buffer(self):
+        self.pending = b""
+
+    def idle(self, seconds):
+        pass
+
+
+def test_board_link_retries_once_after_a_damaged_answer_then_gives_up():
+    from tessera.hdl.boards.protocol import encode_response
+    good = encode_response(Command.READ_CSR, LinkStatus.OK, (0x1234).to_bytes(4, "little"))
+    damaged = good[:-1] + bytes([good[-1] ^ 1])
+    board = _ScriptedBoard([damaged, good])
+    assert BoardLink(board, retries=1).read_csr(Csr.STATUS) == 0x1234
+    assert len(board.sent) == 2 and board.sent[0] == board.sent[1]
+    with pytest.raises(LinkError, match="failed its CRC check"):
+        BoardLink(_ScriptedBoard([damaged, damaged]), retries=1).read_csr(Csr.STATUS)
+    # A refusal that is not a transmission error is not repeated.
+    busy = _ScriptedBoard([encode_response(Command.READ_MEM, LinkStatus.BUSY), good])
+    with pytest.raises(LinkError, match="BUSY"):
+        BoardLink(busy, retries=1).read_mem(0, 4)
+    assert len(busy.sent) == 1
+
+
+def test_board_backend_without_a_serial_port_is_unavailable(tmp_path):
+    from tessera.host.runtime import BackendUnavailable
+    program, _ = conv_relu_pool(CONFIG, seed=0)
+    with pytest.raises(BackendUnavailable, match="cannot open the board's serial port"):
+        Runtime(program, backend="board", port=str(tmp_path / "no-such-tty"))

@@ -214,13 +214,14 @@ def _rounded(acc: np.ndarray, ch: ChannelParams):
 _clip = getattr(getattr(np, "_core", None) and np._core.umath, "clip", None) or np.clip
 
 
-def _clamp(f: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    # min(max(f, lo), hi): hi everywhere when lo > hi, as the integer definition gives.
+def _clamp_into(out: np.ndarray, f: np.ndarray, zp: int, lo: int, hi: int) -> None:
+    """``out[...] = clamp(f + zp, lo, hi)`` for integral float64 ``f`` (as ``min(max(., lo), hi)``)."""
     if lo > hi:
-        f[...] = hi
-    else:
-        _clip(f, lo, hi, out=f)
-    return f
+        out[...] = hi                  # max(., lo) >= lo > hi
+        return
+    # clamp(f + zp, lo, hi) = clamp(f, lo - zp, hi - zp) + zp for integers; the sum lands in int8 exactly.
+    _clip(f, lo - zp, hi - zp, out=f)
+    np.add(f, zp, out=out, casting="unsafe")
 
 
 def requantize_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, zp: int, lo: int, hi: int) -> None:
@@ -232,8 +233,7 @@ def requantize_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, zp: int
     if f is None:
         np.copyto(out, requantize(acc.astype(np.int64), *ch.int64, zp, lo, hi), casting="unsafe")
         return
-    f += zp
-    np.copyto(out, _clamp(f, lo, hi), casting="unsafe")
+    _clamp_into(out, f, zp, lo, hi)
 
 
 class ResidualParams:
@@ -266,5 +266,4 @@ def residual_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, r: np.nda
     t += res.b_offset
     f += t
     np.rint(f, out=f)
-    f += zp_out
-    np.copyto(out, _clamp(f, lo, hi), casting="unsafe")
+    _clamp_into(out, f, zp_out, lo, hi)

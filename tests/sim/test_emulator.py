@@ -516,3 +516,42 @@ def test_store_over_the_program_is_fetched_afterwards(small_config):
         emu.buffers[Buffer.ACT][100:103] = 0
         emu.run(PROG)
         assert emu.buffers[Buffer.ACT][100:103].any(axis=1).tolist() == [d == dst for d in (100, 101, 102)]
+
+
+def test_second_weight_load_into_the_same_words_is_seen_by_the_next_conv(small_config):
+    # Weight matrices are checked once per LOAD into their words: a reload between two CONVs on the same
+    # words must be seen by the second, within one run.
+    cfg = small_config
+    rng = np.random.default_rng(61)
+    ins, act, blocks_a, want_a = conv_case(cfg, rng, in_h=5, in_w=6, in_cb=2, k=(3, 3), stride=(1, 1), dil=(1, 1),
+                                           pad=(1, 1), ob=2)
+    _, _, blocks_b, want_b = conv_case(cfg, np.random.default_rng(62), in_h=5, in_w=6, in_cb=2, k=(3, 3),
+                                       stride=(1, 1), dil=(1, 1), pad=(1, 1), ob=2)
+    # Same input for both: conv_case draws the input first, so recompute B's expectation on A's input.
+    x = act.reshape(5, 6, -1).transpose(2, 0, 1).astype(np.int64)
+    w = blocks_b.reshape(2, 3, 3, 2, cfg.rows, cfg.lanes).transpose(0, 4, 3, 5, 1, 2).reshape(2 * cfg.rows, -1, 3, 3)
+    xp = np.full((x.shape[0], 7, 8), ins.pad_value, dtype=np.int64)
+    xp[:, 1:6, 1:7] = x
+    want_b = ref.conv2d(xp, w).reshape(2, cfg.rows, -1).transpose(0, 2, 1).reshape(-1, cfg.rows)
+    wa = pack_weights(blocks_a, cfg.weight_bits)
+    wb = pack_weights(blocks_b, cfg.weight_bits)
+    a_act, a_wa, a_wb = DATA, DATA + 0x1000, DATA + 0x3000
+    n = len(want_a)
+    prog = [
+        Instruction("load", buf="act", dram_addr=a_act, rows=1, cols=len(act)),
+        Instruction("load", buf="wgt", dram_addr=a_wa, rows=1, cols=len(blocks_a), signal=["compute"]),
+        ins.replace(wait=["load"], signal=["load"]),
+        Instruction("load", buf="wgt", wait=["compute"], dram_addr=a_wb, rows=1, cols=len(blocks_b),
+                    signal=["compute"]),
+        ins.replace(wait=["load"], acc_addr=n),
+    ]
+    writes = [(a_act, act.astype(np.int8).tobytes()), (a_wa, wa), (a_wb, wb)]
+    emu = run(cfg, prog, writes=writes)
+    np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:n], want_a)
+    np.testing.assert_array_equal(emu.buffers[Buffer.ACC][n:2 * n], want_b)
+    emu.check_hazards = False
+    for _ in range(2):                                # the second run replays the first's schedule
+        emu.buffers[Buffer.ACC][:2 * n] = 0
+        emu.run(PROG)
+        np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:n], want_a)
+        np.testing.assert_array_equal(emu.buffers[Buffer.ACC][n:2 * n], want_b)

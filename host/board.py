@@ -14,6 +14,7 @@ is how long the board needs to give up on a broken frame.
 
 from __future__ import annotations
 
+import os
 import time
 
 from tessera.hdl.boards.protocol import (
@@ -197,10 +198,10 @@ class BoardBackend(Backend):
     program : Program
         Its segments are written to the board's memory at once; the board must run the program's
         config (checked against the CONFIG_HASH CSR).
-    port : str
-        Serial port of the board (``/dev/ttyUSB0``).
-    baud : int
-        The bitstream's baud rate.
+    port : str, optional
+        Serial port of the board (default: ``TESSERA_BOARD_PORT`` or ``/dev/ttyUSB0``).
+    baud : int, optional
+        The bitstream's baud rate (default: ``TESSERA_BOARD_BAUD`` or 3,000,000).
     timeout : float
         Seconds to wait for each answer.
     transport : optional
@@ -213,11 +214,16 @@ class BoardBackend(Backend):
 
     name = "board"
 
-    def __init__(self, program, *, port: str = DEFAULT_PORT, baud: int = DEFAULT_BAUD, timeout: float = 1.0,
+    def __init__(self, program, *, port: str | None = None, baud: int | None = None, timeout: float = 1.0,
                  transport=None, watchdog: int = 1 << 20, run_timeout: float = 600.0, retries: int = 1):
         super().__init__(program)
         self._own = transport is None
-        self.transport = transport if transport is not None else SerialTransport(port, baud)
+        if transport is None:
+            # The CLI passes no options: TESSERA_BOARD_PORT / TESSERA_BOARD_BAUD choose the serial port.
+            port = port or os.environ.get("TESSERA_BOARD_PORT", DEFAULT_PORT)
+            baud = baud or int(os.environ.get("TESSERA_BOARD_BAUD", DEFAULT_BAUD))
+            transport = SerialTransport(port, baud)
+        self.transport = transport
         self.link = BoardLink(self.transport, timeout=timeout, retries=retries)
         self.watchdog, self.run_timeout = watchdog, run_timeout
         c = program.config

@@ -21,7 +21,6 @@ and a table against published batch-1 figures.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -251,51 +250,34 @@ def bench_program(prog, backend: str = "model", *, source: str = "", sim=None) -
 
 
 def _run_rtl(prog, sim=None):
-    """(cycles, issued MACs, {instruction index: end cycle} or None, seconds) of one RTL run."""
-    from tessera.host.runtime import BackendUnavailable, make_backend
+    """(cycles, issued MACs, {instruction index: end cycle} or None, seconds) of one traced RTL run."""
+    from tessera.host.runtime import make_backend
+    from tessera.sim.emulator import NpuError
+    opts = {"sim": sim} if sim is not None else {}
     try:
-        be = make_backend("rtl", prog, **({"sim": sim} if sim is not None else {}))
-    except BackendUnavailable:
-        raise
+        try:
+            be = make_backend("rtl", prog, trace=True, **opts)
+        except TypeError:           # an RtlBackend without instruction traces
+            be = make_backend("rtl", prog, **opts)
     except (OSError, RuntimeError) as e:
         raise UserError(f"the rtl backend could not start: {e}") from None
     try:
-        run = be.sim.run
-        if "trace" in inspect.signature(run).parameters:
-            regs = run(prog.prog_addr, trace=True, **{k: v for k, v in be.options.items() if v is not None})
-            _check_regs(regs)
-            ends = _trace_ends(prog, regs.get("trace"))
-            return regs["cycles"], regs["macs"], ends, regs.get("seconds")
-        r = be.execute()
-        return r.cycles, r.macs, None, r.seconds
+        try:
+            r = be.execute()
+        except NpuError as e:
+            raise UserError(f"the NPU stopped: {e}") from None
+        return r.cycles, r.macs, _trace_ends(getattr(be, "trace", None)), r.seconds
     finally:
         be.close()
 
 
-def _check_regs(regs):
-    from tessera.isa import ErrorCode
-    if regs.get("timeout"):
-        raise UserError("the RTL simulation timed out")
-    if regs.get("ERROR"):
-        raise UserError(f"the NPU stopped with {ErrorCode(regs['ERROR']).name} at pc 0x{regs['ERROR_PC']:x}")
-
-
-def _trace_ends(prog, trace) -> dict[int, int] | None:
-    """Instruction index → end cycle from an RTL trace of (index or pc, unit, start, end) records."""
-    from tessera.isa import INSTR_BYTES
+def _trace_ends(trace) -> dict[int, int] | None:
+    """Instruction index → end cycle from an RTL trace (:class:`tessera.sim.rtl.TraceEntry` list)."""
     if not trace:
         return None
-    ends = {}
-    for rec in trace:
-        if isinstance(rec, dict):
-            key = rec.get("index", rec.get("pc"))
-            end = rec["end"]
-            is_pc = "index" not in rec
-        else:
-            key, _unit, _start, end = rec[:4]
-            is_pc = False
-        i = (key - prog.prog_addr) // INSTR_BYTES if is_pc else key
-        ends[int(i)] = max(int(end), ends.get(int(i), 0))
+    ends: dict[int, int] = {}
+    for e in trace:
+        ends[e.index] = max(e.end, ends.get(e.index, 0))
     return ends
 
 

@@ -30,6 +30,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 BUILD = Path(__file__).resolve().parent.parent / "build" / "bench"
+#: Pause before each timed run: onnxruntime's worker threads keep spinning for a while after a run, and
+#: on two cores that would be charged to whatever is timed next (in this process, and on its core).
+SETTLE = 0.2
 
 
 def keras_float(path: Path, app: str = "ResNet50") -> Path:
@@ -123,10 +126,12 @@ def main(argv=None):
     sess_logits = ort.InferenceSession(_with_output(qmodel, logits).SerializeToString(),
                                        providers=["CPUExecutionProvider"])
     for x in xs:
+        time.sleep(SETTLE)
         t, c = time.perf_counter(), time.process_time()
         sess.run(None, {"input": x})
         ort_t.append(time.perf_counter() - t)
         ort_c.append(time.process_time() - c)
+        time.sleep(SETTLE)
         t, c = time.perf_counter(), time.process_time()
         got = rt.run({"input": x})
         emu_t.append(time.perf_counter() - t)
@@ -146,7 +151,8 @@ def main(argv=None):
         "",
         f"Command: `{cmd.strip()}` on {platform.machine()} ({os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f}), config `{cfg.name}`, OPENBLAS_NUM_THREADS="
-        f"{os.environ.get('OPENBLAS_NUM_THREADS')}; onnxruntime with its default threads.",
+        f"{os.environ.get('OPENBLAS_NUM_THREADS')}; onnxruntime with its default threads; each image is "
+        f"timed on onnxruntime, then on the emulator, each after a {SETTLE} s pause.",
         "Model: keras.applications ResNet50(weights=None) → tf2onnx (opset 17) → onnxruntime "
         f"quantize_static QDQ, per-channel int8 weights, uint8 activations, {args.calib} random calibration inputs"
         f" (built in {build_s:.1f} s, cached in build/bench/).",
@@ -200,6 +206,7 @@ def densenet_rows(cfg, calib):
                                 providers=["CPUExecutionProvider"])
     x = np.random.default_rng(2).uniform(-120, 150, (1, 3, 224, 224)).astype(np.float32)
     sess.run([name], {"input": x})
+    time.sleep(SETTLE)
     t, c = time.perf_counter(), time.process_time()
     ref = sess.run([name], {"input": x})[0]
     ort_s, ort_c = time.perf_counter() - t, time.process_time() - c
@@ -207,6 +214,7 @@ def densenet_rows(cfg, calib):
     t = time.perf_counter()
     rt.run({"input": x})                      # warm-up, as for ResNet-50
     emu_first = time.perf_counter() - t
+    time.sleep(SETTLE)
     t, c = time.perf_counter(), time.process_time()
     got = rt.run({"input": x})[name]
     emu_s, emu_c = time.perf_counter() - t, time.process_time() - c

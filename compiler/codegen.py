@@ -256,7 +256,9 @@ class TileForBuffers:
             if t is None:
                 continue
             cost = self._estimate(cand, t, in_box(*t), OB, cb_in, OH, OW, taps, len(tap_groups), has_res)
-            if best is None or cost < best[0]:
+            # Another split only when clearly faster: the estimate is rough, and more steps mean
+            # more instructions to fetch and to compile.
+            if best is None or cost < 0.97 * best[0]:
                 best = (cost, cand, t)
         if best is None:
             raise unsupported(op.name, op.onnx_op, f"a layer whose smallest tile ({cands[-1][0]} channel blocks "
@@ -296,15 +298,16 @@ class TileForBuffers:
                          key=lambda v: v[0] * c.wgt_word_bytes + v[1] * c.act_word_bytes)
         out_words = OH * OW * OB * c.words_per_block
         steps = ntiles * n_og * n_cg * n_tg
-        compute = OH * OW * OB * taps * n_tg * cb_in + steps * 16
+        compute = OH * OW * OB * taps * n_tg * cb_in + steps * 48      # CONV overheads, fetch
         dma = (self._load_cycles(wl, c.wgt_word_bytes) + self._load_cycles(il + out_words * has_res, c.act_word_bytes)
                + out_words * max(1, c.act_word_bytes // c.bus_bytes))
         first = self._load_cycles(gg * taps * cg, c.wgt_word_bytes) + self._load_cycles(box[0] * box[1] * cg,
                                                                                           c.act_word_bytes)
         return max(compute, dma) + first
 
-    def pool(self, g, op) -> PoolPlan:
+    def pool(self, g, op, in_slot: int | None = None, out_slot: int | None = None) -> PoolPlan:
         c = self.config
+        in_slot, out_slot = in_slot or self.in_slot, out_slot or self.out_slot
         x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
         a = op.attrs
         kh, kw = a["kernel"]
@@ -323,7 +326,7 @@ class TileForBuffers:
             th = 0
             while th < OH:
                 ir = min(H, th * sh + kh)
-                if ir * W * cg > self.in_slot or (th + 1) * OW * cg > self.out_slot:
+                if ir * W * cg > in_slot or (th + 1) * OW * cg > out_slot:
                     break
                 th += 1
             if th:
@@ -331,7 +334,7 @@ class TileForBuffers:
                 cg = -(-cbw // n_cg)
                 nth = -(-OH // th)
                 return PoolPlan(cg, -(-OH // nth))
-        raise unsupported(op.name, op.onnx_op, f"rows of {W} pixels", f"pooling tiles within {self.in_slot} ACT words")
+        raise unsupported(op.name, op.onnx_op, f"rows of {W} pixels", f"pooling tiles within {in_slot} ACT words")
 
 
 def _segments(g: Graph):
@@ -495,6 +498,16 @@ class EmitInstructions:
     # ---- layers ---------------------------------------------------------------------------------
 
     def conv(self, g, op, plan: ConvPlan):
+        steps = self._conv_steps(g, op, plan)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as e:
+                return e.value
+
+    def _conv_steps(self, g, op, plan: ConvPlan):
+        """Emit a convolution; a generator that yields, after each step, how many output rows
+        (from the top) are stored, and returns the number of tiles."""
         c = self.config
         N, M, wpb = c.lanes, c.rows, c.words_per_block
         a = op.attrs
@@ -586,6 +599,16 @@ class EmitInstructions:
         # Fetch is in program order into bounded queues: a tile's STOREs (and their wait for its
         # EPILOGUE) go after the next tile's CONVs, so they never hold back the compute queue.
         deferred = []
+        stored = [0] * len(tile_list)
+
+        def flush():
+            for t_, f in deferred:
+                f()
+                stored[t_] += 1
+            deferred.clear()
+            todo = [tile_list[k][0] for k, n in enumerate(stored) if n < plan.n_og]
+            return min(y.height, phases * min(todo)) if todo else y.height
+
         for t, og in steps:
             oy0, oy1, ox0, ox1, wins = tile_list[t]
             th, tw = oy1 - oy0, ox1 - ox0
@@ -625,9 +648,7 @@ class EmitInstructions:
                                 acc_addr=acc, ob_count=gcount, accumulate=int(not first))
                     first = False
                     self.macs += P * k_h * k_w * ncb * gcount * M * N
-            for f in deferred:
-                f()
-            deferred = []
+            yield flush()
             pa = p_base + ob0 if plan.params_resident else self._load_const(
                 Buffer.PARAM, poff + ob0 * c.param_word_bytes, gcount)
             nwords = P * gcount * wpb
@@ -643,11 +664,10 @@ class EmitInstructions:
                         pixels=P, ob_count=gcount, param_addr=pa, out_addr=oa, out_stride=gcount * wpb,
                         **epi, **extra)
             if phases == 1:
-                deferred.append(lambda a=(y, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, oa): self._box("store", *a))
+                deferred.append((t, lambda a=(y, oy0, oy1, ox0, ox1, ob0 * wpb, ob1 * wpb, oa): self._box("store", *a)))
             else:
-                deferred.append(lambda a=(y, phases, oy0, oy1, ox0, ox1, ob0, ob1, oa): self._store_phases(*a))
-        for f in deferred:
-            f()
+                deferred.append((t, lambda a=(y, phases, oy0, oy1, ox0, ox1, ob0, ob1, oa): self._store_phases(*a)))
+        yield flush()
         return len(tile_list)
 
     def _store_phases(self, y, P, oy0, oy1, ox0, ox1, ob0, ob1, oa):
@@ -679,6 +699,13 @@ class EmitInstructions:
                             cols=cols)
 
     def pool(self, g, op, plan: PoolPlan):
+        tiles = self._pool_tiles(g, op, plan, self.in_slots, self.out_slots)
+        for _, emit in tiles:
+            emit()
+        return len(tiles)
+
+    def _pool_tiles(self, g, op, plan: PoolPlan, in_slots, out_slots):
+        """The pooling's tiles in order: (input rows it needs from the top, function emitting it)."""
         c = self.config
         N = c.lanes
         a = op.attrs
@@ -694,24 +721,63 @@ class EmitInstructions:
             f.update(mode="avg", zp_in=x.zero_point, zp_out=y.zero_point, mult=mult, shift=shift)
         else:
             f.update(mode="max")
-        tiles = 0
+        def tile(oy0, oy1, r0, iy0, iy1, w0, w1):
+            ia = in_slots.next()
+            self._box("load", x, iy0, iy1, 0, x.width, w0, w1, ia)
+            oa = out_slots.next()
+            n_in = (iy1 - iy0) * x.width * (w1 - w0)
+            n_out = (oy1 - oy0) * OW * (w1 - w0)
+            self.s.emit("pool", reads=[(Buffer.ACT, ia, ia + n_in)], writes=[(Buffer.ACT, oa, oa + n_out)],
+                        in_addr=ia, in_h=iy1 - iy0, in_w=x.width, cb=w1 - w0, out_addr=oa, out_h=oy1 - oy0,
+                        out_w=OW, pad_t=iy0 - r0, **f)
+            self._box("store", y, oy0, oy1, 0, OW, w0, w1, oa)
+
+        tiles = []
         for oy0 in range(0, OH, plan.th):
             oy1 = min(OH, oy0 + plan.th)
             r0 = oy0 * sh - pt
             iy0, iy1 = max(0, r0), min(x.height, (oy1 - 1) * sh - pt + kh)
             for w0 in range(0, cbw, plan.cg):
                 w1 = min(cbw, w0 + plan.cg)
-                tiles += 1
-                ia = self.in_slots.next()
-                self._box("load", x, iy0, iy1, 0, x.width, w0, w1, ia)
-                oa = self.out_slots.next()
-                n_in = (iy1 - iy0) * x.width * (w1 - w0)
-                n_out = (oy1 - oy0) * OW * (w1 - w0)
-                self.s.emit("pool", reads=[(Buffer.ACT, ia, ia + n_in)], writes=[(Buffer.ACT, oa, oa + n_out)],
-                            in_addr=ia, in_h=iy1 - iy0, in_w=x.width, cb=w1 - w0, out_addr=oa, out_h=oy1 - oy0,
-                            out_w=OW, pad_t=iy0 - r0, **f)
-                self._box("store", y, oy0, oy1, 0, OW, w0, w1, oa)
+                tiles.append((iy1, lambda a=(oy0, oy1, r0, iy0, iy1, w0, w1): tile(*a)))
         return tiles
+
+    def _fused_pool(self, g, op, nxt):
+        """The plan of pooling ``nxt`` run interleaved with convolution ``op``, or None: it must read
+        only op's output, and its tiles must fit the residual region of ACT, which op leaves free."""
+        if not (nxt is not None and op.kind == "conv" and nxt.kind == "pool" and nxt.inputs[0] == op.output
+                and "residual" not in op.attrs and len(g.consumers(op.output)) == 1 and not g.is_output(op.output)):
+            return None
+        t = TileForBuffers(self.config)
+        size = 2 * t.res_slot
+        try:
+            return t.pool(g, nxt, size * 3 // 8, size // 8)
+        except CompileError:
+            return None
+
+    def _conv_with_pool(self, g, op, plan, pop, pplan, k):
+        """Emit convolution ``op`` (layer tag k) with pooling ``pop`` (tag k+1) interleaved: each
+        pooling tile right after the convolution has stored the rows it reads, so the POST unit
+        pools while the MAC array convolves. The pooling uses the (free) residual region of ACT."""
+        base, size = self.res_slots.base, 2 * self.res_slots.size
+        pin, pout = size * 3 // 8, size // 8
+        ptiles = self._pool_tiles(g, pop, pplan, _Slots(base, pin), _Slots(base + 2 * pin, pout))
+        ntiles = len(ptiles)
+        steps = self._conv_steps(g, op, plan)
+        while True:
+            self.s.tag = k
+            try:
+                rows = next(steps)
+            except StopIteration as e:
+                ctiles = e.value
+                break
+            self.s.tag = k + 1
+            while ptiles and ptiles[0][0] <= rows:
+                ptiles.pop(0)[1]()
+        self.s.tag = k + 1
+        for _, emit in ptiles:
+            emit()
+        return ctiles, ntiles
 
     # ---- the whole graph -------------------------------------------------------------------------
 
@@ -750,7 +816,8 @@ class EmitInstructions:
         self.s = Scheduler(c, 0, max(self.scratch_size, 1))
         reports, issued = [], []
         starts = [0]
-        for op in g.ops:
+        fused = None
+        for i, op in enumerate(g.ops):
             while level[op.output] >= len(starts):
                 starts.append(self.s.end_segment())
             if op.kind == "concat":
@@ -758,12 +825,22 @@ class EmitInstructions:
             n0, m0 = len(self.s.instrs), self.macs
             self.s.tag = len(reports)
             plan = self.plans[op.name]
-            tiles = self.conv(g, op, plan) if op.kind == "conv" else self.pool(g, op, plan)
+            nxt = g.ops[i + 1] if i + 1 < len(g.ops) and level[g.ops[i + 1].output] == level[op.output] else None
+            if fused is not None:           # emitted with the convolution before it
+                plan, tiles = fused
+                fused = None
+            elif (pplan := self._fused_pool(g, op, nxt)) is not None:
+                tiles, ptiles = self._conv_with_pool(g, op, plan, nxt, pplan, len(reports))
+                fused = pplan, ptiles
+            else:
+                tiles = self.conv(g, op, plan) if op.kind == "conv" else self.pool(g, op, plan)
             reports.append(self._report(g, op, plan, len(self.s.instrs) - n0, tiles))
             issued.append(self.macs - m0)
         self.s.tag = None
         instrs = self.s.instructions()
         ranges = self.s.tag_ranges()
+        for k, r in enumerate(reports):
+            r.instructions = sum(b - a + 1 for a, b in ranges.get(k, []))
         layers = [{"name": r.name, "op": r.op, "macs": r.macs, "issued_macs": int(m),
                    "instructions": ranges.get(k, []), "in_shape": r.in_shape, "out_shape": r.out_shape}
                   for k, (r, m) in enumerate(zip(reports, issued))]

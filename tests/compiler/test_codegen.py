@@ -222,3 +222,36 @@ def test_meta_layers_cover_every_instruction_once(cfg):
         assert conv_macs[k] * CONFIGS[cfg].macs_per_cycle == d["issued_macs"]
         # padding only adds work: a layer on the MAC array issues at least its model MACs (pools issue none)
         assert d["issued_macs"] >= d["macs"] or (d["issued_macs"] == 0 and "Pool" in d["op"])
+
+
+def test_pool_interleaves_with_the_convolution_it_reads():
+    # The max pool after a convolution runs on the POST unit while the MAC array still convolves:
+    # its first POOL comes before the convolution's last CONV, and the result is unchanged.
+    from tessera.compiler.driver import compile_model
+    b = NetBuilder((1, 3, 64, 48), seed=6)
+    q = quantize(b.model([b.maxpool(b.conv("x", 16, relu=True), 3, 2, 1)]))
+    prog, rep = compile_model(q, SIM)
+    ops = [i.op for i in prog.instructions]
+    last_conv = max(k for k, o in enumerate(ops) if o == Opcode.CONV)
+    assert rep[0].tiles > 2 and ops.index(Opcode.POOL) < last_conv
+    assert len(prog.meta["layers"][1]["instructions"]) > 1        # interleaved: several runs of instructions
+    assert_layer_exact(check_against_ort(q, SIM, n_inputs=2, program=prog))
+    # where the pooling's tiles do not fit beside the convolution's, the two run one after the other
+    b = NetBuilder((1, 3, 40, 24), seed=6)
+    prog, _ = compile_model(quantize(b.model([b.maxpool(b.conv("x", 16, relu=True), 3, 2, 1)])), TINY)
+    ops = [i.op for i in prog.instructions]
+    assert ops.index(Opcode.POOL) > max(k for k, o in enumerate(ops) if o == Opcode.CONV)
+
+
+@pytest.mark.parametrize("cfg", ["sim", "tiny"])
+def test_strided_1x1_conv_loads_only_the_pixels_it_reads(cfg):
+    from tessera.compiler.driver import compile_model
+    q = quantize(_conv_model((1, 24, 13, 11), 20, k=1, stride=2, pad=(0, 0)))
+    prog, _ = compile_model(q, CONFIGS[cfg])
+    config = CONFIGS[cfg]
+    act_words = sum(i.rows * i.cols for i in prog.instructions if i.op == Opcode.LOAD and i.buf.name == "ACT")
+    # 7×6 output pixels: every input word is loaded once per ob group, never the skipped pixels
+    cb, ob_groups = -(-24 // config.lanes), sum(i.op == Opcode.EPILOGUE for i in prog.instructions)
+    assert act_words <= 7 * 6 * cb * ob_groups
+    assert all(i.stride_h == 1 and i.stride_w == 1 for i in prog.instructions if i.op == Opcode.CONV)
+    assert_layer_exact(check_against_ort(q, config, n_inputs=2, program=prog))

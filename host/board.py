@@ -254,12 +254,12 @@ class BoardBackend(Backend):
             raise ValueError(f"access of {n} bytes at 0x{addr:x} is outside external memory "
                              f"({self.program.config.dram_bytes} bytes)")
 
-    def execute(self) -> RunResult:
+    def execute(self, prog_addr: int | None = None) -> RunResult:
         from tessera.sim.emulator import NpuError
         c = self.program.config
         link = self.link
         t0 = time.perf_counter()
-        link.write_csr(Csr.PROG_ADDR, self.program.prog_addr)
+        link.write_csr(Csr.PROG_ADDR, self.program.prog_addr if prog_addr is None else prog_addr)
         link.write_csr(Csr.WATCHDOG, self.watchdog)
         link.write_csr(Csr.CTRL, _CTRL_START)
         while True:

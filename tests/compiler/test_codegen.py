@@ -255,3 +255,19 @@ def test_strided_1x1_conv_loads_only_the_pixels_it_reads(cfg):
     assert act_words <= 7 * 6 * cb * ob_groups
     assert all(i.stride_h == 1 and i.stride_w == 1 for i in prog.instructions if i.op == Opcode.CONV)
     assert_layer_exact(check_against_ort(q, config, n_inputs=2, program=prog))
+
+
+def test_weight_heavy_small_image_takes_whole_image_tiles():
+    # ResNet's 7×7 stage: with all input channels per step only two rows fit the input slot and
+    # every row band would reload 1 MB of weights; the estimate splits the channels instead, so
+    # one tile covers the image and each weight group loads once.
+    from tessera.compiler.driver import compile_model
+    q = quantize(_conv_model((1, 2048, 7, 7), 512, k=1))
+    cfg = SIM
+    g = run_passes(lower(load_onnx(q)), cfg)
+    plan = TileForBuffers(cfg)(g)[g.ops[0].name]
+    assert (plan.th, plan.tw) == (7, 7) and plan.n_cg > 1
+    prog, _ = compile_model(q, cfg)
+    wgt_words = sum(i.cols for i in prog.instructions if i.op == Opcode.LOAD and i.buf.name == "WGT")
+    assert wgt_words == 2048 // 16 * 512 // 16
+    assert_layer_exact(check_against_ort(q, cfg, n_inputs=1, program=prog))

@@ -51,6 +51,7 @@ class Timing:
     queue_latency: int = 2        # fetch hand-over → queue head → start
     fetch_start: int = 1          # start pulse → first instruction beat requested
     end_cycles: int = 2           # END decoded → done seen by the cycle counter
+    fetch_turn: float = 1.0       # cycles a LOAD loses per burst of instruction beats fetch requests beside it
 
     @classmethod
     def for_config(cls, config: NpuConfig) -> Timing:
@@ -154,11 +155,13 @@ class CycleModel:
         share = min(rate, 0.5)                        # ... and beside a STORE
         load, store = (new, other) if new.op == "LOAD" else (other, new)
         load0, store0 = load.end, store.end
+        # A LOAD starting beside a running STORE issues its first burst of reads every other cycle.
+        first = min(load.busy, c.mem_outstanding) - 1 if new is load else 0
         for _ in range(4):                            # the overlap grows as both stretch
             overlap = max(0, min(load.end, store.end) - new.start)
             store.end = store0 + min(load.busy, round(overlap * share))
             extra = overlap * max(1 - share / rate, 1.2 / rt if rate < 1 else 0)
-            load.end = load0 + round(extra)
+            load.end = load0 + round(extra) + (first if overlap > first else 0)
         stalls["STORE"]["memory"] += store.end - store0
         stalls["LOAD"]["memory"] += load.end - load0
 
@@ -299,6 +302,14 @@ class CycleModel:
                 waited = ""
             rec = InstrTiming(ipc * INSTR_BYTES, ins.op.name, u.name, disp, start, start + occupied,
                               busy, macs, ipc, max(0, start - free), waited)
+            if ins.op == Opcode.LOAD:
+                # Fetch and LOAD take turns on the read port: each burst of instruction beats that fetch
+                # requests while the LOAD runs costs it about a cycle (measured on the RTL).
+                end0 = rec.end
+                for _ in range(2):
+                    bursts = sum(1 for r in rq if start <= r < rec.end) / fd
+                    rec.end = end0 + round(bursts * t.fetch_turn)
+                stalls["LOAD"]["memory"] += rec.end - end0
             if ins.op in (Opcode.LOAD, Opcode.STORE):
                 self._share_port(rec, last.get(Unit.STORE if ins.op == Opcode.LOAD else Unit.LOAD), stalls)
             last[u] = rec

@@ -12,7 +12,7 @@ only faster ways to compute them than plain int64 numpy.
   checked once on all-extreme operands, where such saturation cannot hide.
 - :func:`requantize_into` evaluates ``clamp(rnd(wrap32(acc + bias) * mult,
   shift) + zp, lo, hi)`` in float64 where that is provably exact and in int64
-  otherwise (the proof is in the function's comments).
+  otherwise (the proof is in ``_rounded``); :func:`residual_into` likewise.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["ChannelParams", "Int8Gemm", "ResidualParams", "gemm_float32", "requa
 
 #: float64 represents every integer of magnitude below this exactly.
 _EXACT_F64 = float(1 << 53)
-#: Requantization shifts up to this make an inexact float64 product harmless (see requantize_into).
+#: Requantization shifts up to this make an inexact float64 product harmless (proof in _rounded).
 _SAFE_SHIFT = 44
 
 

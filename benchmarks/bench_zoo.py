@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -39,19 +40,31 @@ def qdq_model(name: str):
     path, side = BUILD / f"{name}_qdq.onnx", BUILD / f"{name}_qdq.json"
     if path.exists() and side.exists():
         return onnx.load(path), json.loads(side.read_text())["shape"], 0.0
+    import gc
+
     import keras
 
-    from tessera.compiler.zoo import calibration_data, compile_keras, models
+    from tessera.compiler.calibrate import quantize_float_model
+    from tessera.compiler.passes import FoldBatchNorm
+    from tessera.compiler.tf_frontend import keras_to_onnx, strip_input_layout
+    from tessera.compiler.zoo import calibration_data, models
     t0 = time.perf_counter()
     keras.utils.set_random_seed(0)
     model = models.full(name)
     BUILD.mkdir(parents=True, exist_ok=True)
-    cal = BUILD / f"{name}_calibration.npz"
-    np.savez(cal, **calibration_data(model, samples=4))
-    prog, _, qdq = compile_keras(model, "sim", cal, name=name)
-    onnx.save(qdq, path, save_as_external_data=len(qdq.SerializeToString()) > 1.9e9)
-    side.write_text(json.dumps({"shape": prog.inputs[0].shape}))
-    return qdq, prog.inputs[0].shape, time.perf_counter() - t0
+    cal = {k: np.moveaxis(v, -1, -3) for k, v in calibration_data(model, samples=4).items()}
+    np.savez(BUILD / f"{name}_calibration.npz", **cal)
+    shape = [1, *model.inputs[0].shape[1:]]
+    proto, _ = strip_input_layout(keras_to_onnx(model, source=name))
+    # VGG-16's 528 MB of weights exist several times over in TensorFlow; free them before quantizing.
+    del model
+    keras.backend.clear_session()
+    gc.collect()
+    qdq = quantize_float_model(FoldBatchNorm()(proto), BUILD / f"{name}_calibration.npz")
+    del proto
+    onnx.save(qdq, path)
+    side.write_text(json.dumps({"shape": shape}))
+    return qdq, shape, time.perf_counter() - t0
 
 
 def reference_outputs(qdq, prog):
@@ -79,7 +92,13 @@ def bench_one(name, config, rtl: bool, sim_holder: dict):
 
     from tessera.compiler.driver import compile_model
     from tessera.host.runtime import Runtime
-    qdq, shape, t_build = qdq_model(name)
+    t_build = 0.0
+    if not (BUILD / f"{name}_qdq.json").exists():
+        # Convert in a process of its own: TensorFlow keeps gigabytes (VGG-16) that the emulator then needs.
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--build", name], check=True)
+        t_build = time.perf_counter() - t0
+    qdq, shape, _ = qdq_model(name)
     t0 = time.perf_counter()
     prog, reports = compile_model(qdq, config, name=name)
     t_compile = time.perf_counter() - t0
@@ -137,13 +156,31 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="resnet50,resnet152,densenet121,vgg16,ssd300")
     ap.add_argument("--skip-rtl", action="store_true", help="leave out the RTL runs (tens of minutes each)")
     ap.add_argument("--config", default="sim")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one model, JSON row on stdout
+    ap.add_argument("--build", help=argparse.SUPPRESS)  # internal: convert one model into build/zoo-bench/
     args = ap.parse_args(argv)
+    if args.build:
+        qdq_model(args.build)
+        return 0
     rtl = not args.skip_rtl and os.environ.get("TESSERA_BENCH_SKIP_RTL") != "1"
-    rows, holder = [], {}
+    holder = {}
+    if args.one:
+        print(json.dumps(bench_one(args.one, args.config, rtl, holder)))
+        if holder.get("sim"):
+            holder["sim"].close()
+        return 0
+    rows, failed = [], []
     t_all = time.perf_counter()
     for name in args.models.split(","):
+        # One process per model: the full-size conversions need gigabytes, released between models,
+        # and one model's failure (e.g. out of memory) leaves the others' figures.
         print(f"bench_zoo: {name}", file=sys.stderr, flush=True)
-        rows.append(bench_one(name, args.config, rtl, holder))
+        cmd = [sys.executable, __file__, "--one", name, "--config", args.config] + (["--skip-rtl"] if not rtl else [])
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if r.returncode == 0 and r.stdout.strip():
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        else:
+            failed.append(f"{name} (exit status {r.returncode})")
     cmd = "python benchmarks/bench_zoo.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     load = os.getloadavg()[0]
     out = [f"## Model zoo at full size (config `{args.config}`)", "",
@@ -179,10 +216,11 @@ def main(argv=None) -> int:
     if builds:
         out.append("\nBuilding the QDQ models (Keras → tf2onnx → quantize; cached in build/zoo-bench/): "
                    + ", ".join(f"{r['name']} {r['build']:.0f} s" for r in builds) + ".")
+    if failed:
+        out.append("\nFailed: " + ", ".join(failed) + " (a negative status is a signal: -9 is usually the "
+                   "out-of-memory killer).")
     out.append(f"\n_Total {time.perf_counter() - t_all:.0f} s._")
     print("\n".join(out))
-    if holder.get("sim"):
-        holder["sim"].close()
     return 0
 
 

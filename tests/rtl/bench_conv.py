@@ -8,7 +8,7 @@ under ``TB_BACKPRESSURE`` only the instruction starts come at random gaps.
 """
 
 import cocotb
-from tb import BufferBench, Unit, golden
+from tb import BufferBench, Ports, Unit, golden
 
 from tessera.isa import Buffer, ErrorCode, Instruction
 
@@ -32,12 +32,13 @@ class ConvBench(BufferBench):
         self.fill(Buffer.ACT, -128, 128)
         self.fill(Buffer.WGT, -128, 128)
         self.fill(Buffer.ACC, -(1 << 31), 1 << 31)
+        dut = Ports(dut, "conv_")
         self.model(Buffer.ACT, reads=[(dut.act_rd__addr, dut.act_rd__data)])
         self.model(Buffer.WGT, reads=[(dut.wgt_rd__addr, dut.wgt_rd__data)])
         self.model(Buffer.ACC, reads=[(dut.acc_rd__addr, dut.acc_rd__data)],
                    writes=[(dut.acc_wr__addr, dut.acc_wr__data, dut.acc_wr__en)])
         self.macs = self.tb.add(MacCounter(dut.mac))
-        self.unit = self.tb.add(Unit(self.tb, "ctl"))
+        self.unit = self.tb.add(Unit(self.tb, "conv_ctl"))
 
     async def run(self, ins: Instruction):
         c = self.c

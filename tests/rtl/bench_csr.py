@@ -10,7 +10,7 @@ Under ``TB_BACKPRESSURE`` the memory reads of a stopped run drain slowly
 """
 
 import cocotb
-from tb import TB, config
+from tb import TB, Ports, config
 
 from tessera.isa import Csr, ErrorCode, Status, Unit
 
@@ -89,7 +89,7 @@ class CsrBench:
 
     def __init__(self, dut):
         self.c = config()
-        self.dut = dut
+        self.dut = Ports(dut, "csr_")
         self.tb = TB(dut)
         self.spec = CsrSpec(self.c)
         self.ops = []                     # host writes to come, one per cycle

@@ -10,7 +10,7 @@ a program finishes or deadlocks, and at which pc, comes from the emulator.
 """
 
 import cocotb
-from tb import TB, StreamSource, config
+from tb import TB, Ports, StreamSource, config
 from tessera.sim.emulator import Emulator, NpuError
 
 from tessera.isa import (
@@ -71,8 +71,8 @@ class DispatchBench:
 
     def __init__(self, dut):
         self.c = config()
-        self.dut = dut
         self.tb = tb = TB(dut)
+        self.dut = dut = Ports(dut, "disp_")
         self.port = {u: (lambda n, u=u: getattr(dut, f"u_{u.name.lower()}__{n}")) for u in UNITS}
         tb.add(self)            # before the source: it sees the handshake before the source forgets it
         self.src = tb.add(StreamSource(tb, dut.i_valid, dut.i_ready, (dut.i_instr, dut.i_unit, dut.i_pc)))
@@ -200,7 +200,7 @@ async def dispatch_hold_starts_nothing(dut):
         b.hold = int(rng.random() < 0.5)        # sample() fails on any start while hold
         await b.tb.step()
     b.hold = 0
-    await b.tb.until(lambda: int(dut.idle.value), 2000, "idle")
+    await b.tb.until(lambda: int(b.dut.idle.value), 2000, "idle")
     b.tb.finish()
 
 

@@ -8,7 +8,7 @@ memory, which also gives the fault (code and pc) a stream ends with.
 """
 
 import cocotb
-from tb import TB, ReadMemory, StreamSink, config
+from tb import TB, Ports, ReadMemory, StreamSink, config
 from tessera.sim.emulator import Emulator, NpuError
 
 from tessera.isa import (
@@ -41,8 +41,8 @@ def random_instruction(rng, op: Opcode) -> Instruction:
 class FetchBench:
     def __init__(self, dut):
         self.c = c = config()
-        self.dut = dut
         self.tb = tb = TB(dut)
+        self.dut = dut = Ports(dut, "fetch_")
         self.emu = Emulator(c)
         self.mem = tb.add(ReadMemory(tb, self.emu.dram, c.bus_bytes, c.mem_latency, dut.mem__req__valid,
                                      dut.mem__req__ready, dut.mem__req__payload, dut.mem__resp__valid,
@@ -87,7 +87,7 @@ class FetchBench:
             self.emu.write(prog_addr + i * INSTR_BYTES, w)
         self.expect(prog_addr)
         self.fault = None
-        await tb.reset(prog_addr=prog_addr)
+        await tb.reset(fetch_prog_addr=prog_addr)
         await tb.until(lambda: int(dut.finished.value) or self.fault is not None, 4000, "END or a fault")
         for _ in range(10):             # nothing more comes out
             await tb.step()

@@ -10,10 +10,9 @@ instruction starts come at random gaps.
 import os
 
 import cocotb
-from tb import BufferBench, Unit, golden
+from tb import BufferBench, Ports, Unit, golden
 
 from tessera.isa import Buffer, ErrorCode, Instruction, PoolMode
-
 
 #: Tests of RTL bugs not fixed yet: run only by their xfail wrapper in test_post.py.
 KNOWN_BUG = os.environ.get("TB_KNOWN_BUGS") != "1"
@@ -28,11 +27,12 @@ class PostBench(BufferBench):
         self.fill(Buffer.ACT, -128, 128)
         self.fill(Buffer.ACC, -(1 << 22), 1 << 22)
         self.fill_params()
+        dut = Ports(dut, "post_")
         self.model(Buffer.ACT, reads=[(dut.act_rd__addr, dut.act_rd__data)],
                    writes=[(dut.act_wr__addr, dut.act_wr__data, dut.act_wr__en)])
         self.model(Buffer.ACC, reads=[(dut.acc_rd__addr, dut.acc_rd__data)])
         self.model(Buffer.PARAM, reads=[(dut.prm_rd__addr, dut.prm_rd__data)])
-        self.unit = self.tb.add(Unit(self.tb, "ctl"))
+        self.unit = self.tb.add(Unit(self.tb, "post_ctl"))
 
     def fill_params(self):
         """Per channel: any int32 bias, a multiplier in the compiler's range, shifts mostly in a useful range."""

@@ -3,12 +3,14 @@
 :class:`Harness` puts one or more components side by side with their ports
 renamed ``<prefix>_<port>``; :func:`sources` converts any component to
 Verilog and wraps it in ``tb_<name>`` with the clock generated inside the
-model. :func:`run_bench` builds that with Verilator once per (bench, config,
-source) hash and runs a cocotb bench module (tests/rtl/bench_*.py) against it.
+model. :func:`run_bench` builds that with Verilator once per (harness, config,
+source) hash and runs a cocotb bench module (tests/rtl/bench_*.py) against it;
+:class:`Units` holds every component, so each config needs one build only.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -20,8 +22,13 @@ from amaranth.hdl import Const, Module, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from tessera.hdl.common import round_shift
-from tessera.hdl.fetch import decode_checks
+from tessera.hdl.conv import ConvUnit
+from tessera.hdl.csr import CsrBlock
+from tessera.hdl.dispatch import Dispatch
+from tessera.hdl.dma import LoadDma, StoreDma
+from tessera.hdl.fetch import Fetch, decode_checks
 from tessera.hdl.mac import MacArray
+from tessera.hdl.post import PostUnit
 
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS
@@ -61,12 +68,20 @@ class Harness(wiring.Component):
         return m
 
 
-class Components(Harness):
-    """MacArray, the instruction decoder and the rounding shift, each with its own ports."""
+class Units(Harness):
+    """Every NPU component side by side, so that one Verilator build per config serves every bench.
+
+    A build's fixed cost (Verilator's runtime and cocotb's main compiled anew) is
+    most of a small component's build, so the components share one. Ports:
+    ``ld_`` LoadDma, ``st_`` StoreDma, ``post_`` PostUnit, ``conv_`` ConvUnit,
+    ``fetch_`` Fetch, ``disp_`` Dispatch, ``csr_`` CsrBlock, ``mac_`` MacArray,
+    and ``dec_``/``rnd_`` for the instruction decoder and the rounding shift.
+    """
 
     def __init__(self, config):
-        self.config = config
-        super().__init__({"mac": MacArray(config)}, {
+        self.config = c = config
+        super().__init__({"ld": LoadDma(c), "st": StoreDma(c), "post": PostUnit(c), "conv": ConvUnit(c),
+                          "fetch": Fetch(c), "disp": Dispatch(c), "csr": CsrBlock(c), "mac": MacArray(c)}, {
             "dec_raw": In(INSTR_BITS), "dec_legal": Out(1), "dec_bad": Out(1), "dec_unit": Out(2),
             "rnd_x": In(signed(63)), "rnd_s": In(unsigned(32)), "rnd_y": Out(signed(63))})
 
@@ -76,6 +91,22 @@ class Components(Harness):
         m.d.comb += [self.dec_legal.eq(legal), self.dec_bad.eq(bad), self.dec_unit.eq(unit.as_value()),
                      self.rnd_y.eq(round_shift(self.rnd_x, self.rnd_s, 63))]
         return m
+
+
+#: The benches' config: rows = 2×lanes (an EPILOGUE block spans two ACT words), ACT words narrower than
+#: the 16-byte bus, WGT/ACC words of two beats, PARAM words of six; two-deep queues and token counters.
+UNITS = NpuConfig(name="units", lanes=4, rows=8, abuf_words=128, wbuf_words=64, accbuf_words=64, pbuf_words=8,
+                  bus_bytes=16, dram_bytes=8 << 10, mem_latency=3, mem_outstanding=4, queue_depth=2, token_depth=2)
+#: Other bus widths for DMA and fetch: 4 bytes (every word and instruction in several beats, an ACT word
+#: per beat) and 64 bytes (two instructions and sixteen ACT words per beat; rows=16 so all words divide it).
+BUS_CONFIGS = {4: UNITS.replace(name="units-bus4", bus_bytes=4),
+               16: UNITS,
+               64: UNITS.replace(name="units-bus64", rows=16, bus_bytes=64)}
+
+
+def run_units(bench: str, test_dir: Path, config: NpuConfig = UNITS, **kw):
+    """Run a bench module against the :class:`Units` build of ``config``."""
+    run_bench(bench, "units", Units, config, test_dir, **kw)
 
 
 def sources(top: wiring.Component, name: str) -> dict:
@@ -115,10 +146,14 @@ def build(name: str, make_top, config: NpuConfig):
     waves = waves_wanted()
     top = f"tb_{name}"
     folder = build_root() / f"bench-{name}-{config.hash()[:8]}-{_key(name, config, waves)}"
-    if (folder / ".built").exists() and (folder / top).exists():
-        _ensure_path()
-        return get_runner("verilator"), folder, top
-    return verilate(sources(make_top(config), name), top, folder, waves=waves, opt="-O0"), folder, top
+    folder.mkdir(parents=True, exist_ok=True)
+    # Parallel workers wanting the same build: the first generates and builds, the others wait for it.
+    with open(folder / ".generate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / ".built").exists() and (folder / top).exists():
+            _ensure_path()
+            return get_runner("verilator"), folder, top
+        return verilate(sources(make_top(config), name), top, folder, waves=waves, opt="-O0"), folder, top
 
 
 def run_bench(bench: str, name: str, make_top, config: NpuConfig, test_dir: Path, *, backpressure: bool = False,

@@ -138,6 +138,16 @@ class TB:
             sb.finish()
 
 
+class Ports:
+    """One component's ports in the multi-component harness: ``ports.x`` is the DUT's ``<prefix>x``."""
+
+    def __init__(self, dut, prefix: str):
+        self._dut, self._prefix = dut, prefix
+
+    def __getattr__(self, name):
+        return getattr(self._dut, self._prefix + name)
+
+
 def sig_int(sig) -> int:
     return int(sig.value)
 

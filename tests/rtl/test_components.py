@@ -1,14 +1,10 @@
-"""Per-component cocotb benches under Verilator: the MAC array, the decoder and the rounding shift."""
+"""cocotb bench of the MAC array, the instruction decoder and the rounding shift (tests/rtl/components_bench.py)."""
 
 import pytest
 
-from tessera.arch import NpuConfig
-
-from .components import Components, run_bench
-
-CONFIG = NpuConfig(name="components", lanes=4, rows=8, dram_bytes=1 << 20)
+from .components import run_units
 
 
 @pytest.mark.parametrize("backpressure", [False, True], ids=["steady", "backpressure"])
 def test_components_mac_decoder_rounding(tmp_path, backpressure):
-    run_bench("components_bench", "components", Components, CONFIG, tmp_path, backpressure=backpressure)
+    run_units("components_bench", tmp_path, backpressure=backpressure)

@@ -42,7 +42,7 @@ class Board:
     soft_kind : str
         Soft-multiplier construction (:data:`tessera.hdl.boards.multipliers.SOFT_KINDS`).
     mem_beats : int
-        Depth of the on-chip memory window the NPU board core uses until the DRAM controller exists.
+        Depth of the on-chip memory window of ``NpuBoardCore`` (the boards without an SDRAM controller).
     resource_cells : dict
         Report kind -> (cell type as nextpnr/yosys names it, where to read it: "nextpnr" or "yosys").
     capacity : dict

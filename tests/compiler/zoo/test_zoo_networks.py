@@ -170,6 +170,19 @@ def test_reduced_ssd300_splits_at_l2_normalization_and_detects(tmp_path):
     results, got, ref = _compare(prog, qdq, x, check_hazards=True)
     assert sorted(r["name"] for r in results) == ["mbox_conf", "mbox_loc"]
     assert_network(results)
+    # On onnxruntime's own conv4_3, the host op reproduces onnxruntime's normalized tensor exactly (the
+    # network-level differences come from conv4_3's one-step differences, which the division amplifies).
+    import onnx
+
+    from tessera.host.hostops import run_steps
+    (src,), (dst,) = l2[0]["inputs"], l2[0]["outputs"]
+    dq = {n.input[0]: n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+    m = onnx.ModelProto.FromString(qdq.SerializeToString())
+    for name in (src, dq[dst]):
+        m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    inner = _ort(m, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    env = run_steps(l2[0]["attrs"]["steps"], {src: inner[src]})
+    np.testing.assert_array_equal(env[dst], inner[dq[dst]])
     # Boxes, classes and scores on the host; the NPU's boxes decode like onnxruntime's.
     priors = detection.prior_boxes()
     tol = 2 * _out_scale(prog, "mbox_loc") * 0.2 * 1.01  # two steps of an offset, times the largest variance

@@ -102,8 +102,14 @@ class EpilogueEngine(wiring.Component):
             # S2: the word's channels.
             v2, oa2 = Signal(), Signal(16)
             m.d.sync += [v2.eq(vr), oa2.eq(oar)]
-            accw = self.acc_rd.data.word_select(jr, 32 * N)
-            prmw = self.prm_rd.data.word_select(jr, 96 * N)
+            # One signal per selected word: every slice of a word_select expression would otherwise
+            # become its own full-width selector (48 of 1536 bits here), slow to convert and to simulate.
+            accw, prmw = Signal(32 * N), Signal(96 * N)
+            if k == 1:
+                m.d.comb += [accw.eq(self.acc_rd.data), prmw.eq(self.prm_rd.data)]
+            else:
+                m.d.comb += [accw.eq(self.acc_rd.data.word_select(jr, 32 * N)),
+                             prmw.eq(self.prm_rd.data.word_select(jr, 96 * N))]
             lanes = []
             for n in range(N):
                 L = {"acc": Signal(signed(32)), "bias": Signal(signed(32)), "mult": Signal(signed(32)), "shift": Signal(6),

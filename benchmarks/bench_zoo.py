@@ -56,12 +56,14 @@ def qdq_model(name: str):
     np.savez(BUILD / f"{name}_calibration.npz", **cal)
     shape = [1, *model.inputs[0].shape[1:]]
     proto, _ = strip_input_layout(keras_to_onnx(model, source=name))
+    print(f"bench_zoo: {name} converted by tf2onnx ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     # VGG-16's 528 MB of weights exist several times over in TensorFlow; free them before quantizing.
     del model
     keras.backend.clear_session()
     gc.collect()
     qdq = quantize_float_model(FoldBatchNorm()(proto), BUILD / f"{name}_calibration.npz")
     del proto
+    print(f"bench_zoo: {name} quantized ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     onnx.save(qdq, path)
     side.write_text(json.dumps({"shape": shape}))
     return qdq, shape, time.perf_counter() - t0

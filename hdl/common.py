@@ -6,7 +6,7 @@ layout from :func:`tessera.isa.layout`.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Mux, unsigned
+from amaranth.hdl import Cat, Const, Mux, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -101,7 +101,10 @@ def round_shift(x, s, width: int):
     q = xs >> s_eff
     mask = Const((1 << 64) - 1, 64) >> (64 - s_eff).as_unsigned()[:7]   # low s bits
     half = mask ^ (mask >> 1)                                 # bit s-1 (0 when s = 0)
-    rem = xs.as_unsigned() & mask
+    # The remainder comes from x's 64-bit two's-complement pattern: a negative x shifted by more than
+    # its own width must still see its sign bits below the shift, or rnd(-1, 60) would come out -1.
+    x64 = Cat(xs, xs[-1].replicate(64 - len(xs)))
+    rem = x64 & mask
     up = (rem > half) | ((rem == half) & (s_eff != 0) & q[0])
     return (q + up)[:width].as_signed()
 

@@ -7,15 +7,12 @@ handshakes (fixed-latency pipelines), so under ``TB_BACKPRESSURE`` only the
 instruction starts come at random gaps.
 """
 
-import os
 
 import cocotb
 from tb import BufferBench, Ports, Unit, golden
 
 from tessera.isa import Buffer, ErrorCode, Instruction, PoolMode
 
-#: Tests of RTL bugs not fixed yet: run only by their xfail wrapper in test_post.py.
-KNOWN_BUG = os.environ.get("TB_KNOWN_BUGS") != "1"
 
 
 class PostBench(BufferBench):
@@ -143,7 +140,7 @@ async def post_range_faults_write_nothing(dut):
     b.tb.finish()
 
 
-@cocotb.test(skip=KNOWN_BUG)
+@cocotb.test()
 async def post_shifts_wider_than_the_sum_round_like_numerics(dut):
     """round_shift(x, s) of a negative x with s beyond x's width is 0 (or -1 only below -2**(s-1)).
 

@@ -14,7 +14,6 @@ from tb import BufferBench, Ports, Unit, golden
 from tessera.isa import Buffer, ErrorCode, Instruction, PoolMode
 
 
-
 class PostBench(BufferBench):
     def __init__(self, dut):
         super().__init__(dut)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
@@ -19,12 +21,18 @@ from .common import (
     word_bits,
 )
 
-__all__ = ["LoadDma", "StoreDma", "write_lanes"]
+__all__ = ["LoadDma", "StoreDma", "words_per_beat", "write_lanes"]
 
 
 def write_lanes(c: NpuConfig, buf: Buffer) -> int:
     """Write-enable slices of a buffer word: one per bus beat when a word spans several beats."""
     return max(1, c.word_bytes(buf) // c.bus_bytes)
+
+
+def words_per_beat(c: NpuConfig, buf: Buffer) -> int:
+    """Buffer words one bus beat holds: LOAD writes that many consecutive words per response
+    (``<prefix>_wr`` and ``<prefix>_wrx``), so narrow words stream at the bus's rate."""
+    return max(1, c.bus_bytes // c.word_bytes(buf))
 
 
 def _checks(m, c: NpuConfig, ins, wb, depth):
@@ -53,17 +61,21 @@ def _check_then_run(m, ctl, running, walker, bad_buf, mis, dram, bufr):
 
 
 class _Walker:
-    """Row/column/beat counters of a 2-D transfer and the addresses they name."""
+    """Row/column/beat counters of a 2-D transfer and the addresses they name.
 
-    def __init__(self, m, ins, wb, bpw):
+    Each ``advance`` moves ``step`` words along a row (``dstep`` bytes of DRAM); ``step`` never
+    passes the row's end.
+    """
+
+    def __init__(self, m, ins, wb, bpw, step=1, dstep=None):
         self.r, self.col, self.e = Signal(16), Signal(16), Signal(16)
         self.row_dram, self.word_dram = Signal(34), Signal(34)
         self.row_buf, self.word_buf = Signal(32), Signal(32)
         self.active = Signal()
         self.last_e = self.e == bpw - 1
-        self.last_col = self.col == ins.cols - 1
+        self.last_col = self.col + step == ins.cols
         self.last_r = self.r == ins.rows - 1
-        self.ins, self.wb = ins, wb
+        self.ins, self.step, self.dstep = ins, step, wb if dstep is None else dstep
 
     def start(self, m):
         ins = self.ins
@@ -84,16 +96,22 @@ class _Walker:
                 with m.If(self.last_r):
                     m.d.sync += self.active.eq(0)
             with m.Else():
-                m.d.sync += [self.col.eq(self.col + 1), self.word_dram.eq(self.word_dram + self.wb),
-                             self.word_buf.eq(self.word_buf + 1)]
+                m.d.sync += [self.col.eq(self.col + self.step), self.word_dram.eq(self.word_dram + self.dstep),
+                             self.word_buf.eq(self.word_buf + self.step)]
 
 
 class LoadDma(wiring.Component):
     """LOAD: beats stream in (up to ``mem_outstanding`` in flight) and are written as they arrive.
 
-    A word wider than the bus is written one beat-wide slice at a time; a word
-    narrower than the bus is cut out of its beat. Each request's destination
-    travels in a FIFO beside the memory's in-order responses.
+    A word wider than the bus is written one beat-wide slice at a time. Words
+    narrower than the bus are packed: one request fetches every word of the
+    row that lies in its beat (a row's words are contiguous in memory), and
+    the response writes them all in the same cycle, word ``j`` of the beat
+    through ``<prefix>_wr`` (j = 0) or ``<prefix>_wrx[j-1]``. The addresses
+    of those ports are consecutive, so a buffer built from
+    :func:`words_per_beat` banks interleaved by address serves them without
+    conflict. Each request's destination travels in a FIFO beside the
+    memory's in-order responses; no response data is buffered.
     """
 
     def __init__(self, config: NpuConfig):
@@ -104,7 +122,12 @@ class LoadDma(wiring.Component):
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT), write_lanes(c, Buffer.ACT))),
             "wgt_wr": Out(BufWriteSignature(c.wbuf_words, word_bits(c, Buffer.WGT), write_lanes(c, Buffer.WGT))),
             "prm_wr": Out(BufWriteSignature(c.pbuf_words, word_bits(c, Buffer.PARAM), write_lanes(c, Buffer.PARAM))),
+            **{f"{p}x": Out(BufWriteSignature(c.buffer_words(b), word_bits(c, b))).array(words_per_beat(c, b) - 1)
+               for b, p in self.PORTS.items() if words_per_beat(c, b) > 1},
         })
+
+    #: Write-port name of each buffer LOAD fills.
+    PORTS: ClassVar[dict] = {Buffer.ACT: "act_wr", Buffer.WGT: "wgt_wr", Buffer.PARAM: "prm_wr"}
 
     def elaborate(self, platform):
         m = Module()
@@ -124,14 +147,22 @@ class LoadDma(wiring.Component):
             return v
 
         wb = Signal(16)
+        lwb = Signal(range(32))
         bpw = Signal(16)
         depth = Signal(17)
-        m.d.comb += [wb.eq(per_buf(c.word_bytes)), bpw.eq(per_buf(lambda b: write_lanes(c, b))),
-                     depth.eq(per_buf(c.buffer_words))]
+        m.d.comb += [wb.eq(per_buf(c.word_bytes)), lwb.eq(per_buf(lambda b: log2(c.word_bytes(b)) if c.word_bytes(b) < B else 0)),
+                     bpw.eq(per_buf(lambda b: write_lanes(c, b))), depth.eq(per_buf(c.buffer_words))]
         mis, dram, bufr = _checks(m, c, ins, wb, depth)
 
-        w = _Walker(m, ins, wb, bpw)
-        m.submodules.meta = meta = fifo.SyncFIFO(width=32 + 16, depth=c.mem_outstanding)
+        # Words per request: a narrow word's request takes the rest of its beat, up to the row's end.
+        kmax = max(words_per_beat(c, b) for b in bufs)
+        n = Signal(range(kmax + 1))
+        w = _Walker(m, ins, wb, bpw, step=n, dstep=Signal(34))
+        room = Signal(range(c.bus_bytes + 1))
+        left = Signal(16)
+        m.d.comb += [room.eq((B - (w.word_dram & (B - 1))) >> lwb), left.eq(ins.cols - w.col),
+                     n.eq(Mux(wb < B, Mux(room < left, room, left), 1)), w.dstep.eq(Mux(wb < B, n << lwb, wb))]
+        m.submodules.meta = meta = fifo.SyncFIFO(width=32 + 16 + len(n), depth=c.mem_outstanding)
         inflight = Signal(range(c.mem_outstanding + 1))
         running = Signal()
         m.d.comb += self.ctl.busy.eq(running)
@@ -142,7 +173,7 @@ class LoadDma(wiring.Component):
         can = w.active & (inflight < c.mem_outstanding) & meta.w_rdy
         m.d.comb += [self.mem.req.valid.eq(can), self.mem.req.payload.eq(byte >> log2(B))]
         chunk = Mux(wb < B, (byte & (B - 1)) // Mux(wb < B, wb, 1), w.e)
-        m.d.comb += [meta.w_data.eq(Cat(w.word_buf[:32], chunk[:16])), meta.w_en.eq(self.mem.req.valid & self.mem.req.ready)]
+        m.d.comb += [meta.w_data.eq(Cat(w.word_buf[:32], chunk[:16], n)), meta.w_en.eq(self.mem.req.valid & self.mem.req.ready)]
         with m.If(self.mem.req.valid & self.mem.req.ready):
             w.advance(m)
         got = self.mem.resp.valid
@@ -152,17 +183,20 @@ class LoadDma(wiring.Component):
 
         # Responses: write the beat into the buffer word it belongs to.
         m.d.comb += meta.r_en.eq(got)
-        waddr, wchunk = meta.r_data[:32], meta.r_data[32:48]
+        waddr, wchunk, wn = meta.r_data[:32], meta.r_data[32:48], meta.r_data[48:]
         beat = self.mem.resp.payload
-        for b, port in ((Buffer.ACT, self.act_wr), (Buffer.WGT, self.wgt_wr), (Buffer.PARAM, self.prm_wr)):
+        for b, pname in self.PORTS.items():
+            port = getattr(self, pname)
             bw = c.word_bytes(b)
-            m.d.comb += port.addr.eq(waddr)
             if bw >= B:
-                m.d.comb += [port.data.eq(Cat(*([beat] * (bw // B)))),
+                m.d.comb += [port.addr.eq(waddr), port.data.eq(Cat(*([beat] * (bw // B)))),
                              port.en.eq(Mux(got & sel[b], Const(1, bw // B) << wchunk[:max(1, (bw // B - 1).bit_length())], 0))]
-            else:
-                m.d.comb += [port.data.eq(beat.word_select(wchunk[:log2(B // bw)], 8 * bw)),
-                             port.en.eq(got & sel[b])]
+                continue
+            k = B // bw
+            ports = [port] + (list(getattr(self, f"{pname}x")) if k > 1 else [])
+            for j, pj in enumerate(ports):
+                m.d.comb += [pj.addr.eq(waddr + j), pj.data.eq(beat.word_select((wchunk + j)[:log2(k)], 8 * bw)),
+                             pj.en.eq(got & sel[b] & (j < wn))]
 
         with m.FSM():
             with m.State("IDLE"), m.If(self.ctl.start):

@@ -92,6 +92,10 @@ class NpuCore(wiring.Component):
         wr(act, post.act_wr)
         wr(wgt, load.wgt_wr, write_lanes(c, Buffer.WGT))
         wr(prm, load.prm_wr, write_lanes(c, Buffer.PARAM))
+        # LOAD writes every word of a beat at once when words are narrower than the bus.
+        for b, mem in ((Buffer.ACT, act), (Buffer.WGT, wgt), (Buffer.PARAM, prm)):
+            for p in getattr(load, f"{LoadDma.PORTS[b]}x", []):
+                wr(mem, p)
         wr(acc, conv.acc_wr)
 
         # Memory port: fetch (id 0) and LOAD (id 1) share reads round-robin; STORE owns writes.

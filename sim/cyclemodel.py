@@ -8,9 +8,9 @@ durations follow the RTL's structure (hdl/): a unit's FSM spends one cycle
 from start to CHECK and one from CHECK to RUN; CONV issues one MAC-array
 cycle per (block, pixel, tap, channel block) and drains its pipeline; LOAD
 keeps at most ``mem_outstanding`` reads in flight, so it moves
-``mem_outstanding`` beats per ``mem_latency + 1`` cycles, and it makes one
-request per buffer word when a word is narrower than the bus; STORE sends
-one beat per cycle; fetch keeps a few instruction beats in flight the same
+``mem_outstanding`` beats per ``mem_latency + 1`` cycles (a beat per cycle
+once that covers the round trip), and it packs the words of a row that share
+a beat into one request; STORE sends one beat per word per cycle; fetch keeps a few instruction beats in flight the same
 way. Each instruction's ``end`` is the first cycle a dependent instruction (or
 the next one on the same unit) can start. Calibrated against the RTL cycle
 counter (tests/sim/test_cyclemodel.py, docs/utilization.md).
@@ -23,13 +23,14 @@ token queue it signals); the bench turns that into a loss breakdown.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BYTES, Instruction, Opcode, Unit, mask_units
 
-__all__ = ["CycleModel", "InstrTiming", "ModelResult", "Timing", "predict"]
+__all__ = ["CycleModel", "InstrTiming", "ModelResult", "Timing", "predict", "transfer_beats"]
 
 
 def _log2(n: int) -> int:
@@ -94,6 +95,21 @@ class ModelResult:
         return sum(i.busy for i in self.instructions if i.op == "CONV") / max(1, self.cycles)
 
 
+def transfer_beats(c: NpuConfig, ins: Instruction) -> int:
+    """Bus beats hdl/dma.py requests for a LOAD or STORE (see :meth:`CycleModel.beats`)."""
+    wb, B = c.word_bytes(ins.buf), c.bus_bytes
+    if wb >= B or ins.op != Opcode.LOAD:
+        return ins.rows * ins.cols * max(1, wb // B)
+    span = ins.cols * wb
+    if ins.rows == 1 or ins.dram_stride % B == 0:
+        return ins.rows * ((ins.dram_addr % B + span + B - 1) // B)
+    # Row starts move through the beat; their offsets repeat every B // gcd(stride, B) rows.
+    period = B // math.gcd(ins.dram_stride % B, B)
+    per = [((ins.dram_addr + r * ins.dram_stride) % B + span + B - 1) // B for r in range(min(period, ins.rows))]
+    full, rest = divmod(ins.rows, len(per))
+    return full * sum(per) + sum(per[:rest])
+
+
 class CycleModel:
     """Timing of one program on one config."""
 
@@ -104,10 +120,9 @@ class CycleModel:
     # ---- per-instruction work --------------------------------------------------------
 
     def beats(self, ins: Instruction) -> int:
-        """Memory requests of a LOAD/STORE: one per bus beat of a word, at least one per word."""
-        c = self.config
-        wb = c.word_bytes(ins.buf)
-        return ins.rows * ins.cols * max(1, wb // c.bus_bytes)
+        """Memory beats of a LOAD/STORE: one per bus beat of a word; words narrower than the bus are
+        packed by LOAD (hdl/dma.py), one request per beat a row touches, and sent one per beat by STORE."""
+        return transfer_beats(self.config, ins)
 
     def read_cycles(self, n: int) -> int:
         """Cycles from the first read request to the last response of ``n`` beats (outstanding-limited)."""

@@ -22,7 +22,8 @@ from tb import (
     words_of,
 )
 from tessera.hdl.common import MemPortSignature
-from tessera.hdl.dma import write_lanes
+from tessera.hdl.dma import words_per_beat, write_lanes
+from tessera.sim.cyclemodel import transfer_beats
 from tessera.sim.emulator import Emulator
 
 from tessera.isa import Buffer, ErrorCode, Instruction
@@ -47,7 +48,7 @@ class DmaBench:
         self.dram = emu.dram.copy()
         self.writes = tb.scoreboard("buffer writes")
         self.stores = tb.scoreboard("memory writes")
-        self.requests = 0
+        self.requests = self.beats = 0
         self.bufs = {}
         for b in DMA_BUFS:
             p = PREFIX[b]
@@ -55,7 +56,9 @@ class DmaBench:
             self.bufs[b] = tb.add(BufferModel(
                 tb, words, c.word_bytes(b) * 8, reads=[(dut.st_act_rd__addr, dut.st_act_rd__data)] if b == Buffer.ACT else [],
                 writes=[(getattr(dut, f"ld_{p}__addr"), getattr(dut, f"ld_{p}__data"), getattr(dut, f"ld_{p}__en"),
-                         write_lanes(c, b))],
+                         write_lanes(c, b))]
+                + [(getattr(dut, f"ld_{p}x__{j}__addr"), getattr(dut, f"ld_{p}x__{j}__data"),
+                    getattr(dut, f"ld_{p}x__{j}__en"), 1) for j in range(words_per_beat(c, b) - 1)],
                 on_write=lambda a, lane, v, b=b: self.writes.got(v, key=(b.name, a, lane))))
         tb.add(ReadMemory(tb, self.dram, c.bus_bytes, c.mem_latency, dut.ld_mem__req__valid, dut.ld_mem__req__ready,
                           dut.ld_mem__req__payload, dut.ld_mem__resp__valid, dut.ld_mem__resp__payload,
@@ -66,12 +69,17 @@ class DmaBench:
             f = unpack(lay, v)
             return f["addr"], f["data"], f["strb"]
 
+        def split_counted(v):
+            f = split(v)
+            self.beats += 1
+            return f
+
         def stored(addr, v):
             self.dram[addr] = v
             self.stores.got(v, key=addr)
 
         tb.add(WriteMemory(tb, c.bus_bytes, dut.st_mem__req__valid, dut.st_mem__req__ready, dut.st_mem__req__payload,
-                           split, stored))
+                           split_counted, stored))
         self.load = tb.add(Unit(tb, "ld_ctl"))
         self.store = tb.add(Unit(tb, "st_ctl"))
 
@@ -98,13 +106,19 @@ class DmaBench:
                         start = ins.dram_addr + r * ins.dram_stride + col * wb
                         for i in range(start, start + wb):
                             self.stores.expect(int(emu.dram[i]), key=i)
-        requests = self.requests
+        requests, beats = self.requests, self.beats
         unit = self.load if ins.op.name == "LOAD" else self.store
-        got = await unit.execute(ins)
+        try:
+            got = await unit.execute(ins)
+        except AssertionError as e:
+            raise AssertionError(f"{ins}: {e}") from None
         # done means every write is visible: nothing may still be on its way.
         assert self.writes.pending == 0 and self.stores.pending == 0, f"{ins}: done before its writes"
         if want is None:
             assert got == 0, f"{ins}: RTL error {ErrorCode(got).name}, emulator none"
+            # LOAD packs narrow words into shared requests; the cycle model counts the same beats.
+            n = self.requests - requests if ins.op.name == "LOAD" else self.beats - beats
+            assert n == transfer_beats(c, ins), f"{ins}: {n} memory beats"
         else:
             assert got == want.value, f"{ins}: RTL error {ErrorCode(got).name}, emulator {want.name}"
             assert self.requests == requests, f"{ins}: faulting instruction read memory"

@@ -56,8 +56,26 @@ def test_load_rate_is_limited_by_outstanding_reads():
     m = CycleModel(c)
     words = 400 * c.bus_bytes // c.act_word_bytes
     occupied, beats, _ = m.work(_load(0x1000).replace(cols=words))
-    assert beats == words                       # ACT words narrower than the bus: one request each
-    assert occupied >= words / 4 * 21
+    assert beats == 400                         # ACT words narrower than the bus share a beat's request
+    assert occupied >= 400 / 4 * 21
+
+
+def test_dma_packs_narrow_words_per_beat_a_row_touches():
+    c = SMALL.replace(mem_latency=20, mem_outstanding=32)
+    m = CycleModel(c)
+    k = c.bus_bytes // c.act_word_bytes
+    assert k > 1
+    # A row that starts one word into a beat and ends one word into another touches three beats.
+    ins = _load(0x1000 + c.act_word_bytes).replace(cols=2 * k - 2 + 2, rows=1)
+    assert m.beats(ins) == 3
+    # Rows whose starts move through the beat: each row counted on its own.
+    ins = ins.replace(rows=5, dram_stride=(2 * k + 1) * c.act_word_bytes, cols=k)
+    want = sum(((ins.dram_addr + r * ins.dram_stride) % c.bus_bytes + k * c.act_word_bytes + c.bus_bytes - 1)
+               // c.bus_bytes for r in range(5))
+    assert m.beats(ins) == want
+    # STORE sends a beat per word.
+    store = Instruction("store", buf="act", dram_addr=ins.dram_addr, dram_stride=ins.dram_stride, rows=5, cols=k)
+    assert m.beats(store) == 5 * k
 
 
 def test_deadlocking_program_is_reported():

@@ -42,9 +42,103 @@ def _is_keras_model(obj) -> bool:
     return hasattr(obj, "inputs") and hasattr(obj, "outputs") and hasattr(obj, "save")
 
 
-def keras_to_onnx(model, *, source: str = "model"):
-    """Convert an in-memory Keras model to an ``onnx.ModelProto`` (float, batch 1)."""
+#: Dense parameters at the end of a model above which its classifier head is converted without tf2onnx:
+#: tf2onnx keeps many copies of every constant and needs more than 19 GB for VGG-16's 120 M-parameter head.
+LARGE_HEAD_PARAMS = 20_000_000
+
+#: Layers a classifier head may consist of (a plain chain after the last convolution or pooling).
+_HEAD_LAYERS = {"Flatten", "Dense", "Dropout", "Activation", "ReLU", "Softmax"}
+_HEAD_ACTIVATIONS = {"linear": None, "relu": "Relu", "softmax": "Softmax"}
+
+
+def dense_head(model) -> list:
+    """The chain of Flatten/Dense/activation layers that ends ``model`` (empty if it has none).
+
+    Each layer of the chain has one input, the output of the layer before it, and one output.
+    """
+    if len(model.outputs) != 1:
+        return []
+    head = []
+    for layer in reversed(model.layers):
+        kind = type(layer).__name__
+        if kind not in _HEAD_LAYERS or (kind == "Dense" and layer.activation.__name__ not in _HEAD_ACTIVATIONS):
+            break
+        if kind == "Activation" and layer.activation.__name__ not in _HEAD_ACTIVATIONS:
+            break
+        if head and head[-1].input is not layer.output:
+            break
+        head.append(layer)
+    head.reverse()
+    if head and head[-1].output is not model.outputs[0]:
+        return []
+    return head
+
+
+def _head_params(head) -> int:
+    return sum(int(w.numpy().size) for layer in head for w in layer.weights)
+
+
+def _append_head(proto, head, source):
+    """Append ``head`` (Keras layers on the converted trunk's NHWC output) to ``proto`` as ONNX nodes.
+
+    Keras flattens NHWC in row-major order and a Dense layer is ``x @ kernel + bias``: ONNX Flatten on
+    the same NHWC tensor and ``Gemm(x, kernel, bias)`` compute exactly that.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    x = g.output[0].name
+    del g.output[:]
+    for layer in head:
+        kind = type(layer).__name__
+        name = layer.name
+        steps = []
+        if kind == "Flatten":
+            steps.append(("Flatten", [x], {"axis": 1}))
+        elif kind == "Dense":
+            kernel, bias = (w.numpy().astype(np.float32) for w in layer.weights)
+            g.initializer.extend([numpy_helper.from_array(kernel, f"{name}/kernel"),
+                                  numpy_helper.from_array(bias, f"{name}/bias")])
+            steps.append(("Gemm", [x, f"{name}/kernel", f"{name}/bias"], {}))
+            act = _HEAD_ACTIVATIONS[layer.activation.__name__]
+            if act:
+                steps.append((act, None, {"axis": -1} if act == "Softmax" else {}))
+        elif kind in ("Activation", "ReLU", "Softmax"):
+            act = "Relu" if kind == "ReLU" else "Softmax" if kind == "Softmax" else \
+                _HEAD_ACTIVATIONS[layer.activation.__name__]
+            if act:
+                steps.append((act, None, {"axis": -1} if act == "Softmax" else {}))
+        # Dropout is the identity at inference.
+        for i, (op, inputs, attrs) in enumerate(steps):
+            y = f"{name}/{op}" if i < len(steps) - 1 else name
+            g.node.append(helper.make_node(op, inputs or [x], [y], name=f"{name}/{op}", **attrs))
+            x = y
+    out = head[-1].name
+    if x != out:
+        g.node.append(helper.make_node("Identity", [x], [out], name=f"{out}/Identity"))
+    g.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except Exception as e:  # noqa: BLE001 - onnx raises several types
+        raise TfFrontendError(f"{source}: the converted classifier head is inconsistent: "
+                              f"{str(e).splitlines()[0]}") from None
+
+
+def keras_to_onnx(model, *, source: str = "model", large_head_params: int = LARGE_HEAD_PARAMS):
+    """Convert an in-memory Keras model to an ``onnx.ModelProto`` (float, batch 1).
+
+    A classifier head of more than ``large_head_params`` Dense parameters (VGG-16's) is converted
+    directly (Flatten → Gemm → activation), the rest through tf2onnx.
+    """
     tf, tf2onnx = _quiet_tf()
+    head = dense_head(model)
+    if head and _head_params(head) > large_head_params and type(head[0]).__name__ == "Flatten":
+        import keras
+
+        trunk = keras.Model(model.inputs, head[0].input, name=f"{model.name}_trunk")
+        return _append_head(keras_to_onnx(trunk, source=source, large_head_params=float("inf")), head, source)
     spec = []
     for t in model.inputs:
         dims = tuple(t.shape[1:])

@@ -102,3 +102,35 @@ def test_compile_keras_file_keeps_nhwc_input_for_clients(tmp_path, channels):
     want = model.predict(x, verbose=0)
     assert got.shape == want.shape
     assert np.abs(got - want).max() < 0.05  # int8 through the NPU vs the float Keras model
+
+
+def test_keras_to_onnx_large_dense_head_equals_tf2onnx_conversion():
+    # VGG-16's 120 M-parameter head is converted without tf2onnx (which needs > 19 GB for it); forcing
+    # that path on a small VGG must give the graph tf2onnx gives: same names, same values.
+    import onnxruntime as ort
+
+    from tessera.compiler.tf_frontend import dense_head, keras_to_onnx
+    from tessera.compiler.zoo import models
+
+    m = models.vgg16(width=4, input_size=32, fc=24, classes=5)
+    assert [layer.name for layer in dense_head(m)] == ["flatten", "fc1", "fc2", "predictions"]
+    whole, split = keras_to_onnx(m), keras_to_onnx(m, large_head_params=0)
+    assert any(n.op_type == "Gemm" and n.name == "fc1/Gemm" for n in split.graph.node)
+    assert [o.name for o in split.graph.output] == [o.name for o in whole.graph.output] == ["predictions"]
+    assert [i.name for i in split.graph.input] == [i.name for i in whole.graph.input]
+    x = np.random.default_rng(1).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(p.SerializeToString()).run(None, {p.graph.input[0].name: x})[0]  # noqa: E731
+    np.testing.assert_allclose(run(split), run(whole), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run(split), m(x).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_dense_head_stops_at_a_branch():
+    import keras
+
+    from tessera.compiler.tf_frontend import dense_head
+
+    inp = keras.Input((8,))
+    a = keras.layers.Dense(4, name="a")(inp)
+    b = keras.layers.Dense(4, name="b")(inp)
+    out = keras.layers.Dense(3, activation="softmax", name="out")(keras.layers.Add(name="add")([a, b]))
+    assert [layer.name for layer in dense_head(keras.Model(inp, out))] == ["out"]

@@ -13,7 +13,7 @@ import pathlib
 
 from tessera.errors import UserError
 
-__all__ = ["is_tf_model", "tf_to_onnx", "keras_to_onnx", "strip_input_layout", "TfFrontendError"]
+__all__ = ["TfFrontendError", "dense_head", "is_tf_model", "keras_to_onnx", "strip_input_layout", "tf_to_onnx"]
 
 OPSET = 17
 

@@ -44,6 +44,15 @@ def _f32_ratio(a: float, b: float, c: float) -> float:
     return float(np.float32(np.float32(a) * np.float32(b)) / np.float32(c))
 
 
+def _avg_pool_ratio(s_x: float, s_y: float, taps: int) -> float:
+    """``s_x / (s_y * taps)`` in float32, in onnxruntime's order (MLAS QLinearGlobalAveragePool).
+
+    Its whole-window average pool rounds ``sum * ratio`` half to even; with the ratio held
+    exactly in the multiplier, POOL's sum and rounding agree with it up to near-ties.
+    """
+    return float(np.float32(s_x) / (np.float32(s_y) * np.float32(taps)))
+
+
 def _out_grid(op, y):
     """(phases P, output channels per pixel of the computed grid, grid height, grid width).
 
@@ -717,7 +726,7 @@ class EmitInstructions:
         OH, OW = y.height, y.width
         f = {"k_h": kh, "k_w": kw, "stride_h": sh, "stride_w": sw, "pad_l": pl}
         if a["mode"] == "avg":
-            mult, shift = quantize_multiplier(x.scale / (y.scale * kh * kw))
+            mult, shift = quantize_multiplier(_avg_pool_ratio(x.scale, y.scale, kh * kw))
             f.update(mode="avg", zp_in=x.zero_point, zp_out=y.zero_point, mult=mult, shift=shift)
         else:
             f.update(mode="max")

@@ -165,6 +165,43 @@ def test_global_average_pool_beyond_pool_window(cfg):
     assert_layer_exact(check_against_ort(m, CONFIGS[cfg], n_inputs=2, program=prog))
 
 
+def test_global_average_pool_rounds_ties_like_onnxruntime():
+    # s_x / (s_y * 4) is 3/32 in float32 but not in float64: sums ≡ 16 mod 32 are exact .5 ties that
+    # onnxruntime (float32 ratio, half to even) rounds to even, and a float64 multiplier pushes off.
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from tessera.compiler.driver import compile_model
+    from tessera.host.runtime import Runtime
+
+    from .netgen import ort_run
+    sx, sy, c = np.float32(0.04), np.float32(0.10666666179895401), 64
+    assert sx / (sy * np.float32(4)) == np.float32(3 / 32) and float(sx) / (float(sy) * 4) != 3 / 32
+    inits = [nh.from_array(v, n) for v, n in [(sx, "sx"), (np.uint8(128), "zx"), (sy, "sy"), (np.uint8(120), "zy")]]
+    nodes = [h.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             h.make_node("GlobalAveragePool", ["xd"], ["gap"], name="gap"),
+             h.make_node("QuantizeLinear", ["gap", "sy", "zy"], ["gq"]),
+             h.make_node("DequantizeLinear", ["gq", "sy", "zy"], ["y"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", TP.FLOAT, [1, c, 2, 2])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, [1, c, 1, 1])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    onnx.checker.check_model(m)
+    prog, _ = compile_model(m, SIM)
+    rng = np.random.default_rng(3)
+    ties = 0
+    with Runtime(prog, backend="emulator") as rt:
+        for _ in range(30):
+            q = rng.integers(0, 256, (1, c, 2, 2))
+            ties += int(((q - 128).sum(axis=(2, 3)) % 32 == 16).sum())
+            x = (sx * (q - 128)).astype(np.float32)
+            got, ref = rt.run({"x": x})["y"], ort_run(m, x)["y"]
+            np.testing.assert_array_equal(np.rint((got - ref) / sy), 0)
+    assert ties >= 20
+
+
 @pytest.mark.parametrize("cfg", ["sim", "tiny"])
 def test_fully_connected_over_large_spatial_input(cfg):
     # Flatten of 17×16 pixels in front of Gemm: a 17×16 kernel, split into CONV-sized pieces.

@@ -9,12 +9,14 @@ then anchor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import product
 
 import numpy as np
 
-__all__ = ["SSD300", "SsdConfig", "prior_boxes", "decode_boxes", "nms", "detect"]
+from tessera.errors import UserError
+
+__all__ = ["OUTPUTS", "SSD300", "Detector", "SsdConfig", "decode_boxes", "detect", "detector_meta", "nms", "prior_boxes"]
 
 
 @dataclass(frozen=True)
@@ -109,3 +111,71 @@ def detect(loc: np.ndarray, conf: np.ndarray, *, cfg: SsdConfig = SSD300, score_
     b, c, s = np.concatenate(out_b), np.concatenate(out_c), np.concatenate(out_s)
     order = np.argsort(-s, kind="stable")[:top_k]
     return {"boxes": b[order].astype(np.float32), "classes": c[order].astype(np.int64), "scores": s[order].astype(np.float32)}
+
+
+#: What a served detector answers, named and laid out as the TF Object Detection API does.
+OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores", "num_detections")
+
+
+def detector_meta(cfg: SsdConfig = SSD300, *, loc: str = "mbox_loc", conf: str = "mbox_conf",
+                  max_detections: int = 100, score_threshold: float = 0.01, iou_threshold: float = 0.45,
+                  background: int = 0) -> dict:
+    """``Program.meta`` entries that make a program an SSD detector (``meta["task"] == "detection"``)."""
+    return {"task": "detection",
+            "detection": {"kind": "ssd", "loc": loc, "conf": conf, "max_detections": max_detections,
+                          "score_threshold": score_threshold, "iou_threshold": iou_threshold,
+                          "background": background, "priors": asdict(cfg)}}
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+class Detector:
+    """The host half of an SSD program: its NPU outputs → TF Object Detection API outputs.
+
+    Parameters
+    ----------
+    spec : dict
+        ``meta["detection"]`` as :func:`detector_meta` writes it.
+    """
+
+    def __init__(self, spec: dict):
+        if not isinstance(spec, dict) or spec.get("kind") != "ssd":
+            raise UserError(f"meta 'detection' must describe an SSD head (kind 'ssd'), not {spec!r}")
+        try:
+            self.cfg = SsdConfig(**{k: _tuples(v) for k, v in spec.get("priors", {}).items()})
+            self.loc, self.conf = spec["loc"], spec["conf"]
+            self.max_detections = int(spec["max_detections"])
+            self.score_threshold = float(spec["score_threshold"])
+            self.iou_threshold = float(spec["iou_threshold"])
+            self.background = int(spec["background"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"meta 'detection' is incomplete or malformed: {e}") from None
+        self.priors = prior_boxes(self.cfg)
+
+    def shapes(self) -> dict:
+        """Shape of each output for one image (padded to ``max_detections``)."""
+        k = self.max_detections
+        return dict(zip(OUTPUTS, ([1, k, 4], [1, k], [1, k], [1])))
+
+    def detect(self, outputs: dict) -> dict:
+        """``detect`` on one run's outputs: boxes (x0, y0, x1, y1), classes, scores, best first."""
+        loc, conf = outputs[self.loc], outputs[self.conf]
+        try:
+            return detect(loc, conf, cfg=self.cfg, score_threshold=self.score_threshold,
+                          iou_threshold=self.iou_threshold, top_k=self.max_detections, background=self.background)
+        except ValueError as e:
+            raise UserError(f"detector: {e}") from None
+
+    def __call__(self, outputs: dict) -> dict:
+        """One run's outputs → ``OUTPUTS``: boxes as [ymin, xmin, ymax, xmax], zero-padded, batch of 1."""
+        d = self.detect(outputs)
+        k, n = self.max_detections, len(d["scores"])
+        boxes = np.zeros((1, k, 4), np.float32)
+        boxes[0, :n] = d["boxes"][:, [1, 0, 3, 2]]
+        classes = np.zeros((1, k), np.float32)
+        classes[0, :n] = d["classes"]
+        scores = np.zeros((1, k), np.float32)
+        scores[0, :n] = d["scores"]
+        return dict(zip(OUTPUTS, (boxes, classes, scores, np.array([n], np.float32))))

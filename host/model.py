@@ -1,4 +1,5 @@
-"""An image classifier view of a program: preprocessing, the scores tensor and its labels.
+"""An image model view of a program: preprocessing, then the scores tensor and its labels
+(classifiers) or boxes, classes and scores (detectors, ``meta["task"] == "detection"``).
 
 Shared by ``tessera score``, the gRPC server and the examples, so they all read
 ``Program.meta`` the same way (see docs/host.md).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from tessera.errors import UserError
 from tessera.program import Program
 
+from .detection import Detector
 from .labels import labels_for, topk
 from .preprocess import Preprocess
 
@@ -47,7 +49,10 @@ def _classes(program: Program, name: str) -> int:
 
 
 class ImageModel:
-    """Preprocessing, scores and labels of an image classifier program.
+    """Preprocessing, scores and labels of an image classifier or detector program.
+
+    A detector (``meta["task"] == "detection"``) has ``detector`` set and no scores tensor:
+    :meth:`detections` turns a run's outputs into the TF Object Detection API outputs.
 
     Parameters
     ----------
@@ -60,12 +65,31 @@ class ImageModel:
         self.program = program
         self.preprocess = Preprocess.from_program(program, **limits)
         self.input_name = self.preprocess.tensor.name
-        self.scores_name, self.probabilities = scores_tensor(program)
-        self.labels = labels_for(program.meta.get("labels"), _classes(program, self.scores_name))
+        task = program.meta.get("task", "classification")
+        if task not in ("classification", "detection"):
+            raise UserError(f"meta 'task' is {task!r}; known tasks: classification, detection")
+        self.detector = Detector(program.meta.get("detection")) if task == "detection" else None
+        if self.detector:
+            self.scores_name, self.probabilities = None, True
+            spec = program.meta.get("labels")
+            self.labels = labels_for(spec, len(spec)) if isinstance(spec, (list, tuple)) else None
+        else:
+            self.scores_name, self.probabilities = scores_tensor(program)
+            self.labels = labels_for(program.meta.get("labels"), _classes(program, self.scores_name))
 
     def inputs(self, data: bytes) -> dict:
         """Encoded image → the ``Runtime.run`` input dict."""
         return {self.input_name: self.preprocess(data)}
+
+    def label(self, c: int) -> str:
+        return self.labels[c] if self.labels and 0 <= c < len(self.labels) else f"class_{c}"
+
+    def detections(self, outputs: dict) -> dict:
+        """A detector's outputs for one run: ``detection_boxes`` ([ymin, xmin, ymax, xmax]), ``..._classes``,
+        ``..._scores`` (zero-padded to the maximum) and ``num_detections``."""
+        if self.detector is None:
+            raise UserError("this program is not a detector (meta 'task' is not 'detection')")
+        return self.detector(outputs)
 
     def top(self, outputs: dict, k: int = 5) -> list[tuple[str, float]]:
         """Top-k ``(label, probability)`` of one run's outputs."""

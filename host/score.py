@@ -1,6 +1,7 @@
 """``tessera score PROGRAM IMAGE... [--backend B] [--top 5] [--json]``: classify image files.
 
-Prints the top-k labels per image (or a JSON list). Unreadable images are
+Prints the top-k labels per image (or a JSON list); for a detector (``meta["task"] ==
+"detection"``) the top-k detections instead: score, label and box [ymin, xmin, ymax, xmax]. Unreadable images are
 reported one line each on stderr and skipped; the command then exits with
 status 2 after scoring the rest.
 """
@@ -43,6 +44,15 @@ def score_files(runtime: Runtime, model: ImageModel, paths, top: int = 5, *, pro
             yield path, e
             continue
         outputs = runtime.run(inputs)
+        if model.detector:
+            d = model.detections(outputs)
+            n = min(int(d["num_detections"][0]), top)
+            found = [{"label": model.label(int(c)), "class": int(c), "score": float(sc),
+                      "box": [round(float(v), 4) for v in b]}
+                     for b, c, sc in zip(d["detection_boxes"][0, :n], d["detection_classes"][0, :n],
+                                         d["detection_scores"][0, :n])]
+            yield path, {"image": path, "detections": found, **runtime.last.to_dict()}
+            continue
         yield path, {"image": path, "top": [{"label": lab, "probability": p} for lab, p in model.top(outputs, top)],
                      **runtime.last.to_dict()}
 
@@ -62,8 +72,12 @@ def score_command(args) -> int:
             results.append(res)
             if not args.json:
                 print(path)
-                for item in res["top"]:
+                for item in res.get("top", ()):
                     print(f"  {item['probability']:8.4f}  {item['label']}")
+                for item in res.get("detections", ()):
+                    print(f"  {item['score']:8.4f}  {item['label']:<12} [{', '.join(f'{v:.3f}' for v in item['box'])}]")
+                if "detections" in res and not res["detections"]:
+                    print("  (no detections)")
     if args.json:
         print(json.dumps(results, indent=1))
     if failed:

@@ -164,9 +164,15 @@ class ModelServer:
         takes_images = "preprocess" in self.program.meta or (
             first is not None and first.channels == 3 and first.layout in ("NCHW", "NHWC"))
         self.image_model = ImageModel(self.program, **limits) if takes_images else None
-        self.scores_name, self.probabilities = scores_tensor(self.program) if self.program.outputs else (None, False)
+        self.detector = self.image_model.detector if self.image_model else None
+        self.scores_name, self.probabilities = (
+            scores_tensor(self.program) if self.program.outputs and not self.detector else (None, False))
         self.inputs = {t.name: t for t in self.program.inputs}
-        self.output_names = [t.name for t in self.program.outputs] + [op["outputs"][0] for op in self.program.host_ops]
+        if self.detector:
+            # A detector answers what TF Object Detection API models answer, not its raw head tensors.
+            self.output_names = list(self.detector.shapes())
+        else:
+            self.output_names = [t.name for t in self.program.outputs] + [op["outputs"][0] for op in self.program.host_ops]
         self._own_runtime = runtime is None
         self.runtime = runtime or Runtime(self.program, backend=backend)
         self.device: Device | None = None
@@ -336,6 +342,11 @@ class ModelServer:
             raise Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline expired while waiting for the device") from None
         except UserError as e:
             raise Abort(grpc.StatusCode.INTERNAL, f"the device failed: {e}") from None
+        if self.detector:
+            try:
+                outs = [self.detector(o) for o in outs]
+            except UserError as e:
+                raise Abort(grpc.StatusCode.INTERNAL, str(e)) from None
         resp = predict_pb2.PredictResponse()
         resp.model_spec.name = self.model_name
         resp.model_spec.version.value = MODEL_VERSION
@@ -352,9 +363,11 @@ class ModelServer:
     def signature_defs(self) -> get_model_metadata_pb2.SignatureDefMap:
         TI = meta_graph_pb2.TensorInfo
         outputs = {}
-        for t in self.program.outputs:
+        for name, shape in (self.detector.shapes() if self.detector else {}).items():
+            outputs[name] = TI(name=name, dtype=DT_FLOAT, tensor_shape=_shape_proto(shape))
+        for t in () if self.detector else self.program.outputs:
             outputs[t.name] = TI(name=t.name, dtype=DT_FLOAT, tensor_shape=_shape_proto(t.shape))
-        for op in self.program.host_ops:
+        for op in () if self.detector else self.program.host_ops:
             src = outputs.get(op["inputs"][0])
             outputs[op["outputs"][0]] = TI(name=op["outputs"][0], dtype=DT_FLOAT,
                                            tensor_shape=src.tensor_shape if src else None)
@@ -380,6 +393,7 @@ class ModelServer:
                 "inputs": [{"name": t.name, "shape": t.shape, "layout": t.layout} for t in self.program.inputs],
                 "outputs": self.output_names, "image_input": IMAGE_INPUT if im else None,
                 "preprocess": im.preprocess.to_dict() if im else None,
+                "task": "detection" if self.detector else "classification",
                 "scores": self.scores_name, "probabilities": self.probabilities,
                 "labels": im.labels if im else None}
 

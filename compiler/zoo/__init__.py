@@ -113,6 +113,10 @@ def build_program(name: str, output, *, config: str = "sim", reduced: bool = Fal
         prog.meta.update(digits.META)
     else:
         prog.meta.update(_META.get(name, {}), name=name)
+    if name == "ssd300":
+        # Served and scored as a detector: boxes, classes and scores from the host's SSD decoding.
+        from tessera.host.detection import detector_meta
+        prog.meta.update(detector_meta())
     prog.meta["zoo"] = name
     prog.save(output)
     return prog, reports

@@ -35,3 +35,36 @@ def test_detect_finds_a_planted_object():
     assert out["classes"].tolist() == [2]
     assert out["scores"][0] > 0.99
     np.testing.assert_allclose(out["boxes"][0], decode_boxes(loc[1000:1001], prior_boxes()[1000:1001])[0])
+
+
+def test_detector_answers_tf_object_detection_api_layout():
+    import json
+
+    from tessera.host.detection import OUTPUTS, Detector, detector_meta
+    # The meta goes through a .tsp's JSON, so tuples come back as lists.
+    det = Detector(json.loads(json.dumps(detector_meta(max_detections=5, score_threshold=0.5)))["detection"])
+    n = 8732
+    loc, conf = np.zeros((1, n, 4), np.float32), np.zeros((1, n, 3), np.float32)
+    conf[..., 0] = 10.0
+    conf[0, 1000, 2] = 20.0
+    out = det({"mbox_loc": loc, "mbox_conf": conf})
+    assert list(out) == list(OUTPUTS) and {k: v.shape for k, v in out.items()} == {
+        k: tuple(s) for k, s in det.shapes().items()}
+    assert out["num_detections"].tolist() == [1.0] and out["detection_classes"][0].tolist() == [2, 0, 0, 0, 0]
+    x0, y0, x1, y1 = decode_boxes(loc[0, 1000:1001], prior_boxes()[1000:1001])[0]
+    np.testing.assert_allclose(out["detection_boxes"][0, 0], [y0, x0, y1, x1])   # TF order: y first
+    assert not out["detection_boxes"][0, 1:].any() and not out["detection_scores"][0, 1:].any()
+
+
+def test_detector_rejects_bad_meta_and_wrong_anchor_count():
+    import pytest
+
+    from tessera.errors import UserError
+    from tessera.host.detection import Detector, detector_meta
+    with pytest.raises(UserError, match="kind 'ssd'"):
+        Detector({"kind": "yolo"})
+    spec = detector_meta()["detection"]
+    with pytest.raises(UserError, match="malformed"):
+        Detector({k: v for k, v in spec.items() if k != "loc"})
+    with pytest.raises(UserError, match="8732"):
+        Detector(spec)({"mbox_loc": np.zeros((1, 10, 4)), "mbox_conf": np.zeros((1, 10, 3))})

@@ -80,6 +80,7 @@ class ModelResult:
     macs: int
     instructions: list[InstrTiming] = field(default_factory=list)
     stalls: dict = field(default_factory=dict)
+    segments: list = field(default_factory=list)     # cycles of each END-terminated segment (predict)
 
     def utilization(self, config: NpuConfig) -> float:
         return self.macs / max(1, self.cycles * config.macs_per_cycle)
@@ -342,5 +343,34 @@ class CycleModel:
 
 
 def predict(program, timing: Timing | None = None) -> ModelResult:
-    """Model a :class:`tessera.program.Program` on its own config."""
-    return CycleModel(program.config, timing).run(program.instructions)
+    """Model a :class:`tessera.program.Program` on its own config.
+
+    A program of several END-terminated segments (``Program.starts``) runs each from its own
+    start, as the runtime does: cycles, MACs and stalls add up, and each segment's instruction
+    times are offset by the cycles of the segments before it. The host ops between segments take
+    no NPU cycles; ``segments`` holds each segment's cycles.
+    """
+    model = CycleModel(program.config, timing)
+    starts = list(getattr(program, "starts", None) or [0])
+    bounds = [*starts[1:], len(program.instructions)]
+    total = None
+    for a, b in zip(starts, bounds):
+        r = model.run(program.instructions[a:b])
+        if total is None:
+            total = r
+            total.segments = [r.cycles]
+            continue
+        for t in r.instructions:
+            t.index += a
+            t.pc += a * INSTR_BYTES
+            t.dispatch += total.cycles
+            t.start += total.cycles
+            t.end += total.cycles
+        for u, kinds in r.stalls.items():
+            for k, v in kinds.items():
+                total.stalls[u][k] += v
+        total.instructions += r.instructions
+        total.segments.append(r.cycles)
+        total.cycles += r.cycles
+        total.macs += r.macs
+    return total

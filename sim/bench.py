@@ -228,6 +228,7 @@ def bench_program(prog, backend: str = "model", *, source: str = "", sim=None) -
     c = prog.config
     model = predict(prog)
     layers, notes = _layer_meta(prog, model.macs)
+    notes += _host_op_note(prog)
     timings = {r.index: r for r in model.instructions}
     issued = int(prog.meta.get("macs") or model.macs)
     macs = sum(int(d.get("macs") or 0) for d in layers if d.get("issued_macs", 1)) or issued
@@ -262,13 +263,34 @@ def _run_rtl(prog, sim=None):
     except (OSError, RuntimeError) as e:
         raise UserError(f"the rtl backend could not start: {e}") from None
     try:
-        try:
-            r = be.execute()
-        except NpuError as e:
-            raise UserError(f"the NPU stopped: {e}") from None
-        return r.cycles, r.macs, _trace_ends(getattr(be, "trace", None)), r.seconds
+        # Every segment in turn, as the runtime runs them; the host ops between them are left out (the NPU's
+        # timing does not depend on the data), and each segment's trace is offset by the cycles before it.
+        cycles = macs = 0
+        seconds, ends = 0.0, {}
+        for k in range(len(prog.starts)):
+            try:
+                r = be.execute(prog.segment_addr(k))
+            except NpuError as e:
+                where = f" in segment {k + 1} of {len(prog.starts)}" if len(prog.starts) > 1 else ""
+                raise UserError(f"the NPU stopped{where}: {e}") from None
+            seg = _trace_ends(getattr(be, "trace", None))
+            if ends is not None:
+                ends = None if seg is None else {**ends, **{i: cycles + e for i, e in seg.items()}}
+            cycles, macs, seconds = cycles + r.cycles, macs + r.macs, seconds + (r.seconds or 0.0)
+        return cycles, macs, ends, seconds
     finally:
         be.close()
+
+
+def _host_op_note(prog) -> list[str]:
+    """Says that a multi-segment program's cycles are summed and which host ops they leave out."""
+    if len(prog.starts) == 1:
+        return []
+    last = len(prog.starts) - 1
+    ops = ", ".join(f"{h['op']} ({h['outputs'][0]}) after segment {h.get('after_segment', last) + 1}"
+                    for h in prog.host_ops)
+    return [f"{len(prog.starts)} NPU segments, cycles summed over them; host ops (not in the NPU cycles): "
+            f"{ops or 'none'}"]
 
 
 def _trace_ends(trace) -> dict[int, int] | None:

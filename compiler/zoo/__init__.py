@@ -17,7 +17,7 @@ import numpy as np
 
 from tessera.errors import UserError
 
-__all__ = ["zoo_command", "build_program", "compile_keras", "keras_model", "calibration_data"]
+__all__ = ["zoo_command", "build_program", "compile_keras", "keras_model", "calibration_data", "program_meta"]
 
 _DESCRIPTIONS = {
     "resnet50": "ResNet-50 ImageNet classifier (keras.applications)",
@@ -95,6 +95,21 @@ def compile_keras(model, config, calibrate, *, name: str | None = None):
     return prog, reports, qdq
 
 
+def program_meta(name: str) -> dict:
+    """What :func:`build_program` adds to the compiler's ``Program.meta`` for zoo model ``name``."""
+    if name == "digits":
+        from . import digits
+        meta = dict(digits.META)
+    else:
+        meta = {**_META.get(name, {}), "name": name}
+    if name == "ssd300":
+        # Served and scored as a detector: boxes, classes and scores from the host's SSD decoding.
+        from tessera.host.detection import detector_meta
+        meta.update(detector_meta())
+    meta["zoo"] = name
+    return meta
+
+
 def build_program(name: str, output, *, config: str = "sim", reduced: bool = False, weights: str | None = None,
                   calibrate: str | None = None, input_size: int | None = None):
     """Keras model → ONNX (tf2onnx) → quantize with calibration data → compile → ``output``."""
@@ -108,16 +123,7 @@ def build_program(name: str, output, *, config: str = "sim", reduced: bool = Fal
             else:
                 np.savez(calibrate, **calibration_data(model))
         prog, reports, _ = compile_keras(model, config, calibrate, name=name)
-    if name == "digits":
-        from . import digits
-        prog.meta.update(digits.META)
-    else:
-        prog.meta.update(_META.get(name, {}), name=name)
-    if name == "ssd300":
-        # Served and scored as a detector: boxes, classes and scores from the host's SSD decoding.
-        from tessera.host.detection import detector_meta
-        prog.meta.update(detector_meta())
-    prog.meta["zoo"] = name
+    prog.meta.update(program_meta(name))
     prog.save(output)
     return prog, reports
 

@@ -1,7 +1,7 @@
 """The reduced SSD300 served as a detector: TF Object Detection API outputs over TF Serving's stub.
 
 The program comes from the zoo tests' cached QDQ model (build/zoo-ci), so a warm run compiles in
-under a second; the meta is what ``tessera zoo build ssd300`` writes.
+under a second; the meta is what ``tessera zoo build ssd300`` writes (``program_meta``).
 """
 
 import argparse
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from google.protobuf import wrappers_pb2
 
+from tessera.compiler.zoo import program_meta
 from tessera.host import detection
 from tessera.host._protos import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 from tessera.host.model import ImageModel
@@ -33,8 +34,7 @@ NAME = "ssd"
 def ssd(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ssd")
     _, prog, _, _ = zoo_tests._compile("ssd300", tmp)
-    # What build_program adds for ssd300 (compiler/zoo/__init__.py).
-    prog.meta.update({"preprocess": {"style": "caffe"}}, name=NAME, **detection.detector_meta())
+    prog.meta.update(program_meta("ssd300"), name=NAME)       # what `tessera zoo build ssd300` writes
     path = tmp / "ssd.tsp"
     prog.save(path)
     return path

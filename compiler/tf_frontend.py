@@ -81,8 +81,8 @@ def _head_params(head) -> int:
 def _append_head(proto, head, source):
     """Append ``head`` (Keras layers on the converted trunk's NHWC output) to ``proto`` as ONNX nodes.
 
-    Keras flattens NHWC in row-major order and a Dense layer is ``x @ kernel + bias``: ONNX Flatten on
-    the same NHWC tensor and ``Gemm(x, kernel, bias)`` compute exactly that.
+    Keras flattens NHWC in row-major order and a Dense layer is ``x @ kernel + bias``: a Reshape of
+    the same NHWC tensor to ``(-1, features)`` and ``Gemm(x, kernel, bias)`` compute exactly that.
     """
     import numpy as np
     import onnx
@@ -96,7 +96,11 @@ def _append_head(proto, head, source):
         name = layer.name
         steps = []
         if kind == "Flatten":
-            steps.append(("Flatten", [x], {"axis": 1}))
+            # A Reshape to (-1, features), as tf2onnx writes Keras' Flatten.
+            shape = f"{name}/shape"
+            g.initializer.append(numpy_helper.from_array(
+                np.array([-1, int(np.prod(layer.output.shape[1:]))], np.int64), shape))
+            steps.append(("Reshape", [x, shape], {}))
         elif kind == "Dense":
             kernel, bias = (w.numpy().astype(np.float32) for w in layer.weights)
             g.initializer.extend([numpy_helper.from_array(kernel, f"{name}/kernel"),
@@ -130,7 +134,7 @@ def keras_to_onnx(model, *, source: str = "model", large_head_params: int = LARG
     """Convert an in-memory Keras model to an ``onnx.ModelProto`` (float, batch 1).
 
     A classifier head of more than ``large_head_params`` Dense parameters (VGG-16's) is converted
-    directly (Flatten → Gemm → activation), the rest through tf2onnx.
+    directly (Reshape → Gemm → activation), the rest through tf2onnx.
     """
     tf, tf2onnx = _quiet_tf()
     head = dense_head(model)

@@ -116,6 +116,7 @@ def test_keras_to_onnx_large_dense_head_equals_tf2onnx_conversion():
     assert [layer.name for layer in dense_head(m)] == ["flatten", "fc1", "fc2", "predictions"]
     whole, split = keras_to_onnx(m), keras_to_onnx(m, large_head_params=0)
     assert any(n.op_type == "Gemm" and n.name == "fc1/Gemm" for n in split.graph.node)
+    assert [n.op_type for n in split.graph.node if n.name.startswith("flatten")] == ["Reshape"]
     assert [o.name for o in split.graph.output] == [o.name for o in whole.graph.output] == ["predictions"]
     assert [i.name for i in split.graph.input] == [i.name for i in whole.graph.input]
     x = np.random.default_rng(1).standard_normal((1, 32, 32, 3)).astype(np.float32)

@@ -289,8 +289,8 @@ def _host_op_note(prog) -> list[str]:
     last = len(prog.starts) - 1
     ops = ", ".join(f"{h['op']} ({h['outputs'][0]}) after segment {h.get('after_segment', last) + 1}"
                     for h in prog.host_ops)
-    return [f"{len(prog.starts)} NPU segments, cycles summed over them; host ops (not in the NPU cycles): "
-            f"{ops or 'none'}"]
+    note = f"{len(prog.starts)} NPU segments, cycles summed over them; host ops (not in the NPU cycles): "
+    return [note + (ops or "none")]
 
 
 def _trace_ends(trace) -> dict[int, int] | None:

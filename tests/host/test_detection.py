@@ -1,5 +1,4 @@
 import numpy as np
-
 from tessera.host.detection import SSD300, decode_boxes, detect, nms, prior_boxes
 
 
@@ -58,9 +57,9 @@ def test_detector_answers_tf_object_detection_api_layout():
 
 def test_detector_rejects_bad_meta_and_wrong_anchor_count():
     import pytest
+    from tessera.host.detection import Detector, detector_meta
 
     from tessera.errors import UserError
-    from tessera.host.detection import Detector, detector_meta
     with pytest.raises(UserError, match="kind 'ssd'"):
         Detector({"kind": "yolo"})
     spec = detector_meta()["detection"]

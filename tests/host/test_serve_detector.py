@@ -11,14 +11,18 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import wrappers_pb2
-
 from tessera.compiler.zoo import program_meta
 from tessera.host import detection
-from tessera.host._protos import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+from tessera.host._protos import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 from tessera.host.model import ImageModel
 from tessera.host.runtime import Runtime
 from tessera.host.score import score_command
 from tessera.host.server import ModelServer
+
 from tessera.program import Program
 
 from .conftest import photo

@@ -1,5 +1,6 @@
 """`tessera bench`: the JSON contract, per-layer attribution, the report and its plots, bad input."""
 
+import itertools
 import json
 
 import numpy as np
@@ -187,7 +188,7 @@ def test_model_cycles_are_the_sum_over_segments():
     from tessera.sim.cyclemodel import CycleModel
     prog = _two_segments()
     bounds = [*prog.starts, len(prog.instructions)]
-    alone = [CycleModel(prog.config).run(prog.instructions[a:b]) for a, b in zip(bounds, bounds[1:])]
+    alone = [CycleModel(prog.config).run(prog.instructions[a:b]) for a, b in itertools.pairwise(bounds)]
     model = predict(prog)
     assert model.segments == [r.cycles for r in alone] and model.cycles == sum(model.segments)
     assert model.macs == sum(r.macs for r in alone) > alone[0].macs > 0

@@ -130,12 +130,19 @@ def waves_wanted() -> bool:
     return os.environ.get("TESSERA_WAVES", "") not in ("", "0")
 
 
+def _sources_key() -> str:
+    from tessera.sim.rtl import _hdl_source_key
+    return hashlib.sha256(_hdl_source_key().encode() + Path(__file__).read_bytes()).hexdigest()
+
+
+#: Taken when the HDL modules were imported: a build is named after the sources this process generates
+#: Verilog from, even if the files change on disk later (a concurrent edit must not name a stale build).
+_SOURCES = _sources_key()
+
+
 def _key(name: str, config: NpuConfig, waves: bool) -> str:
     # The HDL sources, this file and the config decide the Verilog: an unchanged bench skips generating it.
-    from tessera.sim.rtl import _hdl_source_key
-    h = hashlib.sha256(f"{name}\0{config.to_json()}\0{waves}\0".encode())
-    h.update(_hdl_source_key().encode())
-    h.update(Path(__file__).read_bytes())
+    h = hashlib.sha256(f"{name}\0{config.to_json()}\0{waves}\0{_SOURCES}".encode())
     return h.hexdigest()[:12]
 
 

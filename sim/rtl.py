@@ -269,6 +269,42 @@ def parse_trace(text: str, prog_addr: int) -> list[TraceEntry]:
     return out
 
 
+def serve_cocotb(runner, module: str, build_dir: Path, run_dir: Path, *, socket_env: str, start_timeout: float,
+                 what: str, extra_env: dict | None = None, waves: bool = False, toplevel: str | None = None):
+    """Run the cocotb bench ``module`` in a background thread and accept its connection back.
+
+    The bench finds a Unix socket's path in the environment variable ``socket_env``, connects and then
+    answers commands on a :class:`multiprocessing.connection.Connection`. Returns ``(thread, connection)``;
+    if the bench does not connect within ``start_timeout`` s the error names the simulation log.
+    """
+    from tessera.hdl.simtop import SIM_TOP
+
+    sock_path = str(run_dir / "ctl.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    srv.listen(1)
+    srv.settimeout(start_timeout)
+
+    def target():
+        # A failing simulation closes the socket: the caller's next command reports it with the log's path.
+        try:
+            run_cocotb(runner, module, toplevel or SIM_TOP, build_dir, run_dir,
+                       extra_env={socket_env: sock_path, **(extra_env or {})}, waves=waves)
+        except BaseException:  # noqa: BLE001, S110 - the broken connection is what gets reported
+            pass
+
+    thread = threading.Thread(target=target, name=f"tessera-{module.rsplit('.', 1)[-1]}", daemon=True)
+    thread.start()
+    try:
+        s, _ = srv.accept()
+    except TimeoutError:
+        raise RuntimeError(f"{what} did not start; see {run_dir / 'sim.log'}") from None
+    finally:
+        srv.close()
+    s.settimeout(None)
+    return thread, Connection(s.detach())
+
+
 class RtlSim:
     """One running Verilator simulation of an NPU that serves many programs and images.
 
@@ -292,7 +328,6 @@ class RtlSim:
         from tessera.hdl.simtop import (
             DUMP_FILE,
             LOAD_FILE,
-            SIM_TOP,
             TRACE_FILE,
             mem_words,
         )
@@ -307,30 +342,9 @@ class RtlSim:
                                                                     waves=waves, opt=opt)
         self.run_dir = Path(tempfile.mkdtemp(prefix="tessera-rtl-"))
         self._load, self._dump, self._trace = (self.run_dir / f for f in (LOAD_FILE, DUMP_FILE, TRACE_FILE))
-        sock_path = str(self.run_dir / "ctl.sock")
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(sock_path)
-        srv.listen(1)
-        srv.settimeout(start_timeout)
-        self._failure = None
-
-        def target():
-            try:
-                run_cocotb(self.runner, "tessera.sim.rtl_bench", SIM_TOP, self.build_dir, self.run_dir,
-                           extra_env={"TESSERA_RTL_SOCKET": sock_path}, waves=waves)
-            except BaseException as e:  # noqa: BLE001 - reported to the caller's next command
-                self._failure = e
-
-        self._thread = threading.Thread(target=target, name="tessera-rtl", daemon=True)
-        self._thread.start()
-        try:
-            s, _ = srv.accept()
-        except TimeoutError:
-            raise RuntimeError(f"RTL simulation did not start; see {self.run_dir / 'sim.log'}") from None
-        finally:
-            srv.close()
-        s.settimeout(None)
-        self._conn = Connection(s.detach())
+        self._thread, self._conn = serve_cocotb(self.runner, "tessera.sim.rtl_bench", self.build_dir, self.run_dir,
+                                                socket_env="TESSERA_RTL_SOCKET", waves=waves,
+                                                start_timeout=start_timeout, what="RTL simulation")
         self._call_expect("ready")
         self.closed = False
 

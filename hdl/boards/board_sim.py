@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 import sys
 import tempfile
-import threading
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -106,7 +103,7 @@ class SimBoard:
     def __init__(self, config: NpuConfig, *, divisor: int = 4, idle_cycles: int | None = None,
                  geometry: SdramGeometry | None = None, timing: SdramTiming = SIM_TIMING,
                  max_refresh_gap: int | None = None, start_timeout: float = 300.0):
-        from tessera.sim.rtl import _ensure_path, build_root, run_cocotb, verilate
+        from tessera.sim.rtl import _ensure_path, build_root, serve_cocotb, verilate
         if geometry is None:
             geometry = _geometry_for(config.dram_bytes)
         self.config, self.divisor = config, divisor
@@ -125,30 +122,10 @@ class SimBoard:
                   file=sys.stderr, flush=True)
             runner = verilate(board_sim_sources(system, max_refresh_gap=gap), SIM_TOP, self.build_dir, opt="-O0")
         self.run_dir = Path(tempfile.mkdtemp(prefix="tessera-board-"))
-        sock_path = str(self.run_dir / "ctl.sock")
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(sock_path)
-        srv.listen(1)
-        srv.settimeout(start_timeout)
-        self._failure = None
-
-        def target():
-            try:
-                run_cocotb(runner, "tessera.hdl.boards.board_bench", SIM_TOP, self.build_dir, self.run_dir,
-                           extra_env={"TESSERA_BOARD_SOCKET": sock_path, "TESSERA_BOARD_BIT_NS": str(self.bit_ns)})
-            except BaseException as e:  # noqa: BLE001 - reported with the next command
-                self._failure = e
-
-        self._thread = threading.Thread(target=target, name="tessera-board-sim", daemon=True)
-        self._thread.start()
-        try:
-            s, _ = srv.accept()
-        except TimeoutError:
-            raise RuntimeError(f"board simulation did not start; see {self.run_dir / 'sim.log'}") from None
-        finally:
-            srv.close()
-        s.settimeout(None)
-        self._conn = Connection(s.detach())
+        self._thread, self._conn = serve_cocotb(
+            runner, "tessera.hdl.boards.board_bench", self.build_dir, self.run_dir, toplevel=SIM_TOP,
+            socket_env="TESSERA_BOARD_SOCKET", extra_env={"TESSERA_BOARD_BIT_NS": str(self.bit_ns)},
+            start_timeout=start_timeout, what="board simulation")
         self._call()
         self.closed = False
 

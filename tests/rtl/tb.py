@@ -98,6 +98,10 @@ class TB:
     async def step(self):
         """One clock cycle: drive at the falling edge, then sample the settled values."""
         await FallingEdge(self.dut.clk)
+        await self._cycle()
+
+    async def _cycle(self):
+        # Called just after a falling edge: the agents drive, then sample once the values settle.
         self.cycle += 1
         for a in self.agents:
             a.drive()
@@ -118,12 +122,7 @@ class TB:
         for _ in range(cycles):
             await FallingEdge(self.dut.clk)
         self.dut.rst.value = 0
-        self.cycle += 1
-        for a in self.agents:
-            a.drive()
-        await ReadOnly()
-        for a in self.agents:
-            a.sample()
+        await self._cycle()
 
     async def until(self, cond, limit: int, what: str):
         """Step until ``cond()`` holds (checked after sampling); fail after ``limit`` cycles."""

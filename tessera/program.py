@@ -38,6 +38,10 @@ FORMAT_VERSION = 1
 #: Version written for programs with several segments (``Program.starts``); version-1 readers would run only
 #: the first segment, so such files must not look readable to them.
 FORMAT_VERSION_SEGMENTS = 2
+#: Version written when an input is stored as overlapping patches (``TensorInfo.patch``): version-1/2 readers
+#: would reject the unknown field only by accident, and must not pack such an input as space-to-depth.
+FORMAT_VERSION_PATCHES = 3
+_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_SEGMENTS, FORMAT_VERSION_PATCHES)
 _PREAMBLE = struct.Struct("<8sII")
 _DIGEST = 32
 
@@ -60,8 +64,14 @@ class TensorInfo:
     channels fills the lanes: ``pad`` (top, left, bottom, right) pixels of the
     zero point are added around the image, then ``block``×``block``
     space-to-depth packs each block into one pixel with channels ordered
-    (dy, dx, c). ``height``, ``width`` and ``channels`` always describe the
-    source tensor; :attr:`stored_height`, :attr:`stored_width` the memory image.
+    (dy, dx, c). With ``patch`` = ``[kh, kw]`` (format version 3) stored pixel
+    ``(j, i)`` instead holds the ``kh×kw`` window of the padded image at
+    ``(block·j, block·i)``, channels again ordered (dy, dx, c): the im2col
+    image of a ``kh×kw``/``block`` convolution, which then runs as a 1×1
+    convolution; windows overlap when ``patch`` exceeds ``block``, and
+    ``patch = None`` is ``[block, block]`` (space-to-depth). ``height``,
+    ``width`` and ``channels`` always describe the source tensor;
+    :attr:`stored_height`, :attr:`stored_width` the memory image.
     """
 
     name: str
@@ -77,30 +87,48 @@ class TensorInfo:
     dtype: str = "float32"
     pad: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     block: int = 1
+    patch: list[int] | None = None
 
     def __post_init__(self):
         pt, pl, pb, pr = self.pad
-        if min(self.pad) < 0 or self.block < 1 or (self.height + pt + pb) % self.block \
-                or (self.width + pl + pr) % self.block:
-            raise ProgramError(f"tensor {self.name!r}: pad {self.pad} and block {self.block} do not tile "
+        kh, kw = self.window
+        # Space-to-depth tiles the padded image exactly; patches may leave rows/columns no window reaches.
+        exact = self.block if self.patch is None else 1
+        if min(self.pad) < 0 or self.block < 1 or min(kh, kw) < 1 \
+                or self.height + pt + pb < kh or (self.height + pt + pb - kh) % exact \
+                or self.width + pl + pr < kw or (self.width + pl + pr - kw) % exact:
+            what = f"block {self.block}" if self.patch is None else f"patches {kh}x{kw} every {self.block}"
+            raise ProgramError(f"tensor {self.name!r}: pad {self.pad} and {what} do not tile "
                                f"{self.height}x{self.width}")
-        if self.cpad < self.block * self.block * self.channels:
-            raise ProgramError(f"tensor {self.name!r}: cpad {self.cpad} < {self.block}²×{self.channels} channels")
+        if self.cpad < kh * kw * self.channels:
+            raise ProgramError(f"tensor {self.name!r}: cpad {self.cpad} < {kh}×{kw}×{self.channels} channels")
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """(rows, columns) of the padded source image in one stored pixel."""
+        if self.patch is None:
+            return self.block, self.block
+        if len(self.patch) != 2:
+            raise ProgramError(f"tensor {self.name!r}: patch {self.patch} is not [rows, columns]")
+        return int(self.patch[0]), int(self.patch[1])
 
     @property
     def stored_height(self) -> int:
-        return (self.height + self.pad[0] + self.pad[2]) // self.block
+        return (self.height + self.pad[0] + self.pad[2] - self.window[0]) // self.block + 1
 
     @property
     def stored_width(self) -> int:
-        return (self.width + self.pad[1] + self.pad[3]) // self.block
+        return (self.width + self.pad[1] + self.pad[3] - self.window[1]) // self.block + 1
 
     @property
     def nbytes(self) -> int:
         return self.stored_height * self.stored_width * self.cpad
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if d["patch"] is None:
+            del d["patch"]      # files without patches stay readable by format-1/2 readers
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorInfo":
@@ -134,18 +162,19 @@ class TensorInfo:
         pt, pl, pb, pr = self.pad
         if any(self.pad):
             hwc = np.pad(hwc, ((pt, pb), (pl, pr), (0, 0)), constant_values=self.zero_point)
-        b = self.block
-        if b > 1:
-            h, w, c = hwc.shape
-            hwc = hwc.reshape(h // b, b, w // b, b, c).transpose(0, 2, 1, 3, 4).reshape(h // b, w // b, b * b * c)
-        out = np.full((self.stored_height, self.stored_width, self.cpad), self.zero_point, dtype=np.int8)
-        out[:, :, :hwc.shape[2]] = hwc
+        s, (kh, kw), c = self.block, self.window, self.channels
+        sh, sw = self.stored_height, self.stored_width
+        out = np.full((sh, sw, self.cpad), self.zero_point, dtype=np.int8)
+        for dy in range(kh):
+            for dx in range(kw):
+                ch = (dy * kw + dx) * c
+                out[:, :, ch:ch + c] = hwc[dy:dy + s * (sh - 1) + 1:s, dx:dx + s * (sw - 1) + 1:s]
         return out
 
     def dequantize(self, img: np.ndarray) -> np.ndarray:
         """int8 NPU image (``H×W×cpad``) → source-model tensor (float32, source shape and layout)."""
-        if any(self.pad) or self.block != 1:
-            raise ProgramError(f"tensor {self.name!r}: padded or space-to-depth tensors are inputs only")
+        if any(self.pad) or self.block != 1 or self.patch is not None:
+            raise ProgramError(f"tensor {self.name!r}: padded, space-to-depth or patch tensors are inputs only")
         q = img.reshape(self.height, self.width, self.cpad)[:, :, :self.channels].astype(np.float32)
         real = (q - self.zero_point) * np.float32(self.scale)
         if self.layout == "NCHW":
@@ -221,6 +250,8 @@ class Program:
         if list(self.starts) != [0]:
             header["starts"] = list(self.starts)
             version = FORMAT_VERSION_SEGMENTS
+        if any(t.patch is not None for t in self.inputs + self.outputs):
+            version = FORMAT_VERSION_PATCHES
         hjson = json.dumps(header, sort_keys=True).encode()
         body = _PREAMBLE.pack(MAGIC, version, len(hjson)) + hjson + instr + const
         return body + hashlib.sha256(body).digest()
@@ -240,9 +271,9 @@ class Program:
         magic, version, hlen = _PREAMBLE.unpack_from(data)
         if magic != MAGIC:
             raise bad("not a Tessera program (bad magic; expected a .tsp file from `tessera compile`)")
-        if version not in (FORMAT_VERSION, FORMAT_VERSION_SEGMENTS):
+        if version not in _VERSIONS:
             raise bad(f"format version {version} is not supported (this Tessera reads versions "
-                      f"{FORMAT_VERSION} and {FORMAT_VERSION_SEGMENTS})")
+                      f"{', '.join(map(str, _VERSIONS))}); recompile the model with this Tessera")
         if len(data) < _PREAMBLE.size + hlen + _DIGEST:
             raise bad(f"truncated: header says {hlen} header bytes but the file has only {len(data)} bytes")
         body, digest = data[:-_DIGEST], data[-_DIGEST:]

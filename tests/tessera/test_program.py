@@ -7,7 +7,7 @@ import pytest
 
 from tessera.arch import PRESETS
 from tessera.isa import INSTR_BYTES
-from tessera.program import FORMAT_VERSION, MAGIC, Program, ProgramError, TensorInfo
+from tessera.program import FORMAT_VERSION, FORMAT_VERSION_PATCHES, MAGIC, Program, ProgramError, TensorInfo
 from tessera.sim.handwritten import conv_relu_pool
 
 
@@ -145,3 +145,51 @@ def test_tensor_info_rejects_untileable_space_to_depth():
         TensorInfo("x", [1, 3, 5, 5], "NCHW", 0, 5, 5, 3, 16, 1.0, 0, block=2)
     with pytest.raises(ProgramError, match="cpad 8"):
         TensorInfo("x", [1, 3, 4, 4], "NCHW", 0, 4, 4, 3, 8, 1.0, 0, block=2)
+
+
+def test_tensor_info_patches_are_the_im2col_image_of_the_stem():
+    # A 7x7/2 window over a 3-channel 9x11 image padded by (3, 3, 2, 2): each stored pixel is one output
+    # pixel's receptive field, channels (dy, dx, c), 147 of 160 lanes; the last padded row no window reaches.
+    t = TensorInfo("x", [1, 3, 9, 11], "NCHW", 0, 9, 11, 3, 160, 1.0, -5, pad=[3, 3, 2, 2], block=2, patch=[7, 7])
+    assert (t.stored_height, t.stored_width, t.nbytes) == (4, 5, 4 * 5 * 160)
+    q = np.random.default_rng(1).integers(-128, 128, size=(1, 3, 9, 11))
+    img = t.quantize((q + 5).astype(np.float32))
+    padded = np.pad(q[0].transpose(1, 2, 0), ((3, 2), (3, 2), (0, 0)), constant_values=-5)
+    for y in range(4):
+        for x in range(5):
+            assert img[y, x, :147].tolist() == padded[2 * y:2 * y + 7, 2 * x:2 * x + 7].reshape(-1).tolist()
+    assert (img[:, :, 147:] == -5).all()
+
+
+def test_tensor_info_patch_equal_to_block_is_space_to_depth():
+    kw = dict(pad=[1, 1, 1, 1], block=2)
+    a = TensorInfo("x", [1, 3, 6, 6], "NCHW", 0, 6, 6, 3, 16, 1.0, -5, **kw)
+    b = TensorInfo("x", [1, 3, 6, 6], "NCHW", 0, 6, 6, 3, 16, 1.0, -5, patch=[2, 2], **kw)
+    x = np.random.default_rng(2).integers(-128, 128, size=(1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(a.quantize(x), b.quantize(x))
+
+
+def test_tensor_info_rejects_untileable_patches():
+    with pytest.raises(ProgramError, match="patches 7x7 every 2 do not tile"):
+        TensorInfo("x", [1, 3, 4, 8], "NCHW", 0, 4, 8, 3, 160, 1.0, 0, pad=[1, 3, 1, 3], block=2, patch=[7, 7])
+    with pytest.raises(ProgramError, match="cpad 128 < 7×7×3"):
+        TensorInfo("x", [1, 3, 9, 9], "NCHW", 0, 9, 9, 3, 128, 1.0, 0, pad=[3, 3, 2, 2], block=2, patch=[7, 7])
+
+
+def test_program_with_patches_is_format_3_and_round_trips(program):
+    plain = program.to_bytes()
+    assert struct.unpack_from("<8sII", plain)[1] == FORMAT_VERSION      # old readers keep reading plain files
+    assert "patch" not in _split(plain)[0]["inputs"][0]
+    x = program.inputs[0]
+    program.inputs[0] = TensorInfo(x.name, [1, 1, 9, 9], "NCHW", x.addr, 9, 9, 1, 64, x.scale, x.zero_point,
+                                   pad=[3, 3, 2, 2], block=2, patch=[7, 7])
+    data = program.to_bytes()
+    assert struct.unpack_from("<8sII", data)[1] == FORMAT_VERSION_PATCHES
+    assert Program.from_bytes(data).inputs[0] == program.inputs[0]
+
+
+def test_program_rejects_malformed_patch(program):
+    header, payload = _split(program.to_bytes())
+    header["inputs"][0]["patch"] = [7]
+    with pytest.raises(ProgramError, match=r"patch \[7\] is not \[rows, columns\]"):
+        Program.from_bytes(_rebuild(header, payload, version=FORMAT_VERSION_PATCHES))

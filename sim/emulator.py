@@ -50,6 +50,7 @@ from .emulator_kernels import (
     ResidualParams,
     requantize_into,
     residual_into,
+    store_accumulators,
 )
 from .hazards import HazardError, HazardTracker, VectorClocks
 
@@ -446,7 +447,6 @@ class Emulator:
         p.x = self.buffers[Buffer.ACT].view(np.uint8)[p.in_idx].reshape(ins.in_h, ins.in_w, cw)
         p.w = self.buffers[Buffer.WGT][p.w_idx].reshape(ins.ob_count, taps, ins.in_cb, M, N)
         p.acc = self.buffers[Buffer.ACC][p.acc_idx].reshape(ins.ob_count, P, M)
-        p.acc_words = p.acc.view(f"V{4 * M}").reshape(ins.ob_count, P)
         # Few input channels: check which carry weights at all (channel padding to the lane width).
         p.trim = cw <= 64
         wb = p.w.reshape(-1).view(np.uint8)
@@ -482,16 +482,7 @@ class Emulator:
             np.bitwise_xor(xor_src, 0x80, out=xor_dst)
         if copy_src is not None:
             np.copyto(copy_dst, copy_src)
-        y = self._gemm(cols, wmat)
-        ob, P, _ = p.acc.shape
-        # [pixel][block] → [block][pixel], moving whole accumulator words (each as one void item).
-        words = y.view(p.acc_words.dtype).reshape(P, ob).T
-        if p.accumulate:
-            tmp = np.empty_like(p.acc)
-            np.copyto(tmp.view(words.dtype).reshape(ob, P), words)
-            np.add(p.acc, tmp, out=p.acc)          # int32 addition wraps, as the hardware's adders do
-        else:
-            np.copyto(p.acc_words, words)
+        store_accumulators(p.acc, self._gemm(cols, wmat), p.accumulate)
         self.stats.macs += p.macs
 
     def _weight_matrix(self, p):

@@ -18,10 +18,12 @@ only faster ways to compute them than plain int64 numpy.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from tessera.numerics import MAX_SHIFT, requantize, round_shift, wrap32
+from tessera.numerics import MAX_SHIFT, wrap32
 
-__all__ = ["ChannelParams", "Int8Gemm", "ResidualParams", "gemm_float32", "requantize_into", "residual_into"]
+__all__ = ["ChannelParams", "Int8Gemm", "ResidualParams", "gemm_float32", "requantize_into", "residual_into",
+           "store_accumulators"]
 
 #: float64 represents every integer of magnitude below this exactly.
 _EXACT_F64 = float(1 << 53)
@@ -147,6 +149,68 @@ def _matmul_integer_session():
 
 
 # ---- requantization -------------------------------------------------------------------------------------
+#
+# One compiled pass per EPILOGUE in the integer arithmetic of docs/numerics.md itself (int64, wrapping as
+# numpy's does), so nothing here needs an exactness argument. numba compiles each kernel once per process
+# (cached on disk next to this file); numpy would take six passes over the accumulators.
+
+_NJIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy", boundscheck=False)
+
+
+@njit(**_NJIT)
+def _round_shift1(x, s):
+    """round_shift of one int64 ``x`` by an effective shift ``s`` in 0..MAX_SHIFT (tessera.numerics)."""
+    if s == 0:
+        return x
+    half = np.int64(1) << (s - 1)
+    return (x + half - 1 + ((x >> s) & 1)) >> s
+
+
+@njit(**_NJIT)
+def _wrap32(x):
+    return ((x + 2147483648) & 0xFFFFFFFF) - 2147483648
+
+
+@njit(**_NJIT)
+def _requantize_kernel(out, acc, bias, mult, shift, zp, lo, hi):
+    ob, P, M = acc.shape
+    for b in range(ob):
+        for p in range(P):
+            for c in range(M):
+                v = _wrap32(np.int64(acc[b, p, c]) + bias[b, c])
+                y = _round_shift1(v * mult[b, c], shift[b, c]) + zp
+                out[b, p, c] = min(max(y, lo), hi)
+
+
+@njit(**_NJIT)
+def _residual_kernel(out, acc, bias, mult, shift, r, zp_mid, zp_res, mult_a, mult_b, res_shift, zp_out, lo, hi):
+    ob, P, M = acc.shape
+    for b in range(ob):
+        for p in range(P):
+            for c in range(M):
+                v = _wrap32(np.int64(acc[b, p, c]) + bias[b, c])
+                a = min(max(_round_shift1(v * mult[b, c], shift[b, c]) + zp_mid, -128), 127)
+                s = (a - zp_mid) * mult_a + (np.int64(r[b, p, c]) - zp_res) * mult_b
+                out[b, p, c] = min(max(_round_shift1(s, res_shift) + zp_out, lo), hi)
+
+
+@njit(**_NJIT)
+def _acc_store_kernel(acc, y, accumulate):
+    ob, P, M = acc.shape
+    for b in range(ob):
+        for p in range(P):
+            for c in range(M):
+                v = y[p, b * M + c]
+                if accumulate:
+                    v = _wrap32(np.int64(acc[b, p, c]) + v)
+                acc[b, p, c] = v
+
+
+def store_accumulators(acc: np.ndarray, y: np.ndarray, accumulate: bool) -> None:
+    """CONV's write of GEMM rows ``y`` (int32 ``[pixel][block * M + channel]``) into ``acc``
+    (``[block][pixel][channel]``): replacing, or adding with int32 wrap-around as the hardware's adders do."""
+    _acc_store_kernel(acc, y, bool(accumulate))
+
 
 def _shifts(shift) -> np.ndarray:
     """Effective shift amounts as round_shift applies them (modulo 64, at most MAX_SHIFT)."""
@@ -154,116 +218,42 @@ def _shifts(shift) -> np.ndarray:
 
 
 class ChannelParams:
-    """EPILOGUE's per-channel operands for tiles of ``pixels`` pixels, in the forms the kernels use.
+    """EPILOGUE's per-channel operands, as int64 ``[block][channel]`` arrays with effective shifts.
 
     Parameters
     ----------
     params : ndarray
         int32 ``[block][channel][bias, mult, shift]``.
     pixels : int
-        Pixels per block of the accumulator tiles they will be applied to.
+        Pixels per block of the accumulator tiles they will be applied to (kept for the callers' cache key).
     """
 
     def __init__(self, params: np.ndarray, pixels: int):
-        M = params.shape[1]
-        bias, mult, shift = (params[..., i].astype(np.int64) for i in range(3))
-        sh = _shifts(shift)
-        # Per-channel operands repeat every M elements; tiled over T pixels, numpy's loops run over T*M
-        # contiguous elements instead of M.
-        self.tile = T = _tile_pixels(pixels, M)
-        self.bias = np.tile(bias.astype(np.int32), T)[:, None]                       # [block][1][T*M]
-        self.scale = np.tile(np.ldexp(mult.astype(np.float64), -sh), T)[:, None]     # exact: mult * 2**-sh
-        self.large_shift = bool(sh.max(initial=0) > _SAFE_SHIFT)
-        self.mult_max = int(np.abs(mult).max(initial=0))
-        self.int64 = (bias[:, None], mult[:, None], shift[:, None])                 # [block][1][channel]
-
-
-def _tile_pixels(P: int, M: int) -> int:
-    """The largest divisor of ``P`` up to ``max(1, 256 // M)``."""
-    for t in range(min(P, max(1, 256 // M)), 0, -1):
-        if P % t == 0:
-            return t
-    return 1
-
-
-def _rounded(acc: np.ndarray, ch: ChannelParams):
-    """``rnd(wrap32(acc + bias) * mult, shift)`` as float64 ``[block][pixel][channel]`` where exact, else None.
-
-    The result is exact wherever it matters for a later clamp to a range inside [-384, 384]: elements of
-    magnitude 512 or more may be off, but only with the right sign and a magnitude of at least 512, so
-    they clamp to the same bound.
-    """
-    ob, P, M = acc.shape
-    a = acc.reshape(ob, P // ch.tile, ch.tile * M)
-    v = np.add(a, ch.bias)                 # int32 addition wraps: this is wrap32(acc + bias)
-    # Exactness. scale = mult * 2**-sh is exact (31-bit mult, power-of-two factor). Where |v * mult| <
-    # 2**53, fl(v * scale) is the exact x = v * mult * 2**-sh, and np.rint rounds it half to even like
-    # round_shift. Elsewhere fl(v * scale) = x (1 + d) with |d| <= 2**-53; if sh <= 44 then
-    # |x| >= 2**(53 - sh) >= 512, so the rounded value has x's sign and magnitude >= 512 as required.
-    if ch.large_shift:
-        vmax = max(int(v.max(initial=0)), -int(v.min(initial=0)))
-        if vmax * ch.mult_max >= _EXACT_F64:
-            return None
-    f = v.astype(np.float64)
-    f *= ch.scale
-    np.rint(f, out=f)
-    return f.reshape(ob, P, M)
-
-
-# numpy's clip ufunc without np.clip's Python wrapper (a measurable cost at thousands of calls per image).
-_clip = getattr(getattr(np, "_core", None) and np._core.umath, "clip", None) or np.clip
-
-
-def _clamp_into(out: np.ndarray, f: np.ndarray, zp: int, lo: int, hi: int) -> None:
-    """``out[...] = clamp(f + zp, lo, hi)`` for integral float64 ``f`` (as ``min(max(., lo), hi)``)."""
-    if lo > hi:
-        out[...] = hi                  # max(., lo) >= lo > hi
-        return
-    # clamp(f + zp, lo, hi) = clamp(f, lo - zp, hi - zp) + zp for integers; the sum lands in int8 exactly.
-    _clip(f, lo - zp, hi - zp, out=f)
-    np.add(f, zp, out=out, casting="unsafe")
+        self.pixels = pixels
+        self.bias, self.mult = (np.ascontiguousarray(params[..., i], np.int64) for i in range(2))
+        self.shift = np.ascontiguousarray(_shifts(params[..., 2]))
 
 
 def requantize_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, zp: int, lo: int, hi: int) -> None:
     """``out[...] = clamp(rnd(wrap32(acc + bias) * mult, shift) + zp, lo, hi)``.
 
-    ``acc`` (int32, contiguous) and ``out`` (int8, any strides) are ``[block][pixel][channel]``.
+    ``acc`` (int32) and ``out`` (int8, any strides) are ``[block][pixel][channel]``.
     """
-    f = _rounded(acc, ch)
-    if f is None:
-        np.copyto(out, requantize(acc.astype(np.int64), *ch.int64, zp, lo, hi), casting="unsafe")
-        return
-    _clamp_into(out, f, zp, lo, hi)
+    _requantize_kernel(out, acc, ch.bias, ch.mult, ch.shift, int(zp), int(lo), int(hi))
 
 
 class ResidualParams:
-    """The residual add's constants (EPILOGUE fields) in the forms residual_into uses."""
+    """The residual add's constants (EPILOGUE fields), with the effective residual shift."""
 
     def __init__(self, zp_mid: int, zp_res: int, mult_a: int, mult_b: int, res_shift: int):
-        self.zp_mid, self.zp_res, self.mult_a, self.mult_b, self.res_shift = zp_mid, zp_res, mult_a, mult_b, res_shift
-        rs = int(_shifts(res_shift))
-        # Exact: 31-bit multipliers times powers of two.
-        self.a_scale = np.ldexp(float(mult_a), -rs)
-        self.b_scale = np.ldexp(float(mult_b), -rs)
-        self.b_offset = -zp_res * self.b_scale
+        self.zp_mid, self.zp_res, self.mult_a, self.mult_b = int(zp_mid), int(zp_res), int(mult_a), int(mult_b)
+        self.res_shift = int(_shifts(res_shift))
 
 
 def residual_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, r: np.ndarray, res: ResidualParams,
                   zp_out: int, lo: int, hi: int) -> None:
-    """EPILOGUE with a residual ``r`` (int8 ``[block][pixel][channel]``), as docs/numerics.md defines it."""
-    f = _rounded(acc, ch)
-    if f is None:
-        a = requantize(acc.astype(np.int64), *ch.int64, res.zp_mid)
-        s = (a - res.zp_mid) * res.mult_a + (r.astype(np.int64) - res.zp_res) * res.mult_b
-        y = np.minimum(np.maximum(round_shift(s, res.res_shift) + zp_out, lo), hi)
-        np.copyto(out, y, casting="unsafe")
-        return
-    # a - zp_mid = clamp(q + zp_mid, -128, 127) - zp_mid = clamp(q, -128 - zp_mid, 127 - zp_mid).
-    _clip(f, -128 - res.zp_mid, 127 - res.zp_mid, out=f)
-    # Every term below is an integer under 2**40 times 2**-res_shift, and so is every partial sum: all exact.
-    f *= res.a_scale
-    t = np.multiply(r, res.b_scale, dtype=np.float64)
-    t += res.b_offset
-    f += t
-    np.rint(f, out=f)
-    _clamp_into(out, f, zp_out, lo, hi)
+    """EPILOGUE with a residual ``r`` (int8 ``[block][pixel][channel]``), as docs/numerics.md defines it:
+    ``clamp(rnd((a - zp_mid) * mult_a + (r - zp_res) * mult_b, res_shift) + zp_out, lo, hi)`` where ``a`` is
+    the requantization to ``zp_mid`` clamped to int8."""
+    _residual_kernel(out, acc, ch.bias, ch.mult, ch.shift, r, res.zp_mid, res.zp_res, res.mult_a, res.mult_b,
+                     res.res_shift, int(zp_out), int(lo), int(hi))

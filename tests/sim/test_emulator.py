@@ -555,3 +555,20 @@ def test_second_weight_load_into_the_same_words_is_seen_by_the_next_conv(small_c
         emu.run(PROG)
         np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:n], want_a)
         np.testing.assert_array_equal(emu.buffers[Buffer.ACC][n:2 * n], want_b)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_store_accumulators_transposes_and_wraps(accumulate):
+    from tessera.sim.emulator_kernels import store_accumulators
+    rng = np.random.default_rng(7)
+    ob, P, M = 3, 5, 4
+    acc = rng.integers(-(2**31), 2**31, size=(ob, P, M)).astype(np.int32)
+    y = rng.integers(-(2**31), 2**31, size=(P, ob * M)).astype(np.int32)
+    y[0, 0], acc[0, 0, 0] = 2**31 - 1, 2**31 - 1           # the sum wraps to -2
+    want = y.reshape(P, ob, M).transpose(1, 0, 2).astype(np.int64)
+    if accumulate:
+        want = (want + acc + 2**31) % 2**32 - 2**31
+    store_accumulators(acc, y, accumulate)
+    np.testing.assert_array_equal(acc, want)
+    if accumulate:
+        assert acc[0, 0, 0] == -2

@@ -12,7 +12,7 @@ for races that the tokens leave open (see :mod:`tessera.sim.hazards`).
 Speed without giving up a bit (it runs a ResNet-50 image in a few times
 onnxruntime's time): each instruction word gets a plan at its first execution
 (range checks, numpy views of what it reads and writes); CONV is an int8 GEMM
-and EPILOGUE a float64 requantization, both exact (:mod:`.emulator_kernels`);
+and EPILOGUE one compiled integer loop, both exact (:mod:`.emulator_kernels`);
 weight matrices and per-channel constants are kept by content; and a program
 that ran to the end replays its unit interleaving, which depends only on the
 instruction words, while those are unchanged.

@@ -11,8 +11,9 @@ only faster ways to compute them than plain int64 numpy.
   VNNI) form pairs of u8×s8 products in saturating int16: every new shape is
   checked once on all-extreme operands, where such saturation cannot hide.
 - :func:`requantize_into` evaluates ``clamp(rnd(wrap32(acc + bias) * mult,
-  shift) + zp, lo, hi)`` in float64 where that is provably exact and in int64
-  otherwise (the proof is in ``_rounded``); :func:`residual_into` likewise.
+  shift) + zp, lo, hi)``, :func:`residual_into` the residual form and
+  :func:`store_accumulators` CONV's (wrapping) accumulator write, each as one
+  numba-compiled loop in the int64 arithmetic of the definition itself.
 """
 
 from __future__ import annotations

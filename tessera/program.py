@@ -156,7 +156,8 @@ class TensorInfo:
         if x.dtype.kind in "iu" and self.dtype in ("int8", "uint8"):
             q = x.astype(np.int32) - (128 if self.dtype == "uint8" else 0)
         else:
-            q = np.rint(x.astype(np.float64) / self.scale) + self.zero_point
+            # float32 division, as onnxruntime's QuantizeLinear: float64 rounds a few near-ties the other way.
+            q = np.rint(x.astype(np.float32) / np.float32(self.scale)) + self.zero_point
         q = np.clip(q, -128, 127).astype(np.int8)
         hwc = self._to_hwc(q)
         pt, pl, pb, pr = self.pad

@@ -4,11 +4,18 @@ import struct
 
 import numpy as np
 import pytest
+from tessera.sim.handwritten import conv_relu_pool
 
 from tessera.arch import PRESETS
 from tessera.isa import INSTR_BYTES
-from tessera.program import FORMAT_VERSION, FORMAT_VERSION_PATCHES, MAGIC, Program, ProgramError, TensorInfo
-from tessera.sim.handwritten import conv_relu_pool
+from tessera.program import (
+    FORMAT_VERSION,
+    FORMAT_VERSION_PATCHES,
+    MAGIC,
+    Program,
+    ProgramError,
+    TensorInfo,
+)
 
 
 @pytest.fixture
@@ -162,7 +169,7 @@ def test_tensor_info_patches_are_the_im2col_image_of_the_stem():
 
 
 def test_tensor_info_patch_equal_to_block_is_space_to_depth():
-    kw = dict(pad=[1, 1, 1, 1], block=2)
+    kw = {"pad": [1, 1, 1, 1], "block": 2}
     a = TensorInfo("x", [1, 3, 6, 6], "NCHW", 0, 6, 6, 3, 16, 1.0, -5, **kw)
     b = TensorInfo("x", [1, 3, 6, 6], "NCHW", 0, 6, 6, 3, 16, 1.0, -5, patch=[2, 2], **kw)
     x = np.random.default_rng(2).integers(-128, 128, size=(1, 3, 6, 6)).astype(np.float32)

@@ -572,3 +572,47 @@ def test_store_accumulators_transposes_and_wraps(accumulate):
     np.testing.assert_array_equal(acc, want)
     if accumulate:
         assert acc[0, 0, 0] == -2
+
+
+def test_replay_sees_weights_changed_in_memory_and_identical_conv_words_apart(small_config):
+    # Replays reuse each CONV step's weight matrix while the bytes WGT LOADs read are unchanged. Two
+    # identical CONV words read different weights (one plan, two steps), and weight bytes change between
+    # replays, also behind the host interface's back (direct memory writes).
+    cfg = small_config
+    rng = np.random.default_rng(71)
+    ins, act, blocks_a, _ = conv_case(cfg, rng, in_h=5, in_w=6, in_cb=2, k=(3, 3), stride=(1, 1), dil=(1, 1),
+                                      pad=(1, 1), ob=2)
+    blocks_b = rng.integers(-128, 128, blocks_a.shape)
+    a_act, a_wa, a_wb = DATA, DATA + 0x1000, DATA + 0x3000
+    acc_ins = ins.replace(accumulate=True)
+    prog = [
+        Instruction("load", buf="act", dram_addr=a_act, rows=1, cols=len(act)),
+        Instruction("load", buf="wgt", dram_addr=a_wa, rows=1, cols=len(blocks_a), signal=["compute"]),
+        acc_ins.replace(wait=["load"], signal=["load"]),
+        Instruction("load", buf="wgt", wait=["compute"], dram_addr=a_wb, rows=1, cols=len(blocks_b),
+                    signal=["compute"]),
+        acc_ins.replace(wait=["load"]),
+    ]
+    emu = Emulator(cfg)
+    emu.write(PROG, encode_program(prog + [Instruction("end")]))
+    emu.write(a_act, act.astype(np.int8).tobytes())
+    n = ins.ob_count * ins.out_h * ins.out_w
+    for i in range(6):
+        wa, wb = (pack_weights(b, cfg.weight_bits) for b in (blocks_a, blocks_b))
+        emu.write(a_wa, wa)
+        if i == 4:
+            emu.dram[a_wb + 5] ^= 0x40                  # not through write(): still seen
+            wb = emu.dram[a_wb:a_wb + len(wb)].tobytes()
+        else:
+            emu.write(a_wb, wb)
+        emu.buffers[Buffer.ACC][:n] = 0
+        emu.run(PROG)
+        fresh = Emulator(cfg)
+        fresh.write(PROG, encode_program(prog + [Instruction("end")]))
+        for addr, data in ((a_act, act.astype(np.int8).tobytes()), (a_wa, wa), (a_wb, wb)):
+            fresh.write(addr, data)
+        fresh.run(PROG)
+        np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:n], fresh.buffers[Buffer.ACC][:n], err_msg=str(i))
+        assert emu._traces and (i < 2 or emu._traces[PROG].wcells is not None)
+        if i in (2, 3):
+            blocks_a = rng.integers(-128, 128, blocks_a.shape)

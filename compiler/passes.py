@@ -4,7 +4,7 @@ ONNX-level (float models, before calibration): :class:`FoldBatchNorm`.
 Integer-graph level, in pipeline order: :class:`FoldPad`, :class:`FuseActivation`,
 :class:`FuseAdd`, :class:`EliminateReshape`, :class:`GemmToConv`,
 :class:`LowerLargePool`, :class:`LowerLeftovers` (unfused Add/Clip/requantization as identity
-convolutions), :class:`PlanConcat`, :class:`SpaceToDepthStem`, :class:`PadChannels`.
+convolutions), :class:`PlanConcat`, :class:`PatchStem`, :class:`SpaceToDepthStem`, :class:`PadChannels`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "LowerLargePool",
     "LowerLeftovers",
     "PadChannels",
+    "PatchStem",
     "PlanConcat",
     "SpaceToDepthStem",
     "run_passes",
@@ -326,6 +327,84 @@ class PlanConcat:
         return g
 
 
+class PatchStem:
+    """A convolution over a few-channel graph input runs as a 1×1 convolution on its im2col image.
+
+    The host stores every output pixel's ``kh×kw`` receptive field as one
+    pixel with channels ordered (dy, dx, c) (:class:`tessera.program.TensorInfo`
+    ``patch``, windows every ``stride`` pixels of the zero-point padded image):
+    ResNet's 7×7/2 stem over 3 channels becomes a 1×1 convolution over 147
+    channels, 3 of 64 lanes' blocks instead of :class:`SpaceToDepthStem`'s 8
+    issues per output pixel. The image is ``kh·kw/stride²`` times the source,
+    all of it moved by LOADs, so the pass compares both transforms (and none)
+    by :meth:`cost`, MAC-array issues against the bytes the memory port moves
+    per output pixel, and rewrites only where patches are cheapest. Like
+    :class:`SpaceToDepthStem` it takes strided convolutions only: at stride 1
+    the image grows by the whole kernel area (VGG's first layer, 9×).
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def rate(self) -> float:
+        """Bytes per cycle a LOAD stream sustains: ``mem_outstanding`` beats per round trip, at most one a cycle."""
+        c = self.config
+        return c.bus_bytes * min(1.0, c.mem_outstanding / (c.mem_latency + 1))
+
+    def cost(self, issues: float, in_bytes: float, out_bytes: float) -> float:
+        """Cycles per output pixel: the MAC array's issues or the memory port's traffic, whichever is slower."""
+        return max(issues, (in_bytes + out_bytes) / self.rate())
+
+    def costs(self, g: Graph, op: Op) -> dict:
+        """Cycles per output pixel of the convolution as it is, on space-to-depth blocks, and on patches."""
+        c = self.config
+        n = c.lanes
+
+        def up(v, k):
+            return -(-v // k) * k
+
+        a, x, y = op.attrs, g.tensors[op.inputs[0]], g.tensors[op.output]
+        s, (kh, kw), C = a["strides"][0], a["kernel"], x.channels
+        blocks = -(-y.channels // c.rows)
+        out = up(y.channels, c.rows)
+        res = out if "residual" in a else 0         # the residual is read per output pixel too
+        costs = {"none": self.cost(kh * kw * -(-C // n) * blocks, up(C, n) / (s * s), out + res),
+                 "patches": self.cost(-(-kh * kw * C // n) * blocks, up(kh * kw * C, n), out + res)}
+        s2d = SpaceToDepthStem(c)
+        P = s2d.phases(g, op) if s >= 2 else 0
+        if P:
+            b = s * P
+            taps = -(-(s * (P - 1) + kh) // b) * -(-(s * (P - 1) + kw) // b)
+            # each of the P² phases issues its own output blocks for one of P² output pixels
+            issues = s2d.cost(taps, b * b * C, n) * blocks
+            costs["space_to_depth"] = self.cost(issues, up(b * b * C, n) / (P * P), out + res)
+        return costs
+
+    def __call__(self, g: Graph) -> Graph:
+        for op in g.ops:
+            if not SpaceToDepthStem.candidate(g, op):
+                continue
+            costs = self.costs(g, op)
+            if costs["patches"] >= min(v for k, v in costs.items() if k != "patches"):
+                continue
+            a = op.attrs
+            x, y = g.tensors[op.inputs[0]], g.tensors[op.output]
+            s, (kh, kw), C = a["strides"][0], a["kernel"], x.channels
+            pt, pl, pb, pr = a["pads"]
+            # Rows/columns the last window reaches (a conv may ignore trailing source rows: then no bottom pad).
+            pb = max(0, s * (y.height - 1) + kh - x.height - pt)
+            pr = max(0, s * (y.width - 1) + kw - x.width - pl)
+            w = np.asarray(a["w"])
+            # [o][c][dy][dx] → [o][dy][dx][c]: channels (dy, dx, c) as the host packs them
+            w2 = w.transpose(0, 2, 3, 1).reshape(w.shape[0], kh * kw * C, 1, 1)
+            g.input_transforms[x.name] = {"shape": list(x.shape), "pad": [pt, pl, pb, pr], "block": s,
+                                          "patch": [kh, kw]}
+            x.shape = (1, kh * kw * C, y.height, y.width)
+            a.update(w=w2, kernel=[1, 1], strides=[1, 1], pads=[0, 0, 0, 0])
+            a["space_to_depth"] = {"block": s, "patch": [kh, kw], "source_kernel": [C, kh, kw]}  # model MACs
+        return g
+
+
 class SpaceToDepthStem:
     """A strided convolution over a few-channel graph input runs on a space-to-depth image.
 
@@ -355,30 +434,44 @@ class SpaceToDepthStem:
         """MAC-array issues per output pixel and output block."""
         return taps * -(-channels // lanes)
 
-    def __call__(self, g: Graph) -> Graph:
-        n, m = self.config.lanes, self.config.rows
+    def phases(self, g: Graph, op: Op) -> int:
+        """The phase count ``P`` (block ``P·stride``) that issues the fewest MAC-array cycles, 0 for none."""
+        n, a = self.config.lanes, op.attrs
+        s, (kh, kw), C = a["strides"][0], a["kernel"], g.tensors[op.inputs[0]].channels
+        best, P = self.cost(kh * kw, C, n), 0
+        # Phases need a plain output (no residual, not a slice of a concatenation).
+        max_p = 1 if "residual" in a or any(u.kind == "concat" for u in g.consumers(op.output)) \
+            else self.max_phases
+        for p in range(1, max_p + 1):
+            b = s * p
+            c = self.cost(-(-(s * (p - 1) + kh) // b) * -(-(s * (p - 1) + kw) // b), b * b * C, n)
+            if c < best:
+                best, P = c, p
+        return P
+
+    @staticmethod
+    def candidate(g: Graph, op: Op, min_stride: int = 2) -> bool:
+        """A convolution over a few-channel graph input that only it reads, with square stride ≥ ``min_stride``."""
         graph_inputs = {t for _, t in g.inputs}
+        if op.kind != "conv" or op.inputs[0] not in graph_inputs or not _single_use(g, op.inputs[0]) \
+                or op.inputs[0] in g.input_transforms or op.inputs[0] in op.inputs[1:]:
+            return False
+        a, x = op.attrs, g.tensors[op.inputs[0]]
+        s = a["strides"][0]
+        return s >= min_stride and a["strides"][1] == s and list(a["dilations"]) == [1, 1] \
+            and len(x.shape) == 4 and x.chan_map is None
+
+    def __call__(self, g: Graph) -> Graph:
+        m = self.config.rows
         for op in g.ops:
-            if op.kind != "conv" or op.inputs[0] not in graph_inputs or not _single_use(g, op.inputs[0]) \
-                    or op.inputs[0] in g.input_transforms or op.inputs[0] in op.inputs[1:]:
+            if not self.candidate(g, op):
                 continue
             a = op.attrs
             x = g.tensors[op.inputs[0]]
             s = a["strides"][0]
             kh, kw = a["kernel"]
-            if s < 2 or a["strides"][1] != s or list(a["dilations"]) != [1, 1] or len(x.shape) != 4 \
-                    or x.chan_map is not None:
-                continue
             C = x.channels
-            best, P = self.cost(kh * kw, C, n), 0
-            # Phases need a plain output (no residual, not a slice of a concatenation).
-            max_p = 1 if "residual" in a or any(u.kind == "concat" for u in g.consumers(op.output)) \
-                else self.max_phases
-            for p in range(1, max_p + 1):
-                b = s * p
-                c = self.cost(-(-(s * (p - 1) + kh) // b) * -(-(s * (p - 1) + kw) // b), b * b * C, n)
-                if c < best:
-                    best, P = c, p
+            P = self.phases(g, op)
             if not P:
                 continue
             b = s * P
@@ -475,7 +568,7 @@ class PadChannels:
 def PIPELINE(config):
     """The integer-graph passes in order."""
     return [FoldPad(), FuseActivation(), FuseAdd(), EliminateReshape(), GemmToConv(), LowerLargePool(), LowerLeftovers(),
-            PlanConcat(), SpaceToDepthStem(config), PadChannels(config)]
+            PlanConcat(), PatchStem(config), SpaceToDepthStem(config), PadChannels(config)]
 
 
 def run_passes(g: Graph, config) -> Graph:

@@ -18,10 +18,12 @@ from tessera.compiler.passes import (
     GemmToConv,
     LowerLeftovers,
     PadChannels,
+    PatchStem,
     PlanConcat,
     SpaceToDepthStem,
     run_passes,
 )
+from tessera.host.runtime import Runtime
 
 from tessera.arch import PRESETS, NpuConfig
 
@@ -75,12 +77,17 @@ class QDQ:
         return m
 
 
-def _pipeline_until(g, stop):
-    for p in run_passes.__globals__["PIPELINE"](SIM):
+def _pipeline_until(g, stop, config=SIM):
+    for p in run_passes.__globals__["PIPELINE"](config):
         if isinstance(p, stop):
             return g, p
         g = p(g)
     raise AssertionError(stop)
+
+
+#: `sim` with one read in flight: a LOAD moves a beat per memory round trip, so a stem's im2col image
+#: (PatchStem) costs more port time than the space-to-depth image saves MAC issues.
+SLOW_PORT = SIM.replace(name="slow-port", mem_outstanding=1)
 
 
 def test_fold_batchnorm_keeps_float_results():
@@ -219,7 +226,7 @@ def test_plan_concat_writes_slices_and_copies_the_rest():
 def test_space_to_depth_stem_rewrites_strided_stem(shape, cin, k, stride, pads):
     q = QDQ(shape, seed=4)
     m = q.model(q.conv(q.x, 20, cin, "c", k=k, pads=pads, strides=[stride, stride]))
-    g, p = _pipeline_until(lower(load_onnx(m)), SpaceToDepthStem)
+    g, p = _pipeline_until(lower(load_onnx(m)), SpaceToDepthStem, SLOW_PORT)
     op = g.ops[0]
     w, (oh, ow) = op.attrs["w"].copy(), g.tensors[op.output].shape[2:]
     g = p(g)
@@ -238,14 +245,16 @@ def test_space_to_depth_stem_rewrites_strided_stem(shape, cin, k, stride, pads):
         assert w2[o, ch, ky // stride, kx // stride] == w[o, c, ky, kx]
     assert np.count_nonzero(w2) == np.count_nonzero(w)
     # the golden model after the whole pipeline, the host packing the input as the I/O table says
-    assert_layer_exact(check_against_ort(m, SIM, n_inputs=2))
+    prog = compile_model(m, SLOW_PORT)[0]
+    assert prog.inputs[0].block == stride and prog.inputs[0].patch is None
+    assert_layer_exact(check_against_ort(m, SLOW_PORT, n_inputs=2, program=prog))
 
 
 def test_space_to_depth_stem_leaves_unit_stride_and_wide_inputs():
     for shape, cin, stride in (((1, 3, 9, 9), 3, 1), ((1, 16, 9, 9), 16, 2)):
         q = QDQ(shape)
         m = q.model(q.conv(q.x, 8, cin, "c", k=3, strides=[stride, stride]))
-        g, p = _pipeline_until(lower(load_onnx(m)), SpaceToDepthStem)
+        g, p = _pipeline_until(lower(load_onnx(m)), SpaceToDepthStem, SLOW_PORT)
         kernel = list(g.ops[0].attrs["kernel"])
         g = p(g)
         assert g.ops[0].attrs["kernel"] == kernel and not g.input_transforms
@@ -254,7 +263,7 @@ def test_space_to_depth_stem_leaves_unit_stride_and_wide_inputs():
 #: 64 lanes (the stem's 12 packed channels would leave most of them empty) and small buffers, so
 #: the phased stem splits into several tiles and output groups that straddle phases.
 WIDE = NpuConfig(name="wide", lanes=64, rows=64, abuf_words=1024, wbuf_words=64, accbuf_words=160, pbuf_words=16,
-                 bus_bytes=64, dram_bytes=8 << 20)
+                 bus_bytes=64, dram_bytes=8 << 20, mem_outstanding=2)   # a slow port: no PatchStem
 
 
 @pytest.mark.parametrize("cout", [20, 70])
@@ -269,3 +278,54 @@ def test_space_to_depth_stem_phases_on_wide_lanes(cout):
     prog, rep = compile_model(m, WIDE)
     assert rep[0].macs == cout * 3 * 49 * 13 * 11           # model MACs, not the phased product
     assert_layer_exact(check_against_ort(m, WIDE, n_inputs=2, program=prog))
+
+
+@pytest.mark.parametrize("shape, cin, k, stride, pads", [
+    ((1, 3, 15, 13), 3, 7, 2, (3, 3, 3, 3)),      # ResNet's stem, odd non-square image: last row unread
+    ((1, 2, 11, 14), 2, 5, 3, (2, 1, 0, 2)),      # stride 3, asymmetric padding
+])
+def test_patch_stem_runs_the_stem_as_1x1_on_im2col(shape, cin, k, stride, pads):
+    q = QDQ(shape, seed=4)
+    m = q.model(q.conv(q.x, 20, cin, "c", k=k, pads=pads, strides=[stride, stride]))
+    g, p = _pipeline_until(lower(load_onnx(m)), PatchStem)
+    op = g.ops[0]
+    w, (oh, ow) = op.attrs["w"].copy(), g.tensors[op.output].shape[2:]
+    costs = p.costs(g, op)
+    assert costs["patches"] < min(costs["none"], costs.get("space_to_depth", np.inf))
+    g = p(g)
+    x = g.tensors[op.inputs[0]]
+    tr = g.input_transforms[x.name]
+    assert op.attrs["kernel"] == [1, 1] and op.attrs["strides"] == [1, 1] and op.attrs["pads"] == [0, 0, 0, 0]
+    assert tr["block"] == stride and tr["patch"] == [k, k] and tr["pad"][:2] == [pads[0], pads[1]]
+    assert x.shape == (1, k * k * cin, oh, ow)
+    for o, c, ky, kx in [(0, 0, 0, 0), (3, cin - 1, k - 1, k - 2), (19, 1, k // 2, 1)]:
+        assert op.attrs["w"][o, (ky * k + kx) * cin + c, 0, 0] == w[o, c, ky, kx]
+    # SpaceToDepthStem leaves a transformed input alone
+    assert SpaceToDepthStem(SIM)(g).ops[0].attrs["kernel"] == [1, 1]
+    prog = compile_model(m, SIM)[0]
+    assert prog.inputs[0].patch == [k, k]
+    assert_layer_exact(check_against_ort(m, SIM, n_inputs=2, program=prog))
+    # the same integer sums as the convolution on a plain (or space-to-depth) image, bit for bit
+    plain = compile_model(m, SLOW_PORT)[0]
+    assert plain.inputs[0].patch is None
+    xin = np.random.default_rng(7).normal(size=shape).astype(np.float32)
+    a, b = Runtime(prog).run({"x": xin}), Runtime(plain).run({"x": xin})
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_patch_stem_only_where_it_pays():
+    # a slow memory port: the im2col image's traffic outweighs its fewer MAC issues
+    q = QDQ((1, 3, 15, 13), seed=4)
+    m = q.model(q.conv(q.x, 20, 3, "c", k=7, pads=(3, 3, 3, 3), strides=[2, 2]))
+    g, p = _pipeline_until(lower(load_onnx(m)), PatchStem, SLOW_PORT)
+    costs = p.costs(g, g.ops[0])
+    assert costs["patches"] > costs["space_to_depth"]
+    assert not p(g).input_transforms
+    # a wide input already fills the lanes: a 3×3/2 over 16 channels issues the same either way;
+    # stride 1 is left alone (the image would grow by the kernel's area)
+    for cin, stride in ((16, 2), (3, 1)):
+        q = QDQ((1, cin, 9, 9))
+        m = q.model(q.conv(q.x, 8, cin, "c", k=3, strides=[stride, stride]))
+        g, p = _pipeline_until(lower(load_onnx(m)), PatchStem)
+        assert not p(g).input_transforms and g.ops[0].attrs["kernel"] == [3, 3]

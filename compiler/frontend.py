@@ -103,6 +103,14 @@ class _Lowering(HostIslands):
         self.hostf = {}      # float name (host domain) -> name the runtime produces it under
         self.imap = {}       # int tensor name (from ONNX) -> int tensor name in the graph
         self.nhwc = {}       # float NCHW view of an NHWC graph input -> the input's name
+        self.views = {}      # NHWC-permuted view of an NCHW tensor (before its flatten) -> (int tensor, map)
+        self.nhwc_flat = {}  # NC tensor that flattens an NCHW tensor in NHWC order -> (C, H, W)
+        self.nhwc_fc = set() # FC ops whose weight columns were permuted to read such a tensor
+        self.onnx_consumers = {}
+        for node in model.graph.node:
+            for i in node.input:
+                self.onnx_consumers.setdefault(i, []).append(node)
+        self.graph_outputs = {o.name for o in model.graph.output}
         self._init_islands()
 
     # ---- helpers ---------------------------------------------------------------------
@@ -279,6 +287,7 @@ class _Lowering(HostIslands):
                                    f"(supported: outputs of DequantizeLinear or quantized ops)")
             self.g.outputs.append((name, t))
         self.finish_islands()
+        self.check_nhwc_flattens()
         if not self.g.inputs:
             raise CompileError("the model has no quantized input (expected a QuantizeLinear on a graph input)")
         return self.g
@@ -317,6 +326,8 @@ class _Lowering(HostIslands):
                 self.new_tensor(out, t.shape, s, zp, dt)
                 self.g.ops.append(Op("requant", n.name or out, n.op_type, [t.name], out, {}))
                 self.imap[out] = out
+        elif x in self.views:
+            self._view_qdq(n, x, out, s, zp)
         elif any(i.name == x for i in self.model.graph.input) or x in self.nhwc:
             src = self.nhwc.get(x, x)
             shape = self.shape(x, n)
@@ -347,6 +358,9 @@ class _Lowering(HostIslands):
             self.fmap[out] = t.name
             if x in self.hostv:
                 self.host_dequantize(n)
+        elif x in self.views:
+            s, zp, _ = self.scalar_q(n, n.input[1], n.input[2] if len(n.input) > 2 else "")
+            self._view_qdq(n, x, out, s, zp)
         elif any(i.name == x for i in self.model.graph.input):
             raise unsupported(n.name, n.op_type, f"an int8/uint8 graph input ({x!r})",
                               "float graph inputs followed by QuantizeLinear")
@@ -400,12 +414,14 @@ class _Lowering(HostIslands):
     def op_Gemm(self, n, a):
         x = self.int_in(n.input[0], n)
         w, sw = self.weights(n, n.input[1], transpose=not a.get("transB", 0))
+        w = self._nhwc_columns(n, x, w)
         b = self.bias(n, n.input[2] if len(n.input) > 2 else "", self.g.tensors[x].scale, sw)
         self.add_op("gemm", n, [x], self._gemm(n, x, w, sw, b, a), out_float=n.output[0])
 
     def op_MatMul(self, n, a):
         x = self.int_in(n.input[0], n)
         w, sw = self.weights(n, n.input[1], transpose=True)
+        w = self._nhwc_columns(n, x, w)
         b = np.zeros(w.shape[0], np.int64)
         self.add_op("gemm", n, [x], {"w": w, "w_scale": sw, "bias": b}, out_float=n.output[0])
 
@@ -538,11 +554,99 @@ class _Lowering(HostIslands):
         self.g.ops.append(Op("alias", n.name or out_name, n.op_type, [src], out_name, {}))
         to_map[out_name] = out_name
 
+    # ---- NHWC flatten in front of a fully connected layer -------------------------------------
+
+    def _through_qdq(self, name):
+        """The ONNX nodes that read ``name``, looking through QuantizeLinear → DequantizeLinear pairs;
+        None if the value, or one of the pairs, is a graph output."""
+        if name in self.graph_outputs:
+            return None
+        users = []
+        for c in self.onnx_consumers.get(name, []):
+            if c.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                more = self._through_qdq(c.output[0])
+                if more is None:
+                    return None
+                users += more
+            else:
+                users.append(c)
+        return users
+
+    def flattens_into_fc(self, name) -> bool:
+        """Whether the NHWC-permuted tensor ``name`` is only flattened to 2-D and read by FC layers.
+
+        tf2onnx flattens a Keras (NHWC) feature map as Transpose(0,2,3,1) → Reshape(-1, H·W·C); the
+        flatten's order is then a permutation of the FC weights' rows, folded into them here.
+        """
+        users = self._through_qdq(name)
+        if not users:
+            return False
+        for u in users:
+            shape = self.shapes.get(u.output[0])
+            axis = next((at.i for at in u.attribute if at.name == "axis"), 1)
+            if u.op_type not in ("Reshape", "Flatten") or (u.op_type == "Flatten" and axis != 1):
+                return False
+            if not shape or len(shape) != 2 or shape[0] != 1:
+                return False
+            fcs = self._through_qdq(u.output[0])
+            if not fcs or any(f.op_type not in ("Gemm", "MatMul", "QGemm", "QLinearMatMul") for f in fcs):
+                return False
+        return True
+
+    def _view_qdq(self, n, x, out, s, zp):
+        """QuantizeLinear/DequantizeLinear of an NHWC view: the same int tensor, if with its parameters."""
+        t = self.g.tensors[self.views[x][0]]
+        if abs(t.scale - s) > 1e-6 * s or t.zero_point != zp:
+            raise unsupported(n.name, n.op_type, "requantizing a transposed feature map before its flatten",
+                              "Transpose → Reshape → Gemm with one scale and zero point throughout")
+        self.views[out] = self.views[x]
+
+    def _nhwc_columns(self, n, x, w):
+        """FC weights ``w`` (O×K) reading ``x``: columns put into NCHW order if ``x`` is an NHWC flatten."""
+        if x not in self.nhwc_flat:
+            return w
+        c, hh, ww = self.nhwc_flat[x]
+        self.nhwc_fc.add(n.name or n.output[0])
+        if w.ndim != 2 or w.shape[1] != c * hh * ww:
+            raise unsupported(n.name, n.op_type, f"weights of shape {list(w.shape)} for an input of "
+                              f"{c * hh * ww} features", "Gemm/MatMul over all features of its input")
+        return w.reshape(w.shape[0], hh, ww, c).transpose(0, 3, 1, 2).reshape(w.shape[0], -1)
+
+    def _nhwc_flatten(self, n, x):
+        src, domain = self.views[x]
+        t = self.g.tensors[src]
+        out = n.output[0]
+        c, hh, ww = t.shape[1:]
+        self.new_tensor(out, [1, c * hh * ww], t.scale, t.zero_point, t.src_dtype)
+        self.g.ops.append(Op("alias", n.name or out, n.op_type, [src], out, {}))
+        self.nhwc_flat[out] = (c, hh, ww)
+        (self.imap if domain == "int" else self.fmap)[out] = out
+
+    def check_nhwc_flattens(self):
+        for name in self.nhwc_flat:
+            users = self.g.consumers(name)
+            bad = [u for u in users if u.name not in self.nhwc_fc]
+            if bad or not users or self.g.is_output(name):
+                what = f"{bad[0].onnx_op} {bad[0].name!r}" if bad else "a graph output"
+                raise unsupported(name, "Reshape", f"an NHWC flatten read by {what}",
+                                  "NHWC flattens read only by Gemm/MatMul (their weights absorb the order)")
+
     def _shape_dispatch(self, n, a):
         x = n.input[0]
         if x in self.hostf:
             raise unsupported(n.name, n.op_type, "reshaping a host-side result", "Softmax as the last op")
         perm = list(a.get("perm", [])) if n.op_type == "Transpose" else None
+        if x in self.views:
+            if n.op_type not in ("Reshape", "Flatten"):
+                raise unsupported(n.name, n.op_type, "reshaping a transposed feature map", "Reshape/Flatten")
+            self._nhwc_flatten(n, x)
+            return
+        if perm == [0, 2, 3, 1] and (x in self.imap or x in self.fmap):
+            t = self.g.tensors[self.imap.get(x) or self.fmap.get(x)]
+            if len(t.shape) == 4 and t.channels > 1 and t.height * t.width > 1 \
+                    and self.flattens_into_fc(n.output[0]):
+                self.views[n.output[0]] = (t.name, "int" if x in self.imap else "float")
+                return
         if perm == [0, 3, 1, 2] and any(i.name == x for i in self.model.graph.input):
             # NHWC graph input (Keras): the NPU's pixel-major layout already is NHWC; the host packs it.
             self.nhwc[n.output[0]] = x
@@ -708,6 +812,7 @@ class _Lowering(HostIslands):
         x = self.q_in(n.input[0], n, 1)
         w, sw = self._wq(n, self.const(n.input[3], n, "weights"), self.consts[n.input[4]],
                          self.const(n.input[5], n, "weight zero point"), 1, True)
+        w = self._nhwc_columns(n, x, w)
         attrs = {"w": w, "w_scale": sw, "bias": np.zeros(w.shape[0], np.int64)}
         self.add_op("gemm", n, [x], attrs, out_int=n.output[0], params=self._qparams(n, 6, 7))
         self.imap[n.output[0]] = n.output[0]
@@ -717,6 +822,7 @@ class _Lowering(HostIslands):
         trans_b = a.get("transB", 0)
         w, sw = self._wq(n, self.const(n.input[3], n, "weights"), self.consts[n.input[4]],
                          self.const(n.input[5], n, "weight zero point"), 0 if trans_b else 1, not trans_b)
+        w = self._nhwc_columns(n, x, w)
         b = self.bias(n, n.input[6] if len(n.input) > 6 else "", self.g.tensors[x].scale, sw)
         if len(n.input) < 8 or not n.input[7]:
             raise unsupported(n.name, n.op_type, "a float output", "QGemm with y_scale")

@@ -123,7 +123,10 @@ class HostIslands:
             shape = list(self.g.tensors[self.fmap[ins[0]]].shape)
             perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None)
             moved = [d for d in (perm or []) if shape[d] != 1]
-            # NCHW → NHWC moves no data in the NPU's pixel-major layout, but the result is no NCHW tensor.
+            # NCHW → NHWC moves no data in the NPU's pixel-major layout, but the result is no NCHW tensor:
+            # only a flatten into fully connected layers can read it (their weights absorb the order).
+            if perm == [0, 2, 3, 1] and len(shape) == 4 and self.flattens_into_fc(n.output[0]):
+                return False
             return moved != sorted(moved)
         return False
 

@@ -251,3 +251,42 @@ def test_program_with_segments_rejects_start_not_after_end(tmp_path):
     prog.starts = [0, prog.starts[1] - 1]
     with pytest.raises(ProgramError, match="do not each follow an END"):
         Program.from_bytes(prog.to_bytes())
+
+
+def _nhwc_flatten_net(seed=0, extra_reader=False):
+    """conv → Transpose(0,2,3,1) → Reshape(1, -1) → Gemm → Relu → Gemm: Keras' Flatten as tf2onnx writes it."""
+    b = NetBuilder((1, 3, 6, 5), seed=seed)
+    x = b.conv("x", 8, 3, relu=True)
+    t = b.unary("Transpose", x, perm=[0, 2, 3, 1])
+    b.shape[t] = [1, 6, 5, 8]
+    f = b._name("flat")
+    b.nodes.append(h.make_node("Reshape", [t, b.const(np.array([-1, 240]))], [f], name="flatten/Reshape"))
+    b.inits[-1] = onnx.numpy_helper.from_array(np.array([-1, 240], np.int64), b.inits[-1].name)
+    b.shape[f] = [1, 240]
+    y = b._name("fc")
+    # Keras' Dense: x @ kernel (K×N), rows in NHWC flatten order.
+    b.nodes.append(h.make_node("Gemm", [f, b.const(b.rng.normal(0, 1 / np.sqrt(240), (240, 16))),
+                                        b.const(b.rng.normal(0, 0.1, 16))], [y], name="fc1"))
+    b.shape[y] = [1, 16]
+    y = b.gemm(b.relu(y), 10)
+    outs = [y] + ([t] if extra_reader else [])
+    return b.model(outs)
+
+
+@pytest.mark.parametrize("act", ["int8", "uint8"])
+def test_lower_nhwc_flatten_folds_into_fc_weights(act):
+    from tessera.compiler.driver import compile_model
+    q = quantize(_nhwc_flatten_net(), act=act)
+    assert {"Transpose", "Reshape"} <= {n.op_type for n in q.graph.node}
+    prog, reports = compile_model(q, PRESETS["sim"])
+    # One segment, nothing on the host: the flatten's NHWC order went into fc1's weight rows.
+    assert prog.host_ops == [] and prog.starts == [0]
+    assert len(reports) == 3 and any(r.name == "fc1" for r in reports)
+    assert_layer_exact(check_against_ort(q, PRESETS["sim"], n_inputs=3, program=prog))
+
+
+def test_lower_nhwc_flatten_with_another_reader_stays_on_the_host():
+    from tessera.compiler.driver import compile_model
+    # The transposed map is also a graph output: no FC weights can absorb the order for that reader.
+    prog, _ = compile_model(quantize(_nhwc_flatten_net(extra_reader=True), act="int8"), PRESETS["sim"])
+    assert [hop["op"] for hop in prog.host_ops] == ["Reshape"]

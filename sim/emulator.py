@@ -53,6 +53,7 @@ from .emulator_kernels import (
     store_accumulators,
 )
 from .hazards import HazardError, HazardTracker, VectorClocks
+from .replay import Trace
 
 __all__ = ["Emulator", "HazardError", "NpuError", "RunStats"]
 
@@ -89,11 +90,16 @@ class Emulator:
     gemm : {"auto", "onnxruntime", "float32"}
         How CONV's exact int8 GEMM is computed (see :class:`~tessera.sim.emulator_kernels.Int8Gemm`);
         every choice gives the same bits.
+    threads : int, optional
+        Threads for replayed runs (1, the default, or 2; see :mod:`tessera.sim.replay`). Every choice
+        gives the same bits.
     """
 
-    def __init__(self, config: NpuConfig, *, check_hazards: bool = False, gemm: str = "auto"):
+    def __init__(self, config: NpuConfig, *, check_hazards: bool = False, gemm: str = "auto",
+                 threads: int | None = None):
         self.config = c = config
         self.check_hazards = check_hazards
+        self.threads = threads if threads is not None else 1
         self.dram = np.zeros(c.dram_bytes, dtype=np.uint8)
         self.buffers = {
             Buffer.ACT: np.zeros((c.abuf_words, c.lanes), dtype=np.int8),
@@ -113,11 +119,13 @@ class Emulator:
         self._wgt_clock = 0
         self._wgt_checked: dict[tuple, tuple] = {}
         self._chans: dict[tuple, ChannelParams] = {}
+        self._prepared: dict[int, tuple] = {}
+        self._prepared_bytes = 0
         self._wmat_bytes = 0
         self._clocks = None
         self._traces: dict[int, object] = {}
         # While replaying a trace whose weights come only from unchanged external memory: per step, the
-        # weight matrix that CONV used last time (see _record).
+        # weight matrix that CONV used last time (see tessera.sim.replay).
         self._wcells: list | None = None
         self._istep = 0
         self.stats = RunStats()
@@ -152,8 +160,12 @@ class Emulator:
         self._wcells = None
         trace = self._traces.get(prog_addr)
         if (trace is not None and not self.check_hazards and len(trace.steps) <= max_instructions
-                and np.array_equal(self.dram[prog_addr:trace.end], trace.words)):
-            return self._replay(trace, t0)
+                and trace.matches(self, prog_addr)):
+            trace.replay(self, self.threads)
+            self.stats.instructions = len(trace.steps)
+            self.stats.by_opcode = dict(trace.by_opcode)
+            self.stats.seconds = time.perf_counter() - t0
+            return self.stats
         order = [] if not self.check_hazards else None
         nu = len(Unit)
         queues = [deque() for _ in range(nu)]
@@ -227,72 +239,9 @@ class Emulator:
         self.stats.by_opcode = {op.name: n for op, n in counts.items()}
         self.stats.by_opcode["END"] = 1
         if order is not None:
-            self._record(prog_addr, pc, order)
-        self.stats.seconds = time.perf_counter() - t0
-        return self.stats
-
-    # The order in which units execute instructions depends only on the instruction words (tokens, queue
-    # bounds), never on data. So once a program has run to the end, the next run from the same address
-    # replays that order without the scheduler, as long as the words it fetched are unchanged and no
-    # STORE of the program writes over them (then every fetch would see the same word again).
-
-    def _record(self, prog_addr: int, end_pc: int, order: list) -> None:
-        end = end_pc + INSTR_BYTES
-        for e in order:
-            if e[0].op == Opcode.STORE:
-                ins, p = e[0], e[8]
-                if ins.dram_addr < end and prog_addr < ins.dram_addr + (ins.rows - 1) * ins.dram_stride + p.nbytes:
-                    return
-        by_opcode = {}
-        for e in order:
-            by_opcode[e[0].op.name] = by_opcode.get(e[0].op.name, 0) + 1
-        by_opcode["END"] = 1
-        self._traces[prog_addr] = _Plan(end=end, words=self.dram[prog_addr:end].copy(), by_opcode=by_opcode,
-                                        steps=[(e[4], e[0], e[8]) for e in order], wsrc=self._weight_sources(order),
-                                        wsnap=None, wcells=None)
-
-    # WGT words come only from LOADs, and in a replay the same LOADs run in the same order. So when every
-    # word a CONV reads was loaded earlier in the run, and no STORE writes where those LOADs read, each
-    # CONV meets the same weights as in the previous replay as long as those external-memory bytes are
-    # unchanged: one comparison of them per replay (whoever wrote memory, however) replaces the check of
-    # every weight tile against the cache.
-
-    def _weight_sources(self, order: list):
-        """Merged external-memory ranges [lo, hi) that WGT LOADs of ``order`` read, or None if not applicable."""
-        ranges, stores = [], []
-        loaded = np.zeros(self.config.wbuf_words, bool)
-        for e in order:
-            ins, p = e[0], e[8]
-            if ins.op == Opcode.LOAD and ins.buf == Buffer.WGT:
-                ranges.append((int(p.row_starts.min()), int(p.row_starts.max()) + p.nbytes))
-                loaded[p.bidx] = True
-            elif ins.op == Opcode.STORE:
-                stores.append((int(p.row_starts.min()), int(p.row_starts.max()) + p.nbytes))
-            elif ins.op == Opcode.CONV and not loaded[p.w_idx].all():
-                return None
-        merged = []
-        for lo, hi in sorted(ranges):
-            if merged and lo <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], hi)
-            else:
-                merged.append([lo, hi])
-        if any(lo < mh and ml < hi for lo, hi in stores for ml, mh in merged):
-            return None
-        return [(lo, hi) for lo, hi in merged]
-
-    def _replay(self, trace, t0: float) -> RunStats:
-        self._clocks = None
-        if trace.wsrc is not None:
-            snap = trace.wsnap
-            if snap is None or not all(np.array_equal(self.dram[lo:hi], b) for (lo, hi), b in zip(trace.wsrc, snap)):
-                trace.wsnap = [self.dram[lo:hi].copy() for lo, hi in trace.wsrc]
-                trace.wcells = [None] * len(trace.steps)
-            self._wcells = trace.wcells
-        for self._istep, (fn, ins, plan) in enumerate(trace.steps):
-            fn(ins, plan)
-        self._wcells = None
-        self.stats.instructions = len(trace.steps)
-        self.stats.by_opcode = dict(trace.by_opcode)
+            trace = Trace.record(self, prog_addr, pc, order)
+            if trace is not None:
+                self._traces[prog_addr] = trace
         self.stats.seconds = time.perf_counter() - t0
         return self.stats
 
@@ -506,24 +455,34 @@ class Emulator:
             if p.accumulate:
                 self._touch(Buffer.ACC, p.acc_idx, False)
             self._touch(Buffer.ACC, p.acc_idx, True)
+        self._conv_accumulate(p, *self._conv_operands(p, plan is not None))
+
+    def _conv_accumulate(self, p, cols: np.ndarray, wmat: np.ndarray, gemm=None) -> None:
+        """CONV's second half: the GEMM into the accumulators (reads nothing but its operands)."""
+        store_accumulators(p.acc, gemm(cols) if gemm is not None else self._gemm(cols, wmat), p.accumulate)
+        self.stats.macs += p.macs
+
+    def _conv_operands(self, p, planned: bool, slot: int = 0):
+        """CONV's first half: the GEMM's operands (A built from the ACT buffer into scratch ``slot``, and B)."""
         cells = self._wcells
         fixed = cells[self._istep] if cells is not None else None
+        gemm = None
         if fixed is not None:
-            wmat, sel = fixed
+            wmat, sel, gemm = fixed
         else:
             # Weight tiles serve several CONVs in a row: check the WGT words once per LOAD into them.
-            checked = self._wgt_checked.get(p.wkey) if plan is not None else None
+            checked = self._wgt_checked.get(p.wkey) if planned else None
             if checked is not None and self._wgt_stamp[p.w_idx].max() <= checked[0]:
                 wmat, sel = checked[1], checked[2]
             else:
                 wmat, sel = self._weight_matrix(p)
                 self._wgt_checked[p.wkey] = (self._wgt_clock, wmat, sel)
             if cells is not None:
-                cells[self._istep] = (wmat, sel)
+                cells[self._istep] = (wmat, sel, self._prepared_gemm(wmat))
         cw = p.x.shape[2] if sel is None else len(sel)
-        im = p.im2col.get(cw)
+        im = p.im2col.get((cw, slot))
         if im is None:
-            im = p.im2col[cw] = self._im2col_views(p, cw)
+            im = p.im2col[(cw, slot)] = self._im2col_views(p, cw, slot)
         xsel, xor_src, xor_dst, copy_src, copy_dst, cols = im
         if sel is not None:
             np.take(p.x, sel, axis=2, out=xsel)
@@ -531,8 +490,19 @@ class Emulator:
             np.bitwise_xor(xor_src, 0x80, out=xor_dst)
         if copy_src is not None:
             np.copyto(copy_dst, copy_src)
-        store_accumulators(p.acc, self._gemm(cols, wmat), p.accumulate)
-        self.stats.macs += p.macs
+        return cols, wmat, gemm
+
+    def _prepared_gemm(self, wmat: np.ndarray):
+        """The GEMM with ``wmat`` fixed (prepacked once), kept per matrix within a memory budget; or None."""
+        hit = self._prepared.get(id(wmat))
+        if hit is not None and hit[0] is wmat:
+            return hit[1]
+        if self._prepared_bytes + wmat.nbytes > _PREPARED_BYTES:
+            return None
+        run = self._gemm.prepare(wmat)
+        self._prepared[id(wmat)] = (wmat, run)       # holding wmat keeps its id from being reused
+        self._prepared_bytes += wmat.nbytes
+        return run
 
     def _weight_matrix(self, p):
         """The GEMM's B operand [tap][input channel][output channel] of the weight tile, and the input
@@ -566,7 +536,7 @@ class Emulator:
             self._wmat_bytes += 2 * flat.nbytes
         return wmat, sel
 
-    def _im2col_views(self, p, cw: int):
+    def _im2col_views(self, p, cw: int, slot: int = 0):
         """Arrays and views that build the GEMM's A operand [pixel][tap][channel] (uint8: input + 128).
 
         Returns (buffer for the kept channels or None, XOR source or None, XOR destination, copy source or
@@ -579,9 +549,9 @@ class Emulator:
         if cw != x.shape[2]:
             xsel = x = np.empty(x.shape[:2] + (cw,), np.uint8)
         key = (ins.out_h * ins.out_w, ins.k_h * ins.k_w * cw)
-        cols = self._scratch.get(key)
+        cols = self._scratch.get((key, slot))
         if cols is None:
-            cols = self._scratch[key] = np.empty(key, np.uint8)
+            cols = self._scratch[(key, slot)] = np.empty(key, np.uint8)
         dst = cols.reshape(ins.out_h, ins.out_w, ins.k_h, ins.k_w, cw)
         span_h = (ins.out_h - 1) * ins.stride_h + (ins.k_h - 1) * ins.dil_h + 1
         span_w = (ins.out_w - 1) * ins.stride_w + (ins.k_w - 1) * ins.dil_w + 1
@@ -733,6 +703,8 @@ def _no_plan(ins):
 
 #: Bound on the weight matrices kept by Emulator._weight_matrix (with their raw copies).
 _WMAT_CACHE_BYTES = 512 << 20
+#: Weight matrices held prepacked by onnxruntime sessions, at most (about as many bytes again inside them).
+_PREPARED_BYTES = 256 << 20
 
 
 class _Plan:

@@ -71,9 +71,10 @@ class Int8Gemm:
         self.backend = backend
         self._run = None
         self._shapes: dict[tuple[int, int, int], bool] = {}   # (m, k, n) -> onnxruntime exact there
+        self._prepacked: dict[tuple[int, int, int], bool] = {}  # the same, with B a constant
         if backend != "float32":
             try:
-                self._run, self._shapes = _shared_session()
+                self._run, self._shapes, self._prepacked = _shared_session()
             except ImportError:
                 if backend == "onnxruntime":
                     raise
@@ -88,6 +89,39 @@ class Int8Gemm:
         if not ok:
             return gemm_float32(a_u8, b)
         return self._run({"A": a_u8, "B": b})
+
+    def prepare(self, b: np.ndarray):
+        """``a_u8 -> (a_u8 - 128) @ b`` for this fixed ``b``, or None without onnxruntime.
+
+        onnxruntime packs a constant B once per session instead of once per call (10–25 % of a small
+        GEMM). Each (m, k, n) is self-tested for this form too, falling back to :meth:`__call__`.
+        """
+        if self._run is None:
+            return None
+        sess = _gemm_session(b)
+        shapes = self._prepacked
+
+        def run(a_u8: np.ndarray) -> np.ndarray:
+            shape = (a_u8.shape[0],) + b.shape
+            ok = shapes.get(shape)
+            if ok is None:
+                ok = shapes[shape] = self._self_test_prepacked(*shape)
+            return sess.run(["Y"], {"A": a_u8}, None)[0] if ok else self(a_u8, b)
+        return run
+
+    def _self_test_prepacked(self, m: int, k: int, n: int) -> bool:
+        for bv in (-128, 127):
+            sess = _gemm_session(np.full((k, n), bv, np.int8))
+            for av in (-128, 127):
+                got = sess.run(["Y"], {"A": np.full((m, k), av + 128, np.uint8)}, None)[0]
+                if not (got == int(wrap32(k * av * bv))).all():
+                    return False
+        rng = np.random.default_rng(k * 7919 + m * 31 + n + 1)
+        a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+        want = (a.astype(np.float64) - 128) @ b.astype(np.float64)
+        got = _gemm_session(b).run(["Y"], {"A": a}, None)[0]
+        return got.dtype == np.int32 and np.array_equal(got, wrap32(want.astype(np.int64)))
 
     def uses_onnxruntime(self, m: int, k: int, n: int) -> bool:
         """Whether shape (m, k, n) goes through onnxruntime (runs the self-test if not done yet)."""
@@ -125,20 +159,29 @@ def _shared_session():
         inner = getattr(sess, "_sess", None)
         run = ((lambda feeds: inner.run(["Y"], feeds, None)[0]) if inner is not None
                else (lambda feeds: sess.run(["Y"], feeds)[0]))
-        _SHARED[:] = [run, {}]
-    return _SHARED[0], _SHARED[1]
+        _SHARED[:] = [run, {}, {}]
+    return _SHARED[0], _SHARED[1], _SHARED[2]
 
 
-def _matmul_integer_session():
+def _gemm_session(b: np.ndarray):
+    """The session binding (see _shared_session) of a GEMM whose B is the constant ``b``."""
+    sess = _matmul_integer_session(b)
+    return getattr(sess, "_sess", None) or sess
+
+
+def _matmul_integer_session(b: np.ndarray | None = None):
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
+    inputs = [helper.make_tensor_value_info("A", TensorProto.UINT8, ["m", "k"])]
+    inits = [helper.make_tensor("a_zero_point", TensorProto.UINT8, [], [128])]
+    if b is None:
+        inputs.append(helper.make_tensor_value_info("B", TensorProto.INT8, ["k", "n"]))
+    else:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(b, np.int8), "B"))
     graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B", "a_zero_point"], ["Y"])], "int8_gemm",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, ["m", "k"]),
-         helper.make_tensor_value_info("B", TensorProto.INT8, ["k", "n"])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["m", "n"])],
-        initializer=[helper.make_tensor("a_zero_point", TensorProto.UINT8, [], [128])])
+        [helper.make_node("MatMulInteger", ["A", "B", "a_zero_point"], ["Y"])], "int8_gemm", inputs,
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, ["m", "n"])], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     so = ort.SessionOptions()

@@ -1,0 +1,69 @@
+"""Replays (tessera.sim.replay): on one thread or two, every run leaves the external memory a full run leaves."""
+
+import numpy as np
+import pytest
+
+from tessera.arch import get_config
+from tessera.compiler.driver import compile_model
+from tessera.host.runtime import Runtime
+from tessera.sim.emulator_kernels import Int8Gemm
+from tests.compiler import netgen
+
+
+@pytest.fixture(scope="module")
+def programs():
+    cfg = get_config("sim")
+    nets = [netgen.resnet(in_shape=(1, 3, 20, 18), widths=(16, 40), blocks=2, bottleneck=True, seed=3),
+            netgen.densenet(in_shape=(1, 3, 16, 14), seed=4)]
+    return [compile_model(netgen.quantize(m), cfg)[0] for m in nets]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_replay_matches_a_fresh_emulator_on_every_image(programs, threads):
+    rng = np.random.default_rng(9)
+    for prog in programs:
+        rt = Runtime(prog, backend="emulator")
+        rt.backend.emu.threads = threads
+        shape = prog.inputs[0].shape
+        for i in range(4):
+            x = {prog.inputs[0].name: rng.normal(0, 1, shape).astype(np.float32)}
+            got = rt.run(x)
+            fresh = Runtime(prog, backend="emulator")
+            want = fresh.run(x)
+            for name in want:
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"image {i}")
+            assert np.array_equal(rt.backend.emu.dram, fresh.backend.emu.dram), f"image {i}: external memory"
+            assert rt.backend.emu.stats.macs == fresh.backend.emu.stats.macs
+        assert rt.backend.emu._traces, "the later images were replays"
+
+
+def test_threaded_replay_reraises_a_worker_failure(programs):
+    prog = programs[0]
+    rt = Runtime(prog, backend="emulator")
+    emu = rt.backend.emu
+    emu.threads = 2
+    x = {prog.inputs[0].name: np.zeros(prog.inputs[0].shape, np.float32)}
+    rt.run(x)
+
+    def broken(*args):
+        raise RuntimeError("worker step failed")
+    emu._conv_accumulate = broken
+    with pytest.raises(RuntimeError, match="worker step failed"):
+        rt.run(x)
+
+
+def test_int8_gemm_prepared_equals_the_definition():
+    gemm = Int8Gemm("onnxruntime")
+    rng = np.random.default_rng(12)
+    for m, k, n in [(1, 1, 1), (49, 4608, 16), (98, 2304, 48), (3, 5, 7)]:
+        for b in (np.full((k, n), -128, np.int8), np.full((k, n), 127, np.int8),
+                  rng.integers(-128, 128, (k, n), dtype=np.int8)):
+            run = gemm.prepare(b)
+            for a in (np.zeros((m, k), np.uint8), np.full((m, k), 255, np.uint8),
+                      rng.integers(0, 256, (m, k), dtype=np.uint8)):
+                want = (a.astype(np.int64) - 128) @ b.astype(np.int64)
+                got = run(a)
+                assert got.dtype == np.int32
+                np.testing.assert_array_equal(got, want)
+    assert Int8Gemm("float32").prepare(np.zeros((2, 2), np.int8)) is None
+

@@ -172,9 +172,15 @@ class CycleModel:
         load, store = (new, other) if new.op == "LOAD" else (other, new)
         load0, store0 = load.end, store.end
         # A LOAD starting beside a running STORE issues its first burst of reads every other cycle.
-        first = min(load.busy, c.mem_outstanding) - 1 if new is load else 0
+        # (With reads outstanding-limited the rate rule below leaves that burst out; a LOAD that streams a beat
+        # per cycle loses it in the rate rule already.)
+        streams = rate >= 1
+        first = min(load.busy, c.mem_outstanding) - 1 if new is load and not streams else 0
         for _ in range(4):                            # the overlap grows as both stretch
-            overlap = max(0, min(load.end, store.end) - new.start)
+            # A streaming LOAD competes only while it requests: its last request goes out a round trip
+            # before it ends (many short LOADs beside one long STORE: strided 1×1 layers on arria10).
+            reads_end = load.end - c.mem_latency - self.timing.load_overhead if streams else load.end
+            overlap = max(0, min(reads_end, store.end) - new.start)
             store.end = store0 + min(load.busy, round(overlap * share))
             extra = overlap * max(1 - share / rate, 1.2 / rt if rate < 1 else 0)
             load.end = load0 + round(extra) + (first if overlap > first else 0)

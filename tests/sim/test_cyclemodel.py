@@ -50,6 +50,24 @@ def test_store_overlapping_a_load_loses_port_cycles():
     assert load.end - load.start > alone_load.end - alone_load.start
 
 
+def test_streaming_load_beside_a_store_loses_only_its_request_cycles():
+    # A LOAD that streams a beat per cycle (reads in flight cover the round trip) competes for the port
+    # only while it requests: beside a long STORE, a short LOAD's latency tail costs nothing more
+    # (arria10's strided 1x1 layers: many 28-beat LOADs beside one 896-beat STORE, measured on the RTL).
+    c = SMALL.replace(mem_latency=40, mem_outstanding=48)
+    m = CycleModel(c)
+    store = Instruction("store", buf="act", dram_addr=0x80000, rows=1, cols=896)
+    short = _load(0x1000).replace(cols=28 * c.bus_bytes // c.act_word_bytes)
+    alone = m.run([short, Instruction("end")]).instructions[0]
+    st, *loads = m.run([store, *[short.replace(dram_addr=0x1000 + 0x1000 * k) for k in range(6)],
+                        Instruction("end")]).instructions[:7]
+    assert alone.busy == 28
+    for ld in loads:
+        assert ld.end < st.end
+        # every other request cycle goes to the STORE: at most one lost cycle per request
+        assert alone.end - alone.start < ld.end - ld.start <= alone.end - alone.start + ld.busy + 1
+
+
 def test_load_rate_is_limited_by_outstanding_reads():
     # hdl/dma.py keeps mem_outstanding reads in flight: beats arrive in groups of that many per round trip.
     c = SMALL.replace(mem_latency=20, mem_outstanding=4)

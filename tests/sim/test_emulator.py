@@ -518,6 +518,19 @@ def test_store_over_the_program_is_fetched_afterwards(small_config):
         assert emu.buffers[Buffer.ACT][100:103].any(axis=1).tolist() == [d == dst for d in (100, 101, 102)]
 
 
+def _two_weight_tiles(conv_a, conv_b, act_words, w_words):
+    """LOAD input, LOAD weights A → ``conv_a``, LOAD weights B into the same words → ``conv_b``."""
+    a_act, a_wa, a_wb = DATA, DATA + 0x1000, DATA + 0x3000
+    prog = [
+        Instruction("load", buf="act", dram_addr=a_act, rows=1, cols=act_words),
+        Instruction("load", buf="wgt", dram_addr=a_wa, rows=1, cols=w_words, signal=["compute"]),
+        conv_a.replace(wait=["load"], signal=["load"]),
+        Instruction("load", buf="wgt", wait=["compute"], dram_addr=a_wb, rows=1, cols=w_words, signal=["compute"]),
+        conv_b.replace(wait=["load"]),
+    ]
+    return prog, (a_act, a_wa, a_wb)
+
+
 def test_second_weight_load_into_the_same_words_is_seen_by_the_next_conv(small_config):
     # Weight matrices are checked once per LOAD into their words: a reload between two CONVs on the same
     # words must be seen by the second, within one run.
@@ -535,16 +548,8 @@ def test_second_weight_load_into_the_same_words_is_seen_by_the_next_conv(small_c
     want_b = ref.conv2d(xp, w).reshape(2, cfg.rows, -1).transpose(0, 2, 1).reshape(-1, cfg.rows)
     wa = pack_weights(blocks_a, cfg.weight_bits)
     wb = pack_weights(blocks_b, cfg.weight_bits)
-    a_act, a_wa, a_wb = DATA, DATA + 0x1000, DATA + 0x3000
     n = len(want_a)
-    prog = [
-        Instruction("load", buf="act", dram_addr=a_act, rows=1, cols=len(act)),
-        Instruction("load", buf="wgt", dram_addr=a_wa, rows=1, cols=len(blocks_a), signal=["compute"]),
-        ins.replace(wait=["load"], signal=["load"]),
-        Instruction("load", buf="wgt", wait=["compute"], dram_addr=a_wb, rows=1, cols=len(blocks_b),
-                    signal=["compute"]),
-        ins.replace(wait=["load"], acc_addr=n),
-    ]
+    prog, (a_act, a_wa, a_wb) = _two_weight_tiles(ins, ins.replace(acc_addr=n), len(act), len(blocks_a))
     writes = [(a_act, act.astype(np.int8).tobytes()), (a_wa, wa), (a_wb, wb)]
     emu = run(cfg, prog, writes=writes)
     np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:n], want_a)
@@ -583,16 +588,8 @@ def test_replay_sees_weights_changed_in_memory_and_identical_conv_words_apart(sm
     ins, act, blocks_a, _ = conv_case(cfg, rng, in_h=5, in_w=6, in_cb=2, k=(3, 3), stride=(1, 1), dil=(1, 1),
                                       pad=(1, 1), ob=2)
     blocks_b = rng.integers(-128, 128, blocks_a.shape)
-    a_act, a_wa, a_wb = DATA, DATA + 0x1000, DATA + 0x3000
     acc_ins = ins.replace(accumulate=True)
-    prog = [
-        Instruction("load", buf="act", dram_addr=a_act, rows=1, cols=len(act)),
-        Instruction("load", buf="wgt", dram_addr=a_wa, rows=1, cols=len(blocks_a), signal=["compute"]),
-        acc_ins.replace(wait=["load"], signal=["load"]),
-        Instruction("load", buf="wgt", wait=["compute"], dram_addr=a_wb, rows=1, cols=len(blocks_b),
-                    signal=["compute"]),
-        acc_ins.replace(wait=["load"]),
-    ]
+    prog, (a_act, a_wa, a_wb) = _two_weight_tiles(acc_ins, acc_ins, len(act), len(blocks_a))
     emu = Emulator(cfg)
     emu.write(PROG, encode_program(prog + [Instruction("end")]))
     emu.write(a_act, act.astype(np.int8).tobytes())

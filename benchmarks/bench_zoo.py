@@ -43,7 +43,6 @@ def qdq_model(name: str):
     import gc
 
     import keras
-
     from tessera.compiler.calibrate import quantize_float_model
     from tessera.compiler.passes import FoldBatchNorm
     from tessera.compiler.tf_frontend import keras_to_onnx, strip_input_layout
@@ -91,7 +90,6 @@ def out_scale(prog, name):
 
 def bench_one(name, config, rtl: bool, sim_holder: dict):
     import onnxruntime as ort
-
     from tessera.compiler.driver import compile_model
     from tessera.host.runtime import Runtime
     t_build = 0.0
@@ -116,24 +114,41 @@ def bench_one(name, config, rtl: bool, sim_holder: dict):
     t0 = time.perf_counter()
     ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
     t_ort = time.perf_counter() - t0
+    # The same QDQ model on onnxruntime without graph optimizations (DQ → float op → Q, no fused
+    # QLinear kernels): two correct float orders, so how far they part is the model's own sensitivity.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(reference_outputs(qdq, prog).SerializeToString(), so,
+                                 providers=["CPUExecutionProvider"])
+    ref_plain = dict(zip([o.name for o in plain.get_outputs()], plain.run(None, feed)))
+    del plain
+    # And one input value one quantization step up (the middle pixel's first channel), optimized again.
+    nudged = {k: v.copy() for k, v in feed.items()}
+    v = next(iter(nudged.values()))
+    v[0, 0, v.shape[2] // 2, v.shape[3] // 2] += prog.inputs[0].scale
+    ref_nudged = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, nudged)))
     rt = Runtime(prog, backend="emulator")
     t0 = time.perf_counter()
     got = rt.run({prog.inputs[0].name: x})
     t_emu = time.perf_counter() - t0
-    steps, top1 = [], True
+    steps, self_steps, nudge_steps, top1 = [], [], [], True
     for k, want in ref.items():
         s = out_scale(prog, k)
         if s is None:
             continue
         d = np.abs(got[k].astype(np.float64) - want).reshape(-1) / s
         steps.append(d)
+        self_steps.append(np.abs(ref_plain[k].astype(np.float64) - want).reshape(-1) / s)
+        nudge_steps.append(np.abs(ref_nudged[k].astype(np.float64) - want).reshape(-1) / s)
         if name != "ssd300":
             top1 &= int(np.argmax(got[k])) == int(np.argmax(want))
     d = np.concatenate(steps)
+    d_self = np.concatenate(self_steps)
     row = {"name": name, "build": t_build, "compile": t_compile, "instructions": len(prog.instructions),
            "segments": len(prog.starts), "layers": len(reports), "macs": prog.meta.get("macs", 0),
            "host_ops": sorted({h["op"] for h in prog.host_ops}), "ort": t_ort, "emu": t_emu,
-           "within1": float((d <= 1.001).mean()), "max": float(d.max()), "top1": top1 if name != "ssd300" else None}
+           "within1": float((d <= 1.001).mean()), "max": float(d.max()),
+           "self_within1": float((d_self <= 1.001).mean()), "self_max": float(d_self.max()),
+           "nudge_max": float(np.concatenate(nudge_steps).max()), "top1": top1 if name != "ssd300" else None}
     if name == "ssd300":
         from tessera.host.detection import SSD300, detect
         # Where the misses are: anchors of the conv4_3 heads, which read the L2-normalized conv4_3?
@@ -141,6 +156,14 @@ def bench_one(name, config, rtl: bool, sim_holder: dict):
         miss = np.concatenate([np.nonzero((np.abs(got[k] - ref[k])[0] / out_scale(prog, k) > 1.001).any(axis=1))[0]
                                for k in ("mbox_loc", "mbox_conf")])
         row["ssd_misses"] = [int(miss.size), int((miss < n43).sum())]
+        # How much finer than the concatenated output each head's own quantization step is.
+        ratios = []
+        for h in prog.host_ops:
+            if h["op"] == "Concat":
+                # The island's fake quantizations: each head's own, then the concatenated output's (last).
+                scales = [st["attrs"]["scale"] for st in h["attrs"]["steps"] if st["op"] == "FakeQuant"]
+                ratios += [scales[-1] / q for q in scales[:-1] if scales[-1] / q > 1.01]
+        row["head_scale_ratios"] = [min(ratios), max(ratios)] if ratios else None
         det = detect(got["mbox_loc"][0], got["mbox_conf"][0], score_threshold=0.05)
         row["detections"] = len(det["scores"])
     if rtl and name in RTL_MODELS:
@@ -158,16 +181,116 @@ def bench_one(name, config, rtl: bool, sim_holder: dict):
     return row
 
 
+_LAYER_OPS = ("Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Concat")
+
+
+def layer_by_layer(name: str, config: str) -> str:
+    """Each NPU layer on onnxruntime's own int8 input, and the whole network's drift layer by layer.
+
+    For every layer (DQ → op [→ Relu] → Q in the QDQ model) the single-layer subgraph is compiled
+    and run on the emulator with onnxruntime's int8 input of that layer (from the whole model);
+    its output is compared with onnxruntime's. The whole network is compiled once more with every
+    layer's output as a graph output, to show how far the emulator's own chain has drifted there.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, utils
+    from tessera.compiler.driver import compile_model
+    from tessera.host.runtime import Runtime
+    qdq, shape, _ = qdq_model(name)
+    qdq = onnx.shape_inference.infer_shapes(qdq)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    nodes = list(qdq.graph.node)
+    prod = {o: n for n in nodes for o in n.output}
+    cons = {}
+    for n in nodes:
+        for i in n.input:
+            cons.setdefault(i, []).append(n)
+    qp = {n.output[0]: (np.float32(inits[n.input[1]]), int(inits[n.input[2]]), n.input[0])
+          for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
+    layers = []           # (node, [int8 inputs], int8 output, its DequantizeLinear output)
+    for n in nodes:
+        if n.op_type not in _LAYER_OPS:
+            continue
+        ins = [prod[i].input[0] for i in n.input if i in prod and prod[i].op_type == "DequantizeLinear"
+               and prod[i].input[0] in qp]
+        out = n.output[0]
+        while len(cons.get(out, [])) == 1 and cons[out][0].op_type in ("Relu", "Clip"):
+            out = cons[out][0].output[0]
+        q = [c for c in cons.get(out, []) if c.op_type == "QuantizeLinear"]
+        if ins and q:
+            dq = [c for c in cons[q[0].output[0]] if c.op_type == "DequantizeLinear"]
+            layers.append((n, ins, q[0].output[0], dq[0].output[0] if dq else None))
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    m = onnx.ModelProto.FromString(qdq.SerializeToString())
+    for k in qp:
+        m.graph.output.append(helper.make_tensor_value_info(k, TensorProto.INT8, None))
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(3).uniform(-120, 150, shape).astype(np.float32)
+    feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))}
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+    del sess, m
+
+    # The emulator's whole network, every layer's output read back.
+    m = onnx.ModelProto.FromString(qdq.SerializeToString())
+    outs = {o.name for o in m.graph.output}
+    for _, _, _, dq in layers:
+        if dq and dq not in outs:
+            m.graph.output.append(helper.make_tensor_value_info(dq, TensorProto.FLOAT, None))
+    prog, _ = compile_model(m, config, name=name)
+    for t in prog.inputs:
+        if t.name == m.graph.input[0].name:
+            t.shape, t.layout = shape, "NHWC"
+    with Runtime(prog) as rt:
+        whole = rt.run({prog.inputs[0].name: x})
+    del m
+
+    rows = ["| layer | op | outputs | single layer: ≠ onnxruntime / max steps | whole network: ≠ / max steps |",
+            "|---|---|---:|---|---|"]
+    extractor = utils.Extractor(qdq)
+    for n, ins, qo, dq in layers:
+        s, zp, _ = qp[qo]
+        want = ref[qo].astype(np.float64)
+        sub = extractor.extract_model([qp[i][2] for i in ins], [dq])
+        sfeed = {qp[i][2]: ((ref[i].astype(np.float32) - qp[i][1]) * qp[i][0]).astype(np.float32) for i in ins}
+        try:
+            sprog, _ = compile_model(sub, config, name=n.name)
+        except Exception as e:  # noqa: BLE001 - e.g. a host-only Concat: not an NPU layer
+            print(f"{n.name}: not compiled alone ({e})", file=sys.stderr)
+            continue
+        if not sprog.instructions or sprog.host_ops:
+            continue
+        with Runtime(sprog) as rt:
+            got = rt.run(sfeed)[dq]
+        one = np.abs(np.rint(got.astype(np.float64) / s) + zp - want.reshape(got.shape))
+        cell = "—"
+        if dq in whole and whole[dq].size == want.size:
+            w = np.abs(np.rint(whole[dq].astype(np.float64) / s) + zp - want.reshape(whole[dq].shape))
+            cell = f"{int((w > 0).sum())} / {w.max():.0f}"
+        rows.append(f"| {n.name} | {n.op_type} | {want.size} | {int((one > 0).sum())} / {one.max():.0f} | {cell} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join([f"### {name}: layer by layer against onnxruntime (config `{config}`)", "",
+                      (f"Command: `python benchmarks/bench_zoo.py --layers {name}`. Single layer: the layer alone, "
+                       "on onnxruntime's own int8 input of that layer. Whole network: the emulator's run of the "
+                       "whole model (one random input), at that layer."), ""] + rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet50,resnet152,densenet121,vgg16,ssd300")
     ap.add_argument("--skip-rtl", action="store_true", help="leave out the RTL runs (tens of minutes each)")
     ap.add_argument("--config", default="sim")
+    ap.add_argument("--layers", metavar="MODEL", help="layer-by-layer comparison of one model instead")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one model, JSON row on stdout
     ap.add_argument("--build", help=argparse.SUPPRESS)  # internal: convert one model into build/zoo-bench/
     args = ap.parse_args(argv)
     if args.build:
         qdq_model(args.build)
+        return 0
+    if args.layers:
+        print(layer_by_layer(args.layers, args.config))
         return 0
     rtl = not args.skip_rtl and os.environ.get("TESSERA_BENCH_SKIP_RTL") != "1"
     holder = {}
@@ -197,21 +320,41 @@ def main(argv=None) -> int:
            "Agreement: output elements within one quantization step of onnxruntime (classifiers: the logits "
            "the host Softmax reads; SSD: `mbox_loc` and `mbox_conf`).", "",
            "| model | compile s | layers / instructions / segments | GMACs | host ops | onnxruntime ms | emulator ms "
-           "| within 1 step / max | same top-1 |",
-           "|---|---:|---|---:|---|---:|---:|---|---|"]
+           "| within 1 step / max | same top-1 | onnxruntime unoptimized vs optimized | one input +1 step: max |",
+           "|---|---:|---|---:|---|---:|---:|---|---|---|---:|"]
     for r in rows:
         out.append(f"| {r['name']} | {r['compile']:.2f} | {r['layers']} / {r['instructions']} / {r['segments']} "
                    f"| {r['macs'] / 1e9:.2f} | {', '.join(r['host_ops'])} | {r['ort'] * 1e3:.0f} | {r['emu'] * 1e3:.0f} "
                    f"| {r['within1']:.4%} / {r['max']:.1f} | "
-                   f"{'—' if r['top1'] is None else 'yes' if r['top1'] else 'NO'} |")
+                   f"{'—' if r['top1'] is None else 'yes' if r['top1'] else 'NO'} "
+                   f"| {r['self_within1']:.4%} / {r['self_max']:.1f} | {r['nudge_max']:.1f} |")
+    if any(r["within1"] < 0.999 for r in rows):
+        out.append("\nBelow 99.9 % within one step (DESIGN.md's network contract): every layer, given "
+                   "onnxruntime's own int8 input, agrees with onnxruntime within one step "
+                   "(table below); the differences start as a few near-ties of onnxruntime's float32 "
+                   "requantization per convolution (a few outputs in 10^6) and grow through the stack of "
+                   "convolutions (VGG-16: 13 3×3 convolutions with random weights, no normalization), where "
+                   "each differing value changes its neighbours in the next layer. onnxruntime is no steadier: "
+                   "its unoptimized run of the same QDQ model, or one input value moved by one step, parts "
+                   "from its optimized run as far (last two columns).")
+    for r in rows:
+        if r["within1"] < 0.999:
+            # Where the differences come from: the layer-by-layer table (own process: memory).
+            cmd = [sys.executable, __file__, "--layers", r["name"], "--config", args.config]
+            lr = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+            if lr.returncode == 0:
+                out.append("\n" + lr.stdout.strip())
     for r in rows:
         if "detections" in r:
             if r["ssd_misses"][0]:
+                lo, hi = r["head_scale_ratios"] or (1, 1)
                 out.append(f"\nSSD300: of the {r['ssd_misses'][0]} anchors with an element beyond one step, "
-                           f"{r['ssd_misses'][1]} belong to the conv4_3 heads. Those read conv4_3 after the host's "
-                           "L2 normalization, which divides by the pixel's norm and so amplifies conv4_3's own "
-                           "one-step differences; on onnxruntime's own conv4_3 the host op reproduces onnxruntime "
-                           "exactly (tests/compiler/zoo/test_zoo_networks.py).")
+                           f"{r['ssd_misses'][1]} belong to the conv4_3 heads. `mbox_loc` and `mbox_conf` are "
+                           "quantized with the scale of their widest input, the conv4_3 heads' own; the other "
+                           f"heads' steps are {lo:.0f}–{hi:.0f}× finer, so their differences (as large as "
+                           "conv4_3's, in their own steps) stay below one output step. The host's L2 "
+                           "normalization is not the source: on onnxruntime's own conv4_3 it reproduces "
+                           "onnxruntime exactly (tests/compiler/zoo/test_zoo_networks.py).")
             out.append(f"\nSSD300: {r['detections']} detections (score > 0.05, NMS 0.45) from host/detection.py "
                        "on the emulator's outputs (random weights: the boxes mean nothing, the path runs end to end).")
     rtl_rows = [r for r in rows if "rtl" in r]

@@ -272,15 +272,23 @@ class TileForBuffers:
         for cand in cands:
             streamed = len(cand) > 5
             cand = cand[:5]
-            t = tile(cand[0], cand[2])
-            if t is None:
+            t0 = tile(cand[0], cand[2])
+            if t0 is None:
                 continue
-            cost = self._estimate(cand, t, in_box(*t), OB, cb_in, OH, OW, taps, len(tap_groups), has_res)
-            # Another split only when clearly faster: the estimate is rough, and more steps mean
-            # more instructions to fetch and to compile; streamed weights must gain 10 % (measured
-            # with the cycle model on ResNet-50: smaller margins pick splits that lose on res4).
-            if best is None or cost < (0.9 if streamed else 0.97) * best[0]:
-                best = (cost, cand, t)
+            # Also twice as many tiles when there are few and large: nothing overlaps the last tile's
+            # epilogue and store (the next layer waits for them), so halving it pays for the extra
+            # steps (measured with the cycle model on ResNet-50: res4's single 14×14 tiles on arria10)
+            # unless the tail is only a few memory round trips.
+            nt = -(-OH // t0[0])
+            halve = nt * -(-OW // t0[1]) <= 4 and OH > nt and t0[0] * t0[1] * cand[2] * wpb >= 8 * (c.mem_latency + 1)
+            for t in [t0] + ([(-(-OH // min(OH, 2 * nt)), t0[1])] if halve else []):
+                cost = self._estimate(cand, t, in_box(*t), OB, cb_in, OH, OW, taps, len(tap_groups), has_res) \
+                    + 2 * t[0] * t[1] * cand[2] * wpb
+                # Another split only when clearly faster: the estimate is rough, and more steps mean
+                # more instructions to fetch and to compile; streamed weights must gain 10 % (measured
+                # with the cycle model on ResNet-50: smaller margins pick splits that lose on res4).
+                if best is None or cost < (0.9 if streamed else 0.97) * best[0]:
+                    best = (cost, cand, t)
         if best is None:
             raise unsupported(op.name, op.onnx_op, f"a layer whose smallest tile ({cands[-1][0]} channel blocks "
                               f"of a {kh}×{kw} window) exceeds the activation buffer",

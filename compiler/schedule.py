@@ -76,6 +76,10 @@ class Scheduler:
         (buffer words, or external-memory bytes with memory ``DRAM``)."""
         ins = Instruction(op, **fields)
         unit = ins.unit
+        if op == "load":
+            # The DMA reads whole bus beats: a LOAD conflicts with a STORE to any byte of them.
+            B = self.config.bus_bytes
+            reads = [(m, s // B * B, -(-e // B) * B) if m == DRAM else (m, s, e) for m, s, e in reads]
         need = np.full(_NU, -1, dtype=np.int64)
         for mem, s, e in reads:
             s, e = self._span(mem, s, e)

@@ -73,3 +73,18 @@ def test_schedule_check_token_depth_catches_excess():
     s.config = CFG
     with pytest.raises(Exception, match="tokens in flight"):
         s.check_token_depth()
+
+
+def test_schedule_load_waits_for_a_store_into_the_same_bus_beat():
+    # The DMA reads whole beats: a LOAD of bytes [16, 24) shares the beat [16, 32) with a STORE of
+    # bytes [24, 32) (4-byte words on a 16-byte bus), which the emulator's hazard check sees as a race.
+    cfg = CFG.replace(lanes=4, rows=4, bus_bytes=16)
+    s = Scheduler(cfg, 0x1000, 0x2000)
+    st = s.emit("store", reads=[(Buffer.ACT, 0, 2)], writes=[(DRAM, 0x1018, 0x1020)], buf="act",
+                dram_addr=0x1018, buf_addr=0, rows=1, cols=2)
+    ld = s.emit("load", reads=[(DRAM, 0x1010, 0x1018)], writes=[(Buffer.ACT, 8, 10)], buf="act",
+                dram_addr=0x1010, buf_addr=8, rows=1, cols=2)
+    far = s.emit("load", reads=[(DRAM, 0x1040, 0x1048)], writes=[(Buffer.ACT, 16, 18)], buf="act",
+                 dram_addr=0x1040, buf_addr=16, rows=1, cols=2)
+    assert s.instrs[ld]["wait"] == 1 << Unit.STORE.value and s.instrs[st]["signal"] == 1 << Unit.LOAD.value
+    assert s.instrs[far]["wait"] == 0

@@ -93,7 +93,9 @@ def main(argv=None):
     ap.add_argument("--out", help="also append the section to this file")
     args = ap.parse_args(argv)
 
+    import numpy as np
     from tessera.compiler.driver import compile_model
+    from tessera.host.runtime import Runtime
     from tessera.sim.bench import TARGET, bench_program
     from tessera.sim.bench_report import board_clocks, effective_bandwidth, write_report
     from tessera.sim.cyclemodel import predict
@@ -139,10 +141,21 @@ def main(argv=None):
         t0 = time.perf_counter()
         with RtlSim(cfg) as sim:
             build = time.perf_counter() - t0
+            # The same run checks the outputs: a random input image in the RTL's memory, the outputs
+            # compared byte for byte with the emulator's on that image.
+            rng = np.random.default_rng(0)
+            images = {t.name: t.quantize(rng.normal(size=t.shape).astype(np.float32)) for t in prog.inputs}
+            for t in prog.inputs:
+                sim.write(t.addr, images[t.name].tobytes())
             t0 = time.perf_counter()
             res = bench_program(prog, "rtl", source=str(rel), sim=sim)
             wall = time.perf_counter() - t0
             err = (res_model.cycles - res.cycles) / res.cycles
+            exact = None
+            if len(prog.starts) == 1:
+                with Runtime(prog) as emu:
+                    want = emu.run_quantized(images)
+                exact = all(sim.read(t.addr, t.nbytes) == want[t.name].tobytes() for t in prog.outputs)
             lines.append(f"| `{name}` | rtl | {cfg.macs_per_cycle} | {res.cycles:,} | **{res.utilization:.1%}** | "
                          f"{res.issued_macs / (res.cycles * cfg.macs_per_cycle):.1%} | "
                          f"{'per-layer from the RTL trace' if res.layers else 'totals only (no RTL trace yet)'} | "
@@ -151,9 +164,11 @@ def main(argv=None):
             if res.layers:
                 write_report(res, Path(args.docs) / f"{name}-rtl", root=ROOT,
                              command=f"tessera bench {rel} --config {name} --backend rtl --out docs/bench/{name}-rtl")
+            check = ("" if exact is None else
+                     f" Outputs on a random input image vs the emulator: **{'bit-exact' if exact else 'DIFFERENT'}**.")
             rtl_lines += ["", (f"Cycle model vs RTL, whole ResNet-50 on `{name}`: model {res_model.cycles:,}, RTL "
                               f"{res.cycles:,} cycles: **{err:+.2%}** (RTL build or cache {build:.0f} s, "
-                              f"run {wall:.0f} s)."), ""]
+                              f"run {wall:.0f} s).{check}"), ""]
             if res.layers:
                 errs = sorted((((Lm.cycles - Lr.cycles) / max(1, Lr.cycles), i, Lr, Lm)
                                for i, (Lm, Lr) in enumerate(zip(res_model.layers, res.layers))),

@@ -90,16 +90,11 @@ class Emulator:
     gemm : {"auto", "onnxruntime", "float32"}
         How CONV's exact int8 GEMM is computed (see :class:`~tessera.sim.emulator_kernels.Int8Gemm`);
         every choice gives the same bits.
-    threads : int, optional
-        Threads for replayed runs (1, the default, or 2; see :mod:`tessera.sim.replay`). Every choice
-        gives the same bits.
     """
 
-    def __init__(self, config: NpuConfig, *, check_hazards: bool = False, gemm: str = "auto",
-                 threads: int | None = None):
+    def __init__(self, config: NpuConfig, *, check_hazards: bool = False, gemm: str = "auto"):
         self.config = c = config
         self.check_hazards = check_hazards
-        self.threads = threads if threads is not None else 1
         self.dram = np.zeros(c.dram_bytes, dtype=np.uint8)
         self.buffers = {
             Buffer.ACT: np.zeros((c.abuf_words, c.lanes), dtype=np.int8),
@@ -161,7 +156,7 @@ class Emulator:
         trace = self._traces.get(prog_addr)
         if (trace is not None and not self.check_hazards and len(trace.steps) <= max_instructions
                 and trace.matches(self, prog_addr)):
-            trace.replay(self, self.threads)
+            trace.replay(self)
             self.stats.instructions = len(trace.steps)
             self.stats.by_opcode = dict(trace.by_opcode)
             self.stats.seconds = time.perf_counter() - t0
@@ -462,8 +457,8 @@ class Emulator:
         store_accumulators(p.acc, gemm(cols) if gemm is not None else self._gemm(cols, wmat), p.accumulate)
         self.stats.macs += p.macs
 
-    def _conv_operands(self, p, planned: bool, slot: int = 0):
-        """CONV's first half: the GEMM's operands (A built from the ACT buffer into scratch ``slot``, and B)."""
+    def _conv_operands(self, p, planned: bool):
+        """CONV's first half: the GEMM's operands (A built from the ACT buffer, B, and B's prepared GEMM)."""
         cells = self._wcells
         fixed = cells[self._istep] if cells is not None else None
         gemm = None
@@ -480,9 +475,9 @@ class Emulator:
             if cells is not None:
                 cells[self._istep] = (wmat, sel, self._prepared_gemm(wmat))
         cw = p.x.shape[2] if sel is None else len(sel)
-        im = p.im2col.get((cw, slot))
+        im = p.im2col.get(cw)
         if im is None:
-            im = p.im2col[(cw, slot)] = self._im2col_views(p, cw, slot)
+            im = p.im2col[cw] = self._im2col_views(p, cw)
         xsel, xor_src, xor_dst, copy_src, copy_dst, cols = im
         if sel is not None:
             np.take(p.x, sel, axis=2, out=xsel)
@@ -536,7 +531,7 @@ class Emulator:
             self._wmat_bytes += 2 * flat.nbytes
         return wmat, sel
 
-    def _im2col_views(self, p, cw: int, slot: int = 0):
+    def _im2col_views(self, p, cw: int):
         """Arrays and views that build the GEMM's A operand [pixel][tap][channel] (uint8: input + 128).
 
         Returns (buffer for the kept channels or None, XOR source or None, XOR destination, copy source or
@@ -549,9 +544,9 @@ class Emulator:
         if cw != x.shape[2]:
             xsel = x = np.empty(x.shape[:2] + (cw,), np.uint8)
         key = (ins.out_h * ins.out_w, ins.k_h * ins.k_w * cw)
-        cols = self._scratch.get((key, slot))
+        cols = self._scratch.get(key)
         if cols is None:
-            cols = self._scratch[(key, slot)] = np.empty(key, np.uint8)
+            cols = self._scratch[key] = np.empty(key, np.uint8)
         dst = cols.reshape(ins.out_h, ins.out_w, ins.k_h, ins.k_w, cw)
         span_h = (ins.out_h - 1) * ins.stride_h + (ins.k_h - 1) * ins.dil_h + 1
         span_w = (ins.out_w - 1) * ins.stride_w + (ins.k_w - 1) * ins.dil_w + 1

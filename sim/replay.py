@@ -6,39 +6,23 @@ end, the next run from the same address replays that order without the
 scheduler, as long as the words it fetched are unchanged and no STORE of the
 program writes over them (then every fetch would see the same word again).
 
-Two more things are known about a replay, and :class:`Trace` uses both:
-
-- WGT words come only from LOADs, and the same LOADs run in the same order.
-  When every word a CONV reads was loaded earlier in the run and no STORE
-  writes where those LOADs read, each CONV meets the same weights as in the
-  previous replay as long as those external-memory bytes are unchanged: one
-  comparison of them per replay (whoever wrote memory, however) replaces the
-  check of every weight tile against the emulator's cache.
-- Every instruction's buffer words are known from its fields. A replay can
-  therefore run on two threads without changing a bit: a worker executes the
-  GEMM half of each CONV and every EPILOGUE, in program order, while the
-  calling thread executes LOAD, STORE, POOL and the operand half of CONV, in
-  program order; before each of its steps the calling thread waits for the
-  worker steps whose buffer words it reads or writes (read after write,
-  write after read, write after write). onnxruntime's GEMM and the numba
-  kernels release the GIL, so the two halves overlap.
+Within a replay, weights are known from memory: WGT words come only from
+LOADs, and the same LOADs run in the same order. When every word a CONV reads
+was loaded earlier in the run and no STORE writes where those LOADs read, each
+CONV meets the same weights as in the previous replay as long as those
+external-memory bytes are unchanged. One comparison of them per replay
+(whoever wrote memory, however) then replaces the check of every weight tile
+against the emulator's cache, and each CONV step keeps its weight matrix and
+that matrix's prepacked GEMM.
 """
 
 from __future__ import annotations
-
-import threading
-from queue import SimpleQueue
 
 import numpy as np
 
 from tessera.isa import INSTR_BYTES, Buffer, Opcode
 
 __all__ = ["Trace"]
-
-#: GEMM operand buffers in flight between the two threads (per shape).
-SLOTS = 4
-
-_MAIN, _OPERANDS, _WORKER = 0, 1, 2
 
 
 class Trace:
@@ -59,7 +43,6 @@ class Trace:
         self.wsrc = _weight_sources(emu.config, order)
         self.wsnap = None
         self.wcells = None
-        self.split = None            # the two-thread schedule, made at the first threaded replay
 
     @classmethod
     def record(cls, emu, prog_addr: int, end_pc: int, order: list):
@@ -75,8 +58,8 @@ class Trace:
         """Whether the instruction words are still the ones this trace fetched."""
         return np.array_equal(emu.dram[prog_addr:self.end], self.words)
 
-    def replay(self, emu, threads: int) -> None:
-        """Execute the steps on ``emu`` (with ``threads`` 1 or 2), leaving the same state as a full run."""
+    def replay(self, emu) -> None:
+        """Execute the steps on ``emu``, leaving the same state as a full run."""
         emu._clocks = None
         if self.wsrc is not None:
             snap = self.wsnap
@@ -85,135 +68,10 @@ class Trace:
                 self.wcells = [None] * len(self.steps)
             emu._wcells = self.wcells
         try:
-            if threads > 1:
-                self._replay_split(emu)
-            else:
-                for emu._istep, (fn, ins, plan) in enumerate(self.steps):
-                    fn(ins, plan)
+            for emu._istep, (fn, ins, plan) in enumerate(self.steps):
+                fn(ins, plan)
         finally:
             emu._wcells = None
-
-    # ---- two threads -------------------------------------------------------------------------------
-
-    def _replay_split(self, emu) -> None:
-        if self.split is None:
-            self.split = _split(emu.config, self.steps)
-        q: SimpleQueue = SimpleQueue()
-        cond = threading.Condition()
-        state = {"done": -1, "error": None}
-
-        def worker():
-            i = 0
-            while True:
-                job = q.get()
-                if job is None:
-                    return
-                try:
-                    job[0](*job[1:])
-                except BaseException as e:          # handed to the calling thread, which re-raises it
-                    with cond:
-                        state["error"] = e
-                        cond.notify()
-                    return
-                with cond:
-                    state["done"] = i
-                    cond.notify()
-                i += 1
-
-        def wait(n: int) -> None:
-            if state["done"] < n:
-                with cond:
-                    while state["done"] < n and state["error"] is None:
-                        cond.wait()
-            if state["error"] is not None:
-                raise state["error"]
-
-        t = threading.Thread(target=worker, name="tessera-emulator-worker", daemon=True)
-        t.start()
-        try:
-            for i, (kind, need, slot) in enumerate(self.split):
-                fn, ins, plan = self.steps[i]
-                if need >= 0:
-                    wait(need)
-                if kind == _MAIN:
-                    fn(ins, plan)
-                elif kind == _OPERANDS:
-                    emu._istep = i
-                    q.put((emu._conv_accumulate, plan, *emu._conv_operands(plan, True, slot)))
-                else:
-                    q.put((fn, ins, plan))
-            q.put(None)
-            t.join()
-        finally:
-            if t.is_alive():
-                q.put(None)
-                t.join()
-        if state["error"] is not None:
-            raise state["error"]
-
-
-def _words(idx) -> np.ndarray | slice:
-    return idx if isinstance(idx, slice) else np.asarray(idx).reshape(-1)
-
-
-def _split(config, steps) -> list[tuple[int, int, int]]:
-    """Per step: (kind, the worker job to wait for first or -1, GEMM operand slot)."""
-    sizes = {b: config.buffer_words(b) for b in Buffer}
-    last_w = {b: np.full(n, -1, np.int64) for b, n in sizes.items()}     # worker job that last wrote a word
-    last_r = {b: np.full(n, -1, np.int64) for b, n in sizes.items()}     # ... that last read it
-    slot_job = [-1] * SLOTS          # worker job that consumes each operand slot last
-    jobs = 0
-    out = []
-    for fn, ins, p in steps:
-        op = ins.op
-        if op in (Opcode.CONV, Opcode.EPILOGUE):
-            if op == Opcode.CONV:
-                # The operand half reads ACT and WGT here; the worker's half touches only the accumulators.
-                reads = [(Buffer.ACT, p.in_idx), (Buffer.WGT, p.w_idx)]
-                slot = jobs % SLOTS
-                need = max(_need(last_w, last_r, reads, []), slot_job[slot])
-                slot_job[slot] = jobs
-                out.append((_OPERANDS, need, slot))
-                wr, wreads = [(Buffer.ACC, p.acc_idx)], [(Buffer.ACC, p.acc_idx)]
-            else:
-                out.append((_WORKER, -1, 0))
-                wr = [(Buffer.ACT, p.out_idx)]
-                wreads = [(Buffer.ACC, p.acc_idx), (Buffer.PARAM, p.p_idx)]
-                if p.r_idx is not None:
-                    wreads.append((Buffer.ACT, p.r_idx))
-            for b, idx in wreads:
-                last_r[b][_words(idx)] = jobs
-            for b, idx in wr:
-                last_w[b][_words(idx)] = jobs
-            jobs += 1
-            continue
-        reads, writes = [], []
-        if op == Opcode.LOAD:
-            writes.append((ins.buf, p.bidx))
-        elif op == Opcode.STORE:
-            reads.append((Buffer.ACT, p.bidx))
-        elif op == Opcode.POOL:
-            reads.append((Buffer.ACT, p.in_idx))
-            writes.append((Buffer.ACT, p.out_idx))
-        elif op not in (Opcode.SYNC,):
-            # An instruction this schedule does not know: wait for everything before it.
-            out.append((_MAIN, jobs - 1, 0))
-            continue
-        out.append((_MAIN, _need(last_w, last_r, reads, writes), 0))
-    return out
-
-
-def _need(last_w, last_r, reads, writes) -> int:
-    n = -1
-    for b, idx in reads:
-        w = _words(idx)
-        if last_w[b][w].size:
-            n = max(n, int(last_w[b][w].max()))
-    for b, idx in writes:
-        w = _words(idx)
-        if last_w[b][w].size:
-            n = max(n, int(last_w[b][w].max()), int(last_r[b][w].max()))
-    return n
 
 
 def _weight_sources(config, order: list):

@@ -1,4 +1,4 @@
-"""Replays (tessera.sim.replay): on one thread or two, every run leaves the external memory a full run leaves."""
+"""Replays (tessera.sim.replay): every run leaves the external memory a full run leaves."""
 
 import numpy as np
 import pytest
@@ -18,12 +18,10 @@ def programs():
     return [compile_model(netgen.quantize(m), cfg)[0] for m in nets]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_replay_matches_a_fresh_emulator_on_every_image(programs, threads):
+def test_replay_matches_a_fresh_emulator_on_every_image(programs):
     rng = np.random.default_rng(9)
     for prog in programs:
         rt = Runtime(prog, backend="emulator")
-        rt.backend.emu.threads = threads
         shape = prog.inputs[0].shape
         for i in range(4):
             x = {prog.inputs[0].name: rng.normal(0, 1, shape).astype(np.float32)}
@@ -35,21 +33,6 @@ def test_replay_matches_a_fresh_emulator_on_every_image(programs, threads):
             assert np.array_equal(rt.backend.emu.dram, fresh.backend.emu.dram), f"image {i}: external memory"
             assert rt.backend.emu.stats.macs == fresh.backend.emu.stats.macs
         assert rt.backend.emu._traces, "the later images were replays"
-
-
-def test_threaded_replay_reraises_a_worker_failure(programs):
-    prog = programs[0]
-    rt = Runtime(prog, backend="emulator")
-    emu = rt.backend.emu
-    emu.threads = 2
-    x = {prog.inputs[0].name: np.zeros(prog.inputs[0].shape, np.float32)}
-    rt.run(x)
-
-    def broken(*args):
-        raise RuntimeError("worker step failed")
-    emu._conv_accumulate = broken
-    with pytest.raises(RuntimeError, match="worker step failed"):
-        rt.run(x)
 
 
 def test_int8_gemm_prepared_equals_the_definition():

@@ -198,7 +198,7 @@ def _matmul_integer_session(b: np.ndarray | None = None):
 # numpy's does), so nothing here needs an exactness argument. numba compiles each kernel once per process
 # (cached on disk next to this file); numpy would take six passes over the accumulators.
 
-_NJIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy", boundscheck=False)
+_NJIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy", "boundscheck": False}
 
 
 @njit(**_NJIT)

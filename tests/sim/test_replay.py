@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-
-from tessera.arch import get_config
 from tessera.compiler.driver import compile_model
 from tessera.host.runtime import Runtime
 from tessera.sim.emulator_kernels import Int8Gemm
+
+from tessera.arch import get_config
 from tests.compiler import netgen
 
 

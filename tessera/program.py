@@ -165,11 +165,16 @@ class TensorInfo:
             hwc = np.pad(hwc, ((pt, pb), (pl, pr), (0, 0)), constant_values=self.zero_point)
         s, (kh, kw), c = self.block, self.window, self.channels
         sh, sw = self.stored_height, self.stored_width
-        out = np.full((sh, sw, self.cpad), self.zero_point, dtype=np.int8)
-        for dy in range(kh):
-            for dx in range(kw):
-                ch = (dy * kw + dx) * c
-                out[:, :, ch:ch + c] = hwc[dy:dy + s * (sh - 1) + 1:s, dx:dx + s * (sw - 1) + 1:s]
+        out = np.empty((sh, sw, self.cpad), dtype=np.int8)
+        out[:, :, kh * kw * c:] = self.zero_point
+        # [y][x][dy][dx][c] windows of the padded image, every s pixels: one copy in (dy, dx, c) channel order.
+        hwc = np.ascontiguousarray(hwc)
+        if hwc.shape[0] < s * (sh - 1) + kh or hwc.shape[1] < s * (sw - 1) + kw:
+            raise ProgramError(f"tensor {self.name!r}: {sh}×{sw} windows of {kh}×{kw} every {s} need more than "
+                               f"the padded {hwc.shape[0]}×{hwc.shape[1]} image")
+        y, x_, ch = hwc.strides
+        win = np.lib.stride_tricks.as_strided(hwc, (sh, sw, kh, kw, c), (s * y, s * x_, y, x_, ch), writeable=False)
+        out[:, :, :kh * kw * c].reshape(sh, sw, kh, kw, c)[...] = win
         return out
 
     def dequantize(self, img: np.ndarray) -> np.ndarray:

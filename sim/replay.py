@@ -35,6 +35,19 @@ class Trace:
         self.end = end
         self.words = emu.dram[prog_addr:end].copy()
         self.steps = [(e[4], e[0], e[8]) for e in order]
+        # LOADs and STOREs that are one strided copy (and LOADs not into WGT, whose words the emulator
+        # stamps) replay as that copy alone; their byte counts are added once per run.
+        self.calls = []
+        self.read_bytes = self.write_bytes = 0
+        for fn, ins, p in self.steps:
+            if ins.op in (Opcode.LOAD, Opcode.STORE) and p.dst is not None and getattr(p, "wgt", None) is None:
+                self.calls.append((np.copyto, p.dst, p.src))
+                if ins.op == Opcode.LOAD:
+                    self.read_bytes += p.total
+                else:
+                    self.write_bytes += p.total
+            else:
+                self.calls.append((fn, ins, p))
         by_opcode: dict[str, int] = {}
         for e in order:
             by_opcode[e[0].op.name] = by_opcode.get(e[0].op.name, 0) + 1
@@ -68,10 +81,12 @@ class Trace:
                 self.wcells = [None] * len(self.steps)
             emu._wcells = self.wcells
         try:
-            for emu._istep, (fn, ins, plan) in enumerate(self.steps):
-                fn(ins, plan)
+            for emu._istep, (fn, a, b) in enumerate(self.calls):
+                fn(a, b)
         finally:
             emu._wcells = None
+        emu.stats.dram_read_bytes += self.read_bytes
+        emu.stats.dram_write_bytes += self.write_bytes
 
 
 def _weight_sources(config, order: list):

@@ -454,7 +454,7 @@ class Emulator:
 
     def _conv_accumulate(self, p, cols: np.ndarray, wmat: np.ndarray, gemm=None) -> None:
         """CONV's second half: the GEMM into the accumulators (reads nothing but its operands)."""
-        store_accumulators(p.acc, gemm(cols) if gemm is not None else self._gemm(cols, wmat), p.accumulate)
+        store_accumulators(p.acc, gemm() if gemm is not None else self._gemm(cols, wmat), p.accumulate)
         self.stats.macs += p.macs
 
     def _conv_operands(self, p, planned: bool):
@@ -473,7 +473,7 @@ class Emulator:
                 wmat, sel = self._weight_matrix(p)
                 self._wgt_checked[p.wkey] = (self._wgt_clock, wmat, sel)
             if cells is not None:
-                cells[self._istep] = (wmat, sel, self._prepared_gemm(wmat))
+                cells[self._istep] = (wmat, sel, None)
         cw = p.x.shape[2] if sel is None else len(sel)
         im = p.im2col.get(cw)
         if im is None:
@@ -485,19 +485,27 @@ class Emulator:
             np.bitwise_xor(xor_src, 0x80, out=xor_dst)
         if copy_src is not None:
             np.copyto(copy_dst, copy_src)
+        if fixed is not None and gemm is None:
+            gemm = self._bound_gemm(wmat, cols)
+            cells[self._istep] = (wmat, sel, gemm)
         return cols, wmat, gemm
 
-    def _prepared_gemm(self, wmat: np.ndarray):
-        """The GEMM with ``wmat`` fixed (prepacked once), kept per matrix within a memory budget; or None."""
+    def _bound_gemm(self, wmat: np.ndarray, cols: np.ndarray):
+        """The GEMM of ``cols`` (a fixed operand buffer) by ``wmat``, prepacked once per matrix within a memory
+        budget, bound to its buffers, as a call without arguments; or None."""
         hit = self._prepared.get(id(wmat))
-        if hit is not None and hit[0] is wmat:
-            return hit[1]
-        if self._prepared_bytes + wmat.nbytes > _PREPARED_BYTES:
+        if hit is None or hit[0] is not wmat:
+            if self._prepared_bytes + wmat.nbytes > _PREPARED_BYTES:
+                return None
+            hit = self._prepared[id(wmat)] = (wmat, self._gemm.prepare(wmat))  # wmat held: its id stays unique
+            self._prepared_bytes += wmat.nbytes
+        if hit[1] is None:
             return None
-        run = self._gemm.prepare(wmat)
-        self._prepared[id(wmat)] = (wmat, run)       # holding wmat keeps its id from being reused
-        self._prepared_bytes += wmat.nbytes
-        return run
+        shape = (cols.shape[0], wmat.shape[1])
+        out = self._scratch.get(("gemm out", shape))
+        if out is None:
+            out = self._scratch[("gemm out", shape)] = np.empty(shape, np.int32)
+        return hit[1].bind(cols, out)
 
     def _weight_matrix(self, p):
         """The GEMM's B operand [tap][input channel][output channel] of the weight tile, and the input

@@ -23,7 +23,7 @@ from numba import njit
 
 from tessera.numerics import MAX_SHIFT, wrap32
 
-__all__ = ["ChannelParams", "Int8Gemm", "ResidualParams", "gemm_float32", "requantize_into", "residual_into",
+__all__ = ["ChannelParams", "Int8Gemm", "PreparedGemm", "ResidualParams", "gemm_float32", "requantize_into", "residual_into",
            "store_accumulators"]
 
 #: float64 represents every integer of magnitude below this exactly.
@@ -91,23 +91,15 @@ class Int8Gemm:
         return self._run({"A": a_u8, "B": b})
 
     def prepare(self, b: np.ndarray):
-        """``a_u8 -> (a_u8 - 128) @ b`` for this fixed ``b``, or None without onnxruntime.
+        """A :class:`PreparedGemm` for this fixed ``b``, or None without onnxruntime."""
+        return PreparedGemm(self, b) if self._run is not None else None
 
-        onnxruntime packs a constant B once per session instead of once per call (10–25 % of a small
-        GEMM). Each (m, k, n) is self-tested for this form too, falling back to :meth:`__call__`.
-        """
-        if self._run is None:
-            return None
-        sess = _gemm_session(b)
-        shapes = self._prepacked
-
-        def run(a_u8: np.ndarray) -> np.ndarray:
-            shape = (a_u8.shape[0],) + b.shape
-            ok = shapes.get(shape)
-            if ok is None:
-                ok = shapes[shape] = self._self_test_prepacked(*shape)
-            return sess.run(["Y"], {"A": a_u8}, None)[0] if ok else self(a_u8, b)
-        return run
+    def prepacked_ok(self, m: int, k: int, n: int) -> bool:
+        """Whether the constant-B form is exact for shape (m, k, n) (self-tested once per shape)."""
+        ok = self._prepacked.get((m, k, n))
+        if ok is None:
+            ok = self._prepacked[(m, k, n)] = self._self_test_prepacked(m, k, n)
+        return ok
 
     def _self_test_prepacked(self, m: int, k: int, n: int) -> bool:
         for bv in (-128, 127):
@@ -145,6 +137,46 @@ class Int8Gemm:
         want = (a.astype(np.float64) - 128) @ b.astype(np.float64)
         got = self._run({"A": a, "B": b})
         return got.dtype == np.int32 and np.array_equal(got, wrap32(want.astype(np.int64)))
+
+
+class PreparedGemm:
+    """``(a_u8 - 128) @ b`` for one fixed ``b``, from a session that holds ``b`` as a constant.
+
+    onnxruntime packs a constant B once per session instead of once per call (10–25 % of a small GEMM).
+    Each (m, k, n) is self-tested for this form too (:meth:`Int8Gemm.prepacked_ok`), falling back to the
+    general GEMM.
+    """
+
+    def __init__(self, gemm: Int8Gemm, b: np.ndarray):
+        self.gemm, self.b = gemm, b
+        self.session = _matmul_integer_session(b)
+        self._run = getattr(self.session, "_sess", None) or self.session
+
+    def __call__(self, a_u8: np.ndarray) -> np.ndarray:
+        if self.gemm.prepacked_ok(a_u8.shape[0], *self.b.shape):
+            return self._run.run(["Y"], {"A": a_u8}, None)[0]
+        return self.gemm(a_u8, self.b)
+
+    def bind(self, a_u8: np.ndarray, out: np.ndarray):
+        """A call without arguments that computes from ``a_u8``'s buffer into ``out`` (int32 ``m×n``) and
+        returns ``out``: both buffers are bound once (no per-call feeds or allocation). Needs C-contiguous
+        buffers that stay alive and in place."""
+        m, n = a_u8.shape[0], self.b.shape[1]
+        inner = getattr(self.session, "_sess", None)
+        if (inner is None or not self.gemm.prepacked_ok(m, *self.b.shape) or not a_u8.flags.c_contiguous
+                or not out.flags.c_contiguous or out.shape != (m, n) or out.dtype != np.int32):
+            return lambda: self(a_u8)
+        import onnxruntime as ort
+        io = self.session.io_binding()
+        io.bind_input("A", "cpu", 0, np.uint8, list(a_u8.shape), a_u8.ctypes.data)
+        io.bind_output("Y", "cpu", 0, np.int32, [m, n], out.ctypes.data)
+        binding, opts = io._iobinding, ort.RunOptions()
+        keep = (a_u8, out, io)
+
+        def run():
+            inner.run_with_iobinding(binding, opts)
+            return keep[1]
+        return run
 
 
 #: One session per process (sessions are thread-safe to run), with its per-shape self-test verdicts.

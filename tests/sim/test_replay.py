@@ -51,3 +51,23 @@ def test_int8_gemm_prepared_equals_the_definition():
                 np.testing.assert_array_equal(got, want)
     assert Int8Gemm("float32").prepare(np.zeros((2, 2), np.int8)) is None
 
+
+
+def test_prepared_gemm_bound_to_buffers_sees_new_operand_bytes():
+    gemm = Int8Gemm("onnxruntime")
+    rng = np.random.default_rng(13)
+    m, k, n = 28, 256, 64
+    b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    a = np.empty((m, k), np.uint8)
+    out = np.empty((m, n), np.int32)
+    run = gemm.prepare(b).bind(a, out)
+    for _ in range(3):
+        a[...] = rng.integers(0, 256, (m, k), dtype=np.uint8)      # new bytes, same buffer
+        got = run()
+        assert got is out
+        np.testing.assert_array_equal(got, (a.astype(np.int64) - 128) @ b.astype(np.int64))
+    # A buffer it cannot bind (not contiguous) still gives the product.
+    wide = np.zeros((m, 2 * k), np.uint8)
+    view = wide[:, ::2]
+    view[...] = a
+    np.testing.assert_array_equal(gemm.prepare(b).bind(view, out)(), (a.astype(np.int64) - 128) @ b.astype(np.int64))

@@ -18,7 +18,19 @@ from .common import (
     word_bits,
 )
 
-__all__ = ["EpilogueEngine", "PoolEngine", "PostUnit"]
+__all__ = ["EpilogueEngine", "PoolEngine", "PostUnit", "param_read_shape"]
+
+
+def param_read_shape(c: NpuConfig) -> tuple[int, int]:
+    """(depth, width) of the PARAM buffer as the EPILOGUE reads it.
+
+    A PARAM word holds ``rows`` records (bias, mult, shift; 32 bits each). With ``bram_buffers``
+    the buffer keeps one entry per ``post_lanes`` records (``rows // post_lanes`` entries per word),
+    so a read is as wide as one cycle's requantization needs and block RAM is not wasted on width.
+    """
+    if c.bram_buffers:
+        return c.pbuf_words * (c.rows // c.post_lanes_eff), 96 * c.post_lanes_eff
+    return c.pbuf_words, word_bits(c, Buffer.PARAM)
 
 
 def _engine_signature(c: NpuConfig, extra: dict) -> dict:
@@ -43,18 +55,20 @@ class _Drain:
 
 
 class EpilogueEngine(wiring.Component):
-    """One ACT output word (``lanes`` channels) per cycle through a fixed-latency pipeline.
+    """One ACT output word (``lanes`` channels) per ``lanes // post_lanes`` cycles through a fixed-latency pipeline.
 
     Stages: read ACC/PARAM/residual → select the word's channels → bias →
     64-bit multiply → rounding shift → clamp or residual products → residual
-    rounding shift → clamp → write.
+    rounding shift → clamp → write. With ``post_lanes`` below ``lanes`` each
+    cycle requantizes one group of ``post_lanes`` channels of the word, and the
+    word is written with its last group.
     """
 
     def __init__(self, config: NpuConfig):
         self.config = c = config
         super().__init__(_engine_signature(c, {
             "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
-            "prm_rd": Out(BufReadSignature(c.pbuf_words, word_bits(c, Buffer.PARAM))),
+            "prm_rd": Out(BufReadSignature(*param_read_shape(c))),
         }))
 
     def elaborate(self, platform):
@@ -68,15 +82,20 @@ class EpilogueEngine(wiring.Component):
                                 | (ins.out_addr + (P - 1) * ins.out_stride + ob * k > c.abuf_words)
                                 | (ins.residual & (ins.res_addr + (P - 1) * ins.res_stride + ob * k > c.abuf_words)))
 
-        b, p, j = Signal(10), Signal(16), Signal(range(k))
+        E = c.post_lanes_eff
+        G = N // E                      # channel groups per ACT word, one per cycle
+        b, p, j, g = Signal(10), Signal(16), Signal(range(k)), Signal(range(G))
         acc_cnt = Signal(26)
         gen = Signal()
+        last_g = g == G - 1
         last_j, last_p, last_b = j == k - 1, p == P - 1, b == ob - 1
         with m.If(self.start):
-            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), acc_cnt.eq(0), gen.eq(1)]
+            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), g.eq(0), acc_cnt.eq(0), gen.eq(1)]
         with m.Elif(gen):
-            m.d.sync += j.eq(Mux(last_j, 0, j + 1))
-            with m.If(last_j):
+            m.d.sync += g.eq(Mux(last_g, 0, g + 1))
+            with m.If(last_g):
+                m.d.sync += j.eq(Mux(last_j, 0, j + 1))
+            with m.If(last_g & last_j):
                 m.d.sync += [p.eq(Mux(last_p, 0, p + 1)), acc_cnt.eq(acc_cnt + 1)]
                 with m.If(last_p):
                     m.d.sync += b.eq(b + 1)
@@ -90,42 +109,64 @@ class EpilogueEngine(wiring.Component):
         with m.If(self.active):
             # S1: addresses.
             v1, j1, oa1 = Signal(), Signal(range(k)), Signal(16)
+            g1, lg1 = Signal(range(G)), Signal()
             blk = b * k + j
-            m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p * ins.out_stride + blk)]
+            m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p * ins.out_stride + blk), g1.eq(g),
+                         lg1.eq(last_g)]
             aa1, pa1, ra1 = Signal(16), Signal(16), Signal(16)
             m.d.sync += [aa1.eq(ins.acc_addr + acc_cnt), pa1.eq(ins.param_addr + b),
                          ra1.eq(ins.res_addr + p * ins.res_stride + blk)]
-            m.d.comb += [self.acc_rd.addr.eq(aa1), self.prm_rd.addr.eq(pa1), self.act_rd.addr.eq(ra1)]
+            # Channel group of the block (j, g) selects the ACC/PARAM slice.
+            jg1 = Cat(g1, j1) if G > 1 else j1
+            if c.bram_buffers:
+                # One PARAM entry per channel group: rows // post_lanes entries per word.
+                groups = c.rows // E
+                m.d.comb += self.prm_rd.addr.eq(Cat(jg1, pa1) if groups > 1 else pa1)
+            else:
+                m.d.comb += self.prm_rd.addr.eq(pa1)
+            m.d.comb += [self.acc_rd.addr.eq(aa1), self.act_rd.addr.eq(ra1)]
             # R: the read data of S1's addresses arrives; its sideband waits one cycle with it.
-            vr, jr, oar = Signal(), Signal(range(k)), Signal(16)
-            m.d.sync += [vr.eq(v1), jr.eq(j1), oar.eq(oa1)]
+            vr, jgr, oar = Signal(), Signal(len(jg1)), Signal(16)
+            gr, lgr = Signal(range(G)), Signal()
+            m.d.sync += [vr.eq(v1), jgr.eq(jg1), oar.eq(oa1), gr.eq(g1), lgr.eq(lg1)]
             # S2: the word's channels.
-            v2, oa2 = Signal(), Signal(16)
-            m.d.sync += [v2.eq(vr), oa2.eq(oar)]
+            v2, oa2, g2, lg2 = Signal(), Signal(16), Signal(range(G)), Signal()
+            m.d.sync += [v2.eq(vr), oa2.eq(oar), g2.eq(gr), lg2.eq(lgr)]
             # One signal per selected word: every slice of a word_select expression would otherwise
             # become its own full-width selector (48 of 1536 bits here), slow to convert and to simulate.
-            accw, prmw = Signal(32 * N), Signal(96 * N)
-            if k == 1:
-                m.d.comb += [accw.eq(self.acc_rd.data), prmw.eq(self.prm_rd.data)]
+            accw, prmw, resw = Signal(32 * E), Signal(96 * E), Signal(8 * E)
+            if k * G == 1:
+                m.d.comb += accw.eq(self.acc_rd.data)
             else:
-                m.d.comb += [accw.eq(self.acc_rd.data.word_select(jr, 32 * N)),
-                             prmw.eq(self.prm_rd.data.word_select(jr, 96 * N))]
+                m.d.comb += accw.eq(self.acc_rd.data.word_select(jgr, 32 * E))
+            if c.bram_buffers or k * G == 1:
+                m.d.comb += prmw.eq(self.prm_rd.data)
+            else:
+                m.d.comb += prmw.eq(self.prm_rd.data.word_select(jgr, 96 * E))
+            if G == 1:
+                m.d.comb += resw.eq(self.act_rd.data)
+            else:
+                m.d.comb += resw.eq(self.act_rd.data.word_select(gr, 8 * E))
             lanes = []
-            for n in range(N):
+            for n in range(E):
                 L = {"acc": Signal(signed(32)), "bias": Signal(signed(32)), "mult": Signal(signed(32)), "shift": Signal(6),
                          "r": Signal(signed(8))}
                 m.d.sync += [L["acc"].eq(accw[32 * n:32 * n + 32]), L["bias"].eq(prmw[96 * n:96 * n + 32]),
                              L["mult"].eq(prmw[96 * n + 32:96 * n + 64]), L["shift"].eq(prmw[96 * n + 64:96 * n + 70]),
-                             L["r"].eq(self.act_rd.data[8 * n:8 * n + 8])]
+                             L["r"].eq(resw[8 * n:8 * n + 8])]
                 lanes.append(L)
             # S3 .. S8, per lane.
-            v = [v2]
-            oa = [oa2]
+            v, oa, gs, lgs = [v2], [oa2], [g2], [lg2]
             for _ in range(6):
                 nv, no = Signal(), Signal(16)
                 m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
                 v.append(nv)
                 oa.append(no)
+                if G > 1:
+                    ng, nl = Signal(range(G)), Signal()
+                    m.d.sync += [ng.eq(gs[-1]), nl.eq(lgs[-1])]
+                    gs.append(ng)
+                    lgs.append(nl)
             ys = []
             for n, L in enumerate(lanes):
                 s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
@@ -145,8 +186,19 @@ class EpilogueEngine(wiring.Component):
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.residual, clamp(s7q + ins.zp_out, ins.out_min, ins.out_max), s7y))
                 ys.append(s8y)
-        m.d.comb += [self.act_wr.en.eq(v[-1]), self.act_wr.addr.eq(oa[-1]),
-                     self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
+            if G > 1:
+                # Earlier groups of the word wait here; the word is written with its last group.
+                held = [Signal(8 * E, name=f"held{i}") for i in range(G - 1)]
+                with m.If(v[-1]):
+                    for i, h in enumerate(held):
+                        with m.If(gs[-1] == i):
+                            m.d.sync += h.eq(Cat(*[y.as_unsigned() for y in ys]))
+        if G > 1:
+            m.d.comb += [self.act_wr.en.eq(v[-1] & lgs[-1]), self.act_wr.addr.eq(oa[-1]),
+                         self.act_wr.data.eq(Cat(*held, *[y.as_unsigned() for y in ys]))]
+        else:
+            m.d.comb += [self.act_wr.en.eq(v[-1]), self.act_wr.addr.eq(oa[-1]),
+                         self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
         return m
 
 
@@ -250,7 +302,9 @@ class PostUnit(wiring.Component):
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
-            "prm_rd": Out(BufReadSignature(c.pbuf_words, word_bits(c, Buffer.PARAM))),
+            "prm_rd": Out(BufReadSignature(*param_read_shape(c))),
+            # ``bram_buffers``: POST reads ACT this cycle (POOL, or an EPILOGUE with a residual).
+            **({"act_rd_use": Out(1)} if c.bram_buffers else {}),
         })
 
     def elaborate(self, platform):
@@ -274,6 +328,9 @@ class PostUnit(wiring.Component):
             m.d.comb += [self.act_rd.addr.eq(epi.act_rd.addr), self.act_wr.addr.eq(epi.act_wr.addr),
                          self.act_wr.data.eq(epi.act_wr.data), self.act_wr.en.eq(epi.act_wr.en)]
         m.d.comb += [self.ctl.busy.eq(running), self.ctl.progress.eq(epi.active | pool.active)]
+        if c.bram_buffers:
+            residual = data.View(layout(Opcode.EPILOGUE), ir).residual
+            m.d.comb += self.act_rd_use.eq(pool.active | (epi.active & residual))
         with m.FSM():
             with m.State("IDLE"), m.If(self.ctl.start):
                 m.d.sync += running.eq(1)

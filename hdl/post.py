@@ -203,7 +203,12 @@ class EpilogueEngine(wiring.Component):
 
 
 class PoolEngine(wiring.Component):
-    """Window taps one ACT read per cycle; the pixel's max or requantized sum leaves after the last tap."""
+    """Window taps one ACT read per cycle; the pixel's max or requantized sum leaves after the last tap.
+
+    With ``post_lanes`` below ``lanes`` the AVG requantization shares ``post_lanes`` multipliers:
+    a pixel's sums wait in a bank and leave one group per cycle, so a window takes at least
+    ``lanes // post_lanes`` cycles (the generator waits when it has fewer taps).
+    """
 
     def __init__(self, config: NpuConfig):
         self.config = c = config
@@ -213,6 +218,8 @@ class PoolEngine(wiring.Component):
         m = Module()
         c = self.config
         N = c.lanes
+        E = c.post_lanes_eff
+        G = N // E
         ins = data.View(layout(Opcode.POOL), self.instr)
         m.d.comb += self.bad.eq((ins.in_addr + ins.in_h * ins.in_w * ins.cb > c.abuf_words)
                                 | (ins.out_addr + ins.out_h * ins.out_w * ins.cb > c.abuf_words))
@@ -222,9 +229,22 @@ class PoolEngine(wiring.Component):
         last_kx, last_ky = kx == ins.k_w - 1, ky == ins.k_h - 1
         last_c, last_x, last_y = cc == ins.cb - 1, ox == ins.out_w - 1, oy == ins.out_h - 1
         win_end = last_kx & last_ky
+        adv = Signal()          # the generator emits a tap this cycle
+        if G > 1:
+            # Windows at least G cycles apart: the bank below holds one pixel's sums for G cycles.
+            wc = Signal(range(G))
+            m.d.comb += adv.eq(gen & ~(win_end & (wc < G - 1)))
+            with m.If(self.start):
+                m.d.sync += wc.eq(0)
+            with m.Elif(adv & win_end):
+                m.d.sync += wc.eq(0)
+            with m.Elif(gen & (wc < G - 1)):
+                m.d.sync += wc.eq(wc + 1)
+        else:
+            m.d.comb += adv.eq(gen)
         with m.If(self.start):
             m.d.sync += [oy.eq(0), ox.eq(0), cc.eq(0), ky.eq(0), kx.eq(0), ocnt.eq(0), gen.eq(1)]
-        with m.Elif(gen):
+        with m.Elif(adv):
             m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
             with m.If(last_kx):
                 m.d.sync += ky.eq(Mux(last_ky, 0, ky + 1))
@@ -236,7 +256,7 @@ class PoolEngine(wiring.Component):
                         m.d.sync += oy.eq(oy + 1)
                         with m.If(last_y):
                             m.d.sync += gen.eq(0)
-        drain = _Drain(m, 10, gen, self.done)
+        drain = _Drain(m, 10 + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
         def carry(prev):
@@ -248,7 +268,7 @@ class PoolEngine(wiring.Component):
         with m.If(self.active):
             s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cc": Signal(10), "oa": Signal(16)}
             iy1, ix1 = Signal(signed(16)), Signal(signed(16))
-            m.d.sync += [s1["v"].eq(gen), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
+            m.d.sync += [s1["v"].eq(adv), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
                          s1["cc"].eq(cc), s1["oa"].eq(ins.out_addr + ocnt),
                          iy1.eq(oy * ins.stride_h + ky - ins.pad_t), ix1.eq(ox * ins.stride_w + kx - ins.pad_l)]
             s2 = carry(s1)
@@ -265,9 +285,7 @@ class PoolEngine(wiring.Component):
             # S4: running max / sum per lane; the pixel's result is latched on the last tap.
             s5v, s5a = Signal(), Signal(16)
             m.d.sync += [s5v.eq(s4["v"] & s4["last"]), s5a.eq(s4["oa"])]
-            s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
-            m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
-            ys = []
+            s5 = []
             for n in range(N):
                 x = self.act_rd.data[8 * n:8 * n + 8].as_signed()
                 mx, sm = Signal(signed(8)), Signal(signed(20))
@@ -280,15 +298,53 @@ class PoolEngine(wiring.Component):
                     m.d.sync += [mx.eq(new_mx), sm.eq(new_sm)]
                 s5m, s5s = Signal(signed(8)), Signal(signed(20))
                 m.d.sync += [s5m.eq(new_mx), s5s.eq(new_sm)]
+                s5.append((s5m, s5s))
+            if G > 1:
+                # The bank: one pixel's maxima and sums, requantized one group per cycle.
+                bank = [(Signal(signed(8), name=f"bm{n}"), Signal(signed(20), name=f"bs{n}")) for n in range(N)]
+                bv, bg, ba = Signal(), Signal(range(G)), Signal(16)
+                with m.If(s5v):
+                    m.d.sync += [bv.eq(1), bg.eq(0), ba.eq(s5a)]
+                    m.d.sync += [b.eq(v) for (bm, bs), (vm, vs) in zip(bank, s5) for b, v in ((bm, vm), (bs, vs))]
+                with m.Elif(bv):
+                    m.d.sync += [bg.eq(bg + 1), bv.eq(bg != G - 1)]
+                lanes = []
+                for n in range(E):
+                    lm, ls = Signal(signed(8), name=f"gm{n}"), Signal(signed(20), name=f"gs{n}")
+                    with m.Switch(bg):
+                        for g in range(G):
+                            with m.Case(g):
+                                m.d.comb += [lm.eq(bank[g * E + n][0]), ls.eq(bank[g * E + n][1])]
+                    lanes.append((lm, ls))
+                s6v, s6a, s6g = Signal(), Signal(16), Signal(range(G))
+                m.d.sync += [s6v.eq(bv), s6a.eq(ba), s6g.eq(bg)]
+                s7v, s7a, s7g, s8v, s8a, s8g = Signal(), Signal(16), Signal(range(G)), Signal(), Signal(16), Signal(range(G))
+                m.d.sync += [s7v.eq(s6v), s7a.eq(s6a), s7g.eq(s6g), s8v.eq(s7v), s8a.eq(s7a), s8g.eq(s7g)]
+            else:
+                lanes = s5
+                s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
+                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
+            ys = []
+            for lm, ls in lanes:
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s6m.eq(s5m), s6p.eq(s5s * ins.mult)]
+                m.d.sync += [s6m.eq(lm), s6p.eq(ls * ins.mult)]
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s7m.eq(s6m), s7q.eq(round_shift(s6p, ins.shift, 56))]
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(s7q + ins.zp_out, -128, 127)))
                 ys.append(s8y)
-        m.d.comb += [self.act_wr.en.eq(s8v), self.act_wr.addr.eq(s8a),
-                     self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
+            if G > 1:
+                held = [Signal(8 * E, name=f"pheld{i}") for i in range(G - 1)]
+                with m.If(s8v):
+                    for i, h in enumerate(held):
+                        with m.If(s8g == i):
+                            m.d.sync += h.eq(Cat(*[y.as_unsigned() for y in ys]))
+        if G > 1:
+            m.d.comb += [self.act_wr.en.eq(s8v & (s8g == G - 1)), self.act_wr.addr.eq(s8a),
+                         self.act_wr.data.eq(Cat(*held, *[y.as_unsigned() for y in ys]))]
+        else:
+            m.d.comb += [self.act_wr.en.eq(s8v), self.act_wr.addr.eq(s8a),
+                         self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
         return m
 
 

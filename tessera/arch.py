@@ -244,15 +244,16 @@ PRESETS: dict[str, NpuConfig] = {
         abuf_words=8192, wbuf_words=1024, accbuf_words=2048, pbuf_words=256,
         bus_bytes=16, dram_bytes=256 << 20, mem_latency=16, clock_mhz=100.0,
         notes="CI and RTL-simulation size: 256 MACs/cycle, 128-bit memory port."),
-    # ECP5-85F on the ULX3S: 512 int8 MACs; buffers fit the 208 DP16KD block RAMs (WGT 114, ACC 2×29
-    # for its two readers, ACT 2×8, PARAM 11), the EPILOGUE shares 4 lanes of multipliers.
+    # ECP5-85F on the ULX3S: 256 int8 MACs, the most that fit its 83,640 LUT4s with the NPU around
+    # them (512 need about 94k before packing: docs/synthesis.md); buffers in 162 of the 208 DP16KD
+    # block RAMs (block-RAM shaped ACT/PARAM), EPILOGUE and POOL share 4 lanes of multipliers.
     "ulx3s-85f": NpuConfig(
-        name="ulx3s-85f", lanes=16, rows=32,
-        abuf_words=1024, wbuf_words=512, accbuf_words=512, pbuf_words=64,
+        name="ulx3s-85f", lanes=16, rows=16,
+        abuf_words=4096, wbuf_words=512, accbuf_words=512, pbuf_words=64,
         bus_bytes=16, dram_bytes=32 << 20, mem_latency=24, clock_mhz=100.0,
         post_lanes=4, bram_buffers=True,
         notes="ULX3S-85F with its 32 MiB SDRAM behind a width-converting controller; block-RAM shaped "
-              "buffers and an EPILOGUE of 4 channels per cycle."),
+              "buffers and an EPILOGUE/POOL of 4 channels per cycle."),
     # Brainwave-class Arria 10 (GX 1150): 4096 MACs, wide DDR4 port.
     "arria10": NpuConfig(
         name="arria10", lanes=64, rows=64,

@@ -69,8 +69,9 @@ class NpuConfig:
     clock_mhz : float
         Target clock, used for latency projections.
     post_lanes : int
-        Channels the EPILOGUE requantizes per cycle (0: all ``lanes``, one ACT word per cycle).
-        Fewer share the 32×32 multipliers: an output word takes ``lanes // post_lanes`` cycles.
+        Channels EPILOGUE and POOL requantize per cycle (0: all ``lanes``, one ACT word per cycle).
+        Fewer share the multipliers: an EPILOGUE output word takes ``lanes // post_lanes`` cycles,
+        a POOL window at least that many.
     bram_buffers : bool
         Build the buffers from two-port block RAM: the ACT buffer gets one write port (POST's
         writes first, LOAD's wait in a small FIFO) and two read copies (CONV's; POST's, which
@@ -153,7 +154,7 @@ class NpuConfig:
 
     @property
     def post_lanes_eff(self) -> int:
-        """Channels the EPILOGUE requantizes per cycle (``post_lanes``, or ``lanes`` when 0)."""
+        """Channels EPILOGUE and POOL requantize per cycle (``post_lanes``, or ``lanes`` when 0)."""
         return self.post_lanes or self.lanes
 
     @property

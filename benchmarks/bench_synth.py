@@ -135,6 +135,9 @@ def _npu_table(args, board):
         res = rep["resources"]
         stage = "yosys estimate" if rep.get("fits") is False else "packed"
         fmax = "—" if rep["fmax_mhz"] is None else f"{rep['fmax_mhz']:.1f}"
+        if rep["fmax_mhz"] is None and rep.get("fmax_estimate_after_placement_mhz"):
+            # A build whose routing was stopped: nextpnr's estimate after placement, marked as such.
+            fmax = f"{rep['fmax_estimate_after_placement_mhz']:.1f} estimated after placement (not routed)"
         lines.append(f"| {config.name} | {config.macs_per_cycle} ({rep.get('dsp_products')} on DSP) | "
                      f"{_pct(res['LUT4'])} {stage} | {_pct(res['FF'])} | {_pct(res['DSP'])} | {_pct(res['BRAM'])} | "
                      f"{'yes' if rep.get('fits') else 'no'} | {fmax} | {rep['seconds']:.0f} s |")

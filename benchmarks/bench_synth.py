@@ -8,7 +8,11 @@ minutes each for the large ones on a busy 2-core machine: Fmax and exact use); `
 stop nextpnr after packing (exact cell use against the device, no Fmax; minutes each).
 
     python benchmarks/bench_synth.py [--sizes 32x16] [--pack-sizes 48x16,64x16] [--board ulx3s-85f]
-                                     [--mhz 100] [--out DIR] [--reuse]
+                                     [--mhz 100] [--out DIR] [--reuse] [--npu CONFIG,...]
+
+``--npu`` also builds the real NPU board top (``tessera synth --board B --config CONFIG``: on the
+ULX3S the NPU with the SDRAM controller and the UART link) for each preset or config .json listed,
+and prints a second table (a build that does not fit stops after yosys with its estimate).
 
 TESSERA_SYNTH_SIZES / TESSERA_SYNTH_PACK_SIZES override the default lists. ``--reuse`` (or
 TESSERA_SYNTH_REUSE=1, e.g. under ``make bench ONLY=synth``) takes an existing ``report.json`` of the
@@ -22,7 +26,7 @@ import pathlib
 import sys
 import time
 
-from tessera.arch import PRESETS
+from tessera.arch import PRESETS, get_config
 from tessera.hdl.boards import get_board
 from tessera.hdl.boards.macarray import MacArrayDemo
 from tessera.hdl.synth import SynthError, synthesize
@@ -43,6 +47,8 @@ def main() -> int:
     ap.add_argument("--board", default="ulx3s-85f")
     ap.add_argument("--mhz", type=float, default=100.0)
     ap.add_argument("--out", default=str(ROOT / "build" / "bench_synth"))
+    ap.add_argument("--npu", default=os.environ.get("TESSERA_SYNTH_NPU", ""),
+                    help="comma-separated NPU configs (presets or .json) to build as the board's NPU top")
     args = ap.parse_args()
     board = get_board(args.board)
     config = PRESETS.get(board.default_config, PRESETS["sim"]).replace(clock_mhz=args.mhz)
@@ -99,7 +105,49 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for line in rows_out:
         print(line)
+    if args.npu:
+        _npu_table(args, board)
     return 0
+
+
+def _pct(r):
+    return "—" if r["used"] is None else f"{r['used']:,} ({100 * r['used'] / r['available']:.0f} %)"
+
+
+def _npu_table(args, board):
+    """The real NPU board top per config: resources (packed after nextpnr, else yosys' estimate) and Fmax."""
+    lines = []
+    for name in [n for n in args.npu.split(",") if n]:
+        config = get_config(name)
+        out = pathlib.Path(args.out) / f"{board.name}-npu-{config.name}"
+        if args.reuse and (out / "report.json").exists():
+            rep = json.loads((out / "report.json").read_text())
+            print(f"reusing {out / 'report.json'}", file=sys.stderr)
+        else:
+            try:
+                rep = synthesize(board, config, out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            except SynthError as e:
+                if not (out / "report.json").exists():
+                    lines.append(f"| {config.name} | {config.macs_per_cycle} | failed: {str(e).splitlines()[-1][:80]} "
+                                 "| | | | | | |")
+                    continue
+                rep = json.loads((out / "report.json").read_text())
+        res = rep["resources"]
+        stage = "yosys estimate" if rep.get("fits") is False else "packed"
+        fmax = "—" if rep["fmax_mhz"] is None else f"{rep['fmax_mhz']:.1f}"
+        if rep["fmax_mhz"] is None and rep.get("fmax_estimate_after_placement_mhz"):
+            # A build whose routing was stopped: nextpnr's estimate after placement, marked as such.
+            fmax = f"{rep['fmax_estimate_after_placement_mhz']:.1f} estimated after placement (not routed)"
+        lines.append(f"| {config.name} | {config.macs_per_cycle} ({rep.get('dsp_products')} on DSP) | "
+                     f"{_pct(res['LUT4'])} {stage} | {_pct(res['FF'])} | {_pct(res['DSP'])} | {_pct(res['BRAM'])} | "
+                     f"{'yes' if rep.get('fits') else 'no'} | {fmax} | {rep['seconds']:.0f} s |")
+    print(f"\n### The NPU board top on the {board.name}\n")
+    print(f"Command: `python benchmarks/bench_synth.py --npu {args.npu} --board {board.name}` (the same as "
+          f"`tessera synth --board {board.name} --config CONFIG --out DIR`).\n")
+    print("| config | MACs/cycle | LUT4 | FF | DSP | BRAM | fits | Fmax MHz | build time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for line in lines:
+        print(line)
 
 
 if __name__ == "__main__":

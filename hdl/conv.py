@@ -39,7 +39,8 @@ class ConvUnit(wiring.Component):
         m = Module()
         c = self.config
         N, M = c.lanes, c.rows
-        m.submodules.array = array = MacArray(c)
+        # A board build may ask for its own multipliers (tessera.hdl.synth sets this on the platform).
+        m.submodules.array = array = MacArray(c, multipliers=getattr(platform, "tessera_mac_multipliers", None))
 
         ir = Signal(INSTR_BITS)
         ins = data.View(layout(Opcode.CONV), ir)

@@ -124,6 +124,8 @@ class LoadDma(wiring.Component):
             "prm_wr": Out(BufWriteSignature(c.pbuf_words, word_bits(c, Buffer.PARAM), write_lanes(c, Buffer.PARAM))),
             **{f"{p}x": Out(BufWriteSignature(c.buffer_words(b), word_bits(c, b))).array(words_per_beat(c, b) - 1)
                for b, p in self.PORTS.items() if words_per_beat(c, b) > 1},
+            # ``bram_buffers``: ACT words written but still waiting for the buffer's write port.
+            **({"backlog": In(range(c.mem_outstanding + 1))} if c.bram_buffers else {}),
         })
 
     #: Write-port name of each buffer LOAD fills.
@@ -170,7 +172,8 @@ class LoadDma(wiring.Component):
         # Requests.
         byte = Signal(34)
         m.d.comb += byte.eq(w.word_dram + w.e * B)
-        can = w.active & (inflight < c.mem_outstanding) & meta.w_rdy
+        backlog = self.backlog if c.bram_buffers else 0
+        can = w.active & (inflight + backlog < c.mem_outstanding) & meta.w_rdy
         m.d.comb += [self.mem.req.valid.eq(can), self.mem.req.payload.eq(byte >> log2(B))]
         chunk = Mux(wb < B, (byte & (B - 1)) // Mux(wb < B, wb, 1), w.e)
         m.d.comb += [meta.w_data.eq(Cat(w.word_buf[:32], chunk[:16], n)), meta.w_en.eq(self.mem.req.valid & self.mem.req.ready)]
@@ -204,7 +207,7 @@ class LoadDma(wiring.Component):
                 m.next = "CHECK"
             with m.State("CHECK"):
                 _check_then_run(m, self.ctl, running, w, ins.buf == Buffer.ACC, mis, dram, bufr)
-            with m.State("RUN"), m.If(~w.active & (inflight == 0)):
+            with m.State("RUN"), m.If(~w.active & (inflight == 0) & (backlog == 0)):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)
                 m.next = "IDLE"
@@ -220,6 +223,8 @@ class StoreDma(wiring.Component):
             "ctl": In(UnitSignature()),
             "mem": Out(WriteClientSignature(c)),
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
+            # ``bram_buffers``: the shared ACT read port is STORE's this cycle (POST reads first).
+            **({"act_grant": In(1)} if c.bram_buffers else {}),
         })
 
     def elaborate(self, platform):
@@ -241,6 +246,8 @@ class StoreDma(wiring.Component):
         pending = Signal()
         rd_dram = Signal(34)
         issue = w.active & (q.level + pending < fd - 1)
+        if c.bram_buffers:
+            issue = issue & self.act_grant
         m.d.comb += self.act_rd.addr.eq(w.word_buf)
         m.d.sync += [pending.eq(issue), rd_dram.eq(w.word_dram)]
         with m.If(issue):

@@ -24,10 +24,19 @@ class MacArray(wiring.Component):
     :attr:`latency` cycles later. No stalls: the pipeline advances every cycle
     with ``en`` (the owner holds it low only while idle and drained, which lets
     a simulator skip the array).
+
+    ``multipliers`` = (dsp_kind, dsp_products, soft_kind) builds the products for a board with
+    :func:`tessera.hdl.boards.multipliers.product` (8-bit weights, at least 4 lanes): the first
+    ``dsp_products`` (row-major) on hard multipliers, the rest soft; weights in offset binary with
+    one ``128 * sum(act)`` correction per array. Those products take two cycles, so the first adder
+    level is combinational and :attr:`latency` (and every cycle count) stays the same.
     """
 
-    def __init__(self, config: NpuConfig, tag_bits: int = 16):
+    def __init__(self, config: NpuConfig, tag_bits: int = 16, multipliers=None):
         self.config = c = config
+        if multipliers is not None and (c.weight_bits != 8 or c.lanes < 4):
+            multipliers = None
+        self.multipliers = multipliers
         self.latency = 1 + log2(c.lanes) + 1
         super().__init__({
             "en": In(1, init=1), "valid": In(1), "first": In(1), "last": In(1), "tag": In(tag_bits),
@@ -48,20 +57,14 @@ class MacArray(wiring.Component):
 
         with m.If(self.en):
             sb = side({"valid": self.valid, "first": self.first, "last": self.last, "tag": self.tag})
-            # Stage 1: products.
-            level = []
-            for r in range(M):
-                row = []
-                for n in range(N):
-                    a = self.act[8 * n:8 * n + 8].as_signed()
-                    idx = r * N + n
-                    w = self.wgt[idx * wb:(idx + 1) * wb].as_signed()
-                    p = Signal(signed(pbits), name=f"p{r}_{n}")
-                    m.d.sync += p.eq(a * w)
-                    row.append(p)
-                level.append(row)
+            if self.multipliers is not None:
+                level, corr = self._board_products(m)
+                sb = side(sb)                          # the products' second cycle
+                pbits = len(level[0][0])
+                depth = 1
+            else:
+                level, corr, depth = self._products(m), None, 0
             # Adder tree: one registered level per halving.
-            depth = 0
             while len(level[0]) > 1:
                 depth += 1
                 sb = side(sb)
@@ -69,8 +72,11 @@ class MacArray(wiring.Component):
                 for r, row in enumerate(level):
                     out = []
                     for i in range(0, len(row), 2):
-                        s = Signal(signed(pbits + depth), name=f"t{depth}_{r}_{i // 2}")
-                        m.d.sync += s.eq(row[i] + row[i + 1])
+                        s = Signal(signed(pbits + depth + (corr is not None)), name=f"t{depth}_{r}_{i // 2}")
+                        total = row[i] + row[i + 1]
+                        if corr is not None and len(row) == 2:
+                            total = total - corr       # the offset-binary correction, at the root
+                        m.d.sync += s.eq(total)
                         out.append(s)
                     nxt.append(out)
                 level = nxt
@@ -86,4 +92,57 @@ class MacArray(wiring.Component):
                 m.d.sync += self.o_sum[32 * r:32 * r + 32].eq(Mux(sb["first"], level[r][0], new))
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
         return m
+
+    def _products(self, m):
+        """Stage 1: registered ``a * w`` products, signed weights."""
+        c = self.config
+        N, M, wb = c.lanes, c.rows, c.weight_bits
+        level = []
+        for r in range(M):
+            row = []
+            for n in range(N):
+                a = self.act[8 * n:8 * n + 8].as_signed()
+                idx = r * N + n
+                w = self.wgt[idx * wb:(idx + 1) * wb].as_signed()
+                p = Signal(signed(8 + wb), name=f"p{r}_{n}")
+                m.d.sync += p.eq(a * w)
+                row.append(p)
+            level.append(row)
+        return level
+
+    def _board_products(self, m):
+        """Two-cycle board products (offset-binary weights), then the combinational first adder level.
+
+        Returns the first level's sums and the correction ``128 * sum(act)`` aligned with the tree's
+        root (registered levels below it: ``log2(lanes) - 1``).
+        """
+        from tessera.hdl.boards.multipliers import LATENCY, product
+        assert LATENCY == 2
+        c = self.config
+        N, M = c.lanes, c.rows
+        dsp, dsp_products, soft = self.multipliers
+        acts = [self.act[8 * n:8 * n + 8].as_signed() for n in range(N)]
+        level = []
+        for r in range(M):
+            prods = []
+            for n in range(N):
+                idx = r * N + n
+                wu = self.wgt[8 * idx:8 * idx + 8] ^ 0x80          # w + 128, unsigned
+                prods.append(product(m, acts[n], wu, dsp=dsp if idx < dsp_products else None, soft=soft,
+                                     name=f"mul{r}_{n}"))
+            pairs = []
+            for i in range(0, N, 2):
+                s = Signal(signed(17), name=f"t1_{r}_{i // 2}", attrs={"keep": 1})
+                m.d.comb += s.eq(prods[i] + prods[i + 1])
+                pairs.append(s)
+            level.append(pairs)
+        # sum(act) shares the array's input; it reaches the root with the rows' sums.
+        asum = Signal(signed(8 + log2(N)), name="asum")
+        m.d.sync += asum.eq(sum(acts))
+        corr = asum
+        for k in range(log2(N) - 1 + LATENCY - 1 - 1):
+            d = Signal.like(asum, name=f"asum_d{k}")
+            m.d.sync += d.eq(corr)
+            corr = d
+        return level, corr << 7
 

@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import Buffer, ErrorCode, Unit
 
+from .buffers import bram_act_buffer, bram_param_buffer
 from .common import ADDR_BITS, MemPortSignature, word_bits
 from .conv import ConvUnit
 from .csr import CsrBlock, CsrSignature
@@ -71,8 +72,6 @@ class NpuCore(wiring.Component):
             m.submodules[f"{b.name.lower()}_buf"] = mem
             return mem
 
-        act, wgt, acc, prm = buf(Buffer.ACT), buf(Buffer.WGT), buf(Buffer.ACC), buf(Buffer.PARAM)
-
         def rd(mem, user):
             p = mem.read_port()
             m.d.comb += [p.addr.eq(user.addr), user.data.eq(p.data)]
@@ -81,22 +80,29 @@ class NpuCore(wiring.Component):
             p = mem.write_port(granularity=mem.shape.width // lanes)
             m.d.comb += [p.addr.eq(user.addr), p.data.eq(user.data), p.en.eq(user.en)]
 
-        rd(act, conv.act_rd)
-        rd(act, post.act_rd)
-        rd(act, store.act_rd)
+        wgt, acc = buf(Buffer.WGT), buf(Buffer.ACC)
         rd(wgt, conv.wgt_rd)
         rd(acc, conv.acc_rd)
         rd(acc, post.acc_rd)
-        rd(prm, post.prm_rd)
-        wr(act, load.act_wr, write_lanes(c, Buffer.ACT))
-        wr(act, post.act_wr)
         wr(wgt, load.wgt_wr, write_lanes(c, Buffer.WGT))
-        wr(prm, load.prm_wr, write_lanes(c, Buffer.PARAM))
+        wr(acc, conv.acc_wr)
+        if c.bram_buffers:
+            bram_act_buffer(m, c, load, conv, post, store)
+            bram_param_buffer(m, c, load, post)
+        else:
+            act, prm = buf(Buffer.ACT), buf(Buffer.PARAM)
+            rd(act, conv.act_rd)
+            rd(act, post.act_rd)
+            rd(act, store.act_rd)
+            rd(prm, post.prm_rd)
+            wr(act, load.act_wr, write_lanes(c, Buffer.ACT))
+            wr(act, post.act_wr)
+            wr(prm, load.prm_wr, write_lanes(c, Buffer.PARAM))
         # LOAD writes every word of a beat at once when words are narrower than the bus.
-        for b, mem in ((Buffer.ACT, act), (Buffer.WGT, wgt), (Buffer.PARAM, prm)):
+        for b, mem in ((Buffer.ACT, None if c.bram_buffers else act), (Buffer.WGT, wgt),
+                       (Buffer.PARAM, None if c.bram_buffers else prm)):
             for p in getattr(load, f"{LoadDma.PORTS[b]}x", []):
                 wr(mem, p)
-        wr(acc, conv.acc_wr)
 
         # Memory port: fetch (id 0) and LOAD (id 1) share reads round-robin; STORE owns writes.
         prio = Signal()

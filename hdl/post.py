@@ -18,7 +18,19 @@ from .common import (
     word_bits,
 )
 
-__all__ = ["EpilogueEngine", "PoolEngine", "PostUnit"]
+__all__ = ["EpilogueEngine", "PoolEngine", "PostUnit", "param_read_shape"]
+
+
+def param_read_shape(c: NpuConfig) -> tuple[int, int]:
+    """(depth, width) of the PARAM buffer as the EPILOGUE reads it.
+
+    A PARAM word holds ``rows`` records (bias, mult, shift; 32 bits each). With ``bram_buffers``
+    the buffer keeps one entry per ``post_lanes`` records (``rows // post_lanes`` entries per word),
+    so a read is as wide as one cycle's requantization needs and block RAM is not wasted on width.
+    """
+    if c.bram_buffers:
+        return c.pbuf_words * (c.rows // c.post_lanes_eff), 96 * c.post_lanes_eff
+    return c.pbuf_words, word_bits(c, Buffer.PARAM)
 
 
 def _engine_signature(c: NpuConfig, extra: dict) -> dict:
@@ -43,18 +55,20 @@ class _Drain:
 
 
 class EpilogueEngine(wiring.Component):
-    """One ACT output word (``lanes`` channels) per cycle through a fixed-latency pipeline.
+    """One ACT output word (``lanes`` channels) per ``lanes // post_lanes`` cycles through a fixed-latency pipeline.
 
     Stages: read ACC/PARAM/residual → select the word's channels → bias →
     64-bit multiply → rounding shift → clamp or residual products → residual
-    rounding shift → clamp → write.
+    rounding shift → clamp → write. With ``post_lanes`` below ``lanes`` each
+    cycle requantizes one group of ``post_lanes`` channels of the word, and the
+    word is written with its last group.
     """
 
     def __init__(self, config: NpuConfig):
         self.config = c = config
         super().__init__(_engine_signature(c, {
             "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
-            "prm_rd": Out(BufReadSignature(c.pbuf_words, word_bits(c, Buffer.PARAM))),
+            "prm_rd": Out(BufReadSignature(*param_read_shape(c))),
         }))
 
     def elaborate(self, platform):
@@ -68,15 +82,20 @@ class EpilogueEngine(wiring.Component):
                                 | (ins.out_addr + (P - 1) * ins.out_stride + ob * k > c.abuf_words)
                                 | (ins.residual & (ins.res_addr + (P - 1) * ins.res_stride + ob * k > c.abuf_words)))
 
-        b, p, j = Signal(10), Signal(16), Signal(range(k))
+        E = c.post_lanes_eff
+        G = N // E                      # channel groups per ACT word, one per cycle
+        b, p, j, g = Signal(10), Signal(16), Signal(range(k)), Signal(range(G))
         acc_cnt = Signal(26)
         gen = Signal()
+        last_g = g == G - 1
         last_j, last_p, last_b = j == k - 1, p == P - 1, b == ob - 1
         with m.If(self.start):
-            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), acc_cnt.eq(0), gen.eq(1)]
+            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), g.eq(0), acc_cnt.eq(0), gen.eq(1)]
         with m.Elif(gen):
-            m.d.sync += j.eq(Mux(last_j, 0, j + 1))
-            with m.If(last_j):
+            m.d.sync += g.eq(Mux(last_g, 0, g + 1))
+            with m.If(last_g):
+                m.d.sync += j.eq(Mux(last_j, 0, j + 1))
+            with m.If(last_g & last_j):
                 m.d.sync += [p.eq(Mux(last_p, 0, p + 1)), acc_cnt.eq(acc_cnt + 1)]
                 with m.If(last_p):
                     m.d.sync += b.eq(b + 1)
@@ -90,42 +109,64 @@ class EpilogueEngine(wiring.Component):
         with m.If(self.active):
             # S1: addresses.
             v1, j1, oa1 = Signal(), Signal(range(k)), Signal(16)
+            g1, lg1 = Signal(range(G)), Signal()
             blk = b * k + j
-            m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p * ins.out_stride + blk)]
+            m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p * ins.out_stride + blk), g1.eq(g),
+                         lg1.eq(last_g)]
             aa1, pa1, ra1 = Signal(16), Signal(16), Signal(16)
             m.d.sync += [aa1.eq(ins.acc_addr + acc_cnt), pa1.eq(ins.param_addr + b),
                          ra1.eq(ins.res_addr + p * ins.res_stride + blk)]
-            m.d.comb += [self.acc_rd.addr.eq(aa1), self.prm_rd.addr.eq(pa1), self.act_rd.addr.eq(ra1)]
+            # Channel group of the block (j, g) selects the ACC/PARAM slice.
+            jg1 = Cat(g1, j1) if G > 1 else j1
+            if c.bram_buffers:
+                # One PARAM entry per channel group: rows // post_lanes entries per word.
+                groups = c.rows // E
+                m.d.comb += self.prm_rd.addr.eq(Cat(jg1, pa1) if groups > 1 else pa1)
+            else:
+                m.d.comb += self.prm_rd.addr.eq(pa1)
+            m.d.comb += [self.acc_rd.addr.eq(aa1), self.act_rd.addr.eq(ra1)]
             # R: the read data of S1's addresses arrives; its sideband waits one cycle with it.
-            vr, jr, oar = Signal(), Signal(range(k)), Signal(16)
-            m.d.sync += [vr.eq(v1), jr.eq(j1), oar.eq(oa1)]
+            vr, jgr, oar = Signal(), Signal(len(jg1)), Signal(16)
+            gr, lgr = Signal(range(G)), Signal()
+            m.d.sync += [vr.eq(v1), jgr.eq(jg1), oar.eq(oa1), gr.eq(g1), lgr.eq(lg1)]
             # S2: the word's channels.
-            v2, oa2 = Signal(), Signal(16)
-            m.d.sync += [v2.eq(vr), oa2.eq(oar)]
+            v2, oa2, g2, lg2 = Signal(), Signal(16), Signal(range(G)), Signal()
+            m.d.sync += [v2.eq(vr), oa2.eq(oar), g2.eq(gr), lg2.eq(lgr)]
             # One signal per selected word: every slice of a word_select expression would otherwise
             # become its own full-width selector (48 of 1536 bits here), slow to convert and to simulate.
-            accw, prmw = Signal(32 * N), Signal(96 * N)
-            if k == 1:
-                m.d.comb += [accw.eq(self.acc_rd.data), prmw.eq(self.prm_rd.data)]
+            accw, prmw, resw = Signal(32 * E), Signal(96 * E), Signal(8 * E)
+            if k * G == 1:
+                m.d.comb += accw.eq(self.acc_rd.data)
             else:
-                m.d.comb += [accw.eq(self.acc_rd.data.word_select(jr, 32 * N)),
-                             prmw.eq(self.prm_rd.data.word_select(jr, 96 * N))]
+                m.d.comb += accw.eq(self.acc_rd.data.word_select(jgr, 32 * E))
+            if c.bram_buffers or k * G == 1:
+                m.d.comb += prmw.eq(self.prm_rd.data)
+            else:
+                m.d.comb += prmw.eq(self.prm_rd.data.word_select(jgr, 96 * E))
+            if G == 1:
+                m.d.comb += resw.eq(self.act_rd.data)
+            else:
+                m.d.comb += resw.eq(self.act_rd.data.word_select(gr, 8 * E))
             lanes = []
-            for n in range(N):
+            for n in range(E):
                 L = {"acc": Signal(signed(32)), "bias": Signal(signed(32)), "mult": Signal(signed(32)), "shift": Signal(6),
                          "r": Signal(signed(8))}
                 m.d.sync += [L["acc"].eq(accw[32 * n:32 * n + 32]), L["bias"].eq(prmw[96 * n:96 * n + 32]),
                              L["mult"].eq(prmw[96 * n + 32:96 * n + 64]), L["shift"].eq(prmw[96 * n + 64:96 * n + 70]),
-                             L["r"].eq(self.act_rd.data[8 * n:8 * n + 8])]
+                             L["r"].eq(resw[8 * n:8 * n + 8])]
                 lanes.append(L)
             # S3 .. S8, per lane.
-            v = [v2]
-            oa = [oa2]
+            v, oa, gs, lgs = [v2], [oa2], [g2], [lg2]
             for _ in range(6):
                 nv, no = Signal(), Signal(16)
                 m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
                 v.append(nv)
                 oa.append(no)
+                if G > 1:
+                    ng, nl = Signal(range(G)), Signal()
+                    m.d.sync += [ng.eq(gs[-1]), nl.eq(lgs[-1])]
+                    gs.append(ng)
+                    lgs.append(nl)
             ys = []
             for n, L in enumerate(lanes):
                 s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
@@ -145,13 +186,29 @@ class EpilogueEngine(wiring.Component):
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.residual, clamp(s7q + ins.zp_out, ins.out_min, ins.out_max), s7y))
                 ys.append(s8y)
-        m.d.comb += [self.act_wr.en.eq(v[-1]), self.act_wr.addr.eq(oa[-1]),
-                     self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
+            if G > 1:
+                # Earlier groups of the word wait here; the word is written with its last group.
+                held = [Signal(8 * E, name=f"held{i}") for i in range(G - 1)]
+                with m.If(v[-1]):
+                    for i, h in enumerate(held):
+                        with m.If(gs[-1] == i):
+                            m.d.sync += h.eq(Cat(*[y.as_unsigned() for y in ys]))
+        if G > 1:
+            m.d.comb += [self.act_wr.en.eq(v[-1] & lgs[-1]), self.act_wr.addr.eq(oa[-1]),
+                         self.act_wr.data.eq(Cat(*held, *[y.as_unsigned() for y in ys]))]
+        else:
+            m.d.comb += [self.act_wr.en.eq(v[-1]), self.act_wr.addr.eq(oa[-1]),
+                         self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
         return m
 
 
 class PoolEngine(wiring.Component):
-    """Window taps one ACT read per cycle; the pixel's max or requantized sum leaves after the last tap."""
+    """Window taps one ACT read per cycle; the pixel's max or requantized sum leaves after the last tap.
+
+    With ``post_lanes`` below ``lanes`` the AVG requantization shares ``post_lanes`` multipliers:
+    a pixel's sums wait in a bank and leave one group per cycle, so a window takes at least
+    ``lanes // post_lanes`` cycles (the generator waits when it has fewer taps).
+    """
 
     def __init__(self, config: NpuConfig):
         self.config = c = config
@@ -161,6 +218,8 @@ class PoolEngine(wiring.Component):
         m = Module()
         c = self.config
         N = c.lanes
+        E = c.post_lanes_eff
+        G = N // E
         ins = data.View(layout(Opcode.POOL), self.instr)
         m.d.comb += self.bad.eq((ins.in_addr + ins.in_h * ins.in_w * ins.cb > c.abuf_words)
                                 | (ins.out_addr + ins.out_h * ins.out_w * ins.cb > c.abuf_words))
@@ -170,9 +229,22 @@ class PoolEngine(wiring.Component):
         last_kx, last_ky = kx == ins.k_w - 1, ky == ins.k_h - 1
         last_c, last_x, last_y = cc == ins.cb - 1, ox == ins.out_w - 1, oy == ins.out_h - 1
         win_end = last_kx & last_ky
+        adv = Signal()          # the generator emits a tap this cycle
+        if G > 1:
+            # Windows at least G cycles apart: the bank below holds one pixel's sums for G cycles.
+            wc = Signal(range(G))
+            m.d.comb += adv.eq(gen & ~(win_end & (wc < G - 1)))
+            with m.If(self.start):
+                m.d.sync += wc.eq(0)
+            with m.Elif(adv & win_end):
+                m.d.sync += wc.eq(0)
+            with m.Elif(gen & (wc < G - 1)):
+                m.d.sync += wc.eq(wc + 1)
+        else:
+            m.d.comb += adv.eq(gen)
         with m.If(self.start):
             m.d.sync += [oy.eq(0), ox.eq(0), cc.eq(0), ky.eq(0), kx.eq(0), ocnt.eq(0), gen.eq(1)]
-        with m.Elif(gen):
+        with m.Elif(adv):
             m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
             with m.If(last_kx):
                 m.d.sync += ky.eq(Mux(last_ky, 0, ky + 1))
@@ -184,7 +256,7 @@ class PoolEngine(wiring.Component):
                         m.d.sync += oy.eq(oy + 1)
                         with m.If(last_y):
                             m.d.sync += gen.eq(0)
-        drain = _Drain(m, 10, gen, self.done)
+        drain = _Drain(m, 10 + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
         def carry(prev):
@@ -196,7 +268,7 @@ class PoolEngine(wiring.Component):
         with m.If(self.active):
             s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cc": Signal(10), "oa": Signal(16)}
             iy1, ix1 = Signal(signed(16)), Signal(signed(16))
-            m.d.sync += [s1["v"].eq(gen), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
+            m.d.sync += [s1["v"].eq(adv), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
                          s1["cc"].eq(cc), s1["oa"].eq(ins.out_addr + ocnt),
                          iy1.eq(oy * ins.stride_h + ky - ins.pad_t), ix1.eq(ox * ins.stride_w + kx - ins.pad_l)]
             s2 = carry(s1)
@@ -213,9 +285,7 @@ class PoolEngine(wiring.Component):
             # S4: running max / sum per lane; the pixel's result is latched on the last tap.
             s5v, s5a = Signal(), Signal(16)
             m.d.sync += [s5v.eq(s4["v"] & s4["last"]), s5a.eq(s4["oa"])]
-            s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
-            m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
-            ys = []
+            s5 = []
             for n in range(N):
                 x = self.act_rd.data[8 * n:8 * n + 8].as_signed()
                 mx, sm = Signal(signed(8)), Signal(signed(20))
@@ -228,15 +298,53 @@ class PoolEngine(wiring.Component):
                     m.d.sync += [mx.eq(new_mx), sm.eq(new_sm)]
                 s5m, s5s = Signal(signed(8)), Signal(signed(20))
                 m.d.sync += [s5m.eq(new_mx), s5s.eq(new_sm)]
+                s5.append((s5m, s5s))
+            if G > 1:
+                # The bank: one pixel's maxima and sums, requantized one group per cycle.
+                bank = [(Signal(signed(8), name=f"bm{n}"), Signal(signed(20), name=f"bs{n}")) for n in range(N)]
+                bv, bg, ba = Signal(), Signal(range(G)), Signal(16)
+                with m.If(s5v):
+                    m.d.sync += [bv.eq(1), bg.eq(0), ba.eq(s5a)]
+                    m.d.sync += [b.eq(v) for (bm, bs), (vm, vs) in zip(bank, s5) for b, v in ((bm, vm), (bs, vs))]
+                with m.Elif(bv):
+                    m.d.sync += [bg.eq(bg + 1), bv.eq(bg != G - 1)]
+                lanes = []
+                for n in range(E):
+                    lm, ls = Signal(signed(8), name=f"gm{n}"), Signal(signed(20), name=f"gs{n}")
+                    with m.Switch(bg):
+                        for g in range(G):
+                            with m.Case(g):
+                                m.d.comb += [lm.eq(bank[g * E + n][0]), ls.eq(bank[g * E + n][1])]
+                    lanes.append((lm, ls))
+                s6v, s6a, s6g = Signal(), Signal(16), Signal(range(G))
+                m.d.sync += [s6v.eq(bv), s6a.eq(ba), s6g.eq(bg)]
+                s7v, s7a, s7g, s8v, s8a, s8g = Signal(), Signal(16), Signal(range(G)), Signal(), Signal(16), Signal(range(G))
+                m.d.sync += [s7v.eq(s6v), s7a.eq(s6a), s7g.eq(s6g), s8v.eq(s7v), s8a.eq(s7a), s8g.eq(s7g)]
+            else:
+                lanes = s5
+                s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
+                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
+            ys = []
+            for lm, ls in lanes:
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s6m.eq(s5m), s6p.eq(s5s * ins.mult)]
+                m.d.sync += [s6m.eq(lm), s6p.eq(ls * ins.mult)]
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s7m.eq(s6m), s7q.eq(round_shift(s6p, ins.shift, 56))]
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(s7q + ins.zp_out, -128, 127)))
                 ys.append(s8y)
-        m.d.comb += [self.act_wr.en.eq(s8v), self.act_wr.addr.eq(s8a),
-                     self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
+            if G > 1:
+                held = [Signal(8 * E, name=f"pheld{i}") for i in range(G - 1)]
+                with m.If(s8v):
+                    for i, h in enumerate(held):
+                        with m.If(s8g == i):
+                            m.d.sync += h.eq(Cat(*[y.as_unsigned() for y in ys]))
+        if G > 1:
+            m.d.comb += [self.act_wr.en.eq(s8v & (s8g == G - 1)), self.act_wr.addr.eq(s8a),
+                         self.act_wr.data.eq(Cat(*held, *[y.as_unsigned() for y in ys]))]
+        else:
+            m.d.comb += [self.act_wr.en.eq(s8v), self.act_wr.addr.eq(s8a),
+                         self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
         return m
 
 
@@ -250,7 +358,9 @@ class PostUnit(wiring.Component):
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
-            "prm_rd": Out(BufReadSignature(c.pbuf_words, word_bits(c, Buffer.PARAM))),
+            "prm_rd": Out(BufReadSignature(*param_read_shape(c))),
+            # ``bram_buffers``: POST reads ACT this cycle (POOL, or an EPILOGUE with a residual).
+            **({"act_rd_use": Out(1)} if c.bram_buffers else {}),
         })
 
     def elaborate(self, platform):
@@ -274,6 +384,9 @@ class PostUnit(wiring.Component):
             m.d.comb += [self.act_rd.addr.eq(epi.act_rd.addr), self.act_wr.addr.eq(epi.act_wr.addr),
                          self.act_wr.data.eq(epi.act_wr.data), self.act_wr.en.eq(epi.act_wr.en)]
         m.d.comb += [self.ctl.busy.eq(running), self.ctl.progress.eq(epi.active | pool.active)]
+        if c.bram_buffers:
+            residual = data.View(layout(Opcode.EPILOGUE), ir).residual
+            m.d.comb += self.act_rd_use.eq(pool.active | (epi.active & residual))
         with m.FSM():
             with m.State("IDLE"), m.If(self.ctl.start):
                 m.d.sync += running.eq(1)

@@ -30,7 +30,7 @@ from .boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yo
 from .boards.top import BoardTop
 
 __all__ = ["synth_command", "synthesize", "make_core", "estimate_resources", "SynthError", "summary_markdown",
-           "TOP_NAME", "CORES"]
+           "TOP_NAME", "CORES", "npu_mac_dsp_products"]
 
 #: Name of the top module and of every file Amaranth's build plan writes (top.v, top.qsf, ...).
 TOP_NAME = "top"
@@ -65,7 +65,9 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
         # The ULX3S board top: NPU, SDRAM controller on the board's SDRAM, UART host link.
         from .boards.ulx3s import Ulx3sCore
         core = Ulx3sCore(config)
-        return core, core.description(), None
+        if dsp_products is None:
+            dsp_products = npu_mac_dsp_products(board, config)
+        return core, core.description(), dsp_products
     if kind == "npu":
         from .boards.npu_top import NpuBoardCore
         core = NpuBoardCore(config, mem_beats=board.mem_beats)
@@ -78,6 +80,23 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
     core = MacArrayDemo(config.rows, config.lanes, dsp=board.dsp_kind, dsp_products=dsp_products,
                         soft=board.soft_kind)
     return core, f"MacArrayDemo {config.rows}x{config.lanes} (the NPU's MAC array alone)", dsp_products
+
+
+#: MULT18X18D that yosys puts on the NPU's multipliers outside the MAC array, besides 8 per EPILOGUE
+#: lane (32×32 and two 10×32 products) and 4 per POOL lane (20×32), both ``post_lanes``: address
+#: arithmetic (measured with yosys 0.70 on the ulx3s-85f config: 130 in all with 4 EPILOGUE lanes
+#: and, before the POOL shared its multipliers too, 16 POOL lanes).
+NPU_ADDRESS_DSP = 34
+
+
+def npu_mac_dsp_products(board: Board, config) -> int:
+    """MAC-array products of the NPU on hard multipliers: what the device has left after yosys has
+    mapped the NPU's other multipliers (TESSERA_SYNTH_MAC_DSP overrides); the rest are soft."""
+    env = os.environ.get("TESSERA_SYNTH_MAC_DSP")
+    if env:
+        return int(env)
+    others = 12 * config.post_lanes_eff + NPU_ADDRESS_DSP
+    return max(0, min(config.macs_per_cycle, board.dsp_capacity - others))
 
 
 def _tool_env(board: Board) -> dict:
@@ -150,6 +169,11 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     target_hz = config.clock_mhz * 1e6
     top = BoardTop(board.family, core, target_hz)
     platform = board.platform(clock_hz=top.clock_hz)
+    npu_on_ecp5 = board.family == "ecp5" and not isinstance(core, MacArrayDemo) and dsp_products is not None
+    if npu_on_ecp5:
+        # The NPU's MAC array: dsp_products on MULT18X18D, the rest fused soft multipliers (see
+        # tessera.hdl.mac.MacArray); yosys maps the NPU's other multipliers onto the remaining DSPs.
+        platform.tessera_mac_multipliers = (board.dsp_kind, dsp_products, board.soft_kind)
     if board.family == "arria10":
         # Quartus opens a project by its .qpf; the revision is the .qsf of the same name.
         platform.add_file(f"{TOP_NAME}.qpf", f'PROJECT_REVISION = "{TOP_NAME}"\n')

@@ -68,6 +68,15 @@ class NpuConfig:
         Dependency tokens one queue between two units holds.
     clock_mhz : float
         Target clock, used for latency projections.
+    post_lanes : int
+        Channels EPILOGUE and POOL requantize per cycle (0: all ``lanes``, one ACT word per cycle).
+        Fewer share the multipliers: an EPILOGUE output word takes ``lanes // post_lanes`` cycles,
+        a POOL window at least that many.
+    bram_buffers : bool
+        Build the buffers from two-port block RAM: the ACT buffer gets one write port (POST's
+        writes first, LOAD's wait in a small FIFO) and two read copies (CONV's; POST's, which
+        STORE uses when POST does not read). The default gives every user its own port.
+        Either option changes cycle counts, not results.
     """
 
     name: str = "custom"
@@ -87,6 +96,8 @@ class NpuConfig:
     queue_depth: int = 8
     token_depth: int = 8
     clock_mhz: float = 100.0
+    post_lanes: int = 0
+    bram_buffers: bool = False
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -119,6 +130,18 @@ class NpuConfig:
             if wb % self.bus_bytes and self.bus_bytes % wb:
                 problems.append(f"{wname} word of {wb} bytes and bus of {self.bus_bytes} bytes: "
                                 f"one must divide the other")
+        if self.post_lanes and (not _is_pow2(self.post_lanes) or self.post_lanes > self.lanes):
+            problems.append(f"post_lanes={self.post_lanes} must be 0 or a power of two up to lanes={self.lanes}")
+        if self.bram_buffers and not problems:
+            if self.act_word_bytes < self.bus_bytes or self.param_word_bytes < self.bus_bytes or self.bus_bytes < 4:
+                problems.append("bram_buffers needs a bus of at least 4 bytes and ACT and PARAM words "
+                                "at least as wide as the bus")
+            elif (3 * self.post_lanes_eff) % (self.bus_bytes // 4):
+                problems.append(f"bram_buffers: PARAM records of post_lanes={self.post_lanes_eff} channels "
+                                f"({12 * self.post_lanes_eff} bytes) must be whole bus beats of {self.bus_bytes} bytes")
+            elif (3 * self.post_lanes_eff) % (self.bus_bytes // 4):
+                problems.append(f"bram_buffers: a bus beat of {self.bus_bytes} bytes must not straddle "
+                                f"PARAM records of {self.post_lanes_eff} channels")
         if problems:
             raise ConfigError(f"config {self.name!r}: " + "; ".join(problems))
 
@@ -128,6 +151,11 @@ class NpuConfig:
     def macs_per_cycle(self) -> int:
         """Peak int8 MACs per cycle (rows × lanes)."""
         return self.rows * self.lanes
+
+    @property
+    def post_lanes_eff(self) -> int:
+        """Channels EPILOGUE and POOL requantize per cycle (``post_lanes``, or ``lanes`` when 0)."""
+        return self.post_lanes or self.lanes
 
     @property
     def words_per_block(self) -> int:
@@ -195,11 +223,19 @@ class NpuConfig:
         d = self.to_dict()
         d.pop("name")
         d.pop("notes")
+        # Fields added later enter the hash only when set, so existing configs keep their hashes.
+        for later in _LATER_FIELDS:
+            if d[later] == NpuConfig.__dataclass_fields__[later].default:
+                d.pop(later)
         canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     def replace(self, **changes) -> "NpuConfig":
         return dataclasses.replace(self, **changes)
+
+
+#: Fields added after the first presets were hashed (see :meth:`NpuConfig.hash`).
+_LATER_FIELDS = ("post_lanes", "bram_buffers")
 
 
 PRESETS: dict[str, NpuConfig] = {
@@ -209,12 +245,16 @@ PRESETS: dict[str, NpuConfig] = {
         abuf_words=8192, wbuf_words=1024, accbuf_words=2048, pbuf_words=256,
         bus_bytes=16, dram_bytes=256 << 20, mem_latency=16, clock_mhz=100.0,
         notes="CI and RTL-simulation size: 256 MACs/cycle, 128-bit memory port."),
-    # ECP5-85F on the ULX3S: 512 int8 MACs; buffers fit the 208 DP16KD block RAMs.
+    # ECP5-85F on the ULX3S: 256 int8 MACs, the most that fit its 83,640 LUT4s with the NPU around
+    # them (512 need about 94k before packing: docs/synthesis.md); buffers in 162 of the 208 DP16KD
+    # block RAMs (block-RAM shaped ACT/PARAM), EPILOGUE and POOL share 4 lanes of multipliers.
     "ulx3s-85f": NpuConfig(
-        name="ulx3s-85f", lanes=16, rows=32,
+        name="ulx3s-85f", lanes=16, rows=16,
         abuf_words=4096, wbuf_words=512, accbuf_words=512, pbuf_words=64,
         bus_bytes=16, dram_bytes=32 << 20, mem_latency=24, clock_mhz=100.0,
-        notes="ULX3S-85F with its 32 MiB SDRAM behind a width-converting controller."),
+        post_lanes=4, bram_buffers=True,
+        notes="ULX3S-85F with its 32 MiB SDRAM behind a width-converting controller; block-RAM shaped "
+              "buffers and an EPILOGUE/POOL of 4 channels per cycle."),
     # Brainwave-class Arria 10 (GX 1150): 4096 MACs, wide DDR4 port.
     "arria10": NpuConfig(
         name="arria10", lanes=64, rows=64,

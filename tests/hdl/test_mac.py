@@ -8,8 +8,8 @@ from tessera.arch import NpuConfig
 from tessera.numerics import pack_weights, wrap32
 
 
-def _run(c, terms, gaps, rng):
-    dut = MacArray(c)
+def _run(c, terms, gaps, rng, multipliers=None):
+    dut = MacArray(c, multipliers=multipliers)
     M = c.rows
     got = []
 
@@ -18,7 +18,7 @@ def _run(c, terms, gaps, rng):
         sent = 0
         for cycle in range(10_000):
             if ctx.get(dut.o_valid):
-                got.append((ctx.get(dut.o_tag), [ctx.get(dut.o_sum[32 * r:32 * r + 32]) for r in range(M)]))
+                got.append((ctx.get(dut.o_tag), [ctx.get(dut.o_sum[32 * r:32 * r + 32]) for r in range(M)], cycle))
             if sent < sum(len(t) for _, t in pixels) and not (gaps and rng.random() < 0.3):
                 # Flatten (pixel, term) in order.
                 idx = sent
@@ -59,7 +59,29 @@ def test_mac_array_sums_each_pixel_with_wrapping():
             pixels.append((tag, [(rng.integers(-128, 128, N), rng.integers(lo, hi, (M, N))) for _ in range(k)]))
         for gaps in (False, True):
             got = _run(c, pixels, gaps, rng)
-            assert [t for t, _ in got] == [t for t, _ in pixels]
-            for (_, sums), (_, ts) in zip(got, pixels):
+            assert [t for t, *_ in got] == [t for t, _ in pixels]
+            for (_, sums, _), (_, ts) in zip(got, pixels):
                 want = wrap32(sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in ts))
                 np.testing.assert_array_equal(wrap32(np.array(sums, np.int64)), want)
+
+
+def test_mac_array_board_products_keep_results_and_latency():
+    # Offset-binary weights on board multipliers (the pure-Amaranth kinds stand in for MULT18X18D and
+    # the CCU2C soft multiplier, checked bit by bit in tests/hdl/test_boards.py): every sum and the
+    # cycle of every result equal the plain array's, extreme operands included.
+    rng = np.random.default_rng(5)
+    c = NpuConfig(lanes=4, rows=8, dram_bytes=1 << 20)
+    N, M = c.lanes, c.rows
+    pixels = []
+    for tag in range(8):
+        k = int(rng.integers(1, 4))
+        pixels.append((tag, [(rng.integers(-128, 128, N), rng.integers(-128, 128, (M, N))) for _ in range(k)]))
+    pixels.append((8, [(np.full(N, -128), np.full((M, N), -128)), (np.full(N, 127), np.full((M, N), -128))]))
+    for gaps in (False, True):
+        plain = _run(c, pixels, gaps, np.random.default_rng(1))
+        board = _run(c, pixels, gaps, np.random.default_rng(1), multipliers=("infer", 13, "generic"))
+        assert [t for t, *_ in board] == [t for t, _ in pixels]
+        assert board == plain
+        for (_, sums, _), (_, ts) in zip(board, pixels):
+            want = wrap32(sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in ts))
+            np.testing.assert_array_equal(wrap32(np.array(sums, np.int64)), want)

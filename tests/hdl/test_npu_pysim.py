@@ -12,6 +12,11 @@ from .pysim import run_npu
 
 #: 4-bit weights, and ACT words as wide as the bus.
 W4 = CONFIG.replace(name="rtl-test-w4", weight_bits=4, lanes=8, rows=8, bus_bytes=8)
+#: Block-RAM shaped buffers (one ACT write port, PARAM in entries of 4 records) and an EPILOGUE of
+#: 4 channels per cycle (two cycles per ACT word, four PARAM entries per word).
+BRAM = CONFIG.replace(name="rtl-test-bram", lanes=8, rows=16, bus_bytes=8, post_lanes=4, bram_buffers=True)
+#: The serial EPILOGUE alone, with PARAM words as wide as the default buffers keep them.
+SERIAL = CONFIG.replace(name="rtl-test-serial", post_lanes=2)
 
 CASES = {
     "conv_w4": lambda rng: (W4, conv_layer(W4, rng, in_cb=2, ob=2)),
@@ -21,6 +26,20 @@ CASES = {
     "pool_avg": lambda rng: (CONFIG, pool_layer(CONFIG, rng, mode="avg", k=(3, 3), stride=(1, 1), pad=(1, 1),
                                                 in_h=4, in_w=4)),
     "dma_act": lambda rng: (CONFIG, dma_pattern(CONFIG, rng, offset=1)),
+    "bram_conv_residual": lambda rng: (BRAM, conv_layer(BRAM, rng, ob=2, in_cb=2, residual=True, k_h=1, k_w=1,
+                                                        pad=(0, 0))),
+    "bram_conv3x3": lambda rng: (BRAM, conv_layer(BRAM, rng, ob=2, in_cb=2)),
+    "bram_pool_max": lambda rng: (BRAM, pool_layer(BRAM, rng, mode="max", k=(2, 2), stride=(2, 2), pad=(0, 0),
+                                                   in_h=4, in_w=4)),
+    "bram_pool_avg": lambda rng: (BRAM, pool_layer(BRAM, rng, mode="avg", k=(3, 3), stride=(1, 1), pad=(1, 1),
+                                                   in_h=4, in_w=4)),
+    "bram_pool_avg_1x1": lambda rng: (BRAM, pool_layer(BRAM, rng, mode="avg", k=(1, 1), stride=(1, 1), in_h=3,
+                                                       in_w=3)),
+    "serial_pool_max": lambda rng: (SERIAL, pool_layer(SERIAL, rng, mode="max", k=(3, 3), stride=(2, 2), pad=(1, 1),
+                                                       in_h=5, in_w=5)),
+    "bram_dma_act": lambda rng: (BRAM, dma_pattern(BRAM, rng, offset=1)),
+    "serial_conv_residual": lambda rng: (SERIAL, conv_layer(SERIAL, rng, ob=2, in_cb=2, residual=True, k_h=1,
+                                                            k_w=1, pad=(0, 0))),
 }
 
 

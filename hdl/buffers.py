@@ -1,0 +1,101 @@
+"""Block-RAM shaped ACT and PARAM buffers (``NpuConfig.bram_buffers``).
+
+A block RAM (ECP5 DP16KD, iCE40 SB_RAM40_4K, M20K) has two ports. The default buffers of
+:class:`~tessera.hdl.npu.NpuCore` give every user its own port (ACT: three readers, two writers),
+which synthesis can only build from flip-flops and multiplexers. Here:
+
+- **ACT**: one write port, shared. POST's writes go first (its pipeline cannot wait); LOAD's wait
+  in a FIFO of ``mem_outstanding`` entries, which LOAD counts as reads in flight (``backlog``), so
+  it never overflows, and LOAD is done only when it is empty. Two copies take every write:
+  CONV reads one alone; POST and STORE share the other's read port, POST first (only while it
+  reads: a POOL or an EPILOGUE with a residual), STORE when granted (``act_grant``).
+- **PARAM**: one entry per ``post_lanes`` records instead of one per word (see
+  :func:`tessera.hdl.post.param_read_shape`): a read is as wide as one cycle of the EPILOGUE
+  needs. LOAD's beat-wide slices of a word are scattered into the entries' 32-bit fields; a beat
+  never straddles two entries (checked by :class:`~tessera.arch.NpuConfig`).
+
+Results are the same as with the default buffers; cycles differ only when two users want the
+same port in the same cycle.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Mux, Signal, unsigned
+from amaranth.lib import fifo, memory
+
+from tessera.arch import NpuConfig
+from tessera.isa import Buffer
+
+from .common import word_bits
+from .dma import write_lanes
+from .post import param_read_shape
+
+__all__ = ["bram_act_buffer", "bram_param_buffer"]
+
+
+def bram_act_buffer(m, c: NpuConfig, load, conv, post, store):
+    """The ACT buffer with one write port and two read copies (see the module docstring)."""
+    width, depth = word_bits(c, Buffer.ACT), c.abuf_words
+    lanes = write_lanes(c, Buffer.ACT)
+    lw = load.act_wr
+    m.submodules.act_wq = q = fifo.SyncFIFO(width=len(lw.addr) + width + lanes, depth=c.mem_outstanding)
+    m.d.comb += load.backlog.eq(q.level)
+
+    post_wr = post.act_wr.en
+    load_wr = lw.en.any()
+    addr, dat, en = Signal.like(lw.addr), Signal(width), Signal(lanes)
+    with m.If(post_wr):
+        m.d.comb += [addr.eq(post.act_wr.addr), dat.eq(post.act_wr.data), en.eq(-1)]
+    with m.Elif(q.r_rdy):
+        m.d.comb += [addr.eq(q.r_data[:len(addr)]), dat.eq(q.r_data[len(addr):len(addr) + width]),
+                     en.eq(q.r_data[len(addr) + width:]), q.r_en.eq(1)]
+    with m.Else():
+        m.d.comb += [addr.eq(lw.addr), dat.eq(lw.data), en.eq(lw.en)]
+    # LOAD's word waits when the port is POST's or older LOAD words wait before it.
+    m.d.comb += [q.w_en.eq(load_wr & (post_wr | q.r_rdy)), q.w_data.eq(Cat(lw.addr, lw.data, lw.en))]
+
+    def copy(name):
+        mem = memory.Memory(shape=unsigned(width), depth=depth, init=[])
+        m.submodules[name] = mem
+        wp = mem.write_port(granularity=width // lanes)
+        m.d.comb += [wp.addr.eq(addr), wp.data.eq(dat), wp.en.eq(en)]
+        return mem.read_port()
+
+    rc = copy("act_buf")
+    m.d.comb += [rc.addr.eq(conv.act_rd.addr), conv.act_rd.data.eq(rc.data)]
+    rs = copy("act_buf_post")
+    use = post.act_rd_use
+    m.d.comb += [rs.addr.eq(Mux(use, post.act_rd.addr, store.act_rd.addr)), store.act_grant.eq(~use),
+                 post.act_rd.data.eq(rs.data), store.act_rd.data.eq(rs.data)]
+
+
+def bram_param_buffer(m, c: NpuConfig, load, post):
+    """The PARAM buffer in entries of ``post_lanes`` records, filled from LOAD's beat-wide slices."""
+    depth, width = param_read_shape(c)
+    E = c.post_lanes_eff
+    per_word = c.rows // E                   # entries per PARAM word
+    Q = c.bus_bytes // 4                     # 32-bit fields per beat
+    R = 3 * E // Q                           # beats per entry
+    mem = memory.Memory(shape=unsigned(width), depth=depth, init=[])
+    m.submodules.prm_buf = mem
+    rp = mem.read_port()
+    m.d.comb += [rp.addr.eq(post.prm_rd.addr), post.prm_rd.data.eq(rp.data)]
+
+    lw = load.prm_wr
+    beats = write_lanes(c, Buffer.PARAM)     # one enable bit per beat of the word: at most one is set
+    assert beats == per_word * R, (beats, per_word, R)
+    entry = Signal(range(max(2, per_word)))
+    local = Signal(R)                        # which beat of its entry this one is (one-hot)
+    for t in range(per_word):
+        hit = lw.en[t * R:(t + 1) * R].any()
+        if per_word > 1:
+            with m.If(hit):
+                m.d.comb += entry.eq(t)
+    for r in range(R):
+        m.d.comb += local[r].eq(Cat(*[lw.en[t * R + r] for t in range(per_word)]).any())
+    wp = mem.write_port(granularity=32)
+    beat = lw.data[:8 * c.bus_bytes]         # LOAD repeats the beat over the word
+    # Field s of an entry (lane s // 3; bias, mult, shift) is the beat's field s % Q, in beat s // Q.
+    m.d.comb += [wp.addr.eq(Cat(entry[:max(0, per_word.bit_length() - 1)], lw.addr) if per_word > 1 else lw.addr),
+                 wp.data.eq(Cat(*[beat.word_select(s % Q, 32) for s in range(3 * E)])),
+                 wp.en.eq(Cat(*[local[s // Q] for s in range(3 * E)]))]

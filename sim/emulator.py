@@ -122,6 +122,7 @@ class Emulator:
         # While replaying a trace whose weights come only from unchanged external memory: per step, the
         # weight matrix that CONV used last time (see tessera.sim.replay).
         self._wcells: list | None = None
+        self._wepoch = 0
         self._istep = 0
         self.stats = RunStats()
 
@@ -461,9 +462,11 @@ class Emulator:
         """CONV's first half: the GEMM's operands (A built from the ACT buffer, B, and B's prepared GEMM)."""
         cells = self._wcells
         fixed = cells[self._istep] if cells is not None else None
+        if fixed is not None and fixed[0] != self._wepoch:
+            fixed = None
         gemm = None
         if fixed is not None:
-            wmat, sel, gemm = fixed
+            _, wmat, sel, gemm = fixed
         else:
             # Weight tiles serve several CONVs in a row: check the WGT words once per LOAD into them.
             checked = self._wgt_checked.get(p.wkey) if planned else None
@@ -473,7 +476,7 @@ class Emulator:
                 wmat, sel = self._weight_matrix(p)
                 self._wgt_checked[p.wkey] = (self._wgt_clock, wmat, sel)
             if cells is not None:
-                cells[self._istep] = (wmat, sel, None)
+                cells[self._istep] = (self._wepoch, wmat, sel, None)
         cw = p.x.shape[2] if sel is None else len(sel)
         im = p.im2col.get(cw)
         if im is None:
@@ -487,7 +490,7 @@ class Emulator:
             np.copyto(copy_dst, copy_src)
         if fixed is not None and gemm is None:
             gemm = self._bound_gemm(wmat, cols)
-            cells[self._istep] = (wmat, sel, gemm)
+            cells[self._istep] = (self._wepoch, wmat, sel, gemm)
         return cols, wmat, gemm
 
     def _bound_gemm(self, wmat: np.ndarray, cols: np.ndarray):

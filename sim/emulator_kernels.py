@@ -24,7 +24,7 @@ from numba import njit
 from tessera.numerics import MAX_SHIFT, wrap32
 
 __all__ = ["ChannelParams", "Int8Gemm", "PreparedGemm", "ResidualParams", "gemm_float32", "requantize_into", "residual_into",
-           "store_accumulators"]
+           "store_accumulators", "copy_and_compare"]
 
 #: float64 represents every integer of magnitude below this exactly.
 _EXACT_F64 = float(1 << 53)
@@ -286,6 +286,22 @@ def store_accumulators(acc: np.ndarray, y: np.ndarray, accumulate: bool) -> None
     """CONV's write of GEMM rows ``y`` (int32 ``[pixel][block * M + channel]``) into ``acc``
     (``[block][pixel][channel]``): replacing, or adding with int32 wrap-around as the hardware's adders do."""
     _acc_store_kernel(acc, y, bool(accumulate))
+
+
+@njit(**_NJIT)
+def _copy_and_compare(dst, src, snap):
+    diff = 0
+    for r in range(src.shape[0]):
+        for c in range(src.shape[1]):
+            v = src[r, c]
+            dst[r, c] = v
+            diff |= v ^ snap[r, c]
+    return diff == 0
+
+
+def copy_and_compare(dst: np.ndarray, src: np.ndarray, snap: np.ndarray) -> bool:
+    """Copy uint8 ``src`` into ``dst`` (2-D, any strides) and tell whether ``src`` equals ``snap``, in one pass."""
+    return bool(_copy_and_compare(dst, src, snap))
 
 
 def _shifts(shift) -> np.ndarray:

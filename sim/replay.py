@@ -8,19 +8,25 @@ program writes over them (then every fetch would see the same word again).
 
 Within a replay, weights are known from memory: WGT words come only from
 LOADs, and the same LOADs run in the same order. When every word a CONV reads
-was loaded earlier in the run and no STORE writes where those LOADs read, each
-CONV meets the same weights as in the previous replay as long as those
-external-memory bytes are unchanged. One comparison of them per replay
-(whoever wrote memory, however) then replaces the check of every weight tile
-against the emulator's cache, and each CONV step keeps its weight matrix and
-that matrix's prepacked GEMM.
+was loaded earlier in the run, each CONV meets the same weights as in the
+previous replay as long as every WGT LOAD before it read the same bytes as
+then. So each WGT LOAD compares what it copies with what it read last time
+(whoever wrote memory, however, and whenever: a STORE of the same run too);
+while nothing differs, each CONV step keeps its weight matrix and that
+matrix's prepacked GEMM instead of checking its weight tile against the
+emulator's cache. A difference starts a new epoch, in which CONV steps
+rebuild theirs.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from tessera.isa import INSTR_BYTES, Buffer, Opcode
+
+from .emulator_kernels import copy_and_compare
 
 __all__ = ["Trace"]
 
@@ -37,10 +43,17 @@ class Trace:
         self.steps = [(e[4], e[0], e[8]) for e in order]
         # LOADs and STOREs that are one strided copy (and LOADs not into WGT, whose words the emulator
         # stamps) replay as that copy alone; their byte counts are added once per run.
+        self.known = _weights_known(emu.config, order)
+        self.wsnaps: list = []           # per WGT LOAD: the bytes it read last time
+        self.wcells = [None] * len(self.steps) if self.known else None
+        self.epoch = 0
         self.calls = []
         self.read_bytes = self.write_bytes = 0
         for fn, ins, p in self.steps:
-            if ins.op in (Opcode.LOAD, Opcode.STORE) and p.dst is not None and getattr(p, "wgt", None) is None:
+            if self.known and ins.op == Opcode.LOAD and ins.buf == Buffer.WGT:
+                self.calls.append((functools.partial(self._load_weights, emu, len(self.wsnaps)), ins, p))
+                self.wsnaps.append(None)
+            elif ins.op in (Opcode.LOAD, Opcode.STORE) and p.dst is not None and getattr(p, "wgt", None) is None:
                 self.calls.append((np.copyto, p.dst, p.src))
                 if ins.op == Opcode.LOAD:
                     self.read_bytes += p.total
@@ -53,9 +66,6 @@ class Trace:
             by_opcode[e[0].op.name] = by_opcode.get(e[0].op.name, 0) + 1
         by_opcode["END"] = 1
         self.by_opcode = by_opcode
-        self.wsrc = _weight_sources(emu.config, order)
-        self.wsnap = None
-        self.wcells = None
 
     @classmethod
     def record(cls, emu, prog_addr: int, end_pc: int, order: list):
@@ -74,12 +84,7 @@ class Trace:
     def replay(self, emu) -> None:
         """Execute the steps on ``emu``, leaving the same state as a full run."""
         emu._clocks = None
-        if self.wsrc is not None:
-            snap = self.wsnap
-            if snap is None or not all(_same_bytes(emu.dram[lo:hi], b) for (lo, hi), b in zip(self.wsrc, snap)):
-                self.wsnap = [emu.dram[lo:hi].copy() for lo, hi in self.wsrc]
-                self.wcells = [None] * len(self.steps)
-            emu._wcells = self.wcells
+        emu._wcells, emu._wepoch = self.wcells, self.epoch
         try:
             for emu._istep, (fn, a, b) in enumerate(self.calls):
                 fn(a, b)
@@ -89,33 +94,33 @@ class Trace:
         emu.stats.dram_write_bytes += self.write_bytes
 
 
-def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equality of two uint8 arrays of one length, compared 8 bytes at a time."""
-    n = a.size - a.size % 8
-    return np.array_equal(a[:n].view(np.uint64), b[:n].view(np.uint64)) and np.array_equal(a[n:], b[n:])
+    def _load_weights(self, emu, k: int, ins, p) -> None:
+        """WGT LOAD number ``k`` of the trace: the LOAD itself, and whether its bytes are the ones it read in
+        the previous replay (else CONV steps start over with their weight matrices)."""
+        snap = self.wsnaps[k]
+        if p.dst is not None and snap is not None:
+            same = copy_and_compare(p.dst, p.src, snap)
+            emu._wgt_clock += 1
+            emu._wgt_stamp[p.wgt] = emu._wgt_clock
+            emu.stats.dram_read_bytes += p.total
+        else:
+            emu.exec_load(ins, p)
+            same = snap is not None and np.array_equal(p.src, snap)
+        if not same:
+            if snap is not None:        # (the first replay takes its snapshots as its CONV steps start)
+                self.epoch += 1
+                emu._wepoch = self.epoch
+            self.wsnaps[k] = np.array(p.src)
 
 
-def _weight_sources(config, order: list):
-    """Merged external-memory ranges [lo, hi) that WGT LOADs of ``order`` read, or None where the weights
-    of a replay cannot be known from them (a CONV reads words no earlier LOAD wrote, or a STORE writes
-    where a WGT LOAD reads)."""
-    ranges, stores = [], []
+def _weights_known(config, order: list) -> bool:
+    """Whether every word a CONV of ``order`` reads from WGT was loaded earlier in the run (then the
+    weights of a replay are known from the bytes its WGT LOADs read)."""
     loaded = np.zeros(config.wbuf_words, bool)
     for e in order:
         ins, p = e[0], e[8]
         if ins.op == Opcode.LOAD and ins.buf == Buffer.WGT:
-            ranges.append((int(p.row_starts.min()), int(p.row_starts.max()) + p.nbytes))
             loaded[p.bidx] = True
-        elif ins.op == Opcode.STORE:
-            stores.append((int(p.row_starts.min()), int(p.row_starts.max()) + p.nbytes))
         elif ins.op == Opcode.CONV and not loaded[p.w_idx].all():
-            return None
-    merged: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if merged and lo <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    if any(lo < mh and ml < hi for lo, hi in stores for ml, mh in merged):
-        return None
-    return [(lo, hi) for lo, hi in merged]
+            return False
+    return True

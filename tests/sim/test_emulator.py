@@ -613,3 +613,34 @@ def test_replay_sees_weights_changed_in_memory_and_identical_conv_words_apart(sm
         assert emu._traces and (i < 2 or emu._traces[PROG].wcells is not None)
         if i in (2, 3):
             blocks_a = rng.integers(-128, 128, blocks_a.shape)
+
+
+def test_replay_sees_weights_a_store_of_the_same_run_wrote(small_config):
+    # The weights a CONV uses are stored into external memory earlier in the same run, from data that
+    # changes every run: each WGT LOAD of a replay must notice that its bytes differ from last time.
+    cfg = small_config
+    rng = np.random.default_rng(81)
+    ins, act, blocks, _ = conv_case(cfg, rng, in_h=4, in_w=5, in_cb=1, k=(1, 1), stride=(1, 1), dil=(1, 1),
+                                    pad=(0, 0), ob=1)
+    wbytes = len(pack_weights(blocks, cfg.weight_bits))
+    a_act, a_src, a_w, stage = DATA, DATA + 0x1000, DATA + 0x3000, 200
+    prog = [
+        Instruction("load", buf="act", dram_addr=a_act, rows=1, cols=len(act)),
+        Instruction("load", buf="act", dram_addr=a_src, buf_addr=stage, rows=1, cols=wbytes // cfg.lanes,
+                    signal=["store"]),
+        Instruction("store", wait=["load"], signal=["load"], buf="act", dram_addr=a_w, buf_addr=stage, rows=1,
+                    cols=wbytes // cfg.lanes),
+        Instruction("load", buf="wgt", wait=["store"], dram_addr=a_w, rows=1, cols=len(blocks), signal=["compute"]),
+        ins.replace(wait=["load"]),
+    ]
+    emu = Emulator(cfg)
+    emu.write(PROG, encode_program(prog + [Instruction("end")]))
+    n = ins.ob_count * ins.out_h * ins.out_w
+    for i in range(5):
+        writes = [(a_act, act.astype(np.int8).tobytes()),
+                  (a_src, pack_weights(rng.integers(-128, 128, blocks.shape), cfg.weight_bits))]
+        for addr, data in writes:
+            emu.write(addr, data)
+        emu.run(PROG)
+        fresh = run(cfg, prog, writes=writes)
+        np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:n], fresh.buffers[Buffer.ACC][:n], err_msg=str(i))

@@ -78,7 +78,7 @@ def qdq(fpath: Path, path: Path, calib: int) -> Path:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="sim")
-    ap.add_argument("--images", type=int, default=5)
+    ap.add_argument("--images", type=int, default=9)
     ap.add_argument("--calib", type=int, default=8)
     ap.add_argument("--out", help="also append the section to this file")
     args = ap.parse_args(argv)

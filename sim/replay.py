@@ -43,14 +43,14 @@ class Trace:
         self.steps = [(e[4], e[0], e[8]) for e in order]
         # LOADs and STOREs that are one strided copy (and LOADs not into WGT, whose words the emulator
         # stamps) replay as that copy alone; their byte counts are added once per run.
-        self.known = _weights_known(emu.config, order)
+        known = _weights_known(emu.config, order)
         self.wsnaps: list = []           # per WGT LOAD: the bytes it read last time
-        self.wcells = [None] * len(self.steps) if self.known else None
+        self.wcells = [None] * len(self.steps) if known else None
         self.epoch = 0
         self.calls = []
         self.read_bytes = self.write_bytes = 0
         for fn, ins, p in self.steps:
-            if self.known and ins.op == Opcode.LOAD and ins.buf == Buffer.WGT:
+            if known and ins.op == Opcode.LOAD and ins.buf == Buffer.WGT:
                 self.calls.append((functools.partial(self._load_weights, emu, len(self.wsnaps)), ins, p))
                 self.wsnaps.append(None)
             elif ins.op in (Opcode.LOAD, Opcode.STORE) and p.dst is not None and getattr(p, "wgt", None) is None:

@@ -23,14 +23,17 @@ from numba import njit
 
 from tessera.numerics import MAX_SHIFT, wrap32
 
-__all__ = ["ChannelParams", "Int8Gemm", "PreparedGemm", "ResidualParams", "gemm_float32", "requantize_into", "residual_into",
-           "store_accumulators", "copy_and_compare"]
-
-#: float64 represents every integer of magnitude below this exactly.
-_EXACT_F64 = float(1 << 53)
-#: Requantization shifts up to this make an inexact float64 product harmless (proof in _rounded).
-_SAFE_SHIFT = 44
-
+__all__ = [
+    "ChannelParams",
+    "Int8Gemm",
+    "PreparedGemm",
+    "ResidualParams",
+    "copy_and_compare",
+    "gemm_float32",
+    "requantize_into",
+    "residual_into",
+    "store_accumulators",
+]
 
 def gemm_float32(a_u8: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact ``(a_u8 - 128) @ b`` modulo 2**32 as int32, with float32 BLAS.
@@ -102,18 +105,7 @@ class Int8Gemm:
         return ok
 
     def _self_test_prepacked(self, m: int, k: int, n: int) -> bool:
-        for bv in (-128, 127):
-            sess = _gemm_session(np.full((k, n), bv, np.int8))
-            for av in (-128, 127):
-                got = sess.run(["Y"], {"A": np.full((m, k), av + 128, np.uint8)}, None)[0]
-                if not (got == int(wrap32(k * av * bv))).all():
-                    return False
-        rng = np.random.default_rng(k * 7919 + m * 31 + n + 1)
-        a = rng.integers(0, 256, (m, k), dtype=np.uint8)
-        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
-        want = (a.astype(np.float64) - 128) @ b.astype(np.float64)
-        got = _gemm_session(b).run(["Y"], {"A": a}, None)[0]
-        return got.dtype == np.int32 and np.array_equal(got, wrap32(want.astype(np.int64)))
+        return _exact_for_shape(lambda a, b: _gemm_session(b).run(["Y"], {"A": a}, None)[0], m, k, n, seed=1)
 
     def uses_onnxruntime(self, m: int, k: int, n: int) -> bool:
         """Whether shape (m, k, n) goes through onnxruntime (runs the self-test if not done yet)."""
@@ -124,19 +116,26 @@ class Int8Gemm:
         return self._shapes[(m, k, n)]
 
     def _self_test(self, m: int, k: int, n: int) -> bool:
-        # Constant operands at the int8 extremes make every pair of products extreme, so a kernel that
-        # saturates anywhere is caught; a random pair checks the index arithmetic of this shape.
-        for av, bv in ((-128, -128), (127, -128), (-128, 127), (127, 127)):
-            got = self._run({"A": np.full((m, k), av + 128, np.uint8), "B": np.full((k, n), bv, np.int8)})
-            if not (got == int(wrap32(k * av * bv))).all():
-                return False
-        rng = np.random.default_rng(k * 7919 + m * 31 + n)
-        a = rng.integers(0, 256, (m, k), dtype=np.uint8)
-        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
-        # |sums| < k * 2**14 < 2**53: float64 BLAS is exact here.
-        want = (a.astype(np.float64) - 128) @ b.astype(np.float64)
-        got = self._run({"A": a, "B": b})
-        return got.dtype == np.int32 and np.array_equal(got, wrap32(want.astype(np.int64)))
+        return _exact_for_shape(lambda a, b: self._run({"A": a, "B": b}), m, k, n, seed=0)
+
+
+def _exact_for_shape(product, m: int, k: int, n: int, seed: int) -> bool:
+    """Whether ``product(a_u8, b)`` equals ``(a_u8 - 128) @ b`` as int32 for shape (m, k, n).
+
+    Constant operands at the int8 extremes make every pair of products extreme, so a kernel that
+    saturates anywhere is caught; a random pair checks the index arithmetic of this shape.
+    """
+    for av, bv in ((-128, -128), (127, -128), (-128, 127), (127, 127)):
+        got = product(np.full((m, k), av + 128, np.uint8), np.full((k, n), bv, np.int8))
+        if not (got == int(wrap32(k * av * bv))).all():
+            return False
+    rng = np.random.default_rng(k * 7919 + m * 31 + n + seed)
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    # |sums| < k * 2**14 < 2**53: float64 BLAS is exact here.
+    want = (a.astype(np.float64) - 128) @ b.astype(np.float64)
+    got = product(a, b)
+    return got.dtype == np.int32 and np.array_equal(got, wrap32(want.astype(np.int64)))
 
 
 class PreparedGemm:

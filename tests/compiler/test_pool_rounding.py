@@ -32,18 +32,22 @@ def _pool_model(scale, zp):
     return m
 
 
-@pytest.mark.parametrize("zp", [-1, -2, 5])
-def test_avg_pool_ties_round_like_onnxruntime(zp):
-    scale = 0.0371
-    m = _pool_model(scale, zp)
+def _steps_from_onnxruntime(m, shape, scale, zp, seed):
+    """The quantized input relative to its zero point, and |NPU - onnxruntime| in steps, on a random input."""
     prog, _ = compile_model(m, PRESETS["sim"])
-    x = np.random.default_rng(0).uniform(-4, 4, (1, 32, 24, 24)).astype(np.float32)
+    x = np.random.default_rng(seed).uniform(-4, 4, shape).astype(np.float32)
     got = Runtime(prog).run({"x": x})["y"]
     want = ort_run(m, x)["y"]
     q = np.clip(np.rint(x / np.float32(scale)) + zp, -128, 127) - zp
+    return q, np.abs(got - want) / scale
+
+
+@pytest.mark.parametrize("zp", [-1, -2, 5])
+def test_avg_pool_ties_round_like_onnxruntime(zp):
+    scale = 0.0371
+    q, steps = _steps_from_onnxruntime(_pool_model(scale, zp), (1, 32, 24, 24), scale, zp, seed=0)
     s = q.reshape(1, 32, 12, 2, 12, 2).sum(axis=(3, 5))
     ties = s % 4 == 2
-    steps = np.abs(got - want) / scale
     assert ties.sum() > 500 and steps.max() <= 1.001
     # Every tie rounds as onnxruntime does (its float mean and quotient are exact here).
     assert (steps[ties] < 0.5).mean() >= 0.99, f"{(steps[ties] < 0.5).mean():.1%} of ties agree"
@@ -64,13 +68,7 @@ def _global_pool_model(scale, zp):
 def test_global_avg_pool_ties_round_relative_to_the_zero_point(zp):
     # QLinearGlobalAveragePool rounds mean - zp to even: the zero points stay as they are.
     scale = 0.0371
-    m = _global_pool_model(scale, zp)
-    prog, _ = compile_model(m, PRESETS["sim"])
-    x = np.random.default_rng(1).uniform(-4, 4, (1, 512, 2, 2)).astype(np.float32)
-    got = Runtime(prog).run({"x": x})["y"]
-    want = ort_run(m, x)["y"]
-    q = np.clip(np.rint(x / np.float32(scale)) + zp, -128, 127) - zp
+    q, steps = _steps_from_onnxruntime(_global_pool_model(scale, zp), (1, 512, 2, 2), scale, zp, seed=1)
     ties = q.sum(axis=(2, 3), keepdims=True) % 4 == 2
-    steps = np.abs(got - want) / scale
     assert ties.sum() > 80
     assert (steps[ties] < 0.5).mean() >= 0.99 and (steps[~ties] < 0.5).all()

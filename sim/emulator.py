@@ -41,7 +41,7 @@ from tessera.isa import (
     decode,
     mask_units,
 )
-from tessera.numerics import round_shift, unpack_weights
+from tessera.numerics import round_shift, scale_product, unpack_weights
 from tessera.program import Program
 
 from .emulator_kernels import (
@@ -692,7 +692,7 @@ class Emulator:
             np.copyto(p.out, y)
         else:
             total = y.astype(np.int64) - p.zp_in * p.taps
-            q = round_shift(total * p.mult, p.shift) + p.zp_out
+            q = round_shift(scale_product(total, p.mult), p.shift) + p.zp_out
             np.copyto(p.out, np.clip(q, -128, 127), casting="unsafe")
 
     def exec_sync(self, ins: Instruction, plan=None):

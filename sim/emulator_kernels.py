@@ -10,8 +10,8 @@ only faster ways to compute them than plain int64 numpy.
   self-test. The self-test exists because some MLAS kernels (x86 without
   VNNI) form pairs of u8×s8 products in saturating int16: every new shape is
   checked once on all-extreme operands, where such saturation cannot hide.
-- :func:`requantize_into` evaluates ``clamp(rnd(wrap32(acc + bias) * mult,
-  shift) + zp, lo, hi)``, :func:`residual_into` the residual form and
+- :func:`requantize_into` evaluates ``clamp(rnd(scale_product(wrap32(acc + bias),
+  mult), shift) + zp, lo, hi)``, :func:`residual_into` the residual form and
   :func:`store_accumulators` CONV's (wrapping) accumulator write, each as one
   numba-compiled loop in the int64 arithmetic of the definition itself.
 """
@@ -242,6 +242,12 @@ def _round_shift1(x, s):
 
 
 @njit(**_NJIT)
+def _round_sig1(x):
+    """tessera.numerics.round_sig of one int64: LLVM's int64 → float32 conversion rounds to nearest even."""
+    return np.int64(np.float32(x))
+
+
+@njit(**_NJIT)
 def _wrap32(x):
     return ((x + 2147483648) & 0xFFFFFFFF) - 2147483648
 
@@ -253,7 +259,7 @@ def _requantize_kernel(out, acc, bias, mult, shift, zp, lo, hi):
         for p in range(P):
             for c in range(M):
                 v = _wrap32(np.int64(acc[b, p, c]) + bias[b, c])
-                y = _round_shift1(v * mult[b, c], shift[b, c]) + zp
+                y = _round_shift1(_round_sig1(_round_sig1(v) * mult[b, c]), shift[b, c]) + zp
                 out[b, p, c] = min(max(y, lo), hi)
 
 
@@ -264,7 +270,7 @@ def _residual_kernel(out, acc, bias, mult, shift, r, zp_mid, zp_res, mult_a, mul
         for p in range(P):
             for c in range(M):
                 v = _wrap32(np.int64(acc[b, p, c]) + bias[b, c])
-                a = min(max(_round_shift1(v * mult[b, c], shift[b, c]) + zp_mid, -128), 127)
+                a = min(max(_round_shift1(_round_sig1(_round_sig1(v) * mult[b, c]), shift[b, c]) + zp_mid, -128), 127)
                 s = (a - zp_mid) * mult_a + (np.int64(r[b, p, c]) - zp_res) * mult_b
                 out[b, p, c] = min(max(_round_shift1(s, res_shift) + zp_out, lo), hi)
 
@@ -326,7 +332,7 @@ class ChannelParams:
 
 
 def requantize_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, zp: int, lo: int, hi: int) -> None:
-    """``out[...] = clamp(rnd(wrap32(acc + bias) * mult, shift) + zp, lo, hi)``.
+    """``out[...] = clamp(rnd(scale_product(wrap32(acc + bias), mult), shift) + zp, lo, hi)``.
 
     ``acc`` (int32) and ``out`` (int8, any strides) are ``[block][pixel][channel]``.
     """

@@ -41,6 +41,12 @@ def round_half_even_shift(v: int, shift: int) -> int:
     return round(Fraction(int(v), 1 << int(shift)))  # Python's round() on Fraction ties to even
 
 
+def round_significant(v: int, bits: int = 24) -> int:
+    """v rounded to ``bits`` significant bits, ties to even (what a float32 conversion does)."""
+    drop = max(abs(int(v)).bit_length() - bits, 0)
+    return round_half_even_shift(v, drop) << drop
+
+
 def requantize(acc, bias, mult, shift, zp, lo=-128, hi=127):
     """Elementwise reference of docs/numerics.md (acc: any int array; bias/mult/shift broadcast)."""
     acc = np.asarray(acc, dtype=np.int64)
@@ -49,7 +55,7 @@ def requantize(acc, bias, mult, shift, zp, lo=-128, hi=127):
     for i in np.ndindex(acc.shape):
         v = int(acc[i]) + int(bias[i])
         v = (v + 2**31) % 2**32 - 2**31
-        q = round_half_even_shift(v * int(mult[i]), min(int(shift[i]) & 63, 62))
+        q = round_half_even_shift(round_significant(round_significant(v) * int(mult[i])), min(int(shift[i]) & 63, 62))
         out[i] = min(max(q + zp, lo), hi)
     return out
 

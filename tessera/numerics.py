@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-__all__ = ["MAX_SHIFT", "round_shift", "wrap32", "requantize", "quantize_multiplier",
+__all__ = ["MAX_SHIFT", "SIG_BITS", "round_shift", "round_sig", "scale_product", "wrap32", "requantize",
+           "quantize_multiplier",
            "pack_weights", "unpack_weights", "weight_range"]
 
 #: Shift amounts are 6-bit fields; values above this behave as this.
@@ -31,6 +32,40 @@ def round_shift(x, s):
     return (x + np.where(s > 0, half - 1 + ((x >> s) & 1), 0)) >> s
 
 
+#: Significant bits of a float32 (its 24-bit mantissa); :func:`round_sig` keeps this many.
+SIG_BITS = 24
+
+
+def round_sig(x):
+    """``x`` rounded to :data:`SIG_BITS` significant bits, ties to even (int64, vectorized).
+
+    Integers below ``2**24`` in magnitude come back unchanged; larger ones lose their low
+    ``bit_length(|x|) - 24`` bits by :func:`round_shift` and get them back as zeros. This is the
+    rounding of a float32 conversion (IEEE round to nearest even), written in integers; the
+    sign is kept, since rounding half to even is symmetric. ``|x| < 2**62``.
+    """
+    x = np.asarray(x, dtype=np.int64)
+    mag = np.abs(x)
+    # bit_length of |x| from the float64 exponent is exact here: frexp's exponent of an integer
+    # 2**k <= |x| < 2**(k+1) is k+1, and float64 rounding of |x| can only reach 2**(k+1), never
+    # cross it downwards, so fix the one case where rounding carried into the next power.
+    _, e = np.frexp(mag.astype(np.float64))
+    e = e.astype(np.int64)
+    e = np.where((mag > 0) & ((np.int64(1) << np.maximum(e - 1, 0)) > mag), e - 1, e)
+    s = np.maximum(e - SIG_BITS, 0)
+    return round_shift(x, s) << s
+
+
+def scale_product(x, mult):
+    """``round_sig(round_sig(x) * mult)``: the product a float32 scale multiply produces.
+
+    onnxruntime requantizes with ``float32(x) * float32(scale)`` (MLAS); with ``mult`` a float32
+    mantissa (:func:`quantize_multiplier` of a float32 scale), this is that product exactly,
+    scaled by ``2**shift``. ``|x| < 2**31``, ``0 <= mult < 2**31``.
+    """
+    return round_sig(round_sig(x) * np.asarray(mult, np.int64))
+
+
 def wrap32(x):
     """Two's-complement wrap to int32 (as int64)."""
     x = np.asarray(x, dtype=np.int64)
@@ -38,9 +73,9 @@ def wrap32(x):
 
 
 def requantize(acc, bias, mult, shift, zp_out, lo=-128, hi=127):
-    """``clamp(round_shift(wrap32(acc + bias) * mult, shift) + zp_out, lo, hi)`` as int64."""
+    """``clamp(round_shift(scale_product(wrap32(acc + bias), mult), shift) + zp_out, lo, hi)`` as int64."""
     v = wrap32(np.asarray(acc, np.int64) + np.asarray(bias, np.int64))
-    q = round_shift(v * np.asarray(mult, np.int64), shift)
+    q = round_shift(scale_product(v, mult), shift)
     return np.minimum(np.maximum(q + zp_out, lo), hi)
 
 

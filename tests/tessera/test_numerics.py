@@ -1,11 +1,11 @@
 from fractions import Fraction
 
 import numpy as np
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tessera.numerics import (MAX_SHIFT, pack_weights, quantize_multiplier, requantize, round_shift,
-                              unpack_weights, wrap32)
+from tessera.numerics import (MAX_SHIFT, pack_weights, quantize_multiplier, requantize, round_shift, round_sig,
+                              scale_product, unpack_weights, wrap32)
 
 
 @given(st.integers(-(2**61), 2**61), st.integers(0, 63))
@@ -16,6 +16,32 @@ def test_round_shift_matches_exact_half_even(x, s):
 def test_round_shift_ties_go_to_even_both_signs():
     xs = np.array([1, 3, 5, -1, -3, -5, 2, -2])
     assert round_shift(xs, 1).tolist() == [0, 2, 2, 0, -2, -2, 1, -1]
+
+
+@given(st.integers(-(2**61), 2**61))
+def test_round_sig_keeps_24_significant_bits_half_even(x):
+    drop = max(abs(x).bit_length() - 24, 0)
+    assert int(round_sig(x)) == round(Fraction(x, 1 << drop)) * (1 << drop)
+
+
+def test_round_sig_is_float32_conversion_at_every_width():
+    # Ties at every bit position and both signs: the carry into the next power of two included.
+    xs = [s * ((1 << k) + d) for k in range(62) for d in (-1, 0, 1, (1 << max(k - 24, 0)) // 2) for s in (1, -1)]
+    xs = np.array(xs, np.int64)
+    np.testing.assert_array_equal(round_sig(xs), xs.astype(np.float32).astype(np.int64))
+
+
+@given(st.integers(-(2**31), 2**31 - 1), st.floats(2.0**-23, 8.0, width=32))
+# Near-ties the exact product rounds the other way (found by search), and an accumulator float32 cannot hold.
+@example(-267168, 0.007989355362951756)
+@example(898979, 0.0013387409271672368)
+@example(2**24 + 1, 1.0)
+def test_scale_product_rounds_as_onnxruntime_float32_multiply(v, scale):
+    # MLAS requantization: float32(acc) * float32 scale, then round half to even.
+    mult, shift = quantize_multiplier(scale)
+    want = np.rint(np.float32(v) * np.float32(scale))
+    if abs(want) < 2**40:
+        assert int(round_shift(scale_product(v, mult), shift)) == int(want)
 
 
 def test_wrap32_wraps_twos_complement():

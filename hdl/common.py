@@ -12,6 +12,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, Buffer, ErrorCode
+from tessera.numerics import SIG_BITS
 
 __all__ = [
     "ADDR_BITS",
@@ -25,6 +26,7 @@ __all__ = [
     "clamp",
     "log2",
     "round_shift",
+    "round_sig",
     "word_bits",
 ]
 
@@ -107,6 +109,41 @@ def round_shift(x, s, width: int):
     rem = x64 & mask
     up = (rem > half) | ((rem == half) & (s_eff != 0) & q[0])
     return (q + up)[:width].as_signed()
+
+
+def _bit_length(v):
+    """Position of ``v``'s highest set bit plus one (0 for 0), in log2(len(v)) levels of muxes."""
+    n = len(v)
+    if n == 1:
+        return v[0]
+    h = n // 2
+    hi, lo = v[h:], v[:h]
+    return Mux(hi.any(), h + _bit_length(hi), _bit_length(lo))
+
+
+def round_sig(x, width: int):
+    """docs/numerics.md's ``round_sig(x)``: ``x`` rounded to 24 significant bits, ties to even.
+
+    Works on the magnitude (half to even is symmetric): the bits below position
+    ``bit_length(|x|) - 24`` are cleared, and ``2**s`` added when they round up. Returns a signed
+    value of ``width`` bits; a positive result of ``2**(width - 1)`` (``|x|`` just below it rounding
+    up to the power of two) saturates to ``2**(width - 1) - 1``. Callers follow this with a rounding
+    shift of at most 62 and an int8 clamp, which give the same output for both.
+    """
+    w = len(x)
+    assert w <= 63, w
+    xs = x.as_signed()
+    neg = xs[-1]
+    mag = Mux(neg, -xs, xs).as_unsigned()[:w]          # |x| <= 2**(w-1) fits w bits
+    s = _bit_length(mag[SIG_BITS:]) if w > SIG_BITS else Const(0, 1)
+    mask = Const((1 << 64) - 1, 64) >> (64 - s).as_unsigned()[:7]   # the s bits below the kept ones
+    half = mask ^ (mask >> 1)
+    rem = mag & mask
+    up = (rem > half) | ((rem == half) & (s != 0) & (mag >> s)[0])
+    r = (mag & ~mask)[:w] + Mux(up, (half << 1)[:w + 1], 0)
+    limit = (1 << (width - 1)) - 1
+    pos = Mux(r > limit, limit, r)
+    return Mux(neg, -r, pos)[:width].as_signed()
 
 
 def clamp(x, lo, hi):

@@ -6,7 +6,7 @@ layout from :func:`tessera.isa.layout`.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Mux, unsigned
+from amaranth.hdl import Cat, Const, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -121,29 +121,33 @@ def _bit_length(v):
     return Mux(hi.any(), h + _bit_length(hi), _bit_length(lo))
 
 
-def round_sig(x, width: int):
+def round_sig(m, x, width: int):
     """docs/numerics.md's ``round_sig(x)``: ``x`` rounded to 24 significant bits, ties to even.
 
     Works on the magnitude (half to even is symmetric): the bits below position
     ``bit_length(|x|) - 24`` are cleared, and ``2**s`` added when they round up. Returns a signed
     value of ``width`` bits; a positive result of ``2**(width - 1)`` (``|x|`` just below it rounding
     up to the power of two) saturates to ``2**(width - 1) - 1``. Callers follow this with a rounding
-    shift of at most 62 and an int8 clamp, which give the same output for both.
+    shift of at most 62 and an int8 clamp, which give the same output for both. The intermediate
+    values are comb signals of ``m``: as one expression the bit-length tree would be copied into
+    every use, which Amaranth's simulator compiles very slowly.
     """
     w = len(x)
     assert w <= 63, w
     xs = x.as_signed()
     neg = xs[-1]
-    mag = Mux(neg, -xs, xs).as_unsigned()[:w]          # |x| <= 2**(w-1) fits w bits
-    s = _bit_length(mag[SIG_BITS:]) if w > SIG_BITS else Const(0, 1)
-    mask = Const((1 << 64) - 1, 64) >> (64 - s).as_unsigned()[:7]   # the s bits below the kept ones
-    half = mask ^ (mask >> 1)
+    mag = Signal(w)                                    # |x| <= 2**(w-1) fits w bits
+    s = Signal(range(w + 1))
+    m.d.comb += [mag.eq(Mux(neg, -xs, xs)), s.eq(_bit_length(mag[SIG_BITS:]) if w > SIG_BITS else 0)]
+    mask, half = Signal(64), Signal(64)
+    m.d.comb += [mask.eq(Const((1 << 64) - 1, 64) >> (64 - s).as_unsigned()[:7]),   # the s bits dropped
+                 half.eq(mask ^ (mask >> 1))]
     rem = mag & mask
     up = (rem > half) | ((rem == half) & (s != 0) & (mag >> s)[0])
-    r = (mag & ~mask)[:w] + Mux(up, (half << 1)[:w + 1], 0)
+    r = Signal(w + 1)
+    m.d.comb += r.eq((mag & ~mask)[:w] + Mux(up, (half << 1)[:w + 1], 0))
     limit = (1 << (width - 1)) - 1
-    pos = Mux(r > limit, limit, r)
-    return Mux(neg, -r, pos)[:width].as_signed()
+    return Mux(neg, -r, Mux(r > limit, limit, r))[:width].as_signed()
 
 
 def clamp(x, lo, hi):

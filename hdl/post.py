@@ -59,7 +59,8 @@ class EpilogueEngine(wiring.Component):
     """One ACT output word (``lanes`` channels) per ``lanes // post_lanes`` cycles through a fixed-latency pipeline.
 
     Stages: read ACC/PARAM/residual → select the word's channels → bias →
-    float32 rounding of the sum → 64-bit multiply → float32 rounding of the product → rounding shift → clamp or residual products → residual
+    float32 rounding of the sum and 64-bit multiply → float32 rounding of the
+    product and rounding shift → clamp or residual products → residual
     rounding shift → clamp → write. With ``post_lanes`` below ``lanes`` each
     cycle requantizes one group of ``post_lanes`` channels of the word, and the
     word is written with its last group.
@@ -102,7 +103,7 @@ class EpilogueEngine(wiring.Component):
                     m.d.sync += b.eq(b + 1)
                     with m.If(last_b):
                         m.d.sync += gen.eq(0)
-        depth = 14
+        depth = 12
         drain = _Drain(m, depth, gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
@@ -156,9 +157,9 @@ class EpilogueEngine(wiring.Component):
                              L["mult"].eq(prmw[96 * n + 32:96 * n + 64]), L["shift"].eq(prmw[96 * n + 64:96 * n + 70]),
                              L["r"].eq(resw[8 * n:8 * n + 8])]
                 lanes.append(L)
-            # S3 .. S10, per lane.
+            # S3 .. S8, per lane.
             v, oa, gs, lgs = [v2], [oa2], [g2], [lg2]
-            for _ in range(8):
+            for _ in range(6):
                 nv, no = Signal(), Signal(16)
                 m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
                 v.append(nv)
@@ -172,16 +173,13 @@ class EpilogueEngine(wiring.Component):
             for n, L in enumerate(lanes):
                 s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
                 m.d.sync += [s3v.eq((L["acc"] + L["bias"])[:32]), s3m.eq(L["mult"]), s3s.eq(L["shift"]), s3r.eq(L["r"])]
-                # scale_product(v, mult) = round_sig(round_sig(v) * mult), one stage per rounding.
-                f3v, f3m, f3s, f3r = Signal(signed(33)), Signal(signed(32)), Signal(6), Signal(signed(8))
-                m.d.sync += [f3v.eq(round_sig(s3v, 33)), f3m.eq(s3m), f3s.eq(s3s), f3r.eq(s3r)]
+                # scale_product(v, mult) = round_sig(round_sig(v) * mult): each rounding shares a stage
+                # (with the multiply, with the rounding shift), so the pipeline keeps its depth and timing.
                 # |round_sig(v)| <= 2**31 and mult < 2**31: 63 bits hold the product.
-                p4, p4s, p4r = Signal(signed(63)), Signal(6), Signal(signed(8))
-                m.d.sync += [p4.eq(f3v * f3m), p4s.eq(f3s), p4r.eq(f3r)]
                 s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
-                m.d.sync += [s4p.eq(round_sig(p4, 63)), s4s.eq(p4s), s4r.eq(p4r)]
+                m.d.sync += [s4p.eq(round_sig(m, s3v, 33) * s3m), s4s.eq(s3s), s4r.eq(s3r)]
                 s5q, s5r = Signal(signed(63)), Signal(signed(8))
-                m.d.sync += [s5q.eq(round_shift(s4p, s4s, 63)), s5r.eq(s4r)]
+                m.d.sync += [s5q.eq(round_shift(round_sig(m, s4p, 63), s4s, 63)), s5r.eq(s4r)]
                 s6y, s6s = Signal(signed(8)), Signal(signed(48))
                 a = Signal(signed(9), name=f"a{n}")
                 m.d.comb += a.eq(clamp(s5q + ins.zp_mid, -128, 127))
@@ -262,7 +260,7 @@ class PoolEngine(wiring.Component):
                         m.d.sync += oy.eq(oy + 1)
                         with m.If(last_y):
                             m.d.sync += gen.eq(0)
-        drain = _Drain(m, 11 + (G if G > 1 else 0), gen, self.done)
+        drain = _Drain(m, 10 + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
         def carry(prev):
@@ -324,25 +322,19 @@ class PoolEngine(wiring.Component):
                     lanes.append((lm, ls))
                 s6v, s6a, s6g = Signal(), Signal(16), Signal(range(G))
                 m.d.sync += [s6v.eq(bv), s6a.eq(ba), s6g.eq(bg)]
-                f6v, f6a, f6g = Signal(), Signal(16), Signal(range(G))
-                m.d.sync += [f6v.eq(s6v), f6a.eq(s6a), f6g.eq(s6g)]
                 s7v, s7a, s7g, s8v, s8a, s8g = Signal(), Signal(16), Signal(range(G)), Signal(), Signal(16), Signal(range(G))
-                m.d.sync += [s7v.eq(f6v), s7a.eq(f6a), s7g.eq(f6g), s8v.eq(s7v), s8a.eq(s7a), s8g.eq(s7g)]
+                m.d.sync += [s7v.eq(s6v), s7a.eq(s6a), s7g.eq(s6g), s8v.eq(s7v), s8a.eq(s7a), s8g.eq(s7g)]
             else:
                 lanes = s5
                 s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
-                f6v, f6a = Signal(), Signal(16)
-                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), f6v.eq(s6v), f6a.eq(s6a), s7v.eq(f6v), s7a.eq(f6a),
-                             s8v.eq(s7v), s8a.eq(s7a)]
+                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
             ys = []
             for lm, ls in lanes:
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s6m.eq(lm), s6p.eq(ls * ins.mult)]
-                # scale_product(sum, mult): the 20-bit sum is already exact in float32, the product is rounded.
-                f6m, f6p = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [f6m.eq(s6m), f6p.eq(round_sig(s6p, 56))]
+                # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s7m.eq(f6m), s7q.eq(round_shift(f6p, ins.shift, 56))]
+                m.d.sync += [s7m.eq(s6m), s7q.eq(round_shift(round_sig(m, s6p, 56), ins.shift, 56))]
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(s7q + ins.zp_out, -128, 127)))
                 ys.append(s8y)

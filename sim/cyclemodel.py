@@ -44,8 +44,8 @@ class Timing:
     All counts are from a unit's start pulse to the first cycle a dependent can start.
     """
     conv_overhead: int = 15       # FSM to RUN (2) + MAC pipeline drain (8 + log2 lanes) + hand-back (1)
-    epilogue_overhead: int = 19   # FSM (2) + engine start + 14-stage pipeline drain + hand-back
-    pool_overhead: int = 16       # FSM (2) + engine start + 11-stage pipeline drain + hand-back
+    epilogue_overhead: int = 17   # FSM (2) + engine start + 12-stage pipeline drain + hand-back
+    pool_overhead: int = 15       # FSM (2) + engine start + 10-stage pipeline drain + hand-back
     load_overhead: int = 4        # FSM (2) + last response → inflight empty → done → hand-back
     store_overhead: int = 3       # FSM (2) + last beat accepted → done
     sync_cycles: int = 1

@@ -75,7 +75,7 @@ class _Sig(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += [self.y63.eq(round_sig(self.x63, 63)), self.y33.eq(round_sig(self.x32, 33))]
+        m.d.comb += [self.y63.eq(round_sig(m, self.x63, 63)), self.y33.eq(round_sig(m, self.x32, 33))]
         return m
 
 

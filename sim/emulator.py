@@ -48,6 +48,7 @@ from .emulator_kernels import (
     ChannelParams,
     Int8Gemm,
     ResidualParams,
+    acc_store,
     requantize_into,
     residual_into,
     store_accumulators,
@@ -563,6 +564,38 @@ class Emulator:
             gemm = self._bound_gemm(wmat, cols)
             cells[self._istep] = (self._wepoch, wmat, sel, gemm)
         return cols, wmat, gemm
+
+    def _conv_runner(self, p, cell, epoch: int):
+        """CONV step ``p`` of a replay that skips its weight loads as one call ``run(_, _)`` (operands, bound GEMM,
+        accumulator write; the MACs are counted by the caller), once its ``cell`` of epoch ``epoch`` holds a
+        bound GEMM; else None."""
+        if cell is None or cell[0] != epoch or cell[3] is None:
+            return None
+        _, wmat, sel, gemm = cell
+        im = p.im2col.get(p.x.shape[2] if sel is None else len(sel))
+        if im is None:
+            return None
+        xsel, xor_src, xor_dst, copy_src, copy_dst, _ = im
+        x, acc, accumulate, xor, copy, take = p.x, p.acc, bool(p.accumulate), np.bitwise_xor, np.copyto, np.take
+        if sel is None and copy_src is None:
+            def run(_a, _b):
+                xor(xor_src, 0x80, out=xor_dst)
+                acc_store(acc, gemm(), accumulate)
+        elif sel is None and xor_src is not None:
+            def run(_a, _b):
+                xor(xor_src, 0x80, out=xor_dst)
+                copy(copy_dst, copy_src)
+                acc_store(acc, gemm(), accumulate)
+        else:
+            def run(_a, _b):
+                if sel is not None:
+                    take(x, sel, axis=2, out=xsel)
+                if xor_src is not None:
+                    xor(xor_src, 0x80, out=xor_dst)
+                if copy_src is not None:
+                    copy(copy_dst, copy_src)
+                acc_store(acc, gemm(), accumulate)
+        return run
 
     def _bound_gemm(self, wmat: np.ndarray, cols: np.ndarray):
         """The GEMM of ``cols`` (a fixed operand buffer) by ``wmat``, prepacked once per matrix within a memory

@@ -677,6 +677,7 @@ def test_replay_skips_unchanged_weight_loads_and_the_wgt_buffer_shows_a_full_run
         if i == 2:
             emu.write(a_wa, writes[a_wa])               # the same bytes again: nothing changed
         if i == 4:
+            assert emu._pending == [trace]
             before = _fresh_run(cfg, prog, writes.items())
             writes[a_wb] = pack_weights(rng.integers(-128, 128, blocks_a.shape), cfg.weight_bits)
             emu.write(a_wb, writes[a_wb])
@@ -688,14 +689,16 @@ def test_replay_skips_unchanged_weight_loads_and_the_wgt_buffer_shows_a_full_run
         fresh = _fresh_run(cfg, prog, writes.items())
         np.testing.assert_array_equal(emu._bufs[Buffer.ACC][:2 * n], fresh._bufs[Buffer.ACC][:2 * n], err_msg=str(i))
         assert emu.stats.dram_read_bytes == fresh.stats.dram_read_bytes
-        if i % 2:
+        if i in (1, 5):
             np.testing.assert_array_equal(emu.buffers[Buffer.WGT], fresh.buffers[Buffer.WGT], err_msg=str(i))
             assert emu._pending == []
 
 
-def test_replay_sees_weights_another_programs_store_wrote(small_config):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_replay_sees_weights_another_programs_store_wrote(small_config, overlap):
     # A second program STOREs new weight bytes over those the first one's WGT LOADs read: the next replay of
-    # the first program must load them, though it had been skipping its WGT LOADs.
+    # the first program must load them, though it had been skipping its WGT LOADs. With ``overlap`` the STORE's
+    # two rows overlap in memory (the second wins), which takes the STORE's row-by-row path.
     cfg = small_config
     rng = np.random.default_rng(92)
     ins, act, blocks, _ = conv_case(cfg, rng, in_h=4, in_w=5, in_cb=1, k=(1, 1), stride=(1, 1), dil=(1, 1),
@@ -705,10 +708,21 @@ def test_replay_sees_weights_another_programs_store_wrote(small_config):
     prog = [Instruction("load", buf="act", dram_addr=a_act, rows=1, cols=len(act)),
             Instruction("load", buf="wgt", dram_addr=a_w, rows=1, cols=len(blocks), signal=["compute"]),
             ins.replace(wait=["load"])]
-    copy = [Instruction("load", buf="act", dram_addr=a_src, buf_addr=stage, rows=1, cols=wbytes // cfg.lanes,
+    if overlap:
+        # Rows of 3/4 of the weight bytes, a quarter apart: together exactly the weight bytes.
+        row, step = 3 * wbytes // 4, wbytes // 4
+        assert row % cfg.lanes == 0 and step % cfg.lanes == 0
+        src_bytes = 2 * row
+        store = dict(rows=2, cols=row // cfg.lanes, dram_stride=step, buf_stride=row // cfg.lanes)
+    else:
+        src_bytes, store = wbytes, dict(rows=1, cols=wbytes // cfg.lanes)
+    copy = [Instruction("load", buf="act", dram_addr=a_src, buf_addr=stage, rows=1, cols=src_bytes // cfg.lanes,
                         signal=["store"]),
-            Instruction("store", wait=["load"], buf="act", dram_addr=a_w, buf_addr=stage, rows=1,
-                        cols=wbytes // cfg.lanes)]
+            Instruction("store", wait=["load"], buf="act", dram_addr=a_w, buf_addr=stage, **store)]
+
+    def stored(src: bytes) -> bytes:
+        return src[:step] + src[row:] if overlap else src
+
     weights = pack_weights(blocks, cfg.weight_bits)
     emu = _fresh_run(cfg, prog, [(a_act, act.astype(np.int8).tobytes()), (a_w, weights)])
     emu.write(prog_b, encode_program(copy + [Instruction("end")]))
@@ -716,11 +730,14 @@ def test_replay_sees_weights_another_programs_store_wrote(small_config):
     emu.run(PROG)
     assert emu._pending == [emu._traces[PROG]]
     n = ins.ob_count * ins.out_h * ins.out_w
+    src = bytes(rng.integers(0, 256, src_bytes, dtype=np.uint8))
     for i in range(5):
         if i != 2:                                      # (once the same bytes again)
-            weights = pack_weights(rng.integers(-128, 128, blocks.shape), cfg.weight_bits)
-        emu.write(a_src, weights)
+            src = bytes(rng.integers(0, 256, src_bytes, dtype=np.uint8))
+        emu.write(a_src, src)
         emu.run(prog_b)
+        weights = stored(src)
+        assert emu.read(a_w, wbytes) == weights
         emu.run(PROG)
         assert emu._pending == ([emu._traces[PROG]] if i == 2 else []), i
         if i == 2:
@@ -730,7 +747,6 @@ def test_replay_sees_weights_another_programs_store_wrote(small_config):
         fresh = _fresh_run(cfg, prog, [(a_act, act.astype(np.int8).tobytes()), (a_w, weights)])
         np.testing.assert_array_equal(emu._bufs[Buffer.ACC][:n], fresh._bufs[Buffer.ACC][:n], err_msg=str(i))
         np.testing.assert_array_equal(emu.buffers[Buffer.WGT], fresh.buffers[Buffer.WGT], err_msg=str(i))
-        assert emu.read(a_w, wbytes) == weights
 
 
 def test_external_memory_changes_only_through_write_and_store(small_config):

@@ -91,6 +91,14 @@ class Emulator:
     gemm : {"auto", "onnxruntime", "float32"}
         How CONV's exact int8 GEMM is computed (see :class:`~tessera.sim.emulator_kernels.Int8Gemm`);
         every choice gives the same bits.
+
+    Attributes
+    ----------
+    dram : ndarray
+        External memory (uint8), a read-only view: it changes only through :meth:`write` and STOREs, which is
+        how replays learn of changed weights (:mod:`tessera.sim.replay`).
+    buffers : dict
+        The on-chip buffers by :class:`~tessera.isa.Buffer` (ACT, WGT, ACC, PARAM), as a full run leaves them.
     """
 
     def __init__(self, config: NpuConfig, *, check_hazards: bool = False, gemm: str = "auto"):

@@ -48,6 +48,7 @@ from .emulator_kernels import (
     ChannelParams,
     Int8Gemm,
     ResidualParams,
+    acc_store,
     requantize_into,
     residual_into,
     store_accumulators,
@@ -90,18 +91,31 @@ class Emulator:
     gemm : {"auto", "onnxruntime", "float32"}
         How CONV's exact int8 GEMM is computed (see :class:`~tessera.sim.emulator_kernels.Int8Gemm`);
         every choice gives the same bits.
+
+    Attributes
+    ----------
+    dram : ndarray
+        External memory (uint8), a read-only view: it changes only through :meth:`write` and STOREs, which is
+        how replays learn of changed weights (:mod:`tessera.sim.replay`).
+    buffers : dict
+        The on-chip buffers by :class:`~tessera.isa.Buffer` (ACT, WGT, ACC, PARAM), as a full run leaves them.
     """
 
     def __init__(self, config: NpuConfig, *, check_hazards: bool = False, gemm: str = "auto"):
         self.config = c = config
         self.check_hazards = check_hazards
-        self.dram = np.zeros(c.dram_bytes, dtype=np.uint8)
-        self.buffers = {
+        # External memory: written only through write() and STOREs (``dram`` is a read-only view), so that
+        # replays learn which weight bytes changed without reading them (see tessera.sim.replay).
+        self._mem = np.zeros(c.dram_bytes, dtype=np.uint8)
+        self.dram = self._mem.view()
+        self.dram.flags.writeable = False
+        self._bufs = {
             Buffer.ACT: np.zeros((c.abuf_words, c.lanes), dtype=np.int8),
             Buffer.WGT: np.zeros((c.wbuf_words, c.rows, c.lanes), dtype=np.int8),
             Buffer.ACC: np.zeros((c.accbuf_words, c.rows), dtype=np.int32),
             Buffer.PARAM: np.zeros((c.pbuf_words, c.rows, len(PARAM_FIELDS)), dtype=np.int32),
         }
+        self.buffers = _Buffers(self)
         self._exec = {op: getattr(self, f"exec_{op.name.lower()}") for op in Opcode}
         self._plan = {op: getattr(self, f"_plan_{op.name.lower()}", _no_plan) for op in Opcode}
         self._decoded: dict[bytes, list | None] = {}
@@ -124,21 +138,67 @@ class Emulator:
         self._wcells: list | None = None
         self._wepoch = 0
         self._istep = 0
+        # Traces that skip their WGT LOADs while the bytes those read are unchanged, and those whose skipped
+        # LOADs the WGT buffer does not hold yet, in the order they ran (applied, in that order, before
+        # anything reads the buffer, loads into it, or changes the bytes they read).
+        self._watchers: list = []
+        self._pending: list = []
+        self._watch_version = 0
         self.stats = RunStats()
 
     # ---- host access ----------------------------------------------------------
 
     def write(self, addr: int, data) -> None:
-        data = np.frombuffer(bytes(data), dtype=np.uint8)
+        """Write bytes (or a numpy array's bytes) into external memory at ``addr``; the only way in from
+        outside (``dram`` is read-only)."""
+        if isinstance(data, np.ndarray):
+            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        else:
+            data = np.frombuffer(bytes(data), dtype=np.uint8)
         if addr < 0 or addr + data.size > self.dram.size:
             raise ValueError(f"write of {data.size} bytes at 0x{addr:x} is outside external memory "
                              f"({self.dram.size} bytes)")
-        self.dram[addr:addr + data.size] = data
+        dst = self._mem[addr:addr + data.size]
+        if self._watchers and self._watched(addr, addr + data.size):
+            self._notice(dst[None], data[None], np.array([addr]))
+        dst[...] = data
 
     def read(self, addr: int, n: int) -> bytes:
         if addr < 0 or addr + n > self.dram.size:
             raise ValueError(f"read of {n} bytes at 0x{addr:x} is outside external memory")
         return self.dram[addr:addr + n].tobytes()
+
+    def _watched(self, lo: int, hi: int) -> list:
+        """The traces that watch some of external memory's bytes [lo, hi) (see tessera.sim.replay)."""
+        return [t for t in self._watchers if t.watches(lo, hi)]
+
+    def _notice(self, old: np.ndarray, new: np.ndarray, starts: np.ndarray) -> None:
+        """Before rows ``old`` of external memory (row r at address ``starts[r]``) take the values ``new``:
+        traces whose weight bytes change load again in their next replay, and the WGT LOADs replays skipped
+        are applied first while they can still read the bytes they would have read."""
+        rows, cols = np.nonzero(old != new)
+        if rows.size:
+            changed = np.sort(starts[rows] + cols)
+            hits = [t for t in self._watchers if t.changes(changed)]
+            if self._pending and any(t in self._pending for t in hits):
+                self._materialize()
+            for t in hits:
+                t.clean = False
+
+    def _materialize(self) -> None:
+        """Apply the WGT LOADs that replays skipped to the WGT buffer (the bytes they read are unchanged).
+        Only the order of each trace's last replay matters: its LOADs overwrite those of earlier ones."""
+        pending, self._pending = self._pending, []
+        for trace in pending:
+            for ins, p in trace.wgt_loads:
+                self._load_copy(ins, p)
+
+    def _watch(self, trace) -> None:
+        """Make ``trace`` the watcher for its program address (in place of an earlier trace there), if it watches."""
+        self._watchers = [t for t in self._watchers if t is not trace and t.prog_addr != trace.prog_addr]
+        if trace.known:
+            self._watchers.append(trace)
+        self._watch_version += 1
 
     def load_program(self, program: Program) -> None:
         program.check_config(self.config)
@@ -162,6 +222,7 @@ class Emulator:
             self.stats.by_opcode = dict(trace.by_opcode)
             self.stats.seconds = time.perf_counter() - t0
             return self.stats
+        self._materialize()
         order = [] if not self.check_hazards else None
         nu = len(Unit)
         queues = [deque() for _ in range(nu)]
@@ -238,6 +299,7 @@ class Emulator:
             trace = Trace.record(self, prog_addr, pc, order)
             if trace is not None:
                 self._traces[prog_addr] = trace
+                self._watch(trace)
         self.stats.seconds = time.perf_counter() - t0
         return self.stats
 
@@ -336,7 +398,7 @@ class Emulator:
     def _dram_rows(self, ins: Instruction, nbytes: int) -> np.ndarray:
         """Strided view of the transfer's rows in external memory (bounds checked by _dma_geometry)."""
         stride = ins.dram_stride if ins.rows > 1 else nbytes
-        return np.lib.stride_tricks.as_strided(self.dram[ins.dram_addr:], shape=(ins.rows, nbytes),
+        return np.lib.stride_tricks.as_strided(self._mem[ins.dram_addr:], shape=(ins.rows, nbytes),
                                                strides=(stride, 1), writeable=True)
 
     def _dram_words(self, row_starts, nbytes):
@@ -359,7 +421,7 @@ class Emulator:
         wb, bidx, row_starts = self._dma_geometry(ins)
         p = _Plan(bidx=bidx, row_starts=row_starts, nbytes=ins.cols * wb, total=ins.rows * ins.cols * wb, dst=None)
         p.src = self._dram_rows(ins, p.nbytes)
-        buf = self.buffers[ins.buf]
+        buf = self._bufs[ins.buf]
         # Bytes land in the buffer unchanged (no weight unpacking, little-endian int32 parameters):
         # one strided copy, unless buffer rows overlap (then the index form below keeps numpy's order).
         raw_bytes = (ins.buf != Buffer.WGT or c.weight_bits == 8) and sys.byteorder == "little"
@@ -376,6 +438,11 @@ class Emulator:
         if p.wgt is not None:
             self._wgt_clock += 1
             self._wgt_stamp[p.wgt] = self._wgt_clock
+        self._load_copy(ins, p)
+        self.stats.dram_read_bytes += p.total
+
+    def _load_copy(self, ins: Instruction, p) -> None:
+        """The data movement of LOAD ``ins`` (plan ``p``)."""
         if p.dst is not None:
             np.copyto(p.dst, p.src)
         else:
@@ -388,19 +455,19 @@ class Emulator:
             else:
                 words = raw.reshape(-1).view("<i4").reshape(ins.rows, ins.cols, c.rows, len(PARAM_FIELDS))
             if isinstance(p.bidx, slice):
-                self.buffers[ins.buf][p.bidx] = words.reshape((ins.rows * ins.cols,) + words.shape[2:])
+                self._bufs[ins.buf][p.bidx] = words.reshape((ins.rows * ins.cols,) + words.shape[2:])
             else:
-                self.buffers[ins.buf][p.bidx] = words
-        self.stats.dram_read_bytes += p.total
+                self._bufs[ins.buf][p.bidx] = words
 
     def _plan_store(self, ins: Instruction):
         if ins.buf != Buffer.ACT:
             self._fail(ErrorCode.BAD_FIELD, f"store: buf={ins.buf.name.lower()}; only act can be stored")
         wb, bidx, row_starts = self._dma_geometry(ins)
         nbytes = ins.cols * wb
-        p = _Plan(bidx=bidx, row_starts=row_starts, nbytes=nbytes, total=ins.rows * nbytes, dst=None)
+        p = _Plan(bidx=bidx, row_starts=row_starts, nbytes=nbytes, total=ins.rows * nbytes, dst=None,
+                  lo=ins.dram_addr, hi=ins.dram_addr + (ins.rows - 1) * ins.dram_stride + nbytes)
         # Reading overlapping buffer rows is harmless, so the source is always one strided view.
-        p.src = _byte_rows(self.buffers[Buffer.ACT], wb, ins.buf_addr, ins.rows, ins.buf_stride, nbytes)
+        p.src = _byte_rows(self._bufs[Buffer.ACT], wb, ins.buf_addr, ins.rows, ins.buf_stride, nbytes)
         if ins.rows == 1 or ins.dram_stride >= nbytes:
             p.dst = self._dram_rows(ins, nbytes)
         return p
@@ -410,14 +477,24 @@ class Emulator:
         if self._clocks is not None:
             self._touch(Buffer.ACT, p.bidx, False)
             self._touch(None, self._dram_words(p.row_starts, p.nbytes), True)
+        watched = self._watchers and self._watched(p.lo, p.hi)
         if p.dst is not None:
+            if watched:
+                self._notice(p.dst, p.src, p.row_starts)
             np.copyto(p.dst, p.src)
         else:
             # Rows are written in order, so overlapping rows end with the last one.
             data = p.src.copy()
+            if watched:
+                # What the rows leave, before they are written.
+                new = self._mem[p.lo:p.hi].copy()
+                for r in range(ins.rows):
+                    s = int(p.row_starts[r]) - p.lo
+                    new[s:s + p.nbytes] = data[r]
+                self._notice(self._mem[None, p.lo:p.hi], new[None], np.array([p.lo]))
             for r in range(ins.rows):
                 s = int(p.row_starts[r])
-                self.dram[s:s + p.nbytes] = data[r]
+                self._mem[s:s + p.nbytes] = data[r]
         self.stats.dram_write_bytes += p.total
 
     def _plan_conv(self, ins: Instruction):
@@ -431,9 +508,9 @@ class Emulator:
                   acc_idx=self._span(Buffer.ACC, ins.acc_addr, ins.ob_count * P, "conv accumulators"),
                   ins=ins, accumulate=ins.accumulate, im2col={})
         # uint8 view of the int8 input: XOR 0x80 turns int8 v into uint8 v + 128, the GEMM's A operand.
-        p.x = self.buffers[Buffer.ACT].view(np.uint8)[p.in_idx].reshape(ins.in_h, ins.in_w, cw)
-        p.w = self.buffers[Buffer.WGT][p.w_idx].reshape(ins.ob_count, taps, ins.in_cb, M, N)
-        p.acc = self.buffers[Buffer.ACC][p.acc_idx].reshape(ins.ob_count, P, M)
+        p.x = self._bufs[Buffer.ACT].view(np.uint8)[p.in_idx].reshape(ins.in_h, ins.in_w, cw)
+        p.w = self._bufs[Buffer.WGT][p.w_idx].reshape(ins.ob_count, taps, ins.in_cb, M, N)
+        p.acc = self._bufs[Buffer.ACC][p.acc_idx].reshape(ins.ob_count, P, M)
         # Few input channels: check which carry weights at all (channel padding to the lane width).
         p.trim = cw <= 64
         wb = p.w.reshape(-1).view(np.uint8)
@@ -468,6 +545,9 @@ class Emulator:
         if fixed is not None:
             _, wmat, sel, gemm = fixed
         else:
+            if self._pending:
+                raise RuntimeError("emulator: a CONV step without its weight matrix in a replay that skipped "
+                                   "its weight loads")
             # Weight tiles serve several CONVs in a row: check the WGT words once per LOAD into them.
             checked = self._wgt_checked.get(p.wkey) if planned else None
             if checked is not None and self._wgt_stamp[p.w_idx].max() <= checked[0]:
@@ -492,6 +572,38 @@ class Emulator:
             gemm = self._bound_gemm(wmat, cols)
             cells[self._istep] = (self._wepoch, wmat, sel, gemm)
         return cols, wmat, gemm
+
+    def _conv_runner(self, p, cell, epoch: int):
+        """CONV step ``p`` of a replay that skips its weight loads as one call ``run(_, _)`` (operands, bound GEMM,
+        accumulator write; the MACs are counted by the caller), once its ``cell`` of epoch ``epoch`` holds a
+        bound GEMM; else None."""
+        if cell is None or cell[0] != epoch or cell[3] is None:
+            return None
+        _, wmat, sel, gemm = cell
+        im = p.im2col.get(p.x.shape[2] if sel is None else len(sel))
+        if im is None:
+            return None
+        xsel, xor_src, xor_dst, copy_src, copy_dst, _ = im
+        x, acc, accumulate, xor, copy, take = p.x, p.acc, bool(p.accumulate), np.bitwise_xor, np.copyto, np.take
+        if sel is None and copy_src is None:
+            def run(_a, _b):
+                xor(xor_src, 0x80, out=xor_dst)
+                acc_store(acc, gemm(), accumulate)
+        elif sel is None and xor_src is not None:
+            def run(_a, _b):
+                xor(xor_src, 0x80, out=xor_dst)
+                copy(copy_dst, copy_src)
+                acc_store(acc, gemm(), accumulate)
+        else:
+            def run(_a, _b):
+                if sel is not None:
+                    take(x, sel, axis=2, out=xsel)
+                if xor_src is not None:
+                    xor(xor_src, 0x80, out=xor_dst)
+                if copy_src is not None:
+                    copy(copy_dst, copy_src)
+                acc_store(acc, gemm(), accumulate)
+        return run
 
     def _bound_gemm(self, wmat: np.ndarray, cols: np.ndarray):
         """The GEMM of ``cols`` (a fixed operand buffer) by ``wmat``, prepacked once per matrix within a memory
@@ -606,12 +718,12 @@ class Emulator:
             else:
                 p.r_idx = self._buf_index(Buffer.ACT, ins.res_addr + self._block_words(P, ob, ins.res_stride),
                                           "epilogue residual")
-            p.r = _act_blocks(self.buffers[Buffer.ACT], ins.res_addr, ins.res_stride, ob, P, M)
+            p.r = _act_blocks(self._bufs[Buffer.ACT], ins.res_addr, ins.res_stride, ob, P, M)
             p.res = ResidualParams(ins.zp_mid, ins.zp_res, ins.res_mult_a, ins.res_mult_b, ins.res_shift)
-        p.acc = self.buffers[Buffer.ACC][p.acc_idx].reshape(ob, P, M)
-        p.prm = self.buffers[Buffer.PARAM][p.p_idx]                 # [block][channel][field]
+        p.acc = self._bufs[Buffer.ACC][p.acc_idx].reshape(ob, P, M)
+        p.prm = self._bufs[Buffer.PARAM][p.p_idx]                 # [block][channel][field]
         # [block][pixel][channel] of the output words; overlapping pixels keep the index form's order.
-        p.out = (_act_blocks(self.buffers[Buffer.ACT], ins.out_addr, ins.out_stride, ob, P, M)
+        p.out = (_act_blocks(self._bufs[Buffer.ACT], ins.out_addr, ins.out_stride, ob, P, M)
                  if ins.out_stride >= dense else None)
         return p
 
@@ -632,7 +744,7 @@ class Emulator:
         else:
             residual_into(out, p.acc, p.chan, p.r, p.res, p.zp_out, p.lo, p.hi)
         if p.out is None:
-            self.buffers[Buffer.ACT][p.out_idx.reshape(-1)] = out.reshape(-1, self.config.lanes)
+            self._bufs[Buffer.ACT][p.out_idx.reshape(-1)] = out.reshape(-1, self.config.lanes)
 
     def _channel_params(self, key: bytes, prm: np.ndarray, pixels: int) -> ChannelParams:
         """ChannelParams of these PARAM words, kept per content (one EPILOGUE word may serve many layers)."""
@@ -654,8 +766,8 @@ class Emulator:
         p = _Plan(in_idx=self._span(Buffer.ACT, ins.in_addr, ins.in_h * ins.in_w * ins.cb, "pool input tile"),
                   out_idx=self._span(Buffer.ACT, ins.out_addr, ins.out_h * ins.out_w * ins.cb, "pool output tile"),
                   max=ins.mode == PoolMode.MAX, taps=ins.k_h * ins.k_w, src=None)
-        x = self.buffers[Buffer.ACT][p.in_idx].reshape(ins.in_h, ins.in_w, cw)
-        p.out = self.buffers[Buffer.ACT][p.out_idx].reshape(ins.out_h, ins.out_w, cw)
+        x = self._bufs[Buffer.ACT][p.in_idx].reshape(ins.in_h, ins.in_w, cw)
+        p.out = self._bufs[Buffer.ACT][p.out_idx].reshape(ins.out_h, ins.out_w, cw)
         span_h = (ins.out_h - 1) * ins.stride_h + ins.k_h
         span_w = (ins.out_w - 1) * ins.stride_w + ins.k_w
         # MAX pads with -128: it never beats a tap inside the tile and is the answer when none is.
@@ -711,6 +823,31 @@ def _no_plan(ins):
 _WMAT_CACHE_BYTES = 512 << 20
 #: Weight matrices held prepacked by onnxruntime sessions, at most (about as many bytes again inside them).
 _PREPARED_BYTES = 256 << 20
+
+
+class _Buffers(dict):
+    """``Emulator.buffers``: the on-chip buffers by :class:`~tessera.isa.Buffer`. Reading the WGT buffer first
+    applies the WGT LOADs a replay skipped (see tessera.sim.replay), so it always shows what a full run leaves."""
+
+    def __init__(self, emu: Emulator):
+        super().__init__(emu._bufs)
+        self._emu = emu
+
+    def __getitem__(self, buf):
+        if buf is Buffer.WGT and self._emu._pending:
+            self._emu._materialize()
+        return super().__getitem__(buf)
+
+    def get(self, buf, default=None):
+        return self[buf] if buf in self else default
+
+    def values(self):
+        self._emu._materialize()
+        return super().values()
+
+    def items(self):
+        self._emu._materialize()
+        return super().items()
 
 
 class _Plan:

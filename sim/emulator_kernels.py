@@ -26,6 +26,7 @@ from tessera.numerics import MAX_SHIFT, wrap32
 __all__ = [
     "ChannelParams",
     "Int8Gemm",
+    "acc_store",
     "PreparedGemm",
     "ResidualParams",
     "copy_and_compare",
@@ -291,6 +292,10 @@ def store_accumulators(acc: np.ndarray, y: np.ndarray, accumulate: bool) -> None
     """CONV's write of GEMM rows ``y`` (int32 ``[pixel][block * M + channel]``) into ``acc``
     (``[block][pixel][channel]``): replacing, or adding with int32 wrap-around as the hardware's adders do."""
     _acc_store_kernel(acc, y, bool(accumulate))
+
+
+#: store_accumulators without the wrapper, for callers that pass a bool ``accumulate`` (the emulator's replays).
+acc_store = _acc_store_kernel
 
 
 @njit(**_NJIT)

@@ -51,7 +51,7 @@ def test_npu_pysim_matches_emulator(case, backpressure):
     for a, b in [(0, encode_program(prog))] + segs:
         dram[a:a + len(b)] = np.frombuffer(b, np.uint8)
     emu = Emulator(config)
-    emu.dram[:] = dram
+    emu.write(0, dram)
     emu.run(0)
     regs = run_npu(config, dram, 0, backpressure=backpressure, latency=3, max_cycles=20_000)
     assert regs["STATUS"] == 2 and regs["ERROR"] == 0

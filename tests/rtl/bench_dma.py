@@ -41,7 +41,7 @@ class DmaBench:
         self.prog = c.dram_bytes - 64          # the emulator's two-instruction program lives here
         rng = np.random.default_rng(tb.rng.randrange(1 << 30))
         self.emu = emu = Emulator(c)
-        emu.dram[:] = rng.integers(0, 256, emu.dram.size, dtype=np.uint8)
+        emu.write(0, rng.integers(0, 256, emu.dram.size, dtype=np.uint8))
         emu.buffers[Buffer.ACT][:] = rng.integers(-128, 128, emu.buffers[Buffer.ACT].shape)
         emu.buffers[Buffer.WGT][:] = rng.integers(-128, 128, emu.buffers[Buffer.WGT].shape)
         emu.buffers[Buffer.PARAM][:] = rng.integers(-(1 << 31), 1 << 31, emu.buffers[Buffer.PARAM].shape)

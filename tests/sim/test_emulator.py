@@ -582,7 +582,7 @@ def test_store_accumulators_transposes_and_wraps(accumulate):
 def test_replay_sees_weights_changed_in_memory_and_identical_conv_words_apart(small_config):
     # Replays reuse each CONV step's weight matrix while the bytes WGT LOADs read are unchanged. Two
     # identical CONV words read different weights (one plan, two steps), and weight bytes change between
-    # replays, also behind the host interface's back (direct memory writes).
+    # replays, also by a write of a single byte.
     cfg = small_config
     rng = np.random.default_rng(71)
     ins, act, blocks_a, _ = conv_case(cfg, rng, in_h=5, in_w=6, in_cb=2, k=(3, 3), stride=(1, 1), dil=(1, 1),
@@ -598,7 +598,9 @@ def test_replay_sees_weights_changed_in_memory_and_identical_conv_words_apart(sm
         wa, wb = (pack_weights(b, cfg.weight_bits) for b in (blocks_a, blocks_b))
         emu.write(a_wa, wa)
         if i == 4:
-            emu.dram[a_wb + 5] ^= 0x40                  # not through write(): still seen
+            with pytest.raises(ValueError):
+                emu.dram[a_wb + 5] ^= 0x40              # external memory changes only through write() and STOREs
+            emu.write(a_wb + 5, bytes([emu.dram[a_wb + 5] ^ 0x40]))      # one byte: still seen
             wb = emu.dram[a_wb:a_wb + len(wb)].tobytes()
         else:
             emu.write(a_wb, wb)
@@ -644,3 +646,112 @@ def test_replay_sees_weights_a_store_of_the_same_run_wrote(small_config):
         emu.run(PROG)
         fresh = run(cfg, prog, writes=writes)
         np.testing.assert_array_equal(emu.buffers[Buffer.ACC][:n], fresh.buffers[Buffer.ACC][:n], err_msg=str(i))
+
+
+def _fresh_run(cfg, prog, writes):
+    emu = Emulator(cfg)
+    emu.write(PROG, encode_program(prog + [Instruction("end")]))
+    for addr, data in writes:
+        emu.write(addr, data)
+    emu.run(PROG)
+    return emu
+
+
+def test_replay_skips_unchanged_weight_loads_and_the_wgt_buffer_shows_a_full_run(small_config):
+    # While the weight bytes are unchanged a replay skips its WGT LOADs; the WGT buffer must still read as a
+    # full run leaves it, also after the host has written new weights over the bytes those LOADs read.
+    cfg = small_config
+    rng = np.random.default_rng(91)
+    ins, act, blocks_a, _ = conv_case(cfg, rng, in_h=4, in_w=5, in_cb=2, k=(3, 3), stride=(1, 1), dil=(1, 1),
+                                      pad=(1, 1), ob=2)
+    n = ins.ob_count * ins.out_h * ins.out_w
+    prog, (a_act, a_wa, a_wb) = _two_weight_tiles(ins, ins.replace(acc_addr=n), len(act), len(blocks_a))
+    writes = {a_act: act.astype(np.int8).tobytes(), a_wa: pack_weights(blocks_a, cfg.weight_bits),
+              a_wb: pack_weights(rng.integers(-128, 128, blocks_a.shape), cfg.weight_bits)}
+    emu = _fresh_run(cfg, prog, writes.items())
+    trace = emu._traces[PROG]
+    assert trace.known
+    emu.run(PROG)
+    assert emu._pending == []                           # the first replay loads (and builds weight matrices)
+    for i in range(6):
+        if i == 2:
+            emu.write(a_wa, writes[a_wa])               # the same bytes again: nothing changed
+        if i == 4:
+            assert emu._pending == [trace]
+            before = _fresh_run(cfg, prog, writes.items())
+            writes[a_wb] = pack_weights(rng.integers(-128, 128, blocks_a.shape), cfg.weight_bits)
+            emu.write(a_wb, writes[a_wb])
+            # The skipped LOADs were applied before the write: the buffer holds what the last run loaded.
+            np.testing.assert_array_equal(emu.buffers[Buffer.WGT], before.buffers[Buffer.WGT])
+        emu._bufs[Buffer.ACC][:2 * n] = 0
+        emu.run(PROG)
+        assert (emu._pending == [trace]) == (i != 4), i   # after a change, one replay loads again
+        fresh = _fresh_run(cfg, prog, writes.items())
+        np.testing.assert_array_equal(emu._bufs[Buffer.ACC][:2 * n], fresh._bufs[Buffer.ACC][:2 * n], err_msg=str(i))
+        assert emu.stats.dram_read_bytes == fresh.stats.dram_read_bytes
+        if i in (1, 5):
+            np.testing.assert_array_equal(emu.buffers[Buffer.WGT], fresh.buffers[Buffer.WGT], err_msg=str(i))
+            assert emu._pending == []
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_replay_sees_weights_another_programs_store_wrote(small_config, overlap):
+    # A second program STOREs new weight bytes over those the first one's WGT LOADs read: the next replay of
+    # the first program must load them, though it had been skipping its WGT LOADs. With ``overlap`` the STORE's
+    # two rows overlap in memory (the second wins), which takes the STORE's row-by-row path.
+    cfg = small_config
+    rng = np.random.default_rng(92)
+    ins, act, blocks, _ = conv_case(cfg, rng, in_h=4, in_w=5, in_cb=1, k=(1, 1), stride=(1, 1), dil=(1, 1),
+                                    pad=(0, 0), ob=1)
+    wbytes = len(pack_weights(blocks, cfg.weight_bits))
+    a_act, a_src, a_w, stage, prog_b = DATA, DATA + 0x1000, DATA + 0x3000, 200, PROG + 0x400
+    prog = [Instruction("load", buf="act", dram_addr=a_act, rows=1, cols=len(act)),
+            Instruction("load", buf="wgt", dram_addr=a_w, rows=1, cols=len(blocks), signal=["compute"]),
+            ins.replace(wait=["load"])]
+    if overlap:
+        # Rows of 3/4 of the weight bytes, a quarter apart: together exactly the weight bytes.
+        row, step = 3 * wbytes // 4, wbytes // 4
+        assert row % cfg.lanes == 0 and step % cfg.lanes == 0
+        src_bytes = 2 * row
+        store = dict(rows=2, cols=row // cfg.lanes, dram_stride=step, buf_stride=row // cfg.lanes)
+    else:
+        src_bytes, store = wbytes, dict(rows=1, cols=wbytes // cfg.lanes)
+    copy = [Instruction("load", buf="act", dram_addr=a_src, buf_addr=stage, rows=1, cols=src_bytes // cfg.lanes,
+                        signal=["store"]),
+            Instruction("store", wait=["load"], buf="act", dram_addr=a_w, buf_addr=stage, **store)]
+
+    def stored(src: bytes) -> bytes:
+        return src[:step] + src[row:] if overlap else src
+
+    weights = pack_weights(blocks, cfg.weight_bits)
+    emu = _fresh_run(cfg, prog, [(a_act, act.astype(np.int8).tobytes()), (a_w, weights)])
+    emu.write(prog_b, encode_program(copy + [Instruction("end")]))
+    emu.run(PROG)
+    emu.run(PROG)
+    assert emu._pending == [emu._traces[PROG]]
+    n = ins.ob_count * ins.out_h * ins.out_w
+    src = bytes(rng.integers(0, 256, src_bytes, dtype=np.uint8))
+    for i in range(5):
+        if i != 2:                                      # (once the same bytes again)
+            src = bytes(rng.integers(0, 256, src_bytes, dtype=np.uint8))
+        emu.write(a_src, src)
+        emu.run(prog_b)
+        weights = stored(src)
+        assert emu.read(a_w, wbytes) == weights
+        emu.run(PROG)
+        assert emu._pending == ([emu._traces[PROG]] if i == 2 else []), i
+        if i == 2:
+            # A run of the other program that changes nothing leaves the skipped LOADs pending.
+            emu.run(prog_b)
+            assert emu._pending == [emu._traces[PROG]]
+        fresh = _fresh_run(cfg, prog, [(a_act, act.astype(np.int8).tobytes()), (a_w, weights)])
+        np.testing.assert_array_equal(emu._bufs[Buffer.ACC][:n], fresh._bufs[Buffer.ACC][:n], err_msg=str(i))
+        np.testing.assert_array_equal(emu.buffers[Buffer.WGT], fresh.buffers[Buffer.WGT], err_msg=str(i))
+
+
+def test_external_memory_changes_only_through_write_and_store(small_config):
+    emu = Emulator(small_config)
+    with pytest.raises(ValueError):
+        emu.dram[DATA] = 1
+    emu.write(DATA, np.arange(4, dtype=np.int8) - 2)    # arrays are written as their bytes
+    assert emu.read(DATA, 4) == bytes([254, 255, 0, 1])

@@ -265,6 +265,33 @@ def _requantize_kernel(out, acc, bias, mult, shift, zp, lo, hi):
 
 
 @njit(**_NJIT)
+def _requantize_f32_kernel(out, acc, bias, scale, zp, lo, hi):
+    # numerics.md's scale product in float32 itself (see ChannelParams.float32): vectorizes, unlike the
+    # int64 <-> float32 conversions of round_sig. Clamping before rint equals clamping after (integer bounds).
+    ob, P, M = acc.shape
+    flo, fhi = np.float32(lo - zp), np.float32(hi - zp)
+    for b in range(ob):
+        for p in range(P):
+            for c in range(M):
+                v = np.int32(np.int64(acc[b, p, c]) + bias[b, c])
+                f = min(max(np.float32(v) * scale[b, c], flo), fhi)
+                out[b, p, c] = np.int32(np.rint(f)) + zp
+
+
+@njit(**_NJIT)
+def _residual_f32_kernel(out, acc, bias, scale, r, zp_mid, zp_res, mult_a, mult_b, res_shift, zp_out, lo, hi):
+    ob, P, M = acc.shape
+    alo, ahi = np.float32(-128 - zp_mid), np.float32(127 - zp_mid)
+    for b in range(ob):
+        for p in range(P):
+            for c in range(M):
+                v = np.int32(np.int64(acc[b, p, c]) + bias[b, c])
+                a = np.int64(np.rint(min(max(np.float32(v) * scale[b, c], alo), ahi)))
+                s = a * mult_a + (np.int64(r[b, p, c]) - zp_res) * mult_b
+                out[b, p, c] = min(max(_round_shift1(s, res_shift) + zp_out, lo), hi)
+
+
+@njit(**_NJIT)
 def _residual_kernel(out, acc, bias, mult, shift, r, zp_mid, zp_res, mult_a, mult_b, res_shift, zp_out, lo, hi):
     ob, P, M = acc.shape
     for b in range(ob):
@@ -334,6 +361,12 @@ class ChannelParams:
         self.pixels = pixels
         self.bias, self.mult = (np.ascontiguousarray(params[..., i], np.int64) for i in range(2))
         self.shift = np.ascontiguousarray(_shifts(params[..., 2]))
+        # Where every mult * 2**-shift is a float32 (the compiler's scales are), rnd(scale_product(v, mult),
+        # shift) is rint(float32(v) * scale) exactly: round_sig(v) is the float32 conversion, round_sig of the
+        # product the float32 multiply's rounding (2**-shift >= 2**-62 keeps it clear of subnormals).
+        exact = np.ldexp(self.mult.astype(np.float64), -self.shift)
+        self.scale = np.ascontiguousarray(exact.astype(np.float32))
+        self.float32 = bool((self.scale.astype(np.float64) == exact).all())
 
 
 def requantize_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, zp: int, lo: int, hi: int) -> None:
@@ -341,7 +374,10 @@ def requantize_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, zp: int
 
     ``acc`` (int32) and ``out`` (int8, any strides) are ``[block][pixel][channel]``.
     """
-    _requantize_kernel(out, acc, ch.bias, ch.mult, ch.shift, int(zp), int(lo), int(hi))
+    if ch.float32:
+        _requantize_f32_kernel(out, acc, ch.bias, ch.scale, int(zp), int(lo), int(hi))
+    else:
+        _requantize_kernel(out, acc, ch.bias, ch.mult, ch.shift, int(zp), int(lo), int(hi))
 
 
 class ResidualParams:
@@ -357,5 +393,9 @@ def residual_into(out: np.ndarray, acc: np.ndarray, ch: ChannelParams, r: np.nda
     """EPILOGUE with a residual ``r`` (int8 ``[block][pixel][channel]``), as docs/numerics.md defines it:
     ``clamp(rnd((a - zp_mid) * mult_a + (r - zp_res) * mult_b, res_shift) + zp_out, lo, hi)`` where ``a`` is
     the requantization to ``zp_mid`` clamped to int8."""
-    _residual_kernel(out, acc, ch.bias, ch.mult, ch.shift, r, res.zp_mid, res.zp_res, res.mult_a, res.mult_b,
-                     res.res_shift, int(zp_out), int(lo), int(hi))
+    if ch.float32:
+        _residual_f32_kernel(out, acc, ch.bias, ch.scale, r, res.zp_mid, res.zp_res, res.mult_a, res.mult_b,
+                             res.res_shift, int(zp_out), int(lo), int(hi))
+    else:
+        _residual_kernel(out, acc, ch.bias, ch.mult, ch.shift, r, res.zp_mid, res.zp_res, res.mult_a, res.mult_b,
+                         res.res_shift, int(zp_out), int(lo), int(hi))

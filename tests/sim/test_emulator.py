@@ -361,8 +361,8 @@ def test_int8_gemm_is_exact_on_extremes_and_random(backend):
 
 
 def _channel_params(rng, ob, M):
-    # Shifts over the whole 6-bit field and beyond, negative multipliers, full-range biases: every branch
-    # of the float64 path and of its int64 fallback.
+    # Shifts over the whole 6-bit field and beyond, negative multipliers, full-range biases: 31-bit
+    # multipliers, which are no float32, take the kernels' integer path.
     bias = rng.integers(-(2**31), 2**31, size=(ob, M))
     mult = np.where(rng.random((ob, M)) < 0.1, rng.integers(-(2**31), 0, size=(ob, M)), rng.integers(0, 2**31, size=(ob, M)))
     shift = rng.choice([-1, 0, 1, 5, 20, 31, 38, 43, 44, 45, 50, 61, 62, 63, 64, 200], size=(ob, M))
@@ -378,7 +378,7 @@ def test_requantize_kernel_matches_integer_definition(seed):
     ob, P, M = 3, 12, 16
     prm = _channel_params(rng, ob, M)
     if seed % 2:
-        prm[..., 2] = rng.integers(30, 45, size=(ob, M))     # the float64 path only
+        prm[..., 2] = rng.integers(30, 45, size=(ob, M))     # shifts of real scales
     acc = rng.integers(-(2**31), 2**31, size=(ob, P, M)).astype(np.int32)
     if seed >= 4:
         # Exact ties: acc + bias = (2j + 1) * 2**(shift - 1) with mult = 1.
@@ -392,6 +392,45 @@ def test_requantize_kernel_matches_integer_definition(seed):
     requantize_into(out, acc, ChannelParams(prm, P), zp, lo, hi)
     want = requantize(acc.astype(np.int64), *(prm[:, None, :, i].astype(np.int64) for i in range(3)), zp, lo, hi)
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_requantize_kernels_float32_path_matches_integer_definition(seed):
+    # The compiler's multipliers are float32 scales: the kernels then compute in float32 (ChannelParams.float32),
+    # which must equal the integer definition on every accumulator, near-ties and wrapped sums included.
+    from tessera.sim.emulator_kernels import ChannelParams, ResidualParams, requantize_into, residual_into
+
+    from tessera.numerics import quantize_multiplier, requantize, round_shift
+    rng = np.random.default_rng(200 + seed)
+    ob, P, M = 2, 64, 16
+    scales = rng.uniform(2.0**-30, 4.0, size=(ob, M)).astype(np.float32)
+    scales[0, :3] = [0.0, 2.0**-40, 0.5]
+    mult_shift = np.array([quantize_multiplier(float(x)) for x in scales.reshape(-1)]).reshape(ob, M, 2)
+    prm = np.stack([rng.integers(-(2**31), 2**31, size=(ob, M)), mult_shift[..., 0], mult_shift[..., 1]],
+                   axis=-1).astype(np.int32)
+    prm[1, :4, 1] *= -1                                       # negative multipliers are float32 scales too
+    acc = rng.integers(-(2**31), 2**31, size=(ob, P, M))
+    # Near-ties of the float32 product: acc + bias = (k + 1/2) / scale, give or take a few units.
+    k = rng.integers(-130, 130, size=(ob, P // 2, M))
+    tie = np.round((k + 0.5) / np.where(scales == 0, 1, scales)[:, None, :]).astype(np.int64)
+    acc[:, : P // 2] = tie + rng.integers(-3, 4, size=tie.shape) - prm[:, None, :, 0]
+    acc = ((acc + 2**31) % 2**32 - 2**31).astype(np.int32)
+    ch = ChannelParams(prm, P)
+    assert ch.float32
+    zp, lo, hi = int(rng.integers(-128, 128)), -128, 127
+    out = np.empty((ob, P, M), np.int8)
+    requantize_into(out, acc, ch, zp, lo, hi)
+    want = requantize(acc.astype(np.int64), *(prm[:, None, :, i].astype(np.int64) for i in range(3)), zp, lo, hi)
+    np.testing.assert_array_equal(out, want)
+    r = rng.integers(-128, 128, size=(ob, P, M)).astype(np.int8)
+    zp_mid, zp_res = (int(v) for v in rng.integers(-128, 128, size=2))
+    res = ResidualParams(zp_mid, zp_res, int(rng.integers(0, 2**31)), int(rng.integers(0, 2**31)), 31)
+    residual_into(out, acc, ch, r, res, zp, lo, hi)
+    a = requantize(acc.astype(np.int64), *(prm[:, None, :, i].astype(np.int64) for i in range(3)), zp_mid)
+    s = (a - zp_mid) * res.mult_a + (r.astype(np.int64) - zp_res) * res.mult_b
+    np.testing.assert_array_equal(out, np.minimum(np.maximum(round_shift(s, 31) + zp, lo), hi))
+    prm[0, 0, 1] = 2**30 + 1                                  # one multiplier that is no float32: integer path
+    assert not ChannelParams(prm, P).float32
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -221,11 +221,12 @@ FORMATS: dict[Opcode, Format] = {f.opcode: f for f in (
     Format(Opcode.EPILOGUE, Unit.POST,
            "Requantize ACC words to int8 ACT words. For block b, pixel p and channel m of the block, "
            "with (bias, mult, shift) from PARAM word `param_addr + b`: "
-           "v = wrap32(acc + bias); q = rnd(v*mult, shift). Without residual: "
+           "v = wrap32(acc + bias); q = rnd(scale_product(v, mult), shift). Without residual: "
            "y = clamp(q + zp_out, out_min, out_max). With residual: a = clamp(q + zp_mid, -128, 127), "
            "r = the int8 at `res_addr + p*res_stride + b*rows/lanes` (same lane), "
            "y = clamp(rnd((a - zp_mid)*res_mult_a + (r - zp_res)*res_mult_b, res_shift) + zp_out, "
-           "out_min, out_max). rnd() is docs/numerics.md's rounding shift. "
+           "out_min, out_max). rnd() is docs/numerics.md's rounding shift, scale_product(x, mult) = "
+           "round_sig(round_sig(x)*mult) its float32 product (24 significant bits, ties to even). "
            "The `rows/lanes` words of block b, pixel p go to `out_addr + p*out_stride + b*rows/lanes`.",
            (
                Field("acc_addr", 16, "ACC word address of block 0, pixel 0 (blocks are `pixels` words apart)"),
@@ -249,7 +250,7 @@ FORMATS: dict[Opcode, Format] = {f.opcode: f for f in (
     Format(Opcode.POOL, Unit.POST,
            "Max or average pooling, lane-parallel over `cb` channel blocks. Input and output tiles are "
            "pixel-major with `cb` words per pixel. MAX: y = max over the window's taps inside the tile "
-           "(-128 if none). AVG: y = clamp(rnd(Σ(x - zp_in)*mult, shift) + zp_out, -128, 127) where "
+           "(-128 if none). AVG: y = clamp(rnd(scale_product(Σ(x - zp_in), mult), shift) + zp_out, -128, 127) where "
            "taps outside the tile contribute 0 (divisor folded into `mult`).",
            (
                Field("mode", 1, "MAX or AVG", PoolMode),

@@ -18,10 +18,14 @@ class _Rnd(wiring.Component):
     lo: In(signed(8))
     hi: In(signed(8))
     c: Out(signed(64))
+    y63: Out(signed(63))
+    x32: In(signed(32))
+    y33: Out(signed(33))
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += [self.y.eq(round_shift(self.x, self.s, 64)), self.c.eq(clamp(self.x, self.lo, self.hi))]
+        m.d.comb += [self.y.eq(round_shift(self.x, self.s, 64)), self.c.eq(clamp(self.x, self.lo, self.hi)),
+                     self.y63.eq(round_sig(m, self.x, 63)), self.y33.eq(round_sig(m, self.x32, 33))]
         return m
 
 
@@ -67,18 +71,6 @@ def test_clamp_follows_numpy_when_bounds_cross():
     assert all(a == b for a, b in out)
 
 
-class _Sig(wiring.Component):
-    x63: In(signed(63))
-    y63: Out(signed(63))
-    x32: In(signed(32))
-    y33: Out(signed(33))
-
-    def elaborate(self, platform):
-        m = Module()
-        m.d.comb += [self.y63.eq(round_sig(m, self.x63, 63)), self.y33.eq(round_sig(m, self.x32, 33))]
-        return m
-
-
 def test_round_sig_matches_numerics_at_every_width_and_tie():
     rng = np.random.default_rng(1)
     xs = [int(v) for v in rng.integers(-(1 << 62) + 1, 1 << 62, size=200, dtype=np.int64)]
@@ -89,12 +81,12 @@ def test_round_sig_matches_numerics_at_every_width_and_tie():
                 v = sgn * ((1 << k) + d)
                 if -(1 << 62) <= v < (1 << 62):
                     xs.append(v)
-    dut = _Sig()
+    dut = _Rnd()
     got63, got33 = [], []
 
     async def bench(ctx):
         for v in xs:
-            ctx.set(dut.x63, v)
+            ctx.set(dut.x, v)
             ctx.set(dut.x32, max(min(v, 2**31 - 1), -(2**31)))
             got63.append(ctx.get(dut.y63))
             got33.append(ctx.get(dut.y33))

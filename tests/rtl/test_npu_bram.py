@@ -22,9 +22,8 @@ BACKPRESSURE = [0.0, 0.5]
 @pytest.fixture(scope="module")
 def sim():
     from tessera.sim.rtl import RtlSim
-    s = RtlSim(CONFIG)
-    yield s
-    s.close()
+    with RtlSim(CONFIG) as s:
+        yield s
 
 
 @pytest.mark.parametrize("backpressure", BACKPRESSURE)

@@ -16,9 +16,8 @@ from .test_npu import CONFIG
 @pytest.fixture(scope="module")
 def sim():
     from tessera.sim.rtl import RtlSim
-    s = RtlSim(CONFIG)
-    yield s
-    s.close()
+    with RtlSim(CONFIG) as s:
+        yield s
 
 
 def executed(prog):

@@ -29,7 +29,6 @@ __all__ = [
     "acc_store",
     "PreparedGemm",
     "ResidualParams",
-    "copy_and_compare",
     "gemm_float32",
     "requantize_into",
     "residual_into",
@@ -323,22 +322,6 @@ def store_accumulators(acc: np.ndarray, y: np.ndarray, accumulate: bool) -> None
 
 #: store_accumulators without the wrapper, for callers that pass a bool ``accumulate`` (the emulator's replays).
 acc_store = _acc_store_kernel
-
-
-@njit(**_NJIT)
-def _copy_and_compare(dst, src, snap):
-    diff = 0
-    for r in range(src.shape[0]):
-        for c in range(src.shape[1]):
-            v = src[r, c]
-            dst[r, c] = v
-            diff |= v ^ snap[r, c]
-    return diff == 0
-
-
-def copy_and_compare(dst: np.ndarray, src: np.ndarray, snap: np.ndarray) -> bool:
-    """Copy uint8 ``src`` into ``dst`` (2-D, any strides) and tell whether ``src`` equals ``snap``, in one pass."""
-    return bool(_copy_and_compare(dst, src, snap))
 
 
 def _shifts(shift) -> np.ndarray:

@@ -148,7 +148,7 @@ def _logits_ref(qdq, prog):
         "(docs/benchmarks.md). docs/numerics.md gives onnxruntime's exact float path and what POOL needs for it; "
         "with the three pools computed that way (an emulator-only probe, bit-exact with onnxruntime on its own "
         "pool inputs) 3 of 10 logits are still beyond one step: the 62 per-channel Muls of the folded "
-        "pre-activation BatchNorms, which onnxruntime also computes in float, are the other source"))),
+        "pre-activation BatchNorms, which onnxruntime also computes in float, are the likely other source"))),
 ])
 def test_reduced_classifier_runs_on_npu_and_agrees_with_onnxruntime(name, tmp_path):
     shape, prog, reports, qdq = _compile(name, tmp_path)

@@ -6,7 +6,7 @@ layout from :func:`tessera.isa.layout`.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -124,30 +124,32 @@ def _bit_length(v):
 def round_sig(m, x, width: int):
     """docs/numerics.md's ``round_sig(x)``: ``x`` rounded to 24 significant bits, ties to even.
 
-    Works on the magnitude (half to even is symmetric): the bits below position
-    ``bit_length(|x|) - 24`` are cleared, and ``2**s`` added when they round up. Returns a signed
-    value of ``width`` bits; a positive result of ``2**(width - 1)`` (``|x|`` just below it rounding
-    up to the power of two) saturates to ``2**(width - 1) - 1``. Callers follow this with a rounding
-    shift of at most 62 and an int8 clamp, which give the same output for both. The intermediate
-    values are comb signals of ``m``: as one expression the bit-length tree would be copied into
-    every use, which Amaranth's simulator compiles very slowly.
+    Rounds the two's-complement value in place (half to even is symmetric, and on a floor basis
+    the rule is: up when the guard bit is set and a lower bit or the kept LSB is): the ``s``
+    bits below position ``bit_length(|x|) - 24`` are cleared, and ``2**s`` added when they round
+    up. ``s`` comes from ``x ^ sign``, which is ``|x| - 1`` for a negative ``x``: different from
+    ``|x|``'s bit length only at ``-2**k``, whose dropped bits are zero either way. Returns a
+    signed value of ``width`` bits; a positive result of ``2**(width - 1)`` (``x`` just below it
+    rounding up to the power of two) saturates to ``2**(width - 1) - 1``. Callers follow this
+    with a rounding shift of at most 62 and an int8 clamp, which give the same output for both.
+    The intermediate values are comb signals of ``m``: as one expression the bit-length tree
+    would be copied into every use, which Amaranth's simulator compiles very slowly.
     """
     w = len(x)
     assert w <= 63, w
     xs = x.as_signed()
-    neg = xs[-1]
-    mag = Signal(w)                                    # |x| <= 2**(w-1) fits w bits
     s = Signal(range(w + 1))
-    m.d.comb += [mag.eq(Mux(neg, -xs, xs)), s.eq(_bit_length(mag[SIG_BITS:]) if w > SIG_BITS else 0)]
-    mask, half = Signal(64), Signal(64)
-    m.d.comb += [mask.eq(Const((1 << 64) - 1, 64) >> (64 - s).as_unsigned()[:7]),   # the s bits dropped
-                 half.eq(mask ^ (mask >> 1))]
-    rem = mag & mask
-    up = (rem > half) | ((rem == half) & (s != 0) & (mag >> s)[0])
-    r = Signal(w + 1)
-    m.d.comb += r.eq((mag & ~mask)[:w] + Mux(up, (half << 1)[:w + 1], 0))
+    ones = (xs ^ xs[-1].replicate(w)).as_unsigned()[:w]
+    m.d.comb += s.eq(_bit_length(ones[SIG_BITS:]) if w > SIG_BITS else 0)
+    mask = Signal(w)                                   # the s bits dropped
+    m.d.comb += mask.eq(Const((1 << 64) - 1, 64) >> (64 - s).as_unsigned()[:7])
+    xu = xs.as_unsigned()
+    guard = (xu >> (s - 1).as_unsigned()[:6])[0] & (s != 0)
+    up = guard & ((xu & (mask >> 1)).any() | (xu >> s)[0])
+    r = Signal(signed(w + 1))
+    m.d.comb += r.eq((xu & ~mask).as_signed() + Mux(up, (mask + 1)[:w + 1], 0))
     limit = (1 << (width - 1)) - 1
-    return Mux(neg, -r, Mux(r > limit, limit, r))[:width].as_signed()
+    return Mux(r > limit, limit, r)[:width].as_signed()
 
 
 def clamp(x, lo, hi):

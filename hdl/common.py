@@ -106,8 +106,8 @@ def round_shift(x, s, width: int):
     # The remainder comes from x's 64-bit two's-complement pattern: a negative x shifted by more than
     # its own width must still see its sign bits below the shift, or rnd(-1, 60) would come out -1.
     x64 = Cat(xs, xs[-1].replicate(64 - len(xs)))
-    rem = x64 & mask
-    up = (rem > half) | ((rem == half) & (s_eff != 0) & q[0])
+    # rem > half or rem == half with q odd, as guard and sticky bits: no comparators.
+    up = (x64 & half).any() & ((x64 & (mask >> 1)).any() | q[0])
     return (q + up)[:width].as_signed()
 
 

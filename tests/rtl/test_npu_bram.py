@@ -11,6 +11,8 @@ from tessera.sim.handwritten import conv_relu_pool
 
 from tessera.arch import NpuConfig
 
+from .programs import compiled_runs_match
+
 #: ACT words as wide as the 8-byte bus (a bram_buffers condition), EPILOGUE/POOL 4 of 8 channels per
 #: cycle, PARAM entries of 4 records (48 bytes = 6 beats).
 CONFIG = NpuConfig(name="rtl-test-bram", lanes=8, rows=16, abuf_words=2048, wbuf_words=512, accbuf_words=512,
@@ -29,18 +31,11 @@ def sim():
 @pytest.mark.parametrize("backpressure", BACKPRESSURE)
 def test_npu_bram_compiled_resnet_matches_emulator(sim, backpressure):
     from tessera.compiler.driver import compile_model
-    from tessera.host.runtime import Runtime
 
     from tests.compiler.netgen import quantize, resnet
     prog = compile_model(quantize(resnet(in_shape=(1, 3, 12, 10), widths=(8, 24), blocks=1)), CONFIG)[0]
-    rng = np.random.default_rng(int(backpressure * 10) + 1)
-    images = {t.name: rng.integers(-128, 128, size=(t.height, t.width, t.cpad), dtype=np.int8) for t in prog.inputs}
-    emu = Runtime(prog)
-    rtl = Runtime(prog, backend="rtl", sim=sim, backpressure=backpressure)
-    want, got = emu.run_quantized(images), rtl.run_quantized(images)
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name])
-    assert rtl.last.macs == emu.last.macs
+    emu, rtl = compiled_runs_match(prog, sim, backpressure, seed=int(backpressure * 10) + 1)
+    assert rtl.macs == emu.macs
 
 
 @pytest.mark.parametrize("backpressure", BACKPRESSURE)

@@ -26,9 +26,9 @@ from tessera.numerics import MAX_SHIFT, wrap32
 __all__ = [
     "ChannelParams",
     "Int8Gemm",
-    "acc_store",
     "PreparedGemm",
     "ResidualParams",
+    "acc_store",
     "gemm_float32",
     "requantize_into",
     "residual_into",
@@ -226,8 +226,9 @@ def _matmul_integer_session(b: np.ndarray | None = None):
 # ---- requantization -------------------------------------------------------------------------------------
 #
 # One compiled pass per EPILOGUE in the integer arithmetic of docs/numerics.md itself (int64, wrapping as
-# numpy's does), so nothing here needs an exactness argument. numba compiles each kernel once per process
-# (cached on disk next to this file); numpy would take six passes over the accumulators.
+# numpy's does), or, where every multiplier is a float32 scale, in float32 arithmetic that equals it
+# (ChannelParams.float32). numba compiles each kernel once per process (cached on disk next to this file);
+# numpy would take six passes over the accumulators.
 
 _NJIT = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy", "boundscheck": False}
 
@@ -253,13 +254,25 @@ def _wrap32(x):
 
 
 @njit(**_NJIT)
+def _rescale1(v, mult, shift):
+    """rnd(scale_product(v, mult), shift) of one int64 (docs/numerics.md)."""
+    return _round_shift1(_round_sig1(_round_sig1(v) * mult), shift)
+
+
+@njit(**_NJIT)
+def _rescale_f32(v, scale, lo, hi):
+    """The same in float32 (``scale`` = mult * 2**-shift exactly), clamped to [lo, hi] before rounding."""
+    return np.rint(min(max(np.float32(v) * scale, lo), hi))
+
+
+@njit(**_NJIT)
 def _requantize_kernel(out, acc, bias, mult, shift, zp, lo, hi):
     ob, P, M = acc.shape
     for b in range(ob):
         for p in range(P):
             for c in range(M):
                 v = _wrap32(np.int64(acc[b, p, c]) + bias[b, c])
-                y = _round_shift1(_round_sig1(_round_sig1(v) * mult[b, c]), shift[b, c]) + zp
+                y = _rescale1(v, mult[b, c], shift[b, c]) + zp
                 out[b, p, c] = min(max(y, lo), hi)
 
 
@@ -273,8 +286,7 @@ def _requantize_f32_kernel(out, acc, bias, scale, zp, lo, hi):
         for p in range(P):
             for c in range(M):
                 v = np.int32(np.int64(acc[b, p, c]) + bias[b, c])
-                f = min(max(np.float32(v) * scale[b, c], flo), fhi)
-                out[b, p, c] = np.int32(np.rint(f)) + zp
+                out[b, p, c] = np.int32(_rescale_f32(v, scale[b, c], flo, fhi)) + zp
 
 
 @njit(**_NJIT)
@@ -285,7 +297,7 @@ def _residual_f32_kernel(out, acc, bias, scale, r, zp_mid, zp_res, mult_a, mult_
         for p in range(P):
             for c in range(M):
                 v = np.int32(np.int64(acc[b, p, c]) + bias[b, c])
-                a = np.int64(np.rint(min(max(np.float32(v) * scale[b, c], alo), ahi)))
+                a = np.int64(_rescale_f32(v, scale[b, c], alo, ahi))
                 s = a * mult_a + (np.int64(r[b, p, c]) - zp_res) * mult_b
                 out[b, p, c] = min(max(_round_shift1(s, res_shift) + zp_out, lo), hi)
 
@@ -297,7 +309,7 @@ def _residual_kernel(out, acc, bias, mult, shift, r, zp_mid, zp_res, mult_a, mul
         for p in range(P):
             for c in range(M):
                 v = _wrap32(np.int64(acc[b, p, c]) + bias[b, c])
-                a = min(max(_round_shift1(_round_sig1(_round_sig1(v) * mult[b, c]), shift[b, c]) + zp_mid, -128), 127)
+                a = min(max(_rescale1(v, mult[b, c], shift[b, c]) + zp_mid, -128), 127)
                 s = (a - zp_mid) * mult_a + (np.int64(r[b, p, c]) - zp_res) * mult_b
                 out[b, p, c] = min(max(_round_shift1(s, res_shift) + zp_out, lo), hi)
 

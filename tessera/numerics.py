@@ -10,9 +10,19 @@ import math
 
 import numpy as np
 
-__all__ = ["MAX_SHIFT", "SIG_BITS", "round_shift", "round_sig", "scale_product", "wrap32", "requantize",
-           "quantize_multiplier",
-           "pack_weights", "unpack_weights", "weight_range"]
+__all__ = [
+    "MAX_SHIFT",
+    "SIG_BITS",
+    "pack_weights",
+    "quantize_multiplier",
+    "requantize",
+    "round_shift",
+    "round_sig",
+    "scale_product",
+    "unpack_weights",
+    "weight_range",
+    "wrap32",
+]
 
 #: Shift amounts are 6-bit fields; values above this behave as this.
 MAX_SHIFT = 62

@@ -398,7 +398,12 @@ def test_requantize_kernel_matches_integer_definition(seed):
 def test_requantize_kernels_float32_path_matches_integer_definition(seed):
     # The compiler's multipliers are float32 scales: the kernels then compute in float32 (ChannelParams.float32),
     # which must equal the integer definition on every accumulator, near-ties and wrapped sums included.
-    from tessera.sim.emulator_kernels import ChannelParams, ResidualParams, requantize_into, residual_into
+    from tessera.sim.emulator_kernels import (
+        ChannelParams,
+        ResidualParams,
+        requantize_into,
+        residual_into,
+    )
 
     from tessera.numerics import quantize_multiplier, requantize, round_shift
     rng = np.random.default_rng(200 + seed)

@@ -53,6 +53,20 @@ def _avg_pool_ratio(s_x: float, s_y: float, taps: int) -> float:
     return float(np.float32(s_x) / (np.float32(s_y) * np.float32(taps)))
 
 
+def _pool_fl32(config, op, x, y) -> bool:
+    """Whether an average pool is onnxruntime's float path that POOL's ``fl32`` mode reproduces.
+
+    The driver marks the AveragePools onnxruntime keeps unfused (DQ → float AveragePool → Q,
+    :mod:`~tessera.compiler.ort_paths`). POOL's ``fl32`` arithmetic is that path for one float32
+    scale in and out, no padding and a 2×2, 1×2 or 2×1 window (the tap order measured against
+    onnxruntime, docs/numerics.md); other average pools keep the fixed-point rule.
+    """
+    a = op.attrs
+    return (config.pool_fl32 and a.get("onnxruntime_float", False) and tuple(a["kernel"]) in ((2, 2), (1, 2), (2, 1))
+            and not any(a["pads"]) and x.scale == y.scale and float(np.float32(x.scale)) == x.scale
+            and x.scale > 0)
+
+
 def _out_grid(op, y):
     """(phases P, output channels per pixel of the computed grid, grid height, grid width).
 
@@ -745,7 +759,12 @@ class EmitInstructions:
         cbw = x.cpad // N
         OH, OW = y.height, y.width
         f = {"k_h": kh, "k_w": kw, "stride_h": sh, "stride_w": sw, "pad_l": pl}
-        if a["mode"] == "avg":
+        if a["mode"] == "avg" and _pool_fl32(c, op, x, y):
+            # onnxruntime averages this pool in float32 (docs/numerics.md): POOL's fl32 mode is that arithmetic.
+            sig = np.frexp(np.float32(x.scale))[0]
+            f.update(mode="avg", zp_in=x.zero_point, zp_out=y.zero_point, mult=int(sig * (1 << 24)),
+                     shift=(kh * kw).bit_length() - 1, fl32=1)
+        elif a["mode"] == "avg":
             mult, shift = quantize_multiplier(_avg_pool_ratio(x.scale, y.scale, kh * kw))
             zp_in, zp_out = x.zero_point, y.zero_point
             taps = kh * kw

@@ -18,6 +18,7 @@ __all__ = [
     "ADDR_BITS",
     "BufReadSignature",
     "BufWriteSignature",
+    "bit_length",
     "MemPortSignature",
     "ReadClientSignature",
     "UnitSignature",
@@ -111,14 +112,14 @@ def round_shift(x, s, width: int):
     return (q + up)[:width].as_signed()
 
 
-def _bit_length(v):
+def bit_length(v):
     """Position of ``v``'s highest set bit plus one (0 for 0), in log2(len(v)) levels of muxes."""
     n = len(v)
     if n == 1:
         return v[0]
     h = n // 2
     hi, lo = v[h:], v[:h]
-    return Mux(hi.any(), h + _bit_length(hi), _bit_length(lo))
+    return Mux(hi.any(), h + bit_length(hi), bit_length(lo))
 
 
 def round_sig(m, x, width: int):
@@ -140,7 +141,7 @@ def round_sig(m, x, width: int):
     xs = x.as_signed()
     s = Signal(range(w + 1))
     ones = (xs ^ xs[-1].replicate(w)).as_unsigned()[:w]
-    m.d.comb += s.eq(_bit_length(ones[SIG_BITS:]) if w > SIG_BITS else 0)
+    m.d.comb += s.eq(bit_length(ones[SIG_BITS:]) if w > SIG_BITS else 0)
     mask = Signal(w)                                   # the s bits dropped
     m.d.comb += mask.eq(Const((1 << 64) - 1, 64) >> (64 - s).as_unsigned()[:7])
     xu = xs.as_unsigned()

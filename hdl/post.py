@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -13,6 +13,7 @@ from .common import (
     BufReadSignature,
     BufWriteSignature,
     UnitSignature,
+    bit_length,
     clamp,
     round_shift,
     round_sig,
@@ -206,6 +207,38 @@ class EpilogueEngine(wiring.Component):
         return m
 
 
+#: Width of POOL's float32 window sum (``fl32``): up to 225 taps of ``|x - zp| * mult < 2**39``.
+_FL_BITS = 50
+
+
+def _fl32_result(m, k, e, base, shift, mult):
+    """numerics.pool_avg_fl32 from the window's exact sum ``k``, ``e = S - k*mult`` and ``base = rnd(k, shift)``.
+
+    On an exact tie of ``k / 2**shift`` the float32 quotient lands above or below it when ``e``
+    survives its rounding to 24 significant bits; elsewhere the result is ``base``.
+    """
+    n = Signal(6)
+    m.d.comb += n.eq(Mux(shift > 62, 62, shift))
+    k64 = Cat(k, k[-1].replicate(64 - len(k)))
+    mask = Signal(64)
+    m.d.comb += mask.eq(Const((1 << 64) - 1, 64) >> (64 - n).as_unsigned()[:7])
+    half = mask ^ (mask >> 1)
+    tie = Signal()
+    m.d.comb += tie.eq((half != 0) & ((k64 & mask) == half))
+    mag, e_mag = Signal(21), Signal(58)
+    m.d.comb += [mag.eq(Mux(k < 0, -k, k)), e_mag.eq(Mux(e < 0, -e, e))]
+    e_k = Signal(range(22))      # bit_length(|k|); the rule's e_K is one less
+    m.d.comb += e_k.eq(bit_length(mag))
+    inward = ((mag & (mag - 1)) == 0) & ((e < 0) != (k < 0))
+    cap = Signal(25)
+    m.d.comb += cap.eq(Mux(e_mag >= (1 << 24), 1 << 24, e_mag))
+    moved = Signal()
+    m.d.comb += moved.eq((cap << (25 - e_k + inward).as_unsigned()[:5]) > mult)
+    r = Signal(signed(21))
+    m.d.comb += r.eq(Mux(tie & moved & (e != 0), (k >> n) + (e > 0), base))
+    return r
+
+
 class PoolEngine(wiring.Component):
     """Window taps one ACT read per cycle; the pixel's max or requantized sum leaves after the last tap.
 
@@ -216,7 +249,7 @@ class PoolEngine(wiring.Component):
 
     def __init__(self, config: NpuConfig):
         self.config = c = config
-        super().__init__(_engine_signature(c, {}))
+        super().__init__(_engine_signature(c, {"bad_field": Out(1)}))
 
     def elaborate(self, platform):
         m = Module()
@@ -225,6 +258,9 @@ class PoolEngine(wiring.Component):
         E = c.post_lanes_eff
         G = N // E
         ins = data.View(layout(Opcode.POOL), self.instr)
+        fl = Signal()           # AVG in onnxruntime's float32 arithmetic (numerics.pool_avg_fl32)
+        m.d.comb += fl.eq(ins.fl32 & (ins.mode == PoolMode.AVG))
+        m.d.comb += self.bad_field.eq(fl if not c.pool_fl32 else 0)
         m.d.comb += self.bad.eq((ins.in_addr + ins.in_h * ins.in_w * ins.cb > c.abuf_words)
                                 | (ins.out_addr + ins.out_h * ins.out_w * ins.cb > c.abuf_words))
         oy, ox, cc, ky, kx = Signal(10), Signal(10), Signal(10), Signal(4), Signal(4)
@@ -295,31 +331,45 @@ class PoolEngine(wiring.Component):
                 mx, sm = Signal(signed(8)), Signal(signed(20))
                 new_mx = Signal(signed(8))
                 new_sm = Signal(signed(20))
+                tap = Signal(signed(9))
                 base_mx = Mux(s4["first"], -128, mx)
                 m.d.comb += [new_mx.eq(Mux(inside4 & (x > base_mx), x, base_mx)),
-                             new_sm.eq(Mux(s4["first"], 0, sm) + Mux(inside4, x - ins.zp_in, 0))]
+                             tap.eq(Mux(inside4, x - ins.zp_in, 0)),
+                             new_sm.eq(Mux(s4["first"], 0, sm) + tap)]
                 with m.If(s4["v"]):
                     m.d.sync += [mx.eq(new_mx), sm.eq(new_sm)]
-                s5m, s5s = Signal(signed(8)), Signal(signed(20))
+                s5m, s5s, s5f = Signal(signed(8)), Signal(signed(20)), Signal(signed(_FL_BITS))
                 m.d.sync += [s5m.eq(new_mx), s5s.eq(new_sm)]
-                s5.append((s5m, s5s))
+                if c.pool_fl32:
+                    # The float32 sum, scaled by 2**-e: every tap and partial sum to 24 significant bits.
+                    fs, prod, new_fs = Signal(signed(_FL_BITS)), Signal(signed(41)), Signal(signed(_FL_BITS))
+                    m.d.comb += [prod.eq(tap * ins.mult),
+                                 new_fs.eq(round_sig(m, Mux(s4["first"], 0, fs) + round_sig(m, prod, 42),
+                                                     _FL_BITS))]
+                    with m.If(s4["v"]):
+                        m.d.sync += fs.eq(new_fs)
+                    m.d.sync += s5f.eq(new_fs)
+                s5.append((s5m, s5s, s5f))
             if G > 1:
                 # The bank: one pixel's maxima and sums, requantized one group per cycle.
-                bank = [(Signal(signed(8), name=f"bm{n}"), Signal(signed(20), name=f"bs{n}")) for n in range(N)]
+                fb = _FL_BITS if c.pool_fl32 else 1
+                bank = [(Signal(signed(8), name=f"bm{n}"), Signal(signed(20), name=f"bs{n}"),
+                         Signal(signed(fb), name=f"bf{n}")) for n in range(N)]
                 bv, bg, ba = Signal(), Signal(range(G)), Signal(16)
                 with m.If(s5v):
                     m.d.sync += [bv.eq(1), bg.eq(0), ba.eq(s5a)]
-                    m.d.sync += [b.eq(v) for (bm, bs), (vm, vs) in zip(bank, s5) for b, v in ((bm, vm), (bs, vs))]
+                    m.d.sync += [b.eq(v) for bl, vl in zip(bank, s5) for b, v in zip(bl, vl)]
                 with m.Elif(bv):
                     m.d.sync += [bg.eq(bg + 1), bv.eq(bg != G - 1)]
                 lanes = []
                 for n in range(E):
-                    lm, ls = Signal(signed(8), name=f"gm{n}"), Signal(signed(20), name=f"gs{n}")
+                    lm, ls, lf = Signal(signed(8), name=f"gm{n}"), Signal(signed(20), name=f"gs{n}"), \
+                        Signal(signed(fb), name=f"gf{n}")
                     with m.Switch(bg):
                         for g in range(G):
                             with m.Case(g):
-                                m.d.comb += [lm.eq(bank[g * E + n][0]), ls.eq(bank[g * E + n][1])]
-                    lanes.append((lm, ls))
+                                m.d.comb += [a.eq(b) for a, b in zip((lm, ls, lf), bank[g * E + n])]
+                    lanes.append((lm, ls, lf))
                 s6v, s6a, s6g = Signal(), Signal(16), Signal(range(G))
                 m.d.sync += [s6v.eq(bv), s6a.eq(ba), s6g.eq(bg)]
                 s7v, s7a, s7g, s8v, s8a, s8g = Signal(), Signal(16), Signal(range(G)), Signal(), Signal(16), Signal(range(G))
@@ -329,14 +379,22 @@ class PoolEngine(wiring.Component):
                 s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
                 m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
             ys = []
-            for lm, ls in lanes:
+            for lm, ls, lf in lanes:
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s6m.eq(lm), s6p.eq(ls * ins.mult)]
                 # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s7m.eq(s6m), s7q.eq(round_shift(round_sig(m, s6p, 56), ins.shift, 56))]
+                q = s7q
+                if c.pool_fl32:
+                    # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.
+                    s6k, s6f = Signal(signed(20)), Signal(signed(_FL_BITS))
+                    m.d.sync += [s6k.eq(ls), s6f.eq(lf)]
+                    s7k, s7e, s7b = Signal(signed(20)), Signal(signed(58)), Signal(signed(20))
+                    m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, ins.shift, 20))]
+                    q = Mux(fl, _fl32_result(m, s7k, s7e, s7b, ins.shift, ins.mult), s7q)
                 s8y = Signal(signed(8))
-                m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(s7q + ins.zp_out, -128, 127)))
+                m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(q + ins.zp_out, -128, 127)))
                 ys.append(s8y)
             if G > 1:
                 held = [Signal(8 * E, name=f"pheld{i}") for i in range(G - 1)]
@@ -397,8 +455,9 @@ class PostUnit(wiring.Component):
                 m.d.sync += running.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
-                with m.If(Mux(is_pool, pool.bad, epi.bad)):
-                    m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(ErrorCode.BUFFER_RANGE)]
+                with m.If(Mux(is_pool, pool.bad | pool.bad_field, epi.bad)):
+                    m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(
+                        Mux(is_pool & pool.bad_field, ErrorCode.BAD_FIELD, ErrorCode.BUFFER_RANGE))]
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
                 with m.Else():

@@ -41,7 +41,7 @@ from tessera.isa import (
     decode,
     mask_units,
 )
-from tessera.numerics import round_shift, scale_product, unpack_weights
+from tessera.numerics import pool_avg_fl32, round_shift, scale_product, unpack_weights
 from tessera.program import Program
 
 from .emulator_kernels import (
@@ -763,6 +763,9 @@ class Emulator:
 
     def _plan_pool(self, ins: Instruction):
         cw = ins.cb * self.config.lanes
+        fl32 = ins.mode == PoolMode.AVG and bool(ins.fl32)
+        if fl32 and not self.config.pool_fl32:
+            self._fail(ErrorCode.BAD_FIELD, f"pool: fl32 on config {self.config.name}, built without pool_fl32")
         p = _Plan(in_idx=self._span(Buffer.ACT, ins.in_addr, ins.in_h * ins.in_w * ins.cb, "pool input tile"),
                   out_idx=self._span(Buffer.ACT, ins.out_addr, ins.out_h * ins.out_w * ins.cb, "pool output tile"),
                   max=ins.mode == PoolMode.MAX, taps=ins.k_h * ins.k_w, src=None)
@@ -783,7 +786,7 @@ class Emulator:
                           kx:kx + (ins.out_w - 1) * ins.stride_w + 1:ins.stride_w]
                    for ky in range(ins.k_h) for kx in range(ins.k_w)]
         p.y = np.empty(p.out.shape, canvas.dtype)
-        p.zp_in, p.zp_out, p.mult, p.shift = ins.zp_in, ins.zp_out, ins.mult, ins.shift
+        p.zp_in, p.zp_out, p.mult, p.shift, p.fl32 = ins.zp_in, ins.zp_out, ins.mult, ins.shift, fl32
         return p
 
     def exec_pool(self, ins: Instruction, plan=None):
@@ -802,6 +805,9 @@ class Emulator:
                 np.add(y, v, out=y)
         if p.max:
             np.copyto(p.out, y)
+        elif p.fl32:
+            q = pool_avg_fl32(np.stack(p.views) - p.zp_in, p.mult, p.shift) + p.zp_out
+            np.copyto(p.out, np.clip(q, -128, 127), casting="unsafe")
         else:
             total = y.astype(np.int64) - p.zp_in * p.taps
             q = round_shift(scale_product(total, p.mult), p.shift) + p.zp_out

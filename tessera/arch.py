@@ -77,6 +77,11 @@ class NpuConfig:
         writes first, LOAD's wait in a small FIFO) and two read copies (CONV's; POST's, which
         STORE uses when POST does not read). The default gives every user its own port.
         Either option changes cycle counts, not results.
+    pool_fl32 : bool
+        POOL can average as onnxruntime's float32 path does (its ``fl32`` flag): a 9 × 24-bit
+        product and two float32 roundings per lane and tap. Without it the compiler lowers
+        every average pool to the fixed-point rule, whose exact ``.5`` ties can differ from
+        onnxruntime's by one step (docs/numerics.md).
     """
 
     name: str = "custom"
@@ -98,6 +103,7 @@ class NpuConfig:
     clock_mhz: float = 100.0
     post_lanes: int = 0
     bram_buffers: bool = False
+    pool_fl32: bool = True
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -235,7 +241,7 @@ class NpuConfig:
 
 
 #: Fields added after the first presets were hashed (see :meth:`NpuConfig.hash`).
-_LATER_FIELDS = ("post_lanes", "bram_buffers")
+_LATER_FIELDS = ("post_lanes", "bram_buffers", "pool_fl32")
 
 
 PRESETS: dict[str, NpuConfig] = {
@@ -252,7 +258,7 @@ PRESETS: dict[str, NpuConfig] = {
         name="ulx3s-85f", lanes=16, rows=16,
         abuf_words=4096, wbuf_words=512, accbuf_words=512, pbuf_words=64,
         bus_bytes=16, dram_bytes=32 << 20, mem_latency=24, clock_mhz=100.0,
-        post_lanes=4, bram_buffers=True,
+        post_lanes=4, bram_buffers=True, pool_fl32=False,
         notes="ULX3S-85F with its 32 MiB SDRAM behind a width-converting controller; block-RAM shaped "
               "buffers and an EPILOGUE/POOL of 4 channels per cycle."),
     # Brainwave-class Arria 10 (GX 1150): 4096 MACs, wide DDR4 port.

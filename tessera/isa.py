@@ -251,7 +251,9 @@ FORMATS: dict[Opcode, Format] = {f.opcode: f for f in (
            "Max or average pooling, lane-parallel over `cb` channel blocks. Input and output tiles are "
            "pixel-major with `cb` words per pixel. MAX: y = max over the window's taps inside the tile "
            "(-128 if none). AVG: y = clamp(rnd(scale_product(Σ(x - zp_in), mult), shift) + zp_out, -128, 127) where "
-           "taps outside the tile contribute 0 (divisor folded into `mult`).",
+           "taps outside the tile contribute 0 (divisor folded into `mult`). AVG with `fl32`: y = clamp(pool_avg_fl32("
+           "taps x - zp_in, mult, shift) + zp_out, -128, 127), onnxruntime's float32 average of 2**shift taps in one "
+           "scale whose 24-bit significand is `mult` (tessera.numerics).",
            (
                Field("mode", 1, "MAX or AVG", PoolMode),
                Field("in_addr", 16, "ACT word address of input pixel (0, 0)"),
@@ -270,7 +272,8 @@ FORMATS: dict[Opcode, Format] = {f.opcode: f for f in (
                Field("zp_in", 8, "input zero point (AVG)", "s"),
                Field("zp_out", 8, "output zero point (AVG)", "s"),
                Field("mult", 31, "requantization multiplier (AVG)"),
-               Field("shift", 6, "rounding shift (AVG)"),
+               Field("shift", 6, "rounding shift (AVG); log2 of the tap count with `fl32`"),
+               Field("fl32", 1, "AVG: average as onnxruntime's float32 path does (config `pool_fl32`)"),
            )),
     Format(Opcode.SYNC, None,
            "No operation on unit `unit`: only receives and sends tokens.",
@@ -489,7 +492,7 @@ def disassemble(instrs, *, addresses: bool = True) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-_TOKEN = re.compile(r"^([a-z_]+)=(\S+)$")
+_TOKEN = re.compile(r"^([a-z_][a-z0-9_]*)=(\S+)$")
 
 
 def _parse_value(f: Field, text: str, where: str):

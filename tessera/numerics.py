@@ -14,6 +14,7 @@ __all__ = [
     "MAX_SHIFT",
     "SIG_BITS",
     "pack_weights",
+    "pool_avg_fl32",
     "quantize_multiplier",
     "requantize",
     "round_shift",
@@ -74,6 +75,43 @@ def scale_product(x, mult):
     scaled by ``2**shift``. ``|x| < 2**31``, ``0 <= mult < 2**31``.
     """
     return round_sig(round_sig(x) * np.asarray(mult, np.int64))
+
+
+def pool_avg_fl32(k, m, n):
+    """POOL's float32 average: ``rint(float32(S / taps) / s)`` of onnxruntime's float path, in integers.
+
+    ``k`` holds each window's taps ``x - zp_in`` in row-major window order along axis 0
+    (``|k| < 2**9``, at most 256 taps), ``m`` is the 24-bit significand of the float32 scale
+    ``s`` that is both the input and the output scale (``s = m * 2**e``, ``2**23 <= m < 2**24``),
+    and ``n`` is log2 of the tap count (1 to 8). onnxruntime dequantizes each tap to
+    ``float32(k * s)``, sums them in float32 from the first tap, divides by ``taps`` and by
+    ``s`` and rounds half to even (the output zero point is added after). Scaled by ``2**-e``,
+    every tap is ``round_sig(k * m)`` and every partial sum ``round_sig(S + tap)``, and
+    ``float32(S / m)`` lies within ``|S - K*m| / m`` of the exact sum ``K = sum(k)``. That
+    distance is far below ``2**-n``, so the result is ``round_shift(K, n)`` except on an exact tie
+    of ``K / 2**n``, where the float quotient lands above or below ``K`` if the difference
+    survives its rounding to 24 significant bits: when ``|S - K*m| * 2**(24 - e_K) > m``
+    (``e_K = bit_length(|K|) - 1``; one more when ``|K|`` is a power of two and the quotient
+    falls below it in magnitude, where float32 spacing halves). Returns int64 ``y - zp_out``.
+    """
+    k = np.asarray(k, dtype=np.int64)
+    m = np.int64(m)
+    n = np.minimum(np.int64(n) & 63, MAX_SHIFT)    # as round_shift takes it
+    s = round_sig(k[0] * m)
+    for t in k[1:]:
+        s = round_sig(s + round_sig(t * m))
+    big_k = k.sum(axis=0)
+    e = s - big_k * m
+    base = round_shift(big_k, n)
+    mask = (np.int64(1) << n) - 1
+    half = (np.int64(1) << n) >> 1
+    tie = (half != 0) & ((big_k & mask) == half)
+    mag = np.abs(big_k)
+    e_k = np.frexp(mag.astype(np.float64))[1].astype(np.int64) - 1   # exact: |K| < 2**17
+    inward = ((mag & (mag - 1)) == 0) & ((e < 0) != (big_k < 0))
+    # |E| of 2**24 or more always moves the quotient (the shift is never negative): cap it there.
+    moved = (np.minimum(np.abs(e), np.int64(1) << 24) << (24 - e_k + inward)) > m
+    return np.where(tie & moved & (e != 0), (big_k >> n) + (e > 0), base)
 
 
 def wrap32(x):

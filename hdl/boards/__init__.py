@@ -17,7 +17,7 @@ ICEBREAKER_CONFIG = NpuConfig(
     name="icebreaker", lanes=4, rows=8,
     abuf_words=1024, wbuf_words=64, accbuf_words=64, pbuf_words=16,
     bus_bytes=4, dram_bytes=16 << 20, mem_latency=8, mem_outstanding=2,
-    queue_depth=4, token_depth=4, clock_mhz=30.0,
+    queue_depth=4, token_depth=4, clock_mhz=30.0, pool_fl32=False,
     notes="iCEBreaker (iCE40 UP5K): 32 MACs, a 4-byte memory port, SPI-flash-sized DRAM window.")
 
 

@@ -72,3 +72,50 @@ def test_global_avg_pool_ties_round_relative_to_the_zero_point(zp):
     ties = q.sum(axis=(2, 3), keepdims=True) % 4 == 2
     assert ties.sum() > 80
     assert (steps[ties] < 0.5).mean() >= 0.99 and (steps[~ties] < 0.5).all()
+
+
+
+def _shared_pool_model(scale, zp, shape):
+    """x → Q → DQ → AveragePool 2×2/2 → Q → (DQ → y, DQ → MaxPool → Q → DQ → y2): a pooled tensor with two users.
+
+    onnxruntime's x86 int8 kernels move a Q → DQ pair with one user to uint8; this pool's output Q
+    has two, so it stays int8 while its input becomes uint8, and DQ → AveragePool → Q of mixed types
+    is not fused: onnxruntime averages in float32, as inside the reduced DenseNet (whose pooled
+    tensors feed a concatenation and the next BatchNorm).
+    """
+    inits = [h.make_tensor("s", TP.FLOAT, [], [scale]), h.make_tensor("z", TP.INT8, [], [zp])]
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             h.make_node("AveragePool", ["xd"], ["p"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+             h.make_node("QuantizeLinear", ["p", "s", "z"], ["pq"]),
+             h.make_node("DequantizeLinear", ["pq", "s", "z"], ["y"]),
+             h.make_node("DequantizeLinear", ["pq", "s", "z"], ["pd"]),
+             h.make_node("MaxPool", ["pd"], ["m"], kernel_shape=[2, 2], strides=[2, 2], name="max"),
+             h.make_node("QuantizeLinear", ["m", "s", "z"], ["mq"]),
+             h.make_node("DequantizeLinear", ["mq", "s", "z"], ["y2"])]
+    out = [shape[0], shape[1], shape[2] // 2, shape[3] // 2]
+    g = h.make_graph(nodes, "pool", [h.make_tensor_value_info("x", TP.FLOAT, shape)],
+                     [h.make_tensor_value_info("y", TP.FLOAT, out),
+                      h.make_tensor_value_info("y2", TP.FLOAT, [out[0], out[1], out[2] // 2, out[3] // 2])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("scale,zp", [(0.0371, -1), (0.013, 12), (0.25, 0)])
+def test_unfused_avg_pool_matches_onnxruntime_bit_for_bit(scale, zp):
+    from tessera.compiler.ort_paths import unfused_average_pools
+    shape = (1, 32, 24, 24)
+    m = _shared_pool_model(scale, zp, shape)
+    assert unfused_average_pools(m) == {"pool"}
+    q, steps = _steps_from_onnxruntime(m, shape, scale, zp, seed=2)
+    ties = q.reshape(1, 32, 12, 2, 12, 2).sum(axis=(3, 5)) % 4 == 2
+    assert ties.sum() > 500
+    assert steps.max() == 0, f"{(steps > 0).mean():.2%} of the outputs differ"
+    # The fixed-point rule (a POOL built without fl32) rounds some float32 ties the other way; with a
+    # power-of-two scale every product is exact and the two agree.
+    prog, _ = compile_model(m, PRESETS["sim"].replace(pool_fl32=False))
+    x = np.random.default_rng(2).uniform(-4, 4, shape).astype(np.float32)
+    fixed = np.abs(Runtime(prog).run({"x": x})["y"] - ort_run(m, x)["y"]) / scale
+    assert (fixed.max() > 0.5) == (scale != 0.25)
+

@@ -199,3 +199,40 @@ async def requantization_rounds_like_float32_near_ties(dut):
         # Odd window sums: sum * (2**29 + 1) / 2**30 is just above a tie, whose float32 product is the tie.
         await b.run(ins.replace(mode="avg", mult=(1 << 29) + 1, shift=30), outs)
     b.tb.finish()
+
+
+def _fl32_mults(rng):
+    """Significands of float32 scales (a power of two among them: its products are exact), and wider values."""
+    return [rng.randint(1 << 23, (1 << 24) - 1) for _ in range(6)] + [1 << 23, (1 << 24) - 1,
+                                                                       rng.randint(1 << 24, (1 << 31) - 1)]
+
+
+@cocotb.test()
+async def pool_fl32_matches_emulator(dut):
+    """POOL's fl32 average: on configs built with it, the float32 tie decisions; elsewhere a BAD_FIELD fault."""
+    from tessera.numerics import pool_avg_fl32, round_shift
+    b = PostBench(dut)
+    await b.tb.reset()
+    rng = b.tb.rng
+    if not b.c.pool_fl32:
+        for _ in range(3):
+            ins, _ = b.random_pool()
+            assert await b.run(ins.replace(mode="avg", fl32=1), []) == ErrorCode.BAD_FIELD, ins
+            ok, outs = b.random_pool()
+            await b.run(ok, outs)
+        b.tb.finish()
+        return
+    # The bench can fail: on random 2x2 windows these scales move a good part of the ties off the
+    # fixed-point answer.
+    k = b.np_rng.integers(-255, 256, (4, 4096))
+    for mult in _fl32_mults(rng)[:6]:
+        moved = pool_avg_fl32(k, mult, 2) != round_shift(k.sum(axis=0), 2)
+        assert moved.mean() > 0.02, (mult, moved.mean())
+    for mult in _fl32_mults(rng) * 3:
+        ins, outs = b.random_pool()
+        shift = rng.choice([0, 1, 2, 2, 2, 3, (ins.k_h * ins.k_w).bit_length() - 1, 62, 63])
+        await b.run(ins.replace(mode="avg", fl32=1, mult=mult, shift=shift), outs)
+        # MAX ignores the flag.
+        ins, outs = b.random_pool()
+        await b.run(ins.replace(mode="max", fl32=1, mult=mult), outs)
+    b.tb.finish()

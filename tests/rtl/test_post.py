@@ -2,10 +2,15 @@
 
 import pytest
 
-from .components import run_units
+from .components import UNITS, run_units
+
+#: Shared multipliers (POOL's window bank, with the fl32 sums in it), and a POST built without fl32.
+_CONFIGS = {"units": UNITS, "post2": UNITS.replace(name="units-post2", post_lanes=2),
+            "nofl32": UNITS.replace(name="units-nofl32", pool_fl32=False)}
 
 
-@pytest.mark.parametrize("backpressure", [False, True], ids=["steady", "backpressure"])
-def test_post_bench(tmp_path, backpressure):
-    run_units("bench_post", tmp_path, backpressure=backpressure)
+@pytest.mark.parametrize("config,backpressure", [("units", False), ("units", True), ("post2", False),
+                                                 ("post2", True), ("nofl32", False)])
+def test_post_bench(tmp_path, config, backpressure):
+    run_units("bench_post", tmp_path, _CONFIGS[config], backpressure=backpressure)
 

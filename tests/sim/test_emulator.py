@@ -8,7 +8,7 @@ from tessera.sim import reference as ref
 from tessera.sim.emulator import Emulator, HazardError, NpuError
 
 from tessera.isa import Buffer, ErrorCode, Instruction, encode, encode_program
-from tessera.numerics import pack_weights
+from tessera.numerics import pack_weights, pool_avg_fl32, round_shift
 
 PROG = 0x0
 DATA = 0x8000
@@ -269,6 +269,32 @@ def test_faults_stop_with_error_code(small_config, ins, code, message):
     with pytest.raises(NpuError, match=message) as e:
         run(small_config, [ins])
     assert e.value.code == code and e.value.pc == 0
+
+
+def test_pool_fl32_needs_a_config_built_with_it(small_config):
+    ins = Instruction("pool", mode="avg", fl32=1, in_h=2, in_w=2, cb=1, out_addr=100, out_h=1, out_w=1, k_h=2,
+                      k_w=2, stride_h=2, stride_w=2, mult=1 << 23, shift=2)
+    run(small_config, [ins])
+    with pytest.raises(NpuError, match="built without pool_fl32") as e:
+        run(small_config.replace(pool_fl32=False), [ins])
+    assert e.value.code == ErrorCode.BAD_FIELD and e.value.pc == 0
+
+
+def test_pool_avg_fl32_is_numerics_rule(small_config):
+    cfg = small_config
+    rng = np.random.default_rng(15)
+    H, W, zp_in, zp_out, m = 6, 8, -3, 4, 12_345_679
+    x = rng.integers(-128, 128, size=(H, W, cfg.lanes))
+    taps = np.stack([x[i::2, j::2] for i in range(2) for j in range(2)]) - zp_in
+    want = np.clip(pool_avg_fl32(taps, m, 2) + zp_out, -128, 127)
+    emu = run(cfg, [Instruction("pool", mode="avg", fl32=1, in_addr=0, in_h=H, in_w=W, cb=1, out_addr=500, out_h=H // 2,
+                                out_w=W // 2, k_h=2, k_w=2, stride_h=2, stride_w=2, zp_in=zp_in, zp_out=zp_out,
+                                mult=m, shift=2)],
+              buffers={Buffer.ACT: (0, x.reshape(-1, cfg.lanes))})
+    got = emu.buffers[Buffer.ACT][500:500 + H * W // 4].reshape(H // 2, W // 2, -1)
+    np.testing.assert_array_equal(got, want)
+    # ... which is not the fixed-point answer on every tie.
+    assert (pool_avg_fl32(taps, m, 2) != round_shift(taps.sum(axis=0), 2)).any()
 
 
 def test_illegal_opcode_from_erased_memory(small_config):

@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tessera.numerics import (MAX_SHIFT, pack_weights, quantize_multiplier, requantize, round_shift, round_sig,
-                              scale_product, unpack_weights, wrap32)
+from tessera.numerics import (MAX_SHIFT, pack_weights, pool_avg_fl32, quantize_multiplier, requantize, round_shift,
+                              round_sig, scale_product, unpack_weights, wrap32)
 
 
 @given(st.integers(-(2**61), 2**61), st.integers(0, 63))
@@ -72,3 +72,43 @@ def test_pack_unpack_weights_round_trip(bits, n, seed):
     raw = pack_weights(w, bits)
     assert len(raw) == n * per * bits // 8
     assert unpack_weights(raw, bits).tolist() == w.tolist()
+
+
+def _onnxruntime_float_average(k, scale, taps):
+    """DQ → float AveragePool → Q as onnxruntime runs it: float32 taps summed from the first, / taps, / scale."""
+    d = k.astype(np.float32) * np.float32(scale)
+    total = d[0]
+    for t in d[1:]:
+        total = (total + t).astype(np.float32)
+    return np.rint((total / np.float32(taps)).astype(np.float32) / np.float32(scale)).astype(np.int64)
+
+
+@given(st.integers(1, 4), st.integers(2**23, 2**24 - 1), st.integers(-30, 10), st.integers(0, 2**32 - 1))
+@example(2, 2**23, 0, 1)               # a power-of-two scale: exact products, the fixed-point answer
+@example(2, 2**24 - 1, -7, 2)          # the largest significand
+def test_pool_avg_fl32_is_onnxruntime_float_average(n, m, e, seed):
+    # Windows of 2**n taps, a quarter or more of them exact ties of the mean; every one equal.
+    k = np.random.default_rng(seed).integers(-255, 256, (1 << n, 4096))
+    scale = np.float32(m * 2.0 ** (e - 23))
+    np.testing.assert_array_equal(pool_avg_fl32(k, m, n), _onnxruntime_float_average(k, scale, 1 << n))
+
+
+def test_pool_avg_fl32_moves_ties_where_float32_does():
+    # The rule can fail: with a non-power-of-two scale it leaves the fixed-point answer on many ties,
+    # including sums of +-2 (a power of two, where float32 spacing halves below it).
+    k = np.random.default_rng(5).integers(-40, 41, (4, 200_000))
+    for m in (2**24 - 1, 12_345_679, 2**23 + 1):
+        got = pool_avg_fl32(k, m, 2)
+        assert (got != round_shift(k.sum(axis=0), 2)).mean() > 0.03
+        np.testing.assert_array_equal(got, _onnxruntime_float_average(k, np.float32(m * 2.0**-23), 4))
+
+
+def test_pool_avg_fl32_is_defined_for_any_field_values():
+    # The emulator and the RTL must agree on every instruction, meaningful or not: no shift may raise or
+    # wrap. A shift of 0 has no ties, and one beyond the sum's width no exact ones.
+    k = np.random.default_rng(1).integers(-255, 256, (9, 64))
+    for n in (0, 5, 31, 62, 63, 64 + 2):
+        got = pool_avg_fl32(k, 2**31 - 1, n)
+        assert got.shape == (64,)
+        if n in (0, 31, 62, 63):
+            np.testing.assert_array_equal(got, round_shift(k.sum(axis=0), n))

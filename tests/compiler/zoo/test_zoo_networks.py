@@ -135,20 +135,7 @@ def _logits_ref(qdq, prog):
 
 @pytest.mark.parametrize("name", [
     "resnet50", "resnet152", "vgg16",
-    pytest.param("densenet121", marks=pytest.mark.xfail(strict=True, reason=(
-        "reduced DenseNet (growth 8, 10 classes) drifts 2-4 steps in its logits (inputs of seeds 7, 1-3); "
-        "same top-1. Every convolution agrees with onnxruntime bit for bit on onnxruntime's own input of "
-        "the layer; the differences start at the three 2x2 average pools, which onnxruntime runs unfused "
-        "(DQ -> float AveragePool -> Q). With one scale in and out every window sum = 2 mod 4 is an exact .5 "
-        "tie; onnxruntime's float path rounds 85-93 % of them to the even stored code and the rest the "
-        "other way, depending on the float rounding of the individual inputs, which POOL does not see (it "
-        "follows the majority rule, codegen). The model amplifies any difference: on onnxruntime alone, its "
-        "unoptimized run parts from the optimized one by 2-3 steps on 1-3 of the 10 logits, and one input "
-        "value moved by one step moves the logits by up to 3 steps; full-size DenseNet-121 agrees 100 % "
-        "(docs/benchmarks.md). docs/numerics.md gives onnxruntime's exact float path and what POOL needs for it; "
-        "with the three pools computed that way (an emulator-only probe, bit-exact with onnxruntime on its own "
-        "pool inputs) 3 of 10 logits are still beyond one step: the 62 per-channel Muls of the folded "
-        "pre-activation BatchNorms, which onnxruntime also computes in float, are the likely other source"))),
+    "densenet121",
 ])
 def test_reduced_classifier_runs_on_npu_and_agrees_with_onnxruntime(name, tmp_path):
     shape, prog, reports, qdq = _compile(name, tmp_path)

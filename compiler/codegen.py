@@ -53,18 +53,33 @@ def _avg_pool_ratio(s_x: float, s_y: float, taps: int) -> float:
     return float(np.float32(s_x) / (np.float32(s_y) * np.float32(taps)))
 
 
-def _pool_fl32(config, op, x, y) -> bool:
-    """Whether an average pool is onnxruntime's float path that POOL's ``fl32`` mode reproduces.
+def _pool_fl32(config, op, x, y):
+    """POOL ``fl32`` fields that reproduce onnxruntime's average of this pool, or None.
 
-    The driver marks the AveragePools onnxruntime keeps unfused (DQ → float AveragePool → Q,
-    :mod:`~tessera.compiler.ort_paths`). POOL's ``fl32`` arithmetic is that path for one float32
-    scale in and out, no padding and a 2×2, 1×2 or 2×1 window (the tap order measured against
-    onnxruntime, docs/numerics.md); other average pools keep the fixed-point rule.
+    onnxruntime averages a windowed quantized pool in float32, fused (QLinearAveragePool: the
+    output zero point as it holds it enters in float before the rounding) or unfused (DQ →
+    AveragePool → Q: after). The driver records which (:mod:`~tessera.compiler.ort_paths`); a
+    QLinearAveragePool of the source model is fused by definition. POOL's ``fl32`` arithmetic is
+    either path for one float32 scale in and out, no padding and a 2×2, 1×2 or 2×1 window (the tap
+    order measured against onnxruntime, docs/numerics.md). A window over the whole input is
+    onnxruntime's integer global-average kernel, which the fixed-point rule matches.
     """
     a = op.attrs
-    return (config.pool_fl32 and a.get("onnxruntime_float", False) and tuple(a["kernel"]) in ((2, 2), (1, 2), (2, 1))
-            and not any(a["pads"]) and x.scale == y.scale and float(np.float32(x.scale)) == x.scale
-            and x.scale > 0)
+    if op.onnx_op == "QLinearAveragePool":
+        path = y.zero_point + (128 if y.src_dtype == "uint8" else 0)
+    else:
+        path = a.get("onnxruntime_path")
+    ok = (config.pool_fl32 and path is not None and tuple(a["kernel"]) in ((2, 2), (1, 2), (2, 1))
+          and tuple(a["kernel"]) != (x.height, x.width) and not any(a["pads"]) and x.scale == y.scale
+          and float(np.float32(x.scale)) == x.scale and x.scale > 0)
+    if not ok:
+        return None
+    kh, kw = a["kernel"]
+    f = {"mode": "avg", "zp_in": x.zero_point, "zp_out": y.zero_point, "fl32": 1,
+         "mult": int(np.frexp(np.float32(x.scale))[0] * (1 << 24)), "shift": (kh * kw).bit_length() - 1}
+    if path != "unfused":
+        f.update(fl32_zp=1, zp_ort=int(path))
+    return f
 
 
 def _out_grid(op, y):
@@ -759,11 +774,9 @@ class EmitInstructions:
         cbw = x.cpad // N
         OH, OW = y.height, y.width
         f = {"k_h": kh, "k_w": kw, "stride_h": sh, "stride_w": sw, "pad_l": pl}
-        if a["mode"] == "avg" and _pool_fl32(c, op, x, y):
-            # onnxruntime averages this pool in float32 (docs/numerics.md): POOL's fl32 mode is that arithmetic.
-            sig = np.frexp(np.float32(x.scale))[0]
-            f.update(mode="avg", zp_in=x.zero_point, zp_out=y.zero_point, mult=int(sig * (1 << 24)),
-                     shift=(kh * kw).bit_length() - 1, fl32=1)
+        fl32 = _pool_fl32(c, op, x, y) if a["mode"] == "avg" else None
+        if fl32:
+            f.update(fl32)
         elif a["mode"] == "avg":
             mult, shift = quantize_multiplier(_avg_pool_ratio(x.scale, y.scale, kh * kw))
             zp_in, zp_out = x.zero_point, y.zero_point

@@ -15,7 +15,7 @@ from tessera.errors import UserError
 from .codegen import EmitInstructions, TileForBuffers
 from .frontend import load_onnx, lower
 from .ir import CompileError
-from .ort_paths import unfused_average_pools
+from .ort_paths import average_pool_paths
 from .passes import FoldBatchNorm, run_passes
 from .tf_frontend import is_tf_model, strip_input_layout, tf_to_onnx
 
@@ -47,10 +47,10 @@ def compile_model(model, config, *, calibrate=None, name: str | None = None):
     elif calibrate is not None:
         raise CompileError(f"{name or 'model'}: --calibrate is for float models, and this model is already quantized")
     g = lower(m)
-    unfused = unfused_average_pools(m)
+    ort_pools = average_pool_paths(m)
     for op in g.ops:
-        if op.kind == "pool" and op.name in unfused:
-            op.attrs["onnxruntime_float"] = True     # codegen picks POOL's fl32 arithmetic for it
+        if op.kind == "pool" and op.name in ort_pools:
+            op.attrs["onnxruntime_path"] = ort_pools[op.name]   # codegen picks POOL's arithmetic by it
     g = run_passes(g, config)
     plans = TileForBuffers(config)(g)
     meta = {"source": name or (model if isinstance(model, str) else "model"), "compiler": "tessera.compiler"}

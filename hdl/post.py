@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, PoolMode, layout
+from tessera.numerics import FL32_MAX_N
 
 from .common import (
     BufReadSignature,
@@ -211,31 +212,54 @@ class EpilogueEngine(wiring.Component):
 _FL_BITS = 50
 
 
-def _fl32_result(m, k, e, base, shift, mult):
-    """numerics.pool_avg_fl32 from the window's exact sum ``k``, ``e = S - k*mult`` and ``base = rnd(k, shift)``.
+def _fl32_result(m, k, e, base, base_f, n, mult, zp, fused):
+    """numerics.pool_avg_fl32 from the window's exact sum ``k`` and ``e = S - k*mult``.
 
-    On an exact tie of ``k / 2**shift`` the float32 quotient lands above or below it when ``e``
-    survives its rounding to 24 significant bits; elsewhere the result is ``base``.
+    ``base = rnd(k, n)`` and ``base_f = rnd(k + zp * 2**n, n) - zp`` are the fixed-point answers
+    (unfused and fused); an exact tie of ``k / 2**n`` moves towards ``e`` when the offset survives
+    the float32 roundings (docs/numerics.md has the comparisons).
     """
-    n = Signal(6)
-    m.d.comb += n.eq(Mux(shift > 62, 62, shift))
-    k64 = Cat(k, k[-1].replicate(64 - len(k)))
-    mask = Signal(64)
-    m.d.comb += mask.eq(Const((1 << 64) - 1, 64) >> (64 - n).as_unsigned()[:7])
+    kw = len(k)
+    k64 = Cat(k, k[-1].replicate(64 - kw))
+    mask = Signal(17)
+    m.d.comb += mask.eq(Const((1 << 17) - 1, 17) >> (17 - n).as_unsigned()[:5])
     half = mask ^ (mask >> 1)
     tie = Signal()
-    m.d.comb += tie.eq((half != 0) & ((k64 & mask) == half))
-    mag, e_mag = Signal(21), Signal(58)
-    m.d.comb += [mag.eq(Mux(k < 0, -k, k)), e_mag.eq(Mux(e < 0, -e, e))]
-    e_k = Signal(range(22))      # bit_length(|k|); the rule's e_K is one less
-    m.d.comb += e_k.eq(bit_length(mag))
-    inward = ((mag & (mag - 1)) == 0) & ((e < 0) != (k < 0))
-    cap = Signal(25)
-    m.d.comb += cap.eq(Mux(e_mag >= (1 << 24), 1 << 24, e_mag))
-    moved = Signal()
-    m.d.comb += moved.eq((cap << (25 - e_k + inward).as_unsigned()[:5]) > mult)
-    r = Signal(signed(21))
-    m.d.comb += r.eq(Mux(tie & moved & (e != 0), (k >> n) + (e > 0), base))
+    m.d.comb += tie.eq((half != 0) & ((k64[:17] & mask) == half))
+    mag_k, mag_e = Signal(kw), Signal(len(e))
+    m.d.comb += [mag_k.eq(Mux(k < 0, -k, k)), mag_e.eq(Mux(e < 0, -e, e))]
+    b_k = Signal(range(kw + 1))
+    m.d.comb += b_k.eq(bit_length(mag_k))
+    in1 = Signal()
+    m.d.comb += in1.eq(((mag_k & (mag_k - 1)) == 0) & ((e < 0) != (k < 0)))
+    cap24 = Signal(25)
+    m.d.comb += cap24.eq(Mux(mag_e >= (1 << 24), 1 << 24, mag_e))
+    keep1 = Signal()
+    m.d.comb += keep1.eq((cap24 << (25 - b_k + in1).as_unsigned()[:5]) > mult)
+    # Fused: does the offset also survive float32(v + zp)?
+    bq = Signal(signed(kw + 18))
+    m.d.comb += bq.eq(k + (zp << n))
+    mag_b = Signal(kw + 17)
+    m.d.comb += mag_b.eq(Mux(bq < 0, -bq, bq))
+    b_b = Signal(range(kw + 18))
+    m.d.comb += b_b.eq(bit_length(mag_b))
+    in2 = Signal()
+    m.d.comb += in2.eq((mag_b == half) & ((e < 0) != (bq < 0)))
+    t = Signal(signed(7))
+    m.d.comb += t.eq(b_b - b_k - 1 - in2 + in1)
+    cap32, lhs, d = Signal(33), Signal(60), Signal(signed(61))
+    m.d.comb += [cap32.eq(Mux(mag_e >= (1 << 32), 1 << 32, mag_e)),
+                 lhs.eq(cap32 << (25 - b_b + in2).as_unsigned()[:5]),
+                 d.eq(lhs - mult)]
+    dcap, scaled = Signal(32), Signal(60)
+    m.d.comb += [dcap.eq(Mux(d <= 0, 0, Mux(d >= (1 << 31), 1 << 31, d))),
+                 scaled.eq(dcap << Mux(t < 0, 0, t + 1).as_unsigned()[:5])]
+    keep2 = Signal()
+    m.d.comb += keep2.eq((d > 0) & ((scaled > mult) | ((scaled == mult) & (t == 0))))
+    keep = Signal()
+    m.d.comb += keep.eq(Mux(fused, Mux(t < 0, keep1, keep2), keep1))
+    r = Signal(signed(kw + 1))
+    m.d.comb += r.eq(Mux(tie & keep & (e != 0), (k >> n) + (e > 0), Mux(fused, base_f, base)))
     return r
 
 
@@ -259,7 +283,9 @@ class PoolEngine(wiring.Component):
         G = N // E
         ins = data.View(layout(Opcode.POOL), self.instr)
         fl = Signal()           # AVG in onnxruntime's float32 arithmetic (numerics.pool_avg_fl32)
-        m.d.comb += fl.eq(ins.fl32 & (ins.mode == PoolMode.AVG))
+        fl_n = Signal(5)        # its log2 tap count, limited as numerics limits it
+        m.d.comb += [fl.eq(ins.fl32 & (ins.mode == PoolMode.AVG)),
+                     fl_n.eq(Mux(ins.shift > FL32_MAX_N, FL32_MAX_N, ins.shift))]
         m.d.comb += self.bad_field.eq(fl if not c.pool_fl32 else 0)
         m.d.comb += self.bad.eq((ins.in_addr + ins.in_h * ins.in_w * ins.cb > c.abuf_words)
                                 | (ins.out_addr + ins.out_h * ins.out_w * ins.cb > c.abuf_words))
@@ -390,9 +416,10 @@ class PoolEngine(wiring.Component):
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.
                     s6k, s6f = Signal(signed(20)), Signal(signed(_FL_BITS))
                     m.d.sync += [s6k.eq(ls), s6f.eq(lf)]
-                    s7k, s7e, s7b = Signal(signed(20)), Signal(signed(58)), Signal(signed(20))
-                    m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, ins.shift, 20))]
-                    q = Mux(fl, _fl32_result(m, s7k, s7e, s7b, ins.shift, ins.mult), s7q)
+                    s7k, s7e, s7b, s7f = Signal(signed(20)), Signal(signed(58)), Signal(signed(20)), Signal(signed(21))
+                    m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, fl_n, 20)),
+                                 s7f.eq(round_shift(s6k + (ins.zp_ort << fl_n), fl_n, 27) - ins.zp_ort)]
+                    q = Mux(fl, _fl32_result(m, s7k, s7e, s7b, s7f, fl_n, ins.mult, ins.zp_ort, ins.fl32_zp), s7q)
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(q + ins.zp_out, -128, 127)))
                 ys.append(s8y)

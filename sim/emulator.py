@@ -787,6 +787,7 @@ class Emulator:
                    for ky in range(ins.k_h) for kx in range(ins.k_w)]
         p.y = np.empty(p.out.shape, canvas.dtype)
         p.zp_in, p.zp_out, p.mult, p.shift, p.fl32 = ins.zp_in, ins.zp_out, ins.mult, ins.shift, fl32
+        p.zp_float = ins.zp_ort if ins.fl32_zp else None
         return p
 
     def exec_pool(self, ins: Instruction, plan=None):
@@ -806,7 +807,7 @@ class Emulator:
         if p.max:
             np.copyto(p.out, y)
         elif p.fl32:
-            q = pool_avg_fl32(np.stack(p.views) - p.zp_in, p.mult, p.shift) + p.zp_out
+            q = pool_avg_fl32(np.stack(p.views) - p.zp_in, p.mult, p.shift, p.zp_float) + p.zp_out
             np.copyto(p.out, np.clip(q, -128, 127), casting="unsafe")
         else:
             total = y.astype(np.int64) - p.zp_in * p.taps

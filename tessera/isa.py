@@ -252,8 +252,8 @@ FORMATS: dict[Opcode, Format] = {f.opcode: f for f in (
            "pixel-major with `cb` words per pixel. MAX: y = max over the window's taps inside the tile "
            "(-128 if none). AVG: y = clamp(rnd(scale_product(Σ(x - zp_in), mult), shift) + zp_out, -128, 127) where "
            "taps outside the tile contribute 0 (divisor folded into `mult`). AVG with `fl32`: y = clamp(pool_avg_fl32("
-           "taps x - zp_in, mult, shift) + zp_out, -128, 127), onnxruntime's float32 average of 2**shift taps in one "
-           "scale whose 24-bit significand is `mult` (tessera.numerics).",
+           "taps x - zp_in, mult, shift, zp_ort if fl32_zp) + zp_out, -128, 127), onnxruntime's float32 average of "
+           "2**shift taps in one scale whose 24-bit significand is `mult` (tessera.numerics).",
            (
                Field("mode", 1, "MAX or AVG", PoolMode),
                Field("in_addr", 16, "ACT word address of input pixel (0, 0)"),
@@ -274,6 +274,10 @@ FORMATS: dict[Opcode, Format] = {f.opcode: f for f in (
                Field("mult", 31, "requantization multiplier (AVG)"),
                Field("shift", 6, "rounding shift (AVG); log2 of the tap count with `fl32`"),
                Field("fl32", 1, "AVG: average as onnxruntime's float32 path does (config `pool_fl32`)"),
+               Field("fl32_zp", 1, "fl32: add `zp_ort` in float32 before rounding (onnxruntime's fused "
+                     "QLinearAveragePool)"),
+               Field("zp_ort", 9, "fl32_zp: the output zero point as onnxruntime holds it (int8, or "
+                     "uint8 = zp_out + 128)", "s"),
            )),
     Format(Opcode.SYNC, None,
            "No operation on unit `unit`: only receives and sends tokens.",

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "FL32_MAX_N",
     "MAX_SHIFT",
     "SIG_BITS",
     "pack_weights",
@@ -77,41 +78,69 @@ def scale_product(x, mult):
     return round_sig(round_sig(x) * np.asarray(mult, np.int64))
 
 
-def pool_avg_fl32(k, m, n):
-    """POOL's float32 average: ``rint(float32(S / taps) / s)`` of onnxruntime's float path, in integers.
+#: POOL ``fl32`` takes ``shift`` (log2 of the tap count) up to this; larger values act as this.
+FL32_MAX_N = 16
+
+
+def _bit_length(a):
+    """``bit_length`` of non-negative int64 values below ``2**52`` (exact through float64)."""
+    a = np.asarray(a, np.int64)
+    return np.where(a > 0, np.frexp(a.astype(np.float64))[1], 0).astype(np.int64)
+
+
+def pool_avg_fl32(k, m, n, zp_float=None):
+    """POOL's float32 average: onnxruntime's average of one quantized window, in integers.
 
     ``k`` holds each window's taps ``x - zp_in`` in row-major window order along axis 0
     (``|k| < 2**9``, at most 256 taps), ``m`` is the 24-bit significand of the float32 scale
     ``s`` that is both the input and the output scale (``s = m * 2**e``, ``2**23 <= m < 2**24``),
-    and ``n`` is log2 of the tap count (1 to 8). onnxruntime dequantizes each tap to
-    ``float32(k * s)``, sums them in float32 from the first tap, divides by ``taps`` and by
-    ``s`` and rounds half to even (the output zero point is added after). Scaled by ``2**-e``,
-    every tap is ``round_sig(k * m)`` and every partial sum ``round_sig(S + tap)``, and
-    ``float32(S / m)`` lies within ``|S - K*m| / m`` of the exact sum ``K = sum(k)``. That
-    distance is far below ``2**-n``, so the result is ``round_shift(K, n)`` except on an exact tie
-    of ``K / 2**n``, where the float quotient lands above or below ``K`` if the difference
-    survives its rounding to 24 significant bits: when ``|S - K*m| * 2**(24 - e_K) > m``
-    (``e_K = bit_length(|K|) - 1``; one more when ``|K|`` is a power of two and the quotient
-    falls below it in magnitude, where float32 spacing halves). Returns int64 ``y - zp_out``.
+    and ``n`` is log2 of the tap count (taken ``& 63``, at most :data:`FL32_MAX_N`).
+    onnxruntime dequantizes each tap to ``float32(k * s)``, sums them in float32 from the first
+    tap and divides by ``taps`` and by ``s``: ``v``. Unfused (DQ → AveragePool → Q, ``zp_float``
+    None) it returns ``rint(v)``; fused (QLinearAveragePool) ``rint(float32(v + zp_float)) -
+    zp_float``, with ``zp_float`` the output zero point as onnxruntime holds it (int8 or uint8).
+    The caller adds ``zp_out``.
+
+    Scaled by ``2**-e``, every tap is ``round_sig(k * m)`` and every partial sum
+    ``round_sig(S + tap)``, and ``float32(S / m)`` lies within ``|E| / m`` of the exact sum
+    ``K = sum(k)``, ``E = S - K*m``. That is far below ``2**-n``, so the result is the
+    fixed-point one except on an exact tie of ``K / 2**n``, which moves towards ``E`` when the
+    offset survives the quotient's rounding to 24 significant bits (and, fused, the rounding of
+    ``v + zp_float``): docs/numerics.md derives the comparisons.
     """
     k = np.asarray(k, dtype=np.int64)
     m = np.int64(m)
-    n = np.minimum(np.int64(n) & 63, MAX_SHIFT)    # as round_shift takes it
+    n = np.minimum(np.int64(n) & 63, FL32_MAX_N)
     s = round_sig(k[0] * m)
     for t in k[1:]:
         s = round_sig(s + round_sig(t * m))
     big_k = k.sum(axis=0)
     e = s - big_k * m
-    base = round_shift(big_k, n)
-    mask = (np.int64(1) << n) - 1
+    mag_e = np.abs(e)
     half = (np.int64(1) << n) >> 1
-    tie = (half != 0) & ((big_k & mask) == half)
-    mag = np.abs(big_k)
-    e_k = np.frexp(mag.astype(np.float64))[1].astype(np.int64) - 1   # exact: |K| < 2**17
-    inward = ((mag & (mag - 1)) == 0) & ((e < 0) != (big_k < 0))
-    # |E| of 2**24 or more always moves the quotient (the shift is never negative): cap it there.
-    moved = (np.minimum(np.abs(e), np.int64(1) << 24) << (24 - e_k + inward)) > m
-    return np.where(tie & moved & (e != 0), (big_k >> n) + (e > 0), base)
+    tie = (half != 0) & ((big_k & ((np.int64(1) << n) - 1)) == half)
+    mag_k = np.abs(big_k)
+    b_k = _bit_length(mag_k)
+    # The quotient's spacing halves just below a power of two: one more bit when it lands there.
+    in1 = ((mag_k & (mag_k - 1)) == 0) & ((e < 0) != (big_k < 0))
+    # It keeps E when |E| / m exceeds half its spacing; |E| of 2**24 or more always does.
+    keep1 = (np.minimum(mag_e, np.int64(1) << 24) << (25 - b_k + in1)) > m
+    moved = (big_k >> n) + (e > 0)
+    if zp_float is None:
+        return np.where(tie & keep1 & (e != 0), moved, round_shift(big_k, n))
+    z = np.int64(zp_float)
+    bq = big_k + (z << n)                       # (v + zp_float) * 2**n on the tie
+    mag_b = np.abs(bq)
+    b_b = _bit_length(mag_b)
+    in2 = (mag_b == half) & ((e < 0) != (bq < 0))
+    # The sum keeps the quotient's offset j (in its spacing) when j > T = 2**t: t < 0 means any j.
+    t = b_b - b_k - 1 - in2 + in1
+    lhs = np.minimum(mag_e, np.int64(1) << 32) << (25 - b_b + in2)
+    d = lhs - m
+    scaled = np.minimum(np.maximum(d, 0), np.int64(1) << 31) << np.maximum(t + 1, 0)
+    keep2 = (d > 0) & ((scaled > m) | ((scaled == m) & (t == 0)))
+    keep = np.where(t < 0, keep1, keep2)
+    return np.where(tie & keep & (e != 0), moved, round_shift(bq, n) - z)
 
 
 def wrap32(x):

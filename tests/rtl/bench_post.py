@@ -209,7 +209,8 @@ def _fl32_mults(rng):
 
 @cocotb.test()
 async def pool_fl32_matches_emulator(dut):
-    """POOL's fl32 average: on configs built with it, the float32 tie decisions; elsewhere a BAD_FIELD fault."""
+    """POOL's fl32 average, unfused and fused: on configs built with it, the float32 tie decisions; elsewhere a
+    BAD_FIELD fault."""
     from tessera.numerics import pool_avg_fl32, round_shift
     b = PostBench(dut)
     await b.tb.reset()
@@ -228,10 +229,16 @@ async def pool_fl32_matches_emulator(dut):
     for mult in _fl32_mults(rng)[:6]:
         moved = pool_avg_fl32(k, mult, 2) != round_shift(k.sum(axis=0), 2)
         assert moved.mean() > 0.02, (mult, moved.mean())
-    for mult in _fl32_mults(rng) * 3:
+        zp = rng.randint(-20, 20)           # larger zero points hide more of the offset in float32(v + zp)
+        moved = pool_avg_fl32(k, mult, 2, zp) != round_shift(k.sum(axis=0) + (zp << 2), 2) - zp
+        assert moved.mean() > 0.02, (mult, zp, moved.mean())
+    for i, mult in enumerate(_fl32_mults(rng) * 4):
         ins, outs = b.random_pool()
-        shift = rng.choice([0, 1, 2, 2, 2, 3, (ins.k_h * ins.k_w).bit_length() - 1, 62, 63])
-        await b.run(ins.replace(mode="avg", fl32=1, mult=mult, shift=shift), outs)
+        shift = rng.choice([0, 1, 2, 2, 2, 3, (ins.k_h * ins.k_w).bit_length() - 1, 16, 17, 63])
+        # Unfused and fused (the zero point onnxruntime adds in float: int8, uint8, or any field value).
+        fused = dict(fl32_zp=1, zp_ort=rng.choice([ins.zp_out, ins.zp_out + 128, rng.randint(-256, 255)])) \
+            if i % 2 else {}
+        await b.run(ins.replace(mode="avg", fl32=1, mult=mult, shift=shift, **fused), outs)
         # MAX ignores the flag.
         ins, outs = b.random_pool()
         await b.run(ins.replace(mode="max", fl32=1, mult=mult), outs)

@@ -74,23 +74,34 @@ def test_pack_unpack_weights_round_trip(bits, n, seed):
     assert unpack_weights(raw, bits).tolist() == w.tolist()
 
 
-def _onnxruntime_float_average(k, scale, taps):
-    """DQ → float AveragePool → Q as onnxruntime runs it: float32 taps summed from the first, / taps, / scale."""
+def _onnxruntime_float_average(k, scale, taps, zp_float=None):
+    """onnxruntime's quantized average: float32 taps summed from the first, / taps, / scale, then rint.
+
+    Unfused (DQ → AveragePool → Q) the zero point is added after the rounding; fused
+    (QLinearAveragePool) in float32 before it. Returned relative to the zero point.
+    """
     d = k.astype(np.float32) * np.float32(scale)
     total = d[0]
     for t in d[1:]:
         total = (total + t).astype(np.float32)
-    return np.rint((total / np.float32(taps)).astype(np.float32) / np.float32(scale)).astype(np.int64)
+    v = ((total / np.float32(taps)).astype(np.float32) / np.float32(scale)).astype(np.float32)
+    if zp_float is None:
+        return np.rint(v).astype(np.int64)
+    return np.rint((v + np.float32(zp_float)).astype(np.float32)).astype(np.int64) - zp_float
 
 
-@given(st.integers(1, 4), st.integers(2**23, 2**24 - 1), st.integers(-30, 10), st.integers(0, 2**32 - 1))
-@example(2, 2**23, 0, 1)               # a power-of-two scale: exact products, the fixed-point answer
-@example(2, 2**24 - 1, -7, 2)          # the largest significand
-def test_pool_avg_fl32_is_onnxruntime_float_average(n, m, e, seed):
+@given(st.integers(1, 4), st.integers(2**23, 2**24 - 1), st.integers(-30, 10), st.integers(0, 2**32 - 1),
+       st.one_of(st.none(), st.integers(-128, 255)))
+@example(2, 2**23, 0, 1, None)         # a power-of-two scale: exact products, the fixed-point answer
+@example(2, 2**24 - 1, -7, 2, None)    # the largest significand
+@example(1, 11_182_169, 0, 3, 129)     # sums of -1: the quotient's spacing halves below 1 (a bug once)
+@example(2, 12_345_679, -3, 4, 255)    # a uint8 zero point: float32(v + zp) drops most offsets
+def test_pool_avg_fl32_is_onnxruntime_float_average(n, m, e, seed, zp):
     # Windows of 2**n taps, a quarter or more of them exact ties of the mean; every one equal.
-    k = np.random.default_rng(seed).integers(-255, 256, (1 << n, 4096))
+    rng = np.random.default_rng(seed)
+    k = np.concatenate([rng.integers(-255, 256, (1 << n, 2048)), rng.integers(-3, 4, (1 << n, 2048))], axis=1)
     scale = np.float32(m * 2.0 ** (e - 23))
-    np.testing.assert_array_equal(pool_avg_fl32(k, m, n), _onnxruntime_float_average(k, scale, 1 << n))
+    np.testing.assert_array_equal(pool_avg_fl32(k, m, n, zp), _onnxruntime_float_average(k, scale, 1 << n, zp))
 
 
 def test_pool_avg_fl32_moves_ties_where_float32_does():
@@ -98,17 +109,23 @@ def test_pool_avg_fl32_moves_ties_where_float32_does():
     # including sums of +-2 (a power of two, where float32 spacing halves below it).
     k = np.random.default_rng(5).integers(-40, 41, (4, 200_000))
     for m in (2**24 - 1, 12_345_679, 2**23 + 1):
+        scale = np.float32(m * 2.0**-23)
         got = pool_avg_fl32(k, m, 2)
         assert (got != round_shift(k.sum(axis=0), 2)).mean() > 0.03
-        np.testing.assert_array_equal(got, _onnxruntime_float_average(k, np.float32(m * 2.0**-23), 4))
+        np.testing.assert_array_equal(got, _onnxruntime_float_average(k, scale, 4))
+        for zp in (-3, 0, 7):
+            got = pool_avg_fl32(k, m, 2, zp)
+            assert (got != round_shift(k.sum(axis=0) + (zp << 2), 2) - zp).mean() > 0.02
+            np.testing.assert_array_equal(got, _onnxruntime_float_average(k, scale, 4, zp))
 
 
 def test_pool_avg_fl32_is_defined_for_any_field_values():
-    # The emulator and the RTL must agree on every instruction, meaningful or not: no shift may raise or
-    # wrap. A shift of 0 has no ties, and one beyond the sum's width no exact ones.
+    # The emulator and the RTL must agree on every instruction, meaningful or not: no shift or zero
+    # point may raise or wrap. A shift of 0 has no ties; shifts above 16 act as 16.
     k = np.random.default_rng(1).integers(-255, 256, (9, 64))
-    for n in (0, 5, 31, 62, 63, 64 + 2):
-        got = pool_avg_fl32(k, 2**31 - 1, n)
-        assert got.shape == (64,)
-        if n in (0, 31, 62, 63):
-            np.testing.assert_array_equal(got, round_shift(k.sum(axis=0), n))
+    for n in (0, 5, 16, 17, 62, 63, 64 + 2):
+        for zp in (None, -256, 255):
+            got = pool_avg_fl32(k, 2**31 - 1, n, zp)
+            assert got.shape == (64,)
+            if n in (0, 17, 62, 63):
+                np.testing.assert_array_equal(got, round_shift(k.sum(axis=0), min(n, 16)))

@@ -138,7 +138,10 @@ def round_sig(m, x, width: int):
     """
     w = len(x)
     assert w <= 63, w
-    xs = x.as_signed()
+    # A comb signal for the operand and the result: an expression would be copied into every use
+    # (a nested round_sig into each of the outer one's).
+    xs = Signal(signed(w))
+    m.d.comb += xs.eq(x.as_signed())
     s = Signal(range(w + 1))
     ones = (xs ^ xs[-1].replicate(w)).as_unsigned()[:w]
     m.d.comb += s.eq(bit_length(ones[SIG_BITS:]) if w > SIG_BITS else 0)
@@ -150,7 +153,9 @@ def round_sig(m, x, width: int):
     r = Signal(signed(w + 1))
     m.d.comb += r.eq((xu & ~mask).as_signed() + Mux(up, (mask + 1)[:w + 1], 0))
     limit = (1 << (width - 1)) - 1
-    return Mux(r > limit, limit, r)[:width].as_signed()
+    out = Signal(signed(width))
+    m.d.comb += out.eq(Mux(r > limit, limit, r)[:width].as_signed())
+    return out
 
 
 def clamp(x, lo, hi):

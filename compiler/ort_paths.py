@@ -30,8 +30,8 @@ def average_pool_paths(model: onnx.ModelProto) -> dict:
     not report, and every pool when onnxruntime is not installed or cannot load the model, are
     missing (the compiler then uses the fixed-point rule, which agrees within one step).
     """
-    names = {n.name for n in model.graph.node if n.op_type == "AveragePool" and n.name}
     by_output = {n.output[0]: n.name for n in model.graph.node if n.op_type == "AveragePool" and n.name}
+    names = set(by_output.values())
     if not names or model.ByteSize() > (1 << 31) - 1:
         return {}
     try:

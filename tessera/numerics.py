@@ -57,15 +57,20 @@ def round_sig(x):
     sign is kept, since rounding half to even is symmetric. ``|x| < 2**62``.
     """
     x = np.asarray(x, dtype=np.int64)
-    mag = np.abs(x)
-    # bit_length of |x| from the float64 exponent is exact here: frexp's exponent of an integer
-    # 2**k <= |x| < 2**(k+1) is k+1, and float64 rounding of |x| can only reach 2**(k+1), never
-    # cross it downwards, so fix the one case where rounding carried into the next power.
-    _, e = np.frexp(mag.astype(np.float64))
-    e = e.astype(np.int64)
-    e = np.where((mag > 0) & ((np.int64(1) << np.maximum(e - 1, 0)) > mag), e - 1, e)
-    s = np.maximum(e - SIG_BITS, 0)
+    s = np.maximum(_bit_length(np.abs(x)) - SIG_BITS, 0)
     return round_shift(x, s) << s
+
+
+def _bit_length(a):
+    """``bit_length`` of non-negative int64 values below ``2**62`` (vectorized).
+
+    frexp's exponent of an integer ``2**k <= a < 2**(k+1)`` is ``k+1``; float64 rounding of ``a``
+    can only reach ``2**(k+1)``, never cross it downwards, so the one case where rounding carried
+    into the next power is fixed.
+    """
+    a = np.asarray(a, np.int64)
+    e = np.frexp(a.astype(np.float64))[1].astype(np.int64)
+    return np.where((a > 0) & ((np.int64(1) << np.maximum(e - 1, 0)) > a), e - 1, e)
 
 
 def scale_product(x, mult):
@@ -80,12 +85,6 @@ def scale_product(x, mult):
 
 #: POOL ``fl32`` takes ``shift`` (log2 of the tap count) up to this; larger values act as this.
 FL32_MAX_N = 16
-
-
-def _bit_length(a):
-    """``bit_length`` of non-negative int64 values below ``2**52`` (exact through float64)."""
-    a = np.asarray(a, np.int64)
-    return np.where(a > 0, np.frexp(a.astype(np.float64))[1], 0).astype(np.int64)
 
 
 def pool_avg_fl32(k, m, n, zp_float=None):

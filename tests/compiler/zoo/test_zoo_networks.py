@@ -133,10 +133,7 @@ def _logits_ref(qdq, prog):
     return m
 
 
-@pytest.mark.parametrize("name", [
-    "resnet50", "resnet152", "vgg16",
-    "densenet121",
-])
+@pytest.mark.parametrize("name", ["resnet50", "resnet152", "vgg16", "densenet121"])
 def test_reduced_classifier_runs_on_npu_and_agrees_with_onnxruntime(name, tmp_path):
     shape, prog, reports, qdq = _compile(name, tmp_path)
     _check_layers_on_npu(prog, reports, qdq)

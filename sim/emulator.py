@@ -797,6 +797,11 @@ class Emulator:
             self._touch(Buffer.ACT, p.out_idx, True)
         if p.src is not None:
             np.copyto(p.dst, p.src)
+        if p.fl32:
+            # pool_avg_fl32 needs the taps themselves (it forms the window sum too).
+            q = pool_avg_fl32(np.stack(p.views) - p.zp_in, p.mult, p.shift, p.zp_float) + p.zp_out
+            np.copyto(p.out, np.clip(q, -128, 127), casting="unsafe")
+            return
         y = p.y
         np.copyto(y, p.views[0])
         for v in p.views[1:]:
@@ -806,9 +811,6 @@ class Emulator:
                 np.add(y, v, out=y)
         if p.max:
             np.copyto(p.out, y)
-        elif p.fl32:
-            q = pool_avg_fl32(np.stack(p.views) - p.zp_in, p.mult, p.shift, p.zp_float) + p.zp_out
-            np.copyto(p.out, np.clip(q, -128, 127), casting="unsafe")
         else:
             total = y.astype(np.int64) - p.zp_in * p.taps
             q = round_shift(scale_product(total, p.mult), p.shift) + p.zp_out

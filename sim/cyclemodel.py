@@ -11,7 +11,9 @@ keeps at most ``mem_outstanding`` reads in flight, so it moves
 ``mem_outstanding`` beats per ``mem_latency + 1`` cycles (a beat per cycle
 once that covers the round trip), and it packs the words of a row that share
 a beat into one request; STORE sends one beat per word per cycle; fetch keeps a few instruction beats in flight the same
-way. Each instruction's ``end`` is the first cycle a dependent instruction (or
+way. EPILOGUE writes an ACT word per ``lanes // post_lanes`` cycles and a POOL
+window takes at least that long (``post_lanes``: requantization lanes shared
+by a word's channel groups). Each instruction's ``end`` is the first cycle a dependent instruction (or
 the next one on the same unit) can start. Calibrated against the RTL cycle
 counter (tests/sim/test_cyclemodel.py, docs/utilization.md).
 
@@ -120,6 +122,11 @@ class CycleModel:
 
     # ---- per-instruction work --------------------------------------------------------
 
+    @property
+    def post_groups(self) -> int:
+        """Cycles POST spends per ACT word it requantizes: ``lanes // post_lanes`` (1 without ``post_lanes``)."""
+        return self.config.lanes // self.config.post_lanes_eff
+
     def beats(self, ins: Instruction) -> int:
         """Memory beats of a LOAD/STORE: one per bus beat of a word; words narrower than the bus are
         packed by LOAD (hdl/dma.py), one request per beat a row touches, and sent one per beat by STORE."""
@@ -143,11 +150,16 @@ class CycleModel:
             issues = ins.ob_count * ins.out_h * ins.out_w * ins.k_h * ins.k_w * ins.in_cb
             return t.conv_overhead + issues, issues, issues * c.macs_per_cycle
         if op == Opcode.EPILOGUE:
-            words = ins.ob_count * ins.pixels * c.words_per_block
-            return t.epilogue_overhead + words, words, 0
+            # One channel group of post_lanes per cycle (hdl/post.py EpilogueEngine): G cycles per ACT word.
+            n = ins.ob_count * ins.pixels * c.words_per_block * self.post_groups
+            return t.epilogue_overhead + n, n, 0
         if op == Opcode.POOL:
-            n = ins.out_h * ins.out_w * ins.cb * ins.k_h * ins.k_w
-            return t.pool_overhead + n, n, 0
+            # One tap per cycle; with shared lanes the generator holds a window's last tap until the bank has
+            # sent the previous pixel's G groups, so a window takes at least G cycles, and the drain counts
+            # the bank's G cycles on top of the pipeline (hdl/post.py PoolEngine).
+            G = self.post_groups
+            n = ins.out_h * ins.out_w * ins.cb * max(ins.k_h * ins.k_w, G)
+            return t.pool_overhead + n + (G if G > 1 else 0), n, 0
         if op == Opcode.LOAD:
             n = self.beats(ins)
             return t.load_overhead + self.read_cycles(n), n, 0

@@ -96,6 +96,33 @@ def test_dma_packs_narrow_words_per_beat_a_row_touches():
     assert m.beats(store) == 5 * k
 
 
+def test_epilogue_takes_lanes_over_post_lanes_cycles_per_word():
+    # hdl/post.py: with post_lanes below lanes the EPILOGUE requantizes one channel group per cycle and
+    # writes the ACT word with its last group, so each output word costs lanes // post_lanes cycles.
+    epi = Instruction("epilogue", acc_addr=0, pixels=50, ob_count=3, param_addr=0, out_addr=0,
+                      out_stride=SMALL.words_per_block * 3)
+    words = 3 * 50 * SMALL.words_per_block
+    full = CycleModel(SMALL).run([epi, Instruction("end")]).instructions[0]
+    for post_lanes, groups in ((2, 2), (1, 4)):
+        shared = CycleModel(SMALL.replace(post_lanes=post_lanes)).run([epi, Instruction("end")]).instructions[0]
+        assert shared.end - shared.start == full.end - full.start + (groups - 1) * words
+
+
+def test_pool_window_takes_at_least_lanes_over_post_lanes_cycles():
+    # A window shorter than lanes // post_lanes taps waits for the bank to send the previous pixel's groups;
+    # a longer one runs a tap per cycle as before. The drain adds the bank's groups once.
+    c = SMALL.replace(post_lanes=1)                 # 4 groups per word
+    m, m0 = CycleModel(c), CycleModel(SMALL)
+
+    def pool(k):
+        return Instruction("pool", mode="max", in_addr=0, in_h=6, in_w=6, cb=2, out_addr=100, out_h=6 - k + 1,
+                           out_w=6 - k + 1, k_h=k, k_w=k, stride_h=1, stride_w=1)
+    for k, per_window in ((1, 4), (2, 4), (3, 9)):
+        windows = (6 - k + 1) ** 2 * 2
+        occupied, _, _ = m.work(pool(k))
+        assert occupied == m0.work(pool(k))[0] - windows * k * k + windows * per_window + 4
+
+
 def test_deadlocking_program_is_reported():
     m = CycleModel(SMALL, Timing())
     with pytest.raises(RuntimeError, match="deadlock"):

@@ -13,8 +13,11 @@ once that covers the round trip), and it packs the words of a row that share
 a beat into one request; STORE sends one beat per word per cycle; fetch keeps a few instruction beats in flight the same
 way. EPILOGUE writes an ACT word per ``lanes // post_lanes`` cycles and a POOL
 window takes at least that long (``post_lanes``: requantization lanes shared
-by a word's channel groups). Each instruction's ``end`` is the first cycle a dependent instruction (or
-the next one on the same unit) can start. Calibrated against the RTL cycle
+by a word's channel groups). With ``bram_buffers`` POST has the ACT buffer's
+ports first: a STORE reads nothing while a POOL or a residual EPILOGUE runs,
+and an ACT LOAD gets the write port only in the cycles POST does not write
+(hdl/buffers.py). Each instruction's ``end`` is the first cycle a dependent
+instruction (or the next one on the same unit) can start. Calibrated against the RTL cycle
 counter (tests/sim/test_cyclemodel.py, docs/utilization.md).
 
 It never touches data, so it models a ResNet-50 program in about a second.
@@ -30,7 +33,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tessera.arch import NpuConfig
-from tessera.isa import INSTR_BYTES, Instruction, Opcode, Unit, mask_units
+from tessera.isa import INSTR_BYTES, Buffer, Instruction, Opcode, Unit, mask_units
 
 __all__ = ["CycleModel", "InstrTiming", "ModelResult", "Timing", "predict", "transfer_beats"]
 
@@ -55,6 +58,9 @@ class Timing:
     fetch_start: int = 1          # start pulse → first instruction beat requested
     end_cycles: int = 2           # END decoded → done seen by the cycle counter
     fetch_turn: float = 1.0       # cycles a LOAD loses per burst of instruction beats fetch requests beside it
+    run_lead: int = 2             # a unit's start pulse → its RUN state (IDLE → CHECK → RUN): POST's engine, DMA's requests
+    epilogue_depth: int = 12      # EPILOGUE generator → its first ACT write
+    pool_depth: int = 10          # POOL generator → its first ACT write (after the first window)
 
     @classmethod
     def for_config(cls, config: NpuConfig) -> Timing:
@@ -199,6 +205,78 @@ class CycleModel:
         stalls["STORE"]["memory"] += store.end - store0
         stalls["LOAD"]["memory"] += load.end - load0
 
+    # ---- bram_buffers: the ACT buffer's ports shared with POST ---------------------------
+
+    def _post_act_use(self, ins: Instruction, rec: InstrTiming) -> tuple:
+        """When a POST instruction holds the ACT buffer's shared ports (``bram_buffers``, hdl/buffers.py).
+
+        Returns
+        -------
+        reads : tuple of int or None
+            ``(from, to)`` cycles in which it owns the read copy STORE shares, or None. A POOL and a
+            residual EPILOGUE take it for as long as their engine is active, whether or not they read
+            in a given cycle (hdl/post.py: ``act_rd_use``).
+        writes : tuple of int
+            ``(from, to)`` cycles in which it writes ACT words, ahead of LOAD's.
+        density : float
+            Fraction of those cycles that write: one ACT word per ``lanes // post_lanes`` cycles of an
+            EPILOGUE, one per window of a POOL.
+        """
+        t, G = self.timing, self.post_groups
+        engine = rec.start + t.run_lead
+        if ins.op == Opcode.POOL:
+            taps = max(ins.k_h * ins.k_w, G)
+            return (engine, rec.end), (engine + taps + t.pool_depth, rec.end), 1 / taps
+        return (engine, rec.end) if ins.residual else None, (engine + t.epilogue_depth, rec.end), 1 / G
+
+    def _store_waits_for_post(self, store: InstrTiming, reads: tuple | None, stalls: dict) -> None:
+        """A STORE reads no ACT word while POST holds the shared read copy (``reads``); it resumes after.
+
+        Words it read before keep the memory port busy from its FIFO: three words of
+        ``act_word_bytes // bus_bytes`` beats, of which a STORE that reads a word per cycle
+        (one-beat words) saves nothing.
+        """
+        if reads is None:
+            return
+        c, t = self.config, self.timing
+        first, last = store.start + t.run_lead, store.end - t.store_overhead + t.run_lead
+        if reads[0] >= last or reads[1] <= first:
+            return
+        buffered = 3 * (c.act_word_bytes // c.bus_bytes - 1) if reads[0] > first else 0
+        extra = max(0, reads[1] - max(reads[0], first) - buffered)
+        store.end += extra
+        stalls["STORE"]["buffer"] += extra
+
+    def _load_waits_for_post(self, load: InstrTiming, writes: tuple, density: float, stalls: dict) -> None:
+        """An ACT LOAD beside POST's writes gets the write port only in the cycles POST leaves free.
+
+        While POST writes (``density`` of the cycles in ``writes``), LOAD's words queue and a word
+        that waits holds its read slot, so LOAD moves ``1 - density`` beats per cycle at most; it is
+        slowed where its own rate (``mem_outstanding`` per round trip, at most one) is higher. Bursts
+        of a slower LOAD also wait on single POST writes; that costs it a cycle or so per round trip
+        and is not modelled (1 % on ``ulx3s-85f`` beside an EPILOGUE, measured on the RTL).
+        """
+        c, t = self.config, self.timing
+        rate = min(1.0, c.mem_outstanding / (c.mem_latency + 1))
+        cap = 1.0 - density
+        if cap >= rate:
+            return
+        # The LOAD's writes, at its own rate, from its first response to the one before done.
+        first = load.start + t.run_lead + c.mem_latency
+        last = load.end - t.load_overhead + t.run_lead
+        at = max(first, writes[0])
+        left = last - at
+        if left <= 0 or writes[1] <= at:
+            return
+        slow = cap / rate
+        if (writes[1] - at) * slow >= left:
+            new_last = at + left / slow
+        else:
+            new_last = writes[1] + left - (writes[1] - at) * slow
+        extra = round(new_last - last)
+        load.end += extra
+        stalls["LOAD"]["buffer"] += extra
+
     # ---- instruction fetch -------------------------------------------------------------
 
     def _fetch_shape(self):
@@ -225,7 +303,8 @@ class CycleModel:
         produced = {(s, d): 0 for s in units for d in units if s != d}
         n = len(instructions)
         results: list[InstrTiming] = []
-        stalls = {u.name: {"tokens": 0, "memory": 0, "queue": 0} for u in units}
+        stalls = {u.name: {"tokens": 0, "memory": 0, "queue": 0, "buffer": 0} for u in units}
+        act_use = None                              # the latest POST instruction's _post_act_use
         dispatched_count = {u: 0 for u in units}
         # Fetch state: beat request/arrival/consumption times (hdl/fetch.py keeps fd beats in flight or queued).
         rq: list[int] = []
@@ -346,6 +425,20 @@ class CycleModel:
                 stalls["LOAD"]["memory"] += rec.end - end0
             if ins.op in (Opcode.LOAD, Opcode.STORE):
                 self._share_port(rec, last.get(Unit.STORE if ins.op == Opcode.LOAD else Unit.LOAD), stalls)
+            if c.bram_buffers:
+                # POST never waits for the ACT ports; a LOAD or STORE overlapping it does. Only the latest
+                # POST instruction and the latest LOAD and STORE can overlap the one placed now.
+                if ins.op in (Opcode.EPILOGUE, Opcode.POOL):
+                    act_use = self._post_act_use(ins, rec)
+                    store, load = last.get(Unit.STORE), last.get(Unit.LOAD)
+                    if store is not None and store.end > rec.start:
+                        self._store_waits_for_post(store, act_use[0], stalls)
+                    if load is not None and load.end > rec.start and instructions[load.index].buf == Buffer.ACT:
+                        self._load_waits_for_post(load, *act_use[1:], stalls)
+                elif act_use is not None and ins.op == Opcode.STORE:
+                    self._store_waits_for_post(rec, act_use[0], stalls)
+                elif act_use is not None and ins.op == Opcode.LOAD and ins.buf == Buffer.ACT:
+                    self._load_waits_for_post(rec, *act_use[1:], stalls)
             last[u] = rec
             started[u].append(start)
             for d in mask_units(ins.signal):

@@ -123,6 +123,50 @@ def test_pool_window_takes_at_least_lanes_over_post_lanes_cycles():
         assert occupied == m0.work(pool(k))[0] - windows * k * k + windows * per_window + 4
 
 
+def _post_beside_dma():
+    from ..rtl.test_npu_bram import CONFIG
+    epi = Instruction("epilogue", acc_addr=0, pixels=200, ob_count=1, param_addr=0, out_addr=1000, out_stride=2)
+    pool = Instruction("pool", mode="max", in_addr=1500, in_h=10, in_w=10, cb=2, out_addr=1000, out_h=8, out_w=8,
+                       k_h=3, k_w=3, stride_h=1, stride_w=1)
+    return CONFIG, epi, pool
+
+
+def test_store_reads_nothing_while_post_holds_the_shared_act_copy():
+    # bram_buffers (hdl/buffers.py): STORE reads ACT through the copy POST reads first, and POST keeps it for as
+    # long as a POOL or a residual EPILOGUE runs; a plain EPILOGUE reads no ACT and leaves STORE alone.
+    c, epi, pool = _post_beside_dma()
+    m = CycleModel(c)
+    store = Instruction("store", buf="act", dram_addr=0x40000, rows=1, cols=300)
+    alone = m.run([store, Instruction("end")]).instructions[0]
+    for post, holds in ((pool, True), (epi.replace(residual=1, res_addr=1500, res_stride=2), True), (epi, False)):
+        st, p = m.run([store, post, Instruction("end")]).instructions
+        assert p.start < st.end
+        held = p.end - p.start - m.timing.run_lead if holds else 0
+        assert st.end - st.start == alone.end - alone.start + held
+    # Without bram_buffers STORE has a read port of its own.
+    st, _ = CycleModel(c.replace(bram_buffers=False)).run([store, pool, Instruction("end")]).instructions
+    assert st.end - st.start == alone.end - alone.start
+
+
+def test_act_load_beside_post_gets_the_write_cycles_post_leaves():
+    # POST writes ACT first; LOAD's words wait in a FIFO holding their read slots. An EPILOGUE of 2 channel
+    # groups per word writes every other cycle, so an ACT LOAD beside it moves at most a beat per 2 cycles
+    # (RTL: 610 cycles for 300 beats that take 349 alone); a POOL of 3x3 windows writes every 9th cycle, below
+    # what this LOAD leaves free (8 beats per 9-cycle round trip). A WGT LOAD writes another buffer.
+    c, epi, pool = _post_beside_dma()
+    m = CycleModel(c)
+    act = Instruction("load", buf="act", dram_addr=0x10000, rows=1, cols=300)
+    wgt = Instruction("load", buf="wgt", dram_addr=0x10000, rows=1, cols=300 * c.act_word_bytes // c.wgt_word_bytes)
+    for load, post, slowed in ((act, epi, True), (act, pool, False), (wgt, epi, False)):
+        alone = m.run([load, Instruction("end")]).instructions[0]
+        ld, p = m.run([load, post, Instruction("end")]).instructions
+        assert ld.end < p.end
+        if slowed:
+            assert 2 * 300 <= ld.end - ld.start <= 2 * 300 + c.mem_latency + m.timing.load_overhead
+        else:
+            assert ld.end - ld.start == alone.end - alone.start
+
+
 def test_deadlocking_program_is_reported():
     m = CycleModel(SMALL, Timing())
     with pytest.raises(RuntimeError, match="deadlock"):

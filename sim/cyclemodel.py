@@ -59,8 +59,8 @@ class Timing:
     end_cycles: int = 2           # END decoded → done seen by the cycle counter
     fetch_turn: float = 1.0       # cycles a LOAD loses per burst of instruction beats fetch requests beside it
     run_lead: int = 2             # a unit's start pulse → its RUN state (IDLE → CHECK → RUN): POST's engine, DMA's requests
-    epilogue_depth: int = 12      # EPILOGUE generator → its first ACT write
-    pool_depth: int = 10          # POOL generator → its first ACT write (after the first window)
+    epilogue_write: int = 9       # EPILOGUE: generating a word's last channel group → its ACT write
+    pool_write: int = 8           # POOL: a window's last tap (+ the bank's groups with post_lanes) → its ACT write
 
     @classmethod
     def for_config(cls, config: NpuConfig) -> Timing:
@@ -208,7 +208,7 @@ class CycleModel:
     # ---- bram_buffers: the ACT buffer's ports shared with POST ---------------------------
 
     def _post_act_use(self, ins: Instruction, rec: InstrTiming) -> tuple:
-        """When a POST instruction holds the ACT buffer's shared ports (``bram_buffers``, hdl/buffers.py).
+        """How a POST instruction uses the ACT buffer's shared ports (``bram_buffers``, hdl/buffers.py).
 
         Returns
         -------
@@ -217,17 +217,18 @@ class CycleModel:
             residual EPILOGUE take it for as long as their engine is active, whether or not they read
             in a given cycle (hdl/post.py: ``act_rd_use``).
         writes : tuple of int
-            ``(from, to)`` cycles in which it writes ACT words, ahead of LOAD's.
-        density : float
-            Fraction of those cycles that write: one ACT word per ``lanes // post_lanes`` cycles of an
-            EPILOGUE, one per window of a POOL.
+            ``(first, period, count)``: its ACT writes, which go ahead of LOAD's. An EPILOGUE writes
+            a word per ``lanes // post_lanes`` cycles, with the word's last channel group; a POOL
+            one per window, after the pool bank has sent the pixel's groups.
         """
         t, G = self.timing, self.post_groups
         engine = rec.start + t.run_lead
         if ins.op == Opcode.POOL:
-            taps = max(ins.k_h * ins.k_w, G)
-            return (engine, rec.end), (engine + taps + t.pool_depth, rec.end), 1 / taps
-        return (engine, rec.end) if ins.residual else None, (engine + t.epilogue_depth, rec.end), 1 / G
+            per = max(ins.k_h * ins.k_w, G)
+            first = engine + per - 1 + t.pool_write + (G if G > 1 else 0)
+            return (engine, rec.end), (first, per, ins.out_h * ins.out_w * ins.cb)
+        words = ins.ob_count * ins.pixels * self.config.words_per_block
+        return (engine, rec.end) if ins.residual else None, (engine + G - 1 + t.epilogue_write, G, words)
 
     def _store_waits_for_post(self, store: InstrTiming, reads: tuple | None, stalls: dict) -> None:
         """A STORE reads no ACT word while POST holds the shared read copy (``reads``); it resumes after.
@@ -247,35 +248,71 @@ class CycleModel:
         store.end += extra
         stalls["STORE"]["buffer"] += extra
 
-    def _load_waits_for_post(self, load: InstrTiming, writes: tuple, density: float, stalls: dict) -> None:
-        """An ACT LOAD beside POST's writes gets the write port only in the cycles POST leaves free.
+    def act_load_delay(self, beats: int, first_request: int, writes: list) -> int:
+        """Cycles POST's ACT writes add to an ACT LOAD of ``beats`` beats (``bram_buffers``).
 
-        While POST writes (``density`` of the cycles in ``writes``), LOAD's words queue and a word
-        that waits holds its read slot, so LOAD moves ``1 - density`` beats per cycle at most; it is
-        slowed where its own rate (``mem_outstanding`` per round trip, at most one) is higher. Bursts
-        of a slower LOAD also wait on single POST writes; that costs it a cycle or so per round trip
-        and is not modelled (1 % on ``ulx3s-85f`` beside an EPILOGUE, measured on the RTL).
+        Follows hdl/dma.py and hdl/buffers.py beat by beat: a read request goes out while fewer than
+        ``mem_outstanding`` beats are in flight or waiting to be written, its answer arrives
+        ``mem_latency`` cycles later and is written in that cycle, unless POST writes then or older
+        words wait in the FIFO; a waiting word is written in the first later cycle POST leaves free
+        (the FIFO shows a word the cycle after it entered) and frees its read slot only then. So a
+        LOAD beside a POST that writes often gets at most the cycles POST leaves, and a slower one
+        loses a cycle for each POST write its burst of answers runs into. The delay is that of the
+        last write against the same LOAD without POST.
+
+        Parameters
+        ----------
+        beats : int
+            The LOAD's memory beats (one ACT write each: ``bram_buffers`` words are at least a beat).
+        first_request : int
+            Cycle of its first read request.
+        writes : list of tuple of int
+            ``(first, period, count)`` of each POST instruction's writes (:meth:`_post_act_use`).
         """
-        c, t = self.config, self.timing
-        rate = min(1.0, c.mem_outstanding / (c.mem_latency + 1))
-        cap = 1.0 - density
-        if cap >= rate:
+        c = self.config
+        o, lat = c.mem_outstanding, c.mem_latency
+        rt = lat + 1
+        quiet = max(f + p * n for f, p, n in writes)     # after POST's last write nothing waits for it
+
+        def post_writes(t):
+            return any(f <= t < f + p * n and (t - f) % p == 0 for f, p, n in writes)
+
+        def free_from(t):
+            while True:
+                for f, p, n in writes:
+                    if f <= t < f + p * n and (t - f) % p == 0:
+                        t = f + p * n if p == 1 else t + 1
+                        break
+                else:
+                    return t
+
+        slots = deque(maxlen=o)                          # write cycles of the last o beats: their read slots
+        rq, w, d, same = first_request - 1, -1, 0, 0
+        for k in range(beats):
+            rq = rq + 1 if k < o else max(rq + 1, slots[0] + 1)
+            a = rq + lat
+            w = a if w < a and not post_writes(a) else free_from(max(a, w) + 1)
+            slots.append(w)
+            base_rq = first_request + (k // o * rt + k % o if o < rt else k)
+            nd = w - base_rq - lat
+            # Once past POST's writes with every slot and the request stream shifted alike, the rest of the
+            # LOAD is the undisturbed one shifted: stop there (a long LOAD beside a short EPILOGUE).
+            same = same + 1 if nd == d and rq - base_rq == d and a >= quiet else 0
+            d = nd
+            if same >= o:
+                break
+        return d
+
+    def _act_load_beside(self, load: InstrTiming, state: list, writes: tuple, stalls: dict) -> None:
+        """Add one more POST instruction's ``writes`` to those an ACT LOAD runs beside, and move its end."""
+        delay, seen, beats, first = state
+        if writes[0] >= load.end or writes[0] + writes[1] * writes[2] <= first + self.config.mem_latency:
             return
-        # The LOAD's writes, at its own rate, from its first response to the one before done.
-        first = load.start + t.run_lead + c.mem_latency
-        last = load.end - t.load_overhead + t.run_lead
-        at = max(first, writes[0])
-        left = last - at
-        if left <= 0 or writes[1] <= at:
-            return
-        slow = cap / rate
-        if (writes[1] - at) * slow >= left:
-            new_last = at + left / slow
-        else:
-            new_last = writes[1] + left - (writes[1] - at) * slow
-        extra = round(new_last - last)
-        load.end += extra
-        stalls["LOAD"]["buffer"] += extra
+        seen.append(writes)
+        new = self.act_load_delay(beats, first, seen)
+        load.end += new - delay
+        stalls["LOAD"]["buffer"] += new - delay
+        state[0] = new
 
     # ---- instruction fetch -------------------------------------------------------------
 
@@ -305,6 +342,7 @@ class CycleModel:
         results: list[InstrTiming] = []
         stalls = {u.name: {"tokens": 0, "memory": 0, "queue": 0, "buffer": 0} for u in units}
         act_use = None                              # the latest POST instruction's _post_act_use
+        act_loads: dict = {}                        # ACT LOAD index → [delay, POST writes, beats, first request]
         dispatched_count = {u: 0 for u in units}
         # Fetch state: beat request/arrival/consumption times (hdl/fetch.py keeps fd beats in flight or queued).
         rq: list[int] = []
@@ -433,12 +471,14 @@ class CycleModel:
                     store, load = last.get(Unit.STORE), last.get(Unit.LOAD)
                     if store is not None and store.end > rec.start:
                         self._store_waits_for_post(store, act_use[0], stalls)
-                    if load is not None and load.end > rec.start and instructions[load.index].buf == Buffer.ACT:
-                        self._load_waits_for_post(load, *act_use[1:], stalls)
+                    if load is not None and load.end > rec.start and load.index in act_loads:
+                        self._act_load_beside(load, act_loads[load.index], act_use[1], stalls)
                 elif act_use is not None and ins.op == Opcode.STORE:
                     self._store_waits_for_post(rec, act_use[0], stalls)
-                elif act_use is not None and ins.op == Opcode.LOAD and ins.buf == Buffer.ACT:
-                    self._load_waits_for_post(rec, *act_use[1:], stalls)
+                elif ins.op == Opcode.LOAD and ins.buf == Buffer.ACT:
+                    act_loads[rec.index] = [0, [], busy, start + t.run_lead]
+                    if act_use is not None:
+                        self._act_load_beside(rec, act_loads[rec.index], act_use[1], stalls)
             last[u] = rec
             started[u].append(start)
             for d in mask_units(ins.signal):

@@ -199,17 +199,27 @@ def test_work_counts_mac_issues_per_conv():
 
 
 # ---- against the RTL cycle counter -----------------------------------------------------------------
-# One Verilator build of the RTL tests' config (tests/rtl share it); each program runs in well under a second.
+# One Verilator build per config (tests/rtl share those of their configs); each program runs in well under a
+# second. The configs: the RTL tests' (tests/rtl/test_npu.py); that of tests/rtl/test_npu_bram.py, which has
+# ulx3s-85f's post_lanes (EPILOGUE/POOL requantizing half a word per cycle) and bram_buffers (POST first on the
+# ACT ports, so LOAD and STORE wait for it); and the ulx3s-85f preset itself.
 
 RTL_TOLERANCE = 0.03
 
 
-@pytest.fixture(scope="module")
-def rtl():
-    from tessera.sim.rtl import RtlSim
+def _rtl_config(name):
+    from tessera.arch import PRESETS
 
     from ..rtl.test_npu import CONFIG
-    sim = RtlSim(CONFIG, opt="-O0")
+    from ..rtl.test_npu_bram import CONFIG as BRAM
+    return {"rtl-test": CONFIG, "rtl-test-bram": BRAM, "ulx3s-85f": PRESETS["ulx3s-85f"]}[name]
+
+
+@pytest.fixture(scope="module", params=["rtl-test", "rtl-test-bram", "ulx3s-85f"])
+def rtl(request):
+    """A running RTL simulation of one of the configs (tests choose some with ``indirect`` parametrization)."""
+    from tessera.sim.rtl import RtlSim
+    sim = RtlSim(_rtl_config(request.param), opt="-O0")
     yield sim
     sim.close()
 
@@ -245,6 +255,14 @@ def test_model_matches_rtl_cycles_on_small_programs(rtl, name):
     assert abs(got - want) <= RTL_TOLERANCE * want, f"model {got} vs RTL {want} cycles"
 
 
+@pytest.mark.parametrize("rtl", [
+    "rtl-test",
+    # Not the shared-port modelling: the same layers miss by as much with post_lanes and bram_buffers off.
+    pytest.param("rtl-test-bram", marks=pytest.mark.xfail(strict=True, reason=(
+        "fetch beside LOAD: on this 8-byte bus an instruction is 4 beats and a LOAD nearly streams (8 reads "
+        "per 9-cycle round trip), so each beat fetch takes costs the LOAD about a cycle, not the model's "
+        "fetch_turn per burst; layers of many short LOADs come out 5-20 % fast"))),
+    "ulx3s-85f"], indirect=True)
 def test_model_matches_rtl_per_layer_of_a_compiled_network(rtl):
     # Per layer: both run the program cut after each layer's last instruction (+END); the cycle count
     # is that layer's completion, and the difference to the previous cut the layer's cycles (the bench's
@@ -272,6 +290,7 @@ def test_model_matches_rtl_per_layer_of_a_compiled_network(rtl):
     assert abs(predict(prog).cycles - total) <= RTL_TOLERANCE * total
 
 
+@pytest.mark.parametrize("rtl", ["rtl-test"], indirect=True)
 def test_bench_rtl_backend_layers_match_the_model(rtl):
     # The rtl backend's layer cycles come from the RTL's instruction trace, the model's from its own
     # timings; both use the same span definition, so they must agree layer by layer.

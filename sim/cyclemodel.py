@@ -174,12 +174,17 @@ class CycleModel:
             return t.store_overhead + n, n, 0
         return t.sync_cycles, 0, 0  # SYNC
 
-    def _share_port(self, new: InstrTiming, other: InstrTiming | None, stalls: dict) -> None:
+    def _share_port(self, new: InstrTiming, other: InstrTiming | None, stalls: dict, held: dict,
+                    shares: dict) -> None:
         """A LOAD and a STORE overlapping in time share the memory port (hdl/simtop.py: turns when both ask).
 
         While both run, the LOAD's reads take at most every other cycle (its outstanding-limited rate if
         lower) and the STORE the rest; measured on the RTL, the LOAD loses at least about 1.2 cycles per
-        round trip of ``mem_outstanding`` reads. ``other`` started earlier; both ends move.
+        round trip of ``mem_outstanding`` reads. ``other`` started earlier; both ends move. ``held`` maps
+        a STORE's index to the ``(from, to)`` windows in which POST holds its ACT reads (``bram_buffers``):
+        it sends no beats then, so they do not count as overlap. ``shares`` keeps what each pair was
+        charged (STORE index → LOAD index → cycles added to the LOAD and STORE, ``new``, ``other``), so
+        a pair charged before POST held the STORE is charged again with the window (:meth:`_hold_store`).
         """
         if other is None or other.end <= new.start:
             return
@@ -188,7 +193,9 @@ class CycleModel:
         rate = min(1.0, c.mem_outstanding / rt)       # read requests per cycle of a LOAD alone
         share = min(rate, 0.5)                        # ... and beside a STORE
         load, store = (new, other) if new.op == "LOAD" else (other, new)
-        load0, store0 = load.end, store.end
+        charged = shares.setdefault(store.index, {})
+        dl, ds = charged.get(load.index, (0, 0))[:2]
+        load0, store0 = load.end - dl, store.end - ds
         # A LOAD starting beside a running STORE issues its first burst of reads every other cycle.
         # (With reads outstanding-limited the rate rule below leaves that burst out; a LOAD that streams a beat
         # per cycle loses it in the rate rule already.)
@@ -198,12 +205,22 @@ class CycleModel:
             # A streaming LOAD competes only while it requests: its last request goes out a round trip
             # before it ends (many short LOADs beside one long STORE: strided 1×1 layers on arria10).
             reads_end = load.end - c.mem_latency - self.timing.load_overhead if streams else load.end
-            overlap = max(0, min(reads_end, store.end) - new.start)
+            both = min(reads_end, store.end)
+            overlap = max(0, both - new.start) - sum(max(0, min(both, b) - max(new.start, a))
+                                                     for a, b in held.get(store.index, ()))
             store.end = store0 + min(load.busy, round(overlap * share))
             extra = overlap * max(1 - share / rate, 1.2 / rt if rate < 1 else 0)
             load.end = load0 + round(extra) + (first if overlap > first else 0)
-        stalls["STORE"]["memory"] += store.end - store0
-        stalls["LOAD"]["memory"] += load.end - load0
+        charged[load.index] = (load.end - load0, store.end - store0, new, other)
+        stalls["STORE"]["memory"] += store.end - store0 - ds
+        stalls["LOAD"]["memory"] += load.end - load0 - dl
+
+    def _hold_store(self, store: InstrTiming, reads: tuple | None, stalls: dict, held: dict, shares: dict) -> None:
+        """:meth:`_store_waits_for_post`, then the STORE's port sharing with LOADs charged again without the window."""
+        self._store_waits_for_post(store, reads, stalls, held)
+        if store.index in held:
+            for _, _, new, other in list(shares.get(store.index, {}).values()):
+                self._share_port(new, other, stalls, held, shares)
 
     # ---- bram_buffers: the ACT buffer's ports shared with POST ---------------------------
 
@@ -230,7 +247,7 @@ class CycleModel:
         words = ins.ob_count * ins.pixels * self.config.words_per_block
         return (engine, rec.end) if ins.residual else None, (engine + G - 1 + t.epilogue_write, G, words)
 
-    def _store_waits_for_post(self, store: InstrTiming, reads: tuple | None, stalls: dict) -> None:
+    def _store_waits_for_post(self, store: InstrTiming, reads: tuple | None, stalls: dict, held: dict) -> None:
         """A STORE reads no ACT word while POST holds the shared read copy (``reads``); it resumes after.
 
         Words it read before keep the memory port busy from its FIFO: three words of
@@ -246,6 +263,7 @@ class CycleModel:
         buffered = 3 * (c.act_word_bytes // c.bus_bytes - 1) if reads[0] > first else 0
         extra = max(0, reads[1] - max(reads[0], first) - buffered)
         store.end += extra
+        held.setdefault(store.index, []).append((max(reads[0], first), reads[1]))
         stalls["STORE"]["buffer"] += extra
 
     def act_load_delay(self, beats: int, first_request: int, writes: list) -> int:
@@ -343,6 +361,8 @@ class CycleModel:
         stalls = {u.name: {"tokens": 0, "memory": 0, "queue": 0, "buffer": 0} for u in units}
         act_use = None                              # the latest POST instruction's _post_act_use
         act_loads: dict = {}                        # ACT LOAD index → [delay, POST writes, beats, first request]
+        held: dict = {}                             # STORE index → windows POST holds its ACT reads
+        shares: dict = {}                           # what each LOAD/STORE pair was charged (_share_port)
         dispatched_count = {u: 0 for u in units}
         # Fetch state: beat request/arrival/consumption times (hdl/fetch.py keeps fd beats in flight or queued).
         rq: list[int] = []
@@ -462,7 +482,8 @@ class CycleModel:
                     rec.end = end0 + round(bursts * t.fetch_turn)
                 stalls["LOAD"]["memory"] += rec.end - end0
             if ins.op in (Opcode.LOAD, Opcode.STORE):
-                self._share_port(rec, last.get(Unit.STORE if ins.op == Opcode.LOAD else Unit.LOAD), stalls)
+                self._share_port(rec, last.get(Unit.STORE if ins.op == Opcode.LOAD else Unit.LOAD), stalls, held,
+                                 shares)
             if c.bram_buffers:
                 # POST never waits for the ACT ports; a LOAD or STORE overlapping it does. Only the latest
                 # POST instruction and the latest LOAD and STORE can overlap the one placed now.
@@ -470,11 +491,11 @@ class CycleModel:
                     act_use = self._post_act_use(ins, rec)
                     store, load = last.get(Unit.STORE), last.get(Unit.LOAD)
                     if store is not None and store.end > rec.start:
-                        self._store_waits_for_post(store, act_use[0], stalls)
+                        self._hold_store(store, act_use[0], stalls, held, shares)
                     if load is not None and load.end > rec.start and load.index in act_loads:
                         self._act_load_beside(load, act_loads[load.index], act_use[1], stalls)
                 elif act_use is not None and ins.op == Opcode.STORE:
-                    self._store_waits_for_post(rec, act_use[0], stalls)
+                    self._hold_store(rec, act_use[0], stalls, held, shares)
                 elif ins.op == Opcode.LOAD and ins.buf == Buffer.ACT:
                     act_loads[rec.index] = [0, [], busy, start + t.run_lead]
                     if act_use is not None:

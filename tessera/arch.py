@@ -145,9 +145,6 @@ class NpuConfig:
             elif (3 * self.post_lanes_eff) % (self.bus_bytes // 4):
                 problems.append(f"bram_buffers: PARAM records of post_lanes={self.post_lanes_eff} channels "
                                 f"({12 * self.post_lanes_eff} bytes) must be whole bus beats of {self.bus_bytes} bytes")
-            elif (3 * self.post_lanes_eff) % (self.bus_bytes // 4):
-                problems.append(f"bram_buffers: a bus beat of {self.bus_bytes} bytes must not straddle "
-                                f"PARAM records of {self.post_lanes_eff} channels")
         if problems:
             raise ConfigError(f"config {self.name!r}: " + "; ".join(problems))
 

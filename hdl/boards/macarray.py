@@ -88,6 +88,10 @@ class MacArrayDemo(wiring.Component):
         Soft-multiplier kind for the others (see :data:`SOFT_KINDS`).
     rows_per_group : int
         Rows sharing one activation delay line (bounds the fan-out of each activation bit).
+    product_regs : int
+        Fabric registers after every product before the adder tree. A row's hard multipliers sit
+        in the device's DSP rows, spread over much of the die's width, so the wire from a DSP
+        output to the row's adders needs a cycle of its own (and a stage to retime into).
 
     Attributes
     ----------
@@ -97,7 +101,8 @@ class MacArrayDemo(wiring.Component):
 
     led: Out(1)
 
-    def __init__(self, rows, lanes, *, dsp=None, dsp_products=0, soft="generic", rows_per_group=4):
+    def __init__(self, rows, lanes, *, dsp=None, dsp_products=0, soft="generic", rows_per_group=4,
+                 product_regs=0):
         self._MustUse__silence = True  # a rejected instance is not an unused design
         if rows < 1 or lanes < 1 or lanes & (lanes - 1):
             raise ValueError(f"rows={rows}, lanes={lanes}: need rows >= 1 and lanes a power of two")
@@ -107,6 +112,9 @@ class MacArrayDemo(wiring.Component):
             raise ValueError(f"dsp_products={dsp_products} needs dsp in {DSP_KINDS}, not {dsp!r}")
         if soft not in SOFT_KINDS:
             raise ValueError(f"soft={soft!r}: expected one of {SOFT_KINDS}")
+        if product_regs < 0:
+            raise ValueError(f"product_regs={product_regs} must be >= 0")
+        self.product_regs = product_regs
         self.rows, self.lanes, self.dsp, self.dsp_products, self.soft = rows, lanes, dsp, dsp_products, soft
         self._MustUse__silence = False
         super().__init__()
@@ -160,7 +168,7 @@ class MacArrayDemo(wiring.Component):
         asums = []
         for g, acts in enumerate(self.act_groups):
             asum, _ = _pipelined_sum(m, list(acts), f"asum{g}")
-            for k in range(LATENCY):
+            for k in range(LATENCY + self.product_regs):
                 d = Signal.like(asum, name=f"asum{g}_d{k}")
                 m.d.sync += d.eq(asum)
                 asum = d
@@ -171,9 +179,13 @@ class MacArrayDemo(wiring.Component):
             prods = []
             for i in range(self.lanes):
                 k = r * self.lanes + i
-                prods.append(product(m, self.acts_of_row(r)[i], weights[r][i],
-                                     dsp=self.dsp if k < self.dsp_products else None,
-                                     soft=self.soft, name=f"mul{r}_{i}"))
+                p = product(m, self.acts_of_row(r)[i], weights[r][i],
+                            dsp=self.dsp if k < self.dsp_products else None, soft=self.soft, name=f"mul{r}_{i}")
+                for d in range(self.product_regs):
+                    q = Signal.like(p, name=f"mul{r}_{i}_r{d}")
+                    m.d.sync += q.eq(p)
+                    p = q
+                prods.append(p)
             dot, _ = _pipelined_sum(m, prods, f"row{r}")
             # Registered apart from the accumulation: a three-input sum would lose its carry chains.
             true_dot = Signal(signed(len(dot) + 9), name=f"row{r}_dot")

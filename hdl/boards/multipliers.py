@@ -14,7 +14,7 @@ signed(16): ``a * wu`` lies in [-32640, 32385].
 from amaranth.hdl import ClockSignal, Const, Instance, Mux, Signal, signed, unsigned
 
 __all__ = ["DSP_KINDS", "SOFT_KINDS", "product", "soft_product", "ecp5_and_add", "AND_ADD_INIT",
-           "and_add_wiring", "LATENCY"]
+           "and_add_wiring", "LATENCY", "DSP_A_SHIFT", "mult18x18d_a_pins"]
 
 #: Hard multipliers: "ecp5" (MULT18X18D), "ice40" (SB_MAC16), "infer" (``a * wu`` between registers,
 #: for vendor tools that infer DSP blocks, e.g. Quartus on Arria 10).
@@ -97,22 +97,39 @@ def soft_product(m, a, wu, p, name, kind="generic"):
     m.d.sync += p.eq(t0 + (t1 << 4))
 
 
+#: The int8 activation enters the MULT18X18D's signed 18-bit A port shifted left by this much (A = a * 2**10,
+#: its low bits constant 0), and the product leaves from P[10:26]. Sign-extending ``a`` instead would drive ten
+#: more A pins per DSP from one net: 1,560 extra routed pins at 156 DSPs, enough to congest the DSP rows.
+DSP_A_SHIFT = 10
+
+
+def mult18x18d_a_pins(j):
+    """Source of MULT18X18D pin ``A{j}``: ``"a{i}"`` (bit i of the int8 activation) or None (constant 0).
+
+    Shared by the hardware builder and its exhaustive model test.
+    """
+    i = j - DSP_A_SHIFT
+    return f"a{i}" if 0 <= i < 8 else None
+
+
 def _mult18x18d(m, a, wu, p, name):
-    # Input and output registers inside the DSP block: two cycles, like the soft path.
+    # Input and output registers inside the DSP block: two cycles, like the soft path. Constant data pins are
+    # set in the bitstream (nextpnr), so only the 16 activation and weight bits are routed into each DSP.
     ports = {"i_CLK0": ClockSignal(), "i_CE0": Const(1), "i_RST0": Const(0),
              "i_SIGNEDA": Const(1), "i_SIGNEDB": Const(0), "i_SOURCEA": Const(0), "i_SOURCEB": Const(0)}
-    for i in range(18):
-        ports[f"i_A{i}"] = a[min(i, 7)]            # sign extension
-        ports[f"i_B{i}"] = wu[i] if i < 8 else Const(0)  # zero extension
-        ports[f"i_C{i}"] = Const(0)
+    for j in range(18):
+        src = mult18x18d_a_pins(j)
+        ports[f"i_A{j}"] = a[int(src[1:])] if src else Const(0)
+        ports[f"i_B{j}"] = wu[j] if j < 8 else Const(0)  # zero extension
+        ports[f"i_C{j}"] = Const(0)
     p36 = Signal(36, name=f"{name}_p36")
-    for i in range(36):
-        ports[f"o_P{i}"] = p36[i]
+    for j in range(36):
+        ports[f"o_P{j}"] = p36[j]
     m.submodules[name] = Instance(
         "MULT18X18D",
         p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_PIPELINE_CLK="NONE",
         p_REG_OUTPUT_CLK="CLK0", p_REG_INPUTC_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC", **ports)
-    m.d.comb += p.eq(p36[:16])
+    m.d.comb += p.eq(p36[DSP_A_SHIFT:DSP_A_SHIFT + 16])
 
 
 def _sb_mac16(m, a, wu, p, name):

@@ -10,7 +10,14 @@ from tessera.errors import UserError
 from tessera.hdl.boards import BOARDS, ICEBREAKER_CONFIG, get_board, resolve_config
 from tessera.hdl.boards.clocks import ecp5_pll_setting, ice40_pll_setting
 from tessera.hdl.boards.macarray import MacArrayDemo
-from tessera.hdl.boards.multipliers import AND_ADD_INIT, LATENCY, and_add_wiring, product
+from tessera.hdl.boards.multipliers import (
+    AND_ADD_INIT,
+    DSP_A_SHIFT,
+    LATENCY,
+    and_add_wiring,
+    mult18x18d_a_pins,
+    product,
+)
 from tessera.hdl.boards.npu_top import NpuBoardCore
 from tessera.isa import Instruction, encode_program
 
@@ -72,6 +79,32 @@ def test_ecp5_and_add_init_and_wiring_give_the_partial_product_sum_exhaustively(
                 assert s - (s >> 9 << 10) == g0 * a + 2 * g1 * a, (a, g0, g1)
 
 
+def test_mult18x18d_shifted_activation_gives_the_product_exhaustively():
+    # The DSP multiplies its 18-bit A (signed) by its 18-bit B (unsigned); the activation enters A shifted
+    # left with constant-0 low pins, so the product must appear, exact, at P[DSP_A_SHIFT:+16].
+    np_a = np.arange(-128, 128)
+    a18 = sum(((np_a >> int(src[1:])) & 1) << j for j in range(18) if (src := mult18x18d_a_pins(j)))
+    a18 = np.where(a18 >= 1 << 17, a18 - (1 << 18), a18)               # the port is signed
+    for wu in range(256):
+        p36 = (a18 * wu) & ((1 << 36) - 1)
+        p16 = (p36 >> DSP_A_SHIFT) & 0xFFFF
+        assert np.array_equal(np.where(p16 >= 1 << 15, p16 - (1 << 16), p16), np_a * wu), wu
+
+
+def test_mult18x18d_instance_follows_the_modelled_wiring():
+    m = Module()
+    a, wu = Signal(signed(8)), Signal(8)
+    product(m, a, wu, dsp="ecp5", name="mul")
+    ports = {name: value for name, (value, _) in m.submodules["mul"].ports.items()}
+    m._MustUse__silence = True  # inspected, not built
+    for j in range(18):
+        src = mult18x18d_a_pins(j)
+        if src is None:
+            assert ports[f"A{j}"].value == 0, j
+        else:
+            assert repr(ports[f"A{j}"]) == repr(a[int(src[1:])]), j
+
+
 def test_product_rejects_unknown_kinds():
     m = Module()
     with pytest.raises(ValueError, match="dsp="):
@@ -87,13 +120,15 @@ def test_product_rejects_unknown_kinds():
     (dict(rows=2, lanes=2, dsp_products=5), "dsp_products"),
     (dict(rows=2, lanes=2, dsp_products=1), "needs dsp"),
     (dict(rows=2, lanes=2, soft="booth"), "soft="),
+    (dict(rows=2, lanes=2, product_regs=-1), "product_regs"),
 ])
 def test_macarray_rejects_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MacArrayDemo(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(dsp="infer", dsp_products=5)])
+@pytest.mark.parametrize("kwargs", [dict(), dict(dsp="infer", dsp_products=5),
+                                    dict(dsp="infer", dsp_products=5, product_regs=2)])
 def test_macarray_accumulates_true_int8_dot_products(kwargs):
     # Offset-binary weights with the shared correction must give sum(a * (wu - 128)) per row,
     # with hard and soft products mixed in one row; the LED must keep changing.

@@ -10,6 +10,10 @@ stop nextpnr after packing (exact cell use against the device, no Fmax; minutes 
     python benchmarks/bench_synth.py [--sizes 32x16] [--pack-sizes 48x16,64x16] [--board ulx3s-85f]
                                      [--mhz 100] [--out DIR] [--reuse] [--npu CONFIG,...]
 
+``--units`` builds single NPU units (conv, post, load, store, fetch, dispatch) of the board's default
+config between registers (hdl/boards/harness.py): minutes each instead of an hour for the whole NPU,
+with each unit's own post-route Fmax and critical path (third table).
+
 ``--npu`` also builds the real NPU board top (``tessera synth --board B --config CONFIG``: on the
 ULX3S the NPU with the SDRAM controller and the UART link) for each preset or config .json listed,
 and prints a second table (a build that does not fit stops after yosys with its estimate).
@@ -49,6 +53,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "build" / "bench_synth"))
     ap.add_argument("--npu", default=os.environ.get("TESSERA_SYNTH_NPU", ""),
                     help="comma-separated NPU configs (presets or .json) to build as the board's NPU top")
+    ap.add_argument("--units", default=os.environ.get("TESSERA_SYNTH_UNITS", ""),
+                    help=f"comma-separated NPU units ({', '.join(UNITS)}) to place and route alone")
     args = ap.parse_args()
     board = get_board(args.board)
     config = PRESETS.get(board.default_config, PRESETS["sim"]).replace(clock_mhz=args.mhz)
@@ -65,7 +71,8 @@ def main() -> int:
             rep = json.loads((out / "report.json").read_text())
             print(f"reusing {out / 'report.json'}", file=sys.stderr)
         else:
-            core = MacArrayDemo(rows, lanes, dsp=board.dsp_kind, dsp_products=dsp, soft=board.soft_kind)
+            core = MacArrayDemo(rows, lanes, dsp=board.dsp_kind, dsp_products=dsp, soft=board.soft_kind,
+                                product_regs=board.product_regs)
             try:
                 rep = synthesize(board, config.replace(name=f"macarray-{rows}x{lanes}"), out, core=core,
                                  core_desc=f"MacArrayDemo {rows}x{lanes}", dsp_products=dsp, pack_only=pack_only,
@@ -107,6 +114,8 @@ def main() -> int:
         print(line)
     if args.npu:
         _npu_table(args, board)
+    if args.units:
+        _units_table(args, board)
     return 0
 
 
@@ -146,6 +155,58 @@ def _npu_table(args, board):
           f"`tessera synth --board {board.name} --config CONFIG --out DIR`).\n")
     print("| config | MACs/cycle | LUT4 | FF | DSP | BRAM | fits | Fmax MHz | build time |")
     print("|---|---|---|---|---|---|---|---|---|")
+    for line in lines:
+        print(line)
+
+
+def _unit(name, config):
+    from tessera.hdl.conv import ConvUnit
+    from tessera.hdl.dispatch import Dispatch
+    from tessera.hdl.dma import LoadDma, StoreDma
+    from tessera.hdl.fetch import Fetch
+    from tessera.hdl.post import PostUnit
+    return {"conv": ConvUnit, "post": PostUnit, "load": LoadDma, "store": StoreDma, "fetch": Fetch,
+            "dispatch": Dispatch}[name](config)
+
+
+#: Units --units can build alone.
+UNITS = ("conv", "post", "load", "store", "fetch", "dispatch")
+
+
+def _units_table(args, board):
+    """Each NPU unit alone between registers: resources, post-route Fmax and its critical path."""
+    from tessera.hdl.boards.harness import UnitHarness
+    from tessera.hdl.synth import npu_mac_dsp_products
+    config = PRESETS[board.default_config].replace(clock_mhz=args.mhz)
+    lines = []
+    for name in [n for n in args.units.split(",") if n]:
+        if name not in UNITS:
+            raise SystemExit(f"--units: unknown unit {name!r}; expected some of {', '.join(UNITS)}")
+        out = pathlib.Path(args.out) / f"{board.name}-unit-{name}"
+        if args.reuse and (out / "report.json").exists():
+            rep = json.loads((out / "report.json").read_text())
+            print(f"reusing {out / 'report.json'}", file=sys.stderr)
+        else:
+            macs = config.macs_per_cycle if name == "conv" else 0
+            dsp = npu_mac_dsp_products(board, config) if board.family == "ecp5" else None
+            try:
+                rep = synthesize(board, config, out, core=UnitHarness(_unit(name, config), macs),
+                                 core_desc=f"{name} unit of {config.name} between registers", dsp_products=dsp,
+                                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
+            except SynthError as e:
+                lines.append(f"| {name} | failed: {str(e).splitlines()[-1][:80]} | | | | | |")
+                continue
+        res, cp = rep["resources"], rep.get("critical_path") or {}
+        path = (f"{cp['ns']:.1f} ns ({cp['logic_ns']:.1f} logic, {cp['routing_ns']:.1f} routing, {cp['steps']} cells): "
+                f"`{cp['from']}` → `{cp['to']}`") if cp else "—"
+        lines.append(f"| {name} | {_pct(res['LUT4'])} | {_pct(res['FF'])} | {_pct(res['DSP'])} | "
+                     f"{rep['fmax_mhz']:.1f} | {path} | {rep['seconds']:.0f} s |")
+    print(f"\n### NPU units alone on the {board.name} (config {config.name}, {args.mhz:g} MHz requested)\n")
+    print(f"Command: `python benchmarks/bench_synth.py --sizes '' --pack-sizes '' --units {args.units} "
+          f"--board {board.name}`. Each unit sits between registers (hdl/boards/harness.py: LFSR-fed inputs, "
+          "XOR-reduced outputs), so its paths are its own; Fmax and the critical path are post-route.\n")
+    print("| unit | LUT4 | FF | DSP | Fmax MHz | critical path | build time |")
+    print("|---|---|---|---|---|---|---|")
     for line in lines:
         print(line)
 

@@ -26,7 +26,7 @@ from tessera.errors import UserError
 
 from .boards import BOARDS, PRIMITIVES, Board, get_board, resolve_config
 from .boards.macarray import MacArrayDemo
-from .boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yosys_cells
+from .boards.reports import ReportError, parse_critical_path, parse_fmax, parse_utilisation, parse_yosys_cells
 from .boards.top import BoardTop
 
 __all__ = ["synth_command", "synthesize", "make_core", "estimate_resources", "SynthError", "summary_markdown",
@@ -78,7 +78,7 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
     if dsp_products is None:
         dsp_products = min(macs, board.dsp_capacity)
     core = MacArrayDemo(config.rows, config.lanes, dsp=board.dsp_kind, dsp_products=dsp_products,
-                        soft=board.soft_kind)
+                        soft=board.soft_kind, product_regs=board.product_regs)
     return core, f"MacArrayDemo {config.rows}x{config.lanes} (the NPU's MAC array alone)", dsp_products
 
 
@@ -237,7 +237,8 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
             fmax_mhz=slowest[0], timing_met=all(v[2] for v in fmax.values()),
             clocks={name: {"fmax_mhz": f, "constraint_mhz": c, "met": ok} for name, (f, c, ok) in fmax.items()},
             resources=_resources(board, util, cells), fits=True,
-            bitstream=f"build/{TOP_NAME}.{board.bitstream}", yosys_cells=cells)
+            bitstream=f"build/{TOP_NAME}.{board.bitstream}", yosys_cells=cells,
+            critical_path=parse_critical_path(tim, f"{TOP_NAME}.tim"))
         bit = build_dir / f"{TOP_NAME}.{board.bitstream}"
         if not bit.is_file() or bit.stat().st_size == 0:
             raise SynthError(f"{board.name}: no bitstream {bit} after a successful build script")

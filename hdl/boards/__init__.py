@@ -41,6 +41,9 @@ class Board:
         Hard multipliers in the device, each holding one int8 product in the open flow.
     soft_kind : str
         Soft-multiplier construction (:data:`tessera.hdl.boards.multipliers.SOFT_KINDS`).
+    product_regs : int
+        Fabric registers after every product of the stand-in MAC array (``MacArrayDemo``): on the
+        ECP5 a row's hard multipliers span much of the die, and their outputs need a cycle of wire.
     mem_beats : int
         Depth of the on-chip memory window of ``NpuBoardCore`` (the boards without an SDRAM controller).
     resource_cells : dict
@@ -61,6 +64,7 @@ class Board:
     dsp_kind: str
     dsp_capacity: int
     soft_kind: str = "generic"
+    product_regs: int = 0
     mem_beats: int = 1024
     resource_cells: dict = field(default_factory=dict)
     capacity: dict = field(default_factory=dict)
@@ -82,7 +86,7 @@ class Board:
 BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", default_config="ulx3s-85f",
-        dsp_kind="ecp5", dsp_capacity=156, soft_kind="ecp5",
+        dsp_kind="ecp5", dsp_capacity=156, soft_kind="ecp5", product_regs=1,
         resource_cells={"LUT4": ("TRELLIS_COMB", "nextpnr"), "FF": ("TRELLIS_FF", "nextpnr"),
                         "DSP": ("MULT18X18D", "nextpnr"), "BRAM": ("DP16KD", "nextpnr")},
         capacity={"LUT4": ("LUT4", 83640), "FF": ("TRELLIS_FF", 83640), "DSP": ("MULT18X18D", 156),

@@ -6,7 +6,7 @@ use and say which file lacks what.
 
 import re
 
-__all__ = ["ReportError", "parse_utilisation", "parse_fmax", "parse_yosys_cells"]
+__all__ = ["ReportError", "parse_utilisation", "parse_fmax", "parse_yosys_cells", "parse_critical_path"]
 
 
 class ReportError(Exception):
@@ -54,6 +54,43 @@ def parse_fmax(text: str, source: str = "nextpnr log") -> dict:
     if not result:
         raise ReportError(f"{source}: no 'Max frequency for clock' line (is any clock constrained?)")
     return result
+
+
+_CRIT_HEAD = re.compile(r"^Info: Critical path report for clock '([^']+)' \(posedge -> posedge\):")
+_CRIT_STEP = re.compile(r"^Info:\s+(clk-to-q|logic|routing|setup)\s+([0-9.]+)\s+([0-9.]+)\s+(?:Source|Net)\s+(\S+)")
+_CRIT_SUM = re.compile(r"^Info: ([0-9.]+) ns logic, ([0-9.]+) ns routing")
+
+
+def parse_critical_path(text: str, source: str = "nextpnr log") -> dict | None:
+    """The post-route critical path within the slowest clock: where it starts and ends, and its delay.
+
+    Returns ``{"clock", "from", "to", "ns", "logic_ns", "routing_ns", "steps"}`` (cell and net names as
+    nextpnr prints them; ``steps`` counts the logic cells passed), or None when nextpnr printed none.
+    """
+    routed = text.rfind("Routing complete.")
+    lines = text[routed:].splitlines() if routed >= 0 else []
+    best = None
+    for i, line in enumerate(lines):
+        mt = _CRIT_HEAD.match(line)
+        if not mt:
+            continue
+        steps = []
+        for follow in lines[i + 1:]:
+            st = _CRIT_STEP.match(follow)
+            if st:
+                steps.append((st.group(1), float(st.group(3)), st.group(4)))
+            sm = _CRIT_SUM.match(follow)
+            if sm:
+                logic, routing = float(sm.group(1)), float(sm.group(2))
+                cells = [name for kind, _, name in steps if kind in ("clk-to-q", "logic", "setup")]
+                path = {"clock": mt.group(1), "from": cells[0] if cells else None,
+                        "to": cells[-1] if cells else None, "ns": round(logic + routing, 2),
+                        "logic_ns": logic, "routing_ns": routing,
+                        "steps": sum(kind == "logic" for kind, _, _ in steps)}
+                if best is None or path["ns"] > best["ns"]:
+                    best = path
+                break
+    return best
 
 
 _STAT_CELL = re.compile(r"^\s+(\d+)\s+(\S+)\s*$")

@@ -253,3 +253,39 @@ def test_ulx3s_core_puts_the_board_system_on_the_sdram_and_uart_pins():
     for site in ("F19", "G19", "J17", "M1", "L4"):
         assert f'SITE "{site}"' in lpf, site
     assert "ODDRX1F" in plan.files["top.il"]  # the SDRAM clock leaves through a DDR flop
+
+
+def test_unit_harness_feeds_every_input_and_observes_every_output():
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    from tessera.hdl.boards.harness import UnitHarness, port_bits
+
+    class Passthrough(wiring.Component):
+        a: In(3)
+        nested: Out(wiring.Signature({"b": In(5), "y": Out(5)}))
+        x: Out(3)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += [self.x.eq(self.a), self.nested.y.eq(self.nested.b)]
+            return m
+
+    unit = Passthrough()
+    ins, outs = port_bits(unit)
+    # flows as the unit sees them, through nested signatures
+    assert sorted(n for n, _ in ins) == ["a", "nested.b"] and sorted(n for n, _ in outs) == ["nested.y", "x"]
+    h = UnitHarness(unit)
+    sim = Simulator(h)
+    sim.add_clock(1e-6)
+    seen = {"a": set(), "led": set()}
+
+    async def bench(ctx):
+        for _ in range(60):
+            seen["a"].add(ctx.get(unit.a))
+            seen["led"].add(ctx.get(h.led))
+            await ctx.tick()
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(seen["a"]) == 8 and seen["led"] == {0, 1}

@@ -15,7 +15,8 @@ class ReportError(Exception):
 
 _UTIL_HEAD = re.compile(r"^Info:\s+Device utilisation:\s*$")
 _UTIL_LINE = re.compile(r"^Info:\s+(\S+):\s+(\d+)/\s*(\d+)\s+\d+%\s*$")
-_FMAX = re.compile(r"^Info: Max frequency for clock\s+'([^']+)':\s+([0-9.]+) MHz\s+\((PASS|FAIL) at ([0-9.]+) MHz\)")
+# nextpnr prints the line as a warning when the clock fails after routing.
+_FMAX = re.compile(r"^(?:Info|Warning): Max frequency for clock\s+'([^']+)':\s+([0-9.]+) MHz\s+\((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
 def parse_utilisation(text: str, source: str = "nextpnr log") -> dict:

@@ -10,7 +10,13 @@ import pytest
 
 from tessera.arch import PRESETS
 from tessera.hdl.boards import BOARDS
-from tessera.hdl.boards.reports import ReportError, parse_fmax, parse_utilisation, parse_yosys_cells
+from tessera.hdl.boards.reports import (
+    ReportError,
+    parse_critical_path,
+    parse_fmax,
+    parse_utilisation,
+    parse_yosys_cells,
+)
 from tessera.hdl.synth import TOP_NAME, estimate_resources, synthesize
 
 # Captured from nextpnr-ecp5 0.11 (YoWASP) on a ULX3S-85F build; tabs and spacing as printed.
@@ -33,6 +39,43 @@ Info: Critical path report for clock '$glbnet$clk' (posedge -> posedge):
 Info: Max frequency for clock '$glbnet$clk': 111.46 MHz (PASS at 100.00 MHz)
 
 Info: Program finished normally.
+"""
+
+# Captured from nextpnr-ecp5 0.11 after routing a design that fails its clock (the POST unit alone,
+# bench_synth --units post); net names shortened and the path cut to its first and last steps.
+NEXTPNR_ECP5_FAIL_LOG = """\
+Info: Max frequency for clock '$glbnet$clk': 23.57 MHz (FAIL at 100.00 MHz)
+
+Info: Routing complete.
+Info: Router1 time 426.61s
+Info: Checksum: 0x59caad1b
+
+Info: Critical path report for clock '$glbnet$clk' (posedge -> posedge):
+Info:       type curr  total name
+Info:   clk-to-q  0.52  0.52 Source core.unit.pool.instr_TRELLIS_FF_Q_119.Q
+Info:    routing  1.37  1.89 Net core.unit.pool.instr[39] (10,41) -> (11,43)
+Info:                          Sink core.unit.running_CCU2C_S1$CCU2_COMB1.A
+Info:                          Defined in:
+Info:                               /work/main/hdl/post.py:40
+Info:      logic  0.45  2.34 Source core.unit.running_CCU2C_S1$CCU2_COMB1.FCO
+Info:    routing  0.00  2.34 Net core.unit.running_CCU2C_COUT (10,41) -> (10,41)
+Info:                          Sink core.unit.running_MULT18X18D.A2
+Info:      logic  3.93 12.56 Source core.unit.running_MULT18X18D.P21
+Info:    routing  0.32 37.51 Net core.unit.pool.wc_TRELLIS_FF_Q_LSR (10,61) -> (10,61)
+Info:                          Sink core.unit.pool.wc_TRELLIS_FF_Q_1.LSR
+Info:      setup  0.42  37.93 Source core.unit.pool.wc_TRELLIS_FF_Q_1.LSR
+Info: 14.50 ns logic, 23.43 ns routing
+
+Info: Critical path report for cross-domain path 'posedge $glbnet$clk' -> '<async>':
+Info:       type curr  total name
+Info:   clk-to-q  0.52  0.52 Source core.led_TRELLIS_FF_Q.Q
+Info:    routing  0.99  1.51 Net core.led (2,36) -> (0,35)
+Info:                          Sink led$13.buf.buf0.I
+Info: 0.52 ns logic, 0.99 ns routing
+
+Warning: Max frequency for clock '$glbnet$clk': 26.36 MHz (FAIL at 100.00 MHz)
+
+Info: Max delay posedge $glbnet$clk -> <async>: 1.51 ns
 """
 
 # Captured from nextpnr-ice40 0.11 on an iCEBreaker build (two clocks, one failing).
@@ -102,6 +145,18 @@ def test_parse_fmax_takes_the_post_route_figure_per_clock():
     assert parse_fmax(NEXTPNR_ECP5_LOG) == {"$glbnet$clk": (111.46, 100.0, True)}
     f = parse_fmax(NEXTPNR_ICE40_LOG)
     assert f["uart_clk"] == (21.5, 24.0, False) and f["clk"][2]
+
+
+def test_parse_fmax_reads_a_failing_clock_printed_as_a_warning():
+    assert parse_fmax(NEXTPNR_ECP5_FAIL_LOG) == {"$glbnet$clk": (26.36, 100.0, False)}
+
+
+def test_parse_critical_path_names_both_ends_and_splits_the_delay():
+    cp = parse_critical_path(NEXTPNR_ECP5_FAIL_LOG)
+    assert cp == {"clock": "$glbnet$clk", "from": "core.unit.pool.instr_TRELLIS_FF_Q_119.Q",
+                  "to": "core.unit.pool.wc_TRELLIS_FF_Q_1.LSR", "ns": 37.93, "logic_ns": 14.5,
+                  "routing_ns": 23.43, "steps": 2}
+    assert parse_critical_path(NEXTPNR_ECP5_FAIL_LOG.split("Info: Routing complete.")[0]) is None
 
 
 def test_parse_yosys_cells_uses_hierarchy_totals_without_internal_cells():

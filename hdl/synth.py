@@ -113,6 +113,9 @@ def _tool_env(board: Board) -> dict:
 def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool) -> dict:
     nextpnr = f"--timing-allow-fail --seed {seed}" + (" --pack-only" if pack_only else "")
     if board.family == "ecp5":
+        # router2: nextpnr's default router1 left the last 155 arcs of a 156-DSP MAC array unrouted after
+        # ten minutes; router2 finished it in four (docs/synthesis.md).
+        nextpnr += " --router router2"
         # -nodsp when the core instantiates exactly the hard multipliers it wants: otherwise yosys
         # puts every multiplier on a MULT18X18D and overflows the 156 of them.
         return dict(synth_opts="-nodsp" if explicit_dsp else "", nextpnr_opts=nextpnr)

@@ -164,11 +164,15 @@ class MacArrayDemo(wiring.Component):
                 for i in range(1, self.lanes):
                     m.d.sync += weights[r][i].eq(weights[r][i - 1])
 
-        # The offset-binary correction, shared by the rows of a group, delayed like a product.
+        # The offset-binary correction, shared by the rows of a group, delayed like a product. It sums a
+        # private copy of the activations: the delay line itself sits by the DSP rows it feeds, a wire
+        # across the die from the adders.
         asums = []
         for g, acts in enumerate(self.act_groups):
-            asum, _ = _pipelined_sum(m, list(acts), f"asum{g}")
-            for k in range(LATENCY + self.product_regs):
+            copy = [Signal.like(a, name=f"asum{g}_in{i}") for i, a in enumerate(acts)]
+            m.d.sync += [c.eq(a) for c, a in zip(copy, acts)]
+            asum, _ = _pipelined_sum(m, copy, f"asum{g}")
+            for k in range(LATENCY + self.product_regs - 1):
                 d = Signal.like(asum, name=f"asum{g}_d{k}")
                 m.d.sync += d.eq(asum)
                 asum = d

@@ -87,7 +87,9 @@ class MacArrayDemo(wiring.Component):
     soft : str
         Soft-multiplier kind for the others (see :data:`SOFT_KINDS`).
     rows_per_group : int
-        Rows sharing one activation delay line (bounds the fan-out of each activation bit).
+        Rows sharing one activation delay line (bounds the fan-out of each activation bit). On the
+        ECP5 at 512 MACs even 4 rows were too far apart: an activation register 14.8 ns of wire
+        from one of its multipliers (docs/synthesis.md), hence one line per row by default.
     product_regs : int
         Fabric registers after every product before the adder tree. A row's hard multipliers sit
         in the device's DSP rows, spread over much of the die's width, so the wire from a DSP
@@ -101,7 +103,7 @@ class MacArrayDemo(wiring.Component):
 
     led: Out(1)
 
-    def __init__(self, rows, lanes, *, dsp=None, dsp_products=0, soft="generic", rows_per_group=4,
+    def __init__(self, rows, lanes, *, dsp=None, dsp_products=0, soft="generic", rows_per_group=1,
                  product_regs=0):
         self._MustUse__silence = True  # a rejected instance is not an unused design
         if rows < 1 or lanes < 1 or lanes & (lanes - 1):
@@ -164,20 +166,14 @@ class MacArrayDemo(wiring.Component):
                 for i in range(1, self.lanes):
                     m.d.sync += weights[r][i].eq(weights[r][i - 1])
 
-        # The offset-binary correction, shared by the rows of a group, delayed like a product. It sums a
-        # private copy of the activations: the delay line itself sits by the DSP rows it feeds, a wire
-        # across the die from the adders.
-        asums = []
+        # The offset-binary correction, one per group, as a running sum of its delay line: a byte enters
+        # and one leaves each cycle, so sum(acts) updates with one add and one subtract (a tree per group
+        # would cost a row's adders; a registered copy of the line would be merged into the line itself).
+        sums = []
         for g, acts in enumerate(self.act_groups):
-            copy = [Signal.like(a, name=f"asum{g}_in{i}") for i, a in enumerate(acts)]
-            m.d.sync += [c.eq(a) for c, a in zip(copy, acts)]
-            asum, _ = _pipelined_sum(m, copy, f"asum{g}")
-            for k in range(LATENCY + self.product_regs - 1):
-                d = Signal.like(asum, name=f"asum{g}_d{k}")
-                m.d.sync += d.eq(asum)
-                asum = d
-            asums.append(asum)
-
+            s = Signal(signed(8 + (self.lanes - 1).bit_length() + 1), name=f"asum{g}")
+            m.d.sync += s.eq(s + lfsr.rotate_left(3 * g)[:8].as_signed() - acts[-1])
+            sums.append(s)
         acc_bits = []
         for r in range(self.rows):
             prods = []
@@ -190,10 +186,16 @@ class MacArrayDemo(wiring.Component):
                     m.d.sync += q.eq(p)
                     p = q
                 prods.append(p)
-            dot, _ = _pipelined_sum(m, prods, f"row{r}")
+            dot, tree_latency = _pipelined_sum(m, prods, f"row{r}")
+            # sum(acts) of the cycle the products' operands were registered, delayed like a product.
+            asum = sums[r // self.rows_per_group]
+            for k in range(LATENCY + self.product_regs + tree_latency):
+                d = Signal.like(asum, name=f"{asum.name}_r{r}_d{k}")
+                m.d.sync += d.eq(asum)
+                asum = d
             # Registered apart from the accumulation: a three-input sum would lose its carry chains.
             true_dot = Signal(signed(len(dot) + 9), name=f"row{r}_dot")
-            m.d.sync += true_dot.eq(dot - (asums[r // self.rows_per_group] << 7))
+            m.d.sync += true_dot.eq(dot - (asum << 7))
             acc = self.accs[r]
             m.d.sync += acc.eq(acc + true_dot)
             acc_bits.extend(acc[b] for b in range(32))

@@ -32,8 +32,14 @@ import time
 
 from tessera.arch import PRESETS, get_config
 from tessera.hdl.boards import get_board
+from tessera.hdl.boards.harness import UnitHarness
 from tessera.hdl.boards.macarray import MacArrayDemo
-from tessera.hdl.synth import SynthError, synthesize
+from tessera.hdl.conv import ConvUnit
+from tessera.hdl.dispatch import Dispatch
+from tessera.hdl.dma import LoadDma, StoreDma
+from tessera.hdl.fetch import Fetch
+from tessera.hdl.post import PostUnit
+from tessera.hdl.synth import SynthError, npu_mac_dsp_products, synthesize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = "32x16"
@@ -159,24 +165,12 @@ def _npu_table(args, board):
         print(line)
 
 
-def _unit(name, config):
-    from tessera.hdl.conv import ConvUnit
-    from tessera.hdl.dispatch import Dispatch
-    from tessera.hdl.dma import LoadDma, StoreDma
-    from tessera.hdl.fetch import Fetch
-    from tessera.hdl.post import PostUnit
-    return {"conv": ConvUnit, "post": PostUnit, "load": LoadDma, "store": StoreDma, "fetch": Fetch,
-            "dispatch": Dispatch}[name](config)
-
-
-#: Units --units can build alone.
-UNITS = ("conv", "post", "load", "store", "fetch", "dispatch")
+#: Units --units can build alone, by the name it takes.
+UNITS = {"conv": ConvUnit, "post": PostUnit, "load": LoadDma, "store": StoreDma, "fetch": Fetch, "dispatch": Dispatch}
 
 
 def _units_table(args, board):
     """Each NPU unit alone between registers: resources, post-route Fmax and its critical path."""
-    from tessera.hdl.boards.harness import UnitHarness
-    from tessera.hdl.synth import npu_mac_dsp_products
     config = PRESETS[board.default_config].replace(clock_mhz=args.mhz)
     lines = []
     for name in [n for n in args.units.split(",") if n]:
@@ -190,7 +184,7 @@ def _units_table(args, board):
             macs = config.macs_per_cycle if name == "conv" else 0
             dsp = npu_mac_dsp_products(board, config) if board.family == "ecp5" else None
             try:
-                rep = synthesize(board, config, out, core=UnitHarness(_unit(name, config), macs),
+                rep = synthesize(board, config, out, core=UnitHarness(UNITS[name](config), macs),
                                  core_desc=f"{name} unit of {config.name} between registers", dsp_products=dsp,
                                  log=lambda msg: print(msg, file=sys.stderr, flush=True))
             except SynthError as e:

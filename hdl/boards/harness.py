@@ -13,7 +13,7 @@ from amaranth.hdl import Cat, Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .macarray import _LFSR_TAPS, _pipelined_xor
+from .macarray import _pipelined_xor, lfsr32
 
 __all__ = ["UnitHarness", "port_bits"]
 
@@ -48,11 +48,7 @@ class UnitHarness(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.unit = self.unit
-        lfsr = Signal(32, init=1)
-        feedback = 0
-        for t in _LFSR_TAPS:
-            feedback = feedback ^ lfsr[t]
-        m.d.sync += lfsr.eq((lfsr << 1) | feedback)
+        lfsr = lfsr32(m)
         ins, outs = port_bits(self.unit)
         for k, (name, value) in enumerate(ins):
             # One shift register per port, fed by its own LFSR bit: every input bit is a register output.

@@ -21,6 +21,16 @@ __all__ = ["MacArrayDemo"]
 _LFSR_TAPS = (31, 21, 1, 0)
 
 
+def lfsr32(m):
+    """A free-running 32-bit maximal-length LFSR (``_LFSR_TAPS``), starting from 1; returns its register."""
+    lfsr = Signal(32, init=1)
+    feedback = 0
+    for t in _LFSR_TAPS:
+        feedback = feedback ^ lfsr[t]
+    m.d.sync += lfsr.eq((lfsr << 1) | feedback)
+    return lfsr
+
+
 def _pipelined_sum(m, terms, name, reg_every=2):
     """Sum a power-of-two number of signed terms with a binary adder tree.
 
@@ -137,18 +147,15 @@ class MacArrayDemo(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        lfsr = Signal(32, init=1)
-        feedback = 0
-        for t in _LFSR_TAPS:
-            feedback = feedback ^ lfsr[t]
-        m.d.sync += lfsr.eq((lfsr << 1) | feedback)
+        lfsr = lfsr32(m)
 
         # Activations: per group of rows a delay line one byte per lane, refilled every cycle from
         # its own LFSR bits. One line for all rows would fan every activation bit out to hundreds of
         # carry-chain inputs (the slowest nets after placement); groups fed the same bits would be
         # merged back into one by yosys.
+        entering = [lfsr.rotate_left(3 * g)[:8].as_signed() for g in range(len(self.act_groups))]
         for g, acts in enumerate(self.act_groups):
-            m.d.sync += acts[0].eq(lfsr.rotate_left(3 * g)[:8])
+            m.d.sync += acts[0].eq(entering[g])
             for i in range(1, self.lanes):
                 m.d.sync += acts[i].eq(acts[i - 1])
 
@@ -172,7 +179,7 @@ class MacArrayDemo(wiring.Component):
         sums = []
         for g, acts in enumerate(self.act_groups):
             s = Signal(signed(8 + (self.lanes - 1).bit_length() + 1), name=f"asum{g}")
-            m.d.sync += s.eq(s + lfsr.rotate_left(3 * g)[:8].as_signed() - acts[-1])
+            m.d.sync += s.eq(s + entering[g] - acts[-1])
             sums.append(s)
         acc_bits = []
         for r in range(self.rows):

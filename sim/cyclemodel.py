@@ -133,6 +133,12 @@ class CycleModel:
         """Cycles POST spends per ACT word it requantizes: ``lanes // post_lanes`` (1 without ``post_lanes``)."""
         return self.config.lanes // self.config.post_lanes_eff
 
+    @property
+    def pool_bank_drain(self) -> int:
+        """Cycles the POOL bank adds once at the end with shared lanes: its ``post_groups`` (0 without)."""
+        G = self.post_groups
+        return G if G > 1 else 0
+
     def beats(self, ins: Instruction) -> int:
         """Memory beats of a LOAD/STORE: one per bus beat of a word; words narrower than the bus are
         packed by LOAD (hdl/dma.py), one request per beat a row touches, and sent one per beat by STORE."""
@@ -165,7 +171,7 @@ class CycleModel:
             # the bank's G cycles on top of the pipeline (hdl/post.py PoolEngine).
             G = self.post_groups
             n = ins.out_h * ins.out_w * ins.cb * max(ins.k_h * ins.k_w, G)
-            return t.pool_overhead + n + (G if G > 1 else 0), n, 0
+            return t.pool_overhead + n + self.pool_bank_drain, n, 0
         if op == Opcode.LOAD:
             n = self.beats(ins)
             return t.load_overhead + self.read_cycles(n), n, 0
@@ -242,7 +248,7 @@ class CycleModel:
         engine = rec.start + t.run_lead
         if ins.op == Opcode.POOL:
             per = max(ins.k_h * ins.k_w, G)
-            first = engine + per - 1 + t.pool_write + (G if G > 1 else 0)
+            first = engine + per - 1 + t.pool_write + self.pool_bank_drain
             return (engine, rec.end), (first, per, ins.out_h * ins.out_w * ins.cb)
         words = ins.ob_count * ins.pixels * self.config.words_per_block
         return (engine, rec.end) if ins.residual else None, (engine + G - 1 + t.epilogue_write, G, words)
@@ -292,24 +298,22 @@ class CycleModel:
         rt = lat + 1
         quiet = max(f + p * n for f, p, n in writes)     # after POST's last write nothing waits for it
 
-        def post_writes(t):
-            return any(f <= t < f + p * n and (t - f) % p == 0 for f, p, n in writes)
+        def post_write(t):
+            """The (first, period, count) of the POST instruction writing in cycle t, or None."""
+            return next(((f, p, n) for f, p, n in writes if f <= t < f + p * n and (t - f) % p == 0), None)
 
         def free_from(t):
-            while True:
-                for f, p, n in writes:
-                    if f <= t < f + p * n and (t - f) % p == 0:
-                        t = f + p * n if p == 1 else t + 1
-                        break
-                else:
-                    return t
+            while (hit := post_write(t)) is not None:
+                f, p, n = hit
+                t = f + p * n if p == 1 else t + 1
+            return t
 
         slots = deque(maxlen=o)                          # write cycles of the last o beats: their read slots
         rq, w, d, same = first_request - 1, -1, 0, 0
         for k in range(beats):
             rq = rq + 1 if k < o else max(rq + 1, slots[0] + 1)
             a = rq + lat
-            w = a if w < a and not post_writes(a) else free_from(max(a, w) + 1)
+            w = a if w < a and post_write(a) is None else free_from(max(a, w) + 1)
             slots.append(w)
             base_rq = first_request + (k // o * rt + k % o if o < rt else k)
             nd = w - base_rq - lat

@@ -6,7 +6,7 @@ layout from :func:`tessera.isa.layout`.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -18,6 +18,7 @@ __all__ = [
     "ADDR_BITS",
     "BufReadSignature",
     "BufWriteSignature",
+    "CheckStages",
     "bit_length",
     "MemPortSignature",
     "ReadClientSignature",
@@ -88,6 +89,51 @@ def UnitSignature() -> wiring.Signature:
         "busy": In(1), "done": In(1), "err": In(1), "err_code": In(ErrorCode),
         "progress": In(1), "stall": In(1),
     })
+
+
+class CheckStages:
+    """A unit's range check as registered steps, when the config asks for ``timing_stages``.
+
+    ``step(expr, *deps)`` is ``expr`` itself without ``timing_stages``; with it, ``expr`` in a
+    register one step after the deepest of ``deps`` (earlier steps' results; instruction
+    fields are step 0). Elaboration fails if a check needs more than ``config.check_cycles``
+    steps. The steps run continuously from the instruction register, which is loaded with the
+    ``start`` pulse, so ``ready`` (for the CHECK state) rises ``check_cycles`` cycles after the
+    state is entered.
+
+    Parameters
+    ----------
+    m : Module
+    config : NpuConfig
+    start : Value or None
+        The unit's start pulse (its instruction register loads with it); None for a check
+        whose CHECK state is another component's (which makes ``ready`` there).
+    """
+
+    def __init__(self, m, config: NpuConfig, start):
+        self.m, self.on, self.cycles = m, config.timing_stages, config.check_cycles
+        self._depth = {}
+        self.ready = Signal()
+        if not self.cycles or start is None:
+            m.d.comb += self.ready.eq(1)
+            return
+        wait = Signal(range(self.cycles + 1))
+        with m.If(start):
+            m.d.sync += wait.eq(self.cycles)
+        with m.Elif(wait != 0):
+            m.d.sync += wait.eq(wait - 1)
+        m.d.comb += self.ready.eq(wait == 0)
+
+    def step(self, expr, *deps):
+        if not self.on:
+            return expr
+        depth = 1 + max((self._depth.get(id(d), 0) for d in deps), default=0)
+        if depth > self.cycles:
+            raise ValueError(f"a range check of {depth} steps does not fit check_cycles={self.cycles}")
+        r = Signal(Value.cast(expr).shape())
+        self.m.d.sync += r.eq(expr)
+        self._depth[id(r)] = depth
+        return r
 
 
 def round_shift(x, s, width: int):

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, layout
 
-from .common import BufReadSignature, BufWriteSignature, UnitSignature, word_bits
+from .common import BufReadSignature, BufWriteSignature, CheckStages, UnitSignature, word_bits
 from .mac import MacArray
 
 __all__ = ["ConvUnit"]
@@ -48,12 +48,19 @@ class ConvUnit(wiring.Component):
         with m.If(self.ctl.start):
             m.d.sync += [ir.eq(self.ctl.instr)]
 
-        K = Signal(18)      # terms per pixel: k_h*k_w*in_cb
-        P = Signal(20)      # pixels per block
-        m.d.comb += [K.eq(ins.k_h * ins.k_w * ins.in_cb), P.eq(ins.out_h * ins.out_w)]
-        bad_range = ((ins.in_addr + ins.in_h * ins.in_w * ins.in_cb > c.abuf_words)
-                     | (ins.w_addr + ins.ob_count * K > c.wbuf_words)
-                     | (ins.acc_addr + ins.ob_count * P > c.accbuf_words))
+        # One multiply, add or compare per step with timing_stages (K is also the RUN state's weight step).
+        chk = CheckStages(m, c, self.ctl.start)
+        kk = chk.step(ins.k_h * ins.k_w)
+        hw = chk.step(ins.in_h * ins.in_w)
+        P = chk.step(ins.out_h * ins.out_w)                  # pixels per block
+        K = chk.step((kk * ins.in_cb)[:18], kk)              # terms per pixel: k_h*k_w*in_cb
+        obk = chk.step(ins.ob_count * kk, kk)
+        hwc = chk.step(hw * ins.in_cb, hw)
+        obp = chk.step(ins.ob_count * P, P)
+        wgt_terms = chk.step(obk * ins.in_cb, obk)
+        act_bad = chk.step(ins.in_addr + hwc > c.abuf_words, hwc)
+        acc_bad = chk.step(ins.acc_addr + obp > c.accbuf_words, obp)
+        bad_range = chk.step(act_bad | acc_bad | (ins.w_addr + wgt_terms > c.wbuf_words), act_bad, acc_bad, wgt_terms)
 
         # Generator counters.
         b, y, x = Signal(10), Signal(10), Signal(10)
@@ -74,7 +81,7 @@ class ConvUnit(wiring.Component):
             with m.State("IDLE"), m.If(self.ctl.start):
                 m.next = "CHECK"
                 m.d.sync += running.eq(1)
-            with m.State("CHECK"):
+            with m.State("CHECK"), m.If(chk.ready):
                 with m.If(bad_range):
                     m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(ErrorCode.BUFFER_RANGE)]
                     m.d.sync += running.eq(0)

@@ -14,6 +14,7 @@ from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, layout
 from .common import (
     BufReadSignature,
     BufWriteSignature,
+    CheckStages,
     ReadClientSignature,
     UnitSignature,
     WriteClientSignature,
@@ -35,23 +36,33 @@ def words_per_beat(c: NpuConfig, buf: Buffer) -> int:
     return max(1, c.bus_bytes // c.word_bytes(buf))
 
 
-def _checks(m, c: NpuConfig, ins, wb, depth):
-    """(misaligned, dram_range, buffer_range) of a DMA instruction, as the emulator orders them."""
+def _checks(m, c: NpuConfig, ins, wb, depth, start):
+    """(misaligned, dram_range, buffer_range, ready) of a DMA instruction, as the emulator orders them.
+
+    With ``timing_stages`` each is a few registered steps (:class:`.common.CheckStages`)."""
+    chk = CheckStages(m, c, start)
     align = Mux(wb < c.bus_bytes, wb, c.bus_bytes)
-    mis = ((ins.dram_addr & (align - 1)) != 0) | ((ins.rows > 1) & ((ins.dram_stride & (align - 1)) != 0))
+    mis = chk.step(((ins.dram_addr & (align - 1)) != 0) | ((ins.rows > 1) & ((ins.dram_stride & (align - 1)) != 0)))
+    rows_dram = chk.step((ins.rows - 1) * ins.dram_stride)
+    row_bytes = chk.step(ins.cols * wb)
+    rows_buf = chk.step((ins.rows - 1) * ins.buf_stride)
+    last_row = chk.step(ins.dram_addr + rows_dram, rows_dram)
     end = Signal(52)
-    m.d.comb += end.eq(ins.dram_addr + (ins.rows - 1) * ins.dram_stride + ins.cols * wb)
-    dram = end > c.dram_bytes
-    bufr = ins.buf_addr + (ins.rows - 1) * ins.buf_stride + ins.cols > depth
-    return mis, dram, bufr
+    m.d.comb += end.eq(last_row + row_bytes)
+    dram = chk.step(end > c.dram_bytes, last_row, row_bytes)
+    buf_row = chk.step(ins.buf_addr + rows_buf, rows_buf)
+    bufr = chk.step(buf_row + ins.cols > depth, buf_row)
+    return mis, dram, bufr, chk.ready
 
 
-def _check_then_run(m, ctl, running, walker, bad_buf, mis, dram, bufr):
-    """The CHECK state of LOAD and STORE: stop with the first fault in the emulator's order
-    (buffer kind, alignment, DRAM range, buffer range), else start the transfer."""
+def _check_then_run(m, ctl, running, walker, bad_buf, mis, dram, bufr, ready):
+    """The CHECK state of LOAD and STORE: once the check is ``ready``, stop with the first fault in
+    the emulator's order (buffer kind, alignment, DRAM range, buffer range), else start the transfer."""
     code = Mux(bad_buf, ErrorCode.BAD_FIELD.value, Mux(mis, ErrorCode.MISALIGNED.value,
                Mux(dram, ErrorCode.DRAM_RANGE.value, ErrorCode.BUFFER_RANGE.value)))
-    with m.If(bad_buf | mis | dram | bufr):
+    with m.If(~ready):
+        pass
+    with m.Elif(bad_buf | mis | dram | bufr):
         m.d.comb += [ctl.err.eq(1), ctl.err_code.eq(code)]
         m.d.sync += running.eq(0)
         m.next = "IDLE"
@@ -154,7 +165,7 @@ class LoadDma(wiring.Component):
         depth = Signal(17)
         m.d.comb += [wb.eq(per_buf(c.word_bytes)), lwb.eq(per_buf(lambda b: log2(c.word_bytes(b)) if c.word_bytes(b) < B else 0)),
                      bpw.eq(per_buf(lambda b: write_lanes(c, b))), depth.eq(per_buf(c.buffer_words))]
-        mis, dram, bufr = _checks(m, c, ins, wb, depth)
+        mis, dram, bufr, ready = _checks(m, c, ins, wb, depth, self.ctl.start)
 
         # Words per request: a narrow word's request takes the rest of its beat, up to the row's end.
         kmax = max(words_per_beat(c, b) for b in bufs)
@@ -206,7 +217,7 @@ class LoadDma(wiring.Component):
                 m.d.sync += running.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
-                _check_then_run(m, self.ctl, running, w, ins.buf == Buffer.ACC, mis, dram, bufr)
+                _check_then_run(m, self.ctl, running, w, ins.buf == Buffer.ACC, mis, dram, bufr, ready)
             with m.State("RUN"), m.If(~w.active & (inflight == 0) & (backlog == 0)):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)
@@ -235,7 +246,7 @@ class StoreDma(wiring.Component):
         ins = data.View(layout(Opcode.STORE), ir)
         with m.If(self.ctl.start):
             m.d.sync += ir.eq(self.ctl.instr)
-        mis, dram, bufr = _checks(m, c, ins, Const(N, 16), c.abuf_words)
+        mis, dram, bufr, ready = _checks(m, c, ins, Const(N, 16), c.abuf_words, self.ctl.start)
         w = _Walker(m, ins, N, 1)
         fd = 4
         m.submodules.q = q = fifo.SyncFIFO(width=8 * N + 34, depth=fd)
@@ -279,7 +290,7 @@ class StoreDma(wiring.Component):
                 m.d.sync += running.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
-                _check_then_run(m, self.ctl, running, w, ins.buf != Buffer.ACT, mis, dram, bufr)
+                _check_then_run(m, self.ctl, running, w, ins.buf != Buffer.ACT, mis, dram, bufr, ready)
             with m.State("RUN"), m.If(~w.active & ~pending & ~q.r_rdy):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)

@@ -13,6 +13,7 @@ from tessera.numerics import FL32_MAX_N
 from .common import (
     BufReadSignature,
     BufWriteSignature,
+    CheckStages,
     UnitSignature,
     bit_length,
     clamp,
@@ -40,6 +41,15 @@ def _engine_signature(c: NpuConfig, extra: dict) -> dict:
     return {"start": In(1), "instr": In(INSTR_BITS), "bad": Out(1), "done": Out(1), "active": Out(1),
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))), **extra}
+
+
+def _late(m, sig, cycles, name=None):
+    """``sig`` delayed by ``cycles`` registers (itself for 0): sideband kept beside a split stage."""
+    for i in range(cycles):
+        d = Signal.like(sig, name=f"{name or sig.name}_late{i}")
+        m.d.sync += d.eq(sig)
+        sig = d
+    return sig
 
 
 class _Drain:
@@ -81,10 +91,19 @@ class EpilogueEngine(wiring.Component):
         N, k = c.lanes, c.words_per_block
         ins = data.View(layout(Opcode.EPILOGUE), self.instr)
         P, ob = ins.pixels, ins.ob_count
-        m.d.comb += self.bad.eq((ins.acc_addr + ob * P > c.accbuf_words)
-                                | (ins.param_addr + ob > c.pbuf_words)
-                                | (ins.out_addr + (P - 1) * ins.out_stride + ob * k > c.abuf_words)
-                                | (ins.residual & (ins.res_addr + (P - 1) * ins.res_stride + ob * k > c.abuf_words)))
+        # Registered steps with timing_stages; PostUnit's CHECK state waits for them.
+        chk = CheckStages(m, c, None)
+        obp = chk.step(ob * P)
+        out_rows = chk.step((P - 1) * ins.out_stride)
+        res_rows = chk.step((P - 1) * ins.res_stride)
+        obk = chk.step(ob * k)
+        acc_bad = chk.step(ins.acc_addr + obp > c.accbuf_words, obp)
+        prm_bad = chk.step(ins.param_addr + ob > c.pbuf_words)
+        out_end = chk.step(ins.out_addr + out_rows, out_rows)
+        res_end = chk.step(ins.res_addr + res_rows, res_rows)
+        out_bad = chk.step(out_end + obk > c.abuf_words, out_end, obk)
+        res_bad = chk.step(ins.residual & (res_end + obk > c.abuf_words), res_end, obk)
+        m.d.comb += self.bad.eq(chk.step(acc_bad | prm_bad | out_bad | res_bad, acc_bad, prm_bad, out_bad, res_bad))
 
         E = c.post_lanes_eff
         G = N // E                      # channel groups per ACT word, one per cycle
@@ -105,7 +124,8 @@ class EpilogueEngine(wiring.Component):
                     m.d.sync += b.eq(b + 1)
                     with m.If(last_b):
                         m.d.sync += gen.eq(0)
-        depth = 12
+        R = c.rounding_stages           # with timing_stages: each float32 rounding in its own stage
+        depth = 12 + 2 * R
         drain = _Drain(m, depth, gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
@@ -161,7 +181,7 @@ class EpilogueEngine(wiring.Component):
                 lanes.append(L)
             # S3 .. S8, per lane.
             v, oa, gs, lgs = [v2], [oa2], [g2], [lg2]
-            for _ in range(6):
+            for _ in range(6 + 2 * R):
                 nv, no = Signal(), Signal(16)
                 m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
                 v.append(nv)
@@ -178,10 +198,15 @@ class EpilogueEngine(wiring.Component):
                 # scale_product(v, mult) = round_sig(round_sig(v) * mult): each rounding shares a stage
                 # (with the multiply, with the rounding shift), so the pipeline keeps its depth and timing.
                 # |round_sig(v)| <= 2**31 and mult < 2**31: 63 bits hold the product.
+                # With rounding_stages each rounding gets a stage of its own, and its sideband waits.
+                v3 = _late(m, round_sig(m, s3v, 33), R, f"rs3_{n}")
+                s3m, s3s, s3r = (_late(m, x, R) for x in (s3m, s3s, s3r))
                 s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
-                m.d.sync += [s4p.eq(round_sig(m, s3v, 33) * s3m), s4s.eq(s3s), s4r.eq(s3r)]
+                m.d.sync += [s4p.eq(v3 * s3m), s4s.eq(s3s), s4r.eq(s3r)]
+                p4 = _late(m, round_sig(m, s4p, 63), R, f"rs4_{n}")
+                s4s, s4r = (_late(m, x, R) for x in (s4s, s4r))
                 s5q, s5r = Signal(signed(63)), Signal(signed(8))
-                m.d.sync += [s5q.eq(round_shift(round_sig(m, s4p, 63), s4s, 63)), s5r.eq(s4r)]
+                m.d.sync += [s5q.eq(round_shift(p4, s4s, 63)), s5r.eq(s4r)]
                 s6y, s6s = Signal(signed(8)), Signal(signed(48))
                 a = Signal(signed(9), name=f"a{n}")
                 m.d.comb += a.eq(clamp(s5q + ins.zp_mid, -128, 127))
@@ -287,8 +312,12 @@ class PoolEngine(wiring.Component):
         m.d.comb += [fl.eq(ins.fl32 & (ins.mode == PoolMode.AVG)),
                      fl_n.eq(Mux(ins.shift > FL32_MAX_N, FL32_MAX_N, ins.shift))]
         m.d.comb += self.bad_field.eq(fl if not c.pool_fl32 else 0)
-        m.d.comb += self.bad.eq((ins.in_addr + ins.in_h * ins.in_w * ins.cb > c.abuf_words)
-                                | (ins.out_addr + ins.out_h * ins.out_w * ins.cb > c.abuf_words))
+        chk = CheckStages(m, c, None)
+        ihw, ohw = chk.step(ins.in_h * ins.in_w), chk.step(ins.out_h * ins.out_w)
+        ihwc, ohwc = chk.step(ihw * ins.cb, ihw), chk.step(ohw * ins.cb, ohw)
+        in_bad = chk.step(ins.in_addr + ihwc > c.abuf_words, ihwc)
+        out_bad = chk.step(ins.out_addr + ohwc > c.abuf_words, ohwc)
+        m.d.comb += self.bad.eq(chk.step(in_bad | out_bad, in_bad, out_bad))
         oy, ox, cc, ky, kx = Signal(10), Signal(10), Signal(10), Signal(4), Signal(4)
         ocnt = Signal(30)
         gen = Signal()
@@ -322,7 +351,8 @@ class PoolEngine(wiring.Component):
                         m.d.sync += oy.eq(oy + 1)
                         with m.If(last_y):
                             m.d.sync += gen.eq(0)
-        drain = _Drain(m, 10 + (G if G > 1 else 0), gen, self.done)
+        R = c.rounding_stages           # with timing_stages: the float32 rounding in its own stage
+        drain = _Drain(m, 10 + R + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
         def carry(prev):
@@ -399,23 +429,28 @@ class PoolEngine(wiring.Component):
                 s6v, s6a, s6g = Signal(), Signal(16), Signal(range(G))
                 m.d.sync += [s6v.eq(bv), s6a.eq(ba), s6g.eq(bg)]
                 s7v, s7a, s7g, s8v, s8a, s8g = Signal(), Signal(16), Signal(range(G)), Signal(), Signal(16), Signal(range(G))
-                m.d.sync += [s7v.eq(s6v), s7a.eq(s6a), s7g.eq(s6g), s8v.eq(s7v), s8a.eq(s7a), s8g.eq(s7g)]
+                m.d.sync += [s7v.eq(_late(m, s6v, R)), s7a.eq(_late(m, s6a, R)), s7g.eq(_late(m, s6g, R)),
+                             s8v.eq(s7v), s8a.eq(s7a), s8g.eq(s7g)]
             else:
                 lanes = s5
                 s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
-                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(s6v), s7a.eq(s6a), s8v.eq(s7v), s8a.eq(s7a)]
+                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(_late(m, s6v, R)), s7a.eq(_late(m, s6a, R)),
+                             s8v.eq(s7v), s8a.eq(s7a)]
             ys = []
             for lm, ls, lf in lanes:
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s6m.eq(lm), s6p.eq(ls * ins.mult)]
                 # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
+                # With rounding_stages the rounding gets a stage of its own, and the rest waits beside it.
+                p6 = _late(m, round_sig(m, s6p, 56), R, "prs6")
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s7m.eq(s6m), s7q.eq(round_shift(round_sig(m, s6p, 56), ins.shift, 56))]
+                m.d.sync += [s7m.eq(_late(m, s6m, R)), s7q.eq(round_shift(p6, ins.shift, 56))]
                 q = s7q
                 if c.pool_fl32:
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.
                     s6k, s6f = Signal(signed(20)), Signal(signed(_FL_BITS))
                     m.d.sync += [s6k.eq(ls), s6f.eq(lf)]
+                    s6k, s6f, s6p = (_late(m, x, R) for x in (s6k, s6f, s6p))
                     s7k, s7e, s7b, s7f = Signal(signed(20)), Signal(signed(58)), Signal(signed(20)), Signal(signed(21))
                     m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, fl_n, 20)),
                                  s7f.eq(round_shift(s6k + (ins.zp_ort << fl_n), fl_n, 27) - ins.zp_ort)]
@@ -477,11 +512,13 @@ class PostUnit(wiring.Component):
         if c.bram_buffers:
             residual = data.View(layout(Opcode.EPILOGUE), ir).residual
             m.d.comb += self.act_rd_use.eq(pool.active | (epi.active & residual))
+        # The engines' range checks take check_cycles registered steps from ir (timing_stages).
+        ready = CheckStages(m, c, self.ctl.start).ready
         with m.FSM():
             with m.State("IDLE"), m.If(self.ctl.start):
                 m.d.sync += running.eq(1)
                 m.next = "CHECK"
-            with m.State("CHECK"):
+            with m.State("CHECK"), m.If(ready):
                 with m.If(Mux(is_pool, pool.bad | pool.bad_field, epi.bad)):
                     m.d.comb += [self.ctl.err.eq(1), self.ctl.err_code.eq(
                         Mux(is_pool & pool.bad_field, ErrorCode.BAD_FIELD, ErrorCode.BUFFER_RANGE))]

@@ -82,6 +82,12 @@ class NpuConfig:
         product and two float32 roundings per lane and tap. Without it the compiler lowers
         every average pool to the fixed-point rule, whose exact ``.5`` ties can differ from
         onnxruntime's by one step (docs/numerics.md).
+    timing_stages : bool
+        Extra register stages for FPGA clock rates, at a few cycles per instruction: each unit's
+        range check takes :attr:`check_cycles` registered steps (one multiply or add per step)
+        before it starts, and EPILOGUE and POOL register each float32 rounding apart from the
+        multiply and the rounding shift around it (:attr:`rounding_stages` more per pipeline).
+        Changes cycle counts, not results.
     """
 
     name: str = "custom"
@@ -104,6 +110,7 @@ class NpuConfig:
     post_lanes: int = 0
     bram_buffers: bool = False
     pool_fl32: bool = True
+    timing_stages: bool = False
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -159,6 +166,21 @@ class NpuConfig:
     def post_lanes_eff(self) -> int:
         """Channels EPILOGUE and POOL requantize per cycle (``post_lanes``, or ``lanes`` when 0)."""
         return self.post_lanes or self.lanes
+
+    @property
+    def check_cycles(self) -> int:
+        """Cycles a unit's CHECK state waits for its registered range check (0: decided at once).
+
+        Each step is one multiply, one add or one compare of instruction fields (hdl/common.py's
+        ``CheckStages``); the longest check (a product of three fields, added, compared, OR-ed)
+        needs four.
+        """
+        return 4 if self.timing_stages else 0
+
+    @property
+    def rounding_stages(self) -> int:
+        """Register stages EPILOGUE and POOL add to their pipelines per float32 rounding they split off."""
+        return 1 if self.timing_stages else 0
 
     @property
     def words_per_block(self) -> int:
@@ -238,7 +260,7 @@ class NpuConfig:
 
 
 #: Fields added after the first presets were hashed (see :meth:`NpuConfig.hash`).
-_LATER_FIELDS = ("post_lanes", "bram_buffers", "pool_fl32")
+_LATER_FIELDS = ("post_lanes", "bram_buffers", "pool_fl32", "timing_stages")
 
 
 PRESETS: dict[str, NpuConfig] = {
@@ -255,9 +277,9 @@ PRESETS: dict[str, NpuConfig] = {
         name="ulx3s-85f", lanes=16, rows=16,
         abuf_words=4096, wbuf_words=512, accbuf_words=512, pbuf_words=64,
         bus_bytes=16, dram_bytes=32 << 20, mem_latency=24, clock_mhz=100.0,
-        post_lanes=4, bram_buffers=True, pool_fl32=False,
+        post_lanes=4, bram_buffers=True, pool_fl32=False, timing_stages=True,
         notes="ULX3S-85F with its 32 MiB SDRAM behind a width-converting controller; block-RAM shaped "
-              "buffers and an EPILOGUE/POOL of 4 channels per cycle."),
+              "buffers, an EPILOGUE/POOL of 4 channels per cycle, registered range checks."),
     # Brainwave-class Arria 10 (GX 1150): 4096 MACs, wide DDR4 port.
     "arria10": NpuConfig(
         name="arria10", lanes=64, rows=64,

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 from tessera.sim.emulator import Emulator
 
-from tessera.isa import encode_program
-from tests.rtl.programs import conv_layer, dma_pattern, pool_layer
+from tessera.sim.emulator import NpuError
+
+from tessera.isa import ErrorCode, encode_program
+from tessera.isa import Instruction as I
+from tests.rtl.programs import ACT, OUT, conv_layer, dma_pattern, pool_layer
 from tests.rtl.test_npu import CONFIG
 
 from .pysim import run_npu
@@ -17,6 +20,9 @@ W4 = CONFIG.replace(name="rtl-test-w4", weight_bits=4, lanes=8, rows=8, bus_byte
 BRAM = CONFIG.replace(name="rtl-test-bram", lanes=8, rows=16, bus_bytes=8, post_lanes=4, bram_buffers=True)
 #: The serial EPILOGUE alone, with PARAM words as wide as the default buffers keep them.
 SERIAL = CONFIG.replace(name="rtl-test-serial", post_lanes=2)
+#: Registered range checks and split roundings (the ulx3s-85f timing option), alone and with BRAM's options.
+TIMED = CONFIG.replace(name="rtl-test-timed", timing_stages=True)
+TIMED_BRAM = BRAM.replace(name="rtl-test-bram-timed", timing_stages=True)
 
 CASES = {
     "conv_w4": lambda rng: (W4, conv_layer(W4, rng, in_cb=2, ob=2)),
@@ -38,6 +44,16 @@ CASES = {
     "serial_pool_max": lambda rng: (SERIAL, pool_layer(SERIAL, rng, mode="max", k=(3, 3), stride=(2, 2), pad=(1, 1),
                                                        in_h=5, in_w=5)),
     "bram_dma_act": lambda rng: (BRAM, dma_pattern(BRAM, rng, offset=1)),
+    "timed_conv_residual": lambda rng: (TIMED, conv_layer(TIMED, rng, ob=2, in_cb=2, residual=True, k_h=1, k_w=1,
+                                                          pad=(0, 0))),
+    "timed_conv_strided_dilated": lambda rng: (TIMED, conv_layer(TIMED, rng, stride=(2, 1), dil=(1, 2), in_h=6,
+                                                                 in_w=7, pad=(1, 2))),
+    "timed_pool_avg": lambda rng: (TIMED, pool_layer(TIMED, rng, mode="avg", k=(3, 3), stride=(1, 1), pad=(1, 1),
+                                                     in_h=4, in_w=4)),
+    "timed_dma_act": lambda rng: (TIMED, dma_pattern(TIMED, rng, offset=1)),
+    "timed_bram_conv3x3": lambda rng: (TIMED_BRAM, conv_layer(TIMED_BRAM, rng, ob=2, in_cb=2)),
+    "timed_bram_pool_avg": lambda rng: (TIMED_BRAM, pool_layer(TIMED_BRAM, rng, mode="avg", k=(3, 3), stride=(1, 1),
+                                                               pad=(1, 1), in_h=4, in_w=4)),
     "serial_conv_residual": lambda rng: (SERIAL, conv_layer(SERIAL, rng, ob=2, in_cb=2, residual=True, k_h=1,
                                                             k_w=1, pad=(0, 0))),
 }
@@ -57,3 +73,59 @@ def test_npu_pysim_matches_emulator(case, backpressure):
     assert regs["STATUS"] == 2 and regs["ERROR"] == 0
     for a, n in outs:
         np.testing.assert_array_equal(dram[a:a + n], emu.dram[a:a + n])
+
+
+def _conv(**kw):
+    f = dict(in_h=2, in_w=2, in_cb=1, out_h=1, out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1, dil_h=1, dil_w=1,
+             ob_count=1)
+    return I("conv", **{**f, **kw})
+
+
+def _epilogue(**kw):
+    return I("epilogue", **{**dict(pixels=1, ob_count=1), **kw})
+
+
+def _pool(**kw):
+    f = dict(in_h=2, in_w=2, cb=1, out_h=1, out_w=1, k_h=2, k_w=2, stride_h=1, stride_w=1)
+    return I("pool", **{**f, **kw})
+
+
+#: Every range check of every unit, each once just past its limit (the registered checks must still see it).
+RANGE_FAULTS = {
+    "conv_act": lambda c: _conv(in_addr=c.abuf_words - 3),
+    "conv_wgt": lambda c: _conv(w_addr=c.wbuf_words - 3, k_h=2, k_w=2),
+    "conv_acc": lambda c: _conv(acc_addr=c.accbuf_words - 5, out_h=2, out_w=3),
+    "epilogue_acc": lambda c: _epilogue(acc_addr=c.accbuf_words - 2, pixels=3),
+    "epilogue_param": lambda c: _epilogue(param_addr=c.pbuf_words - 1, ob_count=2),
+    "epilogue_out": lambda c: _epilogue(out_addr=c.abuf_words - 5 - c.words_per_block, pixels=4, out_stride=2),
+    "epilogue_residual": lambda c: _epilogue(residual=1, res_addr=c.abuf_words - 5 - c.words_per_block, pixels=4,
+                                                       res_stride=2),
+    "pool_in": lambda c: _pool(in_addr=c.abuf_words - 7, cb=2),
+    "pool_out": lambda c: _pool(out_addr=c.abuf_words - 1, out_w=2),
+    "load_dram": lambda c: I("load", buf="act", dram_addr=c.dram_bytes - 64, rows=3, cols=4, dram_stride=32),
+    "load_buffer": lambda c: I("load", buf="wgt", dram_addr=ACT, buf_addr=c.wbuf_words - 5, rows=2, cols=2,
+                               buf_stride=4, dram_stride=4 * c.wgt_word_bytes),
+    "load_misaligned": lambda c: I("load", buf="param", dram_addr=ACT, rows=2, cols=1, dram_stride=4),
+    "store_dram": lambda c: I("store", buf="act", dram_addr=c.dram_bytes - 4 * c.act_word_bytes, rows=1, cols=5),
+    "store_buffer": lambda c: I("store", buf="act", dram_addr=OUT, buf_addr=c.abuf_words - 2, rows=1, cols=3),
+}
+
+
+@pytest.mark.parametrize("config", [CONFIG, TIMED], ids=lambda c: c.name)
+@pytest.mark.parametrize("fault", sorted(RANGE_FAULTS))
+def test_npu_pysim_range_fault_matches_emulator(config, fault):
+    # A valid instruction first, so the unit's check registers hold another instruction's values.
+    ok = {"conv": _conv(), "epilogue": _epilogue(), "pool": _pool(),
+          "load": I("load", buf="act", dram_addr=ACT, rows=1, cols=1),
+          "store": I("store", buf="act", dram_addr=OUT, rows=1, cols=1)}
+    bad = RANGE_FAULTS[fault](config)
+    prog = encode_program([ok[bad.op.name.lower()], bad, I("end")])
+    dram = np.zeros(config.dram_bytes, np.uint8)
+    dram[:len(prog)] = np.frombuffer(prog, np.uint8)
+    emu = Emulator(config)
+    emu.write(0, dram)
+    with pytest.raises(NpuError) as err:
+        emu.run(0)
+    regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
+    assert regs["STATUS"] == 6, "the NPU did not stop with an error"
+    assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)

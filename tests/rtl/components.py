@@ -102,6 +102,8 @@ UNITS = NpuConfig(name="units", lanes=4, rows=8, abuf_words=128, wbuf_words=64, 
 BUS_CONFIGS = {4: UNITS.replace(name="units-bus4", bus_bytes=4),
                16: UNITS,
                64: UNITS.replace(name="units-bus64", rows=16, bus_bytes=64)}
+#: Registered range checks and split roundings (``timing_stages``), with POOL's window bank (post_lanes).
+TIMED = UNITS.replace(name="units-timed", timing_stages=True, post_lanes=2)
 
 
 def run_units(bench: str, test_dir: Path, config: NpuConfig = UNITS, **kw):

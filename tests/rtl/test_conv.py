@@ -2,9 +2,10 @@
 
 import pytest
 
-from .components import run_units
+from .components import TIMED, UNITS, run_units
 
 
-@pytest.mark.parametrize("backpressure", [False, True], ids=["steady", "backpressure"])
-def test_conv_bench(tmp_path, backpressure):
-    run_units("bench_conv", tmp_path, backpressure=backpressure)
+@pytest.mark.parametrize("config,backpressure", [(UNITS, False), (UNITS, True), (TIMED, True)],
+                         ids=["steady", "backpressure", "timed-backpressure"])
+def test_conv_bench(tmp_path, config, backpressure):
+    run_units("bench_conv", tmp_path, config, backpressure=backpressure)

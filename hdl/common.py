@@ -29,6 +29,7 @@ __all__ = [
     "log2",
     "round_shift",
     "round_sig",
+    "saturate",
     "word_bits",
 ]
 
@@ -202,6 +203,21 @@ def round_sig(m, x, width: int):
     out = Signal(signed(width))
     m.d.comb += out.eq(Mux(r > limit, limit, r)[:width].as_signed())
     return out
+
+
+def saturate(x, bits: int):
+    """``x`` clamped to the signed ``bits``-bit range, decided by its high bits alone (no carry chain).
+
+    ``clamp(saturate(x, 11) + zp, lo, hi)`` equals ``clamp(x + zp, lo, hi)`` for int8 ``zp``, ``lo``
+    and ``hi``: beyond ±1023 both sides are past either bound.
+    """
+    x = x.as_signed()
+    if len(x) <= bits:
+        return x
+    top = x[bits - 1:]
+    inside = (top == 0) | (top == (1 << len(top)) - 1)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(inside, x[:bits].as_signed(), Mux(x[-1], lo, hi))
 
 
 def clamp(x, lo, hi):

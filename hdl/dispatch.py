@@ -16,6 +16,40 @@ __all__ = ["Dispatch"]
 UNITS = list(Unit)
 
 
+class HeadQueue(wiring.Component):
+    """A unit's instruction queue with its head in a register (``timing_stages``).
+
+    The same ports as :class:`amaranth.lib.fifo.SyncFIFO` and the same capacity, ``depth``
+    entries (the emulator's ``queue_depth``: fetch and deadlock detection depend on it), but
+    ``r_data`` comes from flip-flops rather than a distributed-RAM read, so the token compares
+    that decide a start begin at a register. An entry written to an empty queue reaches the head
+    one cycle later than in a ``SyncFIFO`` (``NpuConfig.queue_stages``).
+
+    Parameters
+    ----------
+    width, depth : int
+    """
+
+    def __init__(self, width: int, depth: int):
+        self.width, self.depth = width, depth
+        super().__init__({"w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
+                          "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1), "r_level": Out(range(depth + 1))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.body = body = fifo.SyncFIFO(width=self.width, depth=self.depth)
+        head = Signal(self.width)
+        full = Signal()         # head holds an entry
+        take = ~full | self.r_en
+        m.d.comb += [body.w_data.eq(self.w_data), body.w_en.eq(self.w_en & self.w_rdy),
+                     body.r_en.eq(take & body.r_rdy),
+                     self.r_data.eq(head), self.r_rdy.eq(full),
+                     self.r_level.eq(body.r_level + full), self.w_rdy.eq(self.r_level < self.depth)]
+        with m.If(take):
+            m.d.sync += [head.eq(body.r_data), full.eq(body.r_rdy)]
+        return m
+
+
 class Dispatch(wiring.Component):
     """Queues fetched instructions per unit and starts each unit's head when the tokens allow.
 
@@ -50,7 +84,10 @@ class Dispatch(wiring.Component):
         ctl = [getattr(self, f"u_{u.name.lower()}") for u in UNITS]
         qs = []
         for u in UNITS:
-            q = fifo.SyncFIFO(width=INSTR_BITS + ADDR_BITS, depth=c.queue_depth)
+            if c.queue_stages:
+                q = HeadQueue(INSTR_BITS + ADDR_BITS, c.queue_depth)
+            else:
+                q = fifo.SyncFIFO(width=INSTR_BITS + ADDR_BITS, depth=c.queue_depth)
             m.submodules[f"q_{u.name.lower()}"] = q
             qs.append(q)
         sel = self.i_unit.as_value()
@@ -94,7 +131,8 @@ class Dispatch(wiring.Component):
             m.d.sync += t.eq(t + inc - dec)
 
         any_active = Cat(*active).any()
-        queued = Cat(*[q.r_rdy for q in qs]).any()
+        # An entry on its way to a registered head is queued too (the program is not finished).
+        queued = Cat(*[q.r_level != 0 for q in qs]).any()
         m.d.comb += self.idle.eq(self.fetch_finished & ~queued & ~any_active)
         stuck = ~any_active & ~Cat(*can).any() & queued & (self.fetch_finished | (self.i_valid & ~self.i_ready))
         stuck_d = Signal()

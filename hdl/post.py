@@ -19,6 +19,7 @@ from .common import (
     clamp,
     round_shift,
     round_sig,
+    saturate,
     word_bits,
 )
 
@@ -124,8 +125,8 @@ class EpilogueEngine(wiring.Component):
                     m.d.sync += b.eq(b + 1)
                     with m.If(last_b):
                         m.d.sync += gen.eq(0)
-        R = c.rounding_stages           # with timing_stages: each float32 rounding in its own stage
-        depth = 12 + 2 * R
+        R = c.split_stages              # timing_stages: both roundings and the clamps get stages of their own
+        depth = 12 + 3 * R
         drain = _Drain(m, depth, gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
@@ -181,7 +182,7 @@ class EpilogueEngine(wiring.Component):
                 lanes.append(L)
             # S3 .. S8, per lane.
             v, oa, gs, lgs = [v2], [oa2], [g2], [lg2]
-            for _ in range(6 + 2 * R):
+            for _ in range(6 + 3 * R):
                 nv, no = Signal(), Signal(16)
                 m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
                 v.append(nv)
@@ -198,7 +199,7 @@ class EpilogueEngine(wiring.Component):
                 # scale_product(v, mult) = round_sig(round_sig(v) * mult): each rounding shares a stage
                 # (with the multiply, with the rounding shift), so the pipeline keeps its depth and timing.
                 # |round_sig(v)| <= 2**31 and mult < 2**31: 63 bits hold the product.
-                # With rounding_stages each rounding gets a stage of its own, and its sideband waits.
+                # With split_stages each rounding gets a stage of its own, and its sideband waits.
                 v3 = _late(m, round_sig(m, s3v, 33), R, f"rs3_{n}")
                 s3m, s3s, s3r = (_late(m, x, R) for x in (s3m, s3s, s3r))
                 s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
@@ -207,15 +208,20 @@ class EpilogueEngine(wiring.Component):
                 s4s, s4r = (_late(m, x, R) for x in (s4s, s4r))
                 s5q, s5r = Signal(signed(63)), Signal(signed(8))
                 m.d.sync += [s5q.eq(round_shift(p4, s4s, 63)), s5r.eq(s4r)]
+                # q saturated to 11 bits first clamps the same (zero points and bounds are int8) with short
+                # carry chains; with split_stages the clamps get a stage apart from the residual products.
+                q11 = Signal(signed(11), name=f"q11_{n}")
+                a, y6 = Signal(signed(9), name=f"a{n}"), Signal(signed(8), name=f"y6_{n}")
+                m.d.comb += [q11.eq(saturate(s5q, 11)), a.eq(clamp(q11 + ins.zp_mid, -128, 127)),
+                             y6.eq(clamp(q11 + ins.zp_out, ins.out_min, ins.out_max))]
+                a, y6, r6 = (_late(m, x, R) for x in (a, y6, s5r))
                 s6y, s6s = Signal(signed(8)), Signal(signed(48))
-                a = Signal(signed(9), name=f"a{n}")
-                m.d.comb += a.eq(clamp(s5q + ins.zp_mid, -128, 127))
-                m.d.sync += [s6y.eq(clamp(s5q + ins.zp_out, ins.out_min, ins.out_max)),
-                             s6s.eq((a - ins.zp_mid) * ins.res_mult_a + (s5r - ins.zp_res) * ins.res_mult_b)]
+                m.d.sync += [s6y.eq(y6), s6s.eq((a - ins.zp_mid) * ins.res_mult_a + (r6 - ins.zp_res) * ins.res_mult_b)]
                 s7q, s7y = Signal(signed(48)), Signal(signed(8))
                 m.d.sync += [s7q.eq(round_shift(s6s, ins.res_shift, 48)), s7y.eq(s6y)]
                 s8y = Signal(signed(8))
-                m.d.sync += s8y.eq(Mux(ins.residual, clamp(s7q + ins.zp_out, ins.out_min, ins.out_max), s7y))
+                m.d.sync += s8y.eq(Mux(ins.residual, clamp(saturate(s7q, 11) + ins.zp_out, ins.out_min, ins.out_max),
+                                       s7y))
                 ys.append(s8y)
             if G > 1:
                 # Earlier groups of the word wait here; the word is written with its last group.
@@ -351,7 +357,7 @@ class PoolEngine(wiring.Component):
                         m.d.sync += oy.eq(oy + 1)
                         with m.If(last_y):
                             m.d.sync += gen.eq(0)
-        R = c.rounding_stages           # with timing_stages: the float32 rounding in its own stage
+        R = c.split_stages              # timing_stages: the float32 rounding in a stage of its own
         drain = _Drain(m, 10 + R + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
@@ -441,7 +447,7 @@ class PoolEngine(wiring.Component):
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s6m.eq(lm), s6p.eq(ls * ins.mult)]
                 # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
-                # With rounding_stages the rounding gets a stage of its own, and the rest waits beside it.
+                # With split_stages the rounding gets a stage of its own, and the rest waits beside it.
                 p6 = _late(m, round_sig(m, s6p, 56), R, "prs6")
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s7m.eq(_late(m, s6m, R)), s7q.eq(round_shift(p6, ins.shift, 56))]
@@ -456,7 +462,7 @@ class PoolEngine(wiring.Component):
                                  s7f.eq(round_shift(s6k + (ins.zp_ort << fl_n), fl_n, 27) - ins.zp_ort)]
                     q = Mux(fl, _fl32_result(m, s7k, s7e, s7b, s7f, fl_n, ins.mult, ins.zp_ort, ins.fl32_zp), s7q)
                 s8y = Signal(signed(8))
-                m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(q + ins.zp_out, -128, 127)))
+                m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(saturate(q, 11) + ins.zp_out, -128, 127)))
                 ys.append(s8y)
             if G > 1:
                 held = [Signal(8 * E, name=f"pheld{i}") for i in range(G - 1)]

@@ -64,16 +64,17 @@ class Timing:
 
     @classmethod
     def for_config(cls, config: NpuConfig) -> Timing:
-        # timing_stages: every unit's CHECK state waits check_cycles for its registered range check, and
-        # EPILOGUE's pipeline gets a stage per float32 rounding split off (two), POOL's one.
-        chk, rnd = config.check_cycles, config.rounding_stages
+        # timing_stages: every unit's CHECK state waits check_cycles for its registered range check,
+        # EPILOGUE's pipeline gets a stage per step split off (its two roundings and its clamps), POOL's one, and a queue
+        # head its register (queue_stages).
+        chk, rnd = config.check_cycles, config.split_stages
         base = cls()
         return cls(conv_overhead=3 + 4 + (2 + _log2(config.lanes)) + 2 + chk,
-                   epilogue_overhead=base.epilogue_overhead + chk + 2 * rnd,
+                   epilogue_overhead=base.epilogue_overhead + chk + 3 * rnd,
                    pool_overhead=base.pool_overhead + chk + rnd,
                    load_overhead=base.load_overhead + chk, store_overhead=base.store_overhead + chk,
-                   run_lead=base.run_lead + chk,
-                   epilogue_write=base.epilogue_write + 2 * rnd, pool_write=base.pool_write + rnd)
+                   run_lead=base.run_lead + chk, queue_latency=base.queue_latency + config.queue_stages,
+                   epilogue_write=base.epilogue_write + 3 * rnd, pool_write=base.pool_write + rnd)
 
 
 @dataclass

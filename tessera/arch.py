@@ -85,8 +85,10 @@ class NpuConfig:
     timing_stages : bool
         Extra register stages for FPGA clock rates, at a few cycles per instruction: each unit's
         range check takes :attr:`check_cycles` registered steps (one multiply or add per step)
-        before it starts, and EPILOGUE and POOL register each float32 rounding apart from the
-        multiply and the rounding shift around it (:attr:`rounding_stages` more per pipeline).
+        before it starts, EPILOGUE and POOL register each float32 rounding apart from the
+        multiply and the rounding shift around it, and EPILOGUE its clamps apart from the
+        residual products (:attr:`split_stages`),
+        and each unit's instruction queue keeps its head in a register (:attr:`queue_stages`).
         Changes cycle counts, not results.
     """
 
@@ -178,8 +180,14 @@ class NpuConfig:
         return 4 if self.timing_stages else 0
 
     @property
-    def rounding_stages(self) -> int:
-        """Register stages EPILOGUE and POOL add to their pipelines per float32 rounding they split off."""
+    def split_stages(self) -> int:
+        """Register stages each step split off EPILOGUE's and POOL's pipelines adds (EPILOGUE splits
+        three: its two float32 roundings and its clamps; POOL one: its rounding)."""
+        return 1 if self.timing_stages else 0
+
+    @property
+    def queue_stages(self) -> int:
+        """Cycles a unit queue's registered head adds from fetch to start (hdl/dispatch.py)."""
         return 1 if self.timing_stages else 0
 
     @property

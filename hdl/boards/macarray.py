@@ -21,9 +21,9 @@ __all__ = ["MacArrayDemo"]
 _LFSR_TAPS = (31, 21, 1, 0)
 
 
-def lfsr32(m):
-    """A free-running 32-bit maximal-length LFSR (``_LFSR_TAPS``), starting from 1; returns its register."""
-    lfsr = Signal(32, init=1)
+def lfsr32(m, init=1, name="lfsr"):
+    """A free-running 32-bit maximal-length LFSR (``_LFSR_TAPS``), starting from ``init``; returns its register."""
+    lfsr = Signal(32, init=init, name=name)
     feedback = 0
     for t in _LFSR_TAPS:
         feedback = feedback ^ lfsr[t]
@@ -161,10 +161,16 @@ class MacArrayDemo(wiring.Component):
         lfsr = lfsr32(m)
 
         # Activations: per group of rows a delay line one byte per lane, refilled every cycle from
-        # its own LFSR bits. One line for all rows would fan every activation bit out to hundreds of
-        # carry-chain inputs (the slowest nets after placement); groups fed the same bits would be
-        # merged back into one by yosys.
-        entering = [lfsr.rotate_left(3 * g)[:8].as_signed() for g in range(len(self.act_groups))]
+        # its own LFSR. One line for all rows would fan every activation bit out to hundreds of
+        # carry-chain inputs (the slowest nets after placement). yosys merges flip-flops whose inputs
+        # are the same nets, so lines fed from one LFSR's bits collapsed into that LFSR's shift
+        # register and into each other (the reset-less 512-MAC build's critical path ran from row 30's
+        # line into group 0's running sum, 13.2 ns of wire): each line has its own LFSR, entered
+        # through an XOR of two of its bytes, which no other flip-flop's input repeats.
+        entering = []
+        for g in range(len(self.act_groups)):
+            own = lfsr32(m, init=0x9E3779B9 ^ (g + 1), name=f"alfsr{g}")
+            entering.append((own[:8] ^ own[8:16]).as_signed())
         for g, acts in enumerate(self.act_groups):
             m.d.sync += acts[0].eq(entering[g])
             for i in range(1, self.lanes):

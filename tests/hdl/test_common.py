@@ -5,7 +5,7 @@ from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
-from tessera.hdl.common import clamp, round_shift, round_sig
+from tessera.hdl.common import clamp, round_shift, round_sig, saturate
 
 from tessera.numerics import round_shift as golden
 from tessera.numerics import round_sig as golden_sig
@@ -21,11 +21,14 @@ class _Rnd(wiring.Component):
     y63: Out(signed(63))
     x32: In(signed(32))
     y33: Out(signed(33))
+    zp: In(signed(8))
+    cs: Out(signed(64))
 
     def elaborate(self, platform):
         m = Module()
         m.d.comb += [self.y.eq(round_shift(self.x, self.s, 64)), self.c.eq(clamp(self.x, self.lo, self.hi)),
-                     self.y63.eq(round_sig(m, self.x, 63)), self.y33.eq(round_sig(m, self.x32, 33))]
+                     self.y63.eq(round_sig(m, self.x, 63)), self.y33.eq(round_sig(m, self.x32, 33)),
+                     self.cs.eq(clamp(saturate(self.x, 11) + self.zp, self.lo, self.hi))]
         return m
 
 
@@ -69,6 +72,32 @@ def test_clamp_follows_numpy_when_bounds_cross():
     sim.add_testbench(bench)
     sim.run()
     assert all(a == b for a, b in out)
+
+
+def test_saturate_then_clamp_equals_clamp_for_int8_bounds():
+    # EPILOGUE and POOL clamp q + zp after saturating q to 11 bits (short carry chains): the same for every
+    # int8 zero point and bounds, crossed bounds included, from the saturation edges to 63-bit extremes.
+    rng = np.random.default_rng(2)
+    edges = [v + d for v in (0, 1023, -1024, 1 << 40, -(1 << 40), (1 << 62) - 1, -(1 << 62)) for d in (-2, -1, 0, 1, 2)]
+    xs = [max(-(1 << 62), min((1 << 62) - 1, e)) for e in edges] + list(rng.integers(-1500, 1500, size=300))
+    cases = [(int(x), int(rng.integers(-128, 128)), int(rng.integers(-128, 128)), int(rng.integers(-128, 128)))
+             for x in xs for _ in range(3)]
+    dut = _Rnd()
+    out = []
+
+    async def bench(ctx):
+        for x, zp, lo, hi in cases:
+            ctx.set(dut.x, x)
+            ctx.set(dut.zp, zp)
+            ctx.set(dut.lo, lo)
+            ctx.set(dut.hi, hi)
+            out.append(ctx.get(dut.cs))
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    want = [min(max(x + zp, lo), hi) for x, zp, lo, hi in cases]
+    assert out == want
 
 
 def test_round_sig_matches_numerics_at_every_width_and_tie():

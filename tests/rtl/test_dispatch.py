@@ -1,11 +1,12 @@
 """cocotb bench of dispatch (queues and token counters; tests/rtl/bench_dispatch.py), steady and under
-backpressure (random fetch gaps and unit latencies)."""
+backpressure (random fetch gaps and unit latencies), also with registered queue heads (``timing_stages``)."""
 
 import pytest
 
-from .components import run_units
+from .components import TIMED, UNITS, run_units
 
 
-@pytest.mark.parametrize("backpressure", [False, True], ids=["steady", "backpressure"])
-def test_dispatch_bench(tmp_path, backpressure):
-    run_units("bench_dispatch", tmp_path, backpressure=backpressure)
+@pytest.mark.parametrize("config,backpressure", [(UNITS, False), (UNITS, True), (TIMED, True)],
+                         ids=["steady", "backpressure", "timed-backpressure"])
+def test_dispatch_bench(tmp_path, config, backpressure):
+    run_units("bench_dispatch", tmp_path, config, backpressure=backpressure)

@@ -129,3 +129,29 @@ def test_npu_pysim_range_fault_matches_emulator(config, fault):
     regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
     assert regs["STATUS"] == 6, "the NPU did not stop with an error"
     assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)
+
+
+#: Faults that depend on the queues: a deadlock, and a fault raised while fetch waits on a full queue.
+QUEUE_FAULTS = {
+    "deadlock": lambda c: [I("sync", unit="compute", wait=["load"]), I("end")],
+    "fault_full_queue": lambda c: [I("load", buf="act", dram_addr=c.dram_bytes - 16, rows=1, cols=8),
+                                   *[I("sync", unit="load")] * (c.queue_depth + 1), I("end")],
+    "deadlock_behind_full_queue": lambda c: [*[I("sync", unit="post", wait=["store"])] * (c.queue_depth + 2),
+                                             I("end")],
+}
+
+
+@pytest.mark.parametrize("config", [CONFIG, TIMED], ids=lambda c: c.name)
+@pytest.mark.parametrize("fault", sorted(QUEUE_FAULTS))
+def test_npu_pysim_queue_fault_matches_emulator(config, fault):
+    # TIMED keeps each queue's head in a register: the same capacity and the same deadlock pc.
+    prog = encode_program(QUEUE_FAULTS[fault](config))
+    dram = np.zeros(config.dram_bytes, np.uint8)
+    dram[:len(prog)] = np.frombuffer(prog, np.uint8)
+    emu = Emulator(config)
+    emu.write(0, dram)
+    with pytest.raises(NpuError) as err:
+        emu.run(0)
+    regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
+    assert regs["STATUS"] == 6, "the NPU did not stop with an error"
+    assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)

@@ -43,9 +43,10 @@ def _checks(m, c: NpuConfig, ins, wb, depth, start):
     chk = CheckStages(m, c, start)
     align = Mux(wb < c.bus_bytes, wb, c.bus_bytes)
     mis = chk.step(((ins.dram_addr & (align - 1)) != 0) | ((ins.rows > 1) & ((ins.dram_stride & (align - 1)) != 0)))
-    rows_dram = chk.step((ins.rows - 1) * ins.dram_stride)
+    rm1 = chk.step(ins.rows - 1)            # apart from the multiplies: it fed their operand pins
+    rows_dram = chk.step(rm1 * ins.dram_stride, rm1)
     row_bytes = chk.step(ins.cols * wb)
-    rows_buf = chk.step((ins.rows - 1) * ins.buf_stride)
+    rows_buf = chk.step(rm1 * ins.buf_stride, rm1)
     last_row = chk.step(ins.dram_addr + rows_dram, rows_dram)
     end = Signal(52)
     m.d.comb += end.eq(last_row + row_bytes)

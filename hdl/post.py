@@ -95,16 +95,17 @@ class EpilogueEngine(wiring.Component):
         # Registered steps with timing_stages; PostUnit's CHECK state waits for them.
         chk = CheckStages(m, c, None)
         obp = chk.step(ob * P)
-        out_rows = chk.step((P - 1) * ins.out_stride)
-        res_rows = chk.step((P - 1) * ins.res_stride)
+        pm1 = chk.step(P - 1)
+        out_rows = chk.step(pm1 * ins.out_stride, pm1)
+        res_rows = chk.step(pm1 * ins.res_stride, pm1)
         obk = chk.step(ob * k)
         acc_bad = chk.step(ins.acc_addr + obp > c.accbuf_words, obp)
         prm_bad = chk.step(ins.param_addr + ob > c.pbuf_words)
         out_end = chk.step(ins.out_addr + out_rows, out_rows)
         res_end = chk.step(ins.res_addr + res_rows, res_rows)
-        out_bad = chk.step(out_end + obk > c.abuf_words, out_end, obk)
-        res_bad = chk.step(ins.residual & (res_end + obk > c.abuf_words), res_end, obk)
-        m.d.comb += self.bad.eq(chk.step(acc_bad | prm_bad | out_bad | res_bad, acc_bad, prm_bad, out_bad, res_bad))
+        m.d.comb += self.bad.eq(chk.step(acc_bad | prm_bad | (out_end + obk > c.abuf_words)
+                                         | (ins.residual & (res_end + obk > c.abuf_words)),
+                                         acc_bad, prm_bad, out_end, res_end, obk))
 
         E = c.post_lanes_eff
         G = N // E                      # channel groups per ACT word, one per cycle

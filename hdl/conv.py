@@ -114,8 +114,10 @@ class ConvUnit(wiring.Component):
 
         m.d.comb += [self.mac.eq(gen), self.ctl.progress.eq(gen | array.o_valid)]
 
-        # The datapath only moves while an instruction runs (a simulator then skips it when idle).
-        m.d.comb += array.en.eq(running)
+        # The datapath only moves while an instruction runs (a simulator then skips it when idle). With
+        # timing_stages the MAC array runs every cycle: its enable reached every pipeline register of the
+        # array, and that one net was CONV's routed critical path (18.1 ns of wire, docs/synthesis.md).
+        m.d.comb += array.en.eq(1 if c.timing_stages else running)
         with m.If(running):
             # S1: input coordinates of the tap.
             s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cb": Signal(10), "wa": Signal(28), "tag": Signal(16),

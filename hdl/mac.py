@@ -23,7 +23,8 @@ class MacArray(wiring.Component):
     rows' totals leave on ``o_valid``/``o_sum`` together with ``tag``
     :attr:`latency` cycles later. No stalls: the pipeline advances every cycle
     with ``en`` (the owner holds it low only while idle and drained, which lets
-    a simulator skip the array).
+    a simulator skip the array; with ``timing_stages`` it is held high, so the
+    array has no enable net).
 
     ``multipliers`` = (dsp_kind, dsp_products, soft_kind) builds the products for a board with
     :func:`tessera.hdl.boards.multipliers.product` (8-bit weights, at least 4 lanes): the first

@@ -137,7 +137,14 @@ class Dispatch(wiring.Component):
         stuck = ~any_active & ~Cat(*can).any() & queued & (self.fetch_finished | (self.i_valid & ~self.i_ready))
         stuck_d = Signal()
         m.d.sync += stuck_d.eq(stuck)
-        m.d.comb += self.deadlock.eq(stuck & stuck_d)
+        if c.queue_stages:
+            # A third cycle: an entry can reach its registered head in the first stuck cycle, so from the
+            # second on the heads stand still, and deadlock_pc (registered below) is theirs.
+            stuck_dd = Signal()
+            m.d.sync += stuck_dd.eq(stuck_d)
+            m.d.comb += self.deadlock.eq(stuck & stuck_d & stuck_dd)
+        else:
+            m.d.comb += self.deadlock.eq(stuck & stuck_d)
 
         def oldest(valids, pcs, default):
             v_acc, p_acc = 0, default
@@ -147,8 +154,15 @@ class Dispatch(wiring.Component):
                 v_acc = v_acc | v
             return p_acc
 
-        m.d.comb += [self.deadlock_pc.eq(oldest([q.r_rdy for q in qs], hpc, self.i_pc)),
-                     self.oldest_pc.eq(oldest(active, cur_pc, self.i_pc))]
+        # With queue_stages both are registered (their compare chains were dispatch's slowest paths): the
+        # watchdog reads oldest_pc only after a cycle without progress, so no unit started or finished in
+        # the cycle it was computed from.
+        pcs = [self.deadlock_pc.eq(oldest([q.r_rdy for q in qs], hpc, self.i_pc)),
+               self.oldest_pc.eq(oldest(active, cur_pc, self.i_pc))]
+        if c.queue_stages:
+            m.d.sync += pcs
+        else:
+            m.d.comb += pcs
         # Unit faults: the first unit (in Unit order) reporting one wins.
         for u in reversed(range(n)):
             with m.If(ctl[u].err):

@@ -10,8 +10,11 @@ from tessera.isa import Csr
 
 
 def run_npu(config, dram: np.ndarray, prog_addr: int, *, max_cycles=200_000, latency=None, backpressure=0.0,
-            watchdog=0, seed=0, vcd=None, trace=None):
-    """Run one program; ``dram`` (uint8, dram_bytes) is updated in place. Returns the CSRs by name."""
+            watchdog=0, seed=0, vcd=None, trace=None, stall_after=None):
+    """Run one program; ``dram`` (uint8, dram_bytes) is updated in place. Returns the CSRs by name.
+
+    From cycle ``stall_after`` on the memory accepts no request (a hung memory, for the watchdog).
+    """
     c = config
     B = c.bus_bytes
     lat = c.mem_latency if latency is None else latency
@@ -39,9 +42,10 @@ def run_npu(config, dram: np.ndarray, prog_addr: int, *, max_cycles=200_000, lat
                 ctx.set(dut.mem.rd_resp.payload, {"data": data, "id": rid})
             else:
                 ctx.set(dut.mem.rd_resp.valid, 0)
-            rdy = 1 if rng.random() >= backpressure else 0
+            hung = stall_after is not None and cyc >= stall_after
+            rdy = 1 if rng.random() >= backpressure and not hung else 0
             ctx.set(dut.mem.rd_req.ready, rdy)
-            ctx.set(dut.mem.wr_req.ready, 1 if rng.random() >= backpressure else 0)
+            ctx.set(dut.mem.wr_req.ready, 1 if rng.random() >= backpressure and not hung else 0)
             if ctx.get(dut.mem.rd_req.valid) and rdy:
                 p = ctx.get(dut.mem.rd_req.payload)
                 a = int(p.addr) * B

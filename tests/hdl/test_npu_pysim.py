@@ -155,3 +155,17 @@ def test_npu_pysim_queue_fault_matches_emulator(config, fault):
     regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
     assert regs["STATUS"] == 6, "the NPU did not stop with an error"
     assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)
+
+
+@pytest.mark.parametrize("config", [CONFIG, TIMED], ids=lambda c: c.name)
+def test_npu_pysim_watchdog_names_the_stalled_instruction(config):
+    # The memory hangs from cycle 60, when the STORE (the fourth instruction) streams out: the watchdog ends the
+    # run and names it (the registered oldest_pc of TIMED included).
+    prog, segs, _ = pool_layer(config, np.random.default_rng(1))
+    code = encode_program([I("sync", unit="post")] + prog)
+    dram = np.zeros(config.dram_bytes, np.uint8)
+    for a, b in [(0, code)] + segs:
+        dram[a:a + len(b)] = np.frombuffer(b, np.uint8)
+    regs = run_npu(config, dram, 0, latency=3, watchdog=40, stall_after=60, max_cycles=2_000)
+    assert ErrorCode(regs["ERROR"]) == ErrorCode.WATCHDOG
+    assert regs["ERROR_PC"] == 96

@@ -131,8 +131,9 @@ class EpilogueEngine(wiring.Component):
         drain = _Drain(m, depth, gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
-        # The pipeline only moves while the engine is active (Verilator then skips it when idle).
-        with m.If(self.active):
+        # The pipeline only moves while the engine is active (Verilator then skips it when idle); with
+        # timing_stages it moves every cycle, as that enable's fan-out to every stage was POST's critical path.
+        with m.If(1 if c.timing_stages else self.active):
             # S1: addresses.
             v1, j1, oa1 = Signal(), Signal(range(k)), Signal(16)
             g1, lg1 = Signal(range(G)), Signal()
@@ -367,8 +368,9 @@ class PoolEngine(wiring.Component):
             m.d.sync += [nxt[k].eq(s) for k, s in prev.items()]
             return nxt
 
-        # The pipeline only moves while the engine is active (Verilator then skips it when idle).
-        with m.If(self.active):
+        # The pipeline only moves while the engine is active (Verilator then skips it when idle), with
+        # timing_stages every cycle (as EPILOGUE's).
+        with m.If(1 if c.timing_stages else self.active):
             s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cc": Signal(10), "oa": Signal(16)}
             iy1, ix1 = Signal(signed(16)), Signal(signed(16))
             m.d.sync += [s1["v"].eq(adv), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),

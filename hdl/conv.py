@@ -118,7 +118,8 @@ class ConvUnit(wiring.Component):
         # timing_stages the MAC array runs every cycle: its enable reached every pipeline register of the
         # array, and that one net was CONV's routed critical path (18.1 ns of wire, docs/synthesis.md).
         m.d.comb += array.en.eq(1 if c.timing_stages else running)
-        with m.If(running):
+        # So do the address pipeline and the array's operands (gated, `running` reached every multiplier).
+        with m.If(1 if c.timing_stages else running):
             # S1: input coordinates of the tap.
             s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cb": Signal(10), "wa": Signal(28), "tag": Signal(16),
                       "iy": Signal(signed(16)), "ix": Signal(signed(16))}

@@ -43,7 +43,9 @@ class Board:
         Soft-multiplier construction (:data:`tessera.hdl.boards.multipliers.SOFT_KINDS`).
     product_regs : int
         Fabric registers after every product of the stand-in MAC array (``MacArrayDemo``): on the
-        ECP5 a row's hard multipliers span much of the die, and their outputs need a cycle of wire.
+        ECP5 a row's hard multipliers span much of the die, and their outputs need a cycle of wire;
+        two on the ULX3S (with one, the 512-MAC array's last failing path was a DSP product
+        register 7.4 ns of wire from its row's adder: 98.3 MHz post-route, docs/synthesis.md).
     mem_beats : int
         Depth of the on-chip memory window of ``NpuBoardCore`` (the boards without an SDRAM controller).
     resource_cells : dict
@@ -86,7 +88,7 @@ class Board:
 BOARDS = {
     "ulx3s-85f": Board(
         name="ulx3s-85f", family="ecp5", device="LFE5U-85F-6BG381C", default_config="ulx3s-85f",
-        dsp_kind="ecp5", dsp_capacity=156, soft_kind="ecp5", product_regs=1,
+        dsp_kind="ecp5", dsp_capacity=156, soft_kind="ecp5", product_regs=2,
         resource_cells={"LUT4": ("TRELLIS_COMB", "nextpnr"), "FF": ("TRELLIS_FF", "nextpnr"),
                         "DSP": ("MULT18X18D", "nextpnr"), "BRAM": ("DP16KD", "nextpnr")},
         capacity={"LUT4": ("LUT4", 83640), "FF": ("TRELLIS_FF", 83640), "DSP": ("MULT18X18D", 156),

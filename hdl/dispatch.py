@@ -147,12 +147,17 @@ class Dispatch(wiring.Component):
             m.d.comb += self.deadlock.eq(stuck & stuck_d)
 
         def oldest(valids, pcs, default):
-            v_acc, p_acc = 0, default
-            for v, p in zip(valids, pcs):
-                take = v & (~v_acc | (p < p_acc))
-                p_acc = Mux(take, p, p_acc)
-                v_acc = v_acc | v
-            return p_acc
+            # A balanced tree of compares (two levels for four units, not a chain of four): the lowest
+            # valid pc, the earlier unit on a tie, ``default`` when none is valid.
+            items = list(zip(valids, pcs))
+            while len(items) > 1:
+                nxt = []
+                for i in range(0, len(items) - 1, 2):
+                    (va, pa), (vb, pb) = items[i], items[i + 1]
+                    nxt.append((va | vb, Mux(vb & (~va | (pb < pa)), pb, pa)))
+                items = nxt + items[len(items) - len(items) % 2:]
+            v, p = items[0]
+            return Mux(v, p, default)
 
         # With queue_stages both are registered (their compare chains were dispatch's slowest paths): the
         # watchdog reads oldest_pc only after a cycle without progress, so no unit started or finished in

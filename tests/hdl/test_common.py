@@ -128,3 +128,25 @@ def test_round_sig_matches_numerics_at_every_width_and_tie():
     np.testing.assert_array_equal(np.array(got63, np.int64), np.minimum(golden_sig(x), 2**62 - 1))
     np.testing.assert_array_equal(np.array(got33, np.int64), golden_sig(np.clip(x, -(2**31), 2**31 - 1)))
     assert (golden_sig(x) == 2**62).any()      # the saturating case is in the set
+
+
+def test_check_stages_register_each_step_and_refuse_a_check_too_deep():
+    import pytest
+    from amaranth.hdl import Fragment
+    from amaranth.hdl import Signal as S
+    from tessera.hdl.common import CheckStages
+
+    from tessera.arch import PRESETS
+    a = S(8)
+    m_plain, m_timed = Module(), Module()
+    plain = CheckStages(m_plain, PRESETS["sim"], None)
+    assert plain.step(a + 1) is not None and not isinstance(plain.step(a + 1), S)   # the expression itself
+    timed = CheckStages(m_timed, PRESETS["sim"].replace(timing_stages=True), S())
+    x = a
+    for _ in range(PRESETS["sim"].replace(timing_stages=True).check_cycles):
+        x = timed.step(x + 1, x)
+        assert isinstance(x, S)
+    with pytest.raises(ValueError, match="does not fit check_cycles"):
+        timed.step(x + 1, x)
+    for m in (m_plain, m_timed):
+        Fragment.get(m, None)       # elaborated, so not reported as unused

@@ -75,6 +75,20 @@ def test_npu_pysim_matches_emulator(case, backpressure):
         np.testing.assert_array_equal(dram[a:a + n], emu.dram[a:a + n])
 
 
+def _fault_matches_emulator(config, program):
+    """Run a faulting program on the emulator and the NPU: the same error code at the same pc."""
+    prog = encode_program(program)
+    dram = np.zeros(config.dram_bytes, np.uint8)
+    dram[:len(prog)] = np.frombuffer(prog, np.uint8)
+    emu = Emulator(config)
+    emu.write(0, dram)
+    with pytest.raises(NpuError) as err:
+        emu.run(0)
+    regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
+    assert regs["STATUS"] == 6, "the NPU did not stop with an error"
+    assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)
+
+
 def _conv(**kw):
     f = dict(in_h=2, in_w=2, in_cb=1, out_h=1, out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1, dil_h=1, dil_w=1,
              ob_count=1)
@@ -119,16 +133,7 @@ def test_npu_pysim_range_fault_matches_emulator(config, fault):
           "load": I("load", buf="act", dram_addr=ACT, rows=1, cols=1),
           "store": I("store", buf="act", dram_addr=OUT, rows=1, cols=1)}
     bad = RANGE_FAULTS[fault](config)
-    prog = encode_program([ok[bad.op.name.lower()], bad, I("end")])
-    dram = np.zeros(config.dram_bytes, np.uint8)
-    dram[:len(prog)] = np.frombuffer(prog, np.uint8)
-    emu = Emulator(config)
-    emu.write(0, dram)
-    with pytest.raises(NpuError) as err:
-        emu.run(0)
-    regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
-    assert regs["STATUS"] == 6, "the NPU did not stop with an error"
-    assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)
+    _fault_matches_emulator(config, [ok[bad.op.name.lower()], bad, I("end")])
 
 
 #: Faults that depend on the queues: a deadlock, and a fault raised while fetch waits on a full queue.
@@ -145,16 +150,7 @@ QUEUE_FAULTS = {
 @pytest.mark.parametrize("fault", sorted(QUEUE_FAULTS))
 def test_npu_pysim_queue_fault_matches_emulator(config, fault):
     # TIMED keeps each queue's head in a register: the same capacity and the same deadlock pc.
-    prog = encode_program(QUEUE_FAULTS[fault](config))
-    dram = np.zeros(config.dram_bytes, np.uint8)
-    dram[:len(prog)] = np.frombuffer(prog, np.uint8)
-    emu = Emulator(config)
-    emu.write(0, dram)
-    with pytest.raises(NpuError) as err:
-        emu.run(0)
-    regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
-    assert regs["STATUS"] == 6, "the NPU did not stop with an error"
-    assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)
+    _fault_matches_emulator(config, QUEUE_FAULTS[fault](config))
 
 
 @pytest.mark.parametrize("config", [CONFIG, TIMED], ids=lambda c: c.name)

@@ -271,3 +271,11 @@ def test_synth_cli_bad_input_is_one_line_exit_2(tmp_path, args, match):
     r = _tessera("synth", *args, "--out", str(tmp_path))
     assert r.returncode == 2
     assert match in r.stderr and "Traceback" not in r.stderr
+
+
+def test_npu_mac_dsp_products_leave_room_for_the_timing_stages_checks():
+    # ulx3s-85f with timing_stages overflowed the 156 MULT18X18D by 4 when the array took 74 of them.
+    from tessera.hdl.synth import NPU_TIMING_DSP, npu_mac_dsp_products
+    board, c = BOARDS["ulx3s-85f"], PRESETS["ulx3s-85f"]
+    assert c.timing_stages
+    assert npu_mac_dsp_products(board, c) == npu_mac_dsp_products(board, c.replace(timing_stages=False)) - NPU_TIMING_DSP

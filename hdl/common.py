@@ -26,10 +26,13 @@ __all__ = [
     "WriteClientSignature",
     "beat_bits",
     "clamp",
+    "delay",
     "log2",
     "round_shift",
+    "split_mul",
     "round_sig",
     "saturate",
+    "shift_decode",
     "word_bits",
 ]
 
@@ -137,26 +140,94 @@ class CheckStages:
         return r
 
 
-def round_shift(x, s, width: int):
+def delay(m, sig, cycles: int, name: str | None = None):
+    """``sig`` delayed by ``cycles`` registers of ``m.d.sync`` (``sig`` itself for 0).
+
+    The sideband of a pipeline step split into stages waits beside it with this.
+    """
+    for i in range(cycles):
+        d = Signal.like(sig, name=f"{name or getattr(sig, 'name', 'v')}_late{i}")
+        m.d.sync += d.eq(sig)
+        sig = d
+    return sig
+
+
+def shift_decode(m, s, cycles: int = 0, name: str = "sh"):
+    """``rnd``'s shift amount decoded: ``(s_eff, mask of the s_eff low bits, bit s_eff - 1)``.
+
+    Pure functions of ``s`` (taken & 63, at most 62). With ``cycles`` > 0 they are registered
+    ``cycles`` cycles after ``s``: a shift known early (an instruction field, a PARAM entry beside a
+    rounding) then leaves its compare and mask out of :func:`round_shift`'s cycle.
+    """
+    if cycles:
+        s = delay(m, s, cycles - 1, name)
+    s6 = s[:6]
+    s_eff = Mux(s6 > 62, 62, s6)
+    mask = Const((1 << 64) - 1, 64) >> (64 - s_eff).as_unsigned()[:7]   # low s bits
+    half = mask ^ (mask >> 1)                                 # bit s-1 (0 when s = 0)
+    if not cycles:
+        return s_eff, mask, half
+    rs, rm, rh = Signal(6, name=f"{name}_eff"), Signal(64, name=f"{name}_mask"), Signal(64, name=f"{name}_half")
+    m.d.sync += [rs.eq(s_eff), rm.eq(mask), rh.eq(half)]
+    return rs, rm, rh
+
+
+def round_shift(x, s, width: int, m=None, stages: int = 0):
     """docs/numerics.md's ``rnd(x, s)`` (ties to even) of a signed value; ``s`` is taken & 63, max 62.
 
     ``x`` is at most 63 bits wide so that every intermediate fits 64 bits (wider
     values cost Verilator multi-word arithmetic every cycle). Returns a signed
-    value of ``width`` bits (the caller's bound on the result).
+    value of ``width`` bits (the caller's bound on the result). ``s`` may be
+    :func:`shift_decode`'s tuple.
+
+    With ``stages=1`` (``m`` given) the shift and its rounding decision are registered and the
+    increment follows in the next cycle: ``x`` and ``s`` are read in the first cycle.
     """
     assert len(x) <= 63, len(x)
-    s6 = s[:6]
-    s_eff = Mux(s6 > 62, 62, s6)
+    assert stages in (0, 1) and (m is not None or not stages), stages
+    s_eff, mask, half = s if isinstance(s, tuple) else shift_decode(None, s)
     xs = x.as_signed()
     q = xs >> s_eff
-    mask = Const((1 << 64) - 1, 64) >> (64 - s_eff).as_unsigned()[:7]   # low s bits
-    half = mask ^ (mask >> 1)                                 # bit s-1 (0 when s = 0)
     # The remainder comes from x's 64-bit two's-complement pattern: a negative x shifted by more than
     # its own width must still see its sign bits below the shift, or rnd(-1, 60) would come out -1.
     x64 = Cat(xs, xs[-1].replicate(64 - len(xs)))
     # rem > half or rem == half with q odd, as guard and sticky bits: no comparators.
     up = (x64 & half).any() & ((x64 & (mask >> 1)).any() | q[0])
+    if stages:
+        rq, rup = Signal(signed(len(xs))), Signal()
+        m.d.sync += [rq.eq(q), rup.eq(up)]
+        q, up = rq, rup
     return (q + up)[:width].as_signed()
+
+
+def split_mul(m, a, b, stages: int = 0):
+    """``a * b`` (signed), with ``stages=1`` as registered partial products of at most 18 × 18 bits.
+
+    A wide product in one cycle is hard multipliers chained through fabric adders; registering
+    each 18 × 18 piece (one ``MULT18X18D`` or ``SB_MAC16`` each) leaves the next cycle the adds
+    alone. An operand wider than 18 bits splits into its low 17 bits (unsigned) and the signed
+    rest. An unsigned operand counts as its value (a zero bit is put above it). Returns a signed
+    expression of ``len(a) + len(b)`` bits.
+    """
+    a, b = (v if v.shape().signed else Cat(v, Const(0, 1)).as_signed() for v in (Value.cast(a), Value.cast(b)))
+    if not stages:
+        return a * b
+
+    def parts(v):
+        if len(v) <= 18:
+            return [(v, 0)]
+        return [(v[:17].as_unsigned(), 0)] + [(p, 17 + sh) for p, sh in parts(v[17:].as_signed())]
+
+    terms = []
+    for pa, sa in parts(a):
+        for pb, sb in parts(b):
+            r = Signal(signed(len(pa) + len(pb) + 1))
+            m.d.sync += r.eq(pa * pb)
+            terms.append(r.as_signed() << (sa + sb) if sa + sb else r.as_signed())
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total[:len(a) + len(b)].as_signed()
 
 
 def bit_length(v):
@@ -169,7 +240,7 @@ def bit_length(v):
     return Mux(hi.any(), h + bit_length(hi), bit_length(lo))
 
 
-def round_sig(m, x, width: int):
+def round_sig(m, x, width: int, stages: int = 0):
     """docs/numerics.md's ``round_sig(x)``: ``x`` rounded to 24 significant bits, ties to even.
 
     Rounds the two's-complement value in place (half to even is symmetric, and on a floor basis
@@ -182,9 +253,14 @@ def round_sig(m, x, width: int):
     with a rounding shift of at most 62 and an int8 clamp, which give the same output for both.
     The intermediate values are comb signals of ``m``: as one expression the bit-length tree
     would be copied into every use, which Amaranth's simulator compiles very slowly.
+
+    ``stages`` (0..3) registers that many of its three steps' results, in order: the bit length
+    ``s``; the kept bits and the increment; the result. The value returned is ``stages`` cycles
+    after ``x``.
     """
     w = len(x)
     assert w <= 63, w
+    assert 0 <= stages <= 3, stages
     # A comb signal for the operand and the result: an expression would be copied into every use
     # (a nested round_sig into each of the outer one's).
     xs = Signal(signed(w))
@@ -192,17 +268,24 @@ def round_sig(m, x, width: int):
     s = Signal(range(w + 1))
     ones = (xs ^ xs[-1].replicate(w)).as_unsigned()[:w]
     m.d.comb += s.eq(bit_length(ones[SIG_BITS:]) if w > SIG_BITS else 0)
+    if stages >= 1:
+        xs, s = delay(m, xs, 1), delay(m, s, 1)
     mask = Signal(w)                                   # the s bits dropped
     m.d.comb += mask.eq(Const((1 << 64) - 1, 64) >> (64 - s).as_unsigned()[:7])
     xu = xs.as_unsigned()
     guard = (xu >> (s - 1).as_unsigned()[:6])[0] & (s != 0)
     up = guard & ((xu & (mask >> 1)).any() | (xu >> s)[0])
+    # 2**s as a shifted constant, not mask + 1: a function of s alone, no carry chain.
+    kept, inc = Signal(w), Signal(w + 1)
+    m.d.comb += [kept.eq(xu & ~mask), inc.eq(Mux(up, Const(1, w + 1) << s, 0))]
+    if stages >= 2:
+        kept, inc = delay(m, kept, 1), delay(m, inc, 1)
     r = Signal(signed(w + 1))
-    m.d.comb += r.eq((xu & ~mask).as_signed() + Mux(up, (mask + 1)[:w + 1], 0))
+    m.d.comb += r.eq(kept.as_signed() + inc)
     limit = (1 << (width - 1)) - 1
     out = Signal(signed(width))
     m.d.comb += out.eq(Mux(r > limit, limit, r)[:width].as_signed())
-    return out
+    return delay(m, out, 1) if stages >= 3 else out
 
 
 def saturate(x, bits: int):

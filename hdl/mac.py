@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 
-from .common import log2
+from .common import delay, log2
 
 __all__ = ["MacArray"]
 
@@ -31,6 +31,10 @@ class MacArray(wiring.Component):
     ``dsp_products`` (row-major) on hard multipliers, the rest soft; weights in offset binary with
     one ``128 * sum(act)`` correction per array. Those products take two cycles, so the first adder
     level is combinational and :attr:`latency` (and every cycle count) stays the same.
+
+    With ``timing_stages`` (:attr:`~tessera.arch.NpuConfig.mac_stages`) the operands are registered
+    at the input and every product waits in fabric registers before its row's adder tree; the
+    latency grows by as many cycles.
     """
 
     def __init__(self, config: NpuConfig, tag_bits: int = 16, multipliers=None):
@@ -38,7 +42,8 @@ class MacArray(wiring.Component):
         if multipliers is not None and (c.weight_bits != 8 or c.lanes < 4):
             multipliers = None
         self.multipliers = multipliers
-        self.latency = 1 + log2(c.lanes) + 1
+        self.stages = c.mac_stages
+        self.latency = 1 + log2(c.lanes) + 1 + sum(self.stages.values())
         super().__init__({
             "en": In(1, init=1), "valid": In(1), "first": In(1), "last": In(1), "tag": In(tag_bits),
             "act": In(8 * c.lanes), "wgt": In(c.rows * c.lanes * c.weight_bits),
@@ -57,14 +62,23 @@ class MacArray(wiring.Component):
             return s
 
         with m.If(self.en):
-            sb = side({"valid": self.valid, "first": self.first, "last": self.last, "tag": self.tag})
+            sb = {"valid": self.valid, "first": self.first, "last": self.last, "tag": self.tag}
+            act, wgt = self.act, self.wgt
+            for _ in range(self.stages["operands"]):
+                # Registered operands: the buffer reads and CONV's padding select end here, and the
+                # multipliers of every row start from flip-flops.
+                act, wgt = delay(m, act, 1, "act_in"), delay(m, wgt, 1, "wgt_in")
+                sb = side(sb)
+            sb = side(sb)
             if self.multipliers is not None:
-                level, corr = self._board_products(m)
+                level, corr = self._board_products(m, act, wgt)
                 sb = side(sb)                          # the products' second cycle
                 pbits = len(level[0][0])
                 depth = 1
             else:
-                level, corr, depth = self._products(m), None, 0
+                level, corr, depth = self._products(m, act, wgt), None, 0
+            for _ in range(self.stages["products"]):
+                sb = side(sb)
             # Adder tree: one registered level per halving.
             while len(level[0]) > 1:
                 depth += 1
@@ -94,24 +108,24 @@ class MacArray(wiring.Component):
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
         return m
 
-    def _products(self, m):
-        """Stage 1: registered ``a * w`` products, signed weights."""
+    def _products(self, m, act, wgt):
+        """Stage 1: registered ``a * w`` products, signed weights (then ``products`` delays)."""
         c = self.config
         N, M, wb = c.lanes, c.rows, c.weight_bits
         level = []
         for r in range(M):
             row = []
             for n in range(N):
-                a = self.act[8 * n:8 * n + 8].as_signed()
+                a = act[8 * n:8 * n + 8].as_signed()
                 idx = r * N + n
-                w = self.wgt[idx * wb:(idx + 1) * wb].as_signed()
+                w = wgt[idx * wb:(idx + 1) * wb].as_signed()
                 p = Signal(signed(8 + wb), name=f"p{r}_{n}")
                 m.d.sync += p.eq(a * w)
-                row.append(p)
+                row.append(delay(m, p, self.stages["products"]))
             level.append(row)
         return level
 
-    def _board_products(self, m):
+    def _board_products(self, m, act, wgt):
         """Two-cycle board products (offset-binary weights), then the combinational first adder level.
 
         Returns the first level's sums and the correction ``128 * sum(act)`` aligned with the tree's
@@ -121,29 +135,36 @@ class MacArray(wiring.Component):
         assert LATENCY == 2
         c = self.config
         N, M = c.lanes, c.rows
+        P = self.stages["products"]
         dsp, dsp_products, soft = self.multipliers
-        acts = [self.act[8 * n:8 * n + 8].as_signed() for n in range(N)]
+        acts = [act[8 * n:8 * n + 8].as_signed() for n in range(N)]
         level = []
         for r in range(M):
             prods = []
             for n in range(N):
                 idx = r * N + n
-                wu = self.wgt[8 * idx:8 * idx + 8] ^ 0x80          # w + 128, unsigned
-                prods.append(product(m, acts[n], wu, dsp=dsp if idx < dsp_products else None, soft=soft,
-                                     name=f"mul{r}_{n}"))
+                wu = wgt[8 * idx:8 * idx + 8] ^ 0x80          # w + 128, unsigned
+                p = product(m, acts[n], wu, dsp=dsp if idx < dsp_products else None, soft=soft, name=f"mul{r}_{n}")
+                prods.append(delay(m, p, P))
             pairs = []
             for i in range(0, N, 2):
                 s = Signal(signed(17), name=f"t1_{r}_{i // 2}", attrs={"keep": 1})
                 m.d.comb += s.eq(prods[i] + prods[i + 1])
                 pairs.append(s)
             level.append(pairs)
-        # sum(act) shares the array's input; it reaches the root with the rows' sums.
-        asum = Signal(signed(8 + log2(N)), name="asum")
-        m.d.sync += asum.eq(sum(acts))
-        corr = asum
-        for k in range(log2(N) - 1 + LATENCY - 1 - 1):
-            d = Signal.like(asum, name=f"asum_d{k}")
-            m.d.sync += d.eq(corr)
-            corr = d
-        return level, corr << 7
-
+        # sum(act) shares the array's input; it reaches the root with the rows' sums, as a registered
+        # adder tree (one level per cycle: as one sum it followed the buffer read in one cycle).
+        sums, levels = list(acts), 0
+        while len(sums) > 1:
+            levels += 1
+            nxt = []
+            for i in range(0, len(sums), 2):
+                t = Signal(signed(8 + levels), name=f"asum{levels}_{i // 2}")
+                m.d.sync += t.eq(sums[i] + sums[i + 1])
+                nxt.append(t)
+            sums = nxt
+        # The root's inputs are LATENCY + P + (log2(lanes) - 2) registers after the operands (the first level
+        # of pairs is combinational); the correction meets them there.
+        wait = LATENCY + P + log2(N) - 2 - levels
+        assert wait >= 0, wait
+        return level, delay(m, sums[0], wait, "asum") << 7

@@ -17,9 +17,12 @@ from .common import (
     UnitSignature,
     bit_length,
     clamp,
+    delay,
     round_shift,
     round_sig,
     saturate,
+    shift_decode,
+    split_mul,
     word_bits,
 )
 
@@ -42,15 +45,6 @@ def _engine_signature(c: NpuConfig, extra: dict) -> dict:
     return {"start": In(1), "instr": In(INSTR_BITS), "bad": Out(1), "done": Out(1), "active": Out(1),
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))), **extra}
-
-
-def _late(m, sig, cycles, name=None):
-    """``sig`` delayed by ``cycles`` registers (itself for 0): sideband kept beside a split stage."""
-    for i in range(cycles):
-        d = Signal.like(sig, name=f"{name or sig.name}_late{i}")
-        m.d.sync += d.eq(sig)
-        sig = d
-    return sig
 
 
 class _Drain:
@@ -126,8 +120,9 @@ class EpilogueEngine(wiring.Component):
                     m.d.sync += b.eq(b + 1)
                     with m.If(last_b):
                         m.d.sync += gen.eq(0)
-        R = c.split_stages              # timing_stages: both roundings and the clamps get stages of their own
-        depth = 12 + 3 * R
+        X = c.epilogue_stages           # timing_stages: registers inside each multiply, rounding and shift
+        extra = sum(X.values())
+        depth = 12 + extra
         drain = _Drain(m, depth, gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
@@ -184,7 +179,7 @@ class EpilogueEngine(wiring.Component):
                 lanes.append(L)
             # S3 .. S8, per lane.
             v, oa, gs, lgs = [v2], [oa2], [g2], [lg2]
-            for _ in range(6 + 3 * R):
+            for _ in range(6 + extra):
                 nv, no = Signal(), Signal(16)
                 m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
                 v.append(nv)
@@ -194,6 +189,8 @@ class EpilogueEngine(wiring.Component):
                     m.d.sync += [ng.eq(gs[-1]), nl.eq(lgs[-1])]
                     gs.append(ng)
                     lgs.append(nl)
+            # The residual shift is the instruction's: decoded once, registered with timing_stages.
+            res_shift = shift_decode(m, ins.res_shift, min(X["residual_shift"], 1), "res_shift")
             ys = []
             for n, L in enumerate(lanes):
                 s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
@@ -201,26 +198,34 @@ class EpilogueEngine(wiring.Component):
                 # scale_product(v, mult) = round_sig(round_sig(v) * mult): each rounding shares a stage
                 # (with the multiply, with the rounding shift), so the pipeline keeps its depth and timing.
                 # |round_sig(v)| <= 2**31 and mult < 2**31: 63 bits hold the product.
-                # With split_stages each rounding gets a stage of its own, and its sideband waits.
-                v3 = _late(m, round_sig(m, s3v, 33), R, f"rs3_{n}")
-                s3m, s3s, s3r = (_late(m, x, R) for x in (s3m, s3s, s3r))
+                # With timing_stages each step is split over registers of its own (X), and its sideband waits.
+                v3 = round_sig(m, s3v, 33, X["round_in"])
+                s3m, s3s, s3r = (delay(m, x, X["round_in"]) for x in (s3m, s3s, s3r))
                 s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
-                m.d.sync += [s4p.eq(v3 * s3m), s4s.eq(s3s), s4r.eq(s3r)]
-                p4 = _late(m, round_sig(m, s4p, 63), R, f"rs4_{n}")
-                s4s, s4r = (_late(m, x, R) for x in (s4s, s4r))
+                m.d.sync += [s4p.eq(split_mul(m, v3, s3m, X["multiply"])),
+                             s4s.eq(delay(m, s3s, X["multiply"])), s4r.eq(delay(m, s3r, X["multiply"]))]
+                p4 = round_sig(m, s4p, 63, X["round_product"])
+                # The lane's shift decoded while the rounding runs (with timing_stages): out of the shift's cycle.
+                s4s, s4r = shift_decode(m, s4s, X["round_product"], f"s4s_{n}"), delay(m, s4r, X["round_product"])
                 s5q, s5r = Signal(signed(63)), Signal(signed(8))
-                m.d.sync += [s5q.eq(round_shift(p4, s4s, 63)), s5r.eq(s4r)]
+                m.d.sync += [s5q.eq(round_shift(p4, s4s, 63, m, X["shift"])), s5r.eq(delay(m, s4r, X["shift"]))]
                 # q saturated to 11 bits first clamps the same (zero points and bounds are int8) with short
-                # carry chains; with split_stages the clamps get a stage apart from the residual products.
+                # carry chains; with timing_stages the clamps get a stage apart from the residual products.
                 q11 = Signal(signed(11), name=f"q11_{n}")
                 a, y6 = Signal(signed(9), name=f"a{n}"), Signal(signed(8), name=f"y6_{n}")
                 m.d.comb += [q11.eq(saturate(s5q, 11)), a.eq(clamp(q11 + ins.zp_mid, -128, 127)),
                              y6.eq(clamp(q11 + ins.zp_out, ins.out_min, ins.out_max))]
-                a, y6, r6 = (_late(m, x, R) for x in (a, y6, s5r))
+                a, y6, r6 = (delay(m, x, X["clamp"]) for x in (a, y6, s5r))
                 s6y, s6s = Signal(signed(8)), Signal(signed(48))
-                m.d.sync += [s6y.eq(y6), s6s.eq((a - ins.zp_mid) * ins.res_mult_a + (r6 - ins.zp_res) * ins.res_mult_b)]
+                da, db = Signal(signed(10), name=f"da{n}"), Signal(signed(10), name=f"db{n}")
+                m.d.comb += [da.eq(a - ins.zp_mid), db.eq(r6 - ins.zp_res)]
+                M = X["residual_multiply"]
+                m.d.sync += [s6y.eq(delay(m, y6, M)),
+                             s6s.eq(split_mul(m, da, ins.res_mult_a, M)
+                                    + split_mul(m, db, ins.res_mult_b, M))]
                 s7q, s7y = Signal(signed(48)), Signal(signed(8))
-                m.d.sync += [s7q.eq(round_shift(s6s, ins.res_shift, 48)), s7y.eq(s6y)]
+                m.d.sync += [s7q.eq(round_shift(s6s, res_shift, 48, m, X["residual_shift"])),
+                             s7y.eq(delay(m, s6y, X["residual_shift"]))]
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.residual, clamp(saturate(s7q, 11) + ins.zp_out, ins.out_min, ins.out_max),
                                        s7y))
@@ -359,8 +364,9 @@ class PoolEngine(wiring.Component):
                         m.d.sync += oy.eq(oy + 1)
                         with m.If(last_y):
                             m.d.sync += gen.eq(0)
-        R = c.split_stages              # timing_stages: the float32 rounding in a stage of its own
-        drain = _Drain(m, 10 + R + (G if G > 1 else 0), gen, self.done)
+        X = c.pool_stages               # timing_stages: registers inside the multiply, rounding and shift
+        extra = sum(X.values())
+        drain = _Drain(m, 10 + extra + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
         def carry(prev):
@@ -438,28 +444,31 @@ class PoolEngine(wiring.Component):
                 s6v, s6a, s6g = Signal(), Signal(16), Signal(range(G))
                 m.d.sync += [s6v.eq(bv), s6a.eq(ba), s6g.eq(bg)]
                 s7v, s7a, s7g, s8v, s8a, s8g = Signal(), Signal(16), Signal(range(G)), Signal(), Signal(16), Signal(range(G))
-                m.d.sync += [s7v.eq(_late(m, s6v, R)), s7a.eq(_late(m, s6a, R)), s7g.eq(_late(m, s6g, R)),
+                m.d.sync += [s7v.eq(delay(m, s6v, extra)), s7a.eq(delay(m, s6a, extra)), s7g.eq(delay(m, s6g, extra)),
                              s8v.eq(s7v), s8a.eq(s7a), s8g.eq(s7g)]
             else:
                 lanes = s5
                 s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
-                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(_late(m, s6v, R)), s7a.eq(_late(m, s6a, R)),
+                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(delay(m, s6v, extra)), s7a.eq(delay(m, s6a, extra)),
                              s8v.eq(s7v), s8a.eq(s7a)]
+            pool_shift = shift_decode(m, ins.shift, min(X["shift"], 1), "pool_shift")
             ys = []
             for lm, ls, lf in lanes:
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s6m.eq(lm), s6p.eq(ls * ins.mult)]
+                m.d.sync += [s6m.eq(lm), s6p.eq(split_mul(m, ls, ins.mult, X["multiply"]))]
                 # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
-                # With split_stages the rounding gets a stage of its own, and the rest waits beside it.
-                p6 = _late(m, round_sig(m, s6p, 56), R, "prs6")
+                # With timing_stages the multiply, the rounding and the shift are split over registers (X),
+                # and the rest waits beside them.
+                p6 = round_sig(m, s6p, 56, X["round_product"])
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s7m.eq(_late(m, s6m, R)), s7q.eq(round_shift(p6, ins.shift, 56))]
+                m.d.sync += [s7m.eq(delay(m, s6m, extra)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"]))]
                 q = s7q
                 if c.pool_fl32:
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.
                     s6k, s6f = Signal(signed(20)), Signal(signed(_FL_BITS))
                     m.d.sync += [s6k.eq(ls), s6f.eq(lf)]
-                    s6k, s6f, s6p = (_late(m, x, R) for x in (s6k, s6f, s6p))
+                    s6k, s6f = (delay(m, x, extra) for x in (s6k, s6f))
+                    s6p = delay(m, s6p, X["round_product"] + X["shift"])
                     s7k, s7e, s7b, s7f = Signal(signed(20)), Signal(signed(58)), Signal(signed(20)), Signal(signed(21))
                     m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, fl_n, 20)),
                                  s7f.eq(round_shift(s6k + (ins.zp_ort << fl_n), fl_n, 27) - ins.zp_ort)]

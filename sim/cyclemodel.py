@@ -65,16 +65,18 @@ class Timing:
     @classmethod
     def for_config(cls, config: NpuConfig) -> Timing:
         # timing_stages: every unit's CHECK state waits check_cycles for its registered range check,
-        # EPILOGUE's pipeline gets a stage per step split off (its two roundings and its clamps), POOL's one, and a queue
-        # head its register (queue_stages).
-        chk, rnd = config.check_cycles, config.split_stages
+        # EPILOGUE's and POOL's pipelines get the stages their steps are split into, and a queue head its
+        # register (queue_stages).
+        chk = config.check_cycles
+        epi, pool = sum(config.epilogue_stages.values()), sum(config.pool_stages.values())
         base = cls()
-        return cls(conv_overhead=3 + 4 + (2 + _log2(config.lanes)) + 2 + chk,
-                   epilogue_overhead=base.epilogue_overhead + chk + 3 * rnd,
-                   pool_overhead=base.pool_overhead + chk + rnd,
+        mac = sum(config.mac_stages.values())
+        return cls(conv_overhead=3 + 4 + (2 + _log2(config.lanes)) + mac + 2 + chk,
+                   epilogue_overhead=base.epilogue_overhead + chk + epi,
+                   pool_overhead=base.pool_overhead + chk + pool,
                    load_overhead=base.load_overhead + chk, store_overhead=base.store_overhead + chk,
                    run_lead=base.run_lead + chk, queue_latency=base.queue_latency + config.queue_stages,
-                   epilogue_write=base.epilogue_write + 3 * rnd, pool_write=base.pool_write + rnd)
+                   epilogue_write=base.epilogue_write + epi, pool_write=base.pool_write + pool)
 
 
 @dataclass

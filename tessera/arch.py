@@ -85,10 +85,9 @@ class NpuConfig:
     timing_stages : bool
         Extra register stages for FPGA clock rates, at a few cycles per instruction: each unit's
         range check takes :attr:`check_cycles` registered steps (one multiply or add per step)
-        before it starts, EPILOGUE and POOL register each float32 rounding apart from the
-        multiply and the rounding shift around it, and EPILOGUE its clamps apart from the
-        residual products (:attr:`split_stages`),
-        and each unit's instruction queue keeps its head in a register (:attr:`queue_stages`).
+        before it starts, EPILOGUE and POOL split each multiply, float32 rounding and rounding
+        shift over registered stages (:attr:`epilogue_stages`, :attr:`pool_stages`), the MAC
+        array registers its operands and products (:attr:`mac_stages`), and each unit's instruction queue keeps its head in a register (:attr:`queue_stages`).
         Changes cycle counts, not results.
     """
 
@@ -180,10 +179,33 @@ class NpuConfig:
         return 4 if self.timing_stages else 0
 
     @property
-    def split_stages(self) -> int:
-        """Register stages each step split off EPILOGUE's and POOL's pipelines adds (EPILOGUE splits
-        three: its two float32 roundings and its clamps; POOL one: its rounding)."""
-        return 1 if self.timing_stages else 0
+    def epilogue_stages(self) -> dict[str, int]:
+        """Registers ``timing_stages`` adds to each step of EPILOGUE's pipeline (hdl/post.py).
+
+        A multiply registers its 18 × 18 partial products (``split_mul``), a float32 rounding its
+        bit length, its kept bits and increment, and its result (``round_sig``), a rounding shift
+        its shifted value and rounding decision (``round_shift``); ``clamp`` is the stage between
+        the requantized value's clamps and the residual products. The cycle model adds the sum.
+        """
+        steps = {"round_in": 3, "multiply": 1, "round_product": 3, "shift": 1, "clamp": 1,
+                 "residual_multiply": 1, "residual_shift": 1}
+        return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
+
+    @property
+    def mac_stages(self) -> dict[str, int]:
+        """Registers ``timing_stages`` adds to the MAC array (hdl/mac.py): ``operands`` registers the
+        activation and weight words at its input (after CONV's padding select, apart from the buffer
+        reads), ``products`` delays every product in fabric registers before its row's adder tree (on
+        the ECP5 a row's hard multipliers span much of the die). The cycle model adds the sum to CONV.
+        """
+        steps = {"operands": 1, "products": 2}
+        return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
+
+    @property
+    def pool_stages(self) -> dict[str, int]:
+        """Registers ``timing_stages`` adds to each step of POOL's requantization (as :attr:`epilogue_stages`)."""
+        steps = {"multiply": 1, "round_product": 3, "shift": 1}
+        return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property
     def queue_stages(self) -> int:

@@ -1,6 +1,7 @@
 """MacArray: products, adder trees and wrapping int32 accumulation against numpy, with idle gaps."""
 
 import numpy as np
+import pytest
 from amaranth.sim import Simulator
 from tessera.hdl.mac import MacArray
 
@@ -65,12 +66,14 @@ def test_mac_array_sums_each_pixel_with_wrapping():
                 np.testing.assert_array_equal(wrap32(np.array(sums, np.int64)), want)
 
 
-def test_mac_array_board_products_keep_results_and_latency():
+@pytest.mark.parametrize("lanes, timed", [(4, False), (4, True), (8, True)])
+def test_mac_array_board_products_keep_results_and_latency(lanes, timed):
     # Offset-binary weights on board multipliers (the pure-Amaranth kinds stand in for MULT18X18D and
     # the CCU2C soft multiplier, checked bit by bit in tests/hdl/test_boards.py): every sum and the
-    # cycle of every result equal the plain array's, extreme operands included.
+    # cycle of every result equal the plain array's, extreme operands included; with timing_stages
+    # both arrays take mac_stages more cycles.
     rng = np.random.default_rng(5)
-    c = NpuConfig(lanes=4, rows=8, dram_bytes=1 << 20)
+    c = NpuConfig(lanes=lanes, rows=8, dram_bytes=1 << 20, timing_stages=timed)
     N, M = c.lanes, c.rows
     pixels = []
     for tag in range(8):
@@ -82,6 +85,10 @@ def test_mac_array_board_products_keep_results_and_latency():
         board = _run(c, pixels, gaps, np.random.default_rng(1), multipliers=("infer", 13, "generic"))
         assert [t for t, *_ in board] == [t for t, _ in pixels]
         assert board == plain
+        if timed:
+            untimed = _run(c.replace(timing_stages=False), pixels, gaps, np.random.default_rng(1))
+            extra = sum(c.mac_stages.values())
+            assert extra > 0 and [(t, v, cyc + extra) for t, v, cyc in untimed] == plain
         for (_, sums, _), (_, ts) in zip(board, pixels):
             want = wrap32(sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in ts))
             np.testing.assert_array_equal(wrap32(np.array(sums, np.int64)), want)

@@ -231,13 +231,25 @@ def split_mul(m, a, b, stages: int = 0):
 
 
 def bit_length(v):
-    """Position of ``v``'s highest set bit plus one (0 for 0), in log2(len(v)) levels of muxes."""
+    """Position of ``v``'s highest set bit plus one (0 for 0).
+
+    The highest set bit's index comes from a tree of muxes over halves padded to a power of two
+    (each level a select and a concatenated bit, no adder); one short increment follows.
+    """
     n = len(v)
     if n == 1:
         return v[0]
-    h = n // 2
-    hi, lo = v[h:], v[:h]
-    return Mux(hi.any(), h + bit_length(hi), bit_length(lo))
+    width = 1 << (n - 1).bit_length()
+    padded = Cat(v, Const(0, width - n)) if width > n else v
+
+    def top(u):             # index of u's highest set bit (any value when u == 0)
+        if len(u) == 1:
+            return Const(0, 0)
+        h = len(u) // 2
+        hi, lo = u[h:], u[:h]
+        return Cat(Mux(hi.any(), top(hi), top(lo)), hi.any())
+
+    return Mux(v.any(), top(padded) + 1, 0)
 
 
 def round_sig(m, x, width: int, stages: int = 0):
@@ -254,13 +266,14 @@ def round_sig(m, x, width: int, stages: int = 0):
     The intermediate values are comb signals of ``m``: as one expression the bit-length tree
     would be copied into every use, which Amaranth's simulator compiles very slowly.
 
-    ``stages`` (0..3) registers that many of its three steps' results, in order: the bit length
-    ``s``; the kept bits and the increment; the result. The value returned is ``stages`` cycles
-    after ``x``.
+    ``stages`` (0..4) registers that many of its steps' results, in order: the bit length ``s``;
+    the kept bits and the increment; the result; and with 4, between the first two, ``s``
+    decoded into its masks (:func:`shift_decode`). The value returned is ``stages`` cycles after
+    ``x``.
     """
     w = len(x)
     assert w <= 63, w
-    assert 0 <= stages <= 3, stages
+    assert 0 <= stages <= 4, stages
     # A comb signal for the operand and the result: an expression would be copied into every use
     # (a nested round_sig into each of the outer one's).
     xs = Signal(signed(w))
@@ -270,14 +283,17 @@ def round_sig(m, x, width: int, stages: int = 0):
     m.d.comb += s.eq(bit_length(ones[SIG_BITS:]) if w > SIG_BITS else 0)
     if stages >= 1:
         xs, s = delay(m, xs, 1), delay(m, s, 1)
-    mask = Signal(w)                                   # the s bits dropped
-    m.d.comb += mask.eq(Const((1 << 64) - 1, 64) >> (64 - s).as_unsigned()[:7])
+    # s <= w - 24 < 62: the decode's clamp never acts. half is bit s - 1 (the guard), half << 1 bit s.
+    _, mask64, half64 = shift_decode(m, s, 1 if stages >= 4 else 0, "rs")
+    if stages >= 4:
+        xs = delay(m, xs, 1)
+    mask, half, unit = Signal(w), Signal(w), Signal(w + 1)     # the s bits dropped; bit s - 1; bit s
+    m.d.comb += [mask.eq(mask64), half.eq(half64), unit.eq(half64 << 1)]
     xu = xs.as_unsigned()
-    guard = (xu >> (s - 1).as_unsigned()[:6])[0] & (s != 0)
-    up = guard & ((xu & (mask >> 1)).any() | (xu >> s)[0])
-    # 2**s as a shifted constant, not mask + 1: a function of s alone, no carry chain.
+    up = (xu & half).any() & ((xu & (mask >> 1)).any() | (xu & unit[:w]).any())
+    # 2**s as a decoded bit, not mask + 1: no carry chain (s = 0 never rounds up).
     kept, inc = Signal(w), Signal(w + 1)
-    m.d.comb += [kept.eq(xu & ~mask), inc.eq(Mux(up, Const(1, w + 1) << s, 0))]
+    m.d.comb += [kept.eq(xu & ~mask), inc.eq(Mux(up, unit, 0))]
     if stages >= 2:
         kept, inc = delay(m, kept, 1), delay(m, inc, 1)
     r = Signal(signed(w + 1))

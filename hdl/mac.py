@@ -63,20 +63,18 @@ class MacArray(wiring.Component):
 
         with m.If(self.en):
             sb = {"valid": self.valid, "first": self.first, "last": self.last, "tag": self.tag}
-            act, wgt = self.act, self.wgt
-            for _ in range(self.stages["operands"]):
-                # Registered operands: the buffer reads and CONV's padding select end here, and the
-                # multipliers of every row start from flip-flops.
-                act, wgt = delay(m, act, 1, "act_in"), delay(m, wgt, 1, "wgt_in")
+            acts, wgt = [self.act] * M, self.wgt
+            if self.stages["operands"]:
+                acts, wgt = self._operand_registers(m), delay(m, wgt, 1, "wgt_in")
                 sb = side(sb)
             sb = side(sb)
             if self.multipliers is not None:
-                level, corr = self._board_products(m, act, wgt)
+                level, corr = self._board_products(m, acts, wgt)
                 sb = side(sb)                          # the products' second cycle
                 pbits = len(level[0][0])
                 depth = 1
             else:
-                level, corr, depth = self._products(m, act, wgt), None, 0
+                level, corr, depth = self._products(m, acts, wgt), None, 0
             for _ in range(self.stages["products"]):
                 sb = side(sb)
             # Adder tree: one registered level per halving.
@@ -108,7 +106,30 @@ class MacArray(wiring.Component):
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
         return m
 
-    def _products(self, m, act, wgt):
+    #: Copies of the registered activation word, each feeding a group of rows.
+    ACT_COPIES = 4
+
+    def _operand_registers(self, m):
+        """The registered activation word, one copy per group of rows: returns each row's copy.
+
+        One register would fan every activation bit out to every row's multipliers across the die
+        (CONV's routed critical path, 13 ns of wire). yosys merges flip-flops with the same input
+        and reset value, so the copies differ in both: copy ``g`` holds the word inverted when
+        ``g`` is odd (and its rows invert it back, inside their first LUTs) and resets to all ones
+        when ``g & 2``. Four copies are all that two binary differences give.
+        """
+        c = self.config
+        copies = min(self.ACT_COPIES, c.rows)
+        words = []
+        for g in range(copies):
+            inv, ones = g & 1, g >> 1 & 1
+            r = Signal(8 * c.lanes, init=(1 << 8 * c.lanes) - 1 if ones else 0, name=f"act_in{g}")
+            m.d.sync += r.eq(~self.act if inv else self.act)
+            words.append(~r if inv else r)
+        per = c.rows // copies
+        return [words[r // per] for r in range(c.rows)]
+
+    def _products(self, m, acts, wgt):
         """Stage 1: registered ``a * w`` products, signed weights (then ``products`` delays)."""
         c = self.config
         N, M, wb = c.lanes, c.rows, c.weight_bits
@@ -116,7 +137,7 @@ class MacArray(wiring.Component):
         for r in range(M):
             row = []
             for n in range(N):
-                a = act[8 * n:8 * n + 8].as_signed()
+                a = acts[r][8 * n:8 * n + 8].as_signed()
                 idx = r * N + n
                 w = wgt[idx * wb:(idx + 1) * wb].as_signed()
                 p = Signal(signed(8 + wb), name=f"p{r}_{n}")
@@ -125,7 +146,7 @@ class MacArray(wiring.Component):
             level.append(row)
         return level
 
-    def _board_products(self, m, act, wgt):
+    def _board_products(self, m, acts_of_row, wgt):
         """Two-cycle board products (offset-binary weights), then the combinational first adder level.
 
         Returns the first level's sums and the correction ``128 * sum(act)`` aligned with the tree's
@@ -137,14 +158,13 @@ class MacArray(wiring.Component):
         N, M = c.lanes, c.rows
         P = self.stages["products"]
         dsp, dsp_products, soft = self.multipliers
-        acts = [act[8 * n:8 * n + 8].as_signed() for n in range(N)]
         level = []
         for r in range(M):
             prods = []
             for n in range(N):
                 idx = r * N + n
                 wu = wgt[8 * idx:8 * idx + 8] ^ 0x80          # w + 128, unsigned
-                p = product(m, acts[n], wu, dsp=dsp if idx < dsp_products else None, soft=soft, name=f"mul{r}_{n}")
+                p = product(m, acts_of_row[r][8 * n:8 * n + 8].as_signed(), wu, dsp=dsp if idx < dsp_products else None, soft=soft, name=f"mul{r}_{n}")
                 prods.append(delay(m, p, P))
             pairs = []
             for i in range(0, N, 2):
@@ -154,7 +174,7 @@ class MacArray(wiring.Component):
             level.append(pairs)
         # sum(act) shares the array's input; it reaches the root with the rows' sums, as a registered
         # adder tree (one level per cycle: as one sum it followed the buffer read in one cycle).
-        sums, levels = list(acts), 0
+        sums, levels = [acts_of_row[0][8 * n:8 * n + 8].as_signed() for n in range(N)], 0
         while len(sums) > 1:
             levels += 1
             nxt = []

@@ -183,11 +183,12 @@ class NpuConfig:
         """Registers ``timing_stages`` adds to each step of EPILOGUE's pipeline (hdl/post.py).
 
         A multiply registers its 18 × 18 partial products (``split_mul``), a float32 rounding its
-        bit length, its kept bits and increment, and its result (``round_sig``), a rounding shift
+        bit length, that length decoded, its kept bits and increment, and its result
+        (``round_sig``), a rounding shift
         its shifted value and rounding decision (``round_shift``); ``clamp`` is the stage between
         the requantized value's clamps and the residual products. The cycle model adds the sum.
         """
-        steps = {"round_in": 3, "multiply": 1, "round_product": 3, "shift": 1, "clamp": 1,
+        steps = {"round_in": 4, "multiply": 1, "round_product": 4, "shift": 1, "clamp": 1,
                  "residual_multiply": 1, "residual_shift": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
@@ -204,7 +205,7 @@ class NpuConfig:
     @property
     def pool_stages(self) -> dict[str, int]:
         """Registers ``timing_stages`` adds to each step of POOL's requantization (as :attr:`epilogue_stages`)."""
-        steps = {"multiply": 1, "round_product": 3, "shift": 1}
+        steps = {"multiply": 1, "round_product": 4, "shift": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property

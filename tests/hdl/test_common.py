@@ -188,12 +188,12 @@ def test_staged_arithmetic_equals_numerics_after_its_registers():
     a = rng.integers(-(1 << 32), 1 << 32, size=n)
     b = rng.integers(0, 1 << 31, size=n)
     a[:4], b[:4] = [-(1 << 32), (1 << 32) - 1, -(1 << 32), 0], [(1 << 31) - 1, (1 << 31) - 1, 1, 5]
-    for k in range(4):
+    for k in range(5):
         dut = _Staged(k)
         got = []
 
         async def bench(ctx):
-            for i in range(n + 4):
+            for i in range(n + 6):
                 j = min(i, n - 1)
                 ctx.set(dut.x, int(x[j]))
                 ctx.set(dut.s, int(s[j]))

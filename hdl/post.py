@@ -212,10 +212,15 @@ class EpilogueEngine(wiring.Component):
                 # q saturated to 11 bits first clamps the same (zero points and bounds are int8) with short
                 # carry chains; with timing_stages the clamps get a stage apart from the residual products.
                 q11 = Signal(signed(11), name=f"q11_{n}")
+                za, zy = Signal(signed(12), name=f"za{n}"), Signal(signed(12), name=f"zy{n}")
+                m.d.comb += [q11.eq(saturate(s5q, 11)), za.eq(q11 + ins.zp_mid), zy.eq(q11 + ins.zp_out)]
+                # With timing_stages the zero-point adds and the clamps (three carry chains in a row) get a
+                # stage each, apart from the residual products.
+                C = X["clamp"]
+                za, zy, r6 = (delay(m, x, max(C - 1, 0)) for x in (za, zy, s5r))
                 a, y6 = Signal(signed(9), name=f"a{n}"), Signal(signed(8), name=f"y6_{n}")
-                m.d.comb += [q11.eq(saturate(s5q, 11)), a.eq(clamp(q11 + ins.zp_mid, -128, 127)),
-                             y6.eq(clamp(q11 + ins.zp_out, ins.out_min, ins.out_max))]
-                a, y6, r6 = (delay(m, x, X["clamp"]) for x in (a, y6, s5r))
+                m.d.comb += [a.eq(clamp(za, -128, 127)), y6.eq(clamp(zy, ins.out_min, ins.out_max))]
+                a, y6, r6 = (delay(m, x, min(C, 1)) for x in (a, y6, r6))
                 s6y, s6s = Signal(signed(8)), Signal(signed(48))
                 da, db = Signal(signed(10), name=f"da{n}"), Signal(signed(10), name=f"db{n}")
                 m.d.comb += [da.eq(a - ins.zp_mid), db.eq(r6 - ins.zp_res)]
@@ -226,9 +231,11 @@ class EpilogueEngine(wiring.Component):
                 s7q, s7y = Signal(signed(48)), Signal(signed(8))
                 m.d.sync += [s7q.eq(round_shift(s6s, res_shift, 48, m, X["residual_shift"])),
                              s7y.eq(delay(m, s6y, X["residual_shift"]))]
+                zr = Signal(signed(12), name=f"zr{n}")
+                m.d.comb += zr.eq(saturate(s7q, 11) + ins.zp_out)
+                zr, s7y = delay(m, zr, X["residual_clamp"]), delay(m, s7y, X["residual_clamp"])
                 s8y = Signal(signed(8))
-                m.d.sync += s8y.eq(Mux(ins.residual, clamp(saturate(s7q, 11) + ins.zp_out, ins.out_min, ins.out_max),
-                                       s7y))
+                m.d.sync += s8y.eq(Mux(ins.residual, clamp(zr, ins.out_min, ins.out_max), s7y))
                 ys.append(s8y)
             if G > 1:
                 # Earlier groups of the word wait here; the word is written with its last group.

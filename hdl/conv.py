@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, layout
 
-from .common import BufReadSignature, BufWriteSignature, CheckStages, UnitSignature, word_bits
+from .common import BufReadSignature, BufWriteSignature, CheckStages, UnitSignature, delay, split_mul, word_bits
 from .mac import MacArray
 
 __all__ = ["ConvUnit"]
@@ -73,8 +73,9 @@ class ConvUnit(wiring.Component):
         pix_end = last_c & last_kx & last_ky
         last_x, last_y, last_b = x == ins.out_w - 1, y == ins.out_h - 1, b == ins.ob_count - 1
 
+        X = c.conv_stages
         drain = Signal(range(64))
-        depth = 4 + array.latency + 2
+        depth = 4 + sum(X.values()) + array.latency + 2
 
         m.d.comb += self.ctl.busy.eq(running)
         with m.FSM():
@@ -130,14 +131,18 @@ class ConvUnit(wiring.Component):
             # S2: padding test and linear pixel index.
             s2 = {"v": Signal(), "first": Signal(), "last": Signal(), "cb": Signal(10), "wa": Signal(28), "tag": Signal(16),
                       "pad": Signal(), "lin": Signal(signed(32))}
-            m.d.sync += [s2[k].eq(s1[k]) for k in ("v", "first", "last", "cb", "wa", "tag")]
-            m.d.sync += [s2["pad"].eq((s1["iy"] < 0) | (s1["iy"] >= ins.in_h) | (s1["ix"] < 0) | (s1["ix"] >= ins.in_w)),
-                         s2["lin"].eq(s1["iy"] * ins.in_w + s1["ix"])]
+            # With timing_stages each address multiply registers its partial products first (hard
+            # multipliers straight into adders were CONV's next path), and the rest of the stage waits.
+            P1, P2 = X["pixel_index"], X["buffer_address"]
+            m.d.sync += [s2[k].eq(delay(m, s1[k], P1)) for k in ("v", "first", "last", "cb", "wa", "tag")]
+            pad1 = (s1["iy"] < 0) | (s1["iy"] >= ins.in_h) | (s1["ix"] < 0) | (s1["ix"] >= ins.in_w)
+            m.d.sync += [s2["pad"].eq(delay(m, pad1, P1)),
+                         s2["lin"].eq(split_mul(m, s1["iy"], ins.in_w, P1) + delay(m, s1["ix"], P1))]
             # S3: buffer addresses, presented to the read ports.
             s3 = {"v": Signal(), "first": Signal(), "last": Signal(), "wa": Signal(28), "tag": Signal(16), "pad": Signal(),
                       "aa": Signal(32)}
-            m.d.sync += [s3[k].eq(s2[k]) for k in ("v", "first", "last", "wa", "tag", "pad")]
-            m.d.sync += s3["aa"].eq(ins.in_addr + s2["lin"] * ins.in_cb + s2["cb"])
+            m.d.sync += [s3[k].eq(delay(m, s2[k], P2)) for k in ("v", "first", "last", "wa", "tag", "pad")]
+            m.d.sync += s3["aa"].eq(ins.in_addr + split_mul(m, s2["lin"], ins.in_cb, P2) + delay(m, s2["cb"], P2))
             m.d.comb += [self.act_rd.addr.eq(s3["aa"]), self.wgt_rd.addr.eq(s3["wa"])]
             # S4: data arrives; padding taps read pad_value in every lane.
             s4 = {"v": Signal(), "first": Signal(), "last": Signal(), "tag": Signal(16), "pad": Signal()}

@@ -70,7 +70,7 @@ class Timing:
         chk = config.check_cycles
         epi, pool = sum(config.epilogue_stages.values()), sum(config.pool_stages.values())
         base = cls()
-        mac = sum(config.mac_stages.values())
+        mac = sum(config.mac_stages.values()) + sum(config.conv_stages.values())
         return cls(conv_overhead=3 + 4 + (2 + _log2(config.lanes)) + mac + 2 + chk,
                    epilogue_overhead=base.epilogue_overhead + chk + epi,
                    pool_overhead=base.pool_overhead + chk + pool,

@@ -86,8 +86,10 @@ class NpuConfig:
         Extra register stages for FPGA clock rates, at a few cycles per instruction: each unit's
         range check takes :attr:`check_cycles` registered steps (one multiply or add per step)
         before it starts, EPILOGUE and POOL split each multiply, float32 rounding and rounding
-        shift over registered stages (:attr:`epilogue_stages`, :attr:`pool_stages`), the MAC
-        array registers its operands and products (:attr:`mac_stages`), and each unit's instruction queue keeps its head in a register (:attr:`queue_stages`).
+        shift over registered stages (:attr:`epilogue_stages`, :attr:`pool_stages`), CONV its
+        address multiplies (:attr:`conv_stages`), the MAC array registers its operands and
+        products (:attr:`mac_stages`), and each unit's instruction queue keeps its head in a
+        register (:attr:`queue_stages`).
         Changes cycle counts, not results.
     """
 
@@ -191,6 +193,14 @@ class NpuConfig:
         """
         steps = {"round_in": 4, "multiply": 1, "round_product": 4, "shift": 1, "clamp": 2,
                  "residual_multiply": 1, "residual_shift": 1, "residual_clamp": 1}
+        return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
+
+    @property
+    def conv_stages(self) -> dict[str, int]:
+        """Registers ``timing_stages`` adds to CONV's address pipeline (hdl/conv.py): the pixel
+        index ``iy * in_w + ix`` and the buffer address ``in_addr + lin * in_cb + cb`` each register
+        their multiply's partial products first (``split_mul``). The cycle model adds the sum."""
+        steps = {"pixel_index": 1, "buffer_address": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property

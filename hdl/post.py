@@ -373,6 +373,7 @@ class PoolEngine(wiring.Component):
                             m.d.sync += gen.eq(0)
         X = c.pool_stages               # timing_stages: registers inside the multiply, rounding and shift
         extra = sum(X.values())
+        pre = extra - X["clamp"]        # the stages before the requantized value (s7)
         drain = _Drain(m, 10 + extra + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
@@ -451,13 +452,14 @@ class PoolEngine(wiring.Component):
                 s6v, s6a, s6g = Signal(), Signal(16), Signal(range(G))
                 m.d.sync += [s6v.eq(bv), s6a.eq(ba), s6g.eq(bg)]
                 s7v, s7a, s7g, s8v, s8a, s8g = Signal(), Signal(16), Signal(range(G)), Signal(), Signal(16), Signal(range(G))
-                m.d.sync += [s7v.eq(delay(m, s6v, extra)), s7a.eq(delay(m, s6a, extra)), s7g.eq(delay(m, s6g, extra)),
-                             s8v.eq(s7v), s8a.eq(s7a), s8g.eq(s7g)]
+                m.d.sync += [s7v.eq(delay(m, s6v, pre)), s7a.eq(delay(m, s6a, pre)), s7g.eq(delay(m, s6g, pre)),
+                             s8v.eq(delay(m, s7v, X["clamp"])), s8a.eq(delay(m, s7a, X["clamp"])),
+                             s8g.eq(delay(m, s7g, X["clamp"]))]
             else:
                 lanes = s5
                 s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
-                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(delay(m, s6v, extra)), s7a.eq(delay(m, s6a, extra)),
-                             s8v.eq(s7v), s8a.eq(s7a)]
+                m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(delay(m, s6v, pre)), s7a.eq(delay(m, s6a, pre)),
+                             s8v.eq(delay(m, s7v, X["clamp"])), s8a.eq(delay(m, s7a, X["clamp"]))]
             pool_shift = shift_decode(m, ins.shift, min(X["shift"], 1), "pool_shift")
             ys = []
             for lm, ls, lf in lanes:
@@ -468,20 +470,24 @@ class PoolEngine(wiring.Component):
                 # and the rest waits beside them.
                 p6 = round_sig(m, s6p, 56, X["round_product"])
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s7m.eq(delay(m, s6m, extra)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"]))]
+                m.d.sync += [s7m.eq(delay(m, s6m, pre)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"]))]
                 q = s7q
                 if c.pool_fl32:
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.
                     s6k, s6f = Signal(signed(20)), Signal(signed(_FL_BITS))
                     m.d.sync += [s6k.eq(ls), s6f.eq(lf)]
-                    s6k, s6f = (delay(m, x, extra) for x in (s6k, s6f))
+                    s6k, s6f = (delay(m, x, pre) for x in (s6k, s6f))
                     s6p = delay(m, s6p, X["round_product"] + X["shift"])
                     s7k, s7e, s7b, s7f = Signal(signed(20)), Signal(signed(58)), Signal(signed(20)), Signal(signed(21))
                     m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, fl_n, 20)),
                                  s7f.eq(round_shift(s6k + (ins.zp_ort << fl_n), fl_n, 27) - ins.zp_ort)]
                     q = Mux(fl, _fl32_result(m, s7k, s7e, s7b, s7f, fl_n, ins.mult, ins.zp_ort, ins.fl32_zp), s7q)
+                # With timing_stages the zero-point add gets a stage apart from the clamp.
+                zq = Signal(signed(12))
+                m.d.comb += zq.eq(saturate(q, 11) + ins.zp_out)
+                zq, s7m = delay(m, zq, X["clamp"]), delay(m, s7m, X["clamp"])
                 s8y = Signal(signed(8))
-                m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(saturate(q, 11) + ins.zp_out, -128, 127)))
+                m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(zq, -128, 127)))
                 ys.append(s8y)
             if G > 1:
                 held = [Signal(8 * E, name=f"pheld{i}") for i in range(G - 1)]

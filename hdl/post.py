@@ -462,7 +462,10 @@ class PoolEngine(wiring.Component):
                              s8v.eq(delay(m, s7v, X["clamp"])), s8a.eq(delay(m, s7a, X["clamp"]))]
             pool_shift = shift_decode(m, ins.shift, min(X["shift"], 1), "pool_shift")
             ys = []
+            S = X["select"]
             for lm, ls, lf in lanes:
+                # With timing_stages a lane's values (the bank's group select) are registered before the multiply.
+                lm, ls, lf = (delay(m, x, S) for x in (lm, ls, lf))
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
                 m.d.sync += [s6m.eq(lm), s6p.eq(split_mul(m, ls, ins.mult, X["multiply"]))]
                 # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
@@ -470,13 +473,13 @@ class PoolEngine(wiring.Component):
                 # and the rest waits beside them.
                 p6 = round_sig(m, s6p, 56, X["round_product"])
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s7m.eq(delay(m, s6m, pre)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"]))]
+                m.d.sync += [s7m.eq(delay(m, s6m, pre - S)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"]))]
                 q = s7q
                 if c.pool_fl32:
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.
                     s6k, s6f = Signal(signed(20)), Signal(signed(_FL_BITS))
                     m.d.sync += [s6k.eq(ls), s6f.eq(lf)]
-                    s6k, s6f = (delay(m, x, pre) for x in (s6k, s6f))
+                    s6k, s6f = (delay(m, x, pre - S) for x in (s6k, s6f))
                     s6p = delay(m, s6p, X["round_product"] + X["shift"])
                     s7k, s7e, s7b, s7f = Signal(signed(20)), Signal(signed(58)), Signal(signed(20)), Signal(signed(21))
                     m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, fl_n, 20)),

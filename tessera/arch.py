@@ -215,8 +215,9 @@ class NpuConfig:
 
     @property
     def pool_stages(self) -> dict[str, int]:
-        """Registers ``timing_stages`` adds to each step of POOL's requantization (as :attr:`epilogue_stages`)."""
-        steps = {"multiply": 1, "round_product": 4, "shift": 1, "clamp": 1}
+        """Registers ``timing_stages`` adds to each step of POOL's requantization (as :attr:`epilogue_stages`;
+        ``select`` registers a lane's values, the bank's group select, before the multiply)."""
+        steps = {"select": 1, "multiply": 1, "round_product": 4, "shift": 1, "clamp": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property

@@ -140,13 +140,14 @@ class CheckStages:
         return r
 
 
-def delay(m, sig, cycles: int, name: str | None = None):
+def delay(m, sig, cycles: int, name: str | None = None, reset_less: bool = False):
     """``sig`` delayed by ``cycles`` registers of ``m.d.sync`` (``sig`` itself for 0).
 
-    The sideband of a pipeline step split into stages waits beside it with this.
+    The sideband of a pipeline step split into stages waits beside it with this. ``reset_less``
+    registers data that no reset needs to clear (fewer loads on the reset net).
     """
     for i in range(cycles):
-        d = Signal.like(sig, name=f"{name or getattr(sig, 'name', 'v')}_late{i}")
+        d = Signal.like(sig, name=f"{name or getattr(sig, 'name', 'v')}_late{i}", reset_less=reset_less)
         m.d.sync += d.eq(sig)
         sig = d
     return sig
@@ -200,7 +201,7 @@ def round_shift(x, s, width: int, m=None, stages: int = 0):
     return (q + up)[:width].as_signed()
 
 
-def split_mul(m, a, b, stages: int = 0):
+def split_mul(m, a, b, stages: int = 0, reset_less: bool = False):
     """``a * b`` (signed), with ``stages=1`` as registered partial products of at most 18 × 18 bits.
 
     A wide product in one cycle is hard multipliers chained through fabric adders; registering
@@ -221,7 +222,7 @@ def split_mul(m, a, b, stages: int = 0):
     terms = []
     for pa, sa in parts(a):
         for pb, sb in parts(b):
-            r = Signal(signed(len(pa) + len(pb) + 1))
+            r = Signal(signed(len(pa) + len(pb) + 1), reset_less=reset_less)
             m.d.sync += r.eq(pa * pb)
             terms.append(r.as_signed() << (sa + sb) if sa + sb else r.as_signed())
     total = terms[0]

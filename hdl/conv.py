@@ -122,30 +122,38 @@ class ConvUnit(wiring.Component):
         # So do the address pipeline and the array's operands (gated, `running` reached every multiplier).
         with m.If(1 if c.timing_stages else running):
             # S1: input coordinates of the tap.
-            s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cb": Signal(10), "wa": Signal(28), "tag": Signal(16),
-                      "iy": Signal(signed(16)), "ix": Signal(signed(16))}
+            # With timing_stages only the valid bits keep a reset (the reset net reached every pipeline
+            # register; see MacArray).
+            rl = c.timing_stages
+
+            def stage(**shapes):
+                return {k: Signal(v, name=f"{k}", reset_less=rl and k != "v") for k, v in shapes.items()}
+
+            s1 = stage(v=1, first=1, last=1, cb=10, wa=28, tag=16, iy=signed(16), ix=signed(16))
             m.d.sync += [s1["v"].eq(gen), s1["first"].eq(t == 0), s1["last"].eq(pix_end), s1["cb"].eq(cb),
                          s1["wa"].eq(wbase + t), s1["tag"].eq(ins.acc_addr + pcnt),
                          s1["iy"].eq(y * ins.stride_h + ky * ins.dil_h - ins.pad_t),
                          s1["ix"].eq(x * ins.stride_w + kx * ins.dil_w - ins.pad_l)]
             # S2: padding test and linear pixel index.
-            s2 = {"v": Signal(), "first": Signal(), "last": Signal(), "cb": Signal(10), "wa": Signal(28), "tag": Signal(16),
-                      "pad": Signal(), "lin": Signal(signed(32))}
+            s2 = stage(v=1, first=1, last=1, cb=10, wa=28, tag=16, pad=1, lin=signed(32))
             # With timing_stages each address multiply registers its partial products first (hard
             # multipliers straight into adders were CONV's next path), and the rest of the stage waits.
             P1, P2 = X["pixel_index"], X["buffer_address"]
-            m.d.sync += [s2[k].eq(delay(m, s1[k], P1)) for k in ("v", "first", "last", "cb", "wa", "tag")]
+            m.d.sync += [s2[k].eq(delay(m, s1[k], P1, reset_less=rl and k != "v"))
+                         for k in ("v", "first", "last", "cb", "wa", "tag")]
             pad1 = (s1["iy"] < 0) | (s1["iy"] >= ins.in_h) | (s1["ix"] < 0) | (s1["ix"] >= ins.in_w)
-            m.d.sync += [s2["pad"].eq(delay(m, pad1, P1)),
-                         s2["lin"].eq(split_mul(m, s1["iy"], ins.in_w, P1) + delay(m, s1["ix"], P1))]
+            m.d.sync += [s2["pad"].eq(delay(m, pad1, P1, reset_less=rl)),
+                         s2["lin"].eq(split_mul(m, s1["iy"], ins.in_w, P1, reset_less=rl)
+                                      + delay(m, s1["ix"], P1, reset_less=rl))]
             # S3: buffer addresses, presented to the read ports.
-            s3 = {"v": Signal(), "first": Signal(), "last": Signal(), "wa": Signal(28), "tag": Signal(16), "pad": Signal(),
-                      "aa": Signal(32)}
-            m.d.sync += [s3[k].eq(delay(m, s2[k], P2)) for k in ("v", "first", "last", "wa", "tag", "pad")]
-            m.d.sync += s3["aa"].eq(ins.in_addr + split_mul(m, s2["lin"], ins.in_cb, P2) + delay(m, s2["cb"], P2))
+            s3 = stage(v=1, first=1, last=1, wa=28, tag=16, pad=1, aa=32)
+            m.d.sync += [s3[k].eq(delay(m, s2[k], P2, reset_less=rl and k != "v"))
+                         for k in ("v", "first", "last", "wa", "tag", "pad")]
+            m.d.sync += s3["aa"].eq(ins.in_addr + split_mul(m, s2["lin"], ins.in_cb, P2, reset_less=rl)
+                                    + delay(m, s2["cb"], P2, reset_less=rl))
             m.d.comb += [self.act_rd.addr.eq(s3["aa"]), self.wgt_rd.addr.eq(s3["wa"])]
             # S4: data arrives; padding taps read pad_value in every lane.
-            s4 = {"v": Signal(), "first": Signal(), "last": Signal(), "tag": Signal(16), "pad": Signal()}
+            s4 = stage(v=1, first=1, last=1, tag=16, pad=1)
             m.d.sync += [s4[k].eq(s3[k]) for k in s4]
             pad_word = Cat(*([ins.pad_value.as_unsigned()] * N))
             m.d.comb += [array.valid.eq(s4["v"]), array.first.eq(s4["first"]), array.last.eq(s4["last"]),
@@ -153,7 +161,7 @@ class ConvUnit(wiring.Component):
                          array.wgt.eq(self.wgt_rd.data)]
             # Pixel totals: read the old ACC word, then write total (+ old).
             m.d.comb += self.acc_rd.addr.eq(array.o_tag)
-            o2v, o2a, o2s = Signal(), Signal(16), Signal(32 * M)
+            o2v, o2a, o2s = Signal(), Signal(16, reset_less=rl), Signal(32 * M, reset_less=rl)
             m.d.sync += [o2v.eq(array.o_valid), o2a.eq(array.o_tag), o2s.eq(array.o_sum)]
             acc_on = ins.accumulate
             m.d.comb += [self.acc_wr.en.eq(o2v), self.acc_wr.addr.eq(o2a),

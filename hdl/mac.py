@@ -55,9 +55,12 @@ class MacArray(wiring.Component):
         c = self.config
         N, M, wb = c.lanes, c.rows, c.weight_bits
         pbits = 8 + wb
+        # With timing_stages only the valid bits keep a reset: the reset net reached every data
+        # register of the array (CONV's routed critical path, 13.8 ns of wire to the farthest).
+        rl = self.reset_less = c.timing_stages
 
         def side(prev):
-            s = {k: Signal.like(v, name=f"{k}_d") for k, v in prev.items()}
+            s = {k: Signal.like(v, name=f"{k}_d", reset_less=rl and k != "valid") for k, v in prev.items()}
             m.d.sync += [s[k].eq(v) for k, v in prev.items()]
             return s
 
@@ -65,7 +68,7 @@ class MacArray(wiring.Component):
             sb = {"valid": self.valid, "first": self.first, "last": self.last, "tag": self.tag}
             acts, wgt = [self.act] * M, self.wgt
             if self.stages["operands"]:
-                acts, wgt = self._operand_registers(m), delay(m, wgt, 1, "wgt_in")
+                acts, wgt = self._operand_registers(m), delay(m, wgt, 1, "wgt_in", reset_less=rl)
                 sb = side(sb)
             sb = side(sb)
             if self.multipliers is not None:
@@ -85,7 +88,8 @@ class MacArray(wiring.Component):
                 for r, row in enumerate(level):
                     out = []
                     for i in range(0, len(row), 2):
-                        s = Signal(signed(pbits + depth + (corr is not None)), name=f"t{depth}_{r}_{i // 2}")
+                        s = Signal(signed(pbits + depth + (corr is not None)), name=f"t{depth}_{r}_{i // 2}",
+                                   reset_less=rl)
                         total = row[i] + row[i + 1]
                         if corr is not None and len(row) == 2:
                             total = total - corr       # the offset-binary correction, at the root
@@ -94,7 +98,9 @@ class MacArray(wiring.Component):
                     nxt.append(out)
                 level = nxt
             # Accumulate (wrapping int32); emit on the pixel's last term.
-            accs = [Signal(signed(32), name=f"acc{r}") for r in range(M)]
+            accs = [Signal(signed(32), name=f"acc{r}", reset_less=rl) for r in range(M)]
+            o_sum = Signal(32 * M, reset_less=rl)
+            m.d.comb += self.o_sum.eq(o_sum)
             for r in range(M):
                 new = (accs[r] + level[r][0])[:32]
                 with m.If(sb["valid"]):
@@ -102,7 +108,7 @@ class MacArray(wiring.Component):
                         m.d.sync += accs[r].eq(level[r][0])
                     with m.Else():
                         m.d.sync += accs[r].eq(new)
-                m.d.sync += self.o_sum[32 * r:32 * r + 32].eq(Mux(sb["first"], level[r][0], new))
+                m.d.sync += o_sum[32 * r:32 * r + 32].eq(Mux(sb["first"], level[r][0], new))
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
         return m
 
@@ -114,8 +120,8 @@ class MacArray(wiring.Component):
 
         One register would fan every activation bit out to every row's multipliers across the die
         (CONV's routed critical path, 13 ns of wire). yosys merges flip-flops with the same input
-        and reset value, so the copies differ in both: copy ``g`` holds the word inverted when
-        ``g`` is odd (and its rows invert it back, inside their first LUTs) and resets to all ones
+        and initial (or reset) value, so the copies differ in both: copy ``g`` holds the word inverted when
+        ``g`` is odd (and its rows invert it back, inside their first LUTs) and starts as all ones
         when ``g & 2``. Four copies are all that two binary differences give.
         """
         c = self.config
@@ -123,7 +129,8 @@ class MacArray(wiring.Component):
         words = []
         for g in range(copies):
             inv, ones = g & 1, g >> 1 & 1
-            r = Signal(8 * c.lanes, init=(1 << 8 * c.lanes) - 1 if ones else 0, name=f"act_in{g}")
+            r = Signal(8 * c.lanes, init=(1 << 8 * c.lanes) - 1 if ones else 0, name=f"act_in{g}",
+                       reset_less=self.reset_less)
             m.d.sync += r.eq(~self.act if inv else self.act)
             words.append(~r if inv else r)
         per = c.rows // copies
@@ -140,9 +147,9 @@ class MacArray(wiring.Component):
                 a = acts[r][8 * n:8 * n + 8].as_signed()
                 idx = r * N + n
                 w = wgt[idx * wb:(idx + 1) * wb].as_signed()
-                p = Signal(signed(8 + wb), name=f"p{r}_{n}")
+                p = Signal(signed(8 + wb), name=f"p{r}_{n}", reset_less=self.reset_less)
                 m.d.sync += p.eq(a * w)
-                row.append(delay(m, p, self.stages["products"]))
+                row.append(delay(m, p, self.stages["products"], reset_less=self.reset_less))
             level.append(row)
         return level
 
@@ -164,8 +171,10 @@ class MacArray(wiring.Component):
             for n in range(N):
                 idx = r * N + n
                 wu = wgt[8 * idx:8 * idx + 8] ^ 0x80          # w + 128, unsigned
-                p = product(m, acts_of_row[r][8 * n:8 * n + 8].as_signed(), wu, dsp=dsp if idx < dsp_products else None, soft=soft, name=f"mul{r}_{n}")
-                prods.append(delay(m, p, P))
+                p = product(m, acts_of_row[r][8 * n:8 * n + 8].as_signed(), wu,
+                            dsp=dsp if idx < dsp_products else None, soft=soft, name=f"mul{r}_{n}",
+                            reset_less=self.reset_less)
+                prods.append(delay(m, p, P, reset_less=self.reset_less))
             pairs = []
             for i in range(0, N, 2):
                 s = Signal(signed(17), name=f"t1_{r}_{i // 2}", attrs={"keep": 1})
@@ -179,7 +188,7 @@ class MacArray(wiring.Component):
             levels += 1
             nxt = []
             for i in range(0, len(sums), 2):
-                t = Signal(signed(8 + levels), name=f"asum{levels}_{i // 2}")
+                t = Signal(signed(8 + levels), name=f"asum{levels}_{i // 2}", reset_less=self.reset_less)
                 m.d.sync += t.eq(sums[i] + sums[i + 1])
                 nxt.append(t)
             sums = nxt
@@ -187,4 +196,4 @@ class MacArray(wiring.Component):
         # of pairs is combinational); the correction meets them there.
         wait = LATENCY + P + log2(N) - 2 - levels
         assert wait >= 0, wait
-        return level, delay(m, sums[0], wait, "asum") << 7
+        return level, delay(m, sums[0], wait, "asum", reset_less=self.reset_less) << 7

@@ -72,7 +72,7 @@ def ecp5_and_add(m, a, g0, g1, name):
     return s
 
 
-def soft_product(m, a, wu, p, name, kind="generic"):
+def soft_product(m, a, wu, p, name, kind="generic", reset_less=False):
     """``p`` = ``a * wu`` two cycles later from adders only (no multiplier cell).
 
     Four partial sums ``(wu[2k] + 2 wu[2k+1]) * a`` (registered), then two adder levels to the
@@ -85,7 +85,7 @@ def soft_product(m, a, wu, p, name, kind="generic"):
     pairs = []
     for k in range(4):
         g0, g1 = wu[2 * k], wu[2 * k + 1]
-        s = Signal(signed(10), name=f"{name}_s{k}")
+        s = Signal(signed(10), name=f"{name}_s{k}", reset_less=reset_less)
         if kind == "ecp5":
             m.d.sync += s.eq(ecp5_and_add(m, a, g0, g1, f"{name}_aa{k}"))
         else:
@@ -157,7 +157,7 @@ def _sb_mac16(m, a, wu, p, name):
     m.d.comb += p.eq(o[:16])
 
 
-def product(m, a, wu, *, dsp=None, soft="generic", name):
+def product(m, a, wu, *, dsp=None, soft="generic", name, reset_less=False):
     """Return a signed(16) signal equal to ``a * wu`` :data:`LATENCY` cycles later.
 
     Parameters
@@ -173,19 +173,21 @@ def product(m, a, wu, *, dsp=None, soft="generic", name):
         One of :data:`SOFT_KINDS`, for ``dsp=None``.
     name : str
         Prefix of the signal and instance names.
+    reset_less : bool
+        Fabric registers without reset (the hard multipliers' own registers have none).
     """
-    p = Signal(signed(16), name=f"{name}_p")
+    p = Signal(signed(16), name=f"{name}_p", reset_less=reset_less)
     if dsp == "ecp5":
         _mult18x18d(m, a, wu, p, name)
     elif dsp == "ice40":
         _sb_mac16(m, a, wu, p, name)
     elif dsp == "infer":
-        ra = Signal(signed(8), name=f"{name}_a")
-        rw = Signal(unsigned(8), name=f"{name}_w")
+        ra = Signal(signed(8), name=f"{name}_a", reset_less=reset_less)
+        rw = Signal(unsigned(8), name=f"{name}_w", reset_less=reset_less)
         p.attrs["multstyle"] = "dsp"
         m.d.sync += [ra.eq(a), rw.eq(wu), p.eq(ra * rw)]
     elif dsp is None:
-        soft_product(m, a, wu, p, name, soft)
+        soft_product(m, a, wu, p, name, soft, reset_less)
     else:
         raise ValueError(f"dsp={dsp!r}: expected one of {DSP_KINDS} or None")
     return p

@@ -321,9 +321,12 @@ def saturate(x, bits: int):
 
 
 def clamp(x, lo, hi):
-    """``min(max(x, lo), hi)``, as numpy computes it (``hi`` wins when ``lo > hi``)."""
-    t = Mux(x < lo, lo, x)
-    return Mux(t > hi, hi, t)
+    """``min(max(x, lo), hi)``, as numpy computes it (``hi`` wins when ``lo > hi``).
+
+    Both compares read ``x`` (side by side, not one after the other): ``hi`` when ``x > hi`` or
+    ``lo > hi``, else ``max(x, lo)``.
+    """
+    return Mux((x > hi) | (lo > hi), hi, Mux(x < lo, lo, x))
 
 
 def ReadClientSignature(c: NpuConfig) -> wiring.Signature:

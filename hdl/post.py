@@ -210,7 +210,7 @@ class EpilogueEngine(wiring.Component):
                 s5q, s5r = Signal(signed(63)), Signal(signed(8))
                 m.d.sync += [s5q.eq(round_shift(p4, s4s, 63, m, X["shift"])), s5r.eq(delay(m, s4r, X["shift"]))]
                 # q saturated to 11 bits first clamps the same (zero points and bounds are int8) with short
-                # carry chains; with timing_stages the clamps get a stage apart from the residual products.
+                # carry chains.
                 q11 = Signal(signed(11), name=f"q11_{n}")
                 za, zy = Signal(signed(12), name=f"za{n}"), Signal(signed(12), name=f"zy{n}")
                 m.d.comb += [q11.eq(saturate(s5q, 11)), za.eq(q11 + ins.zp_mid), zy.eq(q11 + ins.zp_out)]

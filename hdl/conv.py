@@ -130,10 +130,16 @@ class ConvUnit(wiring.Component):
                 return {k: Signal(v, name=f"{k}", reset_less=rl and k != "v") for k, v in shapes.items()}
 
             s1 = stage(v=1, first=1, last=1, cb=10, wa=28, tag=16, iy=signed(16), ix=signed(16))
-            m.d.sync += [s1["v"].eq(gen), s1["first"].eq(t == 0), s1["last"].eq(pix_end), s1["cb"].eq(cb),
-                         s1["wa"].eq(wbase + t), s1["tag"].eq(ins.acc_addr + pcnt),
-                         s1["iy"].eq(y * ins.stride_h + ky * ins.dil_h - ins.pad_t),
-                         s1["ix"].eq(x * ins.stride_w + kx * ins.dil_w - ins.pad_l)]
+            # With timing_stages the coordinates' products are registered before their sums (T).
+            T = X["tap_coords"]
+
+            def late(v, k="data"):
+                return delay(m, v, T, f"s0_{k}", reset_less=rl and k != "v")
+
+            m.d.sync += [s1["v"].eq(late(gen, "v")), s1["first"].eq(late(t == 0)), s1["last"].eq(late(pix_end)),
+                         s1["cb"].eq(late(cb)), s1["wa"].eq(late(wbase + t)), s1["tag"].eq(late(ins.acc_addr + pcnt)),
+                         s1["iy"].eq(late(y * ins.stride_h) + late(ky * ins.dil_h) - ins.pad_t),
+                         s1["ix"].eq(late(x * ins.stride_w) + late(kx * ins.dil_w) - ins.pad_l)]
             # S2: padding test and linear pixel index.
             s2 = stage(v=1, first=1, last=1, cb=10, wa=28, tag=16, pad=1, lin=signed(32))
             # With timing_stages each address multiply registers its partial products first (hard

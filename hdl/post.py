@@ -373,13 +373,14 @@ class PoolEngine(wiring.Component):
                             m.d.sync += gen.eq(0)
         X = c.pool_stages               # timing_stages: registers inside the multiply, rounding and shift
         extra = sum(X.values())
-        pre = extra - X["clamp"]        # the stages before the requantized value (s7)
+        # The requantization's stages before its result (s7): the address stages come before the taps.
+        pre = extra - X["clamp"] - X["pixel_index"] - X["buffer_address"]
         drain = _Drain(m, 10 + extra + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
-        def carry(prev):
+        def carry(prev, extra=0):
             nxt = {k: Signal.like(s, name=f"{k}_p") for k, s in prev.items()}
-            m.d.sync += [nxt[k].eq(s) for k, s in prev.items()]
+            m.d.sync += [nxt[k].eq(delay(m, s, extra)) for k, s in prev.items()]
             return nxt
 
         # The pipeline only moves while the engine is active (Verilator then skips it when idle), with
@@ -390,13 +391,17 @@ class PoolEngine(wiring.Component):
             m.d.sync += [s1["v"].eq(adv), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
                          s1["cc"].eq(cc), s1["oa"].eq(ins.out_addr + ocnt),
                          iy1.eq(oy * ins.stride_h + ky - ins.pad_t), ix1.eq(ox * ins.stride_w + kx - ins.pad_l)]
-            s2 = carry(s1)
+            # With timing_stages both address multiplies register their partial products first (A1, A2).
+            A1, A2 = X["pixel_index"], X["buffer_address"]
+            s2 = carry(s1, A1)
             inside2, lin2 = Signal(), Signal(signed(32))
-            m.d.sync += [inside2.eq((iy1 >= 0) & (iy1 < ins.in_h) & (ix1 >= 0) & (ix1 < ins.in_w)),
-                         lin2.eq(iy1 * ins.in_w + ix1)]
-            s3 = carry(s2)
+            inside1 = (iy1 >= 0) & (iy1 < ins.in_h) & (ix1 >= 0) & (ix1 < ins.in_w)
+            m.d.sync += [inside2.eq(delay(m, inside1, A1)),
+                         lin2.eq(split_mul(m, iy1, ins.in_w, A1) + delay(m, ix1, A1))]
+            s3 = carry(s2, A2)
             inside3, aa3 = Signal(), Signal(32)
-            m.d.sync += [inside3.eq(inside2), aa3.eq(ins.in_addr + lin2 * ins.cb + s2["cc"])]
+            m.d.sync += [inside3.eq(delay(m, inside2, A2)),
+                         aa3.eq(ins.in_addr + split_mul(m, lin2, ins.cb, A2) + delay(m, s2["cc"], A2))]
             m.d.comb += self.act_rd.addr.eq(aa3)
             s4 = carry(s3)
             inside4 = Signal()

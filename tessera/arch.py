@@ -197,10 +197,11 @@ class NpuConfig:
 
     @property
     def conv_stages(self) -> dict[str, int]:
-        """Registers ``timing_stages`` adds to CONV's address pipeline (hdl/conv.py): the pixel
-        index ``iy * in_w + ix`` and the buffer address ``in_addr + lin * in_cb + cb`` each register
-        their multiply's partial products first (``split_mul``). The cycle model adds the sum."""
-        steps = {"pixel_index": 1, "buffer_address": 1}
+        """Registers ``timing_stages`` adds to CONV's address pipeline (hdl/conv.py): the tap's
+        coordinates register their products (``y * stride_h``, ``ky * dil_h``, ...) before the sums,
+        the pixel index ``iy * in_w + ix`` and the buffer address ``in_addr + lin * in_cb + cb`` their
+        multiply's partial products (``split_mul``). The cycle model adds the sum."""
+        steps = {"tap_coords": 1, "pixel_index": 1, "buffer_address": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property
@@ -215,9 +216,11 @@ class NpuConfig:
 
     @property
     def pool_stages(self) -> dict[str, int]:
-        """Registers ``timing_stages`` adds to each step of POOL's requantization (as :attr:`epilogue_stages`;
-        ``select`` registers a lane's values, the bank's group select, before the multiply)."""
-        steps = {"select": 1, "multiply": 1, "round_product": 4, "shift": 1, "clamp": 1}
+        """Registers ``timing_stages`` adds to each step of POOL (as :attr:`epilogue_stages`): the
+        tap address's two multiplies (as :attr:`conv_stages`), ``select`` a lane's values (the
+        bank's group select) before the requantization multiply."""
+        steps = {"pixel_index": 1, "buffer_address": 1, "select": 1, "multiply": 1, "round_product": 4,
+                 "shift": 1, "clamp": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property

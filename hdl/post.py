@@ -373,8 +373,8 @@ class PoolEngine(wiring.Component):
                             m.d.sync += gen.eq(0)
         X = c.pool_stages               # timing_stages: registers inside the multiply, rounding and shift
         extra = sum(X.values())
-        # The requantization's stages before its result (s7): the address stages come before the taps.
-        pre = extra - X["clamp"] - X["pixel_index"] - X["buffer_address"]
+        # The requantization's stages before its result (s7) (the address stages come before the taps).
+        pre = X["select"] + X["multiply"] + X["round_product"] + X["shift"]
         drain = _Drain(m, 10 + extra + (G if G > 1 else 0), gen, self.done)
         m.d.comb += self.active.eq(gen | drain.busy)
 
@@ -388,9 +388,16 @@ class PoolEngine(wiring.Component):
         with m.If(1 if c.timing_stages else self.active):
             s1 = {"v": Signal(), "first": Signal(), "last": Signal(), "cc": Signal(10), "oa": Signal(16)}
             iy1, ix1 = Signal(signed(16)), Signal(signed(16))
-            m.d.sync += [s1["v"].eq(adv), s1["first"].eq((kx == 0) & (ky == 0)), s1["last"].eq(win_end),
-                         s1["cc"].eq(cc), s1["oa"].eq(ins.out_addr + ocnt),
-                         iy1.eq(oy * ins.stride_h + ky - ins.pad_t), ix1.eq(ox * ins.stride_w + kx - ins.pad_l)]
+            # With timing_stages the coordinates' products are registered before their sums (as CONV's).
+            T = X["tap_coords"]
+
+            def late(v):
+                return delay(m, v, T, "s0")
+
+            m.d.sync += [s1["v"].eq(late(adv)), s1["first"].eq(late((kx == 0) & (ky == 0))), s1["last"].eq(late(win_end)),
+                         s1["cc"].eq(late(cc)), s1["oa"].eq(late(ins.out_addr + ocnt)),
+                         iy1.eq(late(oy * ins.stride_h) + late(ky) - ins.pad_t),
+                         ix1.eq(late(ox * ins.stride_w) + late(kx) - ins.pad_l)]
             # With timing_stages both address multiplies register their partial products first (A1, A2).
             A1, A2 = X["pixel_index"], X["buffer_address"]
             s2 = carry(s1, A1)

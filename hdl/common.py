@@ -153,7 +153,7 @@ def delay(m, sig, cycles: int, name: str | None = None, reset_less: bool = False
     return sig
 
 
-def shift_decode(m, s, cycles: int = 0, name: str = "sh"):
+def shift_decode(m, s, cycles: int = 0, name: str = "sh", reset_less: bool = False):
     """``rnd``'s shift amount decoded: ``(s_eff, mask of the s_eff low bits, bit s_eff - 1)``.
 
     Pure functions of ``s`` (taken & 63, at most 62). With ``cycles`` > 0 they are registered
@@ -161,19 +161,20 @@ def shift_decode(m, s, cycles: int = 0, name: str = "sh"):
     rounding) then leaves its compare and mask out of :func:`round_shift`'s cycle.
     """
     if cycles:
-        s = delay(m, s, cycles - 1, name)
+        s = delay(m, s, cycles - 1, name, reset_less)
     s6 = s[:6]
     s_eff = Mux(s6 > 62, 62, s6)
     mask = Const((1 << 64) - 1, 64) >> (64 - s_eff).as_unsigned()[:7]   # low s bits
     half = mask ^ (mask >> 1)                                 # bit s-1 (0 when s = 0)
     if not cycles:
         return s_eff, mask, half
-    rs, rm, rh = Signal(6, name=f"{name}_eff"), Signal(64, name=f"{name}_mask"), Signal(64, name=f"{name}_half")
+    rs, rm, rh = (Signal(w, name=f"{name}_{k}", reset_less=reset_less)
+                  for k, w in (("eff", 6), ("mask", 64), ("half", 64)))
     m.d.sync += [rs.eq(s_eff), rm.eq(mask), rh.eq(half)]
     return rs, rm, rh
 
 
-def round_shift(x, s, width: int, m=None, stages: int = 0):
+def round_shift(x, s, width: int, m=None, stages: int = 0, reset_less: bool = False):
     """docs/numerics.md's ``rnd(x, s)`` (ties to even) of a signed value; ``s`` is taken & 63, max 62.
 
     ``x`` is at most 63 bits wide so that every intermediate fits 64 bits (wider
@@ -195,7 +196,7 @@ def round_shift(x, s, width: int, m=None, stages: int = 0):
     # rem > half or rem == half with q odd, as guard and sticky bits: no comparators.
     up = (x64 & half).any() & ((x64 & (mask >> 1)).any() | q[0])
     if stages:
-        rq, rup = Signal(signed(len(xs))), Signal()
+        rq, rup = Signal(signed(len(xs)), reset_less=reset_less), Signal(reset_less=reset_less)
         m.d.sync += [rq.eq(q), rup.eq(up)]
         q, up = rq, rup
     return (q + up)[:width].as_signed()
@@ -253,7 +254,7 @@ def bit_length(v):
     return Mux(v.any(), top(padded) + 1, 0)
 
 
-def round_sig(m, x, width: int, stages: int = 0):
+def round_sig(m, x, width: int, stages: int = 0, reset_less: bool = False):
     """docs/numerics.md's ``round_sig(x)``: ``x`` rounded to 24 significant bits, ties to even.
 
     Rounds the two's-complement value in place (half to even is symmetric, and on a floor basis
@@ -270,7 +271,8 @@ def round_sig(m, x, width: int, stages: int = 0):
     ``stages`` (0..4) registers that many of its steps' results, in order: the bit length ``s``;
     the kept bits and the increment; the result; and with 4, between the first two, ``s``
     decoded into its masks (:func:`shift_decode`). The value returned is ``stages`` cycles after
-    ``x``.
+    ``x``. ``reset_less`` (here and in :func:`round_shift`, :func:`shift_decode`,
+    :func:`split_mul`): those registers have no reset.
     """
     w = len(x)
     assert w <= 63, w
@@ -283,11 +285,11 @@ def round_sig(m, x, width: int, stages: int = 0):
     ones = (xs ^ xs[-1].replicate(w)).as_unsigned()[:w]
     m.d.comb += s.eq(bit_length(ones[SIG_BITS:]) if w > SIG_BITS else 0)
     if stages >= 1:
-        xs, s = delay(m, xs, 1), delay(m, s, 1)
+        xs, s = delay(m, xs, 1, reset_less=reset_less), delay(m, s, 1, reset_less=reset_less)
     # s <= w - 24 < 62: the decode's clamp never acts. half is bit s - 1 (the guard), half << 1 bit s.
-    _, mask64, half64 = shift_decode(m, s, 1 if stages >= 4 else 0, "rs")
+    _, mask64, half64 = shift_decode(m, s, 1 if stages >= 4 else 0, "rs", reset_less)
     if stages >= 4:
-        xs = delay(m, xs, 1)
+        xs = delay(m, xs, 1, reset_less=reset_less)
     mask, half, unit = Signal(w), Signal(w), Signal(w + 1)     # the s bits dropped; bit s - 1; bit s
     m.d.comb += [mask.eq(mask64), half.eq(half64), unit.eq(half64 << 1)]
     xu = xs.as_unsigned()
@@ -296,13 +298,13 @@ def round_sig(m, x, width: int, stages: int = 0):
     kept, inc = Signal(w), Signal(w + 1)
     m.d.comb += [kept.eq(xu & ~mask), inc.eq(Mux(up, unit, 0))]
     if stages >= 2:
-        kept, inc = delay(m, kept, 1), delay(m, inc, 1)
+        kept, inc = delay(m, kept, 1, reset_less=reset_less), delay(m, inc, 1, reset_less=reset_less)
     r = Signal(signed(w + 1))
     m.d.comb += r.eq(kept.as_signed() + inc)
     limit = (1 << (width - 1)) - 1
     out = Signal(signed(width))
     m.d.comb += out.eq(Mux(r > limit, limit, r)[:width].as_signed())
-    return delay(m, out, 1) if stages >= 3 else out
+    return delay(m, out, 1, reset_less=reset_less) if stages >= 3 else out
 
 
 def saturate(x, bits: int):

@@ -121,6 +121,12 @@ class EpilogueEngine(wiring.Component):
                     with m.If(last_b):
                         m.d.sync += gen.eq(0)
         X = c.epilogue_stages           # timing_stages: registers inside each multiply, rounding and shift
+        # With timing_stages the lanes' data registers have no reset (the reset net reached every one of them).
+        rl = c.timing_stages
+
+        def dly(v, cycles):
+            return delay(m, v, cycles, reset_less=rl)
+
         extra = sum(X.values())
         depth = 12 + extra
         drain = _Drain(m, depth, gen, self.done)
@@ -199,16 +205,16 @@ class EpilogueEngine(wiring.Component):
                 # (with the multiply, with the rounding shift), so the pipeline keeps its depth and timing.
                 # |round_sig(v)| <= 2**31 and mult < 2**31: 63 bits hold the product.
                 # With timing_stages each step is split over registers of its own (X), and its sideband waits.
-                v3 = round_sig(m, s3v, 33, X["round_in"])
-                s3m, s3s, s3r = (delay(m, x, X["round_in"]) for x in (s3m, s3s, s3r))
+                v3 = round_sig(m, s3v, 33, X["round_in"], rl)
+                s3m, s3s, s3r = (dly(x, X["round_in"]) for x in (s3m, s3s, s3r))
                 s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
-                m.d.sync += [s4p.eq(split_mul(m, v3, s3m, X["multiply"])),
-                             s4s.eq(delay(m, s3s, X["multiply"])), s4r.eq(delay(m, s3r, X["multiply"]))]
-                p4 = round_sig(m, s4p, 63, X["round_product"])
+                m.d.sync += [s4p.eq(split_mul(m, v3, s3m, X["multiply"], rl)),
+                             s4s.eq(dly(s3s, X["multiply"])), s4r.eq(dly(s3r, X["multiply"]))]
+                p4 = round_sig(m, s4p, 63, X["round_product"], rl)
                 # The lane's shift decoded while the rounding runs (with timing_stages): out of the shift's cycle.
-                s4s, s4r = shift_decode(m, s4s, X["round_product"], f"s4s_{n}"), delay(m, s4r, X["round_product"])
+                s4s, s4r = shift_decode(m, s4s, X["round_product"], f"s4s_{n}", rl), dly(s4r, X["round_product"])
                 s5q, s5r = Signal(signed(63)), Signal(signed(8))
-                m.d.sync += [s5q.eq(round_shift(p4, s4s, 63, m, X["shift"])), s5r.eq(delay(m, s4r, X["shift"]))]
+                m.d.sync += [s5q.eq(round_shift(p4, s4s, 63, m, X["shift"], rl)), s5r.eq(dly(s4r, X["shift"]))]
                 # q saturated to 11 bits first clamps the same (zero points and bounds are int8) with short
                 # carry chains.
                 q11 = Signal(signed(11), name=f"q11_{n}")
@@ -217,23 +223,23 @@ class EpilogueEngine(wiring.Component):
                 # With timing_stages the zero-point adds and the clamps (three carry chains in a row) get a
                 # stage each, apart from the residual products.
                 C = X["clamp"]
-                za, zy, r6 = (delay(m, x, max(C - 1, 0)) for x in (za, zy, s5r))
+                za, zy, r6 = (dly(x, max(C - 1, 0)) for x in (za, zy, s5r))
                 a, y6 = Signal(signed(9), name=f"a{n}"), Signal(signed(8), name=f"y6_{n}")
                 m.d.comb += [a.eq(clamp(za, -128, 127)), y6.eq(clamp(zy, ins.out_min, ins.out_max))]
-                a, y6, r6 = (delay(m, x, min(C, 1)) for x in (a, y6, r6))
+                a, y6, r6 = (dly(x, min(C, 1)) for x in (a, y6, r6))
                 s6y, s6s = Signal(signed(8)), Signal(signed(48))
                 da, db = Signal(signed(10), name=f"da{n}"), Signal(signed(10), name=f"db{n}")
                 m.d.comb += [da.eq(a - ins.zp_mid), db.eq(r6 - ins.zp_res)]
                 M = X["residual_multiply"]
-                m.d.sync += [s6y.eq(delay(m, y6, M)),
-                             s6s.eq(split_mul(m, da, ins.res_mult_a, M)
-                                    + split_mul(m, db, ins.res_mult_b, M))]
+                m.d.sync += [s6y.eq(dly(y6, M)),
+                             s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl)
+                                    + split_mul(m, db, ins.res_mult_b, M, rl))]
                 s7q, s7y = Signal(signed(48)), Signal(signed(8))
-                m.d.sync += [s7q.eq(round_shift(s6s, res_shift, 48, m, X["residual_shift"])),
-                             s7y.eq(delay(m, s6y, X["residual_shift"]))]
+                m.d.sync += [s7q.eq(round_shift(s6s, res_shift, 48, m, X["residual_shift"], rl)),
+                             s7y.eq(dly(s6y, X["residual_shift"]))]
                 zr = Signal(signed(12), name=f"zr{n}")
                 m.d.comb += zr.eq(saturate(s7q, 11) + ins.zp_out)
-                zr, s7y = delay(m, zr, X["residual_clamp"]), delay(m, s7y, X["residual_clamp"])
+                zr, s7y = dly(zr, X["residual_clamp"]), dly(s7y, X["residual_clamp"])
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.residual, clamp(zr, ins.out_min, ins.out_max), s7y))
                 ys.append(s8y)
@@ -372,6 +378,12 @@ class PoolEngine(wiring.Component):
                         with m.If(last_y):
                             m.d.sync += gen.eq(0)
         X = c.pool_stages               # timing_stages: registers inside the multiply, rounding and shift
+        # With timing_stages the lanes' data registers have no reset (as EPILOGUE's).
+        rl = c.timing_stages
+
+        def dly(v, cycles):
+            return delay(m, v, cycles, reset_less=rl)
+
         extra = sum(X.values())
         # The requantization's stages before its result (s7) (the address stages come before the taps).
         pre = X["select"] + X["multiply"] + X["round_product"] + X["shift"]
@@ -404,11 +416,11 @@ class PoolEngine(wiring.Component):
             inside2, lin2 = Signal(), Signal(signed(32))
             inside1 = (iy1 >= 0) & (iy1 < ins.in_h) & (ix1 >= 0) & (ix1 < ins.in_w)
             m.d.sync += [inside2.eq(delay(m, inside1, A1)),
-                         lin2.eq(split_mul(m, iy1, ins.in_w, A1) + delay(m, ix1, A1))]
+                         lin2.eq(split_mul(m, iy1, ins.in_w, A1, rl) + dly(ix1, A1))]
             s3 = carry(s2, A2)
             inside3, aa3 = Signal(), Signal(32)
             m.d.sync += [inside3.eq(delay(m, inside2, A2)),
-                         aa3.eq(ins.in_addr + split_mul(m, lin2, ins.cb, A2) + delay(m, s2["cc"], A2))]
+                         aa3.eq(ins.in_addr + split_mul(m, lin2, ins.cb, A2, rl) + dly(s2["cc"], A2))]
             m.d.comb += self.act_rd.addr.eq(aa3)
             s4 = carry(s3)
             inside4 = Signal()
@@ -477,22 +489,22 @@ class PoolEngine(wiring.Component):
             S = X["select"]
             for lm, ls, lf in lanes:
                 # With timing_stages a lane's values (the bank's group select) are registered before the multiply.
-                lm, ls, lf = (delay(m, x, S) for x in (lm, ls, lf))
+                lm, ls, lf = (dly(x, S) for x in (lm, ls, lf))
                 s6m, s6p = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s6m.eq(lm), s6p.eq(split_mul(m, ls, ins.mult, X["multiply"]))]
+                m.d.sync += [s6m.eq(lm), s6p.eq(split_mul(m, ls, ins.mult, X["multiply"], rl))]
                 # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
                 # With timing_stages the multiply, the rounding and the shift are split over registers (X),
                 # and the rest waits beside them.
-                p6 = round_sig(m, s6p, 56, X["round_product"])
+                p6 = round_sig(m, s6p, 56, X["round_product"], rl)
                 s7m, s7q = Signal(signed(8)), Signal(signed(56))
-                m.d.sync += [s7m.eq(delay(m, s6m, pre - S)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"]))]
+                m.d.sync += [s7m.eq(dly(s6m, pre - S)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"], rl))]
                 q = s7q
                 if c.pool_fl32:
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.
                     s6k, s6f = Signal(signed(20)), Signal(signed(_FL_BITS))
                     m.d.sync += [s6k.eq(ls), s6f.eq(lf)]
-                    s6k, s6f = (delay(m, x, pre - S) for x in (s6k, s6f))
-                    s6p = delay(m, s6p, X["round_product"] + X["shift"])
+                    s6k, s6f = (dly(x, pre - S) for x in (s6k, s6f))
+                    s6p = dly(s6p, X["round_product"] + X["shift"])
                     s7k, s7e, s7b, s7f = Signal(signed(20)), Signal(signed(58)), Signal(signed(20)), Signal(signed(21))
                     m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, fl_n, 20)),
                                  s7f.eq(round_shift(s6k + (ins.zp_ort << fl_n), fl_n, 27) - ins.zp_ort)]
@@ -500,7 +512,7 @@ class PoolEngine(wiring.Component):
                 # With timing_stages the zero-point add gets a stage apart from the clamp.
                 zq = Signal(signed(12))
                 m.d.comb += zq.eq(saturate(q, 11) + ins.zp_out)
-                zq, s7m = delay(m, zq, X["clamp"]), delay(m, s7m, X["clamp"])
+                zq, s7m = dly(zq, X["clamp"]), dly(s7m, X["clamp"])
                 s8y = Signal(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(zq, -128, 127)))
                 ys.append(s8y)

@@ -43,6 +43,9 @@ class MacArray(wiring.Component):
             multipliers = None
         self.multipliers = multipliers
         self.stages = c.mac_stages
+        # With timing_stages only the valid bits keep a reset: the reset net reached every data
+        # register of the array (CONV's routed critical path, 13.8 ns of wire to the farthest).
+        self.reset_less = c.timing_stages
         self.latency = 1 + log2(c.lanes) + 1 + sum(self.stages.values())
         super().__init__({
             "en": In(1, init=1), "valid": In(1), "first": In(1), "last": In(1), "tag": In(tag_bits),
@@ -55,9 +58,7 @@ class MacArray(wiring.Component):
         c = self.config
         N, M, wb = c.lanes, c.rows, c.weight_bits
         pbits = 8 + wb
-        # With timing_stages only the valid bits keep a reset: the reset net reached every data
-        # register of the array (CONV's routed critical path, 13.8 ns of wire to the farthest).
-        rl = self.reset_less = c.timing_stages
+        rl = self.reset_less
 
         def side(prev):
             s = {k: Signal.like(v, name=f"{k}_d", reset_less=rl and k != "valid") for k, v in prev.items()}

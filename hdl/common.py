@@ -211,6 +211,7 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False):
     rest. An unsigned operand counts as its value (a zero bit is put above it). Returns a signed
     expression of ``len(a) + len(b)`` bits.
     """
+    assert stages in (0, 1), stages
     a, b = (v if v.shape().signed else Cat(v, Const(0, 1)).as_signed() for v in (Value.cast(a), Value.cast(b)))
     if not stages:
         return a * b

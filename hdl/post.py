@@ -105,19 +105,25 @@ class EpilogueEngine(wiring.Component):
         G = N // E                      # channel groups per ACT word, one per cycle
         b, p, j, g = Signal(10), Signal(16), Signal(range(k)), Signal(range(G))
         acc_cnt = Signal(26)
+        # p * out_stride, p * res_stride and b * k kept as running sums (16-bit addresses wrap alike):
+        # S1's addresses are then adds only, with no multiplier in the cycle or on a DSP.
+        p_out, p_res, bk = Signal(16), Signal(16), Signal(16)
         gen = Signal()
         last_g = g == G - 1
         last_j, last_p, last_b = j == k - 1, p == P - 1, b == ob - 1
         with m.If(self.start):
-            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), g.eq(0), acc_cnt.eq(0), gen.eq(1)]
+            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), g.eq(0), acc_cnt.eq(0), gen.eq(1),
+                         p_out.eq(0), p_res.eq(0), bk.eq(0)]
         with m.Elif(gen):
             m.d.sync += g.eq(Mux(last_g, 0, g + 1))
             with m.If(last_g):
                 m.d.sync += j.eq(Mux(last_j, 0, j + 1))
             with m.If(last_g & last_j):
-                m.d.sync += [p.eq(Mux(last_p, 0, p + 1)), acc_cnt.eq(acc_cnt + 1)]
+                m.d.sync += [p.eq(Mux(last_p, 0, p + 1)), acc_cnt.eq(acc_cnt + 1),
+                             p_out.eq(Mux(last_p, 0, p_out + ins.out_stride)),
+                             p_res.eq(Mux(last_p, 0, p_res + ins.res_stride))]
                 with m.If(last_p):
-                    m.d.sync += b.eq(b + 1)
+                    m.d.sync += [b.eq(b + 1), bk.eq(bk + k)]
                     with m.If(last_b):
                         m.d.sync += gen.eq(0)
         X = c.epilogue_stages           # timing_stages: registers inside each multiply, rounding and shift
@@ -138,12 +144,12 @@ class EpilogueEngine(wiring.Component):
             # S1: addresses.
             v1, j1, oa1 = Signal(), Signal(range(k)), Signal(16)
             g1, lg1 = Signal(range(G)), Signal()
-            blk = b * k + j
-            m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p * ins.out_stride + blk), g1.eq(g),
+            blk = bk + j
+            m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p_out + blk), g1.eq(g),
                          lg1.eq(last_g)]
             aa1, pa1, ra1 = Signal(16), Signal(16), Signal(16)
             m.d.sync += [aa1.eq(ins.acc_addr + acc_cnt), pa1.eq(ins.param_addr + b),
-                         ra1.eq(ins.res_addr + p * ins.res_stride + blk)]
+                         ra1.eq(ins.res_addr + p_res + blk)]
             # Channel group of the block (j, g) selects the ACC/PARAM slice.
             jg1 = Cat(g1, j1) if G > 1 else j1
             if c.bram_buffers:

@@ -67,11 +67,14 @@ class ConvUnit(wiring.Component):
         ky, kx, cb = Signal(4), Signal(4), Signal(10)
         t, wbase, pcnt = Signal(18), Signal(28), Signal(30)
         gen = Signal()
-        last_c = cb == ins.in_cb - 1
-        last_kx = kx == ins.k_w - 1
-        last_ky = ky == ins.k_h - 1
+        # The counters' last values, registered with timing_stages (the subtracts then leave the
+        # counters' compare-and-wrap cycle, CONV's critical path from the instruction register).
+        last_c = cb == chk.step(ins.in_cb - 1)
+        last_kx = kx == chk.step(ins.k_w - 1)
+        last_ky = ky == chk.step(ins.k_h - 1)
         pix_end = last_c & last_kx & last_ky
-        last_x, last_y, last_b = x == ins.out_w - 1, y == ins.out_h - 1, b == ins.ob_count - 1
+        last_x, last_y = x == chk.step(ins.out_w - 1), y == chk.step(ins.out_h - 1)
+        last_b = b == chk.step(ins.ob_count - 1)
 
         X = c.conv_stages
         drain = Signal(range(64))

@@ -110,7 +110,8 @@ class EpilogueEngine(wiring.Component):
         p_out, p_res, bk = Signal(16), Signal(16), Signal(16)
         gen = Signal()
         last_g = g == G - 1
-        last_j, last_p, last_b = j == k - 1, p == P - 1, b == ob - 1
+        # pm1 and ob - 1 registered with timing_stages: no subtract in the counters' wrap cycle.
+        last_j, last_p, last_b = j == k - 1, p == pm1, b == chk.step(ob - 1)
         with m.If(self.start):
             m.d.sync += [b.eq(0), p.eq(0), j.eq(0), g.eq(0), acc_cnt.eq(0), gen.eq(1),
                          p_out.eq(0), p_res.eq(0), bk.eq(0)]
@@ -353,8 +354,10 @@ class PoolEngine(wiring.Component):
         oy, ox, cc, ky, kx = Signal(10), Signal(10), Signal(10), Signal(4), Signal(4)
         ocnt = Signal(30)
         gen = Signal()
-        last_kx, last_ky = kx == ins.k_w - 1, ky == ins.k_h - 1
-        last_c, last_x, last_y = cc == ins.cb - 1, ox == ins.out_w - 1, oy == ins.out_h - 1
+        # The counters' last values, registered with timing_stages (as CONV's).
+        last_kx, last_ky = kx == chk.step(ins.k_w - 1), ky == chk.step(ins.k_h - 1)
+        last_c, last_x, last_y = (cc == chk.step(ins.cb - 1), ox == chk.step(ins.out_w - 1),
+                                  oy == chk.step(ins.out_h - 1))
         win_end = last_kx & last_ky
         adv = Signal()          # the generator emits a tap this cycle
         if G > 1:

@@ -37,7 +37,8 @@ def words_per_beat(c: NpuConfig, buf: Buffer) -> int:
 
 
 def _checks(m, c: NpuConfig, ins, wb, depth, start):
-    """(misaligned, dram_range, buffer_range, ready) of a DMA instruction, as the emulator orders them.
+    """(misaligned, dram_range, buffer_range, ready, rows - 1) of a DMA instruction, the faults as the
+    emulator orders them.
 
     With ``timing_stages`` each is a few registered steps (:class:`.common.CheckStages`)."""
     chk = CheckStages(m, c, start)
@@ -53,7 +54,7 @@ def _checks(m, c: NpuConfig, ins, wb, depth, start):
     dram = chk.step(end > c.dram_bytes, last_row, row_bytes)
     buf_row = chk.step(ins.buf_addr + rows_buf, rows_buf)
     bufr = chk.step(buf_row + ins.cols > depth, buf_row)
-    return mis, dram, bufr, chk.ready
+    return mis, dram, bufr, chk.ready, rm1
 
 
 def _check_then_run(m, ctl, running, walker, bad_buf, mis, dram, bufr, ready):
@@ -76,22 +77,24 @@ class _Walker:
     """Row/column/beat counters of a 2-D transfer and the addresses they name.
 
     Each ``advance`` moves ``step`` words along a row (``dstep`` bytes of DRAM); ``step`` never
-    passes the row's end.
+    passes the row's end. The row's words still to go (``left``), not the column, are counted, and
+    the limits (``bpw_m1``: beats per word - 1, ``rows_m1``) come in precomputed, so deciding the
+    row's or the transfer's end takes a compare, not an add and a compare.
     """
 
-    def __init__(self, m, ins, wb, bpw, step=1, dstep=None):
-        self.r, self.col, self.e = Signal(16), Signal(16), Signal(16)
+    def __init__(self, m, ins, wb, bpw_m1, rows_m1, step=1, dstep=None):
+        self.r, self.left, self.e = Signal(16), Signal(16), Signal(16)
         self.row_dram, self.word_dram = Signal(34), Signal(34)
         self.row_buf, self.word_buf = Signal(32), Signal(32)
         self.active = Signal()
-        self.last_e = self.e == bpw - 1
-        self.last_col = self.col + step == ins.cols
-        self.last_r = self.r == ins.rows - 1
+        self.last_e = self.e == bpw_m1
+        self.last_col = self.left == step
+        self.last_r = self.r == rows_m1
         self.ins, self.step, self.dstep = ins, step, wb if dstep is None else dstep
 
     def start(self, m):
         ins = self.ins
-        m.d.sync += [self.r.eq(0), self.col.eq(0), self.e.eq(0), self.row_dram.eq(ins.dram_addr),
+        m.d.sync += [self.r.eq(0), self.left.eq(ins.cols), self.e.eq(0), self.row_dram.eq(ins.dram_addr),
                      self.word_dram.eq(ins.dram_addr), self.row_buf.eq(ins.buf_addr),
                      self.word_buf.eq(ins.buf_addr), self.active.eq(1)]
 
@@ -100,7 +103,7 @@ class _Walker:
         m.d.sync += self.e.eq(Mux(self.last_e, 0, self.e + 1))
         with m.If(self.last_e):
             with m.If(self.last_col):
-                m.d.sync += [self.col.eq(0), self.r.eq(self.r + 1),
+                m.d.sync += [self.left.eq(ins.cols), self.r.eq(self.r + 1),
                              self.row_dram.eq(self.row_dram + ins.dram_stride),
                              self.word_dram.eq(self.row_dram + ins.dram_stride),
                              self.row_buf.eq(self.row_buf + ins.buf_stride),
@@ -108,7 +111,7 @@ class _Walker:
                 with m.If(self.last_r):
                     m.d.sync += self.active.eq(0)
             with m.Else():
-                m.d.sync += [self.col.eq(self.col + self.step), self.word_dram.eq(self.word_dram + self.dstep),
+                m.d.sync += [self.left.eq(self.left - self.step), self.word_dram.eq(self.word_dram + self.dstep),
                              self.word_buf.eq(self.word_buf + self.step)]
 
 
@@ -162,19 +165,19 @@ class LoadDma(wiring.Component):
 
         wb = Signal(16)
         lwb = Signal(range(32))
-        bpw = Signal(16)
+        bpw_m1 = Signal(16)
         depth = Signal(17)
         m.d.comb += [wb.eq(per_buf(c.word_bytes)), lwb.eq(per_buf(lambda b: log2(c.word_bytes(b)) if c.word_bytes(b) < B else 0)),
-                     bpw.eq(per_buf(lambda b: write_lanes(c, b))), depth.eq(per_buf(c.buffer_words))]
-        mis, dram, bufr, ready = _checks(m, c, ins, wb, depth, self.ctl.start)
+                     bpw_m1.eq(per_buf(lambda b: write_lanes(c, b) - 1)), depth.eq(per_buf(c.buffer_words))]
+        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins, wb, depth, self.ctl.start)
 
         # Words per request: a narrow word's request takes the rest of its beat, up to the row's end.
         kmax = max(words_per_beat(c, b) for b in bufs)
         n = Signal(range(kmax + 1))
-        w = _Walker(m, ins, wb, bpw, step=n, dstep=Signal(34))
+        w = _Walker(m, ins, wb, bpw_m1, rows_m1, step=n, dstep=Signal(34))
         room = Signal(range(c.bus_bytes + 1))
-        left = Signal(16)
-        m.d.comb += [room.eq((B - (w.word_dram & (B - 1))) >> lwb), left.eq(ins.cols - w.col),
+        left = w.left
+        m.d.comb += [room.eq((B - (w.word_dram & (B - 1))) >> lwb),
                      n.eq(Mux(wb < B, Mux(room < left, room, left), 1)), w.dstep.eq(Mux(wb < B, n << lwb, wb))]
         m.submodules.meta = meta = fifo.SyncFIFO(width=32 + 16 + len(n), depth=c.mem_outstanding)
         inflight = Signal(range(c.mem_outstanding + 1))
@@ -247,8 +250,8 @@ class StoreDma(wiring.Component):
         ins = data.View(layout(Opcode.STORE), ir)
         with m.If(self.ctl.start):
             m.d.sync += ir.eq(self.ctl.instr)
-        mis, dram, bufr, ready = _checks(m, c, ins, Const(N, 16), c.abuf_words, self.ctl.start)
-        w = _Walker(m, ins, N, 1)
+        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins, Const(N, 16), c.abuf_words, self.ctl.start)
+        w = _Walker(m, ins, N, 0, rows_m1)
         fd = 4
         m.submodules.q = q = fifo.SyncFIFO(width=8 * N + 34, depth=fd)
         running = Signal()

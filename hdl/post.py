@@ -47,6 +47,13 @@ def _engine_signature(c: NpuConfig, extra: dict) -> dict:
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))), **extra}
 
 
+def _instr_copy(m, c: NpuConfig, ins):
+    """``ins`` (an instruction View) one register later with ``timing_stages``, else ``ins``."""
+    if not c.timing_stages:
+        return ins
+    return data.View(ins.shape(), delay(m, ins.as_value(), 1, "instr_copy", reset_less=True))
+
+
 class _Drain:
     """Counts the pipeline empty after the generator's last element."""
 
@@ -84,21 +91,25 @@ class EpilogueEngine(wiring.Component):
         m = Module()
         c = self.config
         N, k = c.lanes, c.words_per_block
-        ins = data.View(layout(Opcode.EPILOGUE), self.instr)
-        P, ob = ins.pixels, ins.ob_count
+        # The range checks read the instruction register (loaded with the unit's start); with
+        # timing_stages the generator and the lanes read a copy a cycle later (they start after the
+        # check's cycles), so that register drives a few loads, not every lane (POST's critical path).
+        ins_chk = data.View(layout(Opcode.EPILOGUE), self.instr)
+        ins = _instr_copy(m, c, ins_chk)
+        P, ob = ins_chk.pixels, ins_chk.ob_count
         # Registered steps with timing_stages; PostUnit's CHECK state waits for them.
         chk = CheckStages(m, c, None)
         obp = chk.step(ob * P)
         pm1 = chk.step(P - 1)
-        out_rows = chk.step(pm1 * ins.out_stride, pm1)
-        res_rows = chk.step(pm1 * ins.res_stride, pm1)
+        out_rows = chk.step(pm1 * ins_chk.out_stride, pm1)
+        res_rows = chk.step(pm1 * ins_chk.res_stride, pm1)
         obk = chk.step(ob * k)
-        acc_bad = chk.step(ins.acc_addr + obp > c.accbuf_words, obp)
-        prm_bad = chk.step(ins.param_addr + ob > c.pbuf_words)
-        out_end = chk.step(ins.out_addr + out_rows, out_rows)
-        res_end = chk.step(ins.res_addr + res_rows, res_rows)
+        acc_bad = chk.step(ins_chk.acc_addr + obp > c.accbuf_words, obp)
+        prm_bad = chk.step(ins_chk.param_addr + ob > c.pbuf_words)
+        out_end = chk.step(ins_chk.out_addr + out_rows, out_rows)
+        res_end = chk.step(ins_chk.res_addr + res_rows, res_rows)
         m.d.comb += self.bad.eq(chk.step(acc_bad | prm_bad | (out_end + obk > c.abuf_words)
-                                         | (ins.residual & (res_end + obk > c.abuf_words)),
+                                         | (ins_chk.residual & (res_end + obk > c.abuf_words)),
                                          acc_bad, prm_bad, out_end, res_end, obk))
 
         E = c.post_lanes_eff
@@ -339,25 +350,28 @@ class PoolEngine(wiring.Component):
         N = c.lanes
         E = c.post_lanes_eff
         G = N // E
-        ins = data.View(layout(Opcode.POOL), self.instr)
+        # Checks from the instruction register, the rest from its copy (as EPILOGUE's).
+        ins_chk = data.View(layout(Opcode.POOL), self.instr)
+        ins = _instr_copy(m, c, ins_chk)
         fl = Signal()           # AVG in onnxruntime's float32 arithmetic (numerics.pool_avg_fl32)
         fl_n = Signal(5)        # its log2 tap count, limited as numerics limits it
         m.d.comb += [fl.eq(ins.fl32 & (ins.mode == PoolMode.AVG)),
                      fl_n.eq(Mux(ins.shift > FL32_MAX_N, FL32_MAX_N, ins.shift))]
-        m.d.comb += self.bad_field.eq(fl if not c.pool_fl32 else 0)
+        if not c.pool_fl32:
+            m.d.comb += self.bad_field.eq(ins_chk.fl32 & (ins_chk.mode == PoolMode.AVG))
         chk = CheckStages(m, c, None)
-        ihw, ohw = chk.step(ins.in_h * ins.in_w), chk.step(ins.out_h * ins.out_w)
-        ihwc, ohwc = chk.step(ihw * ins.cb, ihw), chk.step(ohw * ins.cb, ohw)
-        in_bad = chk.step(ins.in_addr + ihwc > c.abuf_words, ihwc)
-        out_bad = chk.step(ins.out_addr + ohwc > c.abuf_words, ohwc)
+        ihw, ohw = chk.step(ins_chk.in_h * ins_chk.in_w), chk.step(ins_chk.out_h * ins_chk.out_w)
+        ihwc, ohwc = chk.step(ihw * ins_chk.cb, ihw), chk.step(ohw * ins_chk.cb, ohw)
+        in_bad = chk.step(ins_chk.in_addr + ihwc > c.abuf_words, ihwc)
+        out_bad = chk.step(ins_chk.out_addr + ohwc > c.abuf_words, ohwc)
         m.d.comb += self.bad.eq(chk.step(in_bad | out_bad, in_bad, out_bad))
         oy, ox, cc, ky, kx = Signal(10), Signal(10), Signal(10), Signal(4), Signal(4)
         ocnt = Signal(30)
         gen = Signal()
         # The counters' last values, registered with timing_stages (as CONV's).
-        last_kx, last_ky = kx == chk.step(ins.k_w - 1), ky == chk.step(ins.k_h - 1)
-        last_c, last_x, last_y = (cc == chk.step(ins.cb - 1), ox == chk.step(ins.out_w - 1),
-                                  oy == chk.step(ins.out_h - 1))
+        last_kx, last_ky = kx == chk.step(ins_chk.k_w - 1), ky == chk.step(ins_chk.k_h - 1)
+        last_c, last_x, last_y = (cc == chk.step(ins_chk.cb - 1), ox == chk.step(ins_chk.out_w - 1),
+                                  oy == chk.step(ins_chk.out_h - 1))
         win_end = last_kx & last_ky
         adv = Signal()          # the generator emits a tap this cycle
         if G > 1:
@@ -560,12 +574,24 @@ class PostUnit(wiring.Component):
         c = self.config
         m.submodules.epi = epi = EpilogueEngine(c)
         m.submodules.pool = pool = PoolEngine(c)
-        ir = Signal(INSTR_BITS)
         is_pool = Signal()
         running = Signal()
+        starts_pool = self.ctl.instr[:4] == Opcode.POOL.value
         with m.If(self.ctl.start):
-            m.d.sync += [ir.eq(self.ctl.instr), is_pool.eq(self.ctl.instr[:4] == Opcode.POOL.value)]
-        m.d.comb += [epi.instr.eq(ir), pool.instr.eq(ir)]
+            m.d.sync += is_pool.eq(starts_pool)
+        if c.timing_stages:
+            # An instruction register per engine, each loaded only with its own opcode (so yosys keeps both)
+            # and placed by its engine: one register's fan-out to both engines was a long wire.
+            ir_epi, ir_pool = Signal(INSTR_BITS, reset_less=True), Signal(INSTR_BITS, reset_less=True)
+            with m.If(self.ctl.start & starts_pool):
+                m.d.sync += ir_pool.eq(self.ctl.instr)
+            with m.If(self.ctl.start & ~starts_pool):
+                m.d.sync += ir_epi.eq(self.ctl.instr)
+        else:
+            ir_epi = ir_pool = Signal(INSTR_BITS)
+            with m.If(self.ctl.start):
+                m.d.sync += ir_epi.eq(self.ctl.instr)
+        m.d.comb += [epi.instr.eq(ir_epi), pool.instr.eq(ir_pool)]
         wiring.connect(m, wiring.flipped(self.acc_rd), epi.acc_rd)
         wiring.connect(m, wiring.flipped(self.prm_rd), epi.prm_rd)
         m.d.comb += [pool.act_rd.data.eq(self.act_rd.data), epi.act_rd.data.eq(self.act_rd.data)]
@@ -577,9 +603,9 @@ class PostUnit(wiring.Component):
                          self.act_wr.data.eq(epi.act_wr.data), self.act_wr.en.eq(epi.act_wr.en)]
         m.d.comb += [self.ctl.busy.eq(running), self.ctl.progress.eq(epi.active | pool.active)]
         if c.bram_buffers:
-            residual = data.View(layout(Opcode.EPILOGUE), ir).residual
+            residual = data.View(layout(Opcode.EPILOGUE), ir_epi).residual
             m.d.comb += self.act_rd_use.eq(pool.active | (epi.active & residual))
-        # The engines' range checks take check_cycles registered steps from ir (timing_stages).
+        # The engines' range checks take check_cycles registered steps from their instruction registers.
         ready = CheckStages(m, c, self.ctl.start).ready
         with m.FSM():
             with m.State("IDLE"), m.If(self.ctl.start):

@@ -140,6 +140,19 @@ class CheckStages:
         return r
 
 
+def instr_copy(m, config: NpuConfig, ins):
+    """``ins`` (a View of a unit's instruction register) one register later with ``timing_stages``.
+
+    A unit's range checks read the register itself (they start with it); its generator and
+    datapath, which start ``check_cycles`` later, read this copy. So the register drives the
+    checks and one copy, not every consumer across the unit (a long wire with many loads was
+    the critical path of CONV and POST). Without ``timing_stages``: ``ins``.
+    """
+    if not config.timing_stages:
+        return ins
+    return data.View(ins.shape(), delay(m, ins.as_value(), 1, "instr_copy", reset_less=True))
+
+
 def delay(m, sig, cycles: int, name: str | None = None, reset_less: bool = False):
     """``sig`` delayed by ``cycles`` registers of ``m.d.sync`` (``sig`` itself for 0).
 
@@ -304,7 +317,10 @@ def round_sig(m, x, width: int, stages: int = 0, reset_less: bool = False):
     m.d.comb += r.eq(kept.as_signed() + inc)
     limit = (1 << (width - 1)) - 1
     out = Signal(signed(width))
-    m.d.comb += out.eq(Mux(r > limit, limit, r)[:width].as_signed())
+    # r > limit as r >= 2**(width - 1): sign clear and a bit at or above width - 1 set (no compare's
+    # carry chain after the add's; the compare's was POST's path into the register's set/reset pin).
+    over = ~r[-1] & r[width - 1:w].any() if width <= w else Const(0)
+    m.d.comb += out.eq(Mux(over, limit, r)[:width].as_signed())
     return delay(m, out, 1, reset_less=reset_less) if stages >= 3 else out
 
 

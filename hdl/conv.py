@@ -9,7 +9,16 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, layout
 
-from .common import BufReadSignature, BufWriteSignature, CheckStages, UnitSignature, delay, split_mul, word_bits
+from .common import (
+    BufReadSignature,
+    BufWriteSignature,
+    CheckStages,
+    UnitSignature,
+    delay,
+    instr_copy,
+    split_mul,
+    word_bits,
+)
 from .mac import MacArray
 
 __all__ = ["ConvUnit"]
@@ -43,24 +52,26 @@ class ConvUnit(wiring.Component):
         m.submodules.array = array = MacArray(c, multipliers=getattr(platform, "tessera_mac_multipliers", None))
 
         ir = Signal(INSTR_BITS)
-        ins = data.View(layout(Opcode.CONV), ir)
+        ins_chk = data.View(layout(Opcode.CONV), ir)
+        ins = instr_copy(m, c, ins_chk)         # the generator and datapath (see instr_copy)
         running = Signal()
         with m.If(self.ctl.start):
             m.d.sync += [ir.eq(self.ctl.instr)]
 
         # One multiply, add or compare per step with timing_stages (K is also the RUN state's weight step).
         chk = CheckStages(m, c, self.ctl.start)
-        kk = chk.step(ins.k_h * ins.k_w)
-        hw = chk.step(ins.in_h * ins.in_w)
-        P = chk.step(ins.out_h * ins.out_w)                  # pixels per block
-        K = chk.step((kk * ins.in_cb)[:18], kk)              # terms per pixel: k_h*k_w*in_cb
-        obk = chk.step(ins.ob_count * kk, kk)
-        hwc = chk.step(hw * ins.in_cb, hw)
-        obp = chk.step(ins.ob_count * P, P)
-        wgt_terms = chk.step(obk * ins.in_cb, obk)
-        act_bad = chk.step(ins.in_addr + hwc > c.abuf_words, hwc)
-        acc_bad = chk.step(ins.acc_addr + obp > c.accbuf_words, obp)
-        bad_range = chk.step(act_bad | acc_bad | (ins.w_addr + wgt_terms > c.wbuf_words), act_bad, acc_bad, wgt_terms)
+        ic = ins_chk
+        kk = chk.step(ic.k_h * ic.k_w)
+        hw = chk.step(ic.in_h * ic.in_w)
+        P = chk.step(ic.out_h * ic.out_w)                    # pixels per block
+        K = chk.step((kk * ic.in_cb)[:18], kk)               # terms per pixel: k_h*k_w*in_cb
+        obk = chk.step(ic.ob_count * kk, kk)
+        hwc = chk.step(hw * ic.in_cb, hw)
+        obp = chk.step(ic.ob_count * P, P)
+        wgt_terms = chk.step(obk * ic.in_cb, obk)
+        act_bad = chk.step(ic.in_addr + hwc > c.abuf_words, hwc)
+        acc_bad = chk.step(ic.acc_addr + obp > c.accbuf_words, obp)
+        bad_range = chk.step(act_bad | acc_bad | (ic.w_addr + wgt_terms > c.wbuf_words), act_bad, acc_bad, wgt_terms)
 
         # Generator counters.
         b, y, x = Signal(10), Signal(10), Signal(10)
@@ -69,12 +80,12 @@ class ConvUnit(wiring.Component):
         gen = Signal()
         # The counters' last values, registered with timing_stages (the subtracts then leave the
         # counters' compare-and-wrap cycle, CONV's critical path from the instruction register).
-        last_c = cb == chk.step(ins.in_cb - 1)
-        last_kx = kx == chk.step(ins.k_w - 1)
-        last_ky = ky == chk.step(ins.k_h - 1)
+        last_c = cb == chk.step(ic.in_cb - 1)
+        last_kx = kx == chk.step(ic.k_w - 1)
+        last_ky = ky == chk.step(ic.k_h - 1)
         pix_end = last_c & last_kx & last_ky
-        last_x, last_y = x == chk.step(ins.out_w - 1), y == chk.step(ins.out_h - 1)
-        last_b = b == chk.step(ins.ob_count - 1)
+        last_x, last_y = x == chk.step(ic.out_w - 1), y == chk.step(ic.out_h - 1)
+        last_b = b == chk.step(ic.ob_count - 1)
 
         X = c.conv_stages
         drain = Signal(range(64))

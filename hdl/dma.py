@@ -18,6 +18,7 @@ from .common import (
     ReadClientSignature,
     UnitSignature,
     WriteClientSignature,
+    instr_copy,
     log2,
     word_bits,
 )
@@ -49,11 +50,12 @@ def _checks(m, c: NpuConfig, ins, wb, depth, start):
     row_bytes = chk.step(ins.cols * wb)
     rows_buf = chk.step(rm1 * ins.buf_stride, rm1)
     last_row = chk.step(ins.dram_addr + rows_dram, rows_dram)
-    end = Signal(52)
-    m.d.comb += end.eq(last_row + row_bytes)
-    dram = chk.step(end > c.dram_bytes, last_row, row_bytes)
+    # end > limit as start > limit - length: the subtract has a step of its own (signed, can be < 0).
+    dram_room = chk.step(c.dram_bytes - row_bytes, row_bytes)
+    dram = chk.step(last_row > dram_room, last_row, dram_room)
     buf_row = chk.step(ins.buf_addr + rows_buf, rows_buf)
-    bufr = chk.step(buf_row + ins.cols > depth, buf_row)
+    buf_room = chk.step(depth - ins.cols)
+    bufr = chk.step(buf_row > buf_room, buf_row, buf_room)
     return mis, dram, bufr, chk.ready, rm1
 
 
@@ -151,11 +153,12 @@ class LoadDma(wiring.Component):
         c = self.config
         B = c.bus_bytes
         ir = Signal(INSTR_BITS)
-        ins = data.View(layout(Opcode.LOAD), ir)
+        ins_chk = data.View(layout(Opcode.LOAD), ir)
+        ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
         with m.If(self.ctl.start):
             m.d.sync += ir.eq(self.ctl.instr)
         bufs = (Buffer.ACT, Buffer.WGT, Buffer.PARAM)
-        sel = {b: ins.buf == b for b in bufs}
+        sel = {b: ins_chk.buf == b for b in bufs}
 
         def per_buf(fn):
             v = fn(Buffer.ACT)
@@ -169,7 +172,7 @@ class LoadDma(wiring.Component):
         depth = Signal(17)
         m.d.comb += [wb.eq(per_buf(c.word_bytes)), lwb.eq(per_buf(lambda b: log2(c.word_bytes(b)) if c.word_bytes(b) < B else 0)),
                      bpw_m1.eq(per_buf(lambda b: write_lanes(c, b) - 1)), depth.eq(per_buf(c.buffer_words))]
-        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins, wb, depth, self.ctl.start)
+        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, wb, depth, self.ctl.start)
 
         # Words per request: a narrow word's request takes the rest of its beat, up to the row's end.
         kmax = max(words_per_beat(c, b) for b in bufs)
@@ -221,7 +224,7 @@ class LoadDma(wiring.Component):
                 m.d.sync += running.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
-                _check_then_run(m, self.ctl, running, w, ins.buf == Buffer.ACC, mis, dram, bufr, ready)
+                _check_then_run(m, self.ctl, running, w, ins_chk.buf == Buffer.ACC, mis, dram, bufr, ready)
             with m.State("RUN"), m.If(~w.active & (inflight == 0) & (backlog == 0)):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)
@@ -247,10 +250,11 @@ class StoreDma(wiring.Component):
         c = self.config
         B, N = c.bus_bytes, c.act_word_bytes
         ir = Signal(INSTR_BITS)
-        ins = data.View(layout(Opcode.STORE), ir)
+        ins_chk = data.View(layout(Opcode.STORE), ir)
+        ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
         with m.If(self.ctl.start):
             m.d.sync += ir.eq(self.ctl.instr)
-        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins, Const(N, 16), c.abuf_words, self.ctl.start)
+        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, Const(N, 16), c.abuf_words, self.ctl.start)
         w = _Walker(m, ins, N, 0, rows_m1)
         fd = 4
         m.submodules.q = q = fifo.SyncFIFO(width=8 * N + 34, depth=fd)
@@ -294,7 +298,7 @@ class StoreDma(wiring.Component):
                 m.d.sync += running.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
-                _check_then_run(m, self.ctl, running, w, ins.buf != Buffer.ACT, mis, dram, bufr, ready)
+                _check_then_run(m, self.ctl, running, w, ins_chk.buf != Buffer.ACT, mis, dram, bufr, ready)
             with m.State("RUN"), m.If(~w.active & ~pending & ~q.r_rdy):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)

@@ -18,6 +18,7 @@ from .common import (
     bit_length,
     clamp,
     delay,
+    instr_copy,
     round_shift,
     round_sig,
     saturate,
@@ -45,13 +46,6 @@ def _engine_signature(c: NpuConfig, extra: dict) -> dict:
     return {"start": In(1), "instr": In(INSTR_BITS), "bad": Out(1), "done": Out(1), "active": Out(1),
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))), **extra}
-
-
-def _instr_copy(m, c: NpuConfig, ins):
-    """``ins`` (an instruction View) one register later with ``timing_stages``, else ``ins``."""
-    if not c.timing_stages:
-        return ins
-    return data.View(ins.shape(), delay(m, ins.as_value(), 1, "instr_copy", reset_less=True))
 
 
 class _Drain:
@@ -95,7 +89,7 @@ class EpilogueEngine(wiring.Component):
         # timing_stages the generator and the lanes read a copy a cycle later (they start after the
         # check's cycles), so that register drives a few loads, not every lane (POST's critical path).
         ins_chk = data.View(layout(Opcode.EPILOGUE), self.instr)
-        ins = _instr_copy(m, c, ins_chk)
+        ins = instr_copy(m, c, ins_chk)
         P, ob = ins_chk.pixels, ins_chk.ob_count
         # Registered steps with timing_stages; PostUnit's CHECK state waits for them.
         chk = CheckStages(m, c, None)
@@ -352,7 +346,7 @@ class PoolEngine(wiring.Component):
         G = N // E
         # Checks from the instruction register, the rest from its copy (as EPILOGUE's).
         ins_chk = data.View(layout(Opcode.POOL), self.instr)
-        ins = _instr_copy(m, c, ins_chk)
+        ins = instr_copy(m, c, ins_chk)
         fl = Signal()           # AVG in onnxruntime's float32 arithmetic (numerics.pool_avg_fl32)
         fl_n = Signal(5)        # its log2 tap count, limited as numerics limits it
         m.d.comb += [fl.eq(ins.fl32 & (ins.mode == PoolMode.AVG)),

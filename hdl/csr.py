@@ -104,7 +104,9 @@ class CsrBlock(wiring.Component):
                 m.d.sync += [state_run.eq(0), state_drain.eq(1)]
             with m.Elif(self.core_err):
                 fail(self.core_err_code.as_value(), self.core_err_pc)
-            with m.Elif((regs[Csr.WATCHDOG] != 0) & (wd >= regs[Csr.WATCHDOG])):
+            # oldest_pc lags pc_stages cycles (hdl/dispatch.py): it names the stalled instruction only
+            # after that many cycles without progress.
+            with m.Elif((regs[Csr.WATCHDOG] != 0) & (wd >= regs[Csr.WATCHDOG]) & (wd >= c.pc_stages)):
                 fail(ErrorCode.WATCHDOG.value, self.oldest_pc)
             with m.Elif(self.core_done):
                 m.d.sync += [done_f.eq(1), state_run.eq(0), state_drain.eq(1)]

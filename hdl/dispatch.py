@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, ErrorCode, Opcode, Unit
 
-from .common import ADDR_BITS, UnitSignature
+from .common import ADDR_BITS, UnitSignature, delay
 
 __all__ = ["Dispatch"]
 
@@ -135,39 +135,40 @@ class Dispatch(wiring.Component):
         queued = Cat(*[q.r_level != 0 for q in qs]).any()
         m.d.comb += self.idle.eq(self.fetch_finished & ~queued & ~any_active)
         stuck = ~any_active & ~Cat(*can).any() & queued & (self.fetch_finished | (self.i_valid & ~self.i_ready))
-        stuck_d = Signal()
-        m.d.sync += stuck_d.eq(stuck)
-        if c.queue_stages:
-            # A third cycle: an entry can reach its registered head in the first stuck cycle, so from the
-            # second on the heads stand still, and deadlock_pc (registered below) is theirs.
-            stuck_dd = Signal()
-            m.d.sync += stuck_dd.eq(stuck_d)
-            m.d.comb += self.deadlock.eq(stuck & stuck_d & stuck_dd)
-        else:
-            m.d.comb += self.deadlock.eq(stuck & stuck_d)
+        # Stuck for 2 + pc_stages cycles: with queue_stages an entry can reach its registered head in the
+        # first stuck cycle, so from the second on the heads stand still, and deadlock_pc (pc_stages
+        # registers below) is theirs once those registers have filled.
+        stuck_hist, prev = [], stuck
+        for i in range(1 + c.pc_stages):
+            d = Signal(name=f"stuck_d{i + 1}")
+            m.d.sync += d.eq(prev)
+            stuck_hist.append(d)
+            prev = d
+        m.d.comb += self.deadlock.eq(stuck & Cat(*stuck_hist).all())
 
-        def oldest(valids, pcs, default):
+        def oldest(valids, pcs, default, name):
             # A balanced tree of compares (two levels for four units, not a chain of four): the lowest
-            # valid pc, the earlier unit on a tie, ``default`` when none is valid.
+            # valid pc, the earlier unit on a tie, ``default`` when none is valid. With pc_stages each
+            # level's result is registered (the compare chains were dispatch's slowest paths).
             items = list(zip(valids, pcs))
+            level = 0
             while len(items) > 1:
                 nxt = []
                 for i in range(0, len(items) - 1, 2):
                     (va, pa), (vb, pb) = items[i], items[i + 1]
                     nxt.append((va | vb, Mux(vb & (~va | (pb < pa)), pb, pa)))
                 items = nxt + items[len(items) - len(items) % 2:]
+                level += 1
+                if level < c.pc_stages:
+                    items = [(delay(m, v, 1, f"{name}_v{level}"), delay(m, p, 1, f"{name}_pc{level}", reset_less=True))
+                             for v, p in items]
             v, p = items[0]
-            return Mux(v, p, default)
+            return delay(m, Mux(v, p, default), 1 if c.pc_stages else 0, name)
 
-        # With queue_stages both are registered (their compare chains were dispatch's slowest paths): the
-        # watchdog reads oldest_pc only after a cycle without progress, so no unit started or finished in
-        # the cycle it was computed from.
-        pcs = [self.deadlock_pc.eq(oldest([q.r_rdy for q in qs], hpc, self.i_pc)),
-               self.oldest_pc.eq(oldest(active, cur_pc, self.i_pc))]
-        if c.queue_stages:
-            m.d.sync += pcs
-        else:
-            m.d.comb += pcs
+        # The watchdog reads oldest_pc after max(WATCHDOG, pc_stages) cycles without progress (hdl/csr.py),
+        # so no unit started or finished in the cycles it was computed from.
+        m.d.comb += [self.deadlock_pc.eq(oldest([q.r_rdy for q in qs], hpc, self.i_pc, "deadlock_pc")),
+                     self.oldest_pc.eq(oldest(active, cur_pc, self.i_pc, "oldest_pc"))]
         # Unit faults: the first unit (in Unit order) reporting one wins.
         for u in reversed(range(n)):
             with m.If(ctl[u].err):

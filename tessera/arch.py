@@ -229,6 +229,14 @@ class NpuConfig:
         return 1 if self.timing_stages else 0
 
     @property
+    def pc_stages(self) -> int:
+        """Registers in dispatch's oldest-pc trees (``oldest_pc`` for the watchdog, ``deadlock_pc``):
+        one per level of compares with ``timing_stages``. They only matter when nothing moves: a
+        deadlock is reported after ``2 + pc_stages`` stuck cycles (2 without), and the watchdog
+        fires after at least ``max(WATCHDOG, pc_stages)`` cycles without progress."""
+        return 2 if self.timing_stages else 0
+
+    @property
     def words_per_block(self) -> int:
         """Activation words holding one row block (``rows // lanes``)."""
         return self.rows // self.lanes

@@ -128,14 +128,29 @@ class CheckStages:
             m.d.sync += wait.eq(wait - 1)
         m.d.comb += self.ready.eq(wait == 0)
 
-    def step(self, expr, *deps):
-        if not self.on:
-            return expr
+    def _depth_of(self, deps):
         depth = 1 + max((self._depth.get(id(d), 0) for d in deps), default=0)
         if depth > self.cycles:
             raise ValueError(f"a range check of {depth} steps does not fit check_cycles={self.cycles}")
+        return depth
+
+    def step(self, expr, *deps):
+        if not self.on:
+            return expr
+        depth = self._depth_of(deps)
         r = Signal(Value.cast(expr).shape())
         self.m.d.sync += r.eq(expr)
+        self._depth[id(r)] = depth
+        return r
+
+    def mul(self, a, b, *deps):
+        """``a * b`` as a step whose registers are its 18 × 18 partial products (:func:`split_mul`):
+        the step that uses it adds them (a wide product is hard multipliers and their adds)."""
+        if not self.on:
+            return a * b
+        depth = self._depth_of(deps)
+        r = Signal(signed(len(Value.cast(a)) + len(Value.cast(b)) + 2))
+        self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True))
         self._depth[id(r)] = depth
         return r
 

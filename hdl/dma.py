@@ -46,9 +46,9 @@ def _checks(m, c: NpuConfig, ins, wb, depth, start):
     align = Mux(wb < c.bus_bytes, wb, c.bus_bytes)
     mis = chk.step(((ins.dram_addr & (align - 1)) != 0) | ((ins.rows > 1) & ((ins.dram_stride & (align - 1)) != 0)))
     rm1 = chk.step(ins.rows - 1)            # apart from the multiplies: it fed their operand pins
-    rows_dram = chk.step(rm1 * ins.dram_stride, rm1)
+    rows_dram = chk.mul(rm1, ins.dram_stride, rm1)
     row_bytes = chk.step(ins.cols * wb)
-    rows_buf = chk.step(rm1 * ins.buf_stride, rm1)
+    rows_buf = chk.mul(rm1, ins.buf_stride, rm1)
     last_row = chk.step(ins.dram_addr + rows_dram, rows_dram)
     # end > limit as start > limit - length: the subtract has a step of its own (signed, can be < 0).
     dram_room = chk.step(c.dram_bytes - row_bytes, row_bytes)

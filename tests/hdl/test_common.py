@@ -152,6 +152,48 @@ def test_check_stages_register_each_step_and_refuse_a_check_too_deep():
         Fragment.get(m, None)       # elaborated, so not reported as unused
 
 
+class _CheckMul(wiring.Component):
+    """rows * stride - 1 as a DMA check computes it: rows - 1, then its product's registered partials."""
+
+    rows: In(unsigned(16))
+    stride: In(unsigned(32))
+    out: Out(signed(64))
+
+    def elaborate(self, platform):
+        from tessera.arch import PRESETS
+        from tessera.hdl.common import CheckStages
+        m = Module()
+        chk = CheckStages(m, PRESETS["sim"].replace(timing_stages=True), None)
+        rm1 = chk.step(self.rows - 1)
+        prod = chk.mul(rm1, self.stride, rm1)
+        m.d.comb += self.out.eq(chk.step(prod + 0, prod))
+        self.depth = chk._depth[id(prod)]
+        return m
+
+
+def test_check_stages_mul_is_one_step_of_registered_partial_products():
+    rng = np.random.default_rng(3)
+    vals = [(1, 0), (1, 2**32 - 1), (2**16 - 1, 2**32 - 1), (2**16 - 1, 1)] + \
+        [(int(rng.integers(1, 2**16)), int(rng.integers(0, 2**32))) for _ in range(40)]
+    dut = _CheckMul()
+    got = []
+
+    async def bench(ctx):
+        # The fields stand still, as an instruction register does; the check has settled after its steps.
+        for rows, stride in vals:
+            ctx.set(dut.rows, rows)
+            ctx.set(dut.stride, stride)
+            await ctx.tick().repeat(3)
+            got.append(ctx.get(dut.out))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [(r - 1) * st for r, st in vals]
+    assert dut.depth == 2           # rows - 1, then the partial products
+
+
 class _Staged(wiring.Component):
     """round_sig, round_shift and split_mul with their timing_stages registers, fed a value per cycle."""
 

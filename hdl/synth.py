@@ -86,7 +86,7 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
 #: lane (32×32 and two 10×32 products) and 4 per POOL lane (20×32), both ``post_lanes``: address
 #: arithmetic (measured with yosys 0.70 on the ulx3s-85f config: 130 in all with 4 EPILOGUE lanes
 #: and, before the POOL shared its multipliers too, 16 POOL lanes).
-NPU_ADDRESS_DSP = 34
+NPU_ADDRESS_DSP = 32   # 34 until EPILOGUE's pixel addresses became running sums (session 9: 154 of 156 used)
 #: MULT18X18D that ``timing_stages`` adds to those: the range checks' multiplies, registered step by step,
 #: are no longer merged with the address arithmetic (measured: 160 of 156 with 74 left to the array).
 NPU_TIMING_DSP = 4

@@ -347,12 +347,14 @@ class PoolEngine(wiring.Component):
         # Checks from the instruction register, the rest from its copy (as EPILOGUE's).
         ins_chk = data.View(layout(Opcode.POOL), self.instr)
         ins = instr_copy(m, c, ins_chk)
+        def fl32_avg(i):
+            return i.fl32 & (i.mode == PoolMode.AVG)
+
         fl = Signal()           # AVG in onnxruntime's float32 arithmetic (numerics.pool_avg_fl32)
         fl_n = Signal(5)        # its log2 tap count, limited as numerics limits it
-        m.d.comb += [fl.eq(ins.fl32 & (ins.mode == PoolMode.AVG)),
-                     fl_n.eq(Mux(ins.shift > FL32_MAX_N, FL32_MAX_N, ins.shift))]
+        m.d.comb += [fl.eq(fl32_avg(ins)), fl_n.eq(Mux(ins.shift > FL32_MAX_N, FL32_MAX_N, ins.shift))]
         if not c.pool_fl32:
-            m.d.comb += self.bad_field.eq(ins_chk.fl32 & (ins_chk.mode == PoolMode.AVG))
+            m.d.comb += self.bad_field.eq(fl32_avg(ins_chk))
         chk = CheckStages(m, c, None)
         ihw, ohw = chk.step(ins_chk.in_h * ins_chk.in_w), chk.step(ins_chk.out_h * ins_chk.out_w)
         ihwc, ohwc = chk.step(ihw * ins_chk.cb, ihw), chk.step(ohw * ins_chk.cb, ohw)

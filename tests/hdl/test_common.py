@@ -160,8 +160,9 @@ class _CheckMul(wiring.Component):
     out: Out(signed(64))
 
     def elaborate(self, platform):
-        from tessera.arch import PRESETS
         from tessera.hdl.common import CheckStages
+
+        from tessera.arch import PRESETS
         m = Module()
         chk = CheckStages(m, PRESETS["sim"].replace(timing_stages=True), None)
         rm1 = chk.step(self.rows - 1)

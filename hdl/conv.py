@@ -66,9 +66,11 @@ class ConvUnit(wiring.Component):
         P = chk.step(ic.out_h * ic.out_w)                    # pixels per block
         K = chk.step((kk * ic.in_cb)[:18], kk)               # terms per pixel: k_h*k_w*in_cb
         obk = chk.step(ic.ob_count * kk, kk)
-        hwc = chk.step(hw * ic.in_cb, hw)
-        obp = chk.step(ic.ob_count * P, P)
-        wgt_terms = chk.step(obk * ic.in_cb, obk)
+        # The products wider than one MULT18X18D register their partial products (the step using them adds
+        # them): a hard multiplier far from the instruction register, then the adds, was CONV's path.
+        hwc = chk.mul(hw, ic.in_cb, hw)
+        obp = chk.mul(ic.ob_count, P, P)
+        wgt_terms = chk.mul(obk, ic.in_cb, obk)
         act_bad = chk.step(ic.in_addr + hwc > c.abuf_words, hwc)
         acc_bad = chk.step(ic.acc_addr + obp > c.accbuf_words, obp)
         bad_range = chk.step(act_bad | acc_bad | (ic.w_addr + wgt_terms > c.wbuf_words), act_bad, acc_bad, wgt_terms)

@@ -225,8 +225,10 @@ class SlowRuntime(Runtime):
         super().__init__(program)
         self.delay = delay
         self.started = threading.Event()
+        self.runs = 0               # runs begun
 
     def run(self, inputs):
+        self.runs += 1
         self.started.set()
         time.sleep(self.delay)
         return super().run(inputs)
@@ -245,6 +247,15 @@ def test_graceful_shutdown_finishes_in_flight_requests(program, local):
     datas = [photo(40 + i) for i in range(3)]
     calls = [predict_future(port, d) for d in datas]
     assert rt.started.wait(10)
+    # All three in flight before the stop (run or waiting in the device queue): a request the server has
+    # not received yet when it stops is a new one, and is refused (seen on a loaded machine).
+    def received():
+        return rt.runs + srv.device.queue.qsize()
+
+    deadline = time.monotonic() + 10
+    while received() < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert received() == 3
     stopper = threading.Thread(target=srv.stop, kwargs={"grace": 10})
     stopper.start()
     try:

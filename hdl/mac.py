@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -21,7 +21,8 @@ class MacArray(wiring.Component):
     Row ``m`` reduces its ``lanes`` products in a registered adder tree and adds
     the sum into its int32 accumulator (cleared by ``first``). With ``last`` the
     rows' totals leave on ``o_valid``/``o_sum`` together with ``tag``
-    :attr:`latency` cycles later. No stalls: the pipeline advances every cycle
+    :attr:`latency` cycles later (``o_sum`` shows the accumulators: it holds the totals in the
+    ``o_valid`` cycle only). No stalls: the pipeline advances every cycle
     with ``en`` (the owner holds it low only while idle and drained, which lets
     a simulator skip the array; with ``timing_stages`` it is held high, so the
     array has no enable net).
@@ -100,8 +101,10 @@ class MacArray(wiring.Component):
                 level = nxt
             # Accumulate (wrapping int32); emit on the pixel's last term.
             accs = [Signal(signed(32), name=f"acc{r}", reset_less=rl) for r in range(M)]
-            o_sum = Signal(32 * M, reset_less=rl)
-            m.d.comb += self.o_sum.eq(o_sum)
+            # The totals are the accumulators themselves, read in the o_valid cycle (the cycle after the
+            # last term): a separate o_sum register was 32 * rows more flip-flops in the most congested
+            # corner of the routed NPU (docs/synthesis.md, session 10).
+            m.d.comb += self.o_sum.eq(Cat(*accs))
             for r in range(M):
                 new = (accs[r] + level[r][0])[:32]
                 with m.If(sb["valid"]):
@@ -109,7 +112,6 @@ class MacArray(wiring.Component):
                         m.d.sync += accs[r].eq(level[r][0])
                     with m.Else():
                         m.d.sync += accs[r].eq(new)
-                m.d.sync += o_sum[32 * r:32 * r + 32].eq(Mux(sb["first"], level[r][0], new))
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
         return m
 

@@ -113,8 +113,30 @@ def _tool_env(board: Board) -> dict:
     return env
 
 
-def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool) -> dict:
+#: nextpnr placers ``synthesize(placer=...)`` and TESSERA_SYNTH_PLACER accept.
+PLACERS = ("heap", "static", "sa")
+
+
+def default_placer(board: Board, whole_npu: bool) -> str | None:
+    """nextpnr's placer for a build (None: nextpnr's default, HeAP).
+
+    The whole NPU on the ECP5 gets the electrostatic placer: after HeAP, router2 stalled at about
+    32,000 overused wires; after ``static`` (shorter wires: 557k against 648k after placement) it
+    reached 3,100 before it stalled too (docs/synthesis.md, session 10). The MAC-array stand-in
+    and the units alone were measured with HeAP and keep it. TESSERA_SYNTH_PLACER overrides either.
+    """
+    env = os.environ.get("TESSERA_SYNTH_PLACER")
+    if env:
+        if env not in PLACERS:
+            raise UserError(f"TESSERA_SYNTH_PLACER={env!r}: expected one of {', '.join(PLACERS)}")
+        return env
+    return "static" if board.family == "ecp5" and whole_npu else None
+
+
+def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool, placer: str | None = None) -> dict:
     nextpnr = f"--timing-allow-fail --seed {seed}" + (" --pack-only" if pack_only else "")
+    if placer and board.family != "arria10":
+        nextpnr += f" --placer {placer}"
     if board.family == "ecp5":
         # router2: nextpnr's default router1 left the last 155 arcs of a 156-DSP MAC array unrouted after
         # ten minutes; router2 finished it in four (docs/synthesis.md).
@@ -146,7 +168,7 @@ def _resources(board: Board, util: dict, cells: dict) -> dict:
 
 
 def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None, dsp_products=None,
-               seed=1, pack_only=False, log=None) -> dict:
+               seed=1, pack_only=False, placer=None, log=None) -> dict:
     """Build ``board`` with ``config`` into ``out_dir``; write and return the report.
 
     Parameters
@@ -159,6 +181,8 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         Core to build instead of :func:`make_core`'s (must have a ``led`` output).
     seed : int
         nextpnr placement seed.
+    placer : {"heap", "static", "sa"}, optional
+        nextpnr's placer (default: :func:`default_placer`; recorded in the report).
     pack_only : bool
         Stop nextpnr after packing: exact cell use against the device in a fraction of the time,
         no placement, Fmax or bitstream (``fmax_mhz`` null, ``stage`` "pack").
@@ -169,8 +193,13 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = pathlib.Path(out_dir)
     build_dir = out / "build"
+    whole_npu = core is None
     if core is None:
         core, core_desc, dsp_products = make_core(board, config, dsp_products=dsp_products)
+    whole_npu = whole_npu and not isinstance(core, MacArrayDemo)
+    if placer is not None and placer not in PLACERS:
+        raise UserError(f"placer {placer!r}: expected one of {', '.join(PLACERS)}")
+    placer = placer or default_placer(board, whole_npu)
     macs = getattr(core, "macs_per_cycle", config.macs_per_cycle)
     target_hz = config.clock_mhz * 1e6
     top = BoardTop(board.family, core, target_hz)
@@ -186,7 +215,7 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     t0 = time.perf_counter()
     log(f"synth: elaborating {core_desc or type(core).__name__} for {board.name} ({board.device})")
     explicit_dsp = isinstance(core, MacArrayDemo)
-    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed, explicit_dsp, pack_only))
+    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed, explicit_dsp, pack_only, placer))
     if build_dir.exists():
         shutil.rmtree(build_dir)
     for stale in ("report.json", "summary.md"):
@@ -201,6 +230,8 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         "soft_products": None if dsp_products is None else macs - dsp_products,
         "stage": "project" if board.family == "arria10" else "pack" if pack_only else "bitstream",
     }
+    if board.family != "arria10":
+        report["placer"] = placer or "heap"
     if board.family == "arria10":
         report["resources"] = {k: {"used": None, "available": a, "primitive": p}
                                for k, (p, a) in board.capacity.items()}

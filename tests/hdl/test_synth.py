@@ -252,6 +252,7 @@ def test_synth_cli_builds_the_smallest_ice40_design_end_to_end(tmp_path):
     assert report["board"] == "icebreaker" and report["config"] == "ice-tiny"
     assert report["macs_per_cycle"] == 4 and report["dsp_products"] == 4
     assert report["target_mhz"] == 24.0 and report["fmax_mhz"] > 0
+    assert report["placer"] == "heap"
     assert isinstance(report["timing_met"], bool)
     res = report["resources"]
     assert {"LUT4", "FF", "DSP", "BRAM", "SPRAM"} <= set(res)
@@ -279,3 +280,28 @@ def test_npu_mac_dsp_products_leave_room_for_the_timing_stages_checks():
     board, c = BOARDS["ulx3s-85f"], PRESETS["ulx3s-85f"]
     assert c.timing_stages
     assert npu_mac_dsp_products(board, c) == npu_mac_dsp_products(board, c.replace(timing_stages=False)) - NPU_TIMING_DSP
+
+
+def test_default_placer_is_static_for_the_whole_npu_on_the_ecp5_only(monkeypatch):
+    # HeAP's placement of the whole ulx3s-85f NPU did not route (router2 stalled); static's did.
+    from tessera.hdl.synth import _overrides, default_placer
+    monkeypatch.delenv("TESSERA_SYNTH_PLACER", raising=False)
+    ecp5, ice40 = BOARDS["ulx3s-85f"], BOARDS["icebreaker"]
+    assert default_placer(ecp5, whole_npu=True) == "static"
+    assert default_placer(ecp5, whole_npu=False) is None
+    assert default_placer(ice40, whole_npu=True) is None
+    assert "--placer static" in _overrides(ecp5, 1, False, False, "static")["nextpnr_opts"]
+    assert "--placer" not in _overrides(ecp5, 1, False, False, None)["nextpnr_opts"]
+    monkeypatch.setenv("TESSERA_SYNTH_PLACER", "heap")
+    assert default_placer(ecp5, whole_npu=True) == "heap"
+
+
+def test_placer_names_a_bad_choice(monkeypatch, tmp_path):
+    from tessera.errors import UserError
+    from tessera.hdl.synth import default_placer
+    monkeypatch.setenv("TESSERA_SYNTH_PLACER", "annealing")
+    with pytest.raises(UserError, match="TESSERA_SYNTH_PLACER='annealing'.*heap, static, sa"):
+        default_placer(BOARDS["ulx3s-85f"], whole_npu=True)
+    monkeypatch.delenv("TESSERA_SYNTH_PLACER")
+    with pytest.raises(UserError, match="placer 'fast'"):
+        synthesize("ulx3s-85f", PRESETS["ulx3s-85f"], tmp_path, placer="fast")

@@ -121,7 +121,7 @@ def default_placer(board: Board, whole_npu: bool) -> str | None:
     """nextpnr's placer for a build (None: nextpnr's default, HeAP).
 
     The whole NPU on the ECP5 gets the electrostatic placer: after HeAP, router2 stalled at about
-    32,000 overused wires; after ``static`` it got to 1,120 (seed 2; 3,100 with seed 1) before it
+    32,000 overused wires; after ``static`` it got to 1,120 (seed 2; 3,090 with seed 1) before it
     stalled too (docs/synthesis.md, session 10). The MAC-array stand-in and the units alone were
     measured with HeAP and keep it. TESSERA_SYNTH_PLACER overrides either.
     """

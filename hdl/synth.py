@@ -127,10 +127,14 @@ def default_placer(board: Board, whole_npu: bool) -> str | None:
     """
     env = os.environ.get("TESSERA_SYNTH_PLACER")
     if env:
-        if env not in PLACERS:
-            raise UserError(f"TESSERA_SYNTH_PLACER={env!r}: expected one of {', '.join(PLACERS)}")
-        return env
+        return _known_placer(env, "TESSERA_SYNTH_PLACER=")
     return "static" if board.family == "ecp5" and whole_npu else None
+
+
+def _known_placer(placer: str, what: str) -> str:
+    if placer not in PLACERS:
+        raise UserError(f"{what}{placer!r}: expected one of {', '.join(PLACERS)}")
+    return placer
 
 
 def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool, placer: str | None = None) -> dict:
@@ -193,18 +197,17 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = pathlib.Path(out_dir)
     build_dir = out / "build"
-    whole_npu = core is None
+    default_core = core is None
     if core is None:
         core, core_desc, dsp_products = make_core(board, config, dsp_products=dsp_products)
-    whole_npu = whole_npu and not isinstance(core, MacArrayDemo)
-    if placer is not None and placer not in PLACERS:
-        raise UserError(f"placer {placer!r}: expected one of {', '.join(PLACERS)}")
-    placer = placer or default_placer(board, whole_npu)
+    explicit_dsp = isinstance(core, MacArrayDemo)
+    placer = (_known_placer(placer, "placer ") if placer is not None
+              else default_placer(board, whole_npu=default_core and not explicit_dsp))
     macs = getattr(core, "macs_per_cycle", config.macs_per_cycle)
     target_hz = config.clock_mhz * 1e6
     top = BoardTop(board.family, core, target_hz)
     platform = board.platform(clock_hz=top.clock_hz)
-    npu_on_ecp5 = board.family == "ecp5" and not isinstance(core, MacArrayDemo) and dsp_products is not None
+    npu_on_ecp5 = board.family == "ecp5" and not explicit_dsp and dsp_products is not None
     if npu_on_ecp5:
         # The NPU's MAC array: dsp_products on MULT18X18D, the rest fused soft multipliers (see
         # tessera.hdl.mac.MacArray); yosys maps the NPU's other multipliers onto the remaining DSPs.
@@ -214,7 +217,6 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         platform.add_file(f"{TOP_NAME}.qpf", f'PROJECT_REVISION = "{TOP_NAME}"\n')
     t0 = time.perf_counter()
     log(f"synth: elaborating {core_desc or type(core).__name__} for {board.name} ({board.device})")
-    explicit_dsp = isinstance(core, MacArrayDemo)
     plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed, explicit_dsp, pack_only, placer))
     if build_dir.exists():
         shutil.rmtree(build_dir)

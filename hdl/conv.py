@@ -91,6 +91,8 @@ class ConvUnit(wiring.Component):
 
         X = c.conv_stages
         drain = Signal(range(64))
+        # (The ACC writes end a cycle before the drain does: the count is kept from when CONV added the
+        # old word on the way out, so cycle counts, and the cycle model, stay the same.)
         depth = 4 + sum(X.values()) + array.latency + 2
 
         m.d.comb += self.ctl.busy.eq(running)
@@ -181,13 +183,12 @@ class ConvUnit(wiring.Component):
             m.d.comb += [array.valid.eq(s4["v"]), array.first.eq(s4["first"]), array.last.eq(s4["last"]),
                          array.tag.eq(s4["tag"]), array.act.eq(Mux(s4["pad"], pad_word, self.act_rd.data)),
                          array.wgt.eq(self.wgt_rd.data)]
-            # Pixel totals: read the old ACC word, then write total (+ old).
-            m.d.comb += self.acc_rd.addr.eq(array.o_tag)
-            o2v, o2a, o2s = Signal(), Signal(16, reset_less=rl), Signal(32 * M, reset_less=rl)
-            m.d.sync += [o2v.eq(array.o_valid), o2a.eq(array.o_tag), o2s.eq(array.o_sum)]
-            acc_on = ins.accumulate
-            m.d.comb += [self.acc_wr.en.eq(o2v), self.acc_wr.addr.eq(o2a),
-                         self.acc_wr.data.eq(Cat(*[
-                             (o2s[32 * r:32 * r + 32] + Mux(acc_on, self.acc_rd.data[32 * r:32 * r + 32], 0))[:32]
-                             for r in range(M)]))]
+            # With accumulate the array starts each pixel from its old ACC word, read as the pixel's
+            # first term reaches the accumulators, and the totals go to the ACC buffer as they are.
+            # (Adding the old word on the way out was 32 * rows adders and flip-flops between the array
+            # and the buffer, in the most congested corner of the routed NPU: docs/synthesis.md.)
+            m.d.comb += [self.acc_rd.addr.eq(array.acc_addr), array.acc_old.eq(self.acc_rd.data),
+                         array.acc_add.eq(ins.accumulate),
+                         self.acc_wr.en.eq(array.o_valid), self.acc_wr.addr.eq(array.o_tag),
+                         self.acc_wr.data.eq(array.o_sum)]
         return m

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -52,6 +52,7 @@ class MacArray(wiring.Component):
             "en": In(1, init=1), "valid": In(1), "first": In(1), "last": In(1), "tag": In(tag_bits),
             "act": In(8 * c.lanes), "wgt": In(c.rows * c.lanes * c.weight_bits),
             "o_valid": Out(1), "o_tag": Out(tag_bits), "o_sum": Out(32 * c.rows),
+            "acc_add": In(1), "acc_addr": Out(tag_bits), "acc_old": In(32 * c.rows),
         })
 
     def elaborate(self, platform):
@@ -61,7 +62,10 @@ class MacArray(wiring.Component):
         pbits = 8 + wb
         rl = self.reset_less
 
+        before = {}                                    # the sideband a cycle before the last side()
+
         def side(prev):
+            before.update(prev)
             s = {k: Signal.like(v, name=f"{k}_d", reset_less=rl and k != "valid") for k, v in prev.items()}
             m.d.sync += [s[k].eq(v) for k, v in prev.items()]
             return s
@@ -105,14 +109,15 @@ class MacArray(wiring.Component):
             # last term): a separate o_sum register was 32 * rows more flip-flops in the most congested
             # corner of the routed NPU (docs/synthesis.md, session 10).
             m.d.comb += self.o_sum.eq(Cat(*accs))
+            # A pixel's first term adds to its old total (acc_add) or to 0; the read of that total was
+            # addressed a cycle earlier, so the old word meets the term here.
             for r in range(M):
-                new = (accs[r] + level[r][0])[:32]
+                old = Mux(self.acc_add, self.acc_old[32 * r:32 * r + 32].as_signed(), 0)
+                base = Mux(sb["first"], old, accs[r])
                 with m.If(sb["valid"]):
-                    with m.If(sb["first"]):
-                        m.d.sync += accs[r].eq(level[r][0])
-                    with m.Else():
-                        m.d.sync += accs[r].eq(new)
+                    m.d.sync += accs[r].eq((base + level[r][0])[:32])
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
+        m.d.comb += self.acc_addr.eq(before["tag"])
         return m
 
     #: Copies of the registered activation word, each feeding a group of rows.

@@ -9,12 +9,22 @@ from tessera.arch import NpuConfig
 from tessera.numerics import pack_weights, wrap32
 
 
-def _run(c, terms, gaps, rng, multipliers=None):
+def _run(c, terms, gaps, rng, multipliers=None, old=None):
+    """Feeds ``terms`` ([(tag, [(act, wgt), ...])]); ``old`` ({tag: row totals}) is served as a
+    one-cycle read port at ``acc_addr`` with ``acc_add`` set. Returns [(tag, sums, cycle)]."""
     dut = MacArray(c, multipliers=multipliers)
     M = c.rows
     got = []
 
+    async def acc_port(ctx):
+        # A synchronous read port: the word at this cycle's address shows in the next cycle.
+        async for _clk, _rst, addr in ctx.tick().sample(dut.acc_addr):
+            word = old.get(addr, [0] * M)
+            ctx.set(dut.acc_old, sum((int(v) & 0xFFFF_FFFF) << (32 * r) for r, v in enumerate(word)))
+
     async def bench(ctx):
+        if old is not None:
+            ctx.set(dut.acc_add, 1)
         pixels = list(terms)
         sent = 0
         for cycle in range(10_000):
@@ -44,6 +54,8 @@ def _run(c, terms, gaps, rng, multipliers=None):
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
+    if old is not None:
+        sim.add_process(acc_port)
     sim.run()
     return got
 
@@ -64,6 +76,28 @@ def test_mac_array_sums_each_pixel_with_wrapping():
             for (_, sums, _), (_, ts) in zip(got, pixels):
                 want = wrap32(sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in ts))
                 np.testing.assert_array_equal(wrap32(np.array(sums, np.int64)), want)
+
+
+@pytest.mark.parametrize("timed, multipliers", [(False, None), (True, None), (True, ("infer", 13, "generic"))])
+def test_mac_array_acc_add_starts_each_pixel_from_its_old_total(timed, multipliers):
+    # CONV's accumulate: the old ACC word, read at acc_addr a cycle before the first term arrives, is
+    # the pixel's starting total (wrapping), every pixel its own; results leave in the same cycles.
+    rng = np.random.default_rng(7)
+    c = NpuConfig(lanes=4, rows=8, dram_bytes=1 << 20, timing_stages=timed)
+    N, M = c.lanes, c.rows
+    pixels, old = [], {}
+    for tag in range(8):
+        k = int(rng.integers(1, 4))
+        pixels.append((10 + tag, [(rng.integers(-128, 128, N), rng.integers(-128, 128, (M, N))) for _ in range(k)]))
+        old[10 + tag] = rng.integers(-(1 << 31), 1 << 31, M)
+    old[17][0] = (1 << 31) - 1                          # wraps when the pixel's sum is positive
+    for gaps in (False, True):
+        got = _run(c, pixels, gaps, np.random.default_rng(3), multipliers, old=old)
+        plain = _run(c, pixels, gaps, np.random.default_rng(3), multipliers)
+        assert [(t, cyc) for t, _, cyc in got] == [(t, cyc) for t, _, cyc in plain]
+        for (tag, sums, _), (_, ts) in zip(got, pixels):
+            want = wrap32(old[tag].astype(np.int64) + sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in ts))
+            np.testing.assert_array_equal(wrap32(np.array(sums, np.int64)), want)
 
 
 @pytest.mark.parametrize("lanes, timed", [(4, False), (4, True), (8, True)])

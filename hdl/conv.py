@@ -47,7 +47,7 @@ class ConvUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.config
-        N, M = c.lanes, c.rows
+        N = c.lanes
         # A board build may ask for its own multipliers (tessera.hdl.synth sets this on the platform).
         m.submodules.array = array = MacArray(c, multipliers=getattr(platform, "tessera_mac_multipliers", None))
 

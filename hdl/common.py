@@ -27,6 +27,7 @@ __all__ = [
     "beat_bits",
     "clamp",
     "delay",
+    "load_instr",
     "log2",
     "round_shift",
     "split_mul",
@@ -153,6 +154,20 @@ class CheckStages:
         self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True))
         self._depth[id(r)] = depth
         return r
+
+
+def load_instr(m, ir, instr, idle, when=1):
+    """Loads a unit's instruction register ``ir`` from ``instr`` in every cycle the unit is ``idle``.
+
+    Dispatch only starts an idle unit, so in the cycle after its ``start`` pulse the register holds
+    the started instruction, as if ``start`` loaded it; while the unit runs it holds. The
+    register's clock enable is then the unit's own state, not ``start``: that pulse comes from
+    dispatch's compares across the die, and its fan-out to every bit of the register was the last
+    wire of the whole NPU's routed critical path (docs/synthesis.md). ``when`` narrows the load
+    (POST's per-engine registers).
+    """
+    with m.If(idle & when):
+        m.d.sync += ir.eq(instr)
 
 
 def instr_copy(m, config: NpuConfig, ins):

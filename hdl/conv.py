@@ -16,6 +16,7 @@ from .common import (
     UnitSignature,
     delay,
     instr_copy,
+    load_instr,
     split_mul,
     word_bits,
 )
@@ -55,8 +56,7 @@ class ConvUnit(wiring.Component):
         ins_chk = data.View(layout(Opcode.CONV), ir)
         ins = instr_copy(m, c, ins_chk)         # the generator and datapath (see instr_copy)
         running = Signal()
-        with m.If(self.ctl.start):
-            m.d.sync += [ir.eq(self.ctl.instr)]
+        load_instr(m, ir, self.ctl.instr, ~running)
 
         # One multiply, add or compare per step with timing_stages (K is also the RUN state's weight step).
         chk = CheckStages(m, c, self.ctl.start)

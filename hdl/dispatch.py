@@ -105,6 +105,10 @@ class Dispatch(wiring.Component):
         start = [Signal(name=f"start{u}") for u in range(n)]
         finish = [Signal(name=f"finish{u}") for u in range(n)]
         can = [Signal(name=f"can{u}") for u in range(n)]
+        # A unit's fault as dispatch sees it: err_stages registers later (the unit is idle meanwhile, and
+        # its queue cannot start it: it is still active here).
+        err = [delay(m, x.err, c.err_stages, f"err{u}") for u, x in enumerate(ctl)]
+        err_code = [delay(m, x.err_code, c.err_stages, f"err_code{u}", reset_less=True) for u, x in enumerate(ctl)]
         hwait = [q.r_data[4:8] for q in qs]
         hsig = [q.r_data[8:12] for q in qs]
         hpc = [q.r_data[INSTR_BITS:] for q in qs]
@@ -122,7 +126,7 @@ class Dispatch(wiring.Component):
             with m.If(start[u]):
                 m.d.sync += [active[u].eq(1), cur_sig[u].eq(hsig[u]), cur_pc[u].eq(hpc[u]),
                              sync_done[u].eq(is_sync)]
-            with m.Elif(finish[u] | ctl[u].err):
+            with m.Elif(finish[u] | err[u]):
                 m.d.sync += [active[u].eq(0), sync_done[u].eq(0)]
             m.d.comb += self.stall[u].eq((qs[u].r_rdy & ~active[u] & ~ok) | ctl[u].stall)
         for (s, d), t in tok.items():
@@ -171,9 +175,9 @@ class Dispatch(wiring.Component):
                      self.oldest_pc.eq(oldest(active, cur_pc, self.i_pc, "oldest_pc"))]
         # Unit faults: the first unit (in Unit order) reporting one wins.
         for u in reversed(range(n)):
-            with m.If(ctl[u].err):
-                m.d.comb += [self.err.eq(1), self.err_code.eq(ctl[u].err_code), self.err_pc.eq(cur_pc[u])]
-        m.d.comb += [self.trace_start.eq(Cat(*start)), self.trace_end.eq(Cat(*[f | x.err for f, x in zip(finish, ctl)])),
+            with m.If(err[u]):
+                m.d.comb += [self.err.eq(1), self.err_code.eq(err_code[u]), self.err_pc.eq(cur_pc[u])]
+        m.d.comb += [self.trace_start.eq(Cat(*start)), self.trace_end.eq(Cat(*[f | e for f, e in zip(finish, err)])),
                      self.trace_pc.eq(Cat(*cur_pc))]
         m.d.comb += self.progress.eq((self.i_valid & self.i_ready) | Cat(*start).any() | Cat(*finish).any()
                                      | Cat(*[x.progress for x in ctl]).any())

@@ -19,6 +19,7 @@ from .common import (
     UnitSignature,
     WriteClientSignature,
     instr_copy,
+    load_instr,
     log2,
     word_bits,
 )
@@ -155,8 +156,8 @@ class LoadDma(wiring.Component):
         ir = Signal(INSTR_BITS)
         ins_chk = data.View(layout(Opcode.LOAD), ir)
         ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
-        with m.If(self.ctl.start):
-            m.d.sync += ir.eq(self.ctl.instr)
+        running = Signal()
+        load_instr(m, ir, self.ctl.instr, ~running)
         bufs = (Buffer.ACT, Buffer.WGT, Buffer.PARAM)
         sel = {b: ins_chk.buf == b for b in bufs}
 
@@ -184,7 +185,6 @@ class LoadDma(wiring.Component):
                      n.eq(Mux(wb < B, Mux(room < left, room, left), 1)), w.dstep.eq(Mux(wb < B, n << lwb, wb))]
         m.submodules.meta = meta = fifo.SyncFIFO(width=32 + 16 + len(n), depth=c.mem_outstanding)
         inflight = Signal(range(c.mem_outstanding + 1))
-        running = Signal()
         m.d.comb += self.ctl.busy.eq(running)
 
         # Requests.
@@ -252,13 +252,12 @@ class StoreDma(wiring.Component):
         ir = Signal(INSTR_BITS)
         ins_chk = data.View(layout(Opcode.STORE), ir)
         ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
-        with m.If(self.ctl.start):
-            m.d.sync += ir.eq(self.ctl.instr)
+        running = Signal()
+        load_instr(m, ir, self.ctl.instr, ~running)
         mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, Const(N, 16), c.abuf_words, self.ctl.start)
         w = _Walker(m, ins, N, 0, rows_m1)
         fd = 4
         m.submodules.q = q = fifo.SyncFIFO(width=8 * N + 34, depth=fd)
-        running = Signal()
         m.d.comb += self.ctl.busy.eq(running)
 
         # Reads: one ACT word per cycle while the FIFO has room for it.

@@ -19,6 +19,7 @@ from .common import (
     clamp,
     delay,
     instr_copy,
+    load_instr,
     round_shift,
     round_sig,
     saturate,
@@ -579,14 +580,11 @@ class PostUnit(wiring.Component):
             # An instruction register per engine, each loaded only with its own opcode (so yosys keeps both)
             # and placed by its engine: one register's fan-out to both engines was a long wire.
             ir_epi, ir_pool = Signal(INSTR_BITS, reset_less=True), Signal(INSTR_BITS, reset_less=True)
-            with m.If(self.ctl.start & starts_pool):
-                m.d.sync += ir_pool.eq(self.ctl.instr)
-            with m.If(self.ctl.start & ~starts_pool):
-                m.d.sync += ir_epi.eq(self.ctl.instr)
+            load_instr(m, ir_pool, self.ctl.instr, ~running, starts_pool)
+            load_instr(m, ir_epi, self.ctl.instr, ~running, ~starts_pool)
         else:
             ir_epi = ir_pool = Signal(INSTR_BITS)
-            with m.If(self.ctl.start):
-                m.d.sync += ir_epi.eq(self.ctl.instr)
+            load_instr(m, ir_epi, self.ctl.instr, ~running)
         m.d.comb += [epi.instr.eq(ir_epi), pool.instr.eq(ir_pool)]
         wiring.connect(m, wiring.flipped(self.acc_rd), epi.acc_rd)
         wiring.connect(m, wiring.flipped(self.prm_rd), epi.prm_rd)

@@ -229,6 +229,17 @@ class NpuConfig:
         return 1 if self.timing_stages else 0
 
     @property
+    def err_stages(self) -> int:
+        """Registers between a unit's fault and dispatch (hdl/dispatch.py): one with ``timing_stages``.
+
+        Dispatch holds every start while a fault waits; a unit's fault decided in the same cycle
+        was a combinational path from every unit's instruction register through dispatch into every
+        unit's start (the whole NPU's routed critical path, docs/synthesis.md). With the register a
+        fault is seen, and reported, one cycle later; nothing else changes.
+        """
+        return 1 if self.timing_stages else 0
+
+    @property
     def pc_stages(self) -> int:
         """Registers in dispatch's oldest-pc trees (``oldest_pc`` for the watchdog, ``deadlock_pc``):
         one per level of compares with ``timing_stages``. They only matter when nothing moves: a

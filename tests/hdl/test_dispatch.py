@@ -1,0 +1,48 @@
+"""Dispatch: when a unit's fault reaches it (err_stages), and what it does meanwhile."""
+
+import pytest
+from amaranth.sim import Simulator
+from tessera.hdl.dispatch import Dispatch
+
+from tessera.arch import NpuConfig
+from tessera.isa import ErrorCode, Instruction, Unit, encode
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_dispatch_sees_a_fault_err_stages_cycles_later(timed):
+    # A fault stops every start (the core's hold) from the cycle dispatch reports it; with err_stages
+    # that is a cycle after the unit raised it, and in between the faulting unit, idle again, is
+    # not started (it is still active in dispatch) while the others go on as before.
+    c = NpuConfig(lanes=4, rows=4, dram_bytes=1 << 20, timing_stages=timed)
+    dut = Dispatch(c)
+    conv = int.from_bytes(encode(Instruction("conv", in_h=1, in_w=1, in_cb=1, out_h=1, out_w=1, k_h=1, k_w=1),
+                                 check=False), "little")   # dispatch reads only the opcode and tokens
+    log = []
+    FAULT = 6
+
+    async def bench(ctx):
+        for cycle in range(14):
+            # Two CONVs (pc 5, 6) queued for COMPUTE in cycles 0 and 1; the unit faults in cycle 6.
+            ctx.set(dut.i_valid, cycle < 2)
+            ctx.set(dut.i_unit, Unit.COMPUTE)
+            ctx.set(dut.i_instr, conv)
+            ctx.set(dut.i_pc, 5 + cycle)
+            fault = cycle == FAULT
+            ctx.set(dut.u_compute.err, fault)
+            ctx.set(dut.u_compute.err_code, ErrorCode.BUFFER_RANGE if fault else 0)
+            log.append((cycle, ctx.get(dut.u_compute.start), ctx.get(dut.err), ctx.get(dut.err_code),
+                        ctx.get(dut.err_pc), ctx.get(dut.trace_end) >> Unit.COMPUTE.value & 1))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    starts = [cyc for cyc, s, *_ in log if s]
+    errs = [(cyc, code, pc, end) for cyc, _, e, code, pc, end in log if e]
+    seen = FAULT + c.err_stages
+    assert c.err_stages == (1 if timed else 0)
+    assert starts[0] < FAULT, starts
+    assert errs == [(seen, ErrorCode.BUFFER_RANGE, 5, 1)]
+    # The second CONV may start only after dispatch has seen the first one's end.
+    assert starts[1:] and starts[1] > seen, starts

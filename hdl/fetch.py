@@ -107,33 +107,43 @@ class Fetch(wiring.Component):
         m.d.sync += inflight.eq(inflight + acc - self.mem.resp.valid)
         m.d.comb += [beats.w_en.eq(self.mem.resp.valid), beats.w_data.eq(self.mem.resp.payload)]
 
-        # Assembly.
+        # Assembly. ``word`` is the instruction ``cur`` holds from the next cycle on, when ``complete``.
         cur, cur_valid = Signal(INSTR_BITS), Signal()
+        word, complete = Signal(INSTR_BITS), Signal()
         idle = started & ~halted & ~self.finished
         if ipb == 1:
             cnt = Signal(range(ib))
+            m.d.comb += word.eq(Cat(cur[:8 * B * (ib - 1)], beats.r_data))
             with m.If(idle & ~cur_valid & beats.r_rdy):
                 m.d.comb += beats.r_en.eq(1)
                 m.d.sync += cur.word_select(cnt, 8 * B).eq(beats.r_data)
                 m.d.sync += cnt.eq(Mux(cnt == ib - 1, 0, cnt + 1))
                 with m.If(cnt == ib - 1):
+                    m.d.comb += complete.eq(1)
                     m.d.sync += cur_valid.eq(1)
         else:
             hb, hb_valid, sub = Signal(8 * B), Signal(), Signal(range(ipb))
+            m.d.comb += word.eq(hb.word_select(sub, INSTR_BITS))
             with m.If(~started):
                 m.d.sync += sub.eq(self.prog_addr[log2(INSTR_BYTES):log2(B)])
             with m.If(idle & ~cur_valid):
                 with m.If(hb_valid):
-                    m.d.sync += [cur.eq(hb.word_select(sub, INSTR_BITS)), cur_valid.eq(1),
-                                 sub.eq(Mux(sub == ipb - 1, 0, sub + 1))]
+                    m.d.comb += complete.eq(1)
+                    m.d.sync += [cur.eq(word), cur_valid.eq(1), sub.eq(Mux(sub == ipb - 1, 0, sub + 1))]
                     with m.If(sub == ipb - 1):
                         m.d.sync += hb_valid.eq(0)
                 with m.Elif(beats.r_rdy):
                     m.d.comb += beats.r_en.eq(1)
                     m.d.sync += [hb.eq(beats.r_data), hb_valid.eq(1)]
 
-        # Decode and hand over.
-        legal, bad, unit, is_end = decode_checks(m, cur)
+        # Decode as the word completes, registered beside it: decoded from ``cur`` in the hand-over cycle, the
+        # checks ran on through dispatch's queue selects into their write enables (the whole NPU's routed
+        # critical path, docs/synthesis.md). The same values, in the same cycles.
+        dec = decode_checks(m, word)
+        legal, bad, unit, is_end = (Signal.like(v, name=f"dec_{k}") for k, v in
+                                    zip(("legal", "bad", "unit", "is_end"), dec))
+        with m.If(complete):
+            m.d.sync += [legal.eq(dec[0]), bad.eq(dec[1]), unit.eq(dec[2]), is_end.eq(dec[3])]
         pc_bad = (self.pc + INSTR_BYTES > c.dram_bytes) | (self.pc[:log2(INSTR_BYTES)] != 0)
         m.d.comb += [self.o_instr.eq(cur), self.o_unit.eq(unit)]
         with m.If(idle):

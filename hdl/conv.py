@@ -52,7 +52,7 @@ class ConvUnit(wiring.Component):
         # A board build may ask for its own multipliers (tessera.hdl.synth sets this on the platform).
         m.submodules.array = array = MacArray(c, multipliers=getattr(platform, "tessera_mac_multipliers", None))
 
-        ir = Signal(INSTR_BITS)
+        ir = Signal(INSTR_BITS, reset_less=c.timing_stages)   # loaded while idle (load_instr): no reset needed
         ins_chk = data.View(layout(Opcode.CONV), ir)
         ins = instr_copy(m, c, ins_chk)         # the generator and datapath (see instr_copy)
         running = Signal()

@@ -38,7 +38,7 @@ class HeadQueue(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.body = body = fifo.SyncFIFO(width=self.width, depth=self.depth)
-        head = Signal(self.width)
+        head = Signal(self.width, reset_less=True)     # data: ``full`` says whether it holds an entry
         full = Signal()         # head holds an entry
         take = ~full | self.r_en
         m.d.comb += [body.w_data.eq(self.w_data), body.w_en.eq(self.w_en & self.w_rdy),

@@ -153,7 +153,7 @@ class LoadDma(wiring.Component):
         m = Module()
         c = self.config
         B = c.bus_bytes
-        ir = Signal(INSTR_BITS)
+        ir = Signal(INSTR_BITS, reset_less=c.timing_stages)   # loaded while idle (load_instr): no reset needed
         ins_chk = data.View(layout(Opcode.LOAD), ir)
         ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
         running = Signal()
@@ -249,7 +249,7 @@ class StoreDma(wiring.Component):
         m = Module()
         c = self.config
         B, N = c.bus_bytes, c.act_word_bytes
-        ir = Signal(INSTR_BITS)
+        ir = Signal(INSTR_BITS, reset_less=c.timing_stages)   # loaded while idle (load_instr): no reset needed
         ins_chk = data.View(layout(Opcode.STORE), ir)
         ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
         running = Signal()

@@ -108,7 +108,8 @@ class Fetch(wiring.Component):
         m.d.comb += [beats.w_en.eq(self.mem.resp.valid), beats.w_data.eq(self.mem.resp.payload)]
 
         # Assembly. ``word`` is the instruction ``cur`` holds from the next cycle on, when ``complete``.
-        cur, cur_valid = Signal(INSTR_BITS), Signal()
+        # With timing_stages the word has no reset (cur_valid has): fewer loads on the core's reset.
+        cur, cur_valid = Signal(INSTR_BITS, reset_less=c.timing_stages), Signal()
         word, complete = Signal(INSTR_BITS), Signal()
         idle = started & ~halted & ~self.finished
         if ipb == 1:

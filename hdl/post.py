@@ -140,6 +140,11 @@ class EpilogueEngine(wiring.Component):
         def dly(v, cycles):
             return delay(m, v, cycles, reset_less=rl)
 
+        def Data(shape, name=None):
+            # A lane's data register: no reset with timing_stages (its valid bit has one). The core's reset
+            # reached 8,133 flip-flops across the die, a third of them late (docs/synthesis.md, session 11).
+            return Signal(shape, name=name, reset_less=rl)
+
         extra = sum(X.values())
         depth = 12 + extra
         drain = _Drain(m, depth, gen, self.done)
@@ -190,8 +195,8 @@ class EpilogueEngine(wiring.Component):
                 m.d.comb += resw.eq(self.act_rd.data.word_select(gr, 8 * E))
             lanes = []
             for n in range(E):
-                L = {"acc": Signal(signed(32)), "bias": Signal(signed(32)), "mult": Signal(signed(32)), "shift": Signal(6),
-                         "r": Signal(signed(8))}
+                L = {"acc": Data(signed(32)), "bias": Data(signed(32)), "mult": Data(signed(32)), "shift": Data(6),
+                     "r": Data(signed(8))}
                 m.d.sync += [L["acc"].eq(accw[32 * n:32 * n + 32]), L["bias"].eq(prmw[96 * n:96 * n + 32]),
                              L["mult"].eq(prmw[96 * n + 32:96 * n + 64]), L["shift"].eq(prmw[96 * n + 64:96 * n + 70]),
                              L["r"].eq(resw[8 * n:8 * n + 8])]
@@ -199,12 +204,12 @@ class EpilogueEngine(wiring.Component):
             # S3 .. S8, per lane.
             v, oa, gs, lgs = [v2], [oa2], [g2], [lg2]
             for _ in range(6 + extra):
-                nv, no = Signal(), Signal(16)
+                nv, no = Signal(), Data(16)
                 m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
                 v.append(nv)
                 oa.append(no)
                 if G > 1:
-                    ng, nl = Signal(range(G)), Signal()
+                    ng, nl = Data(range(G)), Data(1)
                     m.d.sync += [ng.eq(gs[-1]), nl.eq(lgs[-1])]
                     gs.append(ng)
                     lgs.append(nl)
@@ -212,7 +217,7 @@ class EpilogueEngine(wiring.Component):
             res_shift = shift_decode(m, ins.res_shift, min(X["residual_shift"], 1), "res_shift")
             ys = []
             for n, L in enumerate(lanes):
-                s3v, s3m, s3s, s3r = Signal(signed(32)), Signal(signed(32)), Signal(6), Signal(signed(8))
+                s3v, s3m, s3s, s3r = Data(signed(32)), Data(signed(32)), Data(6), Data(signed(8))
                 m.d.sync += [s3v.eq((L["acc"] + L["bias"])[:32]), s3m.eq(L["mult"]), s3s.eq(L["shift"]), s3r.eq(L["r"])]
                 # scale_product(v, mult) = round_sig(round_sig(v) * mult): each rounding shares a stage
                 # (with the multiply, with the rounding shift), so the pipeline keeps its depth and timing.
@@ -220,13 +225,13 @@ class EpilogueEngine(wiring.Component):
                 # With timing_stages each step is split over registers of its own (X), and its sideband waits.
                 v3 = round_sig(m, s3v, 33, X["round_in"], rl)
                 s3m, s3s, s3r = (dly(x, X["round_in"]) for x in (s3m, s3s, s3r))
-                s4p, s4s, s4r = Signal(signed(63)), Signal(6), Signal(signed(8))
+                s4p, s4s, s4r = Data(signed(63)), Data(6), Data(signed(8))
                 m.d.sync += [s4p.eq(split_mul(m, v3, s3m, X["multiply"], rl)),
                              s4s.eq(dly(s3s, X["multiply"])), s4r.eq(dly(s3r, X["multiply"]))]
                 p4 = round_sig(m, s4p, 63, X["round_product"], rl)
                 # The lane's shift decoded while the rounding runs (with timing_stages): out of the shift's cycle.
                 s4s, s4r = shift_decode(m, s4s, X["round_product"], f"s4s_{n}", rl), dly(s4r, X["round_product"])
-                s5q, s5r = Signal(signed(63)), Signal(signed(8))
+                s5q, s5r = Data(signed(63)), Data(signed(8))
                 m.d.sync += [s5q.eq(round_shift(p4, s4s, 63, m, X["shift"], rl)), s5r.eq(dly(s4r, X["shift"]))]
                 # q saturated to 11 bits first clamps the same (zero points and bounds are int8) with short
                 # carry chains.
@@ -240,25 +245,25 @@ class EpilogueEngine(wiring.Component):
                 a, y6 = Signal(signed(9), name=f"a{n}"), Signal(signed(8), name=f"y6_{n}")
                 m.d.comb += [a.eq(clamp(za, -128, 127)), y6.eq(clamp(zy, ins.out_min, ins.out_max))]
                 a, y6, r6 = (dly(x, min(C, 1)) for x in (a, y6, r6))
-                s6y, s6s = Signal(signed(8)), Signal(signed(48))
+                s6y, s6s = Data(signed(8)), Data(signed(48))
                 da, db = Signal(signed(10), name=f"da{n}"), Signal(signed(10), name=f"db{n}")
                 m.d.comb += [da.eq(a - ins.zp_mid), db.eq(r6 - ins.zp_res)]
                 M = X["residual_multiply"]
                 m.d.sync += [s6y.eq(dly(y6, M)),
                              s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl)
                                     + split_mul(m, db, ins.res_mult_b, M, rl))]
-                s7q, s7y = Signal(signed(48)), Signal(signed(8))
+                s7q, s7y = Data(signed(48)), Data(signed(8))
                 m.d.sync += [s7q.eq(round_shift(s6s, res_shift, 48, m, X["residual_shift"], rl)),
                              s7y.eq(dly(s6y, X["residual_shift"]))]
                 zr = Signal(signed(12), name=f"zr{n}")
                 m.d.comb += zr.eq(saturate(s7q, 11) + ins.zp_out)
                 zr, s7y = dly(zr, X["residual_clamp"]), dly(s7y, X["residual_clamp"])
-                s8y = Signal(signed(8))
+                s8y = Data(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.residual, clamp(zr, ins.out_min, ins.out_max), s7y))
                 ys.append(s8y)
             if G > 1:
                 # Earlier groups of the word wait here; the word is written with its last group.
-                held = [Signal(8 * E, name=f"held{i}") for i in range(G - 1)]
+                held = [Data(8 * E, name=f"held{i}") for i in range(G - 1)]
                 with m.If(v[-1]):
                     for i, h in enumerate(held):
                         with m.If(gs[-1] == i):
@@ -404,6 +409,11 @@ class PoolEngine(wiring.Component):
         def dly(v, cycles):
             return delay(m, v, cycles, reset_less=rl)
 
+        def Data(shape, name=None):
+            # A lane's data register: no reset with timing_stages (its valid bit has one). The core's reset
+            # reached 8,133 flip-flops across the die, a third of them late (docs/synthesis.md, session 11).
+            return Signal(shape, name=name, reset_less=rl)
+
         extra = sum(X.values())
         # The requantization's stages before its result (s7) (the address stages come before the taps).
         pre = X["select"] + X["multiply"] + X["round_product"] + X["shift"]
@@ -510,13 +520,13 @@ class PoolEngine(wiring.Component):
             for lm, ls, lf in lanes:
                 # With timing_stages a lane's values (the bank's group select) are registered before the multiply.
                 lm, ls, lf = (dly(x, S) for x in (lm, ls, lf))
-                s6m, s6p = Signal(signed(8)), Signal(signed(56))
+                s6m, s6p = Data(signed(8)), Data(signed(56))
                 m.d.sync += [s6m.eq(lm), s6p.eq(split_mul(m, ls, ins.mult, X["multiply"], rl))]
                 # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
                 # With timing_stages the multiply, the rounding and the shift are split over registers (X),
                 # and the rest waits beside them.
                 p6 = round_sig(m, s6p, 56, X["round_product"], rl)
-                s7m, s7q = Signal(signed(8)), Signal(signed(56))
+                s7m, s7q = Data(signed(8)), Data(signed(56))
                 m.d.sync += [s7m.eq(dly(s6m, pre - S)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"], rl))]
                 q = s7q
                 if c.pool_fl32:
@@ -533,11 +543,11 @@ class PoolEngine(wiring.Component):
                 zq = Signal(signed(12))
                 m.d.comb += zq.eq(saturate(q, 11) + ins.zp_out)
                 zq, s7m = dly(zq, X["clamp"]), dly(s7m, X["clamp"])
-                s8y = Signal(signed(8))
+                s8y = Data(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.mode == PoolMode.MAX, s7m, clamp(zq, -128, 127)))
                 ys.append(s8y)
             if G > 1:
-                held = [Signal(8 * E, name=f"pheld{i}") for i in range(G - 1)]
+                held = [Data(8 * E, name=f"pheld{i}") for i in range(G - 1)]
                 with m.If(s8v):
                     for i, h in enumerate(held):
                         with m.If(s8g == i):

@@ -107,7 +107,7 @@ class DispatchBench:
                 a[2] -= 1
             last = a is not None and a[2] == 0
             code = self.fail.get(a[0]) if last else None
-            p("busy").value = int(a is not None)
+            p("busy").value = int(a is not None and a[2] >= 0)
             p("done").value = int(last and code is None)
             p("err").value = int(last and code is not None)
             p("err_code").value = 0 if code is None else code.value
@@ -136,8 +136,10 @@ class DispatchBench:
             self.active[u] = [pc, sig, lat]
         for u in UNITS:
             a = self.active[u]
-            if a is not None and a[2] == 0:
-                code = self.fail.get(a[0])
+            code = None if a is None else self.fail.get(a[0])
+            # A fault reaches dispatch err_stages cycles after the unit raised it (in its last cycle, a[2] == 0);
+            # until then the unit, idle again, must not be started.
+            if a is not None and a[2] == (0 if code is None else -c.err_stages):
                 if code is not None:
                     self.errors.append(a[0])
                     assert int(dut.err.value) and int(dut.err_code.value) == code.value \

@@ -64,6 +64,15 @@ class _Drain:
                 m.d.comb += done.eq(1)
 
 
+def _lane_data(reset_less: bool):
+    """A factory of an engine's lane data registers: without reset when ``reset_less`` (``timing_stages``).
+
+    Their valid bits keep a reset; the core's reset reached 8,133 flip-flops across the die, a third
+    of them late (docs/synthesis.md, session 11).
+    """
+    return lambda shape, name=None: Signal(shape, name=name, reset_less=reset_less)
+
+
 class EpilogueEngine(wiring.Component):
     """One ACT output word (``lanes`` channels) per ``lanes // post_lanes`` cycles through a fixed-latency pipeline.
 
@@ -139,11 +148,7 @@ class EpilogueEngine(wiring.Component):
 
         def dly(v, cycles):
             return delay(m, v, cycles, reset_less=rl)
-
-        def Data(shape, name=None):
-            # A lane's data register: no reset with timing_stages (its valid bit has one). The core's reset
-            # reached 8,133 flip-flops across the die, a third of them late (docs/synthesis.md, session 11).
-            return Signal(shape, name=name, reset_less=rl)
+        Data = _lane_data(rl)
 
         extra = sum(X.values())
         depth = 12 + extra
@@ -408,11 +413,7 @@ class PoolEngine(wiring.Component):
 
         def dly(v, cycles):
             return delay(m, v, cycles, reset_less=rl)
-
-        def Data(shape, name=None):
-            # A lane's data register: no reset with timing_stages (its valid bit has one). The core's reset
-            # reached 8,133 flip-flops across the die, a third of them late (docs/synthesis.md, session 11).
-            return Signal(shape, name=name, reset_less=rl)
+        Data = _lane_data(rl)
 
         extra = sum(X.values())
         # The requantization's stages before its result (s7) (the address stages come before the taps).

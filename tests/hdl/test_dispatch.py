@@ -12,7 +12,7 @@ from tessera.isa import ErrorCode, Instruction, Unit, encode
 def test_dispatch_sees_a_fault_err_stages_cycles_later(timed):
     # A fault stops every start (the core's hold) from the cycle dispatch reports it; with err_stages
     # that is a cycle after the unit raised it, and in between the faulting unit, idle again, is
-    # not started (it is still active in dispatch) while the others go on as before.
+    # not started (it is still active in dispatch).
     c = NpuConfig(lanes=4, rows=4, dram_bytes=1 << 20, timing_stages=timed)
     dut = Dispatch(c)
     conv = int.from_bytes(encode(Instruction("conv", in_h=1, in_w=1, in_cb=1, out_h=1, out_w=1, k_h=1, k_w=1),

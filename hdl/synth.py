@@ -184,7 +184,8 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
     core : Elaboratable, optional
         Core to build instead of :func:`make_core`'s (must have a ``led`` output).
     seed : int
-        nextpnr placement seed.
+        nextpnr placement seed (recorded in the report). Whether a large design routes, and how
+        fast, depends on it: try another when router2 stalls.
     placer : {"heap", "static", "sa"}, optional
         nextpnr's placer (default: :func:`default_placer`; recorded in the report).
     pack_only : bool
@@ -233,7 +234,7 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         "stage": "project" if board.family == "arria10" else "pack" if pack_only else "bitstream",
     }
     if board.family != "arria10":
-        report["placer"] = placer or "heap"
+        report["placer"], report["seed"] = placer or "heap", seed
     if board.family == "arria10":
         report["resources"] = {k: {"used": None, "available": a, "primitive": p}
                                for k, (p, a) in board.capacity.items()}
@@ -347,16 +348,18 @@ def summary_markdown(report: dict) -> str:
     if report.get("project"):
         p = report["project"]
         lines += ["", f"Quartus project: `{p['qsf']}`, `{p['sdc']}`, `{p['verilog']}`; build script `{p['script']}`."]
+    if report.get("placer"):
+        lines += ["", f"nextpnr: {report['placer']} placer, seed {report['seed']}."]
     lines += ["", f"Took {report['seconds']:g} s."]
     return "\n".join(lines) + "\n"
 
 
 def synth_command(args) -> int:
-    """CLI handler: ``tessera synth --board B [--config NAME] --out DIR``."""
+    """CLI handler: ``tessera synth --board B [--config NAME] [--seed N] --out DIR``."""
     board = get_board(args.board)
     config = resolve_config(board, args.config)
     try:
-        report = synthesize(board, config, args.out)
+        report = synthesize(board, config, args.out, seed=args.seed)
     except (SynthError, ReportError) as e:
         print(f"tessera synth: {e}", file=sys.stderr)
         return 1

@@ -41,6 +41,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _seed(text: str) -> int:
+    """A nextpnr seed: a non-negative integer that fits its 32-bit option."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
+    if not 0 <= n < 2**31:
+        raise argparse.ArgumentTypeError(f"seed {n} is outside 0..{2**31 - 1}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="tessera", description="Open FPGA inference stack: compile, run, score, serve, synthesize.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -84,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     y = sub.add_parser("synth", help="synthesize the NPU for a board")
     y.add_argument("--board", required=True, choices=["ulx3s-85f", "icebreaker", "arria10"])
     y.add_argument("--config", default=None, metavar="NAME")
+    y.add_argument("--seed", type=_seed, default=1, metavar="N",
+                   help="nextpnr placement seed (default 1); another may route what one does not")
     y.add_argument("--out", required=True, metavar="DIR")
 
     b = sub.add_parser("bench", help="cycles, MACs and utilization per layer")

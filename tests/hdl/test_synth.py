@@ -244,15 +244,16 @@ def test_synth_cli_builds_the_smallest_ice40_design_end_to_end(tmp_path):
     # 2x2 MACs on the iCEBreaker: yosys, nextpnr-ice40 and icepack really run (about 20 s).
     cfg = PRESETS["sim"].replace(name="ice-tiny", lanes=2, rows=2, bus_bytes=2, clock_mhz=24.0)
     (tmp_path / "tiny.json").write_text(cfg.to_json())
-    r = _tessera("synth", "--board", "icebreaker", "--config", str(tmp_path / "tiny.json"), "--out", str(tmp_path / "out"),
-                 env={"TESSERA_SYNTH_CORE": "macarray"})
+    r = _tessera("synth", "--board", "icebreaker", "--config", str(tmp_path / "tiny.json"), "--seed", "3",
+                 "--out", str(tmp_path / "out"), env={"TESSERA_SYNTH_CORE": "macarray"})
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert CONTRACT <= set(report)
     assert report["board"] == "icebreaker" and report["config"] == "ice-tiny"
     assert report["macs_per_cycle"] == 4 and report["dsp_products"] == 4
     assert report["target_mhz"] == 24.0 and report["fmax_mhz"] > 0
-    assert report["placer"] == "heap"
+    assert report["placer"] == "heap" and report["seed"] == 3
+    assert "--seed 3" in (tmp_path / "out" / "build" / "build_top.sh").read_text()
     assert isinstance(report["timing_met"], bool)
     res = report["resources"]
     assert {"LUT4", "FF", "DSP", "BRAM", "SPRAM"} <= set(res)
@@ -267,6 +268,8 @@ def test_synth_cli_builds_the_smallest_ice40_design_end_to_end(tmp_path):
 @pytest.mark.parametrize("args, match", [
     (["--board", "zedboard"], "invalid choice"),
     (["--board", "ulx3s-85f", "--config", "nope"], "unknown config"),
+    (["--board", "ulx3s-85f", "--seed", "two"], "seed 'two' is not an integer"),
+    (["--board", "ulx3s-85f", "--seed", "-1"], "seed -1 is outside"),
 ])
 def test_synth_cli_bad_input_is_one_line_exit_2(tmp_path, args, match):
     r = _tessera("synth", *args, "--out", str(tmp_path))

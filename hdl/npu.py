@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, ResetInserter, Signal, unsigned
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -154,13 +154,18 @@ class Npu(wiring.Component):
     ----------
     config : NpuConfig
         Sizes of everything; its hash is readable in the ``CONFIG_HASH`` CSR.
+    reset_buffer : callable, optional
+        ``reset_buffer(m, signal) -> signal``: how the core's reset reaches its flip-flops when
+        the NPU is built for a device (e.g. :func:`tessera.hdl.boards.clocks.ecp5_global`);
+        simulation (no platform) uses the net itself.
 
     Besides the CSR bus and the memory port, ``trace`` shows instruction starts
     and ends for simulation (see :func:`TraceSignature`); hardware leaves it open.
     """
 
-    def __init__(self, config: NpuConfig):
+    def __init__(self, config: NpuConfig, *, reset_buffer=None):
         self.config = c = config
+        self.reset_buffer = reset_buffer
         super().__init__({"csr": In(CsrSignature()), "mem": Out(MemPortSignature(c)), "irq": Out(1), "done": Out(1),
                           "trace": Out(TraceSignature())})
 
@@ -169,7 +174,17 @@ class Npu(wiring.Component):
         c = self.config
         m.submodules.csr = csr = CsrBlock(c)
         core = NpuCore(c)
-        m.submodules.core = ResetInserter(csr.core_rst)(core)
+        # The core runs in its own domain whose reset is one net (the domain's reset or the CSR
+        # block's core_rst), so a board can carry that net to the core's flip-flops on a clock
+        # network: at 256 MACs it reaches over 8,000 of them, and through general routing it made
+        # thousands of them late (docs/synthesis.md, session 12).
+        core_rst = Signal()
+        m.d.comb += core_rst.eq(ResetSignal("sync", allow_reset_less=True) | csr.core_rst)
+        if self.reset_buffer is not None and platform is not None:
+            core_rst = self.reset_buffer(m, core_rst, name="core_rst_glb")
+        m.domains.core = cd_core = ClockDomain("core", local=True)
+        m.d.comb += [cd_core.clk.eq(ClockSignal("sync")), cd_core.rst.eq(core_rst)]
+        m.submodules.core = DomainRenamer("core")(core)
         wiring.connect(m, wiring.flipped(self.csr), csr.bus)
         m.d.comb += [self.irq.eq(csr.irq), self.done.eq(csr.done)]
         m.d.comb += [core.prog_addr.eq(csr.prog_addr), csr.core_done.eq(core.done), csr.core_err.eq(core.err),

@@ -1,4 +1,4 @@
-"""PLL settings and instances that turn a board oscillator into the NPU clock.
+"""PLL settings and instances that turn a board oscillator into the NPU clock, and the clock networks.
 
 The parameter search follows each family's data sheet limits; the chosen output frequency
 (possibly a little off the request) is what the design is constrained to.
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from amaranth.hdl import Const, Instance, Signal
 
-__all__ = ["PllSetting", "ecp5_pll_setting", "ice40_pll_setting", "ecp5_pll", "ice40_pll"]
+__all__ = ["PllSetting", "ecp5_pll_setting", "ice40_pll_setting", "ecp5_pll", "ice40_pll", "ecp5_global"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,18 @@ def ecp5_pll(m, clk_in, fin_hz, setting: PllSetting, name="pll"):
         a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
         a_MFG_GMCREF_SEL="2")
     return clk_out, lock
+
+
+def ecp5_global(m, signal, name="glb"):
+    """Carry ``signal`` on one of the ECP5's global (clock) networks; return the buffered copy.
+
+    A DCCA drives the global network, which reaches every slice's clock, clock-enable and
+    set/reset inputs at the same delay whatever the fanout. nextpnr routes the fabric loads of a
+    DCCA's output through the global wires (it has 16; the core clock takes one).
+    """
+    out = Signal(name=f"{name}_g")
+    m.submodules[name] = Instance("DCCA", i_CLKI=signal, i_CE=Const(1), o_CLKO=out)
+    return out
 
 
 def ice40_pll(m, pad, setting: PllSetting, name="pll"):

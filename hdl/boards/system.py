@@ -46,16 +46,19 @@ class BoardSystem(wiring.Component):
         The SDRAM device and its timing in clock cycles.
     read_delay : int, optional
         SDRAM read capture delay (see :class:`.sdram.SdramController`).
+    reset_buffer : callable, optional
+        How the NPU core's reset reaches its flip-flops on the device (see :class:`~tessera.hdl.npu.Npu`).
     """
 
     def __init__(self, config: NpuConfig, *, divisor: int, idle_cycles: int,
                  geometry: SdramGeometry = ULX3S_SDRAM, timing: SdramTiming | None = None,
-                 read_delay: int | None = None):
+                 read_delay: int | None = None, reset_buffer=None):
         if config.dram_bytes > geometry.nbytes:
             raise ValueError(f"config {config.name!r}: dram_bytes {config.dram_bytes} exceeds the "
                              f"{geometry.nbytes}-byte SDRAM")
         self.config, self.divisor, self.idle_cycles = config, divisor, idle_cycles
         self.geometry, self.timing, self.read_delay = geometry, timing or SdramTiming(), read_delay
+        self.reset_buffer = reset_buffer
         super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1), "led": Out(1),
                           "sdram": Out(SdramPinsSignature(geometry))})
 
@@ -66,7 +69,7 @@ class BoardSystem(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.config
-        m.submodules.npu = npu = Npu(c)
+        m.submodules.npu = npu = Npu(c, reset_buffer=self.reset_buffer)
         m.submodules.sdram_ctl = ctl = SdramController(c, self.geometry, self.timing, read_delay=self.read_delay)
         m.submodules.arbiter = arb = MemArbiter(c)
         m.submodules.link = link = Link(c, idle_cycles=self.idle_cycles)

@@ -6,7 +6,7 @@ clock through a DDR output flop (same phase as the simulation model assumes: the
 command one cycle after it leaves its register, and read data is stored CAS latency + 2 cycles after
 the READ is decided). The I/O timing of that choice is not measured on hardware yet: if reads fail
 on a board, a phase-shifted SDRAM clock (second PLL output) and a matching ``read_delay`` are the
-knobs.
+knobs. The NPU core's reset travels on a global clock network (:func:`.clocks.ecp5_global`).
 """
 
 from amaranth.hdl import Module
@@ -15,7 +15,7 @@ from amaranth.lib.wiring import Out
 
 from tessera.arch import NpuConfig
 
-from .clocks import ecp5_pll_setting
+from .clocks import ecp5_global, ecp5_pll_setting
 from .protocol import BOARD_IDLE_SECONDS, DEFAULT_BAUD
 from .sdram import ULX3S_SDRAM, SdramGeometry, SdramTiming
 from .system import BoardSystem
@@ -44,7 +44,7 @@ class Ulx3sCore(wiring.Component):
         self.config, self.baud = config, baud
         self.system = BoardSystem(config, divisor=divisor_for(self.clock_hz, baud),
                                   idle_cycles=int(self.clock_hz * BOARD_IDLE_SECONDS), geometry=geometry,
-                                  timing=SdramTiming.for_clock(self.clock_hz))
+                                  timing=SdramTiming.for_clock(self.clock_hz), reset_buffer=ecp5_global)
         super().__init__()
 
     @property

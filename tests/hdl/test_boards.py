@@ -252,7 +252,12 @@ def test_ulx3s_core_puts_the_board_system_on_the_sdram_and_uart_pins():
     # SDRAM clock, a row address bit, the top data bit and the FTDI rx/tx lines are all located.
     for site in ("F19", "G19", "J17", "M1", "L4"):
         assert f'SITE "{site}"' in lpf, site
-    assert "ODDRX1F" in plan.files["top.il"]  # the SDRAM clock leaves through a DDR flop
+    il = plan.files["top.il"]
+    assert "ODDRX1F" in il  # the SDRAM clock leaves through a DDR flop
+    # The NPU core's reset (thousands of flip-flops at full size) enters one global network.
+    assert il.count("cell \\DCCA ") == 1
+    dcca = il[il.index("cell \\DCCA "):].split("end", 1)[0]
+    assert "connect \\CLKI \\core_rst" in dcca and "connect \\CLKO \\core_rst" in dcca
 
 
 def test_unit_harness_feeds_every_input_and_observes_every_output():

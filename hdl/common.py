@@ -29,6 +29,7 @@ __all__ = [
     "delay",
     "load_instr",
     "log2",
+    "register_copies",
     "round_shift",
     "split_mul",
     "round_sig",
@@ -181,6 +182,26 @@ def instr_copy(m, config: NpuConfig, ins):
     if not config.timing_stages:
         return ins
     return data.View(ins.shape(), delay(m, ins.as_value(), 1, "instr_copy", reset_less=True))
+
+
+def register_copies(m, value, n: int, name: str, reset_less: bool = False) -> list:
+    """``n`` registers (at most 4) of ``value``, one cycle late, that synthesis keeps apart.
+
+    One register driving hundreds of loads across the die makes a long, late net; copies split
+    the loads. yosys merges flip-flops with the same input and initial (or reset) value, so copy
+    ``g`` holds ``value`` inverted when ``g`` is odd (its loads invert it back, inside their own
+    LUTs or clock-enable inverters) and starts as all ones when ``g & 2``. So in the first cycle
+    after reset a copy may differ from ``value``: only loads that do not care then may use them.
+    """
+    if not 1 <= n <= 4:
+        raise ValueError(f"{name}: {n} copies (1..4 can be told apart)")
+    out = []
+    for g in range(n):
+        inv, ones = g & 1, g >> 1 & 1
+        r = Signal(len(value), init=(1 << len(value)) - 1 if ones else 0, name=f"{name}{g}", reset_less=reset_less)
+        m.d.sync += r.eq(~value if inv else value)
+        out.append(~r if inv else r)
+    return out
 
 
 def delay(m, sig, cycles: int, name: str | None = None, reset_less: bool = False):

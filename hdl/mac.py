@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 
-from .common import delay, log2
+from .common import delay, log2, register_copies
 
 __all__ = ["MacArray"]
 
@@ -110,11 +110,19 @@ class MacArray(wiring.Component):
             # corner of the routed NPU (docs/synthesis.md, session 10).
             m.d.comb += self.o_sum.eq(Cat(*accs))
             # A pixel's first term adds to its old total (acc_add) or to 0; the read of that total was
-            # addressed a cycle earlier, so the old word meets the term here.
+            # addressed a cycle earlier, so the old word meets the term here. Each group of rows has
+            # its own copy of the enable and the selects: one register's 32 * rows loads across the
+            # array were late in the routed NPU (docs/synthesis.md, session 11). The copies' first
+            # cycle after reset does not matter: a pixel's first term overwrites the accumulator.
+            n = min(self.ACT_COPIES, M)
+            en = register_copies(m, before["valid"], n, "acc_en", rl)
+            first = register_copies(m, before["first"], n, "acc_first", rl)
+            use_old = register_copies(m, before["first"] & self.acc_add, n, "acc_use_old", rl)
             for r in range(M):
-                old = Mux(self.acc_add, self.acc_old[32 * r:32 * r + 32].as_signed(), 0)
-                base = Mux(sb["first"], old, accs[r])
-                with m.If(sb["valid"]):
+                g = r * n // M
+                base = Mux(use_old[g], self.acc_old[32 * r:32 * r + 32].as_signed(),
+                           Mux(first[g], 0, accs[r]))
+                with m.If(en[g]):
                     m.d.sync += accs[r].eq((base + level[r][0])[:32])
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
         m.d.comb += self.acc_addr.eq(before["tag"])
@@ -127,21 +135,11 @@ class MacArray(wiring.Component):
         """The registered activation word, one copy per group of rows: returns each row's copy.
 
         One register would fan every activation bit out to every row's multipliers across the die
-        (CONV's routed critical path, 13 ns of wire). yosys merges flip-flops with the same input
-        and initial (or reset) value, so the copies differ in both: copy ``g`` holds the word inverted when
-        ``g`` is odd (and its rows invert it back, inside their first LUTs) and starts as all ones
-        when ``g & 2``. Four copies are all that two binary differences give.
+        (CONV's routed critical path, 13 ns of wire); :func:`~tessera.hdl.common.register_copies`.
         """
         c = self.config
-        copies = min(self.ACT_COPIES, c.rows)
-        words = []
-        for g in range(copies):
-            inv, ones = g & 1, g >> 1 & 1
-            r = Signal(8 * c.lanes, init=(1 << 8 * c.lanes) - 1 if ones else 0, name=f"act_in{g}",
-                       reset_less=self.reset_less)
-            m.d.sync += r.eq(~self.act if inv else self.act)
-            words.append(~r if inv else r)
-        per = c.rows // copies
+        words = register_copies(m, self.act, min(self.ACT_COPIES, c.rows), "act_in", self.reset_less)
+        per = c.rows // len(words)
         return [words[r // per] for r in range(c.rows)]
 
     def _products(self, m, acts, wgt):

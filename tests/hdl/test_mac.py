@@ -9,9 +9,9 @@ from tessera.arch import NpuConfig
 from tessera.numerics import pack_weights, wrap32
 
 
-def _run(c, terms, gaps, rng, multipliers=None, old=None):
+def _run(c, terms, gaps, rng, multipliers=None, old=None, add=True):
     """Feeds ``terms`` ([(tag, [(act, wgt), ...])]); ``old`` ({tag: row totals}) is served as a
-    one-cycle read port at ``acc_addr`` with ``acc_add`` set. Returns [(tag, sums, cycle)]."""
+    one-cycle read port at ``acc_addr``, with ``acc_add`` set if ``add``. Returns [(tag, sums, cycle)]."""
     dut = MacArray(c, multipliers=multipliers)
     M = c.rows
     got = []
@@ -23,7 +23,7 @@ def _run(c, terms, gaps, rng, multipliers=None, old=None):
             ctx.set(dut.acc_old, sum((int(v) & 0xFFFF_FFFF) << (32 * r) for r, v in enumerate(word)))
 
     async def bench(ctx):
-        if old is not None:
+        if old is not None and add:
             ctx.set(dut.acc_add, 1)
         pixels = list(terms)
         sent = 0
@@ -93,11 +93,13 @@ def test_mac_array_acc_add_starts_each_pixel_from_its_old_total(timed, multiplie
     old[17][0] = (1 << 31) - 1                          # wraps when the pixel's sum is positive
     for gaps in (False, True):
         got = _run(c, pixels, gaps, np.random.default_rng(3), multipliers, old=old)
-        plain = _run(c, pixels, gaps, np.random.default_rng(3), multipliers)
+        # Without acc_add the same old words are on the port and must not count.
+        plain = _run(c, pixels, gaps, np.random.default_rng(3), multipliers, old=old, add=False)
         assert [(t, cyc) for t, _, cyc in got] == [(t, cyc) for t, _, cyc in plain]
-        for (tag, sums, _), (_, ts) in zip(got, pixels):
-            want = wrap32(old[tag].astype(np.int64) + sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in ts))
-            np.testing.assert_array_equal(wrap32(np.array(sums, np.int64)), want)
+        for (tag, sums, _), (_, psums, _), (_, ts) in zip(got, plain, pixels):
+            dot = sum(w.astype(np.int64) @ a.astype(np.int64) for a, w in ts)
+            np.testing.assert_array_equal(wrap32(np.array(sums, np.int64)), wrap32(old[tag].astype(np.int64) + dot))
+            np.testing.assert_array_equal(wrap32(np.array(psums, np.int64)), wrap32(dot))
 
 
 @pytest.mark.parametrize("lanes, timed", [(4, False), (4, True), (8, True)])

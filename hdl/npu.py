@@ -155,7 +155,7 @@ class Npu(wiring.Component):
     config : NpuConfig
         Sizes of everything; its hash is readable in the ``CONFIG_HASH`` CSR.
     reset_buffer : callable, optional
-        ``reset_buffer(m, signal) -> signal``: how the core's reset reaches its flip-flops when
+        ``reset_buffer(m, signal, name=...) -> signal``: how the core's reset reaches its flip-flops when
         the NPU is built for a device (e.g. :func:`tessera.hdl.boards.clocks.ecp5_global`);
         simulation (no platform) uses the net itself.
 

@@ -27,6 +27,7 @@ __all__ = [
     "beat_bits",
     "clamp",
     "delay",
+    "instr_register",
     "load_instr",
     "log2",
     "register_copies",
@@ -155,6 +156,15 @@ class CheckStages:
         self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True))
         self._depth[id(r)] = depth
         return r
+
+
+def instr_register(c: NpuConfig, name: str = "ir") -> Signal:
+    """A unit's instruction register, for :func:`load_instr`: without reset with ``timing_stages``.
+
+    It is loaded in every idle cycle before any start, so no reset is needed; dropping it takes
+    these bits off the core's reset net (docs/synthesis.md, session 11).
+    """
+    return Signal(INSTR_BITS, name=name, reset_less=c.timing_stages)
 
 
 def load_instr(m, ir, instr, idle, when=1):

@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
-from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, layout
+from tessera.isa import Buffer, ErrorCode, Opcode, layout
 
 from .common import (
     BufReadSignature,
@@ -16,6 +16,7 @@ from .common import (
     UnitSignature,
     delay,
     instr_copy,
+    instr_register,
     load_instr,
     split_mul,
     word_bits,
@@ -52,7 +53,7 @@ class ConvUnit(wiring.Component):
         # A board build may ask for its own multipliers (tessera.hdl.synth sets this on the platform).
         m.submodules.array = array = MacArray(c, multipliers=getattr(platform, "tessera_mac_multipliers", None))
 
-        ir = Signal(INSTR_BITS, reset_less=c.timing_stages)   # loaded while idle (load_instr): no reset needed
+        ir = instr_register(c)
         ins_chk = data.View(layout(Opcode.CONV), ir)
         ins = instr_copy(m, c, ins_chk)         # the generator and datapath (see instr_copy)
         running = Signal()

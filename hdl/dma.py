@@ -9,7 +9,7 @@ from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
-from tessera.isa import INSTR_BITS, Buffer, ErrorCode, Opcode, layout
+from tessera.isa import Buffer, ErrorCode, Opcode, layout
 
 from .common import (
     BufReadSignature,
@@ -19,6 +19,7 @@ from .common import (
     UnitSignature,
     WriteClientSignature,
     instr_copy,
+    instr_register,
     load_instr,
     log2,
     word_bits,
@@ -153,7 +154,7 @@ class LoadDma(wiring.Component):
         m = Module()
         c = self.config
         B = c.bus_bytes
-        ir = Signal(INSTR_BITS, reset_less=c.timing_stages)   # loaded while idle (load_instr): no reset needed
+        ir = instr_register(c)
         ins_chk = data.View(layout(Opcode.LOAD), ir)
         ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
         running = Signal()
@@ -249,7 +250,7 @@ class StoreDma(wiring.Component):
         m = Module()
         c = self.config
         B, N = c.bus_bytes, c.act_word_bytes
-        ir = Signal(INSTR_BITS, reset_less=c.timing_stages)   # loaded while idle (load_instr): no reset needed
+        ir = instr_register(c)
         ins_chk = data.View(layout(Opcode.STORE), ir)
         ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
         running = Signal()

@@ -19,6 +19,7 @@ from .common import (
     clamp,
     delay,
     instr_copy,
+    instr_register,
     load_instr,
     round_shift,
     round_sig,
@@ -590,11 +591,11 @@ class PostUnit(wiring.Component):
         if c.timing_stages:
             # An instruction register per engine, each loaded only with its own opcode (so yosys keeps both)
             # and placed by its engine: one register's fan-out to both engines was a long wire.
-            ir_epi, ir_pool = Signal(INSTR_BITS, reset_less=True), Signal(INSTR_BITS, reset_less=True)
+            ir_epi, ir_pool = instr_register(c, "ir_epi"), instr_register(c, "ir_pool")
             load_instr(m, ir_pool, self.ctl.instr, ~running, starts_pool)
             load_instr(m, ir_epi, self.ctl.instr, ~running, ~starts_pool)
         else:
-            ir_epi = ir_pool = Signal(INSTR_BITS)
+            ir_epi = ir_pool = instr_register(c, "ir_epi")
             load_instr(m, ir_epi, self.ctl.instr, ~running)
         m.d.comb += [epi.instr.eq(ir_epi), pool.instr.eq(ir_pool)]
         wiring.connect(m, wiring.flipped(self.acc_rd), epi.acc_rd)

@@ -32,6 +32,7 @@ __all__ = [
     "log2",
     "register_copies",
     "round_shift",
+    "round_shift_sat",
     "split_mul",
     "round_sig",
     "saturate",
@@ -274,6 +275,60 @@ def round_shift(x, s, width: int, m=None, stages: int = 0, reset_less: bool = Fa
         m.d.sync += [rq.eq(q), rup.eq(up)]
         q, up = rq, rup
     return (q + up)[:width].as_signed()
+
+
+def _window(v, s, n: int):
+    """``(v >> s)[:n]`` for ``s`` below ``2**len(s)``, ``v`` at least ``n + 2**len(s) - 1`` bits.
+
+    A log shifter whose largest step comes first: after the step of bit ``b`` only ``n + 2**b - 1``
+    bits can still reach the output, so each level is that many 2:1 multiplexers (about
+    ``6 * n + 57`` for a 6-bit shift, against ``6 * len(v)`` for the whole shifted value).
+    """
+    for b in reversed(range(len(s))):
+        need = n + (1 << b) - 1
+        v = Mux(s[b], v[1 << b:(1 << b) + need], v[:need])
+    return v[:n]
+
+
+def round_shift_sat(x, s, bits: int, m=None, stages: int = 0, reset_less: bool = False):
+    """``saturate(round_shift(x, s, len(x)), bits)``, without shifting all of ``x``.
+
+    Every rounding shift of POST is saturated to 11 bits before its zero point and clamp, so of
+    the quotient ``q = x >> s`` only its low ``bits`` bits and the guard bit below them (an output
+    window of the shifter, :func:`_window`) and whether ``q`` fits ``bits`` signed bits are
+    needed: it does when every bit of ``x`` from ``s + bits - 1`` up equals the sign, which
+    ``s``'s low-bit mask decides, as it decides the sticky bit. Rounding up (``q + 1``) cannot
+    leave the range downwards, and upwards only from its maximum, which then stays there. ``s``
+    as in :func:`round_shift` (its :func:`shift_decode` tuple too; the decoded guard bit is not
+    used); ``stages`` (0 or 1, ``m`` given) registers the window, the range flag and the rounding
+    decision, the add and saturation follow in the next cycle, as :func:`round_shift`'s.
+    Returns a signed value of ``bits`` bits.
+    """
+    assert len(x) <= 63, len(x)
+    assert stages in (0, 1) and (m is not None or not stages), stages
+    s_eff, mask, _ = s if isinstance(s, tuple) else shift_decode(None, s)
+    xs = x.as_signed()
+    w, k = len(xs), bits - 1
+    sign = xs[-1]
+    # Bit 0 below x: the window's first bit is the guard (bit s - 1 of x, 0 when s = 0), then
+    # q[:bits], which reaches bit s + bits - 1 <= 62 + k of the sign-extended x.
+    win = _window(Cat(Const(0, 1), xs, sign.replicate(63 + k - w)), Value.cast(s_eff)[:6], bits + 1)
+    guard, low = win[0], win[1:]
+    x64 = Cat(xs, sign.replicate(64 - w))
+    up = guard & ((x64 & (mask >> 1)).any() | low[0])
+    # q fits when no bit of x at or above s + k differs from the sign: bit i >= k counts unless
+    # mask (the s low bits) covers i - k.
+    ones = xs.as_unsigned() ^ sign.replicate(w)
+    outside = Cat(*[ones[i] & ~mask[i - k] for i in range(k, w)]).any() if w > k else Const(0)
+    if stages:
+        regs = [Signal(bits, reset_less=reset_less), Signal(reset_less=reset_less),
+                Signal(reset_less=reset_less), Signal(reset_less=reset_less)]
+        m.d.sync += [r.eq(v) for r, v in zip(regs, (low, up, outside, sign))]
+        low, up, outside, sign = regs
+    lo, hi = -(1 << k), (1 << k) - 1
+    # low + up leaves the range only from hi (a compare of low's bits, no carry chain).
+    at_hi = (low == hi) & up
+    return Mux(outside | at_hi, Mux(sign, lo, hi), low.as_signed() + up)[:bits].as_signed()
 
 
 def split_mul(m, a, b, stages: int = 0, reset_less: bool = False):

@@ -22,6 +22,7 @@ from .common import (
     instr_register,
     load_instr,
     round_shift,
+    round_shift_sat,
     round_sig,
     saturate,
     shift_decode,
@@ -237,13 +238,12 @@ class EpilogueEngine(wiring.Component):
                 p4 = round_sig(m, s4p, 63, X["round_product"], rl)
                 # The lane's shift decoded while the rounding runs (with timing_stages): out of the shift's cycle.
                 s4s, s4r = shift_decode(m, s4s, X["round_product"], f"s4s_{n}", rl), dly(s4r, X["round_product"])
-                s5q, s5r = Data(signed(63)), Data(signed(8))
-                m.d.sync += [s5q.eq(round_shift(p4, s4s, 63, m, X["shift"], rl)), s5r.eq(dly(s4r, X["shift"]))]
                 # q saturated to 11 bits first clamps the same (zero points and bounds are int8) with short
-                # carry chains.
-                q11 = Signal(signed(11), name=f"q11_{n}")
+                # carry chains, and needs only an 11-bit window of the shift.
+                q11, s5r = Data(signed(11), name=f"q11_{n}"), Data(signed(8))
+                m.d.sync += [q11.eq(round_shift_sat(p4, s4s, 11, m, X["shift"], rl)), s5r.eq(dly(s4r, X["shift"]))]
                 za, zy = Signal(signed(12), name=f"za{n}"), Signal(signed(12), name=f"zy{n}")
-                m.d.comb += [q11.eq(saturate(s5q, 11)), za.eq(q11 + ins.zp_mid), zy.eq(q11 + ins.zp_out)]
+                m.d.comb += [za.eq(q11 + ins.zp_mid), zy.eq(q11 + ins.zp_out)]
                 # With timing_stages the zero-point adds and the clamps (three carry chains in a row) get a
                 # stage each, apart from the residual products.
                 C = X["clamp"]
@@ -258,11 +258,11 @@ class EpilogueEngine(wiring.Component):
                 m.d.sync += [s6y.eq(dly(y6, M)),
                              s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl)
                                     + split_mul(m, db, ins.res_mult_b, M, rl))]
-                s7q, s7y = Data(signed(48)), Data(signed(8))
-                m.d.sync += [s7q.eq(round_shift(s6s, res_shift, 48, m, X["residual_shift"], rl)),
+                s7q, s7y = Data(signed(11)), Data(signed(8))
+                m.d.sync += [s7q.eq(round_shift_sat(s6s, res_shift, 11, m, X["residual_shift"], rl)),
                              s7y.eq(dly(s6y, X["residual_shift"]))]
                 zr = Signal(signed(12), name=f"zr{n}")
-                m.d.comb += zr.eq(saturate(s7q, 11) + ins.zp_out)
+                m.d.comb += zr.eq(s7q + ins.zp_out)
                 zr, s7y = dly(zr, X["residual_clamp"]), dly(s7y, X["residual_clamp"])
                 s8y = Data(signed(8))
                 m.d.sync += s8y.eq(Mux(ins.residual, clamp(zr, ins.out_min, ins.out_max), s7y))
@@ -528,8 +528,9 @@ class PoolEngine(wiring.Component):
                 # With timing_stages the multiply, the rounding and the shift are split over registers (X),
                 # and the rest waits beside them.
                 p6 = round_sig(m, s6p, 56, X["round_product"], rl)
-                s7m, s7q = Data(signed(8)), Data(signed(56))
-                m.d.sync += [s7m.eq(dly(s6m, pre - S)), s7q.eq(round_shift(p6, pool_shift, 56, m, X["shift"], rl))]
+                # Saturated to 11 bits as below, which leaves an already saturated value as it is.
+                s7m, s7q = Data(signed(8)), Data(signed(11))
+                m.d.sync += [s7m.eq(dly(s6m, pre - S)), s7q.eq(round_shift_sat(p6, pool_shift, 11, m, X["shift"], rl))]
                 q = s7q
                 if c.pool_fl32:
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.

@@ -260,3 +260,84 @@ def test_staged_arithmetic_equals_numerics_after_its_registers():
         np.testing.assert_array_equal(sh, golden(x, s), err_msg=f"stages={k}")
         np.testing.assert_array_equal(dec, golden(x, s), err_msg=f"decoded, stages={k}")
         assert pr == [int(ai) * int(bi) for ai, bi in zip(a, b)], f"stages={k}"
+
+
+class _RndSat(wiring.Component):
+    """round_shift_sat of a 63-, 56- and 48-bit value, with the shift raw or decoded a cycle ahead."""
+
+    x63: In(signed(63))
+    x56: In(signed(56))
+    x48: In(signed(48))
+    s: In(unsigned(32))
+    y63: Out(signed(11))
+    y56: Out(signed(11))
+    y48: Out(signed(9))
+
+    def __init__(self, stages, decoded):
+        self.stages, self.decoded = stages, decoded
+        super().__init__()
+
+    def elaborate(self, platform):
+        from tessera.hdl.common import delay, round_shift_sat, shift_decode
+        m = Module()
+        k = self.stages
+        xs = [self.x63, self.x56, self.x48]
+        if self.decoded:
+            # As EPILOGUE decodes a lane's shift while the value is still being rounded.
+            s = shift_decode(m, self.s, 1)
+            xs = [delay(m, x, 1) for x in xs]
+        else:
+            s = self.s
+        m.d.comb += [y.eq(round_shift_sat(x, s, len(y), m, k)) for y, x in zip((self.y63, self.y56, self.y48), xs)]
+        return m
+
+
+def _sat(v, bits):
+    return np.clip(v, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+
+
+def test_round_shift_sat_equals_saturated_round_shift_at_the_range_edges():
+    rng = np.random.default_rng(11)
+    n = 600
+    s = rng.integers(0, 64, size=n)
+    s[:8] = [0, 0, 62, 62, 63, 63, 1, 1]
+    wide = rng.integers(-(1 << 61), 1 << 61, size=n, dtype=np.int64) >> rng.integers(0, 61, size=n)
+    # Around the saturation bounds and their ties: (±1023 or ±1024, ±1 either side) << s, plus half or not.
+    near = rng.choice([-1026, -1025, -1024, -1023, 1021, 1022, 1023, 1024, 1025], size=n)
+    sh = np.minimum(s & 63, 62)
+    tie = np.where(sh > 0, np.left_shift(1, np.maximum(sh, 1) - 1), 0) * rng.integers(-1, 2, size=n)
+    # A sticky bit or not below a tie: the highest one (s - 2), any lower one, or none.
+    pos = np.where(rng.integers(0, 2, size=n) == 0, sh - 2, rng.integers(0, 62, size=n) % np.maximum(sh - 1, 1))
+    stick = np.where((sh >= 2) & (rng.integers(0, 3, size=n) > 0), np.left_shift(1, np.maximum(pos, 0)), 0)
+    edge = np.left_shift(near, np.minimum(sh, 50)) + tie + stick * np.sign(tie)
+    x = np.where(np.arange(n) % 2 == 0, wide, edge)
+    x[:8] = [-(1 << 61), (1 << 61) - 1, -(1 << 61), -1, 1 << 60, -(1 << 60), 2047, -2049]
+    xw = {w: np.clip(x, -(1 << (w - 1)), (1 << (w - 1)) - 1) for w in (63, 56, 48)}
+    # The 48-bit case as the residual uses it, but a narrower output: the window and range flag of any width.
+    bits = {63: 11, 56: 11, 48: 9}
+    for k in (0, 1):
+        for decoded in (False, True):
+            dut = _RndSat(k, decoded)
+            got = []
+            lag = k + decoded
+
+            async def bench(ctx):
+                for i in range(n + lag):
+                    j = min(i, n - 1)
+                    for w, port in ((63, dut.x63), (56, dut.x56), (48, dut.x48)):
+                        ctx.set(port, int(xw[w][j]))
+                    ctx.set(dut.s, int(s[j]))
+                    await ctx.delay(1e-9)
+                    got.append((ctx.get(dut.y63), ctx.get(dut.y56), ctx.get(dut.y48)))
+                    if lag:
+                        await ctx.tick()
+
+            sim = Simulator(dut)
+            if lag:
+                sim.add_clock(1e-6)
+            sim.add_testbench(bench)
+            sim.run()
+            for col, w in enumerate((63, 56, 48)):
+                out = np.array([g[col] for g in got[lag:lag + n]], np.int64)
+                np.testing.assert_array_equal(out, _sat(golden(xw[w], s), bits[w]),
+                                              err_msg=f"width {w}, stages={k}, decoded={decoded}")

@@ -421,7 +421,10 @@ def round_sig(m, x, width: int, stages: int = 0, reset_less: bool = False):
     if stages >= 4:
         xs = delay(m, xs, 1, reset_less=reset_less)
     mask, half, unit = Signal(w), Signal(w), Signal(w + 1)     # the s bits dropped; bit s - 1; bit s
-    m.d.comb += [mask.eq(mask64), half.eq(half64), unit.eq(half64 << 1)]
+    # s <= w - 25 (ones' top bit is 0): bits from w - 25 up are never dropped and bit s goes no higher,
+    # which yosys cannot see from s's width; the masks stop there, and so do their ANDs and OR trees.
+    n = max(w - SIG_BITS - 1, 0)
+    m.d.comb += [mask.eq(mask64[:n]), half.eq(half64[:n]), unit.eq((half64 << 1)[:n + 1])]
     xu = xs.as_unsigned()
     up = (xu & half).any() & ((xu & (mask >> 1)).any() | (xu & unit[:w]).any())
     # 2**s as a decoded bit, not mask + 1: no carry chain (s = 0 never rounds up).

@@ -277,16 +277,20 @@ def round_shift(x, s, width: int, m=None, stages: int = 0, reset_less: bool = Fa
     return (q + up)[:width].as_signed()
 
 
-def _window(v, s, n: int):
+def _window(m, v, s, n: int):
     """``(v >> s)[:n]`` for ``s`` below ``2**len(s)``, ``v`` at least ``n + 2**len(s) - 1`` bits.
 
     A log shifter whose largest step comes first: after the step of bit ``b`` only ``n + 2**b - 1``
     bits can still reach the output, so each level is that many 2:1 multiplexers (about
-    ``6 * n + 57`` for a 6-bit shift, against ``6 * len(v)`` for the whole shifted value).
+    ``6 * n + 57`` for a 6-bit shift, against ``6 * len(v)`` for the whole shifted value). Each
+    level is a comb signal of ``m``: the next level reads it twice, and as an expression every
+    read would copy the levels before it.
     """
     for b in reversed(range(len(s))):
         need = n + (1 << b) - 1
-        v = Mux(s[b], v[1 << b:(1 << b) + need], v[:need])
+        level = Signal(need, name=f"win{b}")
+        m.d.comb += level.eq(Mux(s[b], v[1 << b:(1 << b) + need], v[:need]))
+        v = level
     return v[:n]
 
 
@@ -301,25 +305,29 @@ def round_shift_sat(x, s, bits: int, m=None, stages: int = 0, reset_less: bool =
     leave the range downwards, and upwards only from its maximum, which then stays there. ``s``
     as in :func:`round_shift` (its :func:`shift_decode` tuple too; the decoded guard bit is not
     used); ``stages`` (0 or 1, ``m`` given) registers the window, the range flag and the rounding
-    decision, the add and saturation follow in the next cycle, as :func:`round_shift`'s.
-    Returns a signed value of ``bits`` bits.
+    decision, the add and saturation follow in the next cycle, as :func:`round_shift`'s; its
+    intermediate values are comb signals of ``m`` (which it therefore needs). Returns a signed value
+    of ``bits`` bits.
     """
     assert len(x) <= 63, len(x)
-    assert stages in (0, 1) and (m is not None or not stages), stages
+    assert stages in (0, 1) and m is not None, stages
     s_eff, mask, _ = s if isinstance(s, tuple) else shift_decode(None, s)
-    xs = x.as_signed()
+    # Comb signals for what is read bit by bit: a slice of an expression copies the whole expression.
+    xs, se, mk = Signal(signed(len(x))), Signal(6), Signal(64)
+    m.d.comb += [xs.eq(x.as_signed()), se.eq(s_eff), mk.eq(mask)]
     w, k = len(xs), bits - 1
     sign = xs[-1]
     # Bit 0 below x: the window's first bit is the guard (bit s - 1 of x, 0 when s = 0), then
     # q[:bits], which reaches bit s + bits - 1 <= 62 + k of the sign-extended x.
-    win = _window(Cat(Const(0, 1), xs, sign.replicate(63 + k - w)), Value.cast(s_eff)[:6], bits + 1)
+    win = _window(m, Cat(Const(0, 1), xs, sign.replicate(63 + k - w)), se, bits + 1)
     guard, low = win[0], win[1:]
     x64 = Cat(xs, sign.replicate(64 - w))
-    up = guard & ((x64 & (mask >> 1)).any() | low[0])
+    up = guard & ((x64 & (mk >> 1)).any() | low[0])
     # q fits when no bit of x at or above s + k differs from the sign: bit i >= k counts unless
     # mask (the s low bits) covers i - k.
-    ones = xs.as_unsigned() ^ sign.replicate(w)
-    outside = Cat(*[ones[i] & ~mask[i - k] for i in range(k, w)]).any() if w > k else Const(0)
+    ones = Signal(w)
+    m.d.comb += ones.eq(xs.as_unsigned() ^ sign.replicate(w))
+    outside = (ones[k:] & ~mk[:w - k]).any() if w > k else Const(0)
     if stages:
         regs = [Signal(bits, reset_less=reset_less), Signal(reset_less=reset_less),
                 Signal(reset_less=reset_less), Signal(reset_less=reset_less)]

@@ -18,7 +18,7 @@ from .dma import LoadDma, StoreDma, write_lanes
 from .fetch import Fetch
 from .post import PostUnit
 
-__all__ = ["Npu", "NpuCore", "TraceSignature"]
+__all__ = ["Npu", "NpuCore", "TraceSignature", "collision_free_buffers"]
 
 
 def TraceSignature(with_cycle: bool = True) -> wiring.Signature:
@@ -145,6 +145,28 @@ class NpuCore(wiring.Component):
                      self.stall.eq(disp.stall),
                      self.progress.eq(disp.progress | fetch.mem.resp.valid | (rq.valid & rq.ready))]
         return m
+
+
+def collision_free_buffers(config: NpuConfig) -> dict[str, int]:
+    """The buffer memories (name: write ports) whose reads never meet a write of the same word in one cycle.
+
+    Amaranth's read ports return the old word when a write to it lands in the same cycle; a block
+    RAM whose two ports collide returns an undefined word, so yosys builds the old word around it
+    (a flip-flop copy of the write data and a multiplexer per read bit: 3,992 LUT4 for the 4,096-bit
+    WGT word at 512 MACs, docs/synthesis.md). The NPU never needs it. Between units such a
+    collision is a race that dependency tokens order away in every program
+    :mod:`tessera.sim.hazards` accepts, and within a unit no pipeline reads a word it is writing in
+    that cycle: CONV's accumulate reads a pixel's old ACC word many cycles before that pixel's total
+    is written (and a CONV is done only when its writes are), EPILOGUE reads a residual word
+    ``depth`` pixels ahead of the output word it writes. ``tessera synth`` marks these ports'
+    collisions undefined (hdl/synth.py). Memories with more than one write port keep the rule.
+    """
+    names = {"wgt_buf": 1, "acc_buf": 1}
+    if config.bram_buffers:
+        names.update(act_buf=1, act_buf_post=1, prm_buf=1)
+    else:
+        names.update(param_buf=1)
+    return names
 
 
 class Npu(wiring.Component):

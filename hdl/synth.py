@@ -28,6 +28,7 @@ from .boards import BOARDS, PRIMITIVES, Board, get_board, resolve_config
 from .boards.macarray import MacArrayDemo
 from .boards.reports import ReportError, parse_critical_path, parse_fmax, parse_utilisation, parse_yosys_cells
 from .boards.top import BoardTop
+from .npu import collision_free_buffers
 
 __all__ = ["synth_command", "synthesize", "make_core", "estimate_resources", "SynthError", "summary_markdown",
            "TOP_NAME", "CORES", "npu_mac_dsp_products"]
@@ -137,8 +138,18 @@ def _known_placer(placer: str, what: str) -> str:
     return placer
 
 
-def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool, placer: str | None = None) -> dict:
+def collision_script(buffers: dict[str, int]) -> str:
+    """yosys commands, run after reading the design, that leave same-cycle read/write collisions of
+    these memories (``{MEMID: write ports}``, :func:`tessera.hdl.npu.collision_free_buffers`) undefined,
+    so their block RAMs need no old-word bypass."""
+    return "".join(f"setparam -set COLLISION_X_MASK {n}'{'1' * n} t:$memrd_v2 r:MEMID=\\{name} %i\n"
+                   for name, n in sorted(buffers.items()))
+
+
+def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool, placer: str | None = None,
+               buffers: dict[str, int] | None = None) -> dict:
     nextpnr = f"--timing-allow-fail --seed {seed}" + (" --pack-only" if pack_only else "")
+    after_read = collision_script(buffers) if buffers else ""
     if placer and board.family != "arria10":
         nextpnr += f" --placer {placer}"
     if board.family == "ecp5":
@@ -147,9 +158,9 @@ def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool, pla
         nextpnr += " --router router2"
         # -nodsp when the core instantiates exactly the hard multipliers it wants: otherwise yosys
         # puts every multiplier on a MULT18X18D and overflows the 156 of them.
-        return dict(synth_opts="-nodsp" if explicit_dsp else "", nextpnr_opts=nextpnr)
+        return dict(synth_opts="-nodsp" if explicit_dsp else "", nextpnr_opts=nextpnr, script_after_read=after_read)
     if board.family == "ice40":
-        return dict(nextpnr_opts=nextpnr)
+        return dict(nextpnr_opts=nextpnr, script_after_read=after_read)
     # Arria 10 (Quartus): name the family too, and let TimeQuest add jitter/uncertainty.
     return dict(add_settings='set_global_assignment -name FAMILY "Arria 10"\n'
                              'set_global_assignment -name PROJECT_OUTPUT_DIRECTORY output_files\n',
@@ -218,7 +229,9 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         platform.add_file(f"{TOP_NAME}.qpf", f'PROJECT_REVISION = "{TOP_NAME}"\n')
     t0 = time.perf_counter()
     log(f"synth: elaborating {core_desc or type(core).__name__} for {board.name} ({board.device})")
-    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed, explicit_dsp, pack_only, placer))
+    # The NPU's buffers (a core given by the caller has its own memories, and keeps their rule).
+    buffers = collision_free_buffers(config) if default_core and not explicit_dsp else None
+    plan = platform.build(top, name=TOP_NAME, do_build=False, **_overrides(board, seed, explicit_dsp, pack_only, placer, buffers))
     if build_dir.exists():
         shutil.rmtree(build_dir)
     for stale in ("report.json", "summary.md"):

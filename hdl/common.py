@@ -294,7 +294,7 @@ def _window(m, v, s, n: int):
     return v[:n]
 
 
-def round_shift_sat(x, s, bits: int, m=None, stages: int = 0, reset_less: bool = False):
+def round_shift_sat(x, s, bits: int, m, stages: int = 0, reset_less: bool = False):
     """``saturate(round_shift(x, s, len(x)), bits)``, without shifting all of ``x``.
 
     Every rounding shift of POST is saturated to 11 bits before its zero point and clamp, so of
@@ -304,13 +304,12 @@ def round_shift_sat(x, s, bits: int, m=None, stages: int = 0, reset_less: bool =
     ``s``'s low-bit mask decides, as it decides the sticky bit. Rounding up (``q + 1``) cannot
     leave the range downwards, and upwards only from its maximum, which then stays there. ``s``
     as in :func:`round_shift` (its :func:`shift_decode` tuple too; the decoded guard bit is not
-    used); ``stages`` (0 or 1, ``m`` given) registers the window, the range flag and the rounding
-    decision, the add and saturation follow in the next cycle, as :func:`round_shift`'s; its
-    intermediate values are comb signals of ``m`` (which it therefore needs). Returns a signed value
-    of ``bits`` bits.
+    used); ``stages`` (0 or 1) registers the window, the range flag and the rounding decision, the
+    add and saturation follow in the next cycle, as :func:`round_shift`'s. Its intermediate values
+    are comb signals of ``m``. Returns a signed value of ``bits`` bits.
     """
     assert len(x) <= 63, len(x)
-    assert stages in (0, 1) and m is not None, stages
+    assert stages in (0, 1), stages
     s_eff, mask, _ = s if isinstance(s, tuple) else shift_decode(None, s)
     # Comb signals for what is read bit by bit: a slice of an expression copies the whole expression.
     xs, se, mk = Signal(signed(len(x))), Signal(6), Signal(64)

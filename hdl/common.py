@@ -30,6 +30,8 @@ __all__ = [
     "instr_register",
     "load_instr",
     "log2",
+    "narrow_mul",
+    "word_at",
     "register_copies",
     "round_shift",
     "round_shift_sat",
@@ -338,6 +340,48 @@ def round_shift_sat(x, s, bits: int, m, stages: int = 0, reset_less: bool = Fals
     return Mux(outside | at_hi, Mux(sign, lo, hi), low.as_signed() + up)[:bits].as_signed()
 
 
+#: Most bits (or, for a constant, set bits) of an operand that :func:`narrow_mul` multiplies by with shifted
+#: adds. yosys puts every other ``*`` of at least 2 × 2 bits on a hard multiplier: a whole MULT18X18D for a
+#: ``k_h * k_w`` or a 3-bit stride, and 23 of them in the 512-MAC NPU were MAC-array products left to the
+#: fabric (docs/synthesis.md, session 14).
+NARROW_MUL_BITS = 4
+
+
+def narrow_mul(a, b):
+    """``a * b`` with Amaranth's shape and value, as shifted adds when an operand is narrow.
+
+    An operand of at most :data:`NARROW_MUL_BITS` bits, or a constant with at most that many set bits,
+    selects shifted copies of the other (its sign bit, if signed, subtracts one); synthesis then keeps
+    the hard multipliers for wide products. Otherwise it is ``a * b``.
+    """
+    a, b = Value.cast(a), Value.cast(b)
+    shape = (a * b).shape()
+
+    def set_bits(v):
+        if isinstance(v, Const):
+            pattern = v.value & ((1 << len(v)) - 1)
+            return [i for i in range(len(v)) if pattern >> i & 1]
+        return None
+
+    for x, y in ((a, b), (b, a)):
+        ones = set_bits(y)
+        if (ones is not None and len(ones) <= NARROW_MUL_BITS) or (ones is None and len(y) <= NARROW_MUL_BITS):
+            break
+    else:
+        return a * b
+    total = Const(0, shape)
+    for i in (ones if ones is not None else range(len(y))):
+        term = (x if ones is not None else Mux(y[i], x, 0)) << i
+        total = total - term if y.shape().signed and i == len(y) - 1 else total + term
+    return total[:shape.width].as_signed() if shape.signed else total[:shape.width]
+
+
+def word_at(v, i, width: int):
+    """``v.word_select(i, width)`` without a multiplier: Amaranth forms the offset ``i * width`` with a
+    ``$mul`` that yosys puts on a hard multiplier; here it is :func:`narrow_mul`'s shifted adds."""
+    return v.bit_select(narrow_mul(i, Const(width)), width)
+
+
 def split_mul(m, a, b, stages: int = 0, reset_less: bool = False):
     """``a * b`` (signed), with ``stages=1`` as registered partial products of at most 18 × 18 bits.
 
@@ -361,7 +405,7 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False):
     for pa, sa in parts(a):
         for pb, sb in parts(b):
             r = Signal(signed(len(pa) + len(pb) + 1), reset_less=reset_less)
-            m.d.sync += r.eq(pa * pb)
+            m.d.sync += r.eq(narrow_mul(pa, pb))      # an operand just over 18 bits leaves a narrow part
             terms.append(r.as_signed() << (sa + sb) if sa + sb else r.as_signed())
     total = terms[0]
     for t in terms[1:]:

@@ -18,6 +18,7 @@ from .common import (
     instr_copy,
     instr_register,
     load_instr,
+    narrow_mul,
     split_mul,
     word_bits,
 )
@@ -62,7 +63,7 @@ class ConvUnit(wiring.Component):
         # One multiply, add or compare per step with timing_stages (K is also the RUN state's weight step).
         chk = CheckStages(m, c, self.ctl.start)
         ic = ins_chk
-        kk = chk.step(ic.k_h * ic.k_w)
+        kk = chk.step(narrow_mul(ic.k_h, ic.k_w))
         hw = chk.step(ic.in_h * ic.in_w)
         P = chk.step(ic.out_h * ic.out_w)                    # pixels per block
         K = chk.step((kk * ic.in_cb)[:18], kk)               # terms per pixel: k_h*k_w*in_cb
@@ -157,8 +158,8 @@ class ConvUnit(wiring.Component):
 
             m.d.sync += [s1["v"].eq(late(gen, "v")), s1["first"].eq(late(t == 0)), s1["last"].eq(late(pix_end)),
                          s1["cb"].eq(late(cb)), s1["wa"].eq(late(wbase + t)), s1["tag"].eq(late(ins.acc_addr + pcnt)),
-                         s1["iy"].eq(late(y * ins.stride_h) + late(ky * ins.dil_h) - ins.pad_t),
-                         s1["ix"].eq(late(x * ins.stride_w) + late(kx * ins.dil_w) - ins.pad_l)]
+                         s1["iy"].eq(late(narrow_mul(y, ins.stride_h)) + late(narrow_mul(ky, ins.dil_h)) - ins.pad_t),
+                         s1["ix"].eq(late(narrow_mul(x, ins.stride_w)) + late(narrow_mul(kx, ins.dil_w)) - ins.pad_l)]
             # S2: padding test and linear pixel index.
             s2 = stage(v=1, first=1, last=1, cb=10, wa=28, tag=16, pad=1, lin=signed(32))
             # With timing_stages each address multiply registers its partial products first (hard

@@ -22,6 +22,7 @@ from .common import (
     instr_register,
     load_instr,
     log2,
+    narrow_mul,
     word_bits,
 )
 
@@ -190,7 +191,7 @@ class LoadDma(wiring.Component):
 
         # Requests.
         byte = Signal(34)
-        m.d.comb += byte.eq(w.word_dram + w.e * B)
+        m.d.comb += byte.eq(w.word_dram + narrow_mul(w.e, B))
         backlog = self.backlog if c.bram_buffers else 0
         can = w.active & (inflight + backlog < c.mem_outstanding) & meta.w_rdy
         m.d.comb += [self.mem.req.valid.eq(can), self.mem.req.payload.eq(byte >> log2(B))]

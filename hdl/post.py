@@ -21,12 +21,14 @@ from .common import (
     instr_copy,
     instr_register,
     load_instr,
+    narrow_mul,
     round_shift,
     round_shift_sat,
     round_sig,
     saturate,
     shift_decode,
     split_mul,
+    word_at,
     word_bits,
 )
 
@@ -109,7 +111,7 @@ class EpilogueEngine(wiring.Component):
         pm1 = chk.step(P - 1)
         out_rows = chk.step(pm1 * ins_chk.out_stride, pm1)
         res_rows = chk.step(pm1 * ins_chk.res_stride, pm1)
-        obk = chk.step(ob * k)
+        obk = chk.step(narrow_mul(ob, k))
         acc_bad = chk.step(ins_chk.acc_addr + obp > c.accbuf_words, obp)
         prm_bad = chk.step(ins_chk.param_addr + ob > c.pbuf_words)
         out_end = chk.step(ins_chk.out_addr + out_rows, out_rows)
@@ -191,15 +193,15 @@ class EpilogueEngine(wiring.Component):
             if k * G == 1:
                 m.d.comb += accw.eq(self.acc_rd.data)
             else:
-                m.d.comb += accw.eq(self.acc_rd.data.word_select(jgr, 32 * E))
+                m.d.comb += accw.eq(word_at(self.acc_rd.data, jgr, 32 * E))
             if c.bram_buffers or k * G == 1:
                 m.d.comb += prmw.eq(self.prm_rd.data)
             else:
-                m.d.comb += prmw.eq(self.prm_rd.data.word_select(jgr, 96 * E))
+                m.d.comb += prmw.eq(word_at(self.prm_rd.data, jgr, 96 * E))
             if G == 1:
                 m.d.comb += resw.eq(self.act_rd.data)
             else:
-                m.d.comb += resw.eq(self.act_rd.data.word_select(gr, 8 * E))
+                m.d.comb += resw.eq(word_at(self.act_rd.data, gr, 8 * E))
             lanes = []
             for n in range(E):
                 L = {"acc": Data(signed(32)), "bias": Data(signed(32)), "mult": Data(signed(32)), "shift": Data(6),
@@ -282,6 +284,11 @@ class EpilogueEngine(wiring.Component):
                          self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
         return m
 
+
+#: Width of POOL's window sum of ``x - zp_in`` (each within ±255): at most k_h × k_w taps. 17 bits, so
+#: the AVG product ``sum * mult`` takes two hard multipliers, not four (20 bits took four).
+_SUM_BITS = ((2 ** layout(Opcode.POOL).members["k_h"].width - 1)
+             * (2 ** layout(Opcode.POOL).members["k_w"].width - 1) * 255).bit_length() + 1
 
 #: Width of POOL's float32 window sum (``fl32``): up to 225 taps of ``|x - zp| * mult < 2**39``.
 _FL_BITS = 50
@@ -369,7 +376,9 @@ class PoolEngine(wiring.Component):
             m.d.comb += self.bad_field.eq(fl32_avg(ins_chk))
         chk = CheckStages(m, c, None)
         ihw, ohw = chk.step(ins_chk.in_h * ins_chk.in_w), chk.step(ins_chk.out_h * ins_chk.out_w)
-        ihwc, ohwc = chk.step(ihw * ins_chk.cb, ihw), chk.step(ohw * ins_chk.cb, ohw)
+        # Registered partial products (one 18 x 18 and a narrow rest in LUTs): as one product of 20 x 10
+        # bits yosys put the 2-bit rest on a second hard multiplier.
+        ihwc, ohwc = chk.mul(ihw, ins_chk.cb, ihw), chk.mul(ohw, ins_chk.cb, ohw)
         in_bad = chk.step(ins_chk.in_addr + ihwc > c.abuf_words, ihwc)
         out_bad = chk.step(ins_chk.out_addr + ohwc > c.abuf_words, ohwc)
         m.d.comb += self.bad.eq(chk.step(in_bad | out_bad, in_bad, out_bad))
@@ -440,8 +449,8 @@ class PoolEngine(wiring.Component):
 
             m.d.sync += [s1["v"].eq(late(adv)), s1["first"].eq(late((kx == 0) & (ky == 0))), s1["last"].eq(late(win_end)),
                          s1["cc"].eq(late(cc)), s1["oa"].eq(late(ins.out_addr + ocnt)),
-                         iy1.eq(late(oy * ins.stride_h) + late(ky) - ins.pad_t),
-                         ix1.eq(late(ox * ins.stride_w) + late(kx) - ins.pad_l)]
+                         iy1.eq(late(narrow_mul(oy, ins.stride_h)) + late(ky) - ins.pad_t),
+                         ix1.eq(late(narrow_mul(ox, ins.stride_w)) + late(kx) - ins.pad_l)]
             # With timing_stages both address multiplies register their partial products first (A1, A2).
             A1, A2 = X["pixel_index"], X["buffer_address"]
             s2 = carry(s1, A1)
@@ -463,9 +472,9 @@ class PoolEngine(wiring.Component):
             s5 = []
             for n in range(N):
                 x = self.act_rd.data[8 * n:8 * n + 8].as_signed()
-                mx, sm = Signal(signed(8)), Signal(signed(20))
+                mx, sm = Signal(signed(8)), Signal(signed(_SUM_BITS))
                 new_mx = Signal(signed(8))
-                new_sm = Signal(signed(20))
+                new_sm = Signal(signed(_SUM_BITS))
                 tap = Signal(signed(9))
                 base_mx = Mux(s4["first"], -128, mx)
                 m.d.comb += [new_mx.eq(Mux(inside4 & (x > base_mx), x, base_mx)),
@@ -473,7 +482,7 @@ class PoolEngine(wiring.Component):
                              new_sm.eq(Mux(s4["first"], 0, sm) + tap)]
                 with m.If(s4["v"]):
                     m.d.sync += [mx.eq(new_mx), sm.eq(new_sm)]
-                s5m, s5s, s5f = Signal(signed(8)), Signal(signed(20)), Signal(signed(_FL_BITS))
+                s5m, s5s, s5f = Signal(signed(8)), Signal(signed(_SUM_BITS)), Signal(signed(_FL_BITS))
                 m.d.sync += [s5m.eq(new_mx), s5s.eq(new_sm)]
                 if c.pool_fl32:
                     # The float32 sum, scaled by 2**-e: every tap and partial sum to 24 significant bits.
@@ -488,7 +497,7 @@ class PoolEngine(wiring.Component):
             if G > 1:
                 # The bank: one pixel's maxima and sums, requantized one group per cycle.
                 fb = _FL_BITS if c.pool_fl32 else 1
-                bank = [(Signal(signed(8), name=f"bm{n}"), Signal(signed(20), name=f"bs{n}"),
+                bank = [(Signal(signed(8), name=f"bm{n}"), Signal(signed(_SUM_BITS), name=f"bs{n}"),
                          Signal(signed(fb), name=f"bf{n}")) for n in range(N)]
                 bv, bg, ba = Signal(), Signal(range(G)), Signal(16)
                 with m.If(s5v):
@@ -498,7 +507,7 @@ class PoolEngine(wiring.Component):
                     m.d.sync += [bg.eq(bg + 1), bv.eq(bg != G - 1)]
                 lanes = []
                 for n in range(E):
-                    lm, ls, lf = Signal(signed(8), name=f"gm{n}"), Signal(signed(20), name=f"gs{n}"), \
+                    lm, ls, lf = Signal(signed(8), name=f"gm{n}"), Signal(signed(_SUM_BITS), name=f"gs{n}"), \
                         Signal(signed(fb), name=f"gf{n}")
                     with m.Switch(bg):
                         for g in range(G):
@@ -524,7 +533,7 @@ class PoolEngine(wiring.Component):
                 lm, ls, lf = (dly(x, S) for x in (lm, ls, lf))
                 s6m, s6p = Data(signed(8)), Data(signed(56))
                 m.d.sync += [s6m.eq(lm), s6p.eq(split_mul(m, ls, ins.mult, X["multiply"], rl))]
-                # scale_product(sum, mult): the 20-bit sum is exact in float32; the product rounds before the shift.
+                # scale_product(sum, mult): the window sum is exact in float32; the product rounds before the shift.
                 # With timing_stages the multiply, the rounding and the shift are split over registers (X),
                 # and the rest waits beside them.
                 p6 = round_sig(m, s6p, 56, X["round_product"], rl)

@@ -85,10 +85,11 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
 
 
 #: MULT18X18D that yosys puts on the NPU's multipliers outside the MAC array, besides 8 per EPILOGUE
-#: lane (32×32 and two 10×32 products) and 4 per POOL lane (20×32), both ``post_lanes``: address
-#: arithmetic (measured with yosys 0.70 on the ulx3s-85f config: 130 in all with 4 EPILOGUE lanes
-#: and, before the POOL shared its multipliers too, 16 POOL lanes).
-NPU_ADDRESS_DSP = 32   # 34 until EPILOGUE's pixel addresses became running sums (session 9: 154 of 156 used)
+#: lane (32×32 and two 10×32 products) and 2 per POOL lane (17×32), both ``post_lanes``: address
+#: arithmetic (measured with yosys 0.70 on the ulx3s-85f config with timing_stages: 65 in all with 4
+#: post lanes). Products with an operand of 4 bits or less are shifted adds (``hdl.common.narrow_mul``)
+#: and take none: session 14 gave 19 MULT18X18D back to the MAC array that way.
+NPU_ADDRESS_DSP = 21   # 32 before narrow_mul (session 14), 34 before EPILOGUE's running-sum addresses (session 9)
 #: MULT18X18D that ``timing_stages`` adds to those: the range checks' multiplies, registered step by step,
 #: are no longer merged with the address arithmetic (measured: 160 of 156 with 74 left to the array).
 NPU_TIMING_DSP = 4
@@ -100,7 +101,7 @@ def npu_mac_dsp_products(board: Board, config) -> int:
     env = os.environ.get("TESSERA_SYNTH_MAC_DSP")
     if env:
         return int(env)
-    others = 12 * config.post_lanes_eff + NPU_ADDRESS_DSP + (NPU_TIMING_DSP if config.timing_stages else 0)
+    others = 10 * config.post_lanes_eff + NPU_ADDRESS_DSP + (NPU_TIMING_DSP if config.timing_stages else 0)
     return max(0, min(config.macs_per_cycle, board.dsp_capacity - others))
 
 
@@ -272,9 +273,10 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
             raise SynthError(f"{board.name}: {config.name} does not fit the {board.device}: "
                              f"{', '.join(over)} (yosys cell counts; see {out / 'summary.md'})")
         if board.family == "ecp5":
-            # Every adder's last carry sits on a net nothing reads; nextpnr would give each a feed-out
-            # CCU2C (hdl/boards/netlist.py: 9 % of the device at 512 MACs).
-            report["carry_outs_trimmed"] = trim_carry_outs_file(build_dir / f"{TOP_NAME}.json")
+            # nextpnr would give every adder's unread last carry a feed-out CCU2C and every constant carry in
+            # a feed-in (hdl/boards/netlist.py: 9 % of the device for the feed-outs alone at 512 MACs).
+            report["carry_outs_trimmed"], report["carry_chains_started"] = trim_carry_outs_file(
+                build_dir / f"{TOP_NAME}.json")
         log("synth: running nextpnr " + ("(packing only)" if pack_only else "and the bitstream packer"))
         # The build script again, with yosys already done (and no bitstream packer when only packing).
         env = dict(env, YOSYS="true", **({"ECPPACK": "true", "ICEPACK": "true"} if pack_only else {}))

@@ -13,8 +13,10 @@ signed(16): ``a * wu`` lies in [-32640, 32385].
 
 from amaranth.hdl import ClockSignal, Const, Instance, Mux, Signal, signed, unsigned
 
+from .netlist import CARRY_START_INIT
+
 __all__ = ["DSP_KINDS", "SOFT_KINDS", "product", "soft_product", "ecp5_and_add", "AND_ADD_INIT",
-           "and_add_wiring", "LATENCY", "DSP_A_SHIFT", "mult18x18d_a_pins"]
+           "and_add_wiring", "and_add_halves", "LATENCY", "DSP_A_SHIFT", "mult18x18d_a_pins"]
 
 #: Hard multipliers: "ecp5" (MULT18X18D), "ice40" (SB_MAC16), "infer" (``a * wu`` between registers,
 #: for vendor tools that infer DSP blocks, e.g. Quartus on Arria 10).
@@ -47,28 +49,45 @@ def and_add_wiring(j):
     return x, y
 
 
+def and_add_halves():
+    """The ten CCU2C halves of :func:`ecp5_and_add`, first to last: (INIT, ((A, B), (C, D)), sum bit).
+
+    Half 0 starts the carry at 0 (:data:`~tessera.hdl.boards.netlist.CARRY_START_INIT`, inputs "1" for
+    tied high) and makes no sum bit, so the chain needs no carry in: nextpnr feeds a constant one in
+    with a CCU2C of its own. Halves 1..9 make sum bits 1..9; bit 0 (``a0 & g0``) has no carry to take
+    and is a LUT. Shared by the builder and its exhaustive model test.
+    """
+    start = (int(CARRY_START_INIT["0"], 2), (("1", "1"), ("1", "1")), None)
+    return [start] + [(AND_ADD_INIT, and_add_wiring(j), j) for j in range(1, 10)]
+
+
 def ecp5_and_add(m, a, g0, g1, name):
     """``g0 * a + 2 * g1 * a`` (signed(10), combinational) in five CCU2C: the ANDs ride in the carry LUTs.
 
     Yosys maps an adder of AND terms to separate AND LUTs plus a carry chain; here each carry-chain
-    LUT4 computes its propagate from the two AND terms directly, halving the soft multiplier.
+    LUT4 computes its propagate from the two AND terms directly, halving the soft multiplier. The
+    chain has no carry in or out (:func:`and_add_halves`), so nextpnr adds no CCU2C to start or end it.
     """
     bits = {f"a{i}": a[i] for i in range(8)}
-    bits.update(g0=g0, g1=g1)
+    bits.update({"g0": g0, "g1": g1, "1": Const(1), None: Const(0)})
     s = Signal(signed(10), name=f"{name}_s")
-    cin = Const(0)
+    m.d.comb += s[0].eq(a[0] & g0)
+    halves = and_add_halves()
+    cin = None
     for c in range(5):
         ports = {}
         for half in range(2):
-            (xa, xb), (ya, yb) = and_add_wiring(2 * c + half)
-            ports.update({f"i_A{half}": bits[xa], f"i_B{half}": bits[xb],
-                          f"i_C{half}": bits[ya] if ya else Const(0), f"i_D{half}": bits[yb] if yb else Const(0),
-                          f"o_S{half}": s[2 * c + half]})
-        cout = Signal(name=f"{name}_c{c}")
-        m.submodules[f"{name}_ccu{c}"] = Instance(
-            "CCU2C", p_INIT0=Const(AND_ADD_INIT, 16), p_INIT1=Const(AND_ADD_INIT, 16),
-            p_INJECT1_0="NO", p_INJECT1_1="NO", i_CIN=cin, o_COUT=cout, **ports)
-        cin = cout
+            init, ((xa, xb), (ya, yb)), j = halves[2 * c + half]
+            ports.update({f"i_A{half}": bits[xa], f"i_B{half}": bits[xb], f"i_C{half}": bits[ya],
+                          f"i_D{half}": bits[yb], f"p_INIT{half}": Const(init, 16)})
+            if j is not None:
+                ports[f"o_S{half}"] = s[j]
+        if cin is not None:
+            ports["i_CIN"] = cin
+        if c < 4:
+            cin = Signal(name=f"{name}_c{c}")
+            ports["o_COUT"] = cin
+        m.submodules[f"{name}_ccu{c}"] = Instance("CCU2C", p_INJECT1_0="NO", p_INJECT1_1="NO", **ports)
     return s
 
 

@@ -14,7 +14,8 @@ from tessera.hdl.boards.multipliers import (
     AND_ADD_INIT,
     DSP_A_SHIFT,
     LATENCY,
-    and_add_wiring,
+    and_add_halves,
+    ecp5_and_add,
     mult18x18d_a_pins,
     product,
 )
@@ -54,29 +55,55 @@ def test_product_equals_int8_times_offset_weight_after_latency(kwargs):
     assert got[LATENCY - 1:LATENCY - 1 + len(pairs)] == [x * y for x, y in pairs]
 
 
-def _ccu2c_chain(inputs_per_bit, init):
-    """Bit-level model of chained ECP5 CCU2C halves, as in yosys' cells_sim_ecp5.v (INJECT1 = "NO")."""
-    carry, out = 0, 0
-    for j, (a, b, c, d) in enumerate(inputs_per_bit):
+def _ccu2c_chain(halves, carry):
+    """Bit-level model of chained ECP5 CCU2C halves ((INIT, (A, B, C, D)) each), as in yosys'
+    cells_sim_ecp5.v (INJECT1 = "NO"), from the carry in ``carry``: returns the halves' sum bits."""
+    out = []
+    for init, (a, b, c, d) in halves:
         prop = init >> (a | b << 1 | c << 2 | d << 3) & 1
         gen = init >> (a | b << 1) & 1          # the LUT2 is INIT[3:0] over A, B
-        out |= (prop ^ carry) << j
+        out.append(prop ^ carry)
         carry = (~prop & gen | prop & carry) & 1
     return out
 
 
-def test_ecp5_and_add_init_and_wiring_give_the_partial_product_sum_exhaustively():
+def test_ecp5_and_add_halves_give_the_partial_product_sum_exhaustively():
+    # Whatever carry enters the chain (its CIN is unconnected), the halves and the AND for bit 0 add up.
+    halves = and_add_halves()
+    assert len(halves) == 10 and halves[0][2] is None and [h[2] for h in halves[1:]] == list(range(1, 10))
     for g0 in (0, 1):
         for g1 in (0, 1):
             for a in range(-128, 128):
                 val = {f"a{i}": a >> i & 1 for i in range(8)}
-                val.update(g0=g0, g1=g1, **{"None": 0})
-                bits = []
-                for j in range(10):
-                    (xa, xb), (ya, yb) = and_add_wiring(j)
-                    bits.append((val[xa], val[xb], val[str(ya)], val[str(yb)]))
-                s = _ccu2c_chain(bits, AND_ADD_INIT)
-                assert s - (s >> 9 << 10) == g0 * a + 2 * g1 * a, (a, g0, g1)
+                val.update(g0=g0, g1=g1, **{"None": 0, "1": 1})
+                for cin in (0, 1):
+                    sums = _ccu2c_chain([(init, (val[xa], val[xb], val[str(ya)], val[str(yb)]))
+                                         for init, ((xa, xb), (ya, yb)), _ in halves], cin)
+                    s = (a & g0 & 1) | sum(sums[i] << j for i, (_, _, j) in enumerate(halves) if j is not None)
+                    assert s - (s >> 9 << 10) == g0 * a + 2 * g1 * a, (a, g0, g1, cin)
+
+
+def test_ecp5_and_add_instances_follow_the_modelled_halves():
+    m = Module()
+    a, g0, g1 = Signal(signed(8)), Signal(), Signal()
+    ecp5_and_add(m, a, g0, g1, "aa")
+    m._MustUse__silence = True  # inspected, not built
+    names = {f"a{i}": repr(a[i]) for i in range(8)} | {"g0": repr(g0), "g1": repr(g1)}
+    halves = and_add_halves()
+    for c in range(5):
+        inst = m.submodules[f"aa_ccu{c}"]
+        ports = {name: value for name, (value, _) in inst.ports.items()}
+        assert ("CIN" in ports) == (c > 0) and ("COUT" in ports) == (c < 4), c   # no carry in or out of the chain
+        for half in range(2):
+            init, ((xa, xb), (ya, yb)), j = halves[2 * c + half]
+            assert inst.parameters[f"INIT{half}"].value == init
+            for pin, src in zip("ABCD", (xa, xb, ya, yb)):
+                got = ports[f"{pin}{half}"]
+                if src in names:
+                    assert repr(got) == names[src], (c, half, pin)
+                else:
+                    assert got.value == (src == "1"), (c, half, pin)
+            assert (f"S{half}" in ports) == (j is not None)
 
 
 def test_mult18x18d_shifted_activation_gives_the_product_exhaustively():

@@ -341,3 +341,81 @@ def test_round_shift_sat_equals_saturated_round_shift_at_the_range_edges():
                 out = np.array([g[col] for g in got[lag:lag + n]], np.int64)
                 np.testing.assert_array_equal(out, _sat(golden(xw[w], s), bits[w]),
                                               err_msg=f"width {w}, stages={k}, decoded={decoded}")
+
+
+def _narrow_cases():
+    """(a shape, b shape or a constant): narrow operands of every signedness, constants, and wide pairs."""
+    return [(unsigned(10), unsigned(3)), (signed(10), unsigned(3)), (unsigned(10), signed(3)), (signed(9), signed(4)),
+            (unsigned(4), unsigned(4)), (signed(5), signed(1)), (unsigned(1), unsigned(10)), (signed(7), 2),
+            (unsigned(6), 128), (signed(6), 384), (signed(6), -3), (unsigned(5), 0), (signed(6), signed(6))]
+
+
+def test_narrow_mul_equals_the_product_with_its_shape_exhaustively():
+    from amaranth.hdl import Const, Signal
+    from tessera.hdl.common import narrow_mul
+    m, probes = Module(), []
+    for sa, sb in _narrow_cases():
+        a = Signal(sa)
+        b = Const(sb) if isinstance(sb, int) else Signal(sb)
+        r = narrow_mul(a, b)
+        assert r.shape() == (a * b).shape(), (sa, sb)
+        o = Signal(r.shape())
+        m.d.comb += o.eq(r)
+        probes.append((a, b, o))
+
+    def values(v):
+        s = v.shape()
+        return range(-(1 << (s.width - 1)), 1 << (s.width - 1)) if s.signed else range(1 << s.width)
+
+    async def bench(ctx):
+        for a, b, o in probes:
+            for bv in ([b.value] if isinstance(b, Const) else values(b)):
+                if not isinstance(b, Const):
+                    ctx.set(b, bv)
+                for av in values(a):
+                    ctx.set(a, av)
+                    assert ctx.get(o) == av * bv, (a.shape(), b.shape(), av, bv)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_narrow_mul_leaves_no_multiplier_for_a_narrow_operand():
+    # yosys maps every $mul of 2 x 2 bits or more onto a MULT18X18D: narrow products must not have one.
+    from amaranth.back import rtlil
+    from amaranth.hdl import Const, Signal
+    from tessera.hdl.common import narrow_mul, word_at
+    for sa, sb in _narrow_cases():
+        a = Signal(sa, name="a")
+        b = Const(sb) if isinstance(sb, int) else Signal(sb, name="b")
+        o = Signal((a * b).shape(), name="o")
+        m = Module()
+        m.d.comb += o.eq(narrow_mul(a, b))
+        text = rtlil.convert(m, ports=[a, o] + ([] if isinstance(b, Const) else [b]))
+        assert ("cell $mul" in text) == (sb == signed(6)), (sa, sb)
+    v, i, w = Signal(96 * 4, name="v"), Signal(2, name="i"), Signal(96, name="w")
+    m = Module()
+    m.d.comb += w.eq(word_at(v, i, 96))
+    assert "cell $mul" not in rtlil.convert(m, ports=[v, i, w])
+
+
+def test_word_at_selects_the_word_as_word_select():
+    from amaranth.hdl import Signal
+    from tessera.hdl.common import word_at
+    m = Module()
+    v, i = Signal(96 * 3 + 8), Signal(2)
+    got, want = Signal(96), Signal(96)
+    m.d.comb += [got.eq(word_at(v, i, 96)), want.eq(v.word_select(i, 96))]
+    rng = np.random.default_rng(3)
+
+    async def bench(ctx):
+        for _ in range(40):
+            ctx.set(v, int(rng.integers(0, 1 << 62)) << 240 | int(rng.integers(0, 1 << 62)) << 100 | int(rng.integers(0, 1 << 62)))
+            for k in range(3):
+                ctx.set(i, k)
+                assert ctx.get(got) == ctx.get(want), k
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()

@@ -66,7 +66,7 @@ class MemArbiter(wiring.Component):
 
     ``sel_link`` may change only when neither master has a read in flight: the link selects
     itself only while the NPU is idle (an idle NPU has drained its reads) and finishes its own
-    reads before it lets go.
+    reads before it lets go. The NPU's read responses pass a register (one cycle more latency).
     """
 
     def __init__(self, config: NpuConfig):
@@ -82,8 +82,13 @@ class MemArbiter(wiring.Component):
                 i = getattr(master, name)
                 with m.If(sel):
                     m.d.comb += [o.valid.eq(i.valid), o.payload.eq(i.payload), i.ready.eq(o.ready)]
-        for master, sel in ((self.link, self.sel_link), (self.npu, ~self.sel_link)):
-            m.d.comb += [master.rd_resp.valid.eq(out.rd_resp.valid & sel), master.rd_resp.payload.eq(out.rd_resp.payload)]
+        rs = out.rd_resp
+        m.d.comb += [self.link.rd_resp.valid.eq(rs.valid & self.sel_link), self.link.rd_resp.payload.eq(rs.payload)]
+        # The NPU's responses a cycle later (a register, never stalled): from the controller's read id
+        # through LOAD's write logic to a buffer's write address was the routed 128-MAC build's critical
+        # path (18.7 ns, docs/synthesis.md, session 14). The NPU counts its reads in flight, so it only
+        # goes idle, and lets the link take the port, after the register has passed its last response.
+        m.d.sync += [self.npu.rd_resp.valid.eq(rs.valid & ~self.sel_link), self.npu.rd_resp.payload.eq(rs.payload)]
         return m
 
 

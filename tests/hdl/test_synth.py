@@ -363,3 +363,16 @@ def test_collision_script_drops_the_block_rams_old_word_bypass(tmp_path):
         found = re.search(r"(\d+)\s+LUT4", stat)
         luts[name] = int(found.group(1)) if found else 0
     assert luts["plain"] >= 72 and luts["undefined"] == 0, luts
+
+
+@pytest.mark.parametrize("name, changed", [("ulx3s-128", {"lanes": 8, "bus_bytes": 8}),
+                                           ("ulx3s-512", {"rows": 32, "abuf_words": 1024})])
+def test_example_board_configs_are_the_documented_sizes(name, changed):
+    # docs/synthesis.md builds these files (`tessera synth --config examples/configs/NAME.json`): each is the
+    # ulx3s-85f preset with only the named fields changed.
+    import pathlib
+    from tessera.arch import get_config
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "configs" / f"{name}.json"
+    config = get_config(str(path))
+    assert config.name == name
+    assert config.replace(notes="") == PRESETS["ulx3s-85f"].replace(name=name, notes="", **changed)

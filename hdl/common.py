@@ -342,8 +342,8 @@ def round_shift_sat(x, s, bits: int, m, stages: int = 0, reset_less: bool = Fals
 
 #: Most bits (or, for a constant, set bits) of an operand that :func:`narrow_mul` multiplies by with shifted
 #: adds. yosys puts every other ``*`` of at least 2 × 2 bits on a hard multiplier: a whole MULT18X18D for a
-#: ``k_h * k_w`` or a 3-bit stride, and 23 of them in the 512-MAC NPU were MAC-array products left to the
-#: fabric (docs/synthesis.md, session 14).
+#: ``k_h * k_w`` or a 3-bit stride: 19 of them went back to the 512-MAC NPU's array products (docs/synthesis.md,
+#: session 14).
 NARROW_MUL_BITS = 4
 
 

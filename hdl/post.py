@@ -287,8 +287,8 @@ class EpilogueEngine(wiring.Component):
 
 #: Width of POOL's window sum of ``x - zp_in`` (each within ±255): at most k_h × k_w taps. 17 bits, so
 #: the AVG product ``sum * mult`` takes two hard multipliers, not four (20 bits took four).
-_SUM_BITS = ((2 ** layout(Opcode.POOL).members["k_h"].width - 1)
-             * (2 ** layout(Opcode.POOL).members["k_w"].width - 1) * 255).bit_length() + 1
+_WINDOW = layout(Opcode.POOL).members
+_SUM_BITS = ((2 ** _WINDOW["k_h"].width - 1) * (2 ** _WINDOW["k_w"].width - 1) * 255).bit_length() + 1
 
 #: Width of POOL's float32 window sum (``fl32``): up to 225 taps of ``|x - zp| * mult < 2**39``.
 _FL_BITS = 50

@@ -26,7 +26,7 @@ from tessera.errors import UserError
 
 from .boards import BOARDS, PRIMITIVES, Board, get_board, resolve_config
 from .boards.macarray import MacArrayDemo
-from .boards.netlist import trim_carry_outs_file
+from .boards.netlist import fix_carry_chains_file
 from .boards.reports import ReportError, parse_critical_path, parse_fmax, parse_utilisation, parse_yosys_cells
 from .boards.top import BoardTop
 from .npu import collision_free_buffers
@@ -275,7 +275,7 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         if board.family == "ecp5":
             # nextpnr would give every adder's unread last carry a feed-out CCU2C and every constant carry in
             # a feed-in (hdl/boards/netlist.py: 9 % of the device for the feed-outs alone at 512 MACs).
-            report["carry_outs_trimmed"], report["carry_chains_started"] = trim_carry_outs_file(
+            report["carry_outs_trimmed"], report["carry_chains_started"] = fix_carry_chains_file(
                 build_dir / f"{TOP_NAME}.json")
         log("synth: running nextpnr " + ("(packing only)" if pack_only else "and the bitstream packer"))
         # The build script again, with yosys already done (and no bitstream packer when only packing).

@@ -19,7 +19,7 @@ import json
 import pathlib
 from collections import Counter
 
-__all__ = ["CARRY_START_INIT", "start_carry_chains", "trim_carry_outs", "trim_carry_outs_file"]
+__all__ = ["CARRY_START_INIT", "fix_carry_chains_file", "start_carry_chains", "trim_carry_outs"]
 
 
 def _readers(module: dict) -> Counter:
@@ -81,7 +81,8 @@ def _is_start(cell, read) -> bool:
     ins = [conns.get(f"{p}0", ["x"])[0] for p in "ABCD"]
     s0 = conns.get("S0", ["x"])[0]
     return (cell["parameters"].get("INJECT1_0", "YES") == "NO" and all(b in ("0", "1") for b in ins)
-            and init[15 - sum(int(b) << k for k, b in enumerate(ins))] == "0" and not (isinstance(s0, int) and read[s0]))
+            and init[15 - sum(int(b) << k for k, b in enumerate(ins))] == "0"
+            and not (isinstance(s0, int) and read[s0]))
 
 
 def start_carry_chains(netlist: dict) -> int:
@@ -125,7 +126,7 @@ def start_carry_chains(netlist: dict) -> int:
     return started
 
 
-def trim_carry_outs_file(path) -> tuple[int, int]:
+def fix_carry_chains_file(path) -> tuple[int, int]:
     """:func:`trim_carry_outs` then :func:`start_carry_chains` on a yosys JSON file, rewritten in place;
     returns (carries trimmed, chains started)."""
     path = pathlib.Path(path)

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 
 from tessera.hdl.boards import BOARDS
-from tessera.hdl.boards.netlist import start_carry_chains, trim_carry_outs, trim_carry_outs_file
+from tessera.hdl.boards.netlist import start_carry_chains, trim_carry_outs, fix_carry_chains_file
 from tessera.hdl.synth import _tool_env
 
 
@@ -121,7 +121,7 @@ def test_start_carry_chains_keeps_every_sum_and_drops_feed_ins(tmp_path):
     subprocess.run([tools["YOSYS"], "-q", "-p", "read_verilog t.v; synth_ecp5 -top top; write_json t.json"],
                    cwd=tmp_path, check=True, capture_output=True)
     (tmp_path / "new.json").write_text((tmp_path / "t.json").read_text())
-    trimmed, started = trim_carry_outs_file(tmp_path / "new.json")
+    trimmed, started = fix_carry_chains_file(tmp_path / "new.json")
     old, new = (json.loads((tmp_path / f"{n}.json").read_text())["modules"]["top"] for n in ("t", "new"))
     # Chains that started at carry 0 (adds) and at carry 1 (subtracts) both got their own start.
     starts = [old["cells"][n]["connections"]["CIN"][0] for n, c in new["cells"].items()
@@ -185,7 +185,7 @@ def test_ecp5_and_add_chain_needs_no_feed_in_or_out_after_the_fix_ups(tmp_path):
     subprocess.run([tools["YOSYS"], "-q", "-p", "read_rtlil t.il; synth_ecp5 -top top; write_json t.json"],
                    cwd=tmp_path, check=True, capture_output=True)
     (tmp_path / "plain.json").write_text((tmp_path / "t.json").read_text())
-    assert trim_carry_outs_file(tmp_path / "t.json") == (1, 1)    # yosys gives the open COUT a net
+    assert fix_carry_chains_file(tmp_path / "t.json") == (1, 1)    # yosys gives the open COUT a net
     net = json.loads((tmp_path / "t.json").read_text())["modules"]["top"]
     for x in (0, 1):
         for av in range(256):

@@ -116,10 +116,8 @@ def test_start_carry_chains_keeps_every_sum_and_drops_feed_ins(tmp_path):
     # Adders of odd and even widths, subtracts (carry in 1) and a compare through yosys' ECP5 mapping; the
     # rewritten netlist must compute the same outputs whatever an unconnected carry in is, and nextpnr must
     # pack it into two TRELLIS_COMB fewer per started chain (no feed-in) and per trimmed carry (no feed-out).
-    tools = _tool_env(BOARDS["ulx3s-85f"])
     (tmp_path / "t.v").write_text(ADDERS)
-    subprocess.run([tools["YOSYS"], "-q", "-p", "read_verilog t.v; synth_ecp5 -top top; write_json t.json"],
-                   cwd=tmp_path, check=True, capture_output=True)
+    _synth_ecp5(tmp_path, "read_verilog t.v")
     (tmp_path / "new.json").write_text((tmp_path / "t.json").read_text())
     trimmed, started = fix_carry_chains_file(tmp_path / "new.json")
     old, new = (json.loads((tmp_path / f"{n}.json").read_text())["modules"]["top"] for n in ("t", "new"))
@@ -135,39 +133,42 @@ def test_start_carry_chains_keeps_every_sum_and_drops_feed_ins(tmp_path):
         assert want["s"] == inputs["a"] + inputs["b"] and want["z"] == (inputs["e"] - 3) % 256, (want, inputs)
         for x in (0, 1):
             assert _evaluate(new, inputs, x) == want, (inputs, x)
-    comb = {}
-    for name in ("t", "new"):
-        subprocess.run([tools["NEXTPNR_ECP5"], "--pack-only", "--85k", "--package", "CABGA381", "--json", f"{name}.json",
-                        "--log", f"{name}.log"], cwd=tmp_path, capture_output=True)
-        comb[name] = _comb((tmp_path / f"{name}.log").read_text())
+    comb = _packed(tmp_path, "t", "new")
     assert comb["new"] == comb["t"] - 2 * (trimmed + started), (comb, trimmed, started)
 
 
-def _comb(log):
-    return int(re.search(r"TRELLIS_COMB:\s+(\d+)/", log).group(1))
+def _synth_ecp5(tmp_path, read):
+    """yosys' ECP5 netlist of the design ``read`` reads, as tessera synth's yosys makes it: ``t.json``."""
+    subprocess.run([_tool_env(BOARDS["ulx3s-85f"])["YOSYS"], "-q", "-p", f"{read}; synth_ecp5 -top top; write_json t.json"],
+                   cwd=tmp_path, check=True, capture_output=True)
+
+
+def _packed(tmp_path, *names):
+    """nextpnr's TRELLIS_COMB count after packing each ``NAME.json``: {name: count}."""
+    comb = {}
+    for name in names:
+        subprocess.run([_tool_env(BOARDS["ulx3s-85f"])["NEXTPNR_ECP5"], "--pack-only", "--85k", "--package", "CABGA381",
+                        "--json", f"{name}.json", "--log", f"{name}.log"], cwd=tmp_path, capture_output=True)
+        log = (tmp_path / f"{name}.log").read_text()
+        comb[name] = int(re.search(r"TRELLIS_COMB:\s+(\d+)/", log).group(1))
+    return comb
 
 
 def test_trim_carry_outs_spares_nextpnr_a_feed_out_per_adder(tmp_path):
     # Two adders and a compare through the yosys and nextpnr tessera synth runs: each adder's last carry
     # dangles (a feed-out of two TRELLIS_COMB in nextpnr); the compare's carry is its result and stays.
-    tools = _tool_env(BOARDS["ulx3s-85f"])                # the tools tessera synth runs
     (tmp_path / "t.v").write_text(
         "module top(input clk, input [9:0] a, b, input [11:0] c, d, output reg [10:0] s, output reg [12:0] t,\n"
         "           output reg lt);\n"
         "always @(posedge clk) begin s <= a + b; t <= c + d; lt <= a < b; end\nendmodule\n")
-    subprocess.run([tools["YOSYS"], "-q", "-p", "read_verilog t.v; synth_ecp5 -top top; write_json t.json"],
-                   cwd=tmp_path, check=True, capture_output=True)
+    _synth_ecp5(tmp_path, "read_verilog t.v")
     before = json.loads((tmp_path / "t.json").read_text())
     (tmp_path / "trimmed.json").write_text(json.dumps(before))
     netlist = json.loads((tmp_path / "trimmed.json").read_text())
     trimmed = trim_carry_outs(netlist)
     (tmp_path / "trimmed.json").write_text(json.dumps(netlist))
     assert trimmed == 2
-    comb = {}
-    for name in ("t", "trimmed"):
-        subprocess.run([tools["NEXTPNR_ECP5"], "--pack-only", "--85k", "--package", "CABGA381", "--json", f"{name}.json",
-                        "--log", f"{name}.log"], cwd=tmp_path, capture_output=True)
-        comb[name] = _comb((tmp_path / f"{name}.log").read_text())
+    comb = _packed(tmp_path, "t", "trimmed")
     assert comb["trimmed"] == comb["t"] - 2 * trimmed, comb
 
 
@@ -177,13 +178,11 @@ def test_ecp5_and_add_chain_needs_no_feed_in_or_out_after_the_fix_ups(tmp_path):
     from amaranth.back import rtlil
     from amaranth.hdl import Module, Signal, signed
     from tessera.hdl.boards.multipliers import ecp5_and_add
-    tools = _tool_env(BOARDS["ulx3s-85f"])
     m = Module()
     a, g0, g1, s = Signal(signed(8), name="a"), Signal(name="g0"), Signal(name="g1"), Signal(signed(10), name="s")
     m.d.comb += s.eq(ecp5_and_add(m, a, g0, g1, "aa"))
     (tmp_path / "t.il").write_text(rtlil.convert(m, ports=[a, g0, g1, s], name="top"))
-    subprocess.run([tools["YOSYS"], "-q", "-p", "read_rtlil t.il; synth_ecp5 -top top; write_json t.json"],
-                   cwd=tmp_path, check=True, capture_output=True)
+    _synth_ecp5(tmp_path, "read_rtlil t.il")
     (tmp_path / "plain.json").write_text((tmp_path / "t.json").read_text())
     assert fix_carry_chains_file(tmp_path / "t.json") == (1, 1)    # yosys gives the open COUT a net
     net = json.loads((tmp_path / "t.json").read_text())["modules"]["top"]
@@ -193,10 +192,6 @@ def test_ecp5_and_add_chain_needs_no_feed_in_or_out_after_the_fix_ups(tmp_path):
                 got = _evaluate(net, {"a": av, "g0": gv & 1, "g1": gv >> 1}, x)["s"]
                 want = ((gv & 1) + 2 * (gv >> 1)) * (av - 256 * (av >> 7))
                 assert got == want % 1024, (av, gv, x)
-    comb = {}
-    for name in ("plain", "t"):
-        subprocess.run([tools["NEXTPNR_ECP5"], "--pack-only", "--85k", "--package", "CABGA381", "--json", f"{name}.json",
-                        "--log", f"{name}.log"], cwd=tmp_path, capture_output=True)
-        comb[name] = _comb((tmp_path / f"{name}.log").read_text())
+    comb = _packed(tmp_path, "plain", "t")
     # Five CCU2C and bit 0's LUT, beside nextpnr's constant drivers; a feed-in and a feed-out fewer.
     assert comb["t"] == comb["plain"] - 4 and 11 <= comb["t"] <= 13, comb

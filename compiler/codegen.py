@@ -145,6 +145,8 @@ class ConvPlan:
 class PoolPlan:
     cg: int
     th: int
+    #: output columns per tile: the whole width unless three rows of it do not fit a slot
+    tw: int | None = None
 
 
 @dataclass
@@ -379,20 +381,35 @@ class TileForBuffers:
         if min(OH, OW, H, W) < 1:
             raise unsupported(op.name, op.onnx_op, f"an empty tensor ({list(x.shape)} → {list(y.shape)})",
                               "tensors with at least one pixel")
-        sh = a["strides"][0]
-        for cg in range(cbw, 0, -1):
+        sh, sw = a["strides"]
+
+        def rows(cg, tw):
+            # The most output rows per tile at tw output columns and cg channel words, 0 if none fits.
+            iw = min(W, (tw - 1) * sw + kw)
             th = 0
-            while th < OH:
-                ir = min(H, th * sh + kh)
-                if ir * W * cg > in_slot or (th + 1) * OW * cg > out_slot:
-                    break
+            while th < OH and min(H, th * sh + kh) * iw * cg <= in_slot and (th + 1) * tw * cg <= out_slot:
                 th += 1
-            if th:
+            return th
+
+        # Whole rows first (one LOAD and STORE per tile); a tensor too wide for that is cut into
+        # column strips, each loading the columns its windows read.
+        for cg in range(cbw, 0, -1):
+            if th := rows(cg, OW):
                 n_cg = -(-cbw // cg)
                 cg = -(-cbw // n_cg)
                 nth = -(-OH // th)
-                return PoolPlan(cg, -(-OH // nth))
-        raise unsupported(op.name, op.onnx_op, f"rows of {W} pixels", f"pooling tiles within {in_slot} ACT words")
+                return PoolPlan(cg, -(-OH // nth), OW)
+        for cg in range(cbw, 0, -1):
+            tw = OW
+            while tw > 0 and not rows(cg, tw):
+                tw -= 1
+            if tw:
+                n_cg, ntw = -(-cbw // cg), -(-OW // tw)
+                cg, tw = -(-cbw // n_cg), -(-OW // ntw)
+                nth = -(-OH // rows(cg, tw))
+                return PoolPlan(cg, -(-OH // nth), tw)
+        raise unsupported(op.name, op.onnx_op, f"a {kh}×{kw} window over {W}-pixel rows",
+                          f"pooling tiles within {in_slot} ACT words")
 
 
 def _segments(g: Graph):
@@ -773,7 +790,7 @@ class EmitInstructions:
         pt, pl = a["pads"][0], a["pads"][1]
         cbw = x.cpad // N
         OH, OW = y.height, y.width
-        f = {"k_h": kh, "k_w": kw, "stride_h": sh, "stride_w": sw, "pad_l": pl}
+        f = {"k_h": kh, "k_w": kw, "stride_h": sh, "stride_w": sw}
         fl32 = _pool_fl32(c, op, x, y) if a["mode"] == "avg" else None
         if fl32:
             f.update(fl32)
@@ -792,39 +809,48 @@ class EmitInstructions:
             f.update(mode="avg", zp_in=zp_in, zp_out=zp_out, mult=mult, shift=shift)
         else:
             f.update(mode="max")
-        def tile(oy0, oy1, r0, iy0, iy1, w0, w1):
+        def tile(oy0, oy1, r0, iy0, iy1, ox0, ox1, c0, ix0, ix1, w0, w1):
             ia = in_slots.next()
-            self._box("load", x, iy0, iy1, 0, x.width, w0, w1, ia)
+            self._box("load", x, iy0, iy1, ix0, ix1, w0, w1, ia)
             oa = out_slots.next()
-            n_in = (iy1 - iy0) * x.width * (w1 - w0)
-            n_out = (oy1 - oy0) * OW * (w1 - w0)
+            n_in = (iy1 - iy0) * (ix1 - ix0) * (w1 - w0)
+            n_out = (oy1 - oy0) * (ox1 - ox0) * (w1 - w0)
             self.s.emit("pool", reads=[(Buffer.ACT, ia, ia + n_in)], writes=[(Buffer.ACT, oa, oa + n_out)],
-                        in_addr=ia, in_h=iy1 - iy0, in_w=x.width, cb=w1 - w0, out_addr=oa, out_h=oy1 - oy0,
-                        out_w=OW, pad_t=iy0 - r0, **f)
-            self._box("store", y, oy0, oy1, 0, OW, w0, w1, oa)
+                        in_addr=ia, in_h=iy1 - iy0, in_w=ix1 - ix0, cb=w1 - w0, out_addr=oa, out_h=oy1 - oy0,
+                        out_w=ox1 - ox0, pad_t=iy0 - r0, **f, pad_l=ix0 - c0)
+            self._box("store", y, oy0, oy1, ox0, ox1, w0, w1, oa)
 
+        tw = plan.tw or OW
         tiles = []
         for oy0 in range(0, OH, plan.th):
             oy1 = min(OH, oy0 + plan.th)
             r0 = oy0 * sh - pt
             iy0, iy1 = max(0, r0), min(x.height, (oy1 - 1) * sh - pt + kh)
-            for w0 in range(0, cbw, plan.cg):
-                w1 = min(cbw, w0 + plan.cg)
-                tiles.append((iy1, lambda a=(oy0, oy1, r0, iy0, iy1, w0, w1): tile(*a)))
+            for ox0 in range(0, OW, tw):
+                ox1 = min(OW, ox0 + tw)
+                # A strip's windows start at column c0 (left of the tensor: its padding, pad_l).
+                c0 = ox0 * sw - pl
+                ix0, ix1 = max(0, c0), min(x.width, (ox1 - 1) * sw - pl + kw)
+                for w0 in range(0, cbw, plan.cg):
+                    w1 = min(cbw, w0 + plan.cg)
+                    tiles.append((iy1, lambda a=(oy0, oy1, r0, iy0, iy1, ox0, ox1, c0, ix0, ix1, w0, w1): tile(*a)))
         return tiles
 
     def _fused_pool(self, g, op, nxt):
         """The plan of pooling ``nxt`` run interleaved with convolution ``op``, or None: it must read
-        only op's output, and its tiles must fit the residual region of ACT, which op leaves free."""
+        only op's output, and its tiles (whole rows) must fit the residual region of ACT, which op
+        leaves free."""
         if not (nxt is not None and op.kind == "conv" and nxt.kind == "pool" and nxt.inputs[0] == op.output
                 and "residual" not in op.attrs and len(g.consumers(op.output)) == 1 and not g.is_output(op.output)):
             return None
         t = TileForBuffers(self.config)
         size = 2 * t.res_slot
         try:
-            return t.pool(g, nxt, size * 3 // 8, size // 8)
+            plan = t.pool(g, nxt, size * 3 // 8, size // 8)
         except CompileError:
             return None
+        # Column strips would interleave as many small tiles, each with its own LOAD and STORE.
+        return plan if plan.tw == g.tensors[nxt.output].width else None
 
     def _conv_with_pool(self, g, op, plan, pop, pplan, k):
         """Emit convolution ``op`` (layer tag k) with pooling ``pop`` (tag k+1) interleaved: each
@@ -973,8 +999,10 @@ class EmitInstructions:
         else:
             kh, kw = op.attrs["kernel"]
             macs = y.channels * y.height * y.width * kh * kw
+            tw = plan.tw or y.width
             ir = min(x.height, (plan.th - 1) * op.attrs["strides"][0] + kh)
-            buffers = {"act_in": ir * x.width * plan.cg, "act_out": plan.th * y.width * plan.cg}
+            ic = min(x.width, (tw - 1) * op.attrs["strides"][1] + kw)
+            buffers = {"act_in": ir * ic * plan.cg, "act_out": plan.th * tw * plan.cg}
         return LayerReport(op.name, op.onnx_op if op.kind != "conv" or op.onnx_op in ("Conv", "QLinearConv")
                            else f"{op.onnx_op}→conv", [int(d) for d in x.shape], [int(d) for d in y.shape],
                            int(macs), n_instr, tiles, buffers)

@@ -185,7 +185,12 @@ class LoadDma(wiring.Component):
         left = w.left
         m.d.comb += [room.eq((B - (w.word_dram & (B - 1))) >> lwb),
                      n.eq(Mux(wb < B, Mux(room < left, room, left), 1)), w.dstep.eq(Mux(wb < B, n << lwb, wb))]
-        m.submodules.meta = meta = fifo.SyncFIFO(width=32 + 16 + len(n), depth=c.mem_outstanding)
+        # The head of the destinations comes from flip-flops where a response cannot follow its request
+        # in the next cycle (the head shows an entry one cycle later than a SyncFIFO's): the buffer
+        # write's address then starts at a register, not at a LUT-RAM read (session 15's critical path).
+        buffered = c.timing_stages and c.mem_latency >= 2
+        meta = (fifo.SyncFIFOBuffered if buffered else fifo.SyncFIFO)(width=32 + 16 + len(n), depth=c.mem_outstanding)
+        m.submodules.meta = meta
         inflight = Signal(range(c.mem_outstanding + 1))
         m.d.comb += self.ctl.busy.eq(running)
 

@@ -68,12 +68,16 @@ class NpuBoardCore(wiring.Component):
         wr = mem.write_port(granularity=8)
         ab = log2(self.mem_beats)
 
-        # Reads: always accepted, answered in order one cycle later (the port cannot be stalled).
+        # Reads: always accepted, answered in order two cycles later (the port cannot be stalled): the
+        # block RAM's read, then a register, which is also the least latency LOAD allows with
+        # timing_stages (hdl/dma.py).
         port = npu.mem
-        resp_valid, resp_id = Signal(), Signal()
+        rd_valid, rd_id = Signal(), Signal()
+        resp_valid, resp_id, resp_data = Signal(), Signal(), Signal.like(rd.data)
         m.d.comb += [port.rd_req.ready.eq(1), rd.addr.eq(port.rd_req.payload.addr[:ab])]
-        m.d.sync += [resp_valid.eq(port.rd_req.valid), resp_id.eq(port.rd_req.payload.id)]
-        m.d.comb += [port.rd_resp.valid.eq(resp_valid), port.rd_resp.payload.data.eq(rd.data),
+        m.d.sync += [rd_valid.eq(port.rd_req.valid), rd_id.eq(port.rd_req.payload.id),
+                     resp_valid.eq(rd_valid), resp_id.eq(rd_id), resp_data.eq(rd.data)]
+        m.d.comb += [port.rd_resp.valid.eq(resp_valid), port.rd_resp.payload.data.eq(resp_data),
                      port.rd_resp.payload.id.eq(resp_id)]
         # Writes: always accepted, byte strobes.
         m.d.comb += [port.wr_req.ready.eq(1), wr.addr.eq(port.wr_req.payload.addr[:ab]),

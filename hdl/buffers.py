@@ -6,7 +6,8 @@ which synthesis can only build from flip-flops and multiplexers. Here:
 
 - **ACT**: one write port, shared. POST's writes go first (its pipeline cannot wait); LOAD's wait
   in a FIFO of ``mem_outstanding`` entries, which LOAD counts as reads in flight (``backlog``), so
-  it never overflows, and LOAD is done only when it is empty. Two copies take every write:
+  it never overflows, and LOAD is done only when it is empty. With ``timing_stages`` the chosen
+  write passes a register on its way to the block RAMs. Two copies take every write:
   CONV reads one alone; POST and STORE share the other's read port, POST first (only while it
   reads: a POOL or an EPILOGUE with a residual), STORE when granted (``act_grant``).
 - **PARAM**: one entry per ``post_lanes`` records instead of one per word (see
@@ -26,7 +27,7 @@ from amaranth.lib import fifo, memory
 from tessera.arch import NpuConfig
 from tessera.isa import Buffer
 
-from .common import word_bits
+from .common import delay, word_bits
 from .dma import write_lanes
 from .post import param_read_shape
 
@@ -53,6 +54,14 @@ def bram_act_buffer(m, c: NpuConfig, load, conv, post, store):
         m.d.comb += [addr.eq(lw.addr), dat.eq(lw.data), en.eq(lw.en)]
     # LOAD's word waits when the port is POST's or older LOAD words wait before it.
     m.d.comb += [q.w_en.eq(load_wr & (post_wr | q.r_rdy)), q.w_data.eq(Cat(lw.addr, lw.data, lw.en))]
+    if c.timing_stages:
+        # The chosen write reaches the block RAMs a cycle later, from a register: the choice (POST's
+        # engines, the FIFO, LOAD) and the enables' fan-out to every block RAM of both copies were
+        # session 15's critical path. No word is read that soon after it was written: a reader starts
+        # after its writer's done, a token and its CHECK stage; POST reads a residual word before it
+        # writes that word.
+        addr, dat = delay(m, addr, 1, "act_wr_addr", reset_less=True), delay(m, dat, 1, "act_wr_data", reset_less=True)
+        en = delay(m, en, 1, "act_wr_en")
 
     def copy(name):
         mem = memory.Memory(shape=unsigned(width), depth=depth, init=[])

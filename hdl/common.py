@@ -91,7 +91,9 @@ def BufWriteSignature(depth: int, width: int, lanes: int = 1) -> wiring.Signatur
 def UnitSignature() -> wiring.Signature:
     """Dispatch ↔ execution unit: ``start`` pulses with the instruction; ``done`` or ``err`` ends it.
 
-    ``done`` means every write of the instruction is visible. ``progress`` tells
+    ``done`` means every write of the instruction is visible to reads from the cycle after it
+    (with ``timing_stages``, ACT block-RAM writes from the second cycle after it: no unit reads
+    that soon after a start; hdl/buffers.py). ``progress`` tells
     the watchdog the unit moved data this cycle; ``stall`` that it waited on memory.
     """
     return wiring.Signature({

@@ -98,9 +98,15 @@ class Fetch(wiring.Component):
         # into LOAD's walker (session 15's routed critical path with seed 2).
         iss_in = Signal()
         first = self.prog_addr & ~(B - 1)
+        # pc_bad likewise beside pc (its compare ran on through o_valid into dispatch's queue writes).
+        pc_bad = Signal()
+
+        def bad_pc(pc):
+            return (pc + INSTR_BYTES > c.dram_bytes) | (pc[:log2(INSTR_BYTES)] != 0)
+
         with m.If(~started):
             m.d.sync += [started.eq(1), self.pc.eq(self.prog_addr), iss.eq(first),
-                         iss_in.eq(first + B <= c.dram_bytes)]
+                         iss_in.eq(first + B <= c.dram_bytes), pc_bad.eq(bad_pc(self.prog_addr))]
 
         # Requests: sequential beats while the beat FIFO has room for their answers.
         req = self.mem.req
@@ -150,7 +156,6 @@ class Fetch(wiring.Component):
                                     zip(("legal", "bad", "unit", "is_end"), dec))
         with m.If(complete):
             m.d.sync += [legal.eq(dec[0]), bad.eq(dec[1]), unit.eq(dec[2]), is_end.eq(dec[3])]
-        pc_bad = (self.pc + INSTR_BYTES > c.dram_bytes) | (self.pc[:log2(INSTR_BYTES)] != 0)
         m.d.comb += [self.o_instr.eq(cur), self.o_unit.eq(unit)]
         with m.If(idle):
             with m.If(pc_bad):
@@ -170,5 +175,6 @@ class Fetch(wiring.Component):
                 with m.Else():
                     m.d.comb += self.o_valid.eq(1)
                     with m.If(self.o_ready):
-                        m.d.sync += [cur_valid.eq(0), self.pc.eq(self.pc + INSTR_BYTES)]
+                        m.d.sync += [cur_valid.eq(0), self.pc.eq(self.pc + INSTR_BYTES),
+                                     pc_bad.eq(bad_pc(self.pc + INSTR_BYTES))]
         return m

@@ -145,8 +145,8 @@ class ConvPlan:
 class PoolPlan:
     cg: int
     th: int
-    #: output columns per tile: the whole width unless three rows of it do not fit a slot
-    tw: int | None = None
+    #: output columns per tile: the whole width unless the window's rows of it do not fit a slot
+    tw: int
 
 
 @dataclass
@@ -820,7 +820,7 @@ class EmitInstructions:
                         out_w=ox1 - ox0, pad_t=iy0 - r0, **f, pad_l=ix0 - c0)
             self._box("store", y, oy0, oy1, ox0, ox1, w0, w1, oa)
 
-        tw = plan.tw or OW
+        tw = plan.tw
         tiles = []
         for oy0 in range(0, OH, plan.th):
             oy1 = min(OH, oy0 + plan.th)
@@ -999,7 +999,7 @@ class EmitInstructions:
         else:
             kh, kw = op.attrs["kernel"]
             macs = y.channels * y.height * y.width * kh * kw
-            tw = plan.tw or y.width
+            tw = plan.tw
             ir = min(x.height, (plan.th - 1) * op.attrs["strides"][0] + kh)
             ic = min(x.width, (tw - 1) * op.attrs["strides"][1] + kw)
             buffers = {"act_in": ir * ic * plan.cg, "act_out": plan.th * tw * plan.cg}

@@ -195,7 +195,11 @@ class Npu(wiring.Component):
         m = Module()
         c = self.config
         m.submodules.csr = csr = CsrBlock(c)
-        core = NpuCore(c)
+        if c.core == "sequential":
+            from .seq.core import SeqCore
+            core = SeqCore(c)
+        else:
+            core = NpuCore(c)
         # The core runs in its own domain whose reset is one net (the domain's reset or the CSR
         # block's core_rst), so a board can carry that net to the core's flip-flops on a clock
         # network: at 256 MACs it reaches over 8,000 of them, and through general routing it made
@@ -213,8 +217,10 @@ class Npu(wiring.Component):
                      csr.core_err_code.eq(core.err_code), csr.core_err_pc.eq(core.err_pc),
                      csr.oldest_pc.eq(core.oldest_pc), csr.progress.eq(core.progress), csr.mac.eq(core.mac),
                      csr.stall.eq(core.stall)]
-        m.d.comb += [self.trace.start.eq(core.trace.start), self.trace.end.eq(core.trace.end),
-                     self.trace.pc.eq(core.trace.pc), self.trace.cycle.eq(csr.cycles)]
+        if hasattr(core, "trace"):
+            m.d.comb += [self.trace.start.eq(core.trace.start), self.trace.end.eq(core.trace.end),
+                         self.trace.pc.eq(core.trace.pc)]
+        m.d.comb += self.trace.cycle.eq(csr.cycles)
         # Reads in flight, counted outside the core's reset: a stopped run waits for their answers.
         inflight = Signal(16)
         rq, rs = core.mem.rd_req, core.mem.rd_resp

@@ -161,5 +161,10 @@ def public_signals() -> str:
 def sim_sources(config: NpuConfig, *, mem_bytes: int | None = None, latency: int | None = None) -> dict[str, str]:
     """Verilog files (name → text) of the simulation top for ``config``."""
     lat = config.mem_latency if latency is None else latency
-    return {"tessera_npu.v": npu_verilog(config, strip_mem_init=True),
-            "tessera_sim.v": sim_wrapper(config, words=mem_words(config, mem_bytes), latency=lat)}
+    files = {"tessera_npu.v": npu_verilog(config, strip_mem_init=True),
+             "tessera_sim.v": sim_wrapper(config, words=mem_words(config, mem_bytes), latency=lat)}
+    if config.core == "sequential":
+        from .seq.core import picorv32_source
+        name, text = picorv32_source()
+        files[name] = text
+    return files

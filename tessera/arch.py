@@ -91,6 +91,11 @@ class NpuConfig:
         products (:attr:`mac_stages`), and each unit's instruction queue keeps its head in a
         register (:attr:`queue_stages`).
         Changes cycle counts, not results.
+    core : str
+        ``"parallel"``: the NPU of units, queues and the MAC array (:class:`tessera.hdl.npu.NpuCore`).
+        ``"sequential"``: a small CPU executes the same instructions one at a time in firmware
+        (:mod:`tessera.hdl.seq`), for FPGAs too small for the parallel core; needs ``bus_bytes=4``.
+        Changes cycle counts (by orders of magnitude), not results; the cycle model models the parallel core.
     """
 
     name: str = "custom"
@@ -114,6 +119,7 @@ class NpuConfig:
     bram_buffers: bool = False
     pool_fl32: bool = True
     timing_stages: bool = False
+    core: str = "parallel"
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -155,6 +161,10 @@ class NpuConfig:
             elif (3 * self.post_lanes_eff) % (self.bus_bytes // 4):
                 problems.append(f"bram_buffers: PARAM records of post_lanes={self.post_lanes_eff} channels "
                                 f"({12 * self.post_lanes_eff} bytes) must be whole bus beats of {self.bus_bytes} bytes")
+        if self.core not in CORES:
+            problems.append(f"core={self.core!r} must be one of {', '.join(CORES)}")
+        elif self.core == "sequential" and self.bus_bytes != 4:
+            problems.append(f"core='sequential' needs bus_bytes=4 (one CPU word per beat), not {self.bus_bytes}")
         if problems:
             raise ConfigError(f"config {self.name!r}: " + "; ".join(problems))
 
@@ -325,7 +335,10 @@ class NpuConfig:
 
 
 #: Fields added after the first presets were hashed (see :meth:`NpuConfig.hash`).
-_LATER_FIELDS = ("post_lanes", "bram_buffers", "pool_fl32", "timing_stages")
+_LATER_FIELDS = ("post_lanes", "bram_buffers", "pool_fl32", "timing_stages", "core")
+
+#: Values of :attr:`NpuConfig.core`.
+CORES = ("parallel", "sequential")
 
 
 PRESETS: dict[str, NpuConfig] = {

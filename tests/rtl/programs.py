@@ -8,6 +8,7 @@ the same image.
 import numpy as np
 
 from tessera.arch import NpuConfig
+from tessera.isa import INSTR_BYTES, encode, encode_program
 from tessera.isa import Instruction as I
 from tessera.numerics import pack_weights
 
@@ -107,3 +108,41 @@ def compiled_runs_match(prog, sim, backpressure: float, seed: int):
         np.testing.assert_array_equal(got[name], want[name])
     return emu.last, rtl.last
 
+
+def _fault_program(bad, before=()):
+    return encode_program([*before]) + bad + encode_program([I("end")])
+
+
+def fault_programs(c: NpuConfig) -> dict:
+    """Programs that fault, by name (each with no data: the fault comes before any result)."""
+    return {
+        "illegal_opcode": lambda: _fault_program(bytes([0x0F]) + bytes(INSTR_BYTES - 1),
+                                                 [I("sync", unit="load")]),
+        "zero_opcode": lambda: _fault_program(bytes(INSTR_BYTES)),
+        "zero_count": lambda: _fault_program(encode(I("load", buf="act", rows=0, cols=1), check=False)),
+        "reserved_bits": lambda: _fault_program(encode(I("sync", unit="post"))[:-1] + b"\x80"),
+        "own_token": lambda: _fault_program(encode(I("conv", wait=["compute"], in_h=1, in_w=1, in_cb=1, out_h=1,
+                                                     out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1, dil_h=1, dil_w=1,
+                                                     ob_count=1), check=False)),
+        "dram_range": lambda: encode_program([I("load", buf="act", dram_addr=c.dram_bytes - 16, rows=1, cols=8),
+                                              I("end")]),
+        "store_dram_range": lambda: encode_program([I("store", buf="act", dram_addr=c.dram_bytes - 4, rows=1,
+                                                      cols=2), I("end")]),
+        "buffer_range": lambda: encode_program([I("sync", unit="load"),
+                                                I("load", buf="wgt", dram_addr=ACT, buf_addr=c.wbuf_words - 1,
+                                                  rows=1, cols=2), I("end")]),
+        "conv_buffer_range": lambda: encode_program([I("conv", in_addr=c.abuf_words - 3, in_h=2, in_w=2, in_cb=1,
+                                                       out_h=1, out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1, dil_h=1,
+                                                       dil_w=1, ob_count=1), I("end")]),
+        "misaligned": lambda: encode_program([I("load", buf="param", dram_addr=ACT + 2, rows=1, cols=1), I("end")]),
+        "load_acc": lambda: encode_program([I("load", buf="acc", dram_addr=ACT, rows=1, cols=1), I("end")]),
+        "store_wgt": lambda: encode_program([I("store", buf="wgt", dram_addr=OUT, rows=1, cols=1), I("end")]),
+        "deadlock": lambda: encode_program([I("sync", unit="compute", wait=["load"]), I("end")]),
+        # Two faults: the emulator fetches the illegal instruction before it executes the bad LOAD.
+        "exec_then_fetch_fault": lambda: encode_program([
+            I("load", buf="act", dram_addr=c.dram_bytes - 16, rows=1, cols=8),
+            I("sync", unit="post"), I("sync", unit="post")]) + bytes([0x0F]) + bytes(INSTR_BYTES - 1),
+        "exec_fault_full_queue": lambda: encode_program([
+            I("load", buf="act", dram_addr=c.dram_bytes - 16, rows=1, cols=8),
+            *[I("sync", unit="load")] * (c.queue_depth + 1)]) + bytes(INSTR_BYTES),
+    }

@@ -6,10 +6,9 @@ from tessera.sim.emulator import Emulator, NpuError
 from tessera.sim.handwritten import conv_relu_pool
 
 from tessera.arch import NpuConfig
-from tessera.isa import INSTR_BYTES, ErrorCode, encode, encode_program
-from tessera.isa import Instruction as I
+from tessera.isa import ErrorCode, encode_program
 
-from .programs import ACT, OUT, compiled_runs_match, conv_layer, dma_pattern, pool_layer
+from .programs import compiled_runs_match, conv_layer, dma_pattern, fault_programs, pool_layer
 
 #: Small but shape-complete: rows = 2×lanes, ACT words narrower than the bus, PARAM words of 6 beats.
 CONFIG = NpuConfig(name="rtl-test", lanes=4, rows=8, abuf_words=2048, wbuf_words=512, accbuf_words=512,
@@ -124,41 +123,7 @@ def test_npu_handwritten_program_matches_emulator(sim, backpressure):
     assert r_rtl.utilization == pytest.approx(r_rtl.macs / (r_rtl.cycles * CONFIG.macs_per_cycle))
 
 
-def _fault_program(bad, before=()):
-    return encode_program([*before]) + bad + encode_program([I("end")])
-
-
-FAULTS = {
-    "illegal_opcode": lambda: _fault_program(bytes([0x0F]) + bytes(INSTR_BYTES - 1),
-                                             [I("sync", unit="load")]),
-    "zero_opcode": lambda: _fault_program(bytes(INSTR_BYTES)),
-    "zero_count": lambda: _fault_program(encode(I("load", buf="act", rows=0, cols=1), check=False)),
-    "reserved_bits": lambda: _fault_program(encode(I("sync", unit="post"))[:-1] + b"\x80"),
-    "own_token": lambda: _fault_program(encode(I("conv", wait=["compute"], in_h=1, in_w=1, in_cb=1, out_h=1,
-                                                 out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1, dil_h=1, dil_w=1,
-                                                 ob_count=1), check=False)),
-    "dram_range": lambda: encode_program([I("load", buf="act", dram_addr=CONFIG.dram_bytes - 16, rows=1, cols=8),
-                                          I("end")]),
-    "store_dram_range": lambda: encode_program([I("store", buf="act", dram_addr=CONFIG.dram_bytes - 4, rows=1,
-                                                  cols=2), I("end")]),
-    "buffer_range": lambda: encode_program([I("sync", unit="load"),
-                                            I("load", buf="wgt", dram_addr=ACT, buf_addr=CONFIG.wbuf_words - 1,
-                                              rows=1, cols=2), I("end")]),
-    "conv_buffer_range": lambda: encode_program([I("conv", in_addr=CONFIG.abuf_words - 3, in_h=2, in_w=2, in_cb=1,
-                                                   out_h=1, out_w=1, k_h=1, k_w=1, stride_h=1, stride_w=1, dil_h=1,
-                                                   dil_w=1, ob_count=1), I("end")]),
-    "misaligned": lambda: encode_program([I("load", buf="param", dram_addr=ACT + 4, rows=1, cols=1), I("end")]),
-    "load_acc": lambda: encode_program([I("load", buf="acc", dram_addr=ACT, rows=1, cols=1), I("end")]),
-    "store_wgt": lambda: encode_program([I("store", buf="wgt", dram_addr=OUT, rows=1, cols=1), I("end")]),
-    "deadlock": lambda: encode_program([I("sync", unit="compute", wait=["load"]), I("end")]),
-    # Two faults: the emulator fetches the illegal instruction before it executes the bad LOAD.
-    "exec_then_fetch_fault": lambda: encode_program([
-        I("load", buf="act", dram_addr=CONFIG.dram_bytes - 16, rows=1, cols=8),
-        I("sync", unit="post"), I("sync", unit="post")]) + bytes([0x0F]) + bytes(INSTR_BYTES - 1),
-    "exec_fault_full_queue": lambda: encode_program([
-        I("load", buf="act", dram_addr=CONFIG.dram_bytes - 16, rows=1, cols=8),
-        *[I("sync", unit="load")] * (CONFIG.queue_depth + 1)]) + bytes(INSTR_BYTES),
-}
+FAULTS = fault_programs(CONFIG)
 
 
 @pytest.mark.parametrize("fault", sorted(FAULTS))

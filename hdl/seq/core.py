@@ -1,0 +1,211 @@
+"""The sequential NPU core: a PicoRV32 running the Tessera ISA in firmware, for FPGAs too small for
+:class:`~tessera.hdl.npu.NpuCore` (the iCE40 UP5K: 5,280 LUT4).
+
+:class:`SeqCore` has ``NpuCore``'s ports, so :class:`~tessera.hdl.npu.Npu` wraps it with the same
+CSR block, reset between runs and memory port, and every host path (the RTL backend, the board
+link) drives it unchanged. Inside, one in-order CPU executes one instruction at a time: the firmware
+(``firmware/seq.c``) is the emulator's fetch, dispatch and ``exec_<op>`` in C, so results, error
+codes and error pcs are the emulator's (tests/hdl/test_seq_firmware.py compares them on the host,
+tests/rtl/test_seq.py on this core). CYCLES is this core's; STALL_* stay 0.
+
+The CPU sees (``tessera.hdl.seq.firmware.MEMORY_MAP``)::
+
+    0x0000_0000  ROM   firmware, block RAM initialised with it
+    0x1000_0000  RAM   on-chip buffers, run state and stack (kept between runs: the CPU is reset,
+                       the RAM is not)
+    0x2000_0000  DRAM  external memory through the memory port, one 32-bit beat per access
+    0x3000_0000  IO    IoReg registers
+
+PicoRV32 comes from the ``pythondata-cpu-picorv32`` package (its Verilog, unchanged).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Signal, unsigned
+from amaranth.lib import enum, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from tessera.arch import NpuConfig
+from tessera.isa import ErrorCode, Unit
+
+from ..common import ADDR_BITS, MemPortSignature, log2
+from .firmware import MEMORY_MAP, build_target
+
+__all__ = ["IoReg", "SeqCore", "picorv32_source", "ram_bytes", "ROM_BYTES"]
+
+#: Firmware ROM size (16 iCE40 block RAMs); the firmware is about 6 KiB.
+ROM_BYTES = 8192
+
+
+class IoReg(enum.Enum, shape=3):
+    """Word offsets of the core's registers at ``MEMORY_MAP["io"]`` (firmware/target.c names them too)."""
+    PROG_ADDR = 0   # read: the CSR block's PROG_ADDR
+    DONE = 1        # write: the program ended and every unit drained
+    ERR_CODE = 2    # write: stop with this ErrorCode at ERR_PC
+    ERR_PC = 3
+    PC = 4          # write: the instruction that starts (the watchdog's oldest pc); counts as progress
+    PROGRESS = 5    # write: progress for the watchdog
+    MACS = 6        # write: add this many rows x lanes blocks to the MACS count
+
+
+def ram_bytes(config: NpuConfig) -> int:
+    """Private RAM the firmware needs for ``config`` (a power of two): the four buffers, a second copy of
+    the ACT buffer for instructions that overwrite their own inputs, run state and stack."""
+    c = config
+    need = 2 * c.abuf_words * c.act_word_bytes + c.wbuf_words * c.wgt_word_bytes
+    need += c.accbuf_words * c.acc_word_bytes + c.pbuf_words * c.param_word_bytes + 4096
+    return 1 << (need - 1).bit_length()
+
+
+def picorv32_source() -> tuple[str, str]:
+    """(file name, Verilog text) of PicoRV32."""
+    import pythondata_cpu_picorv32
+    path = Path(pythondata_cpu_picorv32.data_location) / "picorv32.v"
+    return "picorv32.v", path.read_text()
+
+
+#: PicoRV32's parameters: RV32IMC without divide, interrupts or counters (firmware built to match:
+#: hdl/seq/firmware.py), a one-cycle-per-bit shifter pair and the DSP-friendly single-cycle multiplier.
+PICORV32_PARAMS = {
+    "ENABLE_COUNTERS": 0, "ENABLE_COUNTERS64": 0, "ENABLE_REGS_16_31": 1, "ENABLE_REGS_DUALPORT": 1,
+    "LATCHED_MEM_RDATA": 0, "TWO_STAGE_SHIFT": 1, "BARREL_SHIFTER": 0, "TWO_CYCLE_COMPARE": 0,
+    "TWO_CYCLE_ALU": 0, "COMPRESSED_ISA": 1, "CATCH_MISALIGN": 1, "CATCH_ILLINSN": 1, "ENABLE_PCPI": 0,
+    "ENABLE_MUL": 0, "ENABLE_FAST_MUL": 1, "ENABLE_DIV": 0, "ENABLE_IRQ": 0, "ENABLE_TRACE": 0,
+    "PROGADDR_RESET": 0, "STACKADDR": 0xFFFF_FFFF,
+}
+
+
+class SeqCore(wiring.Component):
+    """PicoRV32, its ROM and RAM, the memory-port bridge and the core registers; ``NpuCore``'s ports.
+
+    Parameters
+    ----------
+    config : NpuConfig
+        ``bus_bytes`` must be 4 (one CPU word per beat).
+    ram : callable, optional
+        ``ram(m, words) -> (addr, rdata, wdata, wstrb)``: builds the private RAM (one port, read data one
+        cycle after ``addr``; ``wstrb`` a write enable per byte) on a device; default an Amaranth memory.
+    """
+
+    def __init__(self, config: NpuConfig, *, ram=None):
+        if config.bus_bytes != 4:
+            raise ValueError(f"config {config.name!r}: the sequential core needs bus_bytes=4, not {config.bus_bytes}")
+        self.config = c = config
+        self.ram_factory = ram
+        self.ram_bytes = ram_bytes(c)
+        self.firmware = build_target(c, rom_bytes=ROM_BYTES, ram_bytes=self.ram_bytes)
+        super().__init__({
+            "mem": Out(MemPortSignature(c)),
+            "prog_addr": In(ADDR_BITS),
+            "done": Out(1), "err": Out(1), "err_code": Out(ErrorCode), "err_pc": Out(ADDR_BITS),
+            "oldest_pc": Out(ADDR_BITS), "progress": Out(1), "mac": Out(1), "stall": Out(len(Unit)),
+            "trap": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        if platform is not None and hasattr(platform, "add_file"):
+            platform.add_file(*picorv32_source())
+
+        valid, instr, ready = Signal(), Signal(), Signal()
+        addr, wdata, wstrb, rdata = Signal(32), Signal(32), Signal(4), Signal(32)
+        m.submodules.cpu = Instance(
+            "picorv32", **{f"p_{k}": Const(v, 32) for k, v in PICORV32_PARAMS.items()},
+            i_clk=ClockSignal(), i_resetn=~ResetSignal(),
+            o_trap=self.trap, o_mem_valid=valid, o_mem_instr=instr, i_mem_ready=ready,
+            o_mem_addr=addr, o_mem_wdata=wdata, o_mem_wstrb=wstrb, i_mem_rdata=rdata,
+            i_pcpi_wr=0, i_pcpi_rd=0, i_pcpi_wait=0, i_pcpi_ready=0, i_irq=0)
+
+        region = addr[28:32]
+        rom_words = ROM_BYTES // 4
+        image = self.firmware + bytes(-len(self.firmware) % 4)
+        m.submodules.rom = rom = memory.Memory(
+            shape=unsigned(32), depth=rom_words,
+            init=[int.from_bytes(image[i:i + 4], "little") for i in range(0, len(image), 4)])
+        rom_rd = rom.read_port()
+        m.d.comb += rom_rd.addr.eq(addr[2:2 + log2(rom_words)])
+
+        ram_words = self.ram_bytes // 4
+        ram_en = Signal(4)
+        if self.ram_factory is not None:
+            ram_addr, ram_rdata, ram_wdata, ram_wstrb = self.ram_factory(m, ram_words)
+            m.d.comb += [ram_addr.eq(addr[2:2 + log2(ram_words)]), ram_wdata.eq(wdata), ram_wstrb.eq(ram_en)]
+        else:
+            m.submodules.ram = ram = memory.Memory(shape=unsigned(32), depth=ram_words, init=[])
+            ram_rd, ram_wr = ram.read_port(), ram.write_port(granularity=8)
+            m.d.comb += [ram_rd.addr.eq(addr[2:2 + log2(ram_words)]), ram_wr.addr.eq(ram_rd.addr),
+                         ram_wr.data.eq(wdata), ram_wr.en.eq(ram_en)]
+            ram_rdata = ram_rd.data
+
+        # Core registers (reset with the CPU at every run).
+        done, err = Signal(), Signal()
+        err_code, err_pc, pc = Signal(ErrorCode), Signal(ADDR_BITS), Signal(ADDR_BITS)
+        macs_left = Signal(48)
+        m.d.comb += [self.done.eq(done & (macs_left == 0)), self.err.eq(err), self.err_code.eq(err_code),
+                     self.err_pc.eq(err_pc), self.oldest_pc.eq(pc), self.mac.eq(macs_left != 0), self.stall.eq(0)]
+        with m.If(macs_left != 0):
+            m.d.sync += macs_left.eq(macs_left - 1)
+
+        port = self.mem
+        io_rdata = Signal(32)
+        io_reg = addr[2:5]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(valid):
+                    with m.Switch(region):
+                        with m.Case(MEMORY_MAP["rom"] >> 28):
+                            m.next = "ROM"
+                        with m.Case(MEMORY_MAP["ram"] >> 28):
+                            m.d.comb += ram_en.eq(wstrb)
+                            m.next = "RAM"
+                        with m.Case(MEMORY_MAP["dram"] >> 28):
+                            with m.If(wstrb != 0):
+                                m.next = "DRAM_WRITE"
+                            with m.Else():
+                                m.next = "DRAM_READ"
+                        with m.Default():
+                            m.next = "IO"
+            with m.State("ROM"):
+                m.d.comb += [ready.eq(1), rdata.eq(rom_rd.data)]
+                m.next = "IDLE"
+            with m.State("RAM"):
+                m.d.comb += [ready.eq(1), rdata.eq(ram_rdata)]
+                m.next = "IDLE"
+            with m.State("DRAM_READ"):
+                m.d.comb += [port.rd_req.valid.eq(1), port.rd_req.payload.addr.eq(addr[2:]),
+                             port.rd_req.payload.id.eq(0)]
+                with m.If(port.rd_req.ready):
+                    m.next = "DRAM_RESP"
+            with m.State("DRAM_RESP"):
+                with m.If(port.rd_resp.valid):
+                    m.d.comb += [ready.eq(1), rdata.eq(port.rd_resp.payload.data)]
+                    m.next = "IDLE"
+            with m.State("DRAM_WRITE"):
+                m.d.comb += [port.wr_req.valid.eq(1), port.wr_req.payload.addr.eq(addr[2:]),
+                             port.wr_req.payload.data.eq(wdata), port.wr_req.payload.strb.eq(wstrb)]
+                with m.If(port.wr_req.ready):
+                    m.d.comb += ready.eq(1)
+                    m.next = "IDLE"
+            with m.State("IO"):
+                m.d.comb += [ready.eq(1), rdata.eq(io_rdata)]
+                with m.If(wstrb != 0):
+                    with m.Switch(io_reg):
+                        with m.Case(IoReg.DONE):
+                            m.d.sync += done.eq(1)
+                        with m.Case(IoReg.ERR_CODE):
+                            m.d.sync += [err.eq(1), err_code.eq(wdata[:len(err_code.as_value())])]
+                        with m.Case(IoReg.ERR_PC):
+                            m.d.sync += err_pc.eq(wdata)
+                        with m.Case(IoReg.PC):
+                            m.d.sync += pc.eq(wdata)
+                            m.d.comb += self.progress.eq(1)
+                        with m.Case(IoReg.PROGRESS):
+                            m.d.comb += self.progress.eq(1)
+                        with m.Case(IoReg.MACS):
+                            m.d.sync += macs_left.eq(macs_left + wdata - (macs_left != 0))
+                m.next = "IDLE"
+        m.d.comb += io_rdata.eq(self.prog_addr)
+        return m

@@ -52,8 +52,9 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
     ``kind`` (default: the TESSERA_SYNTH_CORE environment variable, else "npu"):
 
     - "npu": on ECP5 (ULX3S) :class:`Ulx3sCore`, the NPU with the SDRAM controller and the UART
-      host link; elsewhere :class:`NpuBoardCore`, the NPU with an on-chip memory window and a
-      restart loop;
+      host link; on iCE40 with a sequential config :class:`IcebreakerCore`, the NPU with on-chip
+      external memory and the UART link; elsewhere :class:`NpuBoardCore`, the NPU with an on-chip
+      memory window and a restart loop;
     - "macarray": :class:`MacArrayDemo`, the NPU's MAC array alone, for sizing. Hard multipliers
       take the first ``dsp_products`` products (default: as many as the device has, one int8
       product each), LUT multipliers the rest.
@@ -70,6 +71,11 @@ def make_core(board: Board, config, *, kind=None, dsp_products=None):
         if dsp_products is None:
             dsp_products = npu_mac_dsp_products(board, config)
         return core, core.description(), dsp_products
+    if kind == "npu" and board.family == "ice40" and config.core == "sequential":
+        # The iCEBreaker board top: the sequential NPU, on-chip external memory, UART host link.
+        from .boards.ice40 import IcebreakerCore
+        core = IcebreakerCore(config)
+        return core, core.description(), None
     if kind == "npu":
         from .boards.npu_top import NpuBoardCore
         core = NpuBoardCore(config, mem_beats=board.mem_beats)
@@ -162,7 +168,9 @@ def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool, pla
         # puts every multiplier on a MULT18X18D and overflows the 156 of them.
         return dict(synth_opts="-nodsp" if explicit_dsp else "", nextpnr_opts=nextpnr, script_after_read=after_read)
     if board.family == "ice40":
-        return dict(nextpnr_opts=nextpnr, script_after_read=after_read)
+        # -dsp: yosys puts multipliers on SB_MAC16 only when asked (the sequential core's PicoRV32 multiplier:
+        # 1,000 LUT4 without).
+        return dict(synth_opts="" if explicit_dsp else "-dsp", nextpnr_opts=nextpnr, script_after_read=after_read)
     # Arria 10 (Quartus): name the family too, and let TimeQuest add jitter/uncertainty.
     return dict(add_settings='set_global_assignment -name FAMILY "Arria 10"\n'
                              'set_global_assignment -name PROJECT_OUTPUT_DIRECTORY output_files\n',

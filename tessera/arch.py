@@ -358,6 +358,16 @@ PRESETS: dict[str, NpuConfig] = {
         post_lanes=4, bram_buffers=True, pool_fl32=False, timing_stages=True,
         notes="ULX3S-85F with its 32 MiB SDRAM behind a width-converting controller; block-RAM shaped "
               "buffers, an EPILOGUE/POOL of 4 channels per cycle, registered range checks."),
+    # iCEBreaker (iCE40 UP5K, 5,280 LUT4): the sequential core, a PicoRV32 running the ISA in firmware
+    # (tessera.hdl.seq); its buffers fill one pair of the UP5K's 32 KiB single-port RAMs, external memory
+    # the other pair (docs/synthesis.md).
+    "icebreaker": NpuConfig(
+        name="icebreaker", lanes=4, rows=8,
+        abuf_words=2048, wbuf_words=512, accbuf_words=512, pbuf_words=32,
+        bus_bytes=4, dram_bytes=64 << 10, mem_latency=2, mem_outstanding=1, queue_depth=4, token_depth=4,
+        clock_mhz=18.0, pool_fl32=False, core="sequential",
+        notes="iCEBreaker (iCE40 UP5K): the sequential core (PicoRV32 + firmware), 64 KiB of on-chip "
+              "external memory filled over the UART link."),
     # Brainwave-class Arria 10 (GX 1150): 4096 MACs, wide DDR4 port.
     "arria10": NpuConfig(
         name="arria10", lanes=64, rows=64,

@@ -7,18 +7,14 @@ report's resource kinds (LUT4, FF, DSP, BRAM, SPRAM) with the device's capacity.
 
 from dataclasses import dataclass, field
 
-from tessera.arch import NpuConfig, get_config
+from tessera.arch import PRESETS, NpuConfig, get_config
 from tessera.errors import UserError
 
 __all__ = ["Board", "BOARDS", "ICEBREAKER_CONFIG", "get_board", "resolve_config"]
 
-#: A reduced NPU for the iCE40 UP5K (5280 LUTs, 8 SB_MAC16, 30 block RAMs, 4 SPRAMs): 32 MACs.
-ICEBREAKER_CONFIG = NpuConfig(
-    name="icebreaker", lanes=4, rows=8,
-    abuf_words=1024, wbuf_words=64, accbuf_words=64, pbuf_words=16,
-    bus_bytes=4, dram_bytes=16 << 20, mem_latency=8, mem_outstanding=2,
-    queue_depth=4, token_depth=4, clock_mhz=30.0, pool_fl32=False,
-    notes="iCEBreaker (iCE40 UP5K): 32 MACs, a 4-byte memory port, SPI-flash-sized DRAM window.")
+#: The iCE40 UP5K's NPU (5280 LUTs, 8 SB_MAC16, 30 block RAMs, 4 SPRAMs): the sequential core
+#: (``tessera.arch.PRESETS["icebreaker"]``).
+ICEBREAKER_CONFIG = PRESETS["icebreaker"]
 
 
 @dataclass(frozen=True)
@@ -135,8 +131,5 @@ def get_board(name: str) -> Board:
 
 
 def resolve_config(board: Board, name: str | None) -> NpuConfig:
-    """The NPU config to build: ``name`` (a preset, "icebreaker" or a .json file) or the board's default."""
-    name = name or board.default_config
-    if name == ICEBREAKER_CONFIG.name:
-        return ICEBREAKER_CONFIG
-    return get_config(name)  # presets and .json files; the uniform "unknown config" error otherwise
+    """The NPU config to build: ``name`` (a preset or a .json file) or the board's default."""
+    return get_config(name or board.default_config)  # presets and .json files; the uniform "unknown config" error otherwise

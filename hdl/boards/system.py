@@ -17,6 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 
+from ..common import MemPortSignature
 from ..npu import Npu
 from .link import Link, MemArbiter
 from .sdram import (
@@ -28,7 +29,52 @@ from .sdram import (
 )
 from .uart import UartRx, UartTx
 
-__all__ = ["BoardSystem"]
+__all__ = ["BoardSystem", "LinkedNpu"]
+
+
+class LinkedNpu(wiring.Component):
+    """The NPU, the UART host link and the arbiter that lets either use the memory port ``mem``.
+
+    Every board system is this plus a memory behind ``mem``: :class:`BoardSystem` (the ULX3S's SDRAM)
+    and :class:`.ice40.OnChipSystem` (the iCEBreaker's single-port RAMs).
+
+    Parameters
+    ----------
+    config : NpuConfig
+    divisor : int
+        UART clock cycles per bit.
+    idle_cycles : int
+        Idle line time that ends a broken frame (see :class:`.link.Link`).
+    reset_buffer : callable, optional
+        How the NPU core's reset reaches its flip-flops on the device (see :class:`~tessera.hdl.npu.Npu`).
+    """
+
+    def __init__(self, config: NpuConfig, *, divisor: int, idle_cycles: int, reset_buffer=None):
+        self.config, self.divisor, self.idle_cycles, self.reset_buffer = config, divisor, idle_cycles, reset_buffer
+        super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1), "led": Out(1),
+                          "mem": Out(MemPortSignature(config))})
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.config
+        m.submodules.npu = npu = Npu(c, reset_buffer=self.reset_buffer)
+        m.submodules.arbiter = arb = MemArbiter(c)
+        m.submodules.link = link = Link(c, idle_cycles=self.idle_cycles)
+        m.submodules.uart_rx = urx = UartRx(self.divisor)
+        m.submodules.uart_tx = utx = UartTx(self.divisor)
+        m.submodules.rx_fifo = rxf = fifo.SyncFIFOBuffered(width=8, depth=16)
+
+        m.d.comb += [urx.rx.eq(self.uart_rx), self.uart_tx.eq(utx.tx)]
+        wiring.connect(m, urx.o_stream, rxf.w_stream)
+        wiring.connect(m, rxf.r_stream, link.i_stream)
+        wiring.connect(m, link.o_stream, utx.i_stream)
+        wiring.connect(m, link.csr, npu.csr)
+        wiring.connect(m, npu.mem, arb.npu)
+        wiring.connect(m, link.mem, arb.link)
+        wiring.connect(m, arb.out, wiring.flipped(self.mem))
+        m.d.comb += arb.sel_link.eq(link.mem_active)
+        m.d.comb += self.led.eq(npu.done)
+        return m
 
 
 class BoardSystem(wiring.Component):
@@ -69,23 +115,10 @@ class BoardSystem(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.config
-        m.submodules.npu = npu = Npu(c, reset_buffer=self.reset_buffer)
+        m.submodules.linked = linked = LinkedNpu(c, divisor=self.divisor, idle_cycles=self.idle_cycles,
+                                                 reset_buffer=self.reset_buffer)
         m.submodules.sdram_ctl = ctl = SdramController(c, self.geometry, self.timing, read_delay=self.read_delay)
-        m.submodules.arbiter = arb = MemArbiter(c)
-        m.submodules.link = link = Link(c, idle_cycles=self.idle_cycles)
-        m.submodules.uart_rx = urx = UartRx(self.divisor)
-        m.submodules.uart_tx = utx = UartTx(self.divisor)
-        m.submodules.rx_fifo = rxf = fifo.SyncFIFOBuffered(width=8, depth=16)
-
-        m.d.comb += [urx.rx.eq(self.uart_rx), self.uart_tx.eq(utx.tx)]
-        wiring.connect(m, urx.o_stream, rxf.w_stream)
-        wiring.connect(m, rxf.r_stream, link.i_stream)
-        wiring.connect(m, link.o_stream, utx.i_stream)
-        wiring.connect(m, link.csr, npu.csr)
-        wiring.connect(m, npu.mem, arb.npu)
-        wiring.connect(m, link.mem, arb.link)
-        wiring.connect(m, arb.out, ctl.bus)
+        wiring.connect(m, linked.mem, ctl.bus)
         wiring.connect(m, ctl.pins, wiring.flipped(self.sdram))
-        m.d.comb += arb.sel_link.eq(link.mem_active)
-        m.d.comb += self.led.eq(npu.done)
+        m.d.comb += [linked.uart_rx.eq(self.uart_rx), self.uart_tx.eq(linked.uart_tx), self.led.eq(linked.led)]
         return m

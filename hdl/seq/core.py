@@ -86,7 +86,8 @@ class SeqCore(wiring.Component):
         ``bus_bytes`` must be 4 (one CPU word per beat).
     ram : callable, optional
         ``ram(m, words) -> (addr, rdata, wdata, wstrb)``: builds the private RAM (one port, read data one
-        cycle after ``addr``; ``wstrb`` a write enable per byte) on a device; default an Amaranth memory.
+        cycle after ``addr``; ``wstrb`` a write enable per byte). Default: on an iCE40 a pair of its
+        single-port RAMs (:func:`tessera.hdl.boards.ice40.spram32`), elsewhere an Amaranth memory.
     """
 
     def __init__(self, config: NpuConfig, *, ram=None):
@@ -130,8 +131,14 @@ class SeqCore(wiring.Component):
 
         ram_words = self.ram_bytes // 4
         ram_en = Signal(4)
-        if self.ram_factory is not None:
-            ram_addr, ram_rdata, ram_wdata, ram_wstrb = self.ram_factory(m, ram_words)
+        ram_factory = self.ram_factory
+        if ram_factory is None and platform is not None:
+            from ..boards.ice40 import is_ice40, spram32
+            if is_ice40(platform):
+                def ram_factory(m, words):
+                    return spram32(m, words, name="ram", platform=platform)
+        if ram_factory is not None:
+            ram_addr, ram_rdata, ram_wdata, ram_wstrb = ram_factory(m, ram_words)
             m.d.comb += [ram_addr.eq(addr[2:2 + log2(ram_words)]), ram_wdata.eq(wdata), ram_wstrb.eq(ram_en)]
         else:
             m.submodules.ram = ram = memory.Memory(shape=unsigned(32), depth=ram_words, init=[])
@@ -150,7 +157,7 @@ class SeqCore(wiring.Component):
             m.d.sync += macs_left.eq(macs_left - 1)
 
         port = self.mem
-        io_rdata = Signal(32)
+        io_rdata, dram_data = Signal(32), Signal(32)
         io_reg = addr[2:5]
         with m.FSM():
             with m.State("IDLE"):
@@ -179,16 +186,21 @@ class SeqCore(wiring.Component):
                              port.rd_req.payload.id.eq(0)]
                 with m.If(port.rd_req.ready):
                     m.next = "DRAM_RESP"
+            # The CPU gets memory answers from registers: its fetch and decode logic behind mem_ready is
+            # long already (PicoRV32 with compressed instructions), and the port's handshakes come
+            # through the link's arbiter and the on-chip memory's (docs/synthesis.md, session 16).
             with m.State("DRAM_RESP"):
                 with m.If(port.rd_resp.valid):
-                    m.d.comb += [ready.eq(1), rdata.eq(port.rd_resp.payload.data)]
-                    m.next = "IDLE"
+                    m.d.sync += dram_data.eq(port.rd_resp.payload.data)
+                    m.next = "DRAM_DONE"
             with m.State("DRAM_WRITE"):
                 m.d.comb += [port.wr_req.valid.eq(1), port.wr_req.payload.addr.eq(addr[2:]),
                              port.wr_req.payload.data.eq(wdata), port.wr_req.payload.strb.eq(wstrb)]
                 with m.If(port.wr_req.ready):
-                    m.d.comb += ready.eq(1)
-                    m.next = "IDLE"
+                    m.next = "DRAM_DONE"
+            with m.State("DRAM_DONE"):
+                m.d.comb += [ready.eq(1), rdata.eq(dram_data)]
+                m.next = "IDLE"
             with m.State("IO"):
                 m.d.comb += [ready.eq(1), rdata.eq(io_rdata)]
                 with m.If(wstrb != 0):

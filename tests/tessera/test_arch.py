@@ -37,6 +37,17 @@ def test_config_rejects_inconsistent_values(changes, field):
         PRESETS["sim"].replace(**changes)
 
 
+def test_config_core_is_parallel_or_sequential_with_a_word_bus():
+    assert PRESETS["sim"].core == "parallel" and PRESETS["icebreaker"].core == "sequential"
+    with pytest.raises(ConfigError, match="core='gpu' must be one of parallel, sequential"):
+        PRESETS["sim"].replace(core="gpu")
+    with pytest.raises(ConfigError, match="needs bus_bytes=4"):
+        PRESETS["sim"].replace(core="sequential")
+    # A later field: configs that leave it at its default keep the hash they had before it existed.
+    assert PRESETS["sim"].hash() == "44e2f1cd58af74f9"
+    assert PRESETS["icebreaker"].hash() != PRESETS["icebreaker"].replace(core="parallel").hash()
+
+
 def test_config_rejects_unknown_json_field():
     d = PRESETS["sim"].to_dict()
     d["bogus"] = 1

@@ -207,8 +207,12 @@ def _hdl_source_key(*extra) -> str:
     """Hash of the Python sources the Verilog is generated from (generation itself takes a while)."""
     from tessera import hdl
     h = hashlib.sha256()
-    for p in sorted(Path(hdl.__file__).parent.glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    root = Path(hdl.__file__).parent
+    # The NPU's modules, and the sequential core's with its firmware sources (hdl/seq).
+    files = list(root.glob("*.py")) + [p for p in (root / "seq").rglob("*")
+                                      if p.is_file() and p.suffix in (".py", ".c", ".h", ".S", ".ld")]
+    for p in sorted(files):
+        h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
     for mod in ("arch", "isa"):
         h.update((Path(__file__).resolve().parent.parent / "tessera" / f"{mod}.py").read_bytes())
     for e in extra:

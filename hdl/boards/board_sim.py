@@ -17,6 +17,7 @@ import hashlib
 import shutil
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -25,9 +26,10 @@ from tessera.arch import NpuConfig
 
 from .sdram import SdramGeometry, SdramTiming
 from .sdram_model import MODEL_NAME, sdram_model_verilog
+from .ice40 import OnChipSystem
 from .system import BoardSystem
 
-__all__ = ["PERIOD_NS", "SIM_TIMING", "SIM_TOP", "SimBoard", "board_sim_sources"]
+__all__ = ["PERIOD_NS", "SIM_TIMING", "SIM_TOP", "SimBoard", "board_sim_sources", "onchip_sim_sources"]
 
 SIM_TOP = "tessera_board_sim"
 #: The simulated board clock: 100 MHz.
@@ -69,14 +71,44 @@ module {SIM_TOP}(
 endmodule
 """
     return {"tessera_board.v": core, "tessera_sdram_model.v": sdram_model_verilog(
-        g, system.timing, max_refresh_gap=max_refresh_gap), f"{SIM_TOP}.v": wrapper}
+        g, system.timing, max_refresh_gap=max_refresh_gap), f"{SIM_TOP}.v": wrapper, **_cpu_sources(system.config)}
+
+
+def onchip_sim_sources(system: OnChipSystem) -> dict[str, str]:
+    """Verilog files (name → text) of the iCEBreaker's system (:class:`.ice40.OnChipSystem`) and its simulation
+    top, whose SDRAM status outputs are constant (there is no SDRAM)."""
+    from ..verilog import _strip_initial_zeros
+    core = _strip_initial_zeros(verilog.convert(system, name="tessera_board", emit_src=False))
+    wrapper = f"""`timescale 1ns/1ps
+// Tessera board simulation top (config hash {system.config.hash()}): clock, board system with on-chip memory.
+module {SIM_TOP}(
+  input rst, input uart_rx, output uart_tx, output led,
+  output sdram_error, output [7:0] sdram_error_code, output [31:0] sdram_refreshes
+);
+  reg clk = 1'b0;
+  always #{PERIOD_NS // 2} clk = ~clk;
+  tessera_board core(.clk(clk), .rst(rst), .uart_rx(uart_rx), .uart_tx(uart_tx), .led(led));
+  assign sdram_error = 1'b0;
+  assign sdram_error_code = 8'd0;
+  assign sdram_refreshes = 32'd0;
+endmodule
+"""
+    return {"tessera_board.v": core, f"{SIM_TOP}.v": wrapper, **_cpu_sources(system.config)}
+
+
+def _cpu_sources(config: NpuConfig) -> dict[str, str]:
+    if config.core != "sequential":
+        return {}
+    from ..seq.core import picorv32_source
+    name, text = picorv32_source()
+    return {name: text}
 
 
 def _source_key(*extra) -> str:
     from tessera.sim.rtl import _hdl_source_key
     h = hashlib.sha256(_hdl_source_key().encode())
     # The modules the simulated Verilog comes from (not the board top, the bench or the host side).
-    for name in ("board_sim", "link", "protocol", "sdram", "sdram_model", "system", "uart"):
+    for name in ("board_sim", "ice40", "link", "protocol", "sdram", "sdram_model", "system", "uart"):
         h.update(name.encode() + b"\0" + (Path(__file__).parent / f"{name}.py").read_bytes())
     for e in extra:
         h.update(repr(e).encode() + b"\0")
@@ -98,11 +130,14 @@ class SimBoard:
         timing is the board's at 100 MHz with the 200 us power-up wait shortened to 10 us).
     max_refresh_gap : int, optional
         The model flags refreshes further apart (default: the refresh interval plus 64 cycles).
+    memory : {"sdram", "onchip"}
+        The board's external memory: the ULX3S's SDRAM (:class:`.system.BoardSystem`) or the iCEBreaker's
+        on-chip RAM (:class:`.ice40.OnChipSystem`; ``geometry`` and ``timing`` do not apply).
     """
 
     def __init__(self, config: NpuConfig, *, divisor: int = 4, idle_cycles: int | None = None,
                  geometry: SdramGeometry | None = None, timing: SdramTiming = SIM_TIMING,
-                 max_refresh_gap: int | None = None, start_timeout: float = 300.0):
+                 max_refresh_gap: int | None = None, start_timeout: float = 300.0, memory: str = "sdram"):
         from tessera.sim.rtl import _ensure_path, build_root, serve_cocotb, verilate
         if geometry is None:
             geometry = _geometry_for(config.dram_bytes)
@@ -110,8 +145,16 @@ class SimBoard:
         self.idle_cycles = idle_cycles or 4 * 10 * divisor
         self.bit_ns = divisor * PERIOD_NS
         gap = max_refresh_gap or timing.refresh_interval + 64
-        system = BoardSystem(config, divisor=divisor, idle_cycles=self.idle_cycles, geometry=geometry, timing=timing)
-        key = _source_key(config.to_json(), divisor, self.idle_cycles, geometry, timing, gap)
+        if memory == "sdram":
+            system = BoardSystem(config, divisor=divisor, idle_cycles=self.idle_cycles, geometry=geometry,
+                                 timing=timing)
+            sources = partial(board_sim_sources, system, max_refresh_gap=gap)
+        elif memory == "onchip":
+            system = OnChipSystem(config, divisor=divisor, idle_cycles=self.idle_cycles)
+            sources = partial(onchip_sim_sources, system)
+        else:
+            raise ValueError(f"memory={memory!r}: expected 'sdram' or 'onchip'")
+        key = _source_key(config.to_json(), divisor, self.idle_cycles, geometry, timing, gap, memory)
         self.build_dir = build_root() / f"board-{config.hash()[:8]}-{key}"
         _ensure_path()
         if (self.build_dir / ".built").exists() and (self.build_dir / SIM_TOP).exists():
@@ -120,7 +163,7 @@ class SimBoard:
         else:
             print(f"tessera: building the board simulation of config {config.name!r} into {self.build_dir}",
                   file=sys.stderr, flush=True)
-            runner = verilate(board_sim_sources(system, max_refresh_gap=gap), SIM_TOP, self.build_dir, opt="-O0")
+            runner = verilate(sources(), SIM_TOP, self.build_dir, opt="-O0")
         self.run_dir = Path(tempfile.mkdtemp(prefix="tessera-board-"))
         self._thread, self._conn = serve_cocotb(
             runner, "tessera.hdl.boards.board_bench", self.build_dir, self.run_dir, toplevel=SIM_TOP,

@@ -19,35 +19,23 @@ The CPU sees (``tessera.hdl.seq.firmware.MEMORY_MAP``)::
 PicoRV32 comes from the ``pythondata-cpu-picorv32`` package (its Verilog, unchanged).
 """
 
-from __future__ import annotations
 
 from pathlib import Path
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Signal, unsigned
-from amaranth.lib import enum, memory, wiring
+from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Signal, signed, unsigned
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 from tessera.isa import ErrorCode, Unit
 
 from ..common import ADDR_BITS, MemPortSignature, log2
-from .firmware import MEMORY_MAP, build_target
+from .firmware import DOT4_OPCODE, MEMORY_MAP, IoReg, build_target
 
-__all__ = ["IoReg", "SeqCore", "picorv32_source", "ram_bytes", "ROM_BYTES"]
+__all__ = ["DOT4_OPCODE", "Dot4", "IoReg", "SeqCore", "picorv32_source", "ram_bytes", "ROM_BYTES"]
 
 #: Firmware ROM size (16 iCE40 block RAMs); the firmware is about 6 KiB.
 ROM_BYTES = 8192
-
-
-class IoReg(enum.Enum, shape=3):
-    """Word offsets of the core's registers at ``MEMORY_MAP["io"]`` (firmware/target.c names them too)."""
-    PROG_ADDR = 0   # read: the CSR block's PROG_ADDR
-    DONE = 1        # write: the program ended and every unit drained
-    ERR_CODE = 2    # write: stop with this ErrorCode at ERR_PC
-    ERR_PC = 3
-    PC = 4          # write: the instruction that starts (the watchdog's oldest pc); counts as progress
-    PROGRESS = 5    # write: progress for the watchdog
-    MACS = 6        # write: add this many rows x lanes blocks to the MACS count
 
 
 def ram_bytes(config: NpuConfig) -> int:
@@ -67,14 +55,50 @@ def picorv32_source() -> tuple[str, str]:
 
 
 #: PicoRV32's parameters: RV32IMC without divide, interrupts or counters (firmware built to match:
-#: hdl/seq/firmware.py), a one-cycle-per-bit shifter pair and the DSP-friendly single-cycle multiplier.
+#: hdl/seq/firmware.py), a one-cycle-per-bit shifter pair, the DSP-friendly single-cycle multiplier and
+#: the co-processor port for :class:`Dot4`.
 PICORV32_PARAMS = {
     "ENABLE_COUNTERS": 0, "ENABLE_COUNTERS64": 0, "ENABLE_REGS_16_31": 1, "ENABLE_REGS_DUALPORT": 1,
     "LATCHED_MEM_RDATA": 0, "TWO_STAGE_SHIFT": 1, "BARREL_SHIFTER": 0, "TWO_CYCLE_COMPARE": 0,
-    "TWO_CYCLE_ALU": 0, "COMPRESSED_ISA": 1, "CATCH_MISALIGN": 1, "CATCH_ILLINSN": 1, "ENABLE_PCPI": 0,
+    "TWO_CYCLE_ALU": 0, "COMPRESSED_ISA": 1, "CATCH_MISALIGN": 1, "CATCH_ILLINSN": 1, "ENABLE_PCPI": 1,
     "ENABLE_MUL": 0, "ENABLE_FAST_MUL": 1, "ENABLE_DIV": 0, "ENABLE_IRQ": 0, "ENABLE_TRACE": 0,
     "PROGADDR_RESET": 0, "STACKADDR": 0xFFFF_FFFF,
 }
+
+
+class Dot4(wiring.Component):
+    """PicoRV32 co-processor: ``dot4 rd, rs1, rs2`` = Σ of the products of the four int8 bytes of rs1 and rs2.
+
+    CONV's inner loop is one ``dot4`` per four MACs (firmware/seq.c ``seq_mac_block``). The products and
+    their sum are registered: the answer comes the cycle after the request, well inside PicoRV32's
+    16-cycle co-processor timeout.
+    """
+
+    valid: In(1)
+    insn: In(32)
+    rs1: In(32)
+    rs2: In(32)
+    wr: Out(1)
+    rd: Out(32)
+    wait: Out(1)
+    ready: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        insn = self.insn
+        match = self.valid & (insn[0:7] == DOT4_OPCODE) & (insn[12:15] == 0) & (insn[25:32] == 0)
+        m.d.comb += self.wait.eq(match)
+        products = [Signal(signed(16), name=f"product{i}") for i in range(4)]
+        busy = Signal()
+        with m.If(match & ~busy & ~self.ready):
+            m.d.sync += [p.eq(self.rs1[8 * i:8 * i + 8].as_signed() * self.rs2[8 * i:8 * i + 8].as_signed())
+                         for i, p in enumerate(products)]
+            m.d.sync += busy.eq(1)
+        m.d.sync += self.ready.eq(0)
+        with m.If(busy):
+            m.d.sync += [busy.eq(0), self.ready.eq(1), self.rd.eq(sum(products[1:], products[0]))]
+        m.d.comb += self.wr.eq(self.ready)
+        return m
 
 
 class SeqCore(wiring.Component):
@@ -111,6 +135,7 @@ class SeqCore(wiring.Component):
         if platform is not None and hasattr(platform, "add_file"):
             platform.add_file(*picorv32_source())
 
+        m.submodules.dot4 = dot4 = Dot4()
         valid, instr, ready = Signal(), Signal(), Signal()
         addr, wdata, wstrb, rdata = Signal(32), Signal(32), Signal(4), Signal(32)
         m.submodules.cpu = Instance(
@@ -118,7 +143,8 @@ class SeqCore(wiring.Component):
             i_clk=ClockSignal(), i_resetn=~ResetSignal(),
             o_trap=self.trap, o_mem_valid=valid, o_mem_instr=instr, i_mem_ready=ready,
             o_mem_addr=addr, o_mem_wdata=wdata, o_mem_wstrb=wstrb, i_mem_rdata=rdata,
-            i_pcpi_wr=0, i_pcpi_rd=0, i_pcpi_wait=0, i_pcpi_ready=0, i_irq=0)
+            o_pcpi_valid=dot4.valid, o_pcpi_insn=dot4.insn, o_pcpi_rs1=dot4.rs1, o_pcpi_rs2=dot4.rs2,
+            i_pcpi_wr=dot4.wr, i_pcpi_rd=dot4.rd, i_pcpi_wait=dot4.wait, i_pcpi_ready=dot4.ready, i_irq=0)
 
         region = addr[28:32]
         rom_words = ROM_BYTES // 4

@@ -19,12 +19,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from amaranth.lib import enum
+
 from tessera.arch import NpuConfig
 from tessera.errors import UserError
 from tessera.isa import FORMATS, HEADER, INSTR_BITS, INSTR_BYTES, OPCODE_UNIT, Buffer, ErrorCode, Opcode, Unit
 from tessera.numerics import MAX_SHIFT, SIG_BITS
 
-__all__ = ["FIRMWARE_DIR", "FirmwareError", "build_host_library", "build_target", "config_header",
+__all__ = ["DOT4_OPCODE", "FIRMWARE_DIR", "FirmwareError", "HostFirmware", "IoReg", "build_host_library", "build_target", "config_header",
            "MEMORY_MAP"]
 
 FIRMWARE_DIR = Path(__file__).with_name("firmware")
@@ -36,6 +38,22 @@ MEMORY_MAP = {
     "dram": 0x2000_0000,     # external memory, through the NPU's memory port
     "io": 0x3000_0000,       # the core's registers (hdl/seq/core.py: IoReg)
 }
+
+
+#: ``dot4 rd, rs1, rs2`` (:class:`~tessera.hdl.seq.core.Dot4`): the R-type instruction on RISC-V's custom-0
+#: opcode with funct3 = funct7 = 0; the firmware issues it with ``.insn r`` (firmware/seq.h).
+DOT4_OPCODE = 0b0001011
+
+
+class IoReg(enum.Enum, shape=3):
+    """Word offsets of the core's registers at ``MEMORY_MAP["io"]`` (hdl/seq/core.py; ``IO_<NAME>`` in cfg.h)."""
+    PROG_ADDR = 0   # read: the CSR block's PROG_ADDR
+    DONE = 1        # write: the program ended and every unit drained
+    ERR_CODE = 2    # write: stop with this ErrorCode at ERR_PC
+    ERR_PC = 3
+    PC = 4          # write: the instruction that starts (the watchdog's oldest pc); counts as progress
+    PROGRESS = 5    # write: progress for the watchdog
+    MACS = 6        # write: add this many rows x lanes blocks to the MACS count
 
 
 class FirmwareError(UserError, RuntimeError):
@@ -64,6 +82,8 @@ def config_header(config: NpuConfig) -> str:
     L += [f"#define ERR_{e.name} {e.value}" for e in ErrorCode]
     L += [f"#define BUF_{b.name} {b.value}" for b in Buffer]
     L += [f"#define OP_{o.name} {o.value}" for o in Opcode]
+    L.append(f"#define DOT4_OPCODE 0x{DOT4_OPCODE:02x}")
+    L += [f"#define IO_{r.name} {r.value}" for r in IoReg]
     for name, addr in MEMORY_MAP.items():
         L.append(f"#define MAP_{name.upper()} 0x{addr:08x}u")
     L.append("")
@@ -108,7 +128,8 @@ def _zig() -> list[str]:
 
 
 def _cache_dir(kind: str, config: NpuConfig, extra: str = "") -> Path:
-    src = b"".join(p.read_bytes() for p in sorted(FIRMWARE_DIR.iterdir()) if p.is_file())
+    # The sources, and this module (the compiler flags).
+    src = b"".join(p.read_bytes() for p in sorted(FIRMWARE_DIR.iterdir()) if p.is_file()) + Path(__file__).read_bytes()
     key = hashlib.sha256(src + config_header(config).encode() + extra.encode()).hexdigest()[:16]
     root = Path(os.environ.get("TESSERA_BUILD_DIR", Path.cwd() / "build"))
     return root / "seq-firmware" / f"{kind}-{config.name}-{key}"

@@ -41,12 +41,16 @@ static int64_t round_shift(int64_t x, unsigned s) {
 }
 
 static unsigned bit_length(uint64_t a) {
+    /* A binary search: EPILOGUE calls this twice an output value, and a bit-by-bit loop was most of it. */
     unsigned n = 0;
-    uint32_t hi = (uint32_t)(a >> 32);
-    if (hi) { n = 32; a = hi; }
-    uint32_t lo = (uint32_t)a;
-    while (lo) { n++; lo >>= 1; }
-    return n;
+    uint32_t v = (uint32_t)a;
+    if (a >> 32) { n = 32; v = (uint32_t)(a >> 32); }
+    if (v >> 16) { n += 16; v >>= 16; }
+    if (v >> 8) { n += 8; v >>= 8; }
+    if (v >> 4) { n += 4; v >>= 4; }
+    if (v >> 2) { n += 2; v >>= 2; }
+    if (v >> 1) { n += 1; v >>= 1; }
+    return n + v;
 }
 
 static int64_t round_sig(int64_t x) {
@@ -198,13 +202,47 @@ static void exec_store(const uint32_t *w) {
 
 /* ---- CONV ------------------------------------------------------------------------------------------ */
 
-static inline int32_t weight(const uint8_t *word, unsigned i) {
+#ifndef dot4
+/* Σ of the four products of the int8 bytes of x and y (the target may do this in one instruction). */
+__attribute__((unused)) static inline int32_t dot4(uint32_t x, uint32_t y) {
+    int32_t s = (int32_t)(int8_t)x * (int32_t)(int8_t)y;
+    s += ((int32_t)(x << 16) >> 24) * ((int32_t)(y << 16) >> 24);
+    s += ((int32_t)(x << 8) >> 24) * ((int32_t)(y << 8) >> 24);
+    s += ((int32_t)x >> 24) * ((int32_t)y >> 24);
+    return s;
+}
+#endif
+
+__attribute__((unused)) static inline int32_t weight(const uint8_t *word, unsigned i) {
 #if WEIGHT_BITS == 8
     return (int8_t)word[i];
 #else
     unsigned bit = i * WEIGHT_BITS;
     int32_t v = (word[bit >> 3] >> (bit & 7)) & ((1 << WEIGHT_BITS) - 1);
     return v >= (1 << (WEIGHT_BITS - 1)) ? v - (1 << WEIGHT_BITS) : v;
+#endif
+}
+
+/* The product of one weight word (ROWS x LANES) by one activation word, added to sum (wrapping). */
+static inline void mac_block(int32_t *sum, const int8_t *a, const uint8_t *wd) {
+#if WEIGHT_BITS == 8 && LANES % 4 == 0
+    /* Four int8 lanes a 32-bit load (words are 4-byte aligned in RAM): fewer loads and no byte indexing. */
+    const uint32_t *a32 = (const uint32_t *)a;
+#pragma clang loop unroll(full)
+    for (unsigned mm = 0; mm < ROWS; mm++) {
+        const uint32_t *w32 = (const uint32_t *)(wd + mm * LANES);
+        uint32_t s = (uint32_t)sum[mm];
+        for (unsigned n = 0; n < LANES / 4; n++)
+            s += (uint32_t)dot4(w32[n], a32[n]);
+        sum[mm] = (int32_t)s;
+    }
+#else
+    for (unsigned mm = 0; mm < ROWS; mm++) {
+        uint32_t s = (uint32_t)sum[mm];
+        for (unsigned n = 0; n < LANES; n++)
+            s += (uint32_t)(weight(wd, mm * LANES + n) * (int32_t)a[n]);
+        sum[mm] = (int32_t)s;
+    }
 #endif
 }
 
@@ -240,7 +278,8 @@ static void exec_conv(const uint32_t *w) {
                         for (uint32_t c = 0; c < in_cb; c++) {
                             const int8_t *a = inside ? arow + c * ACT_WB : padw;
                             const uint8_t *wd = wrow + c * WGT_WB;
-                            plat_mac_block(sum, a, wd);
+                            mac_block(sum, a, wd);
+                            plat_progress();   /* a pixel can take millions of cycles: the watchdog sees each block */
                         }
                     }
                 }
@@ -252,16 +291,6 @@ static void exec_conv(const uint32_t *w) {
         }
     }
     plat_macs((uint64_t)P * taps * in_cb * ob);
-}
-
-/* The product of one weight word (ROWS x LANES) by one activation word, added to sum (wrapping). */
-void seq_mac_block(int32_t *sum, const int8_t *a, const uint8_t *wd) {
-    for (unsigned mm = 0; mm < ROWS; mm++) {
-        uint32_t s = (uint32_t)sum[mm];
-        for (unsigned n = 0; n < LANES; n++)
-            s += (uint32_t)(weight(wd, mm * LANES + n) * (int32_t)a[n]);
-        sum[mm] = (int32_t)s;
-    }
 }
 
 /* ---- EPILOGUE ------------------------------------------------------------------------------------ */
@@ -348,6 +377,8 @@ static void exec_pool(const uint32_t *w) {
         for (uint32_t x = 0; x < out_w; x++) {
             int8_t *out = act + out_addr * ACT_WB + (y * out_w + x) * cw;
             for (uint32_t ch = 0; ch < cw; ch++) {
+                if (ch % LANES == 0)
+                    plat_progress();
                 int32_t acc = avg ? 0 : -128;
                 for (uint32_t ky = 0; ky < k_h; ky++) {
                     int32_t iy = (int32_t)(y * sh + ky) - (int32_t)pad_t;

@@ -21,17 +21,31 @@ void plat_dram_write(uint32_t addr, const uint8_t *src, uint32_t n);
 /* The instruction at pc starts (the watchdog's oldest pc). */
 void plat_pc(uint32_t pc);
 /* Something moved (the watchdog counts cycles between these). */
+#ifdef SEQ_TARGET
+#define IO ((volatile uint32_t *)MAP_IO)
+static inline void plat_progress(void) { IO[IO_PROGRESS] = 1; }   /* inline: CONV calls it every block */
+#else
 void plat_progress(void);
+#endif
 /* A CONV did this many ROWS x LANES blocks of MACs (the MACS CSR counts ROWS * LANES per block). */
 void plat_macs(uint64_t blocks);
 /* The program ended and every unit drained. */
 void plat_done(void);
 
+#define SEQ_STR_(x) #x
+#define SEQ_STR(x) SEQ_STR_(x)
+
+#ifdef SEQ_TARGET
+/* The core's co-processor instruction (hdl/seq/core.py Dot4): the sum of the four int8 products. */
+static inline int32_t dot4_insn(uint32_t x, uint32_t y) {
+    int32_t r;
+    __asm__(".insn r " SEQ_STR(DOT4_OPCODE) ", 0, 0, %0, %1, %2" : "=r"(r) : "r"(x), "r"(y));
+    return r;
+}
+#define dot4 dot4_insn
+#endif
+
 void seq_run(uint32_t prog_addr);
 void seq_clear(void);
-void seq_mac_block(int32_t *sum, const int8_t *a, const uint8_t *wd);
-#ifndef plat_mac_block
-#define plat_mac_block seq_mac_block
-#endif
 
 #endif

@@ -1,9 +1,6 @@
 /* The firmware on the CPU of hdl/seq/core.py: external memory and the core's registers are mapped
- * into its address space (MAP_DRAM, MAP_IO in cfg.h; the register offsets are hdl/seq/core.py's IoReg). */
+ * into its address space (MAP_DRAM, MAP_IO and the IO_ register offsets in cfg.h). */
 #include "seq.h"
-
-#define IO ((volatile uint32_t *)MAP_IO)
-enum { IO_PROG_ADDR = 0, IO_DONE = 1, IO_ERR_CODE = 2, IO_ERR_PC = 3, IO_PC = 4, IO_PROGRESS = 5, IO_MACS = 6 };
 
 void plat_error(unsigned code, uint32_t pc) {
     IO[IO_ERR_PC] = pc;
@@ -16,30 +13,41 @@ void plat_dram_read(uint8_t *dst, uint32_t addr, uint32_t n) {
         /* One bus beat per word. */
         const volatile uint32_t *s = (const volatile uint32_t *)(MAP_DRAM + addr);
         uint32_t *d = (uint32_t *)dst;
-        for (uint32_t i = 0; i < n / 4; i++)
+        for (uint32_t i = 0; i < n / 4; i++) {
             d[i] = s[i];
+            if (!(i & 63))
+                plat_progress();
+        }
         return;
     }
     const volatile uint8_t *s = (const volatile uint8_t *)(MAP_DRAM + addr);
-    for (uint32_t i = 0; i < n; i++)
+    for (uint32_t i = 0; i < n; i++) {
         dst[i] = s[i];
+        if (!(i & 255))
+            plat_progress();
+    }
 }
 
 void plat_dram_write(uint32_t addr, const uint8_t *src, uint32_t n) {
     if (!((addr | (uint32_t)src | n) & 3)) {
         volatile uint32_t *d = (volatile uint32_t *)(MAP_DRAM + addr);
         const uint32_t *s = (const uint32_t *)src;
-        for (uint32_t i = 0; i < n / 4; i++)
+        for (uint32_t i = 0; i < n / 4; i++) {
             d[i] = s[i];
+            if (!(i & 63))
+                plat_progress();
+        }
         return;
     }
     volatile uint8_t *d = (volatile uint8_t *)(MAP_DRAM + addr);
-    for (uint32_t i = 0; i < n; i++)
+    for (uint32_t i = 0; i < n; i++) {
         d[i] = src[i];
+        if (!(i & 255))
+            plat_progress();
+    }
 }
 
 void plat_pc(uint32_t pc) { IO[IO_PC] = pc; }
-void plat_progress(void) { IO[IO_PROGRESS] = 1; }
 
 void plat_macs(uint64_t blocks) {
     while (blocks > 0xFFFFFFFFu) {

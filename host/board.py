@@ -237,7 +237,7 @@ class BoardBackend(Backend):
             self.close()
             raise UserError(f"the board runs another NPU config (hash {have:08x}); the program needs config "
                             f"{c.name!r} (hash {want:08x}): build its bitstream with "
-                            f"`tessera synth --board ulx3s-85f --config {c.name}`")
+                            f"`tessera synth --board BOARD --config {c.name}` (ulx3s-85f, icebreaker)")
         for addr, blob in program.segments():
             self.link.write_mem(addr, blob)
 

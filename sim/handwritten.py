@@ -33,6 +33,9 @@ def conv_relu_pool(config: NpuConfig, *, height: int = 8, width: int = 8, in_ch:
     c = config
     N, M = c.lanes, c.rows
     out_ch = out_ch or M
+    # The usual layout, or, in an external memory too small for it (the iCEBreaker's 64 KiB), its quarters.
+    const_addr, scratch_addr = ((CONST_ADDR, SCRATCH_ADDR) if c.dram_bytes >= 2 * SCRATCH_ADDR
+                                else (c.dram_bytes // 4, c.dram_bytes // 2))
     if in_ch > N or out_ch > M or height % 2 or width % 2:
         raise ValueError("conv_relu_pool wants in_ch <= lanes, out_ch <= rows and even sizes")
     rng = np.random.default_rng(seed)
@@ -60,15 +63,15 @@ def conv_relu_pool(config: NpuConfig, *, height: int = 8, width: int = 8, in_ch:
     const += params.astype("<i4").tobytes()
 
     P = height * width
-    in_addr, out_addr = SCRATCH_ADDR, SCRATCH_ADDR + P * N
+    in_addr, out_addr = scratch_addr, scratch_addr + P * N
     k = c.words_per_block
     abuf_in, abuf_conv, abuf_pool = 0, P, P + P * k
     ph, pw = height // 2, width // 2
     prog = [
         Instruction("load", buf="act", dram_addr=in_addr, dram_stride=0, buf_addr=abuf_in, buf_stride=0,
                     rows=1, cols=P),
-        Instruction("load", buf="wgt", dram_addr=CONST_ADDR, buf_addr=0, rows=1, cols=9, signal=["compute"]),
-        Instruction("load", buf="param", dram_addr=CONST_ADDR + param_off, buf_addr=0, rows=1, cols=1,
+        Instruction("load", buf="wgt", dram_addr=const_addr, buf_addr=0, rows=1, cols=9, signal=["compute"]),
+        Instruction("load", buf="param", dram_addr=const_addr + param_off, buf_addr=0, rows=1, cols=1,
                     signal=["post"]),
         Instruction("conv", wait=["load"], signal=["post"], in_addr=abuf_in, in_h=height, in_w=width, in_cb=1,
                     out_h=height, out_w=width, k_h=3, k_w=3, stride_h=1, stride_w=1, dil_h=1, dil_w=1,
@@ -82,8 +85,8 @@ def conv_relu_pool(config: NpuConfig, *, height: int = 8, width: int = 8, in_ch:
         Instruction("end"),
     ]
     program = Program(
-        config=c, instructions=prog, constants=bytes(const), prog_addr=PROG_ADDR, const_addr=CONST_ADDR,
-        scratch_addr=SCRATCH_ADDR, scratch_size=2 * P * N * k,
+        config=c, instructions=prog, constants=bytes(const), prog_addr=PROG_ADDR, const_addr=const_addr,
+        scratch_addr=scratch_addr, scratch_size=2 * P * N * k,
         inputs=[TensorInfo("input", [1, in_ch, height, width], "NCHW", in_addr, height, width, in_ch, N, s_x, zp_x)],
         outputs=[TensorInfo("output", [1, out_ch, ph, pw], "NCHW", out_addr, ph, pw, out_ch, M, s_y, zp_y)],
         meta={"source": "handwritten conv_relu_pool", "description": "conv3x3 → ReLU → maxpool2x2"},

@@ -265,6 +265,18 @@ def test_synth_cli_builds_the_smallest_ice40_design_end_to_end(tmp_path):
     assert "achieved Fmax" in r.stdout and "| DSP | SB_MAC16 | 4 | 8 |" in r.stdout
 
 
+def test_synth_icebreaker_sequential_npu_fits_the_up5k(tmp_path):
+    # The whole iCEBreaker board top (sequential NPU, on-chip memory, UART link) through yosys and nextpnr's
+    # packer (about 70 s): the UP5K's cells as they will be placed; `make synth` goes on to the bitstream.
+    from tessera.hdl.synth import synthesize
+    report = synthesize(BOARDS["icebreaker"], PRESETS["icebreaker"], tmp_path, pack_only=True, log=lambda msg: None)
+    res = report["resources"]
+    assert report["fits"] and report["stage"] == "pack"
+    assert "sequential" in report["core"] and "UART" in report["core"]
+    assert 3000 < res["LUT4"]["used"] <= res["LUT4"]["available"] == 5280
+    assert res["SPRAM"]["used"] == 4 and res["DSP"]["used"] <= 8 and res["BRAM"]["used"] <= 30
+
+
 @pytest.mark.parametrize("args, match", [
     (["--board", "zedboard"], "invalid choice"),
     (["--board", "ulx3s-85f", "--config", "nope"], "unknown config"),

@@ -211,6 +211,21 @@ class HostFirmware:
     def clear(self) -> None:
         self._lib.seq_clear()
 
+    def buffer(self, buf: Buffer):
+        """The firmware's buffer ``buf`` as a writable numpy array shaped like ``Emulator.buffers[buf]``."""
+        import ctypes
+
+        import numpy as np
+        c = self.config
+        shape, dtype = {Buffer.ACT: ((c.abuf_words, c.lanes), np.int8),
+                        Buffer.WGT: ((c.wbuf_words, c.wgt_word_bytes), np.uint8),
+                        Buffer.ACC: ((c.accbuf_words, c.rows), np.int32),
+                        Buffer.PARAM: ((c.pbuf_words, c.rows, 3), np.int32)}[buf]
+        self._lib.seq_buffer.restype = ctypes.c_void_p
+        ptr = self._lib.seq_buffer(buf.value)
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype).reshape(shape)
+
     def run(self, prog_addr: int = 0) -> tuple[ErrorCode, int, int]:
         """(error code, error pc, MACs) of one run from ``prog_addr``."""
         code = self._lib.seq_host_run(self.dram.ctypes.data, prog_addr, self._out.ctypes.data)

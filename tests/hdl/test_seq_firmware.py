@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tessera.arch import NpuConfig
 from tessera.hdl.seq.firmware import HostFirmware, config_header
-from tessera.isa import FORMATS, HEADER, INSTR_BYTES, ErrorCode, Instruction, encode, encode_program
+from tessera.isa import FORMATS, HEADER, INSTR_BYTES, Buffer, ErrorCode, Instruction, encode, encode_program
 from tessera.sim.emulator import Emulator, NpuError
 from tests.rtl import programs
 
@@ -183,6 +183,44 @@ def test_firmware_compiled_classifier_matches_emulator():
     image = bytes(emu.dram)
     code, _, macs = both(c, image, prog.prog_addr)
     assert code == ErrorCode.NONE and macs > 10_000
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_firmware_epilogue_extremes_match_emulator(residual):
+    # Accumulators and parameters over their whole int32 ranges (rounding up to 2**31, negative multipliers,
+    # shifts of 0 and past 62): the firmware's 32-bit shortcuts must give the emulator's 64-bit results.
+    c = SEQ
+    rng = np.random.default_rng(8 + residual)
+    ob, P = 4, 16
+    acc = rng.integers(-2**31, 2**31, size=(ob * P, c.rows), dtype=np.int64)
+    acc[:8] = [2**31 - 1, -2**31, 2**31 - 64, -2**31 + 1, 2**24, -2**24 - 1, 0, 1][:8]
+    prm = np.zeros((ob, c.rows, 3), np.int64)
+    prm[..., 0] = rng.integers(-2**31, 2**31, size=(ob, c.rows))
+    prm[..., 1] = rng.integers(-2**31, 2**31, size=(ob, c.rows))
+    prm[..., 2] = rng.integers(0, 70, size=(ob, c.rows))
+    prm[0, :, 0], prm[0, :, 1], prm[0, :, 2] = 0, 2**31 - 1, [0, 1, 31, 62, 63, 64, 30, 40]
+    k = c.words_per_block
+    epi = Instruction("epilogue", signal=["store"], acc_addr=0, pixels=P, ob_count=ob, param_addr=0,
+                      out_addr=512, out_stride=ob * k, zp_out=-3, out_min=-120, out_max=125, residual=int(residual),
+                      res_addr=0, res_stride=ob * k, zp_mid=5, zp_res=-7, res_mult_a=(1 << 31) - 1,
+                      res_mult_b=3 << 28, res_shift=33)
+    store = Instruction("store", wait=["post"], buf="act", dram_addr=0x8000, rows=1, cols=P * ob * k, buf_addr=512)
+    image = encode_program([epi, store, Instruction("end")])
+    act = rng.integers(-128, 128, size=(P * ob * k, c.lanes), dtype=np.int8)
+    emu = Emulator(c)
+    emu.write(0, image)
+    fw = firmware(c)
+    fw.clear()
+    fw.dram[:] = 0
+    fw.dram[:len(image)] = np.frombuffer(image, np.uint8)
+    for bufs in (emu.buffers, {b: fw.buffer(b) for b in (Buffer.ACC, Buffer.PARAM, Buffer.ACT)}):
+        bufs[Buffer.ACC][:ob * P] = acc.astype(np.int32)
+        bufs[Buffer.PARAM][:ob] = prm.astype(np.int32)
+        bufs[Buffer.ACT][:len(act)] = act
+    emu.run(0)
+    assert fw.run(0)[0] == ErrorCode.NONE
+    np.testing.assert_array_equal(fw.buffer(Buffer.ACT), emu.buffers[Buffer.ACT])
+    np.testing.assert_array_equal(fw.dram, emu.dram)
 
 
 def test_config_header_names_every_field_once():

@@ -66,6 +66,20 @@ static int64_t scale_product(int64_t x, int64_t mult) {
     return round_sig(round_sig(x) * mult);
 }
 
+/* scale_product for an int32 x and mult (EPILOGUE's case), in 32-bit steps where they are exact: round_sig
+ * of an int32 is a shift of at most 8 bits, and the product of two int32 is one mul/mulh pair on RV32. */
+static int64_t scale_product32(int32_t x, int32_t mult) {
+    uint32_t a = x < 0 ? 0u - (uint32_t)x : (uint32_t)x;
+    if (a >> SIG_BITS) {
+        unsigned s = bit_length(a) - SIG_BITS;
+        int64_t r = round_shift(x, s) * ((int64_t)1 << s);
+        if (r > INT32_MAX)   /* 2**31: rounded up out of int32 */
+            return round_sig(r * mult);
+        x = (int32_t)r;
+    }
+    return round_sig((int64_t)x * (int64_t)mult);
+}
+
 static int32_t clamp(int64_t v, int64_t lo, int64_t hi) {
     if (v < lo) v = lo;
     if (v > hi) v = hi;
@@ -104,6 +118,15 @@ static NOINIT int8_t snap[ABUF_WORDS * ACT_WB];
 static const uint32_t BUF_WORDS[4] = {ABUF_WORDS, WBUF_WORDS, ACCBUF_WORDS, PBUF_WORDS};
 static const uint32_t BUF_WB[4] = {ACT_WB, WGT_WB, ACC_WB, PRM_WB};
 
+static uint8_t *buf_bytes(unsigned b) {
+    switch (b) {
+    case BUF_ACT: return (uint8_t *)act;
+    case BUF_WGT: return wgt;
+    case BUF_ACC: return (uint8_t *)accb;
+    default: return (uint8_t *)prm;
+    }
+}
+
 /* Zeroed buffers, as a new NPU's (the tests start every emulator comparison from here). */
 void seq_clear(void) {
     for (uint32_t i = 0; i < sizeof act; i++) act[i] = 0;
@@ -111,6 +134,13 @@ void seq_clear(void) {
     for (uint32_t i = 0; i < ACCBUF_WORDS * ROWS; i++) accb[i] = 0;
     for (uint32_t i = 0; i < PBUF_WORDS * ROWS * 3; i++) prm[i] = 0;
 }
+
+#ifndef SEQ_TARGET
+/* The tests' way into the buffers (the emulator's Emulator.buffers). */
+void *seq_buffer(unsigned b) {
+    return buf_bytes(b);
+}
+#endif
 
 static void fail(unsigned code, uint32_t pc) {
     plat_error(code, pc);   /* does not return */
@@ -159,15 +189,6 @@ static void dma_check(const dma_t *d) {
     if (end > DRAM_BYTES)
         fail(ERR_DRAM_RANGE, R.pc);
     check_words(d->buf, (uint64_t)d->buf_addr + (uint64_t)(d->rows - 1) * d->buf_stride + d->cols - 1);
-}
-
-static uint8_t *buf_bytes(unsigned b) {
-    switch (b) {
-    case BUF_ACT: return (uint8_t *)act;
-    case BUF_WGT: return wgt;
-    case BUF_ACC: return (uint8_t *)accb;
-    default: return (uint8_t *)prm;
-    }
 }
 
 static void exec_load(const uint32_t *w) {
@@ -331,8 +352,8 @@ static void exec_epilogue(const uint32_t *w) {
             for (unsigned c = 0; c < ROWS; c++) {
                 int32_t bias = pw[c * 3], mult = pw[c * 3 + 1];
                 unsigned shift = (unsigned)pw[c * 3 + 2];
-                int64_t v = (int32_t)((uint32_t)acc[c] + (uint32_t)bias);
-                int64_t q = round_shift(scale_product(v, mult), shift);
+                int32_t v = (int32_t)((uint32_t)acc[c] + (uint32_t)bias);
+                int64_t q = round_shift(scale_product32(v, mult), shift);
                 int32_t y;
                 if (!residual) {
                     y = clamp(q + zp_out, lo, hi);

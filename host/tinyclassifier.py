@@ -124,6 +124,12 @@ def tiny_classifier_with_params(config: NpuConfig | str = "sim", *, size: int = 
     a_pool = a_conv + half * half * k
     a_logit = a_pool + k
     acc_conv, acc_fc = 0, half * half
+    # One LOAD each, whole layers resident: say which buffer is too small rather than build a program that faults.
+    for buf, need, have in (("ACT", a_logit + ob * k, c.abuf_words), ("WGT", 9 + ob * k, c.wbuf_words),
+                            ("ACC", acc_fc + ob, c.accbuf_words), ("PARAM", 1 + ob, c.pbuf_words)):
+        if need > have:
+            raise ValueError(f"tiny_classifier: {classes} classes at size {size} need {need} {buf} words; config "
+                             f"{c.name!r} has {have}")
     in_addr = SCRATCH_ADDR
     out_addr = SCRATCH_ADDR + P * N
     prog = [

@@ -5,7 +5,7 @@ import pytest
 
 from tessera.arch import PRESETS
 from tessera.host.runtime import Runtime
-from tessera.host.tinyclassifier import LOGITS, PROBS, tiny_classifier_with_params
+from tessera.host.tinyclassifier import LOGITS, PROBS, tiny_classifier, tiny_classifier_with_params
 from tessera.program import Program
 from tessera.sim import reference as ref
 
@@ -47,3 +47,11 @@ def test_tiny_classifier_records_preprocessing_and_labels(program):
     assert program.meta["labels"] == "imagenet1k"
     assert program.outputs[0].channels == 1000
     assert [op["op"] for op in program.host_ops] == ["Softmax"]
+
+
+def test_tiny_classifier_names_the_buffer_too_small_for_its_classes():
+    # 1000 classes of 8 rows are 125 PARAM words; a program that loads them into 64 would fault on the NPU.
+    small = PRESETS["sim"].replace(name="small-param", lanes=4, rows=8, pbuf_words=64)
+    with pytest.raises(ValueError, match="1000 classes at size 16 need 126 PARAM words; config 'small-param' has 64"):
+        tiny_classifier(small)
+    assert tiny_classifier(small, classes=10).config is small

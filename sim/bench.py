@@ -226,6 +226,10 @@ def bench_program(prog, backend: str = "model", *, source: str = "", sim=None) -
     """Cycles per layer of ``prog`` on ``backend`` ("model" or "rtl")."""
     from tessera.sim.cyclemodel import predict
     c = prog.config
+    sequential = c.core == "sequential"
+    if sequential and backend == "model":
+        raise UserError(f"config {c.name!r} has the sequential core, which the cycle model does not model "
+                        f"(it models the parallel NPU): use --backend rtl")
     model = predict(prog)
     layers, notes = _layer_meta(prog, model.macs)
     notes += _host_op_note(prog)
@@ -239,6 +243,10 @@ def bench_program(prog, backend: str = "model", *, source: str = "", sim=None) -
     if backend != "rtl":
         raise UserError(f"unknown backend {backend!r}; choose model or rtl")
     cycles, rtl_macs, trace, secs = _run_rtl(prog, sim)
+    if sequential:
+        # The parallel NPU's timings would say nothing about this core: totals only, no model comparison.
+        notes.append("the sequential core: totals only (no per-layer rows, no cycle-model comparison)")
+        return BenchResult(c, "rtl", cycles, macs, rtl_macs, [], source, notes, None, secs)
     if trace is None:
         notes.append("the RTL run gives totals only (RtlSim.run has no instruction trace yet): "
                      "no per-layer rows")

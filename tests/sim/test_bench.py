@@ -250,3 +250,12 @@ def test_bench_rtl_two_segments_match_the_model():
     if res.layers:
         assert [L.name for L in res.layers] == [L.name for L in bench_program(prog, "model").layers]
         assert sum(L.cycles for L in res.layers) <= res.cycles and res.layers[-1].cycles > 0
+
+
+def test_bench_of_a_sequential_config_refuses_the_cycle_model():
+    # The cycle model times the parallel NPU: for the sequential core its figures would be fiction.
+    from tessera.arch import PRESETS
+    from tessera.errors import UserError
+    prog, _ = conv_relu_pool(PRESETS["icebreaker"], seed=1)
+    with pytest.raises(UserError, match="sequential core.*use --backend rtl"):
+        bench_program(prog, "model")

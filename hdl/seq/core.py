@@ -32,10 +32,12 @@ from tessera.isa import ErrorCode, Unit
 from ..common import ADDR_BITS, MemPortSignature, log2
 from .firmware import DOT4_OPCODE, MEMORY_MAP, IoReg, build_target
 
-__all__ = ["DOT4_OPCODE", "Dot4", "IoReg", "SeqCore", "picorv32_source", "ram_bytes", "ROM_BYTES"]
+__all__ = ["DOT4_OPCODE", "Dot4", "IoReg", "SeqCore", "picorv32_source", "ram_bytes", "ROM_LIMIT", "ROM_STEP"]
 
-#: Firmware ROM size (16 iCE40 block RAMs); the firmware is about 6 KiB.
-ROM_BYTES = 8192
+#: Largest firmware ROM; the ROM is the firmware rounded up to ROM_STEP (1 KiB: two iCE40 block RAMs of
+#: 256 x 16 bits), about 6.3 KiB without POOL's fl32 average and 8.4 KiB with it.
+ROM_LIMIT = 32 << 10
+ROM_STEP = 1024
 
 
 def ram_bytes(config: NpuConfig) -> int:
@@ -43,7 +45,8 @@ def ram_bytes(config: NpuConfig) -> int:
     the ACT buffer for instructions that overwrite their own inputs, run state and stack."""
     c = config
     need = 2 * c.abuf_words * c.act_word_bytes + c.wbuf_words * c.wgt_word_bytes
-    need += c.accbuf_words * c.acc_word_bytes + c.pbuf_words * c.param_word_bytes + 4096
+    # 4 KiB for run state and stack, 1 KiB more for POOL fl32's taps (on the stack).
+    need += c.accbuf_words * c.acc_word_bytes + c.pbuf_words * c.param_word_bytes + 4096 + 1024 * c.pool_fl32
     return 1 << (need - 1).bit_length()
 
 
@@ -120,7 +123,8 @@ class SeqCore(wiring.Component):
         self.config = c = config
         self.ram_factory = ram
         self.ram_bytes = ram_bytes(c)
-        self.firmware = build_target(c, rom_bytes=ROM_BYTES, ram_bytes=self.ram_bytes)
+        self.firmware = build_target(c, rom_bytes=ROM_LIMIT, ram_bytes=self.ram_bytes)
+        self.rom_bytes = -(-len(self.firmware) // ROM_STEP) * ROM_STEP
         super().__init__({
             "mem": Out(MemPortSignature(c)),
             "prog_addr": In(ADDR_BITS),
@@ -147,13 +151,13 @@ class SeqCore(wiring.Component):
             i_pcpi_wr=dot4.wr, i_pcpi_rd=dot4.rd, i_pcpi_wait=dot4.wait, i_pcpi_ready=dot4.ready, i_irq=0)
 
         region = addr[28:32]
-        rom_words = ROM_BYTES // 4
+        rom_words = self.rom_bytes // 4
         image = self.firmware + bytes(-len(self.firmware) % 4)
         m.submodules.rom = rom = memory.Memory(
             shape=unsigned(32), depth=rom_words,
             init=[int.from_bytes(image[i:i + 4], "little") for i in range(0, len(image), 4)])
         rom_rd = rom.read_port()
-        m.d.comb += rom_rd.addr.eq(addr[2:2 + log2(rom_words)])
+        m.d.comb += rom_rd.addr.eq(addr[2:2 + (rom_words - 1).bit_length()])
 
         ram_words = self.ram_bytes // 4
         ram_en = Signal(4)

@@ -24,7 +24,7 @@ from amaranth.lib import enum
 from tessera.arch import NpuConfig
 from tessera.errors import UserError
 from tessera.isa import FORMATS, HEADER, INSTR_BITS, INSTR_BYTES, OPCODE_UNIT, Buffer, ErrorCode, Opcode, Unit
-from tessera.numerics import MAX_SHIFT, SIG_BITS
+from tessera.numerics import FL32_MAX_N, MAX_SHIFT, SIG_BITS
 
 __all__ = ["DOT4_OPCODE", "FIRMWARE_DIR", "FirmwareError", "HostFirmware", "IoReg", "build_host_library", "build_target", "config_header",
            "MEMORY_MAP"]
@@ -75,7 +75,7 @@ def config_header(config: NpuConfig) -> str:
     consts = {"LANES": c.lanes, "ROWS": c.rows, "WEIGHT_BITS": c.weight_bits, "ABUF_WORDS": c.abuf_words,
               "WBUF_WORDS": c.wbuf_words, "ACCBUF_WORDS": c.accbuf_words, "PBUF_WORDS": c.pbuf_words,
               "BUS_BYTES": c.bus_bytes, "QUEUE_DEPTH": c.queue_depth, "TOKEN_DEPTH": c.token_depth,
-              "POOL_FL32": int(c.pool_fl32), "MAX_SHIFT": MAX_SHIFT, "SIG_BITS": SIG_BITS, "NUNITS": len(Unit),
+              "POOL_FL32": int(c.pool_fl32), "FL32_MAX_N": FL32_MAX_N, "MAX_SHIFT": MAX_SHIFT, "SIG_BITS": SIG_BITS, "NUNITS": len(Unit),
               "INSTR_BYTES": INSTR_BYTES}
     L += [f"#define {k} {v}" for k, v in consts.items()]
     L.append(f"#define DRAM_BYTES {c.dram_bytes}ULL")

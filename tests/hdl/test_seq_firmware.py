@@ -19,7 +19,7 @@ from tests.rtl import programs
 SEQ = NpuConfig(name="seq-test", lanes=4, rows=8, abuf_words=4096, wbuf_words=1024, accbuf_words=1024,
                 pbuf_words=64, bus_bytes=4, dram_bytes=1 << 20, queue_depth=4, token_depth=4, pool_fl32=False)
 CONFIGS = {"4x8": SEQ, "w4": SEQ.replace(name="seq-w4", weight_bits=4),
-           "w2": SEQ.replace(name="seq-w2", weight_bits=2, lanes=8, rows=8), "fl32": SEQ.replace(name="seq-fl32")}
+           "w2": SEQ.replace(name="seq-w2", weight_bits=2, lanes=8, rows=8), "fl32": SEQ.replace(name="seq-fl32", pool_fl32=True)}
 
 _FW: dict = {}
 
@@ -84,6 +84,24 @@ def test_firmware_conv_layers_match_emulator(cfg, layer):
 def test_firmware_pool_layers_match_emulator(mode, geom):
     prog, segs, _ = programs.pool_layer(SEQ, np.random.default_rng(1), mode=mode, **geom)
     assert both(SEQ, image_of(prog, segs))[0] == ErrorCode.NONE
+
+
+@pytest.mark.parametrize("fl32_zp", [0, 1])
+@pytest.mark.parametrize("geom", [dict(k=(2, 2), stride=(2, 2)), dict(k=(3, 3), stride=(1, 1), pad=(1, 1), in_h=5, in_w=5),
+                                  dict(k=(4, 4), stride=(1, 1), in_h=4, in_w=4, cb=3)])
+def test_firmware_pool_fl32_matches_emulator(fl32_zp, geom):
+    # onnxruntime's float32 average (tessera.numerics.pool_avg_fl32), ties included: inputs from a narrow range
+    # make exact .5 quotients common.
+    c = CONFIGS["fl32"]
+    rng = np.random.default_rng(9 + fl32_zp)
+    for trial in range(4):
+        prog, segs, _ = programs.pool_layer(c, rng, mode="avg", **geom)
+        taps = geom["k"][0] * geom["k"][1]
+        data = bytes(rng.integers(-6, 6, size=len(segs[0][1]), dtype=np.int8)) if trial % 2 else segs[0][1]
+        pool = prog[1].replace(fl32=1, fl32_zp=fl32_zp, zp_ort=int(rng.integers(-128, 256)),
+                               mult=int(rng.integers(1 << 23, 1 << 24)), shift=taps.bit_length() - 1,
+                               zp_in=int(rng.integers(-10, 10)))
+        assert both(c, image_of([prog[0], pool] + prog[2:], [(segs[0][0], data)]))[0] == ErrorCode.NONE
 
 
 @pytest.mark.parametrize("buf", ["act", "wgt", "param"])

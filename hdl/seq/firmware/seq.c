@@ -371,6 +371,48 @@ static void exec_epilogue(const uint32_t *w) {
 
 /* ---- POOL ------------------------------------------------------------------------------------------- */
 
+#if POOL_FL32
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static uint64_t abs64(int64_t a) { return a < 0 ? (uint64_t)(-a) : (uint64_t)a; }
+
+/* tessera.numerics.pool_avg_fl32 for one window: onnxruntime's float32 average of the taps k (x - zp_in, in
+ * row-major window order) in one scale of significand m, 2**n taps; with_zp: its fused form, zp the output
+ * zero point as onnxruntime holds it. The caller adds zp_out. */
+static int64_t pool_avg_fl32(const int32_t *k, unsigned taps, int64_t m, unsigned n, int with_zp, int64_t zp) {
+    n &= 63;
+    if (n > FL32_MAX_N)
+        n = FL32_MAX_N;
+    int64_t s = round_sig(k[0] * m), big_k = k[0];
+    for (unsigned t = 1; t < taps; t++) {
+        s = round_sig(s + round_sig(k[t] * m));
+        big_k += k[t];
+    }
+    int64_t e = s - big_k * m;
+    uint64_t mag_e = abs64(e), mag_k = abs64(big_k);
+    int64_t half = ((int64_t)1 << n) >> 1;
+    int tie = half != 0 && (big_k & (((int64_t)1 << n) - 1)) == half;
+    int b_k = (int)bit_length(mag_k);
+    /* The quotient's spacing halves just below a power of two: one more bit when it lands there. */
+    int in1 = (mag_k & (mag_k - 1)) == 0 && ((e < 0) != (big_k < 0));
+    /* It keeps E when |E| / m exceeds half its spacing (shift counts are >= 0 for |k| < 2**9, 256 taps). */
+    int keep1 = (min64((int64_t)mag_e, (int64_t)1 << 24) << (25 - b_k + in1)) > m;
+    int64_t moved = (big_k >> n) + (e > 0);
+    if (!with_zp)
+        return (tie && keep1 && e != 0) ? moved : round_shift(big_k, n);
+    int64_t bq = big_k + zp * ((int64_t)1 << n);
+    uint64_t mag_b = abs64(bq);
+    int b_b = (int)bit_length(mag_b);
+    int in2 = mag_b == (uint64_t)half && ((e < 0) != (bq < 0));
+    int t = b_b - b_k - 1 - in2 + in1;
+    int64_t lhs = min64((int64_t)mag_e, (int64_t)1 << 32) << (25 - b_b + in2);
+    int64_t d = lhs - m;
+    int64_t scaled = min64(d > 0 ? d : 0, (int64_t)1 << 31) << (t + 1 > 0 ? t + 1 : 0);
+    int keep2 = d > 0 && (scaled > m || (scaled == m && t == 0));
+    int keep = t < 0 ? keep1 : keep2;
+    return (tie && keep && e != 0) ? moved : round_shift(bq, n) - zp;
+}
+#endif
+
 static void exec_pool(const uint32_t *w) {
     unsigned avg = F(w, POOL_mode);
     uint32_t in_addr = F(w, POOL_in_addr), in_h = F(w, POOL_in_h), in_w = F(w, POOL_in_w), cb = F(w, POOL_cb);
@@ -380,7 +422,8 @@ static void exec_pool(const uint32_t *w) {
     int32_t zp_in = FS(w, POOL_zp_in), zp_out = FS(w, POOL_zp_out);
     int64_t mult = F(w, POOL_mult);
     unsigned shift = F(w, POOL_shift);
-    if (avg && F(w, POOL_fl32) && !POOL_FL32)
+    int fl32 = avg && F(w, POOL_fl32);
+    if (fl32 && !POOL_FL32)
         fail(ERR_BAD_FIELD, R.pc);
     uint32_t in_words = in_h * in_w * cb, out_words = out_h * out_w * cb;
     check_words(BUF_ACT, (uint64_t)in_addr + in_words - 1);
@@ -400,6 +443,24 @@ static void exec_pool(const uint32_t *w) {
             for (uint32_t ch = 0; ch < cw; ch++) {
                 if (ch % LANES == 0)
                     plat_progress();
+#if POOL_FL32
+                if (fl32) {
+                    /* Every tap of the window in order, a pad as 0 (x - zp_in of a pad reading zp_in). */
+                    int32_t k[256];
+                    unsigned nt = 0;
+                    for (uint32_t ky = 0; ky < k_h; ky++) {
+                        int32_t iy = (int32_t)(y * sh + ky) - (int32_t)pad_t;
+                        for (uint32_t kx = 0; kx < k_w; kx++, nt++) {
+                            int32_t ix = (int32_t)(x * sw + kx) - (int32_t)pad_l;
+                            int inside = iy >= 0 && iy < (int32_t)in_h && ix >= 0 && ix < (int32_t)in_w;
+                            k[nt] = inside ? src[((uint32_t)iy * in_w + (uint32_t)ix) * cw + ch] - zp_in : 0;
+                        }
+                    }
+                    int64_t q = pool_avg_fl32(k, nt, mult, shift, (int)F(w, POOL_fl32_zp), FS(w, POOL_zp_ort));
+                    out[ch] = (int8_t)clamp(q + zp_out, -128, 127);
+                    continue;
+                }
+#endif
                 int32_t acc = avg ? 0 : -128;
                 for (uint32_t ky = 0; ky < k_h; ky++) {
                     int32_t iy = (int32_t)(y * sh + ky) - (int32_t)pad_t;

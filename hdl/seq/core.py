@@ -32,12 +32,12 @@ from tessera.isa import ErrorCode, Unit
 from ..common import ADDR_BITS, MemPortSignature, log2
 from .firmware import DOT4_OPCODE, MEMORY_MAP, IoReg, build_target
 
-__all__ = ["DOT4_OPCODE", "Dot4", "IoReg", "SeqCore", "picorv32_source", "ram_bytes", "ROM_LIMIT", "ROM_STEP"]
+__all__ = ["DOT4_OPCODE", "Dot4", "IoReg", "SeqCore", "picorv32_source", "ram_bytes", "ROM_LIMIT"]
 
-#: Largest firmware ROM; the ROM is the firmware rounded up to ROM_STEP (1 KiB: two iCE40 block RAMs of
-#: 256 x 16 bits), about 6.3 KiB without POOL's fl32 average and 8.4 KiB with it.
+#: Largest firmware ROM. The ROM is the firmware rounded up to a power of two: 8 KiB for the 6.5 KiB without
+#: POOL's fl32 average (16 iCE40 block RAMs), 16 KiB for the 8.4 KiB with it. A 7 KiB ROM took 209 more
+#: logic cells than 8 KiB on the UP5K (its address decode and output select) and lost 0.7 MHz.
 ROM_LIMIT = 32 << 10
-ROM_STEP = 1024
 
 
 def ram_bytes(config: NpuConfig) -> int:
@@ -124,7 +124,7 @@ class SeqCore(wiring.Component):
         self.ram_factory = ram
         self.ram_bytes = ram_bytes(c)
         self.firmware = build_target(c, rom_bytes=ROM_LIMIT, ram_bytes=self.ram_bytes)
-        self.rom_bytes = -(-len(self.firmware) // ROM_STEP) * ROM_STEP
+        self.rom_bytes = max(1024, 1 << (len(self.firmware) - 1).bit_length())
         super().__init__({
             "mem": Out(MemPortSignature(c)),
             "prog_addr": In(ADDR_BITS),
@@ -157,7 +157,7 @@ class SeqCore(wiring.Component):
             shape=unsigned(32), depth=rom_words,
             init=[int.from_bytes(image[i:i + 4], "little") for i in range(0, len(image), 4)])
         rom_rd = rom.read_port()
-        m.d.comb += rom_rd.addr.eq(addr[2:2 + (rom_words - 1).bit_length()])
+        m.d.comb += rom_rd.addr.eq(addr[2:2 + log2(rom_words)])
 
         ram_words = self.ram_bytes // 4
         ram_en = Signal(4)

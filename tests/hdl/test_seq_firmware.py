@@ -241,6 +241,34 @@ def test_firmware_epilogue_extremes_match_emulator(residual):
     np.testing.assert_array_equal(fw.dram, emu.dram)
 
 
+def test_firmware_requantization_equals_the_numerics_definition_up_to_its_saturation():
+    # The firmware's 32-bit requantization against tessera.numerics on a million values: random, products whose
+    # 24-bit rounding carries (m = 2**24 with small shifts), int32 extremes, every shift 0..70.
+    import ctypes
+
+    from tessera.numerics import round_shift, scale_product
+    fw = firmware(SEQ)
+    rng = np.random.default_rng(10)
+    n = 1 << 20
+    v = rng.integers(-2**31, 2**31, size=n, dtype=np.int64)
+    v[: n // 4] >>= rng.integers(0, 31, size=n // 4)          # every magnitude
+    mult = rng.integers(-2**31, 2**31, size=n, dtype=np.int64)
+    mult[n // 4: n // 2] = rng.integers(1 << 30, 1 << 31, size=n // 4)
+    carry = np.arange(n // 2, n // 2 + 4096)
+    v[carry], mult[carry] = (1 << 24) - 1, (1 << 24) + 1             # (2**24 - 1)(2**24 + 1) rounds up to 2**48
+    v[:8] = [2**31 - 1, -2**31, 2**31 - 64, -2**31 + 64, 2**24, -(2**24) - 1, 0, -1]
+    shift = rng.integers(0, 71, size=n).astype(np.uint32)
+    shift[carry] = rng.integers(0, 40, size=carry.size)
+    want = np.clip(round_shift(scale_product(v, mult), shift.astype(np.int64)), -1024, 1024)
+    got = np.empty(n, np.int32)
+    f = fw._lib.seq_requantize
+    f.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_uint32]
+    v32, m32 = v.astype(np.int32), mult.astype(np.int32)
+    f(v32.ctypes.data, m32.ctypes.data, shift.ctypes.data, got.ctypes.data, n)
+    bad = np.nonzero(got != want)[0]
+    assert bad.size == 0, f"{bad.size} differ, first v={v[bad[0]]} mult={mult[bad[0]]} shift={shift[bad[0]]}"
+
+
 def test_config_header_names_every_field_once():
     text = config_header(SEQ)
     for op, fmt in FORMATS.items():

@@ -66,18 +66,43 @@ static int64_t scale_product(int64_t x, int64_t mult) {
     return round_sig(round_sig(x) * mult);
 }
 
-/* scale_product for an int32 x and mult (EPILOGUE's case), in 32-bit steps where they are exact: round_sig
- * of an int32 is a shift of at most 8 bits, and the product of two int32 is one mul/mulh pair on RV32. */
-static int64_t scale_product32(int32_t x, int32_t mult) {
-    uint32_t a = x < 0 ? 0u - (uint32_t)x : (uint32_t)x;
+/* Ties-to-even rounding of a / 2**s for an unsigned a (s < 64); rounding is symmetric, so signs go around it. */
+static uint64_t round_shift_u(uint64_t a, unsigned s) {
+    if (s == 0)
+        return a;
+    uint64_t q = a >> s, rem = a & (((uint64_t)1 << s) - 1), half = (uint64_t)1 << (s - 1);
+    return q + (rem > half || (rem == half && (q & 1)));
+}
+
+/* EPILOGUE's rnd(scale_product(v, mult), shift) for int32 v and mult, saturated to +-2**10 (every use clamps
+ * the result, plus a zero point, to int8). Faster than the 64-bit definition on a 32-bit CPU, and equal to it
+ * wherever it is not saturated: round_sig(v) is v with at most 8 low bits rounded off; the product is one
+ * mul/mulh pair; round_sig of it is M * 2**t with M < 2**25; and rounding M * 2**t by a further shift s is
+ * M's own rounding by s - t (or a left shift), in 32 bits. */
+static int32_t requantize32(int32_t v, int32_t mult, unsigned shift) {
+    enum { SAT = 1 << 10 };
+    uint32_t a = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
+    int64_t rv = v;
     if (a >> SIG_BITS) {
         unsigned s = bit_length(a) - SIG_BITS;
-        int64_t r = round_shift(x, s) * ((int64_t)1 << s);
-        if (r > INT32_MAX)   /* 2**31: rounded up out of int32 */
-            return round_sig(r * mult);
-        x = (int32_t)r;
+        rv = (int64_t)(v < 0 ? -1 : 1) * (int64_t)round_shift_u(a, s) * ((int64_t)1 << s);
     }
-    return round_sig((int64_t)x * (int64_t)mult);
+    int64_t p = rv >= INT32_MIN && rv <= INT32_MAX ? (int64_t)(int32_t)rv * (int64_t)mult : rv * (int64_t)mult;
+    int neg = p < 0;
+    uint64_t mag = neg ? (uint64_t)(-p) : (uint64_t)p;
+    unsigned b = bit_length(mag), t = b > SIG_BITS ? b - SIG_BITS : 0;
+    uint32_t m = (uint32_t)round_shift_u(mag, t);          /* < 2**25 */
+    shift &= 63;
+    if (shift > MAX_SHIFT)
+        shift = MAX_SHIFT;
+    uint32_t r;
+    if (shift <= t)
+        r = t - shift >= 10 ? (m ? SAT : 0) : m >= (SAT >> (t - shift)) ? SAT : m << (t - shift);
+    else
+        r = shift - t >= 32 ? 0 : (uint32_t)round_shift_u(m, shift - t);
+    if (r > SAT)
+        r = SAT;
+    return neg ? -(int32_t)r : (int32_t)r;
 }
 
 static int32_t clamp(int64_t v, int64_t lo, int64_t hi) {
@@ -85,6 +110,14 @@ static int32_t clamp(int64_t v, int64_t lo, int64_t hi) {
     if (v > hi) v = hi;
     return (int32_t)v;
 }
+
+#ifndef SEQ_TARGET
+/* The tests' way to requantize32 over arrays. */
+void seq_requantize(const int32_t *v, const int32_t *mult, const uint32_t *shift, int32_t *out, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = requantize32(v[i], mult[i], shift[i]);
+}
+#endif
 
 /* ---- state --------------------------------------------------------------------------------------- */
 
@@ -353,13 +386,14 @@ static void exec_epilogue(const uint32_t *w) {
                 int32_t bias = pw[c * 3], mult = pw[c * 3 + 1];
                 unsigned shift = (unsigned)pw[c * 3 + 2];
                 int32_t v = (int32_t)((uint32_t)acc[c] + (uint32_t)bias);
-                int64_t q = round_shift(scale_product32(v, mult), shift);
+                int32_t q = requantize32(v, mult, shift);
                 int32_t y;
                 if (!residual) {
                     y = clamp(q + zp_out, lo, hi);
                 } else {
-                    int64_t a = clamp(q + zp_mid, -128, 127);
-                    int64_t s = (a - zp_mid) * mult_a + ((int64_t)r[c] - zp_res) * mult_b;
+                    int32_t a = clamp(q + zp_mid, -128, 127);
+                    /* Operands of at most 9 and 31 bits: each product one mul/mulh pair. */
+                    int64_t s = (int64_t)(a - zp_mid) * (int32_t)mult_a + (int64_t)(r[c] - zp_res) * (int32_t)mult_b;
                     y = clamp(round_shift(s, res_shift) + zp_out, lo, hi);
                 }
                 out[c] = (int8_t)y;

@@ -12,7 +12,7 @@ same port, so the Verilated board simulation runs this very system.
 
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, unsigned
-from amaranth.lib import io, memory, wiring
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
@@ -20,7 +20,7 @@ from tessera.arch import NpuConfig
 from ..common import MemPortSignature, log2
 from .protocol import BOARD_IDLE_SECONDS, DEFAULT_BAUD
 from .system import LinkedNpu
-from .uart import divisor_for
+from .uart import connect_uart_pins, divisor_for
 
 __all__ = ["SPRAM_PAIR_BYTES", "IcebreakerCore", "OnChipMemory", "OnChipSystem", "is_ice40", "spram32"]
 
@@ -169,8 +169,5 @@ class IcebreakerCore(wiring.Component):
         m.d.comb += self.led.eq(s.led)
         if platform is None:
             return m
-        uart = platform.request("uart", 0, dir="-")
-        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
-        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
-        m.d.comb += [s.uart_rx.eq(rx.i), tx.o.eq(s.uart_tx)]
+        connect_uart_pins(m, platform, s)
         return m

@@ -6,11 +6,19 @@ PyPI, so these two small components are written here. The bit time is ``divisor`
 """
 
 from amaranth.hdl import Cat, Module, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import io, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["UartRx", "UartTx", "divisor_for"]
+__all__ = ["UartRx", "UartTx", "connect_uart_pins", "divisor_for"]
+
+
+def connect_uart_pins(m, platform, system) -> None:
+    """Put ``system``'s ``uart_rx`` / ``uart_tx`` on the board's ``uart`` resource (the USB serial chip)."""
+    uart = platform.request("uart", 0, dir="-")
+    m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+    m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+    m.d.comb += [system.uart_rx.eq(rx.i), tx.o.eq(system.uart_tx)]
 
 
 def divisor_for(clock_hz: float, baud: float) -> int:

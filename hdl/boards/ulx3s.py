@@ -19,7 +19,7 @@ from .clocks import ecp5_global, ecp5_pll_setting
 from .protocol import BOARD_IDLE_SECONDS, DEFAULT_BAUD
 from .sdram import ULX3S_SDRAM, SdramGeometry, SdramTiming
 from .system import BoardSystem
-from .uart import divisor_for
+from .uart import connect_uart_pins, divisor_for
 
 __all__ = ["Ulx3sCore"]
 
@@ -62,10 +62,7 @@ class Ulx3sCore(wiring.Component):
         m.d.comb += self.led.eq(s.led)
         if platform is None:
             return m  # elaborated alone (tests): no pins
-        uart = platform.request("uart", 0, dir="-")
-        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
-        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
-        m.d.comb += [s.uart_rx.eq(rx.i), tx.o.eq(s.uart_tx)]
+        connect_uart_pins(m, platform, s)
 
         pins = platform.request("sdram", 0, dir="-")
         m.submodules.sdram_clk = clk = io.DDRBuffer("o", pins.clk)

@@ -34,8 +34,8 @@ from .firmware import DOT4_OPCODE, MEMORY_MAP, IoReg, build_target
 
 __all__ = ["DOT4_OPCODE", "Dot4", "IoReg", "SeqCore", "picorv32_source", "ram_bytes", "ROM_LIMIT"]
 
-#: Largest firmware ROM. The ROM is the firmware rounded up to a power of two: 8 KiB for the 6.5 KiB without
-#: POOL's fl32 average (16 iCE40 block RAMs), 16 KiB for the 8.4 KiB with it. A 7 KiB ROM took 209 more
+#: Largest firmware ROM. The ROM is the firmware rounded up to a power of two: 8 KiB for the 6.7 KiB without
+#: POOL's fl32 average (16 iCE40 block RAMs), 16 KiB for the 8.7 KiB with it. A 7 KiB ROM took 209 more
 #: logic cells than 8 KiB on the UP5K (its address decode and output select) and lost 0.7 MHz.
 ROM_LIMIT = 32 << 10
 
@@ -58,8 +58,8 @@ def picorv32_source() -> tuple[str, str]:
 
 
 #: PicoRV32's parameters: RV32IMC without divide, interrupts or counters (firmware built to match:
-#: hdl/seq/firmware.py), a one-cycle-per-bit shifter pair, the DSP-friendly single-cycle multiplier and
-#: the co-processor port for :class:`Dot4`.
+#: hdl/seq/firmware.py), the small two-stage shifter (4 bits, then 1 bit a cycle; the barrel shifter missed
+#: 18 MHz on the UP5K), the DSP-friendly single-cycle multiplier and the co-processor port for :class:`Dot4`.
 PICORV32_PARAMS = {
     "ENABLE_COUNTERS": 0, "ENABLE_COUNTERS64": 0, "ENABLE_REGS_16_31": 1, "ENABLE_REGS_DUALPORT": 1,
     "LATCHED_MEM_RDATA": 0, "TWO_STAGE_SHIFT": 1, "BARREL_SHIFTER": 0, "TWO_CYCLE_COMPARE": 0,
@@ -72,7 +72,7 @@ PICORV32_PARAMS = {
 class Dot4(wiring.Component):
     """PicoRV32 co-processor: ``dot4 rd, rs1, rs2`` = Σ of the products of the four int8 bytes of rs1 and rs2.
 
-    CONV's inner loop is one ``dot4`` per four MACs (firmware/seq.c ``seq_mac_block``). The products and
+    CONV's inner loop is one ``dot4`` per four MACs (firmware/seq.c ``mac_block``). The products and
     their sum are registered: the answer comes the cycle after the request, well inside PicoRV32's
     16-cycle co-processor timeout.
     """
@@ -130,6 +130,8 @@ class SeqCore(wiring.Component):
             "prog_addr": In(ADDR_BITS),
             "done": Out(1), "err": Out(1), "err_code": Out(ErrorCode), "err_pc": Out(ADDR_BITS),
             "oldest_pc": Out(ADDR_BITS), "progress": Out(1), "mac": Out(1), "stall": Out(len(Unit)),
+            # PicoRV32's trap (a firmware fault, never seen in the tests): the core stops moving, so the
+            # watchdog ends the run.
             "trap": Out(1),
         })
 

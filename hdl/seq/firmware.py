@@ -3,11 +3,12 @@
 The firmware (``firmware/seq.c``) is the emulator's run loop and ``exec_<op>`` functions in C. What
 it must know of the hardware it is built for comes from here, generated from
 :class:`tessera.arch.NpuConfig` and :mod:`tessera.isa`, so no size, opcode or field position is
-written twice: ``cfg.h`` holds the buffer depths, the queue and token depths, the error codes and,
-for every instruction field, its bit position, width and signedness.
+written twice: ``cfg.h`` holds the buffer depths, the queue and token depths, the error codes, the
+core's address map, register offsets and ``dot4`` opcode and, for every instruction field, its bit
+position, width and signedness.
 
 Builds use ``zig cc`` from the ``ziglang`` package on PyPI (clang with every LLVM target and its
-own libc and compiler-rt): RV32IMC for :class:`~tessera.hdl.seq.core.SeqNpu`'s PicoRV32, and the
+own libc and compiler-rt): RV32IMC for :class:`~tessera.hdl.seq.core.SeqCore`'s PicoRV32, and the
 host for the tests, which run the same C against the emulator.
 """
 
@@ -26,8 +27,8 @@ from tessera.errors import UserError
 from tessera.isa import FORMATS, HEADER, INSTR_BITS, INSTR_BYTES, OPCODE_UNIT, Buffer, ErrorCode, Opcode, Unit
 from tessera.numerics import FL32_MAX_N, MAX_SHIFT, SIG_BITS
 
-__all__ = ["DOT4_OPCODE", "FIRMWARE_DIR", "FirmwareError", "HostFirmware", "IoReg", "build_host_library", "build_target", "config_header",
-           "MEMORY_MAP"]
+__all__ = ["DOT4_OPCODE", "FIRMWARE_DIR", "MEMORY_MAP", "FirmwareError", "HostFirmware", "IoReg",
+           "build_host_library", "build_target", "config_header"]
 
 FIRMWARE_DIR = Path(__file__).with_name("firmware")
 

@@ -95,6 +95,54 @@ def dma_pattern(c: NpuConfig, rng, *, buf="act", rows=3, cols=5, dram_stride=Non
     return prog, [(ACT, data)], outs
 
 
+def runs_match(config: NpuConfig, sim, prog, segs, outs, *, timeout_cycles: int, backpressure=0.0, **opts):
+    """Run ``prog`` (instructions or encoded bytes at 0, the data ``segs``, zeroed ``outs``) on the emulator and
+    on ``sim`` from the same image; a program the emulator finishes must give the same outputs and MAC count.
+    Returns (the emulator's NpuError or None, the RTL's CSRs)."""
+    from tessera.sim.emulator import Emulator, NpuError
+
+    from tessera.isa import ErrorCode
+    code = encode_program(prog) if isinstance(prog, list) else prog
+    emu = Emulator(config, check_hazards=True)
+    segs = [(0, code)] + list(segs) + [(a, bytes(n)) for a, n in outs]
+    for a, b in segs:
+        emu.write(a, b)
+        sim.write(a, b)
+    try:
+        emu.run(0)
+        emu_err = None
+    except NpuError as e:
+        emu_err = e
+    regs = sim.run(0, backpressure=backpressure, timeout_cycles=timeout_cycles, **opts)
+    assert not regs["timeout"], "the NPU did not finish"
+    if emu_err is None:
+        assert regs["ERROR"] == 0, f"RTL stopped with {ErrorCode(regs['ERROR']).name} at 0x{regs['ERROR_PC']:x}"
+        for a, n in outs:
+            want = emu.read(a, n)
+            got = sim.read(a, n)
+            diff = np.nonzero(np.frombuffer(want, np.int8) != np.frombuffer(got, np.int8))[0]
+            assert diff.size == 0, f"{diff.size} bytes differ at 0x{a:x}, first at +{diff[0]}"
+        assert regs["macs"] == emu.stats.macs
+    return emu_err, regs
+
+
+def handwritten_runs_match(prog, sim, *, backpressure: float, seed: int):
+    """The handwritten program ``prog`` through the runtime's backends, emulator and RTL (``sim``), on a random
+    input: equal outputs; returns both RunResults."""
+    from tessera.host.runtime import EmulatorBackend
+    from tessera.sim.rtl import RtlBackend
+    t = prog.inputs[0]
+    img = np.random.default_rng(seed).integers(-128, 128, size=t.nbytes, dtype=np.int8).tobytes()
+    emu, rtl = EmulatorBackend(prog), RtlBackend(prog, sim=sim, backpressure=backpressure)
+    for be in (emu, rtl):
+        be.write(t.addr, img)
+    r_emu, r_rtl = emu.execute(), rtl.execute()
+    o = prog.outputs[0]
+    assert rtl.read(o.addr, o.nbytes) == emu.read(o.addr, o.nbytes)
+    assert r_rtl.macs == r_emu.macs and r_rtl.cycles > 0
+    return r_emu, r_rtl
+
+
 def compiled_runs_match(prog, sim, backpressure: float, seed: int):
     """Run a compiled program on a random quantized image on the emulator and on ``sim`` (RTL) and check
     every output byte; returns both runtimes' last run statistics (emulator, RTL)."""

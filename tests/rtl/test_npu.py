@@ -2,13 +2,21 @@
 
 import numpy as np
 import pytest
-from tessera.sim.emulator import Emulator, NpuError
+from tessera.sim.emulator import NpuError
 from tessera.sim.handwritten import conv_relu_pool
 
 from tessera.arch import NpuConfig
 from tessera.isa import ErrorCode, encode_program
 
-from .programs import compiled_runs_match, conv_layer, dma_pattern, fault_programs, pool_layer
+from .programs import (
+    compiled_runs_match,
+    conv_layer,
+    dma_pattern,
+    fault_programs,
+    handwritten_runs_match,
+    pool_layer,
+    runs_match,
+)
 
 #: Small but shape-complete: rows = 2×lanes, ACT words narrower than the bus, PARAM words of 6 beats.
 CONFIG = NpuConfig(name="rtl-test", lanes=4, rows=8, abuf_words=2048, wbuf_words=512, accbuf_words=512,
@@ -24,29 +32,8 @@ def sim():
 
 
 def run_both(sim, prog, segs, outs, *, backpressure=0.0, **opts):
-    """Run on the emulator and the RTL from the same image; returns (emulator result, RTL CSRs)."""
-    code = encode_program(prog) if isinstance(prog, list) else prog
-    emu = Emulator(CONFIG, check_hazards=True)
-    segs = [(0, code)] + list(segs) + [(a, bytes(n)) for a, n in outs]
-    for a, b in segs:
-        emu.write(a, b)
-        sim.write(a, b)
-    try:
-        emu.run(0)
-        emu_err = None
-    except NpuError as e:
-        emu_err = e
-    regs = sim.run(0, backpressure=backpressure, timeout_cycles=2_000_000, **opts)
-    assert not regs["timeout"], "the NPU did not finish"
-    if emu_err is None:
-        assert regs["ERROR"] == 0, f"RTL stopped with {ErrorCode(regs['ERROR']).name} at 0x{regs['ERROR_PC']:x}"
-        for a, n in outs:
-            want = emu.read(a, n)
-            got = sim.read(a, n)
-            diff = np.nonzero(np.frombuffer(want, np.int8) != np.frombuffer(got, np.int8))[0]
-            assert diff.size == 0, f"{diff.size} bytes differ at 0x{a:x}, first at +{diff[0]}"
-        assert regs["macs"] == emu.stats.macs
-    return emu_err, regs
+    """Run on the emulator and the RTL from the same image; returns (emulator error or None, RTL CSRs)."""
+    return runs_match(CONFIG, sim, prog, segs, outs, timeout_cycles=2_000_000, backpressure=backpressure, **opts)
 
 
 LAYERS = {
@@ -107,19 +94,9 @@ def test_npu_dma_matches_emulator(sim, dma, backpressure):
 
 @pytest.mark.parametrize("backpressure", BACKPRESSURE)
 def test_npu_handwritten_program_matches_emulator(sim, backpressure):
-    from tessera.host.runtime import EmulatorBackend
-    from tessera.sim.rtl import RtlBackend
     prog, _ = conv_relu_pool(CONFIG, seed=3)
-    t = prog.inputs[0]
-    img = np.random.default_rng(5).integers(-128, 128, size=t.nbytes, dtype=np.int8).tobytes()
-    emu = EmulatorBackend(prog)
-    rtl = RtlBackend(prog, sim=sim, backpressure=backpressure)
-    for be in (emu, rtl):
-        be.write(t.addr, img)
-    r_emu, r_rtl = emu.execute(), rtl.execute()
-    o = prog.outputs[0]
-    assert rtl.read(o.addr, o.nbytes) == emu.read(o.addr, o.nbytes)
-    assert r_rtl.backend == "rtl" and r_rtl.macs == r_emu.macs and r_rtl.cycles > 0
+    _, r_rtl = handwritten_runs_match(prog, sim, backpressure=backpressure, seed=5)
+    assert r_rtl.backend == "rtl"
     assert r_rtl.utilization == pytest.approx(r_rtl.macs / (r_rtl.cycles * CONFIG.macs_per_cycle))
 
 

@@ -5,13 +5,12 @@ first, LOAD's words queued) and the shared read copy (POST first, then STORE) se
 results must equal the emulator's bit for bit.
 """
 
-import numpy as np
 import pytest
 from tessera.sim.handwritten import conv_relu_pool
 
 from tessera.arch import NpuConfig
 
-from .programs import compiled_runs_match
+from .programs import compiled_runs_match, handwritten_runs_match
 
 #: ACT words as wide as the 8-byte bus (a bram_buffers condition), EPILOGUE/POOL 4 of 8 channels per
 #: cycle, PARAM entries of 4 records (48 bytes = 6 beats).
@@ -40,15 +39,5 @@ def test_npu_bram_compiled_resnet_matches_emulator(sim, backpressure):
 
 @pytest.mark.parametrize("backpressure", BACKPRESSURE)
 def test_npu_bram_handwritten_program_matches_emulator(sim, backpressure):
-    from tessera.host.runtime import EmulatorBackend
-    from tessera.sim.rtl import RtlBackend
     prog, _ = conv_relu_pool(CONFIG, seed=4)
-    t = prog.inputs[0]
-    img = np.random.default_rng(6).integers(-128, 128, size=t.nbytes, dtype=np.int8).tobytes()
-    emu, rtl = EmulatorBackend(prog), RtlBackend(prog, sim=sim, backpressure=backpressure)
-    for be in (emu, rtl):
-        be.write(t.addr, img)
-    r_emu, r_rtl = emu.execute(), rtl.execute()
-    o = prog.outputs[0]
-    assert rtl.read(o.addr, o.nbytes) == emu.read(o.addr, o.nbytes)
-    assert r_rtl.macs == r_emu.macs and r_rtl.cycles > 0
+    handwritten_runs_match(prog, sim, backpressure=backpressure, seed=6)

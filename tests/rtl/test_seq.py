@@ -6,13 +6,20 @@ inside ``Npu`` differs. One simulation serves every test.
 
 import numpy as np
 import pytest
-from tessera.sim.emulator import Emulator, NpuError
 from tessera.sim.handwritten import conv_relu_pool
 
 from tessera.arch import NpuConfig
 from tessera.isa import ErrorCode, encode_program
 
-from .programs import compiled_runs_match, conv_layer, dma_pattern, fault_programs, pool_layer
+from .programs import (
+    compiled_runs_match,
+    conv_layer,
+    dma_pattern,
+    fault_programs,
+    handwritten_runs_match,
+    pool_layer,
+    runs_match,
+)
 
 #: rows = 2×lanes; a 4-byte bus (one CPU word a beat); DRAM large enough for programs.py's addresses.
 CONFIG = NpuConfig(name="seq-rtl-test", lanes=4, rows=8, abuf_words=2048, wbuf_words=512, accbuf_words=512,
@@ -31,25 +38,7 @@ def sim():
 
 def run_both(sim, prog, segs, outs, *, backpressure=0.0, **opts):
     """Run on the emulator and the RTL from the same image; returns (emulator error or None, RTL CSRs)."""
-    code = encode_program(prog) if isinstance(prog, list) else prog
-    emu = Emulator(CONFIG, check_hazards=True)
-    segs = [(0, code)] + list(segs) + [(a, bytes(n)) for a, n in outs]
-    for a, b in segs:
-        emu.write(a, b)
-        sim.write(a, b)
-    try:
-        emu.run(0)
-        emu_err = None
-    except NpuError as e:
-        emu_err = e
-    regs = sim.run(0, backpressure=backpressure, timeout_cycles=TIMEOUT, **opts)
-    assert not regs["timeout"], "the sequential NPU did not finish"
-    if emu_err is None:
-        assert regs["ERROR"] == 0, f"RTL stopped with {ErrorCode(regs['ERROR']).name} at 0x{regs['ERROR_PC']:x}"
-        for a, n in outs:
-            assert sim.read(a, n) == emu.read(a, n), f"output at 0x{a:x} differs"
-        assert regs["macs"] == emu.stats.macs
-    return emu_err, regs
+    return runs_match(CONFIG, sim, prog, segs, outs, timeout_cycles=TIMEOUT, backpressure=backpressure, **opts)
 
 
 LAYERS = {
@@ -117,18 +106,8 @@ def test_seq_reset_mid_run_then_rerun_is_correct(sim):
 
 
 def test_seq_handwritten_program_through_the_runtime_matches_emulator(sim):
-    from tessera.host.runtime import EmulatorBackend
-    from tessera.sim.rtl import RtlBackend
     prog, _ = conv_relu_pool(CONFIG, seed=3)
-    t = prog.inputs[0]
-    img = np.random.default_rng(5).integers(-128, 128, size=t.nbytes, dtype=np.int8).tobytes()
-    emu, rtl = EmulatorBackend(prog), RtlBackend(prog, sim=sim, backpressure=0.3)
-    for be in (emu, rtl):
-        be.write(t.addr, img)
-    r_emu, r_rtl = emu.execute(), rtl.execute()
-    o = prog.outputs[0]
-    assert rtl.read(o.addr, o.nbytes) == emu.read(o.addr, o.nbytes)
-    assert r_rtl.macs == r_emu.macs and r_rtl.cycles > 0
+    handwritten_runs_match(prog, sim, backpressure=0.3, seed=5)
 
 
 def test_seq_compiled_classifier_matches_emulator(sim):

@@ -388,9 +388,17 @@ def synth_command(args) -> int:
     config = resolve_config(board, args.config)
     try:
         report = synthesize(board, config, args.out, seed=args.seed)
-    except (SynthError, ReportError) as e:
-        print(f"tessera synth: {e}", file=sys.stderr)
-        return 1
+    except BaseException as e:
+        # A design refused while elaborating leaves its parts unelaborated: Amaranth's warnings about them
+        # would bury the one line that names the problem.
+        import warnings
+
+        from amaranth.hdl import UnusedElaboratable
+        warnings.filterwarnings("ignore", category=UnusedElaboratable)
+        if isinstance(e, (SynthError, ReportError)):
+            print(f"tessera synth: {e}", file=sys.stderr)
+            return 1
+        raise
     sys.stdout.write(summary_markdown(report))
     return 0
 

@@ -15,7 +15,7 @@ from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Signal, unsi
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from tessera.arch import NpuConfig
+from tessera.arch import ConfigError, NpuConfig
 
 from ..common import MemPortSignature, log2
 from .protocol import BOARD_IDLE_SECONDS, DEFAULT_BAUD
@@ -33,15 +33,16 @@ def is_ice40(platform) -> bool:
     return isinstance(platform, SiliconBluePlatform)
 
 
-def spram32(m: Module, words: int, *, name: str, platform=None):
+def spram32(m: Module, words: int, *, name: str, platform=None, what: str | None = None):
     """A 32-bit single-port RAM of ``words`` words: ``(addr, rdata, wdata, wstrb)``.
 
     ``rdata`` holds the word at the previous cycle's ``addr`` when that cycle did not write; a cycle with
     ``wstrb`` set writes those bytes. On an iCE40, two SB_SPRAM256KA (one per half word, nibble write
-    masks); elsewhere an Amaranth memory.
+    masks); elsewhere an Amaranth memory. ``what`` names the memory in the error when it is too large.
     """
     if words > SPRAM_PAIR_BYTES // 4:
-        raise ValueError(f"{name}: {words * 4} bytes do not fit one pair of SB_SPRAM256KA ({SPRAM_PAIR_BYTES})")
+        raise ConfigError(f"{what or name}: {words * 4} bytes do not fit one pair of SB_SPRAM256KA "
+                          f"({SPRAM_PAIR_BYTES} bytes)")
     ab = max(1, log2(1 << (words - 1).bit_length()))
     addr, rdata, wdata, wstrb = Signal(ab, name=f"{name}_addr"), Signal(32, name=f"{name}_rdata"), \
         Signal(32, name=f"{name}_wdata"), Signal(4, name=f"{name}_wstrb")
@@ -115,8 +116,8 @@ class OnChipSystem(wiring.Component):
 
     def __init__(self, config: NpuConfig, *, divisor: int, idle_cycles: int):
         if config.dram_bytes > SPRAM_PAIR_BYTES:
-            raise ValueError(f"config {config.name!r}: dram_bytes {config.dram_bytes} exceeds the "
-                             f"{SPRAM_PAIR_BYTES}-byte on-chip memory")
+            raise ConfigError(f"config {config.name!r}: dram_bytes {config.dram_bytes} exceeds the "
+                              f"{SPRAM_PAIR_BYTES}-byte on-chip memory")
         self.config, self.divisor, self.idle_cycles = config, divisor, idle_cycles
         super().__init__({"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1), "led": Out(1)})
 

@@ -15,7 +15,7 @@ from amaranth.hdl import Module
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
 
-from tessera.arch import NpuConfig
+from tessera.arch import ConfigError, NpuConfig
 
 from ..common import MemPortSignature
 from ..npu import Npu
@@ -100,8 +100,8 @@ class BoardSystem(wiring.Component):
                  geometry: SdramGeometry = ULX3S_SDRAM, timing: SdramTiming | None = None,
                  read_delay: int | None = None, reset_buffer=None):
         if config.dram_bytes > geometry.nbytes:
-            raise ValueError(f"config {config.name!r}: dram_bytes {config.dram_bytes} exceeds the "
-                             f"{geometry.nbytes}-byte SDRAM")
+            raise ConfigError(f"config {config.name!r}: dram_bytes {config.dram_bytes} exceeds the "
+                              f"{geometry.nbytes}-byte SDRAM")
         self.config, self.divisor, self.idle_cycles = config, divisor, idle_cycles
         self.geometry, self.timing, self.read_delay = geometry, timing or SdramTiming(), read_delay
         self.reset_buffer = reset_buffer

@@ -168,7 +168,8 @@ class SeqCore(wiring.Component):
             from ..boards.ice40 import is_ice40, spram32
             if is_ice40(platform):
                 def ram_factory(m, words):
-                    return spram32(m, words, name="ram", platform=platform)
+                    return spram32(m, words, name="ram", platform=platform,
+                                   what=f"config {c.name!r}: the sequential core's RAM (buffers, stack)")
         if ram_factory is not None:
             ram_addr, ram_rdata, ram_wdata, ram_wstrb = ram_factory(m, ram_words)
             m.d.comb += [ram_addr.eq(addr[2:2 + log2(ram_words)]), ram_wdata.eq(wdata), ram_wstrb.eq(ram_en)]

@@ -289,6 +289,17 @@ def test_synth_cli_bad_input_is_one_line_exit_2(tmp_path, args, match):
     assert match in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("changes, match", [
+    ({"dram_bytes": 1 << 20}, "dram_bytes 1048576 exceeds the 65536-byte on-chip memory"),
+    ({"abuf_words": 8192}, "the sequential core's RAM \\(buffers, stack\\): 131072 bytes do not fit"),
+])
+def test_synth_icebreaker_config_too_large_for_the_up5k_is_one_line_exit_2(tmp_path, changes, match):
+    (tmp_path / "big.json").write_text(PRESETS["icebreaker"].replace(name="big", **changes).to_json())
+    r = _tessera("synth", "--board", "icebreaker", "--config", str(tmp_path / "big.json"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert re.search(match, r.stderr.splitlines()[-1]), r.stderr
+
+
 def test_npu_mac_dsp_products_leave_room_for_the_timing_stages_checks():
     # ulx3s-85f with timing_stages overflowed the 156 MULT18X18D by 4 when the array took 74 of them.
     from tessera.hdl.synth import NPU_TIMING_DSP, npu_mac_dsp_products

@@ -206,6 +206,7 @@ class HostFirmware:
         self._lib = ctypes.CDLL(str(build_host_library(config)))
         self._lib.seq_host_run.restype = ctypes.c_uint
         self._lib.seq_host_run.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p]
+        self._lib.seq_buffer.restype = ctypes.c_void_p
         self.dram = np.zeros(config.dram_bytes, np.uint8)
         self._out = np.zeros(2, np.uint64)
 
@@ -222,7 +223,6 @@ class HostFirmware:
                         Buffer.WGT: ((c.wbuf_words, c.wgt_word_bytes), np.uint8),
                         Buffer.ACC: ((c.accbuf_words, c.rows), np.int32),
                         Buffer.PARAM: ((c.pbuf_words, c.rows, 3), np.int32)}[buf]
-        self._lib.seq_buffer.restype = ctypes.c_void_p
         ptr = self._lib.seq_buffer(buf.value)
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype).reshape(shape)

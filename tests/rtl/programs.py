@@ -143,6 +143,22 @@ def handwritten_runs_match(prog, sim, *, backpressure: float, seed: int):
     return r_emu, r_rtl
 
 
+def board_runs_match(program, board, seed: int):
+    """``program`` (with an 8×8 ``input``) on the emulator and through the board backend over ``board`` (a
+    simulated board transport), on a random input: equal outputs and MAC counts; returns the board's RunResult."""
+    from tessera.host.runtime import Runtime
+    image = np.random.default_rng(seed).integers(-128, 128, size=(8, 8, program.config.lanes), dtype=np.int8)
+    with Runtime(program, backend="emulator") as emu:
+        want = emu.run_quantized({"input": image})
+        emu_macs = emu.last.macs
+    with Runtime(program, backend="board", transport=board, timeout=1e-3) as rt:
+        got = rt.run_quantized({"input": image})
+        stats = rt.last
+    assert np.array_equal(got["output"], want["output"])
+    assert stats.backend == "board" and stats.cycles > 0 and stats.macs == emu_macs
+    return stats
+
+
 def compiled_runs_match(prog, sim, backpressure: float, seed: int):
     """Run a compiled program on a random quantized image on the emulator and on ``sim`` (RTL) and check
     every output byte; returns both runtimes' last run statistics (emulator, RTL)."""

@@ -15,6 +15,8 @@ from tessera.sim.handwritten import conv_relu_pool
 from tessera.arch import NpuConfig
 from tessera.isa import Csr
 
+from .programs import board_runs_match
+
 #: Small NPU, 16-byte memory beats (a beat is one 8-word SDRAM burst), 2 MiB of SDRAM.
 CONFIG = NpuConfig(name="board-test", lanes=4, rows=8, abuf_words=512, wbuf_words=128, accbuf_words=128,
                    pbuf_words=16, bus_bytes=16, dram_bytes=2 << 20, mem_latency=8, queue_depth=4, token_depth=4)
@@ -38,15 +40,7 @@ def link(board):
 
 def test_board_link_program_matches_emulator_bit_for_bit(board):
     program, _ = conv_relu_pool(CONFIG, seed=3)
-    image = np.random.default_rng(3).integers(-128, 128, size=(8, 8, CONFIG.lanes), dtype=np.int8)
-    with Runtime(program, backend="emulator") as emu:
-        want = emu.run_quantized({"input": image})
-        emu_macs = emu.last.macs
-    with Runtime(program, backend="board", transport=board, timeout=1e-3) as rt:
-        got = rt.run_quantized({"input": image})
-        stats = rt.last
-    assert np.array_equal(got["output"], want["output"])
-    assert stats.backend == "board" and stats.cycles > 0 and stats.macs == emu_macs
+    board_runs_match(program, board, seed=3)
     status = board.sdram_status()
     assert status["error"] == 0 and status["refreshes"] > 0 and status["uart_framing_errors"] == 0
 

@@ -2,7 +2,6 @@
 simulation, driven by the host's own board backend: the ``icebreaker`` preset as ``tessera synth`` builds it.
 """
 
-import numpy as np
 import pytest
 from tessera.hdl.boards.protocol import Command, LinkStatus, encode_request
 from tessera.host.board import BoardLink, LinkError
@@ -12,6 +11,8 @@ from tessera.sim.handwritten import conv_relu_pool
 
 from tessera.arch import PRESETS
 from tessera.isa import Csr, ErrorCode, Instruction, encode_program
+
+from .programs import board_runs_match
 
 CONFIG = PRESETS["icebreaker"]
 
@@ -29,15 +30,7 @@ def board():
 def test_icebreaker_board_runs_a_program_like_the_emulator(board):
     program, _ = conv_relu_pool(CONFIG, seed=5)
     assert max(a + len(b) for a, b in program.segments()) <= CONFIG.dram_bytes
-    image = np.random.default_rng(5).integers(-128, 128, size=(8, 8, CONFIG.lanes), dtype=np.int8)
-    with Runtime(program, backend="emulator") as emu:
-        want = emu.run_quantized({"input": image})
-        emu_macs = emu.last.macs
-    with Runtime(program, backend="board", transport=board, timeout=1e-3) as rt:
-        got = rt.run_quantized({"input": image})
-        stats = rt.last
-    assert np.array_equal(got["output"], want["output"])
-    assert stats.backend == "board" and stats.macs == emu_macs and stats.cycles > 0
+    board_runs_match(program, board, seed=5)
 
 
 def test_icebreaker_board_reports_a_fault_with_its_pc(board):

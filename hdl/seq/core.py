@@ -22,7 +22,7 @@ PicoRV32 comes from the ``pythondata-cpu-picorv32`` package (its Verilog, unchan
 
 from pathlib import Path
 
-from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Signal, signed, unsigned
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux, ResetSignal, Signal, signed, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -144,10 +144,19 @@ class SeqCore(wiring.Component):
         m.submodules.dot4 = dot4 = Dot4()
         valid, instr, ready = Signal(), Signal(), Signal()
         addr, wdata, wstrb, rdata = Signal(32), Signal(32), Signal(4), Signal(32)
+        # PicoRV32's look-ahead read: the address of the next read a cycle before it asks, so that a block
+        # RAM's answer is there when it does (one cycle an access instead of two).
+        la_read, la_addr = Signal(), Signal(32)
+        port_addr = Signal(32)
+        m.d.comb += port_addr.eq(Mux(la_read, la_addr, addr))
+        la_rom, la_ram = Signal(), Signal()
+        m.d.sync += [la_rom.eq(la_read & (la_addr[28:32] == MEMORY_MAP["rom"] >> 28)),
+                     la_ram.eq(la_read & (la_addr[28:32] == MEMORY_MAP["ram"] >> 28))]
         m.submodules.cpu = Instance(
             "picorv32", **{f"p_{k}": Const(v, 32) for k, v in PICORV32_PARAMS.items()},
             i_clk=ClockSignal(), i_resetn=~ResetSignal(),
             o_trap=self.trap, o_mem_valid=valid, o_mem_instr=instr, i_mem_ready=ready,
+            o_mem_la_read=la_read, o_mem_la_addr=la_addr,
             o_mem_addr=addr, o_mem_wdata=wdata, o_mem_wstrb=wstrb, i_mem_rdata=rdata,
             o_pcpi_valid=dot4.valid, o_pcpi_insn=dot4.insn, o_pcpi_rs1=dot4.rs1, o_pcpi_rs2=dot4.rs2,
             i_pcpi_wr=dot4.wr, i_pcpi_rd=dot4.rd, i_pcpi_wait=dot4.wait, i_pcpi_ready=dot4.ready, i_irq=0)
@@ -159,7 +168,7 @@ class SeqCore(wiring.Component):
             shape=unsigned(32), depth=rom_words,
             init=[int.from_bytes(image[i:i + 4], "little") for i in range(0, len(image), 4)])
         rom_rd = rom.read_port()
-        m.d.comb += rom_rd.addr.eq(addr[2:2 + log2(rom_words)])
+        m.d.comb += rom_rd.addr.eq(port_addr[2:2 + log2(rom_words)])
 
         ram_words = self.ram_bytes // 4
         ram_en = Signal(4)
@@ -172,11 +181,11 @@ class SeqCore(wiring.Component):
                                    what=f"config {c.name!r}: the sequential core's RAM (buffers, stack)")
         if ram_factory is not None:
             ram_addr, ram_rdata, ram_wdata, ram_wstrb = ram_factory(m, ram_words)
-            m.d.comb += [ram_addr.eq(addr[2:2 + log2(ram_words)]), ram_wdata.eq(wdata), ram_wstrb.eq(ram_en)]
+            m.d.comb += [ram_addr.eq(port_addr[2:2 + log2(ram_words)]), ram_wdata.eq(wdata), ram_wstrb.eq(ram_en)]
         else:
             m.submodules.ram = ram = memory.Memory(shape=unsigned(32), depth=ram_words, init=[])
             ram_rd, ram_wr = ram.read_port(), ram.write_port(granularity=8)
-            m.d.comb += [ram_rd.addr.eq(addr[2:2 + log2(ram_words)]), ram_wr.addr.eq(ram_rd.addr),
+            m.d.comb += [ram_rd.addr.eq(port_addr[2:2 + log2(ram_words)]), ram_wr.addr.eq(ram_rd.addr),
                          ram_wr.data.eq(wdata), ram_wr.en.eq(ram_en)]
             ram_rdata = ram_rd.data
 
@@ -194,7 +203,11 @@ class SeqCore(wiring.Component):
         io_reg = addr[2:5]
         with m.FSM():
             with m.State("IDLE"):
-                with m.If(valid):
+                with m.If(valid & la_rom):
+                    m.d.comb += [ready.eq(1), rdata.eq(rom_rd.data)]
+                with m.Elif(valid & la_ram):
+                    m.d.comb += [ready.eq(1), rdata.eq(ram_rdata)]
+                with m.Elif(valid):
                     with m.Switch(region):
                         with m.Case(MEMORY_MAP["rom"] >> 28):
                             m.next = "ROM"

@@ -10,6 +10,10 @@ report.json (the CLI contract in DESIGN.md, plus a few informative keys)::
     {"board", "config", "target_mhz", "fmax_mhz", "macs_per_cycle",
      "resources": {KIND: {"used", "available", "primitive"}}, "bitstream",
      "device", "clock_mhz", "timing_met", "core", "dsp_products", "soft_products", "seconds", ...}
+
+After a routed build ``critical_path`` names the slowest path and ``long_wires`` where the long
+routed wires are, part by part (:func:`tessera.hdl.boards.reports.wire_breakdown`, from nextpnr's
+JSON timing report ``build/top.timing.json``); summary.md shows both.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from tessera.errors import UserError
 from .boards import BOARDS, PRIMITIVES, Board, get_board, resolve_config
 from .boards.macarray import MacArrayDemo
 from .boards.netlist import fix_carry_chains_file
-from .boards.reports import ReportError, parse_critical_path, parse_fmax, parse_utilisation, parse_yosys_cells
+from .boards.reports import (
+    ReportError,
+    parse_critical_path,
+    parse_fmax,
+    parse_utilisation,
+    parse_yosys_cells,
+    wire_breakdown,
+)
 from .boards.top import BoardTop
 from .npu import collision_free_buffers
 
@@ -122,6 +133,9 @@ def _tool_env(board: Board) -> dict:
     return env
 
 
+#: nextpnr's JSON timing report in the build folder (read by :func:`tessera.hdl.boards.reports.wire_breakdown`).
+TIMING_JSON = f"{TOP_NAME}.timing.json"
+
 #: nextpnr placers ``synthesize(placer=...)`` and TESSERA_SYNTH_PLACER accept.
 PLACERS = ("heap", "static", "sa")
 
@@ -156,7 +170,8 @@ def collision_script(buffers: dict[str, int]) -> str:
 
 def _overrides(board: Board, seed: int, explicit_dsp: bool, pack_only: bool, placer: str | None = None,
                buffers: dict[str, int] | None = None) -> dict:
-    nextpnr = f"--timing-allow-fail --seed {seed}" + (" --pack-only" if pack_only else "")
+    nextpnr = f"--timing-allow-fail --seed {seed}" + (" --pack-only" if pack_only else
+                                                      f" --report {TIMING_JSON} --detailed-timing-report")
     after_read = collision_script(buffers) if buffers else ""
     if placer and board.family != "arria10":
         nextpnr += f" --placer {placer}"
@@ -307,6 +322,13 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
             resources=_resources(board, util, cells), fits=True,
             bitstream=f"build/{TOP_NAME}.{board.bitstream}", yosys_cells=cells,
             critical_path=parse_critical_path(tim, f"{TOP_NAME}.tim"))
+        timing = build_dir / TIMING_JSON
+        if not timing.is_file():
+            raise ReportError(f"{timing}: nextpnr wrote no timing report")
+        try:
+            report["long_wires"] = wire_breakdown(json.loads(timing.read_text()), 1e3 / report["clock_mhz"])
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{timing}: not JSON ({e})") from None
         bit = build_dir / f"{TOP_NAME}.{board.bitstream}"
         if not bit.is_file() or bit.stat().st_size == 0:
             raise SynthError(f"{board.name}: no bitstream {bit} after a successful build script")
@@ -371,6 +393,19 @@ def summary_markdown(report: dict) -> str:
         used = "—" if r["used"] is None else f"{r['used']:,}"
         pct = "—" if r["used"] is None else f"{100 * r['used'] / r['available']:.1f} %"
         lines.append(f"| {kind} | {r['primitive']} | {used} | {r['available']:,} | {pct} |")
+    cp = report.get("critical_path")
+    if cp:
+        lines += ["", f"Critical path: {cp['ns']:g} ns ({cp['logic_ns']:g} logic, {cp['routing_ns']:g} routing, "
+                      f"{cp['steps']} logic cells) from `{cp['from']}` to `{cp['to']}`."]
+    lw = report.get("long_wires")
+    if lw:
+        parts = ", ".join(f"{part} {n:,}" for part, n in list(lw["by_part"].items())[:8])
+        lines += ["", f"Long wires: {lw['sinks']:,} sinks wait at least {lw['threshold_ns']:g} ns (3/4 of the clock "
+                      f"period) on routing alone" + (f"; by part: {parts}." if parts else ".")]
+        if lw["longest_nets"]:
+            lines += ["", "| longest nets | from | to | ns | fanout |", "|---|---|---|---:|---:|"]
+            lines += [f"| `{n['net'][:60]}` | {n['driver']} | {n['sink']} | {n['delay_ns']:g} | {n['fanout']} |"
+                      for n in lw["longest_nets"]]
     if report.get("bitstream"):
         lines += ["", f"Bitstream: `{report['bitstream']}`."]
     if report.get("project"):

@@ -1,12 +1,15 @@
-"""Read the open toolchain's logs: nextpnr's ``<name>.tim`` and yosys' ``<name>.rpt``.
+"""Read the open toolchain's logs: nextpnr's ``<name>.tim`` and yosys' ``<name>.rpt``, and
+nextpnr's JSON timing report (:func:`wire_breakdown`).
 
-Only text the tools print for people is available, so the parsers are strict about the lines they
-use and say which file lacks what.
+The logs are text the tools print for people, so the parsers are strict about the lines they use
+and say which file lacks what.
 """
 
 import re
+from collections import Counter
 
-__all__ = ["ReportError", "parse_utilisation", "parse_fmax", "parse_yosys_cells", "parse_critical_path"]
+__all__ = ["ReportError", "parse_utilisation", "parse_fmax", "parse_yosys_cells", "parse_critical_path",
+           "design_part", "wire_breakdown"]
 
 
 class ReportError(Exception):
@@ -127,3 +130,67 @@ def parse_yosys_cells(text: str, source: str = "yosys log") -> dict:
     if not cells:
         raise ReportError(f"{source}: statistics section lists no cells")
     return cells
+
+
+#: Sinks whose routed wire alone takes this share of the requested clock period count as long.
+LONG_WIRE_SHARE = 0.75
+
+
+def design_part(cell: str) -> str:
+    """The part of the design a nextpnr cell belongs to, from its hierarchical name.
+
+    Inside the NPU's core: ``npu.<unit>`` and the unit's submodule if it has one (``npu.post.pool``,
+    ``npu.dispatch.q_post``; the core's buffers are ``npu.wgt_buf`` and alike); the NPU's CSR block
+    is ``npu.csr``; anything else is named by its first two levels below the board top
+    (``board.link``, ``board.sdram_ctl``). The cell's own name (the last level) never counts.
+    """
+    # A memory split over several block RAMs names them <memory>.<i>.<j>: the indices are not parts.
+    levels = [lv for lv in cell.split(".")[:-1] if not lv.isdigit()]
+    if "npu" in levels:
+        i = levels.index("npu")
+        rest = levels[i + 1:]
+        if rest[:1] == ["core"]:
+            rest = rest[1:]
+        return ".".join(["npu"] + rest[:2]) if rest else "npu"
+    rest = levels[1:] if levels[:1] == ["core"] else levels
+    if rest[:1] == ["system"]:
+        rest = rest[1:]
+    return ".".join(["board"] + rest[:1]) if rest else "board"
+
+
+def wire_breakdown(timing: dict, period_ns: float, longest: int = 8) -> dict:
+    """Where a routed design's long wires are, from nextpnr's ``--report --detailed-timing-report`` JSON.
+
+    A sink counts when its net's routed delay alone is at least :data:`LONG_WIRE_SHARE` of
+    ``period_ns`` (the requested clock's period): with a clock-to-out, a LUT or two and a setup
+    time besides, such a path is at or past the period. Returns ``{"threshold_ns", "sinks",
+    "by_part": {part: sinks}, "longest_nets": [{"net", "driver", "sink", "delay_ns", "fanout"}]}``
+    with parts as :func:`design_part` names them, most sinks first. The counts say which parts of
+    the design the wire is in, not which of them set Fmax (that is the critical path).
+    """
+    nets = timing.get("detailed_net_timings")
+    if not isinstance(nets, list):
+        raise ReportError("nextpnr timing report: no 'detailed_net_timings' list (was it run with "
+                          "--detailed-timing-report?)")
+    thr = LONG_WIRE_SHARE * period_ns
+    parts, total, worst = Counter(), 0, []
+    for net in nets:
+        ends = net.get("endpoints") or []
+        far = None
+        for e in ends:
+            d = e.get("delay")
+            d = max(d) if isinstance(d, list) else d
+            if not isinstance(d, (int, float)):
+                raise ReportError(f"nextpnr timing report: net {net.get('net')!r} has a sink without a delay")
+            if d >= thr:
+                total += 1
+                parts[design_part(e.get("cell", ""))] += 1
+            if far is None or d > far[0]:
+                far = (d, e.get("cell", ""))
+        if far is not None:
+            worst.append((far[0], net.get("net", ""), net.get("driver", ""), far[1], len(ends)))
+    worst.sort(key=lambda w: -w[0])
+    return {"threshold_ns": round(thr, 3), "sinks": total,
+            "by_part": dict(sorted(parts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "longest_nets": [{"net": n, "driver": design_part(drv), "sink": design_part(snk),
+                              "delay_ns": round(d, 2), "fanout": f} for d, n, drv, snk, f in worst[:longest]]}

@@ -12,12 +12,14 @@ from tessera.arch import PRESETS
 from tessera.hdl.boards import BOARDS
 from tessera.hdl.boards.reports import (
     ReportError,
+    design_part,
     parse_critical_path,
     parse_fmax,
     parse_utilisation,
     parse_yosys_cells,
+    wire_breakdown,
 )
-from tessera.hdl.synth import TOP_NAME, estimate_resources, synthesize
+from tessera.hdl.synth import TIMING_JSON, TOP_NAME, estimate_resources, summary_markdown, synthesize
 
 # Captured from nextpnr-ecp5 0.11 (YoWASP) on a ULX3S-85F build; tabs and spacing as printed.
 NEXTPNR_ECP5_LOG = """\
@@ -173,6 +175,68 @@ def test_estimate_resources_counts_carry_luts_against_capacity():
     assert ice["LUT4"]["used"] > ice["LUT4"]["available"] and ice["FF"]["used"] == 15 and ice["DSP"]["used"] == 9
 
 
+@pytest.mark.parametrize("cell, part", [
+    ("core.system.npu.core.post.pool.sm$131_TRELLIS_FF_Q", "npu.post.pool"),
+    ("core.system.npu.core.load.r$11_TRELLIS_FF_Q", "npu.load"),
+    ("core.system.npu.core.wgt_buf.0.29", "npu.wgt_buf"),
+    ("core.system.npu.core.$signal$190_TRELLIS_FF_Q_1", "npu"),
+    ("core.system.npu.csr.wd_TRELLIS_FF_Q_9", "npu.csr"),
+    ("core.system.link.count_TRELLIS_FF_Q", "board.link"),
+    ("core.uart_rx$44.buf.buf0", "board.uart_rx$44"),
+    ("pll_lock_TRELLIS_FF", "board"),
+])
+def test_design_part_names_the_unit_a_cell_lies_in(cell, part):
+    assert design_part(cell) == part
+
+
+def _net(name, driver, *sinks):
+    return {"net": name, "driver": driver, "port": "Q", "event": "posedge clk", "sources": [],
+            "endpoints": [{"cell": c, "port": "DI", "event": "posedge clk", "delay": [d * 0.9, d]} for c, d in sinks]}
+
+
+# The shape of nextpnr-ecp5 0.11's --report file with --detailed-timing-report (delays: [min, max] ns).
+TIMING = {"fmax": {"clk": {"achieved": 60.0, "constraint": 100}}, "critical_paths": [], "detailed_net_timings": [
+    _net("a", "core.system.npu.core.dispatch.q_post.full_LUT4",
+         ("core.system.npu.core.post.ctl__instr_FF_1", 9.0), ("core.system.npu.core.post.ctl__instr_FF_2", 7.4),
+         ("core.system.npu.core.dispatch.x_FF", 1.0)),
+    _net("b", "core.system.npu.core.load.r$11_MULT18X18D", ("core.system.npu.core.load.r$11_FF", 16.7)),
+    _net("c", "core.system.link.crc_FF", ("core.system.link.crc_FF_2", 7.5)),
+    _net("d", "core.system.npu.csr.wd_FF"),
+]}
+
+
+def test_wire_breakdown_counts_sinks_past_three_quarters_of_the_period_by_part():
+    lw = wire_breakdown(TIMING, 10.0, longest=2)
+    assert lw["threshold_ns"] == 7.5 and lw["sinks"] == 3
+    assert lw["by_part"] == {"board.link": 1, "npu.load": 1, "npu.post": 1}
+    assert lw["longest_nets"] == [
+        {"net": "b", "driver": "npu.load", "sink": "npu.load", "delay_ns": 16.7, "fanout": 1},
+        {"net": "a", "driver": "npu.dispatch.q_post", "sink": "npu.post", "delay_ns": 9.0, "fanout": 3}]
+    # A slower clock has more room: at 50 MHz only the 16.7 ns wire is long.
+    assert wire_breakdown(TIMING, 20.0)["sinks"] == 1
+
+
+def test_wire_breakdown_names_a_report_without_net_timings():
+    with pytest.raises(ReportError, match="detailed-timing-report"):
+        wire_breakdown({"fmax": {}}, 10.0)
+    bad = {"detailed_net_timings": [{"net": "n", "endpoints": [{"cell": "x"}]}]}
+    with pytest.raises(ReportError, match="'n'"):
+        wire_breakdown(bad, 10.0)
+
+
+def test_summary_shows_the_critical_path_and_the_long_wires():
+    report = {"board": "ulx3s-85f", "device": "LFE5U-85F", "config": "c", "core": "Npu", "macs_per_cycle": 128,
+              "target_mhz": 100.0, "clock_mhz": 100.0, "fmax_mhz": 60.0, "timing_met": False, "resources": {},
+              "seconds": 1.0, "bitstream": "build/top.bit",
+              "critical_path": {"clock": "clk", "from": "x.Q", "to": "y.DI", "ns": 16.7, "logic_ns": 0.5,
+                                "routing_ns": 16.2, "steps": 0},
+              "long_wires": wire_breakdown(TIMING, 10.0)}
+    text = summary_markdown(report)
+    assert "Critical path: 16.7 ns (0.5 logic, 16.2 routing, 0 logic cells) from `x.Q` to `y.DI`" in text
+    assert "Long wires: 3 sinks wait at least 7.5 ns" in text and "board.link 1, npu.load 1, npu.post 1" in text
+    assert "| `b` | npu.load | npu.load | 16.7 | 1 |" in text
+
+
 @pytest.mark.parametrize("fn, text, match", [
     (parse_utilisation, "Info: Placed 6 cells\n", "Device utilisation"),
     (parse_fmax, NEXTPNR_ECP5_LOG.split("Info: Routing globals")[0], "routing did not complete"),
@@ -263,6 +327,12 @@ def test_synth_cli_builds_the_smallest_ice40_design_end_to_end(tmp_path):
     bit = tmp_path / "out" / report["bitstream"]
     assert bit.is_file() and bit.stat().st_size > 1000
     assert "achieved Fmax" in r.stdout and "| DSP | SB_MAC16 | 4 | 8 |" in r.stdout
+    # nextpnr's JSON timing report is kept and read: the long wires are measured against 24 MHz.
+    assert (tmp_path / "out" / "build" / TIMING_JSON).is_file()
+    lw = report["long_wires"]
+    assert lw["threshold_ns"] == pytest.approx(0.75 * 1e3 / report["clock_mhz"], abs=1e-3)
+    assert lw["sinks"] == sum(lw["by_part"].values()) and lw["longest_nets"]
+    assert "Long wires:" in r.stdout and report["critical_path"]["ns"] > 0
 
 
 def test_synth_icebreaker_sequential_npu_fits_the_up5k(tmp_path):

@@ -18,11 +18,13 @@ from .common import (
     ReadClientSignature,
     UnitSignature,
     WriteClientSignature,
+    delay,
     instr_copy,
     instr_register,
     load_instr,
     log2,
     narrow_mul,
+    register_copies,
     word_bits,
 )
 
@@ -216,15 +218,39 @@ class LoadDma(wiring.Component):
         for b, pname in self.PORTS.items():
             port = getattr(self, pname)
             bw = c.word_bytes(b)
+            # With timing_stages WGT and PARAM are written a cycle later, from registers (ACT has its
+            # own in hdl/buffers.py): the response word's wire to the WGT block RAMs, 35 columns
+            # across the die, was the whole NPU's routed critical path (docs/synthesis.md, sessions
+            # 15 and 17). No unit reads such a word that soon: its reader starts after this LOAD is
+            # done, a token and the reader's CHECK stage.
+            late = c.timing_stages and b is not Buffer.ACT
+
+            def put(p, addr, data, en, tag):
+                if late:
+                    addr = delay(m, addr, 1, f"{tag}_addr", reset_less=True)
+                    en = delay(m, en, 1, f"{tag}_en")
+                    if not isinstance(data, list):
+                        data = delay(m, data, 1, f"{tag}_data", reset_less=True)
+                m.d.comb += [p.addr.eq(addr), p.en.eq(en),
+                             p.data.eq(Cat(*data) if isinstance(data, list) else data)]
+
             if bw >= B:
-                m.d.comb += [port.addr.eq(waddr), port.data.eq(Cat(*([beat] * (bw // B)))),
-                             port.en.eq(Mux(got & sel[b], Const(1, bw // B) << wchunk[:max(1, (bw // B - 1).bit_length())], 0))]
+                reps = bw // B
+                en = Mux(got & sel[b], Const(1, reps) << wchunk[:max(1, (reps - 1).bit_length())], 0)
+                if late:
+                    # The beat, repeated over the word, from up to 4 registers kept apart, each
+                    # feeding its own share of the word's block RAMs.
+                    n = min(4, reps)
+                    copies = register_copies(m, beat, n, f"{pname}_beat", reset_less=True)
+                    put(port, waddr, [copies[j * n // reps] for j in range(reps)], en, pname)
+                else:
+                    put(port, waddr, Cat(*([beat] * reps)), en, pname)
                 continue
             k = B // bw
             ports = [port] + (list(getattr(self, f"{pname}x")) if k > 1 else [])
             for j, pj in enumerate(ports):
-                m.d.comb += [pj.addr.eq(waddr + j), pj.data.eq(beat.word_select((wchunk + j)[:log2(k)], 8 * bw)),
-                             pj.en.eq(got & sel[b] & (j < wn))]
+                put(pj, waddr + j, beat.word_select((wchunk + j)[:log2(k)], 8 * bw), got & sel[b] & (j < wn),
+                    f"{pname}{j}")
 
         with m.FSM():
             with m.State("IDLE"), m.If(self.ctl.start):

@@ -472,7 +472,7 @@ class PoolEngine(wiring.Component):
             s5 = []
             for n in range(N):
                 x = self.act_rd.data[8 * n:8 * n + 8].as_signed()
-                mx, sm = Signal(signed(8)), Signal(signed(_SUM_BITS))
+                mx, sm = Data(signed(8)), Data(signed(_SUM_BITS))
                 new_mx = Signal(signed(8))
                 new_sm = Signal(signed(_SUM_BITS))
                 tap = Signal(signed(9))
@@ -482,11 +482,11 @@ class PoolEngine(wiring.Component):
                              new_sm.eq(Mux(s4["first"], 0, sm) + tap)]
                 with m.If(s4["v"]):
                     m.d.sync += [mx.eq(new_mx), sm.eq(new_sm)]
-                s5m, s5s, s5f = Signal(signed(8)), Signal(signed(_SUM_BITS)), Signal(signed(_FL_BITS))
+                s5m, s5s, s5f = Data(signed(8)), Data(signed(_SUM_BITS)), Data(signed(_FL_BITS))
                 m.d.sync += [s5m.eq(new_mx), s5s.eq(new_sm)]
                 if c.pool_fl32:
                     # The float32 sum, scaled by 2**-e: every tap and partial sum to 24 significant bits.
-                    fs, prod, new_fs = Signal(signed(_FL_BITS)), Signal(signed(41)), Signal(signed(_FL_BITS))
+                    fs, prod, new_fs = Data(signed(_FL_BITS)), Signal(signed(41)), Signal(signed(_FL_BITS))
                     m.d.comb += [prod.eq(tap * ins.mult),
                                  new_fs.eq(round_sig(m, Mux(s4["first"], 0, fs) + round_sig(m, prod, 42),
                                                      _FL_BITS))]
@@ -497,8 +497,8 @@ class PoolEngine(wiring.Component):
             if G > 1:
                 # The bank: one pixel's maxima and sums, requantized one group per cycle.
                 fb = _FL_BITS if c.pool_fl32 else 1
-                bank = [(Signal(signed(8), name=f"bm{n}"), Signal(signed(_SUM_BITS), name=f"bs{n}"),
-                         Signal(signed(fb), name=f"bf{n}")) for n in range(N)]
+                bank = [(Data(signed(8), name=f"bm{n}"), Data(signed(_SUM_BITS), name=f"bs{n}"),
+                         Data(signed(fb), name=f"bf{n}")) for n in range(N)]
                 bv, bg, ba = Signal(), Signal(range(G)), Signal(16)
                 with m.If(s5v):
                     m.d.sync += [bv.eq(1), bg.eq(0), ba.eq(s5a)]
@@ -543,11 +543,11 @@ class PoolEngine(wiring.Component):
                 q = s7q
                 if c.pool_fl32:
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.
-                    s6k, s6f = Signal(signed(20)), Signal(signed(_FL_BITS))
+                    s6k, s6f = Data(signed(20)), Data(signed(_FL_BITS))
                     m.d.sync += [s6k.eq(ls), s6f.eq(lf)]
                     s6k, s6f = (dly(x, pre - S) for x in (s6k, s6f))
                     s6p = dly(s6p, X["round_product"] + X["shift"])
-                    s7k, s7e, s7b, s7f = Signal(signed(20)), Signal(signed(58)), Signal(signed(20)), Signal(signed(21))
+                    s7k, s7e, s7b, s7f = Data(signed(20)), Data(signed(58)), Data(signed(20)), Data(signed(21))
                     m.d.sync += [s7k.eq(s6k), s7e.eq(s6f - s6p), s7b.eq(round_shift(s6k, fl_n, 20)),
                                  s7f.eq(round_shift(s6k + (ins.zp_ort << fl_n), fl_n, 27) - ins.zp_ort)]
                     q = Mux(fl, _fl32_result(m, s7k, s7e, s7b, s7f, fl_n, ins.mult, ins.zp_ort, ins.fl32_zp), s7q)

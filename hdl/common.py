@@ -33,6 +33,8 @@ __all__ = [
     "narrow_mul",
     "word_at",
     "register_copies",
+    "registered_hard_product",
+    "is_narrow",
     "round_shift",
     "round_shift_sat",
     "split_mul",
@@ -120,10 +122,12 @@ class CheckStages:
     start : Value or None
         The unit's start pulse (its instruction register loads with it); None for a check
         whose CHECK state is another component's (which makes ``ready`` there).
+    hard : callable, optional
+        :func:`registered_hard_product`'s multiplier for ``mul``'s partial products.
     """
 
-    def __init__(self, m, config: NpuConfig, start):
-        self.m, self.on, self.cycles = m, config.timing_stages, config.check_cycles
+    def __init__(self, m, config: NpuConfig, start, hard=None):
+        self.m, self.on, self.cycles, self.hard = m, config.timing_stages, config.check_cycles, hard
         self._depth = {}
         self.ready = Signal()
         if not self.cycles or start is None:
@@ -158,7 +162,7 @@ class CheckStages:
             return a * b
         depth = self._depth_of(deps)
         r = Signal(signed(len(Value.cast(a)) + len(Value.cast(b)) + 2))
-        self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True))
+        self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True, hard=self.hard))
         self._depth[id(r)] = depth
         return r
 
@@ -349,6 +353,20 @@ def round_shift_sat(x, s, bits: int, m, stages: int = 0, reset_less: bool = Fals
 NARROW_MUL_BITS = 4
 
 
+def _set_bits(v):
+    if isinstance(v, Const):
+        pattern = v.value & ((1 << len(v)) - 1)
+        return [i for i in range(len(v)) if pattern >> i & 1]
+    return None
+
+
+def is_narrow(v) -> bool:
+    """Whether :func:`narrow_mul` multiplies by ``v`` with shifted adds rather than a ``*``."""
+    v = Value.cast(v)
+    ones = _set_bits(v)
+    return len(ones) <= NARROW_MUL_BITS if ones is not None else len(v) <= NARROW_MUL_BITS
+
+
 def narrow_mul(a, b):
     """``a * b`` with Amaranth's shape and value, as shifted adds when an operand is narrow.
 
@@ -359,15 +377,9 @@ def narrow_mul(a, b):
     a, b = Value.cast(a), Value.cast(b)
     shape = (a * b).shape()
 
-    def set_bits(v):
-        if isinstance(v, Const):
-            pattern = v.value & ((1 << len(v)) - 1)
-            return [i for i in range(len(v)) if pattern >> i & 1]
-        return None
-
     for x, y in ((a, b), (b, a)):
-        ones = set_bits(y)
-        if (ones is not None and len(ones) <= NARROW_MUL_BITS) or (ones is None and len(y) <= NARROW_MUL_BITS):
+        if is_narrow(y):
+            ones = _set_bits(y)
             break
     else:
         return a * b
@@ -378,13 +390,27 @@ def narrow_mul(a, b):
     return total[:shape.width].as_signed() if shape.signed else total[:shape.width]
 
 
+def registered_hard_product(platform):
+    """The board's hard multiplier with an output register, for :func:`split_mul`'s ``hard``, or None.
+
+    A synthesis build for the ECP5 says so on its platform (``tessera_mac_multipliers``, set by
+    :func:`tessera.hdl.synth.synthesize`); simulation (no platform) and other boards keep plain
+    registers after an inferred multiply.
+    """
+    spec = getattr(platform, "tessera_mac_multipliers", None)
+    if spec and spec[0] == "ecp5":
+        from .boards.multipliers import mult18x18d_registered
+        return mult18x18d_registered
+    return None
+
+
 def word_at(v, i, width: int):
     """``v.word_select(i, width)`` without a multiplier: Amaranth forms the offset ``i * width`` with a
     ``$mul`` that yosys puts on a hard multiplier; here it is :func:`narrow_mul`'s shifted adds."""
     return v.bit_select(narrow_mul(i, Const(width)), width)
 
 
-def split_mul(m, a, b, stages: int = 0, reset_less: bool = False):
+def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None):
     """``a * b`` (signed), with ``stages=1`` as registered partial products of at most 18 × 18 bits.
 
     A wide product in one cycle is hard multipliers chained through fabric adders; registering
@@ -392,6 +418,13 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False):
     alone. An operand wider than 18 bits splits into its low 17 bits (unsigned) and the signed
     rest. An unsigned operand counts as its value (a zero bit is put above it). Returns a signed
     expression of ``len(a) + len(b)`` bits.
+
+    ``hard(m, pa, pb, r, name)``, when given (:func:`registered_hard_product`), makes each piece
+    that would be a hard multiplier anyway (neither operand narrow, :func:`is_narrow`) a hard
+    multiplier with its own output register as ``r``: the same value in the same cycle, but the
+    wire from the multiplier to the adds gets a cycle of its own (the ECP5's MULT18X18D sit in a
+    few rows across the die). Its register has no enable, so with ``stages=1`` the caller must
+    register every cycle (as every caller does with ``timing_stages``).
     """
     assert stages in (0, 1), stages
     a, b = (v if v.shape().signed else Cat(v, Const(0, 1)).as_signed() for v in (Value.cast(a), Value.cast(b)))
@@ -407,7 +440,12 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False):
     for pa, sa in parts(a):
         for pb, sb in parts(b):
             r = Signal(signed(len(pa) + len(pb) + 1), reset_less=reset_less)
-            m.d.sync += r.eq(narrow_mul(pa, pb))      # an operand just over 18 bits leaves a narrow part
+            if hard is not None and not is_narrow(pa) and not is_narrow(pb):
+                n = getattr(m, "_tessera_hard_products", 0)   # a unique submodule name per Module
+                m._tessera_hard_products = n + 1
+                hard(m, pa, pb, r, f"hard_product{n}")
+            else:
+                m.d.sync += r.eq(narrow_mul(pa, pb))  # an operand just over 18 bits leaves a narrow part
             terms.append(r.as_signed() << (sa + sb) if sa + sb else r.as_signed())
     total = terms[0]
     for t in terms[1:]:

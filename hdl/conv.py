@@ -19,6 +19,7 @@ from .common import (
     instr_register,
     load_instr,
     narrow_mul,
+    registered_hard_product,
     split_mul,
     word_bits,
 )
@@ -61,7 +62,8 @@ class ConvUnit(wiring.Component):
         load_instr(m, ir, self.ctl.instr, ~running)
 
         # One multiply, add or compare per step with timing_stages (K is also the RUN state's weight step).
-        chk = CheckStages(m, c, self.ctl.start)
+        hard = registered_hard_product(platform)
+        chk = CheckStages(m, c, self.ctl.start, hard)
         ic = ins_chk
         kk = chk.step(narrow_mul(ic.k_h, ic.k_w))
         hw = chk.step(ic.in_h * ic.in_w)
@@ -169,13 +171,13 @@ class ConvUnit(wiring.Component):
                          for k in ("v", "first", "last", "cb", "wa", "tag")]
             pad1 = (s1["iy"] < 0) | (s1["iy"] >= ins.in_h) | (s1["ix"] < 0) | (s1["ix"] >= ins.in_w)
             m.d.sync += [s2["pad"].eq(delay(m, pad1, P1, reset_less=rl)),
-                         s2["lin"].eq(split_mul(m, s1["iy"], ins.in_w, P1, reset_less=rl)
+                         s2["lin"].eq(split_mul(m, s1["iy"], ins.in_w, P1, reset_less=rl, hard=hard)
                                       + delay(m, s1["ix"], P1, reset_less=rl))]
             # S3: buffer addresses, presented to the read ports.
             s3 = stage(v=1, first=1, last=1, wa=28, tag=16, pad=1, aa=32)
             m.d.sync += [s3[k].eq(delay(m, s2[k], P2, reset_less=rl and k != "v"))
                          for k in ("v", "first", "last", "wa", "tag", "pad")]
-            m.d.sync += s3["aa"].eq(ins.in_addr + split_mul(m, s2["lin"], ins.in_cb, P2, reset_less=rl)
+            m.d.sync += s3["aa"].eq(ins.in_addr + split_mul(m, s2["lin"], ins.in_cb, P2, reset_less=rl, hard=hard)
                                     + delay(m, s2["cb"], P2, reset_less=rl))
             m.d.comb += [self.act_rd.addr.eq(s3["aa"]), self.wgt_rd.addr.eq(s3["wa"])]
             # S4: data arrives; padding taps read pad_value in every lane.

@@ -25,6 +25,7 @@ from .common import (
     log2,
     narrow_mul,
     register_copies,
+    registered_hard_product,
     word_bits,
 )
 
@@ -42,12 +43,12 @@ def words_per_beat(c: NpuConfig, buf: Buffer) -> int:
     return max(1, c.bus_bytes // c.word_bytes(buf))
 
 
-def _checks(m, c: NpuConfig, ins, wb, depth, start):
+def _checks(m, c: NpuConfig, ins, wb, depth, start, hard=None):
     """(misaligned, dram_range, buffer_range, ready, rows - 1) of a DMA instruction, the faults as the
     emulator orders them.
 
     With ``timing_stages`` each is a few registered steps (:class:`.common.CheckStages`)."""
-    chk = CheckStages(m, c, start)
+    chk = CheckStages(m, c, start, hard)
     align = Mux(wb < c.bus_bytes, wb, c.bus_bytes)
     mis = chk.step(((ins.dram_addr & (align - 1)) != 0) | ((ins.rows > 1) & ((ins.dram_stride & (align - 1)) != 0)))
     rm1 = chk.step(ins.rows - 1)            # apart from the multiplies: it fed their operand pins
@@ -177,7 +178,8 @@ class LoadDma(wiring.Component):
         depth = Signal(17)
         m.d.comb += [wb.eq(per_buf(c.word_bytes)), lwb.eq(per_buf(lambda b: log2(c.word_bytes(b)) if c.word_bytes(b) < B else 0)),
                      bpw_m1.eq(per_buf(lambda b: write_lanes(c, b) - 1)), depth.eq(per_buf(c.buffer_words))]
-        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, wb, depth, self.ctl.start)
+        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, wb, depth, self.ctl.start,
+                                                      registered_hard_product(platform))
 
         # Words per request: a narrow word's request takes the rest of its beat, up to the row's end.
         kmax = max(words_per_beat(c, b) for b in bufs)
@@ -287,7 +289,8 @@ class StoreDma(wiring.Component):
         ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
         running = Signal()
         load_instr(m, ir, self.ctl.instr, ~running)
-        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, Const(N, 16), c.abuf_words, self.ctl.start)
+        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, Const(N, 16), c.abuf_words, self.ctl.start,
+                                                      registered_hard_product(platform))
         w = _Walker(m, ins, N, 0, rows_m1)
         fd = 4
         m.submodules.q = q = fifo.SyncFIFO(width=8 * N + 34, depth=fd)

@@ -27,6 +27,7 @@ from .common import (
     round_sig,
     saturate,
     shift_decode,
+    registered_hard_product,
     split_mul,
     word_at,
     word_bits,
@@ -106,7 +107,8 @@ class EpilogueEngine(wiring.Component):
         ins = instr_copy(m, c, ins_chk)
         P, ob = ins_chk.pixels, ins_chk.ob_count
         # Registered steps with timing_stages; PostUnit's CHECK state waits for them.
-        chk = CheckStages(m, c, None)
+        hard = registered_hard_product(platform)
+        chk = CheckStages(m, c, None, hard)
         obp = chk.step(ob * P)
         pm1 = chk.step(P - 1)
         out_rows = chk.step(pm1 * ins_chk.out_stride, pm1)
@@ -235,7 +237,7 @@ class EpilogueEngine(wiring.Component):
                 v3 = round_sig(m, s3v, 33, X["round_in"], rl)
                 s3m, s3s, s3r = (dly(x, X["round_in"]) for x in (s3m, s3s, s3r))
                 s4p, s4s, s4r = Data(signed(63)), Data(6), Data(signed(8))
-                m.d.sync += [s4p.eq(split_mul(m, v3, s3m, X["multiply"], rl)),
+                m.d.sync += [s4p.eq(split_mul(m, v3, s3m, X["multiply"], rl, hard)),
                              s4s.eq(dly(s3s, X["multiply"])), s4r.eq(dly(s3r, X["multiply"]))]
                 p4 = round_sig(m, s4p, 63, X["round_product"], rl)
                 # The lane's shift decoded while the rounding runs (with timing_stages): out of the shift's cycle.
@@ -258,8 +260,8 @@ class EpilogueEngine(wiring.Component):
                 m.d.comb += [da.eq(a - ins.zp_mid), db.eq(r6 - ins.zp_res)]
                 M = X["residual_multiply"]
                 m.d.sync += [s6y.eq(dly(y6, M)),
-                             s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl)
-                                    + split_mul(m, db, ins.res_mult_b, M, rl))]
+                             s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl, hard)
+                                    + split_mul(m, db, ins.res_mult_b, M, rl, hard))]
                 s7q, s7y = Data(signed(11)), Data(signed(8))
                 m.d.sync += [s7q.eq(round_shift_sat(s6s, res_shift, 11, m, X["residual_shift"], rl)),
                              s7y.eq(dly(s6y, X["residual_shift"]))]
@@ -374,7 +376,8 @@ class PoolEngine(wiring.Component):
         m.d.comb += [fl.eq(fl32_avg(ins)), fl_n.eq(Mux(ins.shift > FL32_MAX_N, FL32_MAX_N, ins.shift))]
         if not c.pool_fl32:
             m.d.comb += self.bad_field.eq(fl32_avg(ins_chk))
-        chk = CheckStages(m, c, None)
+        hard = registered_hard_product(platform)
+        chk = CheckStages(m, c, None, hard)
         ihw, ohw = chk.step(ins_chk.in_h * ins_chk.in_w), chk.step(ins_chk.out_h * ins_chk.out_w)
         # Registered partial products (one 18 x 18 and a narrow rest in LUTs): as one product of 20 x 10
         # bits yosys put the 2-bit rest on a second hard multiplier.
@@ -457,11 +460,11 @@ class PoolEngine(wiring.Component):
             inside2, lin2 = Signal(), Signal(signed(32))
             inside1 = (iy1 >= 0) & (iy1 < ins.in_h) & (ix1 >= 0) & (ix1 < ins.in_w)
             m.d.sync += [inside2.eq(delay(m, inside1, A1)),
-                         lin2.eq(split_mul(m, iy1, ins.in_w, A1, rl) + dly(ix1, A1))]
+                         lin2.eq(split_mul(m, iy1, ins.in_w, A1, rl, hard) + dly(ix1, A1))]
             s3 = carry(s2, A2)
             inside3, aa3 = Signal(), Signal(32)
             m.d.sync += [inside3.eq(delay(m, inside2, A2)),
-                         aa3.eq(ins.in_addr + split_mul(m, lin2, ins.cb, A2, rl) + dly(s2["cc"], A2))]
+                         aa3.eq(ins.in_addr + split_mul(m, lin2, ins.cb, A2, rl, hard) + dly(s2["cc"], A2))]
             m.d.comb += self.act_rd.addr.eq(aa3)
             s4 = carry(s3)
             inside4 = Signal()
@@ -532,7 +535,7 @@ class PoolEngine(wiring.Component):
                 # With timing_stages a lane's values (the bank's group select) are registered before the multiply.
                 lm, ls, lf = (dly(x, S) for x in (lm, ls, lf))
                 s6m, s6p = Data(signed(8)), Data(signed(56))
-                m.d.sync += [s6m.eq(lm), s6p.eq(split_mul(m, ls, ins.mult, X["multiply"], rl))]
+                m.d.sync += [s6m.eq(lm), s6p.eq(split_mul(m, ls, ins.mult, X["multiply"], rl, hard))]
                 # scale_product(sum, mult): the window sum is exact in float32; the product rounds before the shift.
                 # With timing_stages the multiply, the rounding and the shift are split over registers (X),
                 # and the rest waits beside them.

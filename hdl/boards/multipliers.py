@@ -11,12 +11,13 @@ Every multiplier here has a latency of two cycles, so one adder tree can mix the
 signed(16): ``a * wu`` lies in [-32640, 32385].
 """
 
-from amaranth.hdl import ClockSignal, Const, Instance, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Mux, Signal, signed, unsigned
 
 from .netlist import CARRY_START_INIT
 
 __all__ = ["DSP_KINDS", "SOFT_KINDS", "product", "soft_product", "ecp5_and_add", "AND_ADD_INIT",
-           "and_add_wiring", "and_add_halves", "LATENCY", "DSP_A_SHIFT", "mult18x18d_a_pins"]
+           "and_add_wiring", "and_add_halves", "LATENCY", "DSP_A_SHIFT", "mult18x18d_a_pins",
+           "mult18x18d_registered", "signed18"]
 
 #: Hard multipliers: "ecp5" (MULT18X18D), "ice40" (SB_MAC16), "infer" (``a * wu`` between registers,
 #: for vendor tools that infer DSP blocks, e.g. Quartus on Arria 10).
@@ -149,6 +150,38 @@ def _mult18x18d(m, a, wu, p, name):
         p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_PIPELINE_CLK="NONE",
         p_REG_OUTPUT_CLK="CLK0", p_REG_INPUTC_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC", **ports)
     m.d.comb += p.eq(p36[DSP_A_SHIFT:DSP_A_SHIFT + 16])
+
+
+def signed18(v):
+    """``v`` (at most 18 bits if signed, 17 if unsigned) as the 18 bits of a signed MULT18X18D operand."""
+    if len(v) > (18 if v.shape().signed else 17):
+        raise ValueError(f"{len(v)}-bit {'signed' if v.shape().signed else 'unsigned'} operand: too wide for 18 bits")
+    return (v.as_signed() if v.shape().signed else Cat(v, Const(0, 1)).as_signed()).as_signed()
+
+
+def mult18x18d_registered(m, a, b, r, name):
+    """``r`` = ``a * b`` one cycle later, from a MULT18X18D's output register (no input register).
+
+    For :func:`tessera.hdl.common.split_mul`'s pieces on the ECP5: the same value and cycle as a
+    fabric register after an inferred multiply, but that register sits in the DSP block, so the wire
+    from the block to the adds that use the piece gets a whole cycle (those wires ran 15-17 ns in the
+    routed NPU, docs/synthesis.md, session 17). Both operands enter signed (:func:`signed18`), so the
+    36-bit product is exact; ``r`` takes it sign-extended or cut to its width.
+    """
+    a18, b18 = Signal(signed(18), name=f"{name}_a"), Signal(signed(18), name=f"{name}_b")
+    m.d.comb += [a18.eq(signed18(a)), b18.eq(signed18(b))]
+    ports = {"i_CLK0": ClockSignal(), "i_CE0": Const(1), "i_RST0": Const(0),
+             "i_SIGNEDA": Const(1), "i_SIGNEDB": Const(1), "i_SOURCEA": Const(0), "i_SOURCEB": Const(0)}
+    for j in range(18):
+        ports[f"i_A{j}"], ports[f"i_B{j}"], ports[f"i_C{j}"] = a18[j], b18[j], Const(0)
+    p36 = Signal(signed(36), name=f"{name}_p36")
+    for j in range(36):
+        ports[f"o_P{j}"] = p36[j]
+    m.submodules[name] = Instance(
+        "MULT18X18D",
+        p_REG_INPUTA_CLK="NONE", p_REG_INPUTB_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
+        p_REG_OUTPUT_CLK="CLK0", p_REG_INPUTC_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC", **ports)
+    m.d.comb += r.eq(p36)
 
 
 def _sb_mac16(m, a, wu, p, name):

@@ -141,8 +141,8 @@ def design_part(cell: str) -> str:
 
     Inside the NPU's core: ``npu.<unit>`` and the unit's submodule if it has one (``npu.post.pool``,
     ``npu.dispatch.q_post``; the core's buffers are ``npu.wgt_buf`` and alike); the NPU's CSR block
-    is ``npu.csr``; anything else is named by its first two levels below the board top
-    (``board.link``, ``board.sdram_ctl``). The cell's own name (the last level) never counts.
+    is ``npu.csr``; anything else by up to two levels below the board top (``board.sdram_ctl``,
+    ``board.linked.link``). The cell's own name (the last level) never counts.
     """
     # A memory split over several block RAMs names them <memory>.<i>.<j>: the indices are not parts.
     levels = [lv for lv in cell.split(".")[:-1] if not lv.isdigit()]
@@ -155,7 +155,7 @@ def design_part(cell: str) -> str:
     rest = levels[1:] if levels[:1] == ["core"] else levels
     if rest[:1] == ["system"]:
         rest = rest[1:]
-    return ".".join(["board"] + rest[:1]) if rest else "board"
+    return ".".join(["board"] + rest[:2]) if rest else "board"
 
 
 def wire_breakdown(timing: dict, period_ns: float, longest: int = 8) -> dict:

@@ -419,3 +419,81 @@ def test_word_at_selects_the_word_as_word_select():
     sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
+
+
+def _mult18x18d_model(m, a, b, r, name):
+    # What mult18x18d_registered builds, in plain Amaranth: the MULT18X18D's signed 18 x 18 product
+    # into its output register (the instance itself cannot be simulated here).
+    from tessera.hdl.boards.multipliers import signed18
+    m.d.sync += r.eq(signed18(a) * signed18(b))
+
+
+class _HardSplit(wiring.Component):
+    a: In(signed(33))
+    b: In(unsigned(31))
+    prod: Out(signed(64))
+
+    def elaborate(self, platform):
+        from tessera.hdl.common import split_mul
+        m = Module()
+        m.d.comb += self.prod.eq(split_mul(m, self.a, self.b, 1, hard=_mult18x18d_model))
+        return m
+
+
+def test_split_mul_with_hard_pieces_equals_the_product_a_cycle_later():
+    rng = np.random.default_rng(17)
+    a = [-(1 << 32), (1 << 32) - 1, -1, 0] + [int(v) for v in rng.integers(-(1 << 32), 1 << 32, size=200)]
+    b = [(1 << 31) - 1, (1 << 31) - 1, (1 << 31) - 1, 5] + [int(v) for v in rng.integers(0, 1 << 31, size=200)]
+    dut = _HardSplit()
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(a) + 1):
+            j = min(i, len(a) - 1)
+            ctx.set(dut.a, a[j])
+            ctx.set(dut.b, b[j])
+            await ctx.tick()
+            got.append(ctx.get(dut.prod))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got[:len(a)] == [x * y for x, y in zip(a, b)]
+
+
+def test_signed18_extends_unsigned_and_signed_operands_and_refuses_wider():
+    import pytest
+    from amaranth.hdl import Const
+    from tessera.hdl.boards.multipliers import signed18
+    assert signed18(Const(0x1FFFF, unsigned(17))).shape() == signed(18)
+    with pytest.raises(ValueError, match="18-bit unsigned"):
+        signed18(Const(0, unsigned(18)))
+    with pytest.raises(ValueError, match="19-bit signed"):
+        signed18(Const(0, signed(19)))
+
+
+def test_npu_for_the_ecp5_puts_its_wide_partial_products_on_registered_mult18x18d():
+    from amaranth.back import rtlil
+    from tessera.arch import PRESETS
+    from tessera.hdl.boards.multipliers import mult18x18d_registered
+    from tessera.hdl.common import registered_hard_product
+    from tessera.hdl.npu import Npu
+
+    class _Ecp5:
+        tessera_mac_multipliers = ("ecp5", 0, "generic")
+
+    assert registered_hard_product(_Ecp5()) is mult18x18d_registered
+    assert registered_hard_product(None) is None
+    from tessera.hdl.verilog import _ports
+    config = PRESETS["ulx3s-85f"].replace(lanes=8, bus_bytes=8)
+    top = Npu(config)
+    text = rtlil.convert(top, platform=_Ecp5(), ports=_ports(top))
+    cells = text.count("cell \\MULT18X18D ")
+    # Every piece has its register in the block and none at its inputs.
+    assert cells > 20
+    assert text.count('parameter \\REG_OUTPUT_CLK "CLK0"') == cells
+    assert text.count('parameter \\REG_INPUTA_CLK "NONE"') == cells
+    # Simulation keeps plain registers after an inferred multiply.
+    top = Npu(config)
+    assert "MULT18X18D" not in rtlil.convert(top, ports=_ports(top))

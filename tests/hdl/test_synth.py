@@ -182,7 +182,9 @@ def test_estimate_resources_counts_carry_luts_against_capacity():
     ("core.system.npu.core.$signal$190_TRELLIS_FF_Q_1", "npu"),
     ("core.system.npu.csr.wd_TRELLIS_FF_Q_9", "npu.csr"),
     ("core.system.link.count_TRELLIS_FF_Q", "board.link"),
-    ("core.uart_rx$44.buf.buf0", "board.uart_rx$44"),
+    ("core.uart_rx$44.buf.buf0", "board.uart_rx$44.buf"),
+    ("core.system.linked.link.crc_TRELLIS_FF_Q", "board.linked.link"),
+    ("core.system.linked.npu.core.wgt_rd__addr_TRELLIS_FF_Q_7", "npu"),
     ("pll_lock_TRELLIS_FF", "board"),
 ])
 def test_design_part_names_the_unit_a_cell_lies_in(cell, part):

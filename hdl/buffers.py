@@ -31,7 +31,39 @@ from .common import delay, word_bits
 from .dma import write_lanes
 from .post import param_read_shape
 
-__all__ = ["bram_act_buffer", "bram_param_buffer"]
+__all__ = ["bram_act_buffer", "bram_param_buffer", "wgt_groups", "wgt_buffer"]
+
+
+def wgt_groups(c: NpuConfig) -> int:
+    """Column groups of the WGT buffer, each with its own copy of CONV's read address (``timing_stages``).
+
+    One registered address drove every block RAM of the WGT word (29 DP16KD at 128 MACs, 120 at
+    512) across the die: 16.6 ns of wire, the routed critical path (docs/synthesis.md, session 17).
+    A group is a whole number of bus beats, so LOAD's registered beat copies (as many, hdl/dma.py)
+    each feed one group.
+    """
+    beats = write_lanes(c, Buffer.WGT)
+    if not c.timing_stages or beats < 2:
+        return 1
+    return min(4, beats) if beats % min(4, beats) == 0 else 1
+
+
+def wgt_buffer(m, c: NpuConfig, load, conv):
+    """The WGT buffer in :func:`wgt_groups` memories of whole beats side by side; group ``g`` reads
+    at CONV's address copy ``g`` and takes LOAD's writes of its beats."""
+    groups = wgt_groups(c)
+    width, lanes = word_bits(c, Buffer.WGT), write_lanes(c, Buffer.WGT)
+    w, lg = width // groups, lanes // groups
+    addrs = [conv.wgt_rd.addr] + list(getattr(conv, "wgt_rd_addrx", []))
+    assert len(addrs) == groups, (len(addrs), groups)
+    for g in range(groups):
+        mem = memory.Memory(shape=unsigned(w), depth=c.wbuf_words, init=[])
+        m.submodules["wgt_buf" if g == 0 else f"wgt_buf_{g}"] = mem
+        rp = mem.read_port()
+        m.d.comb += [rp.addr.eq(addrs[g]), conv.wgt_rd.data[g * w:(g + 1) * w].eq(rp.data)]
+        wp = mem.write_port(granularity=w // lg)
+        lw = load.wgt_wr
+        m.d.comb += [wp.addr.eq(lw.addr), wp.data.eq(lw.data[g * w:(g + 1) * w]), wp.en.eq(lw.en[g * lg:(g + 1) * lg])]
 
 
 def bram_act_buffer(m, c: NpuConfig, load, conv, post, store):

@@ -19,10 +19,12 @@ from .common import (
     instr_register,
     load_instr,
     narrow_mul,
+    register_copies,
     registered_hard_product,
     split_mul,
     word_bits,
 )
+from .buffers import wgt_groups
 from .mac import MacArray
 
 __all__ = ["ConvUnit"]
@@ -43,6 +45,8 @@ class ConvUnit(wiring.Component):
             "ctl": In(UnitSignature()),
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "wgt_rd": Out(BufReadSignature(c.wbuf_words, word_bits(c, Buffer.WGT))),
+            # Copies of wgt_rd.addr, one per further column group of the WGT buffer (hdl/buffers.py).
+            **({"wgt_rd_addrx": Out(range(c.wbuf_words)).array(wgt_groups(c) - 1)} if wgt_groups(c) > 1 else {}),
             "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
             "acc_wr": Out(BufWriteSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
             "mac": Out(1),
@@ -179,7 +183,14 @@ class ConvUnit(wiring.Component):
                          for k in ("v", "first", "last", "wa", "tag", "pad")]
             m.d.sync += s3["aa"].eq(ins.in_addr + split_mul(m, s2["lin"], ins.in_cb, P2, reset_less=rl, hard=hard)
                                     + delay(m, s2["cb"], P2, reset_less=rl))
-            m.d.comb += [self.act_rd.addr.eq(s3["aa"]), self.wgt_rd.addr.eq(s3["wa"])]
+            m.d.comb += self.act_rd.addr.eq(s3["aa"])
+            if wgt_groups(c) > 1:
+                # s3["wa"] in one register per WGT column group, kept apart (register_copies); a copy
+                # may differ in the first cycle after reset, when nothing reads.
+                was = register_copies(m, delay(m, s2["wa"], P2, reset_less=rl), wgt_groups(c), "wgt_addr", rl)
+                m.d.comb += [self.wgt_rd.addr.eq(was[0])] + [x.eq(a) for x, a in zip(self.wgt_rd_addrx, was[1:])]
+            else:
+                m.d.comb += self.wgt_rd.addr.eq(s3["wa"])
             # S4: data arrives; padding taps read pad_value in every lane.
             s4 = stage(v=1, first=1, last=1, tag=16, pad=1)
             m.d.sync += [s4[k].eq(s3[k]) for k in s4]
@@ -192,7 +203,12 @@ class ConvUnit(wiring.Component):
             # (Adding the old word on the way out was 32 * rows adders and flip-flops between the array
             # and the buffer, in the most congested corner of the routed NPU: docs/synthesis.md.)
             m.d.comb += [self.acc_rd.addr.eq(array.acc_addr), array.acc_old.eq(self.acc_rd.data),
-                         array.acc_add.eq(ins.accumulate),
-                         self.acc_wr.en.eq(array.o_valid), self.acc_wr.addr.eq(array.o_tag),
-                         self.acc_wr.data.eq(array.o_sum)]
+                         array.acc_add.eq(ins.accumulate)]
+            # With timing_stages the totals reach the ACC block RAMs a cycle later, from registers (the
+            # accumulators' wire to them was 15 ns in the routed NPU, docs/synthesis.md, session 17):
+            # still before the drain ends (above), so CONV is done only when its writes are.
+            late = 1 if c.timing_stages else 0
+            m.d.comb += [self.acc_wr.en.eq(delay(m, array.o_valid, late, "acc_wr_en")),
+                         self.acc_wr.addr.eq(delay(m, array.o_tag, late, "acc_wr_addr", reset_less=True)),
+                         self.acc_wr.data.eq(delay(m, array.o_sum, late, "acc_wr_data", reset_less=True))]
         return m

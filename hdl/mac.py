@@ -36,6 +36,10 @@ class MacArray(wiring.Component):
     With ``timing_stages`` (:attr:`~tessera.arch.NpuConfig.mac_stages`) the operands are registered
     at the input and every product waits in fabric registers before its row's adder tree; the
     latency grows by as many cycles.
+
+    With ``acc_add`` a pixel's first term adds to its old total ``acc_old``, the one-cycle read of
+    ``acc_addr`` (a pixel's tag) issued a cycle before that term reaches the accumulators, with
+    ``timing_stages`` two cycles before (the word then waits in a register of the array).
     """
 
     def __init__(self, config: NpuConfig, tag_bits: int = 16, multipliers=None):
@@ -63,9 +67,11 @@ class MacArray(wiring.Component):
         rl = self.reset_less
 
         before = {}                                    # the sideband a cycle before the last side()
+        history = []                                   # every side()'s input, oldest first
 
         def side(prev):
             before.update(prev)
+            history.append(dict(prev))
             s = {k: Signal.like(v, name=f"{k}_d", reset_less=rl and k != "valid") for k, v in prev.items()}
             m.d.sync += [s[k].eq(v) for k, v in prev.items()]
             return s
@@ -114,18 +120,22 @@ class MacArray(wiring.Component):
             # its own copy of the enable and the selects: one register's 32 * rows loads across the
             # array were late in the routed NPU (docs/synthesis.md, session 11). The copies' first
             # cycle after reset does not matter: a pixel's first term overwrites the accumulator.
+            # With timing_stages the old word is read a cycle earlier still and waits in a register here:
+            # the ACC block RAMs' wire into the accumulators' adds was 14-15 ns in the routed NPU
+            # (docs/synthesis.md, session 17).
+            acc_old = delay(m, self.acc_old, 1, "acc_old_r", reset_less=True) if rl else self.acc_old
             n = min(self.ACT_COPIES, M)
             en = register_copies(m, before["valid"], n, "acc_en", rl)
             first = register_copies(m, before["first"], n, "acc_first", rl)
             use_old = register_copies(m, before["first"] & self.acc_add, n, "acc_use_old", rl)
             for r in range(M):
                 g = r * n // M
-                base = Mux(use_old[g], self.acc_old[32 * r:32 * r + 32].as_signed(),
+                base = Mux(use_old[g], acc_old[32 * r:32 * r + 32].as_signed(),
                            Mux(first[g], 0, accs[r]))
                 with m.If(en[g]):
                     m.d.sync += accs[r].eq((base + level[r][0])[:32])
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
-        m.d.comb += self.acc_addr.eq(before["tag"])
+        m.d.comb += self.acc_addr.eq((history[-2] if rl else before)["tag"])
         return m
 
     #: Copies of the registered activation word, each feeding a group of rows.

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import Buffer, ErrorCode, Unit
 
-from .buffers import bram_act_buffer, bram_param_buffer
+from .buffers import wgt_buffer, wgt_groups, bram_act_buffer, bram_param_buffer
 from .common import ADDR_BITS, MemPortSignature, word_bits
 from .conv import ConvUnit
 from .csr import CsrBlock, CsrSignature
@@ -80,12 +80,17 @@ class NpuCore(wiring.Component):
             p = mem.write_port(granularity=mem.shape.width // lanes)
             m.d.comb += [p.addr.eq(user.addr), p.data.eq(user.data), p.en.eq(user.en)]
 
-        wgt, acc = buf(Buffer.WGT), buf(Buffer.ACC)
-        rd(wgt, conv.wgt_rd)
+        acc = buf(Buffer.ACC)
         rd(acc, conv.acc_rd)
         rd(acc, post.acc_rd)
-        wr(wgt, load.wgt_wr, write_lanes(c, Buffer.WGT))
         wr(acc, conv.acc_wr)
+        if wgt_groups(c) > 1:
+            wgt_buffer(m, c, load, conv)
+            wgt = None
+        else:
+            wgt = buf(Buffer.WGT)
+            rd(wgt, conv.wgt_rd)
+            wr(wgt, load.wgt_wr, write_lanes(c, Buffer.WGT))
         if c.bram_buffers:
             bram_act_buffer(m, c, load, conv, post, store)
             bram_param_buffer(m, c, load, post)
@@ -161,7 +166,7 @@ def collision_free_buffers(config: NpuConfig) -> dict[str, int]:
     ``depth`` pixels ahead of the output word it writes. ``tessera synth`` marks these ports'
     collisions undefined (hdl/synth.py). Memories with more than one write port keep the rule.
     """
-    names = {"wgt_buf": 1, "acc_buf": 1}
+    names = {"wgt_buf": 1, "acc_buf": 1, **{f"wgt_buf_{g}": 1 for g in range(1, wgt_groups(config))}}
     if config.bram_buffers:
         names.update(act_buf=1, act_buf_post=1, prm_buf=1)
     else:

@@ -132,23 +132,29 @@ def mult18x18d_a_pins(j):
     return f"a{i}" if 0 <= i < 8 else None
 
 
-def _mult18x18d(m, a, wu, p, name):
-    # Input and output registers inside the DSP block: two cycles, like the soft path. Constant data pins are
-    # set in the bitstream (nextpnr), so only the 16 activation and weight bits are routed into each DSP.
+def _mult18x18d_block(m, name, a_pins, b_pins, signed_a, signed_b, input_regs):
+    """A MULT18X18D with its output register (and input registers if ``input_regs``): the 36-bit P."""
+    clk = "CLK0" if input_regs else "NONE"
     ports = {"i_CLK0": ClockSignal(), "i_CE0": Const(1), "i_RST0": Const(0),
-             "i_SIGNEDA": Const(1), "i_SIGNEDB": Const(0), "i_SOURCEA": Const(0), "i_SOURCEB": Const(0)}
+             "i_SIGNEDA": Const(signed_a), "i_SIGNEDB": Const(signed_b), "i_SOURCEA": Const(0), "i_SOURCEB": Const(0)}
     for j in range(18):
-        src = mult18x18d_a_pins(j)
-        ports[f"i_A{j}"] = a[int(src[1:])] if src else Const(0)
-        ports[f"i_B{j}"] = wu[j] if j < 8 else Const(0)  # zero extension
-        ports[f"i_C{j}"] = Const(0)
+        ports[f"i_A{j}"], ports[f"i_B{j}"], ports[f"i_C{j}"] = a_pins[j], b_pins[j], Const(0)
     p36 = Signal(36, name=f"{name}_p36")
     for j in range(36):
         ports[f"o_P{j}"] = p36[j]
     m.submodules[name] = Instance(
         "MULT18X18D",
-        p_REG_INPUTA_CLK="CLK0", p_REG_INPUTB_CLK="CLK0", p_REG_PIPELINE_CLK="NONE",
+        p_REG_INPUTA_CLK=clk, p_REG_INPUTB_CLK=clk, p_REG_PIPELINE_CLK="NONE",
         p_REG_OUTPUT_CLK="CLK0", p_REG_INPUTC_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC", **ports)
+    return p36
+
+
+def _mult18x18d(m, a, wu, p, name):
+    # Input and output registers inside the DSP block: two cycles, like the soft path. Constant data pins are
+    # set in the bitstream (nextpnr), so only the 16 activation and weight bits are routed into each DSP.
+    a_pins = [a[int(src[1:])] if src else Const(0) for src in map(mult18x18d_a_pins, range(18))]
+    b_pins = [wu[j] if j < 8 else Const(0) for j in range(18)]  # zero extension
+    p36 = _mult18x18d_block(m, name, a_pins, b_pins, 1, 0, input_regs=True)
     m.d.comb += p.eq(p36[DSP_A_SHIFT:DSP_A_SHIFT + 16])
 
 
@@ -170,18 +176,8 @@ def mult18x18d_registered(m, a, b, r, name):
     """
     a18, b18 = Signal(signed(18), name=f"{name}_a"), Signal(signed(18), name=f"{name}_b")
     m.d.comb += [a18.eq(signed18(a)), b18.eq(signed18(b))]
-    ports = {"i_CLK0": ClockSignal(), "i_CE0": Const(1), "i_RST0": Const(0),
-             "i_SIGNEDA": Const(1), "i_SIGNEDB": Const(1), "i_SOURCEA": Const(0), "i_SOURCEB": Const(0)}
-    for j in range(18):
-        ports[f"i_A{j}"], ports[f"i_B{j}"], ports[f"i_C{j}"] = a18[j], b18[j], Const(0)
-    p36 = Signal(signed(36), name=f"{name}_p36")
-    for j in range(36):
-        ports[f"o_P{j}"] = p36[j]
-    m.submodules[name] = Instance(
-        "MULT18X18D",
-        p_REG_INPUTA_CLK="NONE", p_REG_INPUTB_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
-        p_REG_OUTPUT_CLK="CLK0", p_REG_INPUTC_CLK="NONE", p_GSR="DISABLED", p_RESETMODE="SYNC", **ports)
-    m.d.comb += r.eq(p36)
+    p36 = _mult18x18d_block(m, name, list(a18), list(b18), 1, 1, input_regs=False)
+    m.d.comb += r.eq(p36.as_signed())
 
 
 def _sb_mac16(m, a, wu, p, name):

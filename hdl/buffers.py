@@ -28,7 +28,7 @@ from tessera.arch import NpuConfig
 from tessera.isa import Buffer
 
 from .common import delay, word_bits
-from .dma import write_lanes
+from .dma import beat_copies, write_lanes
 from .post import param_read_shape
 
 __all__ = ["bram_act_buffer", "bram_param_buffer", "wgt_groups", "wgt_buffer"]
@@ -39,13 +39,11 @@ def wgt_groups(c: NpuConfig) -> int:
 
     One registered address drove every block RAM of the WGT word (29 DP16KD at 128 MACs, 120 at
     512) across the die: 16.6 ns of wire, the routed critical path (docs/synthesis.md, session 17).
-    A group is a whole number of bus beats, so LOAD's registered beat copies (as many, hdl/dma.py)
-    each feed one group.
+    A group is a whole number of bus beats and takes one of LOAD's registered beat copies
+    (:func:`~tessera.hdl.dma.beat_copies`).
     """
-    beats = write_lanes(c, Buffer.WGT)
-    if not c.timing_stages or beats < 2:
-        return 1
-    return min(4, beats) if beats % min(4, beats) == 0 else 1
+    beats, n = write_lanes(c, Buffer.WGT), beat_copies(c, Buffer.WGT)
+    return n if c.timing_stages and n > 1 and beats % n == 0 else 1
 
 
 def wgt_buffer(m, c: NpuConfig, load, conv):

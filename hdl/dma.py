@@ -29,12 +29,19 @@ from .common import (
     word_bits,
 )
 
-__all__ = ["LoadDma", "StoreDma", "words_per_beat", "write_lanes"]
+__all__ = ["LoadDma", "StoreDma", "beat_copies", "words_per_beat", "write_lanes"]
 
 
 def write_lanes(c: NpuConfig, buf: Buffer) -> int:
     """Write-enable slices of a buffer word: one per bus beat when a word spans several beats."""
     return max(1, c.word_bytes(buf) // c.bus_bytes)
+
+
+def beat_copies(c: NpuConfig, buf: Buffer) -> int:
+    """Registers LOAD keeps a response beat in when ``timing_stages`` registers the writes of a
+    buffer whose words span several beats: beat ``j`` of the word comes from copy
+    ``j * copies // write_lanes``, so each copy feeds a contiguous share of the word's block RAMs."""
+    return min(4, write_lanes(c, buf))
 
 
 def words_per_beat(c: NpuConfig, buf: Buffer) -> int:
@@ -242,7 +249,7 @@ class LoadDma(wiring.Component):
                 if late:
                     # The beat, repeated over the word, from up to 4 registers kept apart, each
                     # feeding its own share of the word's block RAMs.
-                    n = min(4, reps)
+                    n = beat_copies(c, b)
                     copies = register_copies(m, beat, n, f"{pname}_beat", reset_less=True)
                     put(port, waddr, [copies[j * n // reps] for j in range(reps)], en, pname)
                 else:

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import Buffer, ErrorCode, Unit
 
-from .buffers import wgt_buffer, wgt_groups, bram_act_buffer, bram_param_buffer
+from .buffers import bram_act_buffer, bram_param_buffer, wgt_buffer, wgt_groups
 from .common import ADDR_BITS, MemPortSignature, word_bits
 from .conv import ConvUnit
 from .csr import CsrBlock, CsrSignature

@@ -33,6 +33,7 @@ __all__ = [
     "narrow_mul",
     "word_at",
     "register_copies",
+    "register_copy",
     "registered_hard_product",
     "is_narrow",
     "round_shift",
@@ -41,6 +42,7 @@ __all__ = [
     "round_sig",
     "saturate",
     "shift_decode",
+    "shift_decode_copies",
     "word_bits",
 ]
 
@@ -214,13 +216,20 @@ def register_copies(m, value, n: int, name: str, reset_less: bool = False) -> li
     """
     if not 1 <= n <= 4:
         raise ValueError(f"{name}: {n} copies (1..4 can be told apart)")
-    out = []
-    for g in range(n):
-        inv, ones = g & 1, g >> 1 & 1
-        r = Signal(len(value), init=(1 << len(value)) - 1 if ones else 0, name=f"{name}{g}", reset_less=reset_less)
-        m.d.sync += r.eq(~value if inv else value)
-        out.append(~r if inv else r)
-    return out
+    return [register_copy(m, value, g, name, reset_less) for g in range(n)]
+
+
+def register_copy(m, value, g: int, name: str, reset_less: bool = False):
+    """Copy ``g`` (0..3) of :func:`register_copies` alone: ``value`` one cycle late.
+
+    Registers of one value with different ``g`` are never merged, so loads far apart (two
+    buffers written at the same address) can each have their own."""
+    if not 0 <= g <= 3:
+        raise ValueError(f"{name}: copy {g} (0..3 can be told apart)")
+    inv, ones = g & 1, g >> 1 & 1
+    r = Signal(len(value), init=(1 << len(value)) - 1 if ones else 0, name=f"{name}{g}", reset_less=reset_less)
+    m.d.sync += r.eq(~value if inv else value)
+    return ~r if inv else r
 
 
 def delay(m, sig, cycles: int, name: str | None = None, reset_less: bool = False):
@@ -255,6 +264,20 @@ def shift_decode(m, s, cycles: int = 0, name: str = "sh", reset_less: bool = Fal
                   for k, w in (("eff", 6), ("mask", 64), ("half", 64)))
     m.d.sync += [rs.eq(s_eff), rm.eq(mask), rh.eq(half)]
     return rs, rm, rh
+
+
+def shift_decode_copies(m, s, lanes: int, name: str, reset_less: bool = False) -> list:
+    """:func:`shift_decode` of ``s`` registered a cycle later (as ``cycles=1``), once per lane.
+
+    An instruction's shift decoded once fans out to every lane's rounding shift (130 bits each):
+    the decoded register is kept in up to 4 :func:`register_copies`, lane ``n`` reading copy
+    ``n * copies // lanes``, so each copy drives a contiguous share of the lanes. The copies may differ
+    from the decode in the first cycle after reset, when no instruction runs.
+    """
+    s_eff, mask, half = shift_decode(m, s)
+    n = min(4, lanes)
+    copies = register_copies(m, Cat(s_eff, mask, half), n, name, reset_less)
+    return [(x[:6], x[6:70], x[70:134]) for x in (copies[k * n // lanes] for k in range(lanes))]
 
 
 def round_shift(x, s, width: int, m=None, stages: int = 0, reset_less: bool = False):

@@ -25,6 +25,11 @@ class HeadQueue(wiring.Component):
     that decide a start begin at a register. An entry written to an empty queue reaches the head
     one cycle later than in a ``SyncFIFO`` (``NpuConfig.queue_stages``).
 
+    A read empties the head, which reloads in the next cycle: ``r_rdy`` is low in the cycle after
+    a read. Dispatch never starts a unit in two cycles in a row (the unit is active in between),
+    so this costs no cycle; what it buys is a head whose clock enable is a register's (``full``),
+    not the start decision's, which fanned out to every head bit (docs/synthesis.md, session 18).
+
     Parameters
     ----------
     width, depth : int
@@ -40,13 +45,14 @@ class HeadQueue(wiring.Component):
         m.submodules.body = body = fifo.SyncFIFO(width=self.width, depth=self.depth)
         head = Signal(self.width, reset_less=True)     # data: ``full`` says whether it holds an entry
         full = Signal()         # head holds an entry
-        take = ~full | self.r_en
         m.d.comb += [body.w_data.eq(self.w_data), body.w_en.eq(self.w_en & self.w_rdy),
-                     body.r_en.eq(take & body.r_rdy),
+                     body.r_en.eq(~full & body.r_rdy),
                      self.r_data.eq(head), self.r_rdy.eq(full),
                      self.r_level.eq(body.r_level + full), self.w_rdy.eq(self.r_level < self.depth)]
-        with m.If(take):
+        with m.If(~full):
             m.d.sync += [head.eq(body.r_data), full.eq(body.r_rdy)]
+        with m.Elif(self.r_en):
+            m.d.sync += full.eq(0)
         return m
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import ClassVar
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -25,6 +26,7 @@ from .common import (
     log2,
     narrow_mul,
     register_copies,
+    register_copy,
     registered_hard_product,
     word_bits,
 )
@@ -224,6 +226,7 @@ class LoadDma(wiring.Component):
         m.d.comb += meta.r_en.eq(got)
         waddr, wchunk, wn = meta.r_data[:32], meta.r_data[32:48], meta.r_data[48:]
         beat = self.mem.resp.payload
+        late_copy = itertools.count()
         for b, pname in self.PORTS.items():
             port = getattr(self, pname)
             bw = c.word_bytes(b)
@@ -236,7 +239,10 @@ class LoadDma(wiring.Component):
 
             def put(p, addr, data, en, tag):
                 if late:
-                    addr = delay(m, addr, 1, f"{tag}_addr", reset_less=True)
+                    # Each late port's address from its own register copy (the uninverted ones first):
+                    # yosys merged WGT's and PARAM's equal registers into one, whose wire to PARAM's
+                    # block RAMs was a critical path (docs/synthesis.md, session 17).
+                    addr = register_copy(m, addr, (0, 2, 1, 3)[next(late_copy) % 4], f"{tag}_addr", reset_less=True)
                     en = delay(m, en, 1, f"{tag}_en")
                     if not isinstance(data, list):
                         data = delay(m, data, 1, f"{tag}_data", reset_less=True)

@@ -27,6 +27,7 @@ from .common import (
     round_sig,
     saturate,
     shift_decode,
+    shift_decode_copies,
     registered_hard_product,
     split_mul,
     word_at,
@@ -224,8 +225,12 @@ class EpilogueEngine(wiring.Component):
                     m.d.sync += [ng.eq(gs[-1]), nl.eq(lgs[-1])]
                     gs.append(ng)
                     lgs.append(nl)
-            # The residual shift is the instruction's: decoded once, registered with timing_stages.
-            res_shift = shift_decode(m, ins.res_shift, min(X["residual_shift"], 1), "res_shift")
+            # The residual shift is the instruction's: decoded once; with timing_stages registered, each
+            # lane (or share of the lanes) reading its own copy.
+            if X["residual_shift"]:
+                res_shifts = shift_decode_copies(m, ins.res_shift, len(lanes), "res_shift", rl)
+            else:
+                res_shifts = [shift_decode(m, ins.res_shift)] * len(lanes)
             ys = []
             for n, L in enumerate(lanes):
                 s3v, s3m, s3s, s3r = Data(signed(32)), Data(signed(32)), Data(6), Data(signed(8))
@@ -263,7 +268,7 @@ class EpilogueEngine(wiring.Component):
                              s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl, hard)
                                     + split_mul(m, db, ins.res_mult_b, M, rl, hard))]
                 s7q, s7y = Data(signed(11)), Data(signed(8))
-                m.d.sync += [s7q.eq(round_shift_sat(s6s, res_shift, 11, m, X["residual_shift"], rl)),
+                m.d.sync += [s7q.eq(round_shift_sat(s6s, res_shifts[n], 11, m, X["residual_shift"], rl)),
                              s7y.eq(dly(s6y, X["residual_shift"]))]
                 zr = Signal(signed(12), name=f"zr{n}")
                 m.d.comb += zr.eq(s7q + ins.zp_out)
@@ -466,15 +471,19 @@ class PoolEngine(wiring.Component):
             m.d.sync += [inside3.eq(delay(m, inside2, A2)),
                          aa3.eq(ins.in_addr + split_mul(m, lin2, ins.cb, A2, rl, hard) + dly(s2["cc"], A2))]
             m.d.comb += self.act_rd.addr.eq(aa3)
-            s4 = carry(s3)
+            # With timing_stages the read word is registered before the taps' compares and adds: the
+            # block RAM's output through them was the routed critical path (docs/synthesis.md, session 18).
+            R = X["tap_read"]
+            s4 = carry(s3, R)
             inside4 = Signal()
-            m.d.sync += inside4.eq(inside3)
+            m.d.sync += inside4.eq(delay(m, inside3, R))
+            word = dly(self.act_rd.data, R)
             # S4: running max / sum per lane; the pixel's result is latched on the last tap.
             s5v, s5a = Signal(), Signal(16)
             m.d.sync += [s5v.eq(s4["v"] & s4["last"]), s5a.eq(s4["oa"])]
             s5 = []
             for n in range(N):
-                x = self.act_rd.data[8 * n:8 * n + 8].as_signed()
+                x = word[8 * n:8 * n + 8].as_signed()
                 mx, sm = Data(signed(8)), Data(signed(_SUM_BITS))
                 new_mx = Signal(signed(8))
                 new_sm = Signal(signed(_SUM_BITS))
@@ -528,10 +537,14 @@ class PoolEngine(wiring.Component):
                 s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
                 m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(delay(m, s6v, pre)), s7a.eq(delay(m, s6a, pre)),
                              s8v.eq(delay(m, s7v, X["clamp"])), s8a.eq(delay(m, s7a, X["clamp"]))]
-            pool_shift = shift_decode(m, ins.shift, min(X["shift"], 1), "pool_shift")
+            # With timing_stages each lane (or share of the lanes) reads its own register of the decoded shift.
+            if X["shift"]:
+                pool_shift = shift_decode_copies(m, ins.shift, len(lanes), "pool_shift", rl)
+            else:
+                pool_shift = [shift_decode(m, ins.shift)] * len(lanes)
             ys = []
             S = X["select"]
-            for lm, ls, lf in lanes:
+            for (lm, ls, lf), lane_shift in zip(lanes, pool_shift):
                 # With timing_stages a lane's values (the bank's group select) are registered before the multiply.
                 lm, ls, lf = (dly(x, S) for x in (lm, ls, lf))
                 s6m, s6p = Data(signed(8)), Data(signed(56))
@@ -542,7 +555,7 @@ class PoolEngine(wiring.Component):
                 p6 = round_sig(m, s6p, 56, X["round_product"], rl)
                 # Saturated to 11 bits as below, which leaves an already saturated value as it is.
                 s7m, s7q = Data(signed(8)), Data(signed(11))
-                m.d.sync += [s7m.eq(dly(s6m, pre - S)), s7q.eq(round_shift_sat(p6, pool_shift, 11, m, X["shift"], rl))]
+                m.d.sync += [s7m.eq(dly(s6m, pre - S)), s7q.eq(round_shift_sat(p6, lane_shift, 11, m, X["shift"], rl))]
                 q = s7q
                 if c.pool_fl32:
                     # fl32: K * mult is the same product, so E = S - K*m takes no multiplier of its own.

@@ -227,10 +227,11 @@ class NpuConfig:
     @property
     def pool_stages(self) -> dict[str, int]:
         """Registers ``timing_stages`` adds to each step of POOL (as :attr:`epilogue_stages`): the
-        tap address's products and two multiplies (as :attr:`conv_stages`), ``select`` a lane's values (the
-        bank's group select) before the requantization multiply."""
-        steps = {"tap_coords": 1, "pixel_index": 1, "buffer_address": 1, "select": 1, "multiply": 1,
-                 "round_product": 4, "shift": 1, "clamp": 1}
+        tap address's products and two multiplies (as :attr:`conv_stages`), ``tap_read`` the ACT word
+        read before the taps' compares and adds, ``select`` a lane's values (the bank's group select)
+        before the requantization multiply."""
+        steps = {"tap_coords": 1, "pixel_index": 1, "buffer_address": 1, "tap_read": 1, "select": 1,
+                 "multiply": 1, "round_product": 4, "shift": 1, "clamp": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property

@@ -142,7 +142,14 @@ class Link(wiring.Component):
         with m.Elif(~timed_out):
             m.d.sync += idle.eq(idle + 1)
 
-        m.d.comb += [self.csr.addr.eq(Csr.STATUS)]
+        # The CSR bus from registers: a write's decode in the CSR block (start, soft reset: the
+        # counters' and error registers' resets) then begins at a flip-flop, not at this FSM's
+        # state decode (a critical path, docs/synthesis.md session 17). Between commands the bus
+        # reads STATUS.
+        csr_addr = Signal(Csr, init=Csr.STATUS)
+        csr_wdata, csr_we = Signal(32), Signal()
+        m.d.comb += [self.csr.addr.eq(csr_addr), self.csr.wdata.eq(csr_wdata), self.csr.we.eq(csr_we)]
+        m.d.sync += [csr_addr.eq(Csr.STATUS), csr_we.eq(0)]
         npu_busy = self.csr.rdata[Status.BUSY.value.bit_length() - 1]
         is_mem = (cmd == Command.WRITE_MEM) | (cmd == Command.READ_MEM)
         is_csr = (cmd == Command.WRITE_CSR) | (cmd == Command.READ_CSR)
@@ -217,12 +224,12 @@ class Link(wiring.Component):
                     respond(status)
             with m.State("EXEC"), m.Switch(cmd):
                 with m.Case(Command.WRITE_CSR):
-                    m.d.comb += [self.csr.addr.eq(addr), self.csr.wdata.eq(data32), self.csr.we.eq(1)]
+                    # Written in the next cycle, long before the answer's first byte is out.
+                    m.d.sync += [csr_addr.eq(addr), csr_wdata.eq(data32), csr_we.eq(1)]
                     respond(LinkStatus.OK)
                 with m.Case(Command.READ_CSR):
-                    m.d.comb += self.csr.addr.eq(addr)
-                    m.d.sync += data32.eq(self.csr.rdata)
-                    respond(LinkStatus.OK, CSR_BYTES)
+                    m.d.sync += csr_addr.eq(addr)
+                    m.next = "CSR_READ"
                 with m.Default():
                     m.d.sync += [cur.eq(addr), left.eq(length), strb.eq(0)]
                     with m.If(npu_busy):
@@ -232,6 +239,10 @@ class Link(wiring.Component):
                         m.next = "WR_FETCH"
                     with m.Else():
                         respond(LinkStatus.OK, length)
+
+            with m.State("CSR_READ"):
+                m.d.sync += data32.eq(self.csr.rdata)
+                respond(LinkStatus.OK, CSR_BYTES)
 
             # WRITE_MEM: payload bytes into beats with byte strobes, one write per touched beat.
             with m.State("WR_FETCH"):

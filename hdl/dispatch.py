@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import INSTR_BITS, ErrorCode, Opcode, Unit
 
-from .common import ADDR_BITS, UnitSignature, delay
+from .common import ADDR_BITS, UnitSignature, delay, register_copies
 
 __all__ = ["Dispatch"]
 
@@ -44,15 +44,21 @@ class HeadQueue(wiring.Component):
         m = Module()
         m.submodules.body = body = fifo.SyncFIFO(width=self.width, depth=self.depth)
         head = Signal(self.width, reset_less=True)     # data: ``full`` says whether it holds an entry
-        full = Signal()         # head holds an entry
-        m.d.comb += [body.w_data.eq(self.w_data), body.w_en.eq(self.w_en & self.w_rdy),
+        # The head holds an entry: ``full``, copy 0 of four registers of it. Each copy enables a quarter
+        # of the head's bits (240 at the ulx3s presets, spread towards the unit that latches them). The
+        # other copies may be wrong in the first cycle after reset, when the queue is empty anyway.
+        full_next = Signal()
+        copies = register_copies(m, full_next, 4, "full")
+        full = copies[0]
+        m.d.comb += [full_next.eq(Mux(full, ~self.r_en, body.r_rdy)),
+                     body.w_data.eq(self.w_data), body.w_en.eq(self.w_en & self.w_rdy),
                      body.r_en.eq(~full & body.r_rdy),
                      self.r_data.eq(head), self.r_rdy.eq(full),
                      self.r_level.eq(body.r_level + full), self.w_rdy.eq(self.r_level < self.depth)]
-        with m.If(~full):
-            m.d.sync += [head.eq(body.r_data), full.eq(body.r_rdy)]
-        with m.Elif(self.r_en):
-            m.d.sync += full.eq(0)
+        bounds = [self.width * g // 4 for g in range(5)]
+        for g, copy in enumerate(copies):
+            with m.If(~copy):
+                m.d.sync += head[bounds[g]:bounds[g + 1]].eq(body.r_data[bounds[g]:bounds[g + 1]])
         return m
 
 

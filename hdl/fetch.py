@@ -89,7 +89,13 @@ class Fetch(wiring.Component):
         ib = max(1, INSTR_BYTES // B)       # beats per instruction
         ipb = max(1, B // INSTR_BYTES)      # instructions per beat
         fd = max(2 * ib, 4)
-        m.submodules.beats = beats = fifo.SyncFIFO(width=8 * B, depth=fd)
+        # With timing_stages and instructions of several beats, the beats come out of a register (a
+        # buffered FIFO: a beat written to an empty FIFO is readable a cycle later, the cycle model's
+        # ``fetch_buffer``): the distributed RAM's read of the last beat ran on through the
+        # instruction's decode (docs/synthesis.md, session 18). A beat of whole instructions goes
+        # into a register (``hb``) before its decode anyway.
+        fifo_kind = fifo.SyncFIFOBuffered if c.timing_stages and ipb == 1 else fifo.SyncFIFO
+        m.submodules.beats = beats = fifo_kind(width=8 * B, depth=fd)
         started, halted = Signal(), Signal()
         iss = Signal(ADDR_BITS + 1)
         inflight = Signal(range(fd + 1))

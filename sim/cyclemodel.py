@@ -56,6 +56,7 @@ class Timing:
     sync_cycles: int = 1
     queue_latency: int = 2        # fetch hand-over → queue head → start
     fetch_start: int = 1          # start pulse → first instruction beat requested
+    fetch_buffer: int = 0         # an instruction beat's arrival → the first cycle fetch can take it, beyond one
     end_cycles: int = 2           # END decoded → done seen by the cycle counter
     fetch_turn: float = 1.0       # cycles a LOAD loses per burst of instruction beats fetch requests beside it
     run_lead: int = 2             # a unit's start pulse → its RUN state (IDLE → CHECK → RUN): POST's engine, DMA's requests
@@ -66,7 +67,7 @@ class Timing:
     def for_config(cls, config: NpuConfig) -> Timing:
         # timing_stages: every unit's CHECK state waits check_cycles for its registered range check,
         # EPILOGUE's and POOL's pipelines get the stages their steps are split into, and a queue head its
-        # register (queue_stages).
+        # register (queue_stages), and fetch's instruction beats a register (fetch_buffer).
         chk = config.check_cycles
         epi, pool = sum(config.epilogue_stages.values()), sum(config.pool_stages.values())
         base = cls()
@@ -76,6 +77,7 @@ class Timing:
                    pool_overhead=base.pool_overhead + chk + pool,
                    load_overhead=base.load_overhead + chk, store_overhead=base.store_overhead + chk,
                    run_lead=base.run_lead + chk, queue_latency=base.queue_latency + config.queue_stages,
+                   fetch_buffer=1 if config.timing_stages and config.bus_bytes <= INSTR_BYTES else 0,
                    epilogue_write=base.epilogue_write + epi, pool_write=base.pool_write + pool)
 
 
@@ -409,7 +411,7 @@ class CycleModel:
                             continue
                         if j >= fd and len(cons) <= j - fd:
                             return
-                        tt = max(beat(j) + 1, tt + 1)
+                        tt = max(beat(j) + 1 + t.fetch_buffer, tt + 1)
                         cons.append(tt)
                     ready = tt + 1
                 else:
@@ -417,7 +419,7 @@ class CycleModel:
                     if j >= len(cons):
                         if j >= fd and len(cons) <= j - fd:
                             return
-                        cons.append(max(beat(j) + 1, fs["handover"] + 1))
+                        cons.append(max(beat(j) + 1 + t.fetch_buffer, fs["handover"] + 1))
                     ready = max(cons[j] + 1, fs["handover"] + 1)
                 if ins.op == Opcode.END:
                     fs["finished"] = ready

@@ -269,7 +269,7 @@ def shift_decode(m, s, cycles: int = 0, name: str = "sh", reset_less: bool = Fal
 def shift_decode_copies(m, s, lanes: int, name: str, reset_less: bool = False) -> list:
     """:func:`shift_decode` of ``s`` registered a cycle later (as ``cycles=1``), once per lane.
 
-    An instruction's shift decoded once fans out to every lane's rounding shift (130 bits each):
+    An instruction's shift decoded once fans out to every lane's rounding shift (134 bits each):
     the decoded register is kept in up to 4 :func:`register_copies`, lane ``n`` reading copy
     ``n * copies // lanes``, so each copy drives a contiguous share of the lanes. The copies may differ
     from the decode in the first cycle after reset, when no instruction runs.

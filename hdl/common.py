@@ -266,8 +266,9 @@ def shift_decode(m, s, cycles: int = 0, name: str = "sh", reset_less: bool = Fal
     return rs, rm, rh
 
 
-def shift_decode_copies(m, s, lanes: int, name: str, reset_less: bool = False) -> list:
-    """:func:`shift_decode` of ``s`` registered a cycle later (as ``cycles=1``), once per lane.
+def shift_decode_copies(m, s, lanes: int, name: str, registered: bool = True, reset_less: bool = False) -> list:
+    """:func:`shift_decode` of ``s`` for each of ``lanes`` lanes: registered a cycle later (as
+    ``cycles=1``) when ``registered``, else the one combinational decode for all.
 
     An instruction's shift decoded once fans out to every lane's rounding shift (134 bits each):
     the decoded register is kept in up to 4 :func:`register_copies`, lane ``n`` reading copy
@@ -275,6 +276,8 @@ def shift_decode_copies(m, s, lanes: int, name: str, reset_less: bool = False) -
     from the decode in the first cycle after reset, when no instruction runs.
     """
     s_eff, mask, half = shift_decode(m, s)
+    if not registered:
+        return [(s_eff, mask, half)] * lanes
     n = min(4, lanes)
     copies = register_copies(m, Cat(s_eff, mask, half), n, name, reset_less)
     return [(x[:6], x[6:70], x[70:134]) for x in (copies[k * n // lanes] for k in range(lanes))]

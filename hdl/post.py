@@ -227,10 +227,7 @@ class EpilogueEngine(wiring.Component):
                     lgs.append(nl)
             # The residual shift is the instruction's: decoded once; with timing_stages registered, each
             # lane (or share of the lanes) reading its own copy.
-            if X["residual_shift"]:
-                res_shifts = shift_decode_copies(m, ins.res_shift, len(lanes), "res_shift", rl)
-            else:
-                res_shifts = [shift_decode(m, ins.res_shift)] * len(lanes)
+            res_shifts = shift_decode_copies(m, ins.res_shift, len(lanes), "res_shift", X["residual_shift"] > 0, rl)
             ys = []
             for n, L in enumerate(lanes):
                 s3v, s3m, s3s, s3r = Data(signed(32)), Data(signed(32)), Data(6), Data(signed(8))
@@ -538,10 +535,7 @@ class PoolEngine(wiring.Component):
                 m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(delay(m, s6v, pre)), s7a.eq(delay(m, s6a, pre)),
                              s8v.eq(delay(m, s7v, X["clamp"])), s8a.eq(delay(m, s7a, X["clamp"]))]
             # With timing_stages each lane (or share of the lanes) reads its own register of the decoded shift.
-            if X["shift"]:
-                pool_shift = shift_decode_copies(m, ins.shift, len(lanes), "pool_shift", rl)
-            else:
-                pool_shift = [shift_decode(m, ins.shift)] * len(lanes)
+            pool_shift = shift_decode_copies(m, ins.shift, len(lanes), "pool_shift", X["shift"] > 0, rl)
             ys = []
             S = X["select"]
             for (lm, ls, lf), lane_shift in zip(lanes, pool_shift):

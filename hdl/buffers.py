@@ -27,11 +27,11 @@ from amaranth.lib import fifo, memory
 from tessera.arch import NpuConfig
 from tessera.isa import Buffer
 
-from .common import delay, word_bits
+from .common import acc_slices, delay, word_bits
 from .dma import beat_copies, write_lanes
 from .post import param_read_shape
 
-__all__ = ["bram_act_buffer", "bram_param_buffer", "wgt_groups", "wgt_buffer"]
+__all__ = ["acc_buffer", "bram_act_buffer", "bram_param_buffer", "wgt_groups", "wgt_buffer"]
 
 
 def wgt_groups(c: NpuConfig) -> int:
@@ -62,6 +62,23 @@ def wgt_buffer(m, c: NpuConfig, load, conv):
         wp = mem.write_port(granularity=w // lg)
         lw = load.wgt_wr
         m.d.comb += [wp.addr.eq(lw.addr), wp.data.eq(lw.data[g * w:(g + 1) * w]), wp.en.eq(lw.en[g * lg:(g + 1) * lg])]
+
+
+def acc_buffer(m, c: NpuConfig, conv, post):
+    """The ACC buffer as :func:`acc_groups` memories side by side for each reader (CONV's accumulate
+    read, ``acc_buf``; EPILOGUE's, ``acc_buf_post``), group ``g`` of both at CONV's write copy ``g``
+    and each reader's read address copy ``g``. yosys would make the two readers' copies of one
+    memory itself; written out, each copy of a group has its own address registers."""
+    wr = conv.acc_wr
+    w_addr, w_en = [wr.addr, *conv.acc_wr_addrx], [wr.en, *conv.acc_wr_enx]
+    for name, rd, r_addr in (("acc_buf", conv.acc_rd, [conv.acc_rd.addr, *conv.acc_rd_addrx]),
+                             ("acc_buf_post", post.acc_rd, [post.acc_rd.addr, *post.acc_rd_addrx])):
+        for g, (lo, hi) in enumerate(acc_slices(c)):
+            mem = memory.Memory(shape=unsigned(hi - lo), depth=c.accbuf_words, init=[])
+            m.submodules[name if g == 0 else f"{name}_{g}"] = mem
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.addr.eq(w_addr[g]), wp.data.eq(wr.data[lo:hi]), wp.en.eq(w_en[g]),
+                         rp.addr.eq(r_addr[g]), rd.data[lo:hi].eq(rp.data)]
 
 
 def bram_act_buffer(m, c: NpuConfig, load, conv, post, store):

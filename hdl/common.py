@@ -16,6 +16,7 @@ from tessera.numerics import SIG_BITS
 
 __all__ = [
     "ADDR_BITS",
+    "BRAM_BITS",
     "BufReadSignature",
     "BufWriteSignature",
     "CheckStages",
@@ -23,6 +24,8 @@ __all__ = [
     "MemPortSignature",
     "ReadClientSignature",
     "UnitSignature",
+    "acc_groups",
+    "acc_slices",
     "WriteClientSignature",
     "beat_bits",
     "clamp",
@@ -62,6 +65,32 @@ def beat_bits(c: NpuConfig) -> int:
 
 def word_bits(c: NpuConfig, buf: Buffer) -> int:
     return c.word_bytes(buf) * 8
+
+
+#: Bits of an ECP5 DP16KD port in its 512-word mode (512×36): the ACC word's groups are cut at
+#: multiples of it, so grouping costs no block RAM there.
+BRAM_BITS = 36
+
+
+def acc_slices(c: NpuConfig) -> list[tuple[int, int]]:
+    """Bit ranges ``(lo, hi)`` of the ACC word's column groups, each read and written at its own
+    address copies (``timing_stages``; one range otherwise).
+
+    One registered address, EPILOGUE's, drove every block RAM of its ACC copy (15 DP16KD at 128
+    MACs, 29 at 512): a single 12.7 ns net to one 33 columns away was the routed critical path
+    (docs/synthesis.md, session 18). Groups are whole :data:`BRAM_BITS` columns, at most four
+    (:func:`register_copies`).
+    """
+    width = word_bits(c, Buffer.ACC)
+    blocks = -(-width // BRAM_BITS)
+    n = min(4, blocks) if c.timing_stages else 1
+    edges = [min(width, blocks * g // n * BRAM_BITS) for g in range(n)] + [width]
+    return list(zip(edges, edges[1:]))
+
+
+def acc_groups(c: NpuConfig) -> int:
+    """Column groups of the ACC buffer (:func:`acc_slices`)."""
+    return len(acc_slices(c))
 
 
 def MemPortSignature(c: NpuConfig) -> wiring.Signature:

@@ -14,12 +14,14 @@ from .common import (
     BufWriteSignature,
     CheckStages,
     UnitSignature,
+    acc_groups,
     delay,
     instr_copy,
     instr_register,
     load_instr,
     narrow_mul,
     register_copies,
+    register_copy,
     registered_hard_product,
     split_mul,
     word_bits,
@@ -49,6 +51,10 @@ class ConvUnit(wiring.Component):
             **({"wgt_rd_addrx": Out(range(c.wbuf_words)).array(wgt_groups(c) - 1)} if wgt_groups(c) > 1 else {}),
             "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
             "acc_wr": Out(BufWriteSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
+            # Copies of acc_rd.addr, acc_wr.addr and acc_wr.en, one per further ACC column group.
+            **({"acc_rd_addrx": Out(range(c.accbuf_words)).array(acc_groups(c) - 1),
+                "acc_wr_addrx": Out(range(c.accbuf_words)).array(acc_groups(c) - 1),
+                "acc_wr_enx": Out(1).array(acc_groups(c) - 1)} if acc_groups(c) > 1 else {}),
             "mac": Out(1),
         })
 
@@ -57,7 +63,8 @@ class ConvUnit(wiring.Component):
         c = self.config
         N = c.lanes
         # A board build may ask for its own multipliers (tessera.hdl.synth sets this on the platform).
-        m.submodules.array = array = MacArray(c, multipliers=getattr(platform, "tessera_mac_multipliers", None))
+        m.submodules.array = array = MacArray(c, multipliers=getattr(platform, "tessera_mac_multipliers", None),
+                                                      acc_copies=acc_groups(c))
 
         ir = instr_register(c)
         ins_chk = data.View(layout(Opcode.CONV), ir)
@@ -208,7 +215,18 @@ class ConvUnit(wiring.Component):
             # accumulators' wire to them was 15 ns in the routed NPU, docs/synthesis.md, session 17):
             # still before the drain ends (above), so CONV is done only when its writes are.
             late = 1 if c.timing_stages else 0
-            m.d.comb += [self.acc_wr.en.eq(delay(m, array.o_valid, late, "acc_wr_en")),
-                         self.acc_wr.addr.eq(delay(m, array.o_tag, late, "acc_wr_addr", reset_less=True)),
-                         self.acc_wr.data.eq(delay(m, array.o_sum, late, "acc_wr_data", reset_less=True))]
+            m.d.comb += self.acc_wr.data.eq(delay(m, array.o_sum, late, "acc_wr_data", reset_less=True))
+            n = acc_groups(c)
+            if n > 1:
+                m.d.comb += [x.eq(a) for x, a in zip(self.acc_rd_addrx, array.acc_addrx)]
+                # The write address and enable in a register per group, kept apart; the enable's copies
+                # are 0 and 3, the two of register_copy's that are 0 after reset (no write then).
+                addrs = register_copies(m, array.o_tag, n, "acc_wr_addr", reset_less=True)
+                ens = [register_copy(m, array.o_valid, g, "acc_wr_en") for g in (0, 3)]
+                m.d.comb += [self.acc_wr.addr.eq(addrs[0]), self.acc_wr.en.eq(ens[0])]
+                m.d.comb += [x.eq(a) for x, a in zip(self.acc_wr_addrx, addrs[1:])]
+                m.d.comb += [x.eq(ens[g * 2 // n]) for g, x in enumerate(self.acc_wr_enx, 1)]
+            else:
+                m.d.comb += [self.acc_wr.en.eq(delay(m, array.o_valid, late, "acc_wr_en")),
+                             self.acc_wr.addr.eq(delay(m, array.o_tag, late, "acc_wr_addr", reset_less=True))]
         return m

@@ -160,7 +160,10 @@ class Dispatch(wiring.Component):
             m.d.sync += d.eq(prev)
             stuck_hist.append(d)
             prev = d
-        m.d.comb += self.deadlock.eq(stuck & Cat(*stuck_hist).all())
+        # With timing_stages the verdict is registered, a cycle later (a deadlock stays one): from fetch's
+        # decoded unit through the stuck test and the core's error pc into the CSR block was a routed
+        # critical path (docs/synthesis.md, session 18).
+        m.d.comb += self.deadlock.eq(delay(m, stuck & Cat(*stuck_hist).all(), 1 if c.timing_stages else 0, "deadlock_r"))
 
         def oldest(valids, pcs, default, name):
             # A balanced tree of compares (two levels for four units, not a chain of four): the lowest

@@ -42,7 +42,7 @@ class MacArray(wiring.Component):
     ``timing_stages`` two cycles before (the word then waits in a register of the array).
     """
 
-    def __init__(self, config: NpuConfig, tag_bits: int = 16, multipliers=None):
+    def __init__(self, config: NpuConfig, tag_bits: int = 16, multipliers=None, acc_copies: int = 1):
         self.config = c = config
         if multipliers is not None and (c.weight_bits != 8 or c.lanes < 4):
             multipliers = None
@@ -52,11 +52,14 @@ class MacArray(wiring.Component):
         # register of the array (CONV's routed critical path, 13.8 ns of wire to the farthest).
         self.reset_less = c.timing_stages
         self.latency = 1 + log2(c.lanes) + 1 + sum(self.stages.values())
+        self.acc_copies = acc_copies
         super().__init__({
             "en": In(1, init=1), "valid": In(1), "first": In(1), "last": In(1), "tag": In(tag_bits),
             "act": In(8 * c.lanes), "wgt": In(c.rows * c.lanes * c.weight_bits),
             "o_valid": Out(1), "o_tag": Out(tag_bits), "o_sum": Out(32 * c.rows),
             "acc_add": In(1), "acc_addr": Out(tag_bits), "acc_old": In(32 * c.rows),
+            # Copies of acc_addr, one per further column group of the ACC buffer (hdl/buffers.py).
+            **({"acc_addrx": Out(tag_bits).array(acc_copies - 1)} if acc_copies > 1 else {}),
         })
 
     def elaborate(self, platform):
@@ -135,7 +138,14 @@ class MacArray(wiring.Component):
                 with m.If(en[g]):
                     m.d.sync += accs[r].eq((base + level[r][0])[:32])
             m.d.sync += [self.o_valid.eq(sb["valid"] & sb["last"]), self.o_tag.eq(sb["tag"])]
-        m.d.comb += self.acc_addr.eq((history[-2] if rl else before)["tag"])
+            if self.acc_copies > 1:
+                # history[-2]'s tag is history[-3]'s a cycle (of en) later: so is each copy, kept apart
+                # (register_copies; a copy may differ in the first cycle after reset, when nothing reads).
+                assert rl, "ACC address copies come with timing_stages"
+                addrs = register_copies(m, history[-3]["tag"], self.acc_copies, "acc_rd_addr", reset_less=True)
+                m.d.comb += [self.acc_addr.eq(addrs[0])] + [x.eq(a) for x, a in zip(self.acc_addrx, addrs[1:])]
+        if self.acc_copies == 1:
+            m.d.comb += self.acc_addr.eq((history[-2] if rl else before)["tag"])
         return m
 
     #: Copies of the registered activation word, each feeding a group of rows.

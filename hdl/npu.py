@@ -9,8 +9,8 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import Buffer, ErrorCode, Unit
 
-from .buffers import bram_act_buffer, bram_param_buffer, wgt_buffer, wgt_groups
-from .common import ADDR_BITS, MemPortSignature, word_bits
+from .buffers import acc_buffer, bram_act_buffer, bram_param_buffer, wgt_buffer, wgt_groups
+from .common import ADDR_BITS, MemPortSignature, acc_groups, word_bits
 from .conv import ConvUnit
 from .csr import CsrBlock, CsrSignature
 from .dispatch import Dispatch
@@ -80,10 +80,13 @@ class NpuCore(wiring.Component):
             p = mem.write_port(granularity=mem.shape.width // lanes)
             m.d.comb += [p.addr.eq(user.addr), p.data.eq(user.data), p.en.eq(user.en)]
 
-        acc = buf(Buffer.ACC)
-        rd(acc, conv.acc_rd)
-        rd(acc, post.acc_rd)
-        wr(acc, conv.acc_wr)
+        if acc_groups(c) > 1:
+            acc_buffer(m, c, conv, post)
+        else:
+            acc = buf(Buffer.ACC)
+            rd(acc, conv.acc_rd)
+            rd(acc, post.acc_rd)
+            wr(acc, conv.acc_wr)
         if wgt_groups(c) > 1:
             wgt_buffer(m, c, load, conv)
             wgt = None
@@ -167,6 +170,8 @@ def collision_free_buffers(config: NpuConfig) -> dict[str, int]:
     collisions undefined (hdl/synth.py). Memories with more than one write port keep the rule.
     """
     names = {"wgt_buf": 1, "acc_buf": 1, **{f"wgt_buf_{g}": 1 for g in range(1, wgt_groups(config))}}
+    if acc_groups(config) > 1:
+        names.update({f"acc_buf{r}{f'_{g}' if g else ''}": 1 for r in ("", "_post") for g in range(acc_groups(config))})
     if config.bram_buffers:
         names.update(act_buf=1, act_buf_post=1, prm_buf=1)
     else:

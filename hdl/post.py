@@ -15,6 +15,7 @@ from .common import (
     BufWriteSignature,
     CheckStages,
     UnitSignature,
+    acc_groups,
     bit_length,
     clamp,
     delay,
@@ -22,6 +23,7 @@ from .common import (
     instr_register,
     load_instr,
     narrow_mul,
+    register_copies,
     round_shift,
     round_shift_sat,
     round_sig,
@@ -47,6 +49,12 @@ def param_read_shape(c: NpuConfig) -> tuple[int, int]:
     if c.bram_buffers:
         return c.pbuf_words * (c.rows // c.post_lanes_eff), 96 * c.post_lanes_eff
     return c.pbuf_words, word_bits(c, Buffer.PARAM)
+
+
+def _acc_addr_copies(c: NpuConfig) -> dict:
+    """Copies of ``acc_rd.addr``, one per further ACC column group (hdl/buffers.py)."""
+    n = acc_groups(c)
+    return {"acc_rd_addrx": Out(range(c.accbuf_words)).array(n - 1)} if n > 1 else {}
 
 
 def _engine_signature(c: NpuConfig, extra: dict) -> dict:
@@ -93,7 +101,7 @@ class EpilogueEngine(wiring.Component):
     def __init__(self, config: NpuConfig):
         self.config = c = config
         super().__init__(_engine_signature(c, {
-            "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
+            "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))), **_acc_addr_copies(c),
             "prm_rd": Out(BufReadSignature(*param_read_shape(c))),
         }))
 
@@ -171,9 +179,12 @@ class EpilogueEngine(wiring.Component):
             blk = bk + j
             m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p_out + blk), g1.eq(g),
                          lg1.eq(last_g)]
-            aa1, pa1, ra1 = Signal(16), Signal(16), Signal(16)
-            m.d.sync += [aa1.eq(ins.acc_addr + acc_cnt), pa1.eq(ins.param_addr + b),
-                         ra1.eq(ins.res_addr + p_res + blk)]
+            pa1, ra1 = Signal(16), Signal(16)
+            m.d.sync += [pa1.eq(ins.param_addr + b), ra1.eq(ins.res_addr + p_res + blk)]
+            # The ACC address in a register per ACC column group, kept apart (register_copies; a copy may
+            # differ in the first cycle after reset, when nothing reads).
+            aa1, *aax = register_copies(m, (ins.acc_addr + acc_cnt)[:16], acc_groups(c), "acc_rd_addr", rl)
+            m.d.comb += [x.eq(a) for x, a in zip(getattr(self, "acc_rd_addrx", []), aax)]
             # Channel group of the block (j, g) selects the ACC/PARAM slice.
             jg1 = Cat(g1, j1) if G > 1 else j1
             if c.bram_buffers:
@@ -592,7 +603,7 @@ class PostUnit(wiring.Component):
             "ctl": In(UnitSignature()),
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
-            "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))),
+            "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))), **_acc_addr_copies(c),
             "prm_rd": Out(BufReadSignature(*param_read_shape(c))),
             # ``bram_buffers``: POST reads ACT this cycle (POOL, or an EPILOGUE with a residual).
             **({"act_rd_use": Out(1)} if c.bram_buffers else {}),
@@ -619,6 +630,7 @@ class PostUnit(wiring.Component):
             load_instr(m, ir_epi, self.ctl.instr, ~running)
         m.d.comb += [epi.instr.eq(ir_epi), pool.instr.eq(ir_pool)]
         wiring.connect(m, wiring.flipped(self.acc_rd), epi.acc_rd)
+        m.d.comb += [x.eq(a) for x, a in zip(getattr(self, "acc_rd_addrx", []), getattr(epi, "acc_rd_addrx", []))]
         wiring.connect(m, wiring.flipped(self.prm_rd), epi.prm_rd)
         m.d.comb += [pool.act_rd.data.eq(self.act_rd.data), epi.act_rd.data.eq(self.act_rd.data)]
         with m.If(is_pool):

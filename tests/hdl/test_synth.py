@@ -424,12 +424,15 @@ def _memories(config):
 def test_collision_free_buffers_are_the_npu_buffers_with_their_write_ports(bram, timed):
     from tests.rtl.test_npu import CONFIG
     from tessera.hdl.buffers import wgt_groups
+    from tessera.hdl.common import acc_groups
     from tessera.hdl.npu import collision_free_buffers
     config = CONFIG.replace(name="coll", lanes=4, rows=4, bus_bytes=4, abuf_words=64, wbuf_words=16, accbuf_words=16,
                             pbuf_words=4, pool_fl32=False, post_lanes=4 if bram else 0, bram_buffers=bram,
                             timing_stages=timed)
-    # With timing_stages the WGT buffer is four memories, each read at its own address copy.
+    # With timing_stages the WGT buffer is four memories, each read at its own address copy, and ACC is
+    # four for each of its two readers.
     assert wgt_groups(config) == (4 if timed else 1)
+    assert acc_groups(config) == (4 if timed else 1)
     mems = _memories(config)
     named = collision_free_buffers(config)
     # Every NPU buffer with one write port (not the FIFOs' storage, whose reads may meet their writes).

@@ -567,3 +567,22 @@ def test_register_copies_survive_yosys_merging_where_plain_registers_do_not(tmp_
     assert ffs(lambda m, v: [delay(m, v, 1, f"d{g}") for g in range(4)]) == 8
     assert ffs(lambda m, v: register_copies(m, v, 4, "c")) == 32
     assert ffs(lambda m, v: [register_copy(m, v, g, f"c{g}") for g in (0, 2, 1, 3)]) == 32
+
+
+def test_acc_slices_cut_the_word_at_block_ram_columns_and_add_none():
+    # The ACC groups must cost no DP16KD (the 512-MAC NPU has 2 of 208 left): whole 36-bit columns
+    # each, covering the word once, with as many block RAMs in all as the whole word needs.
+    from tessera.arch import PRESETS
+    from tessera.hdl.common import BRAM_BITS, acc_slices, word_bits
+    from tessera.isa import Buffer
+    for lanes, rows in ((4, 4), (8, 16), (16, 32)):
+        c = PRESETS["ulx3s-85f"].replace(lanes=lanes, rows=rows, bus_bytes=lanes)
+        width = word_bits(c, Buffer.ACC)
+        slices = acc_slices(c)
+        assert len(slices) == 4
+        assert slices[0][0] == 0 and slices[-1][1] == width
+        assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+        assert all(lo % BRAM_BITS == 0 for lo, _ in slices)
+        blocks = sum(-(-(hi - lo) // BRAM_BITS) for lo, hi in slices)
+        assert blocks == -(-width // BRAM_BITS)
+        assert acc_slices(c.replace(timing_stages=False)) == [(0, width)]

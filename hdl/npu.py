@@ -10,7 +10,7 @@ from tessera.arch import NpuConfig
 from tessera.isa import Buffer, ErrorCode, Unit
 
 from .buffers import acc_buffer, bram_act_buffer, bram_param_buffer, wgt_buffer, wgt_groups
-from .common import ADDR_BITS, MemPortSignature, acc_groups, word_bits
+from .common import ADDR_BITS, MemPortSignature, acc_groups, delay, word_bits
 from .conv import ConvUnit
 from .csr import CsrBlock, CsrSignature
 from .dispatch import Dispatch
@@ -139,12 +139,21 @@ class NpuCore(wiring.Component):
         settled = fetch.finished | (fetch.o_valid & ~disp.i_ready)
         # Meanwhile no unit starts, so the queues fill as the emulator's do before it executes.
         m.d.comb += disp.hold.eq(pend | disp.err)
+        settled_r = delay(m, settled, 1, "settled_r") if c.timing_stages else None
         with m.If(fetch.err):
             m.d.comb += [self.err.eq(1), self.err_code.eq(fetch.err_code), self.err_pc.eq(fetch.pc)]
-        with m.Elif(pend & settled):
-            m.d.comb += [self.err.eq(1), self.err_code.eq(pend_code), self.err_pc.eq(pend_pc)]
-        with m.Elif(disp.err & settled):
-            m.d.comb += [self.err.eq(1), self.err_code.eq(disp.err_code), self.err_pc.eq(disp.err_pc)]
+        if c.timing_stages:
+            # The fault waits in pend and is reported from registers only, a cycle later: from fetch's
+            # decoded unit through the queue's ready and `settled` into the CSR block's error registers
+            # was a routed critical path (docs/synthesis.md, session 18). Settled stays so once a fault
+            # holds the queues (nothing starts, so fetch stays finished or blocked).
+            with m.Elif(pend & settled_r):
+                m.d.comb += [self.err.eq(1), self.err_code.eq(pend_code), self.err_pc.eq(pend_pc)]
+        else:
+            with m.Elif(pend & settled):
+                m.d.comb += [self.err.eq(1), self.err_code.eq(pend_code), self.err_pc.eq(pend_pc)]
+            with m.Elif(disp.err & settled):
+                m.d.comb += [self.err.eq(1), self.err_code.eq(disp.err_code), self.err_pc.eq(disp.err_pc)]
         with m.Elif(disp.deadlock & ~pend):
             m.d.comb += [self.err.eq(1), self.err_code.eq(ErrorCode.DEADLOCK), self.err_pc.eq(disp.deadlock_pc)]
         m.d.comb += [self.trace.start.eq(disp.trace_start), self.trace.end.eq(disp.trace_end),

@@ -6,7 +6,7 @@ the board (:class:`.ulx3s.Ulx3sTop` puts its ports on the FPGA's pins)::
 
     uart_rx ─▶ UartRx ─▶ FIFO ─▶ Link ─▶ UartTx ─▶ uart_tx
                                   │ csr ─▶ Npu ─ mem ─┐
-                                  └─ mem ─▶ MemArbiter ─▶ SdramController ─▶ sdram pins
+                                  └─ mem ─▶ MemArbiter ─▶ RequestRegister ─▶ SdramController ─▶ sdram pins
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tessera.arch import ConfigError, NpuConfig
 
 from ..common import MemPortSignature
 from ..npu import Npu
-from .link import Link, MemArbiter
+from .link import Link, MemArbiter, RequestRegister
 from .sdram import (
     ULX3S_SDRAM,
     SdramController,
@@ -118,7 +118,9 @@ class BoardSystem(wiring.Component):
         m.submodules.linked = linked = LinkedNpu(c, divisor=self.divisor, idle_cycles=self.idle_cycles,
                                                  reset_buffer=self.reset_buffer)
         m.submodules.sdram_ctl = ctl = SdramController(c, self.geometry, self.timing, read_delay=self.read_delay)
-        wiring.connect(m, linked.mem, ctl.bus)
+        m.submodules.req_reg = req = RequestRegister(c)
+        wiring.connect(m, linked.mem, req.up)
+        wiring.connect(m, req.down, ctl.bus)
         wiring.connect(m, ctl.pins, wiring.flipped(self.sdram))
         m.d.comb += [linked.uart_rx.eq(self.uart_rx), self.uart_tx.eq(linked.uart_tx), self.led.eq(linked.led)]
         return m

@@ -465,7 +465,7 @@ def word_at(v, i, width: int):
     return v.bit_select(narrow_mul(i, Const(width)), width)
 
 
-def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None):
+def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None, operand_register: bool = False):
     """``a * b`` (signed), with ``stages=1`` as registered partial products of at most 18 × 18 bits.
 
     A wide product in one cycle is hard multipliers chained through fabric adders; registering
@@ -480,8 +480,14 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None):
     wire from the multiplier to the adds gets a cycle of its own (the ECP5's MULT18X18D sit in a
     few rows across the die). Its register has no enable, so with ``stages=1`` the caller must
     register every cycle (as every caller does with ``timing_stages``).
+
+    ``operand_register`` (with ``stages=1``) registers the operands first, so the product comes
+    a cycle later still: a hard piece in its multiplier's input registers, the others in fabric.
+    The operands' logic then ends at the block's input register rather than running through the
+    multiplier, whose unregistered input's setup is about 3.5 ns on the ECP5.
     """
     assert stages in (0, 1), stages
+    assert stages or not operand_register
     a, b = (v if v.shape().signed else Cat(v, Const(0, 1)).as_signed() for v in (Value.cast(a), Value.cast(b)))
     if not stages:
         return a * b
@@ -498,7 +504,10 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None):
             if hard is not None and not is_narrow(pa) and not is_narrow(pb):
                 n = getattr(m, "_tessera_hard_products", 0)   # a unique submodule name per Module
                 m._tessera_hard_products = n + 1
-                hard(m, pa, pb, r, f"hard_product{n}")
+                hard(m, pa, pb, r, f"hard_product{n}", input_regs=operand_register)
+            elif operand_register:
+                pr, br = (delay(m, v, 1, reset_less=reset_less) for v in (pa, pb))
+                m.d.sync += r.eq(narrow_mul(pr, br))
             else:
                 m.d.sync += r.eq(narrow_mul(pa, pb))  # an operand just over 18 bits leaves a narrow part
             terms.append(r.as_signed() << (sa + sb) if sa + sb else r.as_signed())

@@ -271,10 +271,13 @@ class EpilogueEngine(wiring.Component):
                 s6y, s6s = Data(signed(8)), Data(signed(48))
                 da, db = Signal(signed(10), name=f"da{n}"), Signal(signed(10), name=f"db{n}")
                 m.d.comb += [da.eq(a - ins.zp_mid), db.eq(r6 - ins.zp_res)]
-                M = X["residual_multiply"]
-                m.d.sync += [s6y.eq(dly(y6, M)),
-                             s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl, hard)
-                                    + split_mul(m, db, ins.res_mult_b, M, rl, hard))]
+                # With timing_stages the products' operands are registered first (in the MULT18X18D's input
+                # registers on the ECP5): the subtract's wire into a far multiplier plus its setup was
+                # 11.9 ns of a routed critical path (docs/synthesis.md, session 19).
+                M, O = X["residual_multiply"], X["residual_operands"]
+                m.d.sync += [s6y.eq(dly(y6, M + O)),
+                             s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl, hard, operand_register=O > 0)
+                                    + split_mul(m, db, ins.res_mult_b, M, rl, hard, operand_register=O > 0))]
                 s7q, s7y = Data(signed(11)), Data(signed(8))
                 m.d.sync += [s7q.eq(round_shift_sat(s6s, res_shifts[n], 11, m, X["residual_shift"], rl)),
                              s7y.eq(dly(s6y, X["residual_shift"]))]

@@ -198,11 +198,12 @@ class NpuConfig:
         bit length, that length decoded, its kept bits and increment, and its result
         (``round_sig``), a rounding shift its shifted value and rounding decision
         (``round_shift``); ``clamp`` registers the requantized value plus its zero points, then
-        its clamps (apart from the residual products), ``residual_clamp`` the residual sum plus
-        the output zero point. The cycle model adds the sum.
+        its clamps (apart from the residual products), ``residual_operands`` the residual
+        products' operands, ``residual_clamp`` the residual sum plus the output zero point. The
+        cycle model adds the sum.
         """
         steps = {"round_in": 4, "multiply": 1, "round_product": 4, "shift": 1, "clamp": 2,
-                 "residual_multiply": 1, "residual_shift": 1, "residual_clamp": 1}
+                 "residual_operands": 1, "residual_multiply": 1, "residual_shift": 1, "residual_clamp": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property

@@ -165,8 +165,9 @@ def signed18(v):
     return (v.as_signed() if v.shape().signed else Cat(v, Const(0, 1)).as_signed()).as_signed()
 
 
-def mult18x18d_registered(m, a, b, r, name):
-    """``r`` = ``a * b`` one cycle later, from a MULT18X18D's output register (no input register).
+def mult18x18d_registered(m, a, b, r, name, input_regs=False):
+    """``r`` = ``a * b`` one cycle later, from a MULT18X18D's output register (two cycles later with
+    ``input_regs``: its input registers too).
 
     For :func:`tessera.hdl.common.split_mul`'s pieces on the ECP5: the same value and cycle as a
     fabric register after an inferred multiply, but that register sits in the DSP block, so the wire
@@ -176,7 +177,7 @@ def mult18x18d_registered(m, a, b, r, name):
     """
     a18, b18 = Signal(signed(18), name=f"{name}_a"), Signal(signed(18), name=f"{name}_b")
     m.d.comb += [a18.eq(signed18(a)), b18.eq(signed18(b))]
-    p36 = _mult18x18d_block(m, name, list(a18), list(b18), 1, 1, input_regs=False)
+    p36 = _mult18x18d_block(m, name, list(a18), list(b18), 1, 1, input_regs=input_regs)
     m.d.comb += r.eq(p36.as_signed())
 
 

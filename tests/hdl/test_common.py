@@ -1,6 +1,7 @@
 """hdl.common.round_shift against tessera.numerics.round_shift (the one rounding rule)."""
 
 import numpy as np
+import pytest
 from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -421,10 +422,14 @@ def test_word_at_selects_the_word_as_word_select():
     sim.run()
 
 
-def _mult18x18d_model(m, a, b, r, name):
+def _mult18x18d_model(m, a, b, r, name, input_regs=False):
     # What mult18x18d_registered builds, in plain Amaranth: the MULT18X18D's signed 18 x 18 product
-    # into its output register (the instance itself cannot be simulated here).
+    # into its output register, after its input registers if asked (the instance itself cannot be
+    # simulated here).
     from tessera.hdl.boards.multipliers import signed18
+    from tessera.hdl.common import delay
+    if input_regs:
+        a, b = delay(m, a, 1), delay(m, b, 1)
     m.d.sync += r.eq(signed18(a) * signed18(b))
 
 
@@ -433,22 +438,32 @@ class _HardSplit(wiring.Component):
     b: In(unsigned(31))
     prod: Out(signed(64))
 
+    def __init__(self, hard, operand_register):
+        self.hard, self.operand_register = hard, operand_register
+        super().__init__()
+
     def elaborate(self, platform):
         from tessera.hdl.common import split_mul
         m = Module()
-        m.d.comb += self.prod.eq(split_mul(m, self.a, self.b, 1, hard=_mult18x18d_model))
+        m.d.comb += self.prod.eq(split_mul(m, self.a, self.b, 1, hard=self.hard,
+                                           operand_register=self.operand_register))
         return m
 
 
-def test_split_mul_with_hard_pieces_equals_the_product_a_cycle_later():
+@pytest.mark.parametrize("hard", [_mult18x18d_model, None], ids=["hard", "fabric"])
+@pytest.mark.parametrize("operand_register", [False, True])
+def test_split_mul_with_hard_pieces_equals_the_product_a_cycle_later(hard, operand_register):
+    # With operand_register the operands are registered first (in the hard pieces' input registers):
+    # the product comes a cycle later still, the same in fabric and in the blocks.
     rng = np.random.default_rng(17)
     a = [-(1 << 32), (1 << 32) - 1, -1, 0] + [int(v) for v in rng.integers(-(1 << 32), 1 << 32, size=200)]
     b = [(1 << 31) - 1, (1 << 31) - 1, (1 << 31) - 1, 5] + [int(v) for v in rng.integers(0, 1 << 31, size=200)]
-    dut = _HardSplit()
+    dut = _HardSplit(hard, operand_register)
+    late = 1 + operand_register
     got = []
 
     async def bench(ctx):
-        for i in range(len(a) + 1):
+        for i in range(len(a) + late):
             j = min(i, len(a) - 1)
             ctx.set(dut.a, a[j])
             ctx.set(dut.b, b[j])
@@ -459,7 +474,7 @@ def test_split_mul_with_hard_pieces_equals_the_product_a_cycle_later():
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
-    assert got[:len(a)] == [x * y for x, y in zip(a, b)]
+    assert got[late - 1:late - 1 + len(a)] == [x * y for x, y in zip(a, b)]
 
 
 def test_signed18_extends_unsigned_and_signed_operands_and_refuses_wider():
@@ -490,10 +505,13 @@ def test_npu_for_the_ecp5_puts_its_wide_partial_products_on_registered_mult18x18
     top = Npu(config)
     text = rtlil.convert(top, platform=_Ecp5(), ports=_ports(top))
     cells = text.count("cell \\MULT18X18D ")
-    # Every piece has its register in the block and none at its inputs.
+    # Every piece has its register in the block. Only EPILOGUE's residual products register their
+    # operands there too: two products per lane, each of two pieces (the 31-bit res_mult is a 17-bit
+    # and a 14-bit piece).
     assert cells > 20
     assert text.count('parameter \\REG_OUTPUT_CLK "CLK0"') == cells
-    assert text.count('parameter \\REG_INPUTA_CLK "NONE"') == cells
+    assert text.count('parameter \\REG_INPUTA_CLK "CLK0"') == 2 * 2 * config.post_lanes_eff
+    assert text.count('parameter \\REG_INPUTA_CLK "NONE"') == cells - 2 * 2 * config.post_lanes_eff
     # Simulation keeps plain registers after an inferred multiply.
     top = Npu(config)
     assert "MULT18X18D" not in rtlil.convert(top, ports=_ports(top))

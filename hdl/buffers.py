@@ -152,6 +152,15 @@ def bram_param_buffer(m, c: NpuConfig, load, post):
     wp = mem.write_port(granularity=32)
     beat = lw.data[:8 * c.bus_bytes]         # LOAD repeats the beat over the word
     # Field s of an entry (lane s // 3; bias, mult, shift) is the beat's field s % Q, in beat s // Q.
-    m.d.comb += [wp.addr.eq(Cat(entry[:max(0, per_word.bit_length() - 1)], lw.addr) if per_word > 1 else lw.addr),
-                 wp.data.eq(Cat(*[beat.word_select(s % Q, 32) for s in range(3 * E)])),
-                 wp.en.eq(Cat(*[local[s // Q] for s in range(3 * E)]))]
+    addr = Cat(entry[:max(0, per_word.bit_length() - 1)], lw.addr) if per_word > 1 else lw.addr
+    data = Cat(*[beat.word_select(s % Q, 32) for s in range(3 * E)])
+    en = Cat(*[local[s // Q] for s in range(3 * E)])
+    if c.timing_stages:
+        # The entry and field decode of LOAD's enables, then a register, then the block RAMs: from
+        # LOAD's registered enables through the decode to a far PARAM block RAM's address was 13.2 ns of
+        # wire in a routed build (docs/synthesis.md, session 19). No reader can tell: a reader starts
+        # after LOAD is done, a token and its CHECK stage (check_cycles).
+        addr = delay(m, addr, 1, "prm_wr_addr", reset_less=True)
+        data = delay(m, data, 1, "prm_wr_data", reset_less=True)
+        en = delay(m, en, 1, "prm_wr_en")
+    m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]

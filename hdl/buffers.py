@@ -31,7 +31,14 @@ from .common import acc_slices, delay, word_bits
 from .dma import beat_copies, write_lanes
 from .post import param_read_shape
 
-__all__ = ["acc_buffer", "bram_act_buffer", "bram_param_buffer", "wgt_groups", "wgt_buffer"]
+__all__ = ["acc_buffer", "bram_act_buffer", "bram_param_buffer", "group_memory", "wgt_groups", "wgt_buffer"]
+
+
+def group_memory(name: str, g: int) -> str:
+    """Name of column group ``g``'s memory of a buffer split into groups (``name`` for group 0, so a
+    buffer of one group keeps its plain name); :func:`~tessera.hdl.npu.collision_free_buffers` names
+    the same memories."""
+    return name if g == 0 else f"{name}_{g}"
 
 
 def wgt_groups(c: NpuConfig) -> int:
@@ -56,7 +63,7 @@ def wgt_buffer(m, c: NpuConfig, load, conv):
     assert len(addrs) == groups, (len(addrs), groups)
     for g in range(groups):
         mem = memory.Memory(shape=unsigned(w), depth=c.wbuf_words, init=[])
-        m.submodules["wgt_buf" if g == 0 else f"wgt_buf_{g}"] = mem
+        m.submodules[group_memory("wgt_buf", g)] = mem
         rp = mem.read_port()
         m.d.comb += [rp.addr.eq(addrs[g]), conv.wgt_rd.data[g * w:(g + 1) * w].eq(rp.data)]
         wp = mem.write_port(granularity=w // lg)
@@ -75,7 +82,7 @@ def acc_buffer(m, c: NpuConfig, conv, post):
                              ("acc_buf_post", post.acc_rd, [post.acc_rd.addr, *post.acc_rd_addrx])):
         for g, (lo, hi) in enumerate(acc_slices(c)):
             mem = memory.Memory(shape=unsigned(hi - lo), depth=c.accbuf_words, init=[])
-            m.submodules[name if g == 0 else f"{name}_{g}"] = mem
+            m.submodules[group_memory(name, g)] = mem
             wp, rp = mem.write_port(), mem.read_port()
             m.d.comb += [wp.addr.eq(w_addr[g]), wp.data.eq(wr.data[lo:hi]), wp.en.eq(w_en[g]),
                          rp.addr.eq(r_addr[g]), rd.data[lo:hi].eq(rp.data)]

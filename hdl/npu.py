@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import Buffer, ErrorCode, Unit
 
-from .buffers import acc_buffer, bram_act_buffer, bram_param_buffer, wgt_buffer, wgt_groups
+from .buffers import acc_buffer, bram_act_buffer, bram_param_buffer, group_memory, wgt_buffer, wgt_groups
 from .common import ADDR_BITS, MemPortSignature, acc_groups, delay, word_bits
 from .conv import ConvUnit
 from .csr import CsrBlock, CsrSignature
@@ -178,9 +178,10 @@ def collision_free_buffers(config: NpuConfig) -> dict[str, int]:
     ``depth`` pixels ahead of the output word it writes. ``tessera synth`` marks these ports'
     collisions undefined (hdl/synth.py). Memories with more than one write port keep the rule.
     """
-    names = {"wgt_buf": 1, "acc_buf": 1, **{f"wgt_buf_{g}": 1 for g in range(1, wgt_groups(config))}}
+    names = {group_memory("wgt_buf", g): 1 for g in range(wgt_groups(config))}
+    names.update({group_memory("acc_buf", g): 1 for g in range(acc_groups(config))})
     if acc_groups(config) > 1:
-        names.update({f"acc_buf{r}{f'_{g}' if g else ''}": 1 for r in ("", "_post") for g in range(acc_groups(config))})
+        names.update({group_memory("acc_buf_post", g): 1 for g in range(acc_groups(config))})
     if config.bram_buffers:
         names.update(act_buf=1, act_buf_post=1, prm_buf=1)
     else:

@@ -28,7 +28,7 @@ from tessera.arch import NpuConfig
 from tessera.isa import Buffer
 
 from .common import acc_slices, delay, word_bits
-from .dma import beat_copies, write_lanes
+from .dma import wgt_groups, write_lanes
 from .post import param_read_shape
 
 __all__ = ["acc_buffer", "bram_act_buffer", "bram_param_buffer", "group_memory", "wgt_groups", "wgt_buffer"]
@@ -41,26 +41,15 @@ def group_memory(name: str, g: int) -> str:
     return name if g == 0 else f"{name}_{g}"
 
 
-def wgt_groups(c: NpuConfig) -> int:
-    """Column groups of the WGT buffer, each with its own copy of CONV's read address (``timing_stages``).
-
-    One registered address drove every block RAM of the WGT word (29 DP16KD at 128 MACs, 120 at
-    512) across the die: 16.6 ns of wire, the routed critical path (docs/synthesis.md, session 17).
-    A group is a whole number of bus beats and takes one of LOAD's registered beat copies
-    (:func:`~tessera.hdl.dma.beat_copies`).
-    """
-    beats, n = write_lanes(c, Buffer.WGT), beat_copies(c, Buffer.WGT)
-    return n if c.timing_stages and n > 1 and beats % n == 0 else 1
-
-
 def wgt_buffer(m, c: NpuConfig, load, conv):
     """The WGT buffer in :func:`wgt_groups` memories of whole beats side by side; group ``g`` reads
-    at CONV's address copy ``g`` and takes LOAD's writes of its beats."""
+    at CONV's address copy ``g`` and takes LOAD's writes of its beats at LOAD's address copy ``g``."""
     groups = wgt_groups(c)
     width, lanes = word_bits(c, Buffer.WGT), write_lanes(c, Buffer.WGT)
     w, lg = width // groups, lanes // groups
     addrs = [conv.wgt_rd.addr] + list(getattr(conv, "wgt_rd_addrx", []))
-    assert len(addrs) == groups, (len(addrs), groups)
+    w_addrs = [load.wgt_wr.addr] + list(getattr(load, "wgt_wr_addrx", []))
+    assert len(addrs) == len(w_addrs) == groups, (len(addrs), len(w_addrs), groups)
     for g in range(groups):
         mem = memory.Memory(shape=unsigned(w), depth=c.wbuf_words, init=[])
         m.submodules[group_memory("wgt_buf", g)] = mem
@@ -68,7 +57,7 @@ def wgt_buffer(m, c: NpuConfig, load, conv):
         m.d.comb += [rp.addr.eq(addrs[g]), conv.wgt_rd.data[g * w:(g + 1) * w].eq(rp.data)]
         wp = mem.write_port(granularity=w // lg)
         lw = load.wgt_wr
-        m.d.comb += [wp.addr.eq(lw.addr), wp.data.eq(lw.data[g * w:(g + 1) * w]), wp.en.eq(lw.en[g * lg:(g + 1) * lg])]
+        m.d.comb += [wp.addr.eq(w_addrs[g]), wp.data.eq(lw.data[g * w:(g + 1) * w]), wp.en.eq(lw.en[g * lg:(g + 1) * lg])]
 
 
 def acc_buffer(m, c: NpuConfig, conv, post):

@@ -36,6 +36,7 @@ __all__ = [
     "narrow_mul",
     "word_at",
     "register_copies",
+    "register_fanout",
     "register_copy",
     "registered_hard_product",
     "is_narrow",
@@ -246,6 +247,28 @@ def register_copies(m, value, n: int, name: str, reset_less: bool = False) -> li
     if not 1 <= n <= 4:
         raise ValueError(f"{name}: {n} copies (1..4 can be told apart)")
     return [register_copy(m, value, g, name, reset_less) for g in range(n)]
+
+
+def register_fanout(m, value, n: int, name: str, reset_less: bool = False) -> list:
+    """``n`` registers (at most 8) of ``value``, two cycles late, that synthesis keeps apart and
+    none of which holds ``value`` inverted.
+
+    :func:`register_copies` tells at most four apart, and its odd copies make their loads invert
+    them back: where the loads are hard-block pins or carry chains, yosys puts one inverter LUT
+    per bit before them all, a net as long as the copy's own. Here ``(n + 1) // 2`` such copies
+    each feed two registers of their own, one starting at 0 and one at all ones, which hold
+    ``value`` itself (an odd copy's inverter drives just those two flip-flops). So each copy may
+    differ from ``value`` in the first two cycles after reset.
+    """
+    if not 1 <= n <= 8:
+        raise ValueError(f"{name}: {n} copies (1..8 can be told apart)")
+    parents = register_copies(m, value, (n + 1) // 2, f"{name}_p", reset_less)
+    leaves = []
+    for k in range(n):
+        r = Signal(len(value), init=(1 << len(value)) - 1 if k & 1 else 0, name=f"{name}{k}", reset_less=reset_less)
+        m.d.sync += r.eq(parents[k // 2])
+        leaves.append(r)
+    return leaves
 
 
 def register_copy(m, value, g: int, name: str, reset_less: bool = False):
@@ -465,7 +488,8 @@ def word_at(v, i, width: int):
     return v.bit_select(narrow_mul(i, Const(width)), width)
 
 
-def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None, operand_register: bool = False):
+def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None, operand_register: bool = False,
+              piece_register: bool = False):
     """``a * b`` (signed), with ``stages=1`` as registered partial products of at most 18 × 18 bits.
 
     A wide product in one cycle is hard multipliers chained through fabric adders; registering
@@ -485,9 +509,14 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None, ope
     a cycle later still: a hard piece in its multiplier's input registers, the others in fabric.
     The operands' logic then ends at the block's input register rather than running through the
     multiplier, whose unregistered input's setup is about 3.5 ns on the ECP5.
+
+    ``piece_register`` (with ``stages=1``) registers every piece once more in fabric, a cycle later
+    again: a hard multiplier's output register then drives one flip-flop, which the placer can put
+    by the adds, not those adds across the die from the block (8-13 ns of wire in the routed NPU,
+    docs/synthesis.md, session 19). The pieces are then summed as a tree.
     """
     assert stages in (0, 1), stages
-    assert stages or not operand_register
+    assert stages or not (operand_register or piece_register)
     a, b = (v if v.shape().signed else Cat(v, Const(0, 1)).as_signed() for v in (Value.cast(a), Value.cast(b)))
     if not stages:
         return a * b
@@ -510,7 +539,12 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None, ope
                 m.d.sync += r.eq(narrow_mul(pr, br))
             else:
                 m.d.sync += r.eq(narrow_mul(pa, pb))  # an operand just over 18 bits leaves a narrow part
+            if piece_register:
+                r = delay(m, r, 1, reset_less=reset_less)
             terms.append(r.as_signed() << (sa + sb) if sa + sb else r.as_signed())
+    if piece_register:
+        while len(terms) > 1:                     # a tree: two adds in a row for four pieces, not three
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
     total = terms[0]
     for t in terms[1:]:
         total = total + t

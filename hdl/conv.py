@@ -191,13 +191,15 @@ class ConvUnit(wiring.Component):
             m.d.sync += s3["aa"].eq(ins.in_addr + split_mul(m, s2["lin"], ins.in_cb, P2, reset_less=rl, hard=hard)
                                     + delay(m, s2["cb"], P2, reset_less=rl))
             m.d.comb += self.act_rd.addr.eq(s3["aa"])
+            # The weight word is read array.wgt_lag cycles after the activation word (MacArray).
+            lag = array.wgt_lag
             if wgt_groups(c) > 1:
                 # s3["wa"] in one register per WGT column group, kept apart (register_copies); a copy
                 # may differ in the first cycle after reset, when nothing reads.
-                was = register_copies(m, delay(m, s2["wa"], P2, reset_less=rl), wgt_groups(c), "wgt_addr", rl)
+                was = register_copies(m, delay(m, s2["wa"], P2 + lag, reset_less=rl), wgt_groups(c), "wgt_addr", rl)
                 m.d.comb += [self.wgt_rd.addr.eq(was[0])] + [x.eq(a) for x, a in zip(self.wgt_rd_addrx, was[1:])]
             else:
-                m.d.comb += self.wgt_rd.addr.eq(s3["wa"])
+                m.d.comb += self.wgt_rd.addr.eq(delay(m, s3["wa"], lag, "wgt_addr", reset_less=rl))
             # S4: data arrives; padding taps read pad_value in every lane.
             s4 = stage(v=1, first=1, last=1, tag=16, pad=1)
             m.d.sync += [s4[k].eq(s3[k]) for k in s4]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import ClassVar
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -26,12 +25,11 @@ from .common import (
     log2,
     narrow_mul,
     register_copies,
-    register_copy,
     registered_hard_product,
     word_bits,
 )
 
-__all__ = ["LoadDma", "StoreDma", "beat_copies", "words_per_beat", "write_lanes"]
+__all__ = ["LoadDma", "StoreDma", "beat_copies", "wgt_groups", "words_per_beat", "write_lanes"]
 
 
 def write_lanes(c: NpuConfig, buf: Buffer) -> int:
@@ -44,6 +42,19 @@ def beat_copies(c: NpuConfig, buf: Buffer) -> int:
     buffer whose words span several beats: beat ``j`` of the word comes from copy
     ``j * copies // write_lanes``, so each copy feeds a contiguous share of the word's block RAMs."""
     return min(4, write_lanes(c, buf))
+
+
+def wgt_groups(c: NpuConfig) -> int:
+    """Column groups of the WGT buffer (hdl/buffers.py), each with its own copy of CONV's read address
+    and of LOAD's write address (``timing_stages``).
+
+    One registered address drove every block RAM of the WGT word (29 DP16KD at 128 MACs, 120 at
+    512) across the die: 16.6 ns of wire, the routed critical path (docs/synthesis.md, session 17;
+    the write address, session 19). A group is a whole number of bus beats and takes one of LOAD's
+    registered beat copies (:func:`beat_copies`).
+    """
+    beats, n = write_lanes(c, Buffer.WGT), beat_copies(c, Buffer.WGT)
+    return n if c.timing_stages and n > 1 and beats % n == 0 else 1
 
 
 def words_per_beat(c: NpuConfig, buf: Buffer) -> int:
@@ -158,6 +169,8 @@ class LoadDma(wiring.Component):
                for b, p in self.PORTS.items() if words_per_beat(c, b) > 1},
             # ``bram_buffers``: ACT words written but still waiting for the buffer's write port.
             **({"backlog": In(range(c.mem_outstanding + 1))} if c.bram_buffers else {}),
+            # Copies of wgt_wr's address, one per further column group of the WGT buffer (hdl/buffers.py).
+            **({"wgt_wr_addrx": Out(range(c.wbuf_words)).array(wgt_groups(c) - 1)} if wgt_groups(c) > 1 else {}),
         })
 
     #: Write-port name of each buffer LOAD fills.
@@ -226,7 +239,6 @@ class LoadDma(wiring.Component):
         m.d.comb += meta.r_en.eq(got)
         waddr, wchunk, wn = meta.r_data[:32], meta.r_data[32:48], meta.r_data[48:]
         beat = self.mem.resp.payload
-        late_copy = itertools.count()
         for b, pname in self.PORTS.items():
             port = getattr(self, pname)
             bw = c.word_bytes(b)
@@ -236,13 +248,23 @@ class LoadDma(wiring.Component):
             # 15 and 17). No unit reads such a word that soon: its reader starts after this LOAD is
             # done, a token and the reader's CHECK stage.
             late = c.timing_stages and b is not Buffer.ACT
+            wrote = got & sel[b]
 
-            def put(p, addr, data, en, tag):
+            def put(p, addr, data, en, tag, copies=()):
                 if late:
-                    # Each late port's address from its own register copy (the uninverted ones first):
-                    # yosys merged WGT's and PARAM's equal registers into one, whose wire to PARAM's
-                    # block RAMs was a critical path (docs/synthesis.md, session 17).
-                    addr = register_copy(m, addr, (0, 2, 1, 3)[next(late_copy) % 4], f"{tag}_addr", reset_less=True)
+                    if copies:
+                        # WGT's address in a register per column group (register_copies), as its reads:
+                        # one register for the four groups was a 15.1 ns net (docs/synthesis.md, session 19).
+                        addr, *xs = register_copies(m, addr, 1 + len(copies), f"{tag}_addr", reset_less=True)
+                        m.d.comb += [x.eq(a) for x, a in zip(copies, xs)]
+                    else:
+                        # Loaded only when this buffer is written: yosys then cannot merge it with WGT's copies
+                        # of the same address (it did, and that wire to PARAM's block RAMs was a critical
+                        # path, docs/synthesis.md, session 17). The address matters only with the enable.
+                        r = Signal(len(addr), name=f"{tag}_addr", reset_less=True)
+                        with m.If(wrote):
+                            m.d.sync += r.eq(addr)
+                        addr = r
                     en = delay(m, en, 1, f"{tag}_en")
                     if not isinstance(data, list):
                         data = delay(m, data, 1, f"{tag}_data", reset_less=True)
@@ -257,7 +279,8 @@ class LoadDma(wiring.Component):
                     # feeding its own share of the word's block RAMs.
                     n = beat_copies(c, b)
                     copies = register_copies(m, beat, n, f"{pname}_beat", reset_less=True)
-                    put(port, waddr, [copies[j * n // reps] for j in range(reps)], en, pname)
+                    put(port, waddr, [copies[j * n // reps] for j in range(reps)], en, pname,
+                        list(getattr(self, f"{pname}_addrx", [])))
                 else:
                     put(port, waddr, Cat(*([beat] * reps)), en, pname)
                 continue

@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
 
-from .common import delay, log2, register_copies
+from .common import delay, log2, register_copies, register_fanout
 
 __all__ = ["MacArray"]
 
@@ -35,7 +35,9 @@ class MacArray(wiring.Component):
 
     With ``timing_stages`` (:attr:`~tessera.arch.NpuConfig.mac_stages`) the operands are registered
     at the input and every product waits in fabric registers before its row's adder tree; the
-    latency grows by as many cycles.
+    latency grows by as many cycles. The activation word then passes one more register, a copy per
+    one or two rows, so the weight word enters :attr:`wgt_lag` cycles after its activation word
+    (its owner reads it that much later: the weights need no registers of their own for it).
 
     With ``acc_add`` a pixel's first term adds to its old total ``acc_old``, the one-cycle read of
     ``acc_addr`` (a pixel's tag) issued a cycle before that term reaches the accumulators, with
@@ -52,6 +54,9 @@ class MacArray(wiring.Component):
         # register of the array (CONV's routed critical path, 13.8 ns of wire to the farthest).
         self.reset_less = c.timing_stages
         self.latency = 1 + log2(c.lanes) + 1 + sum(self.stages.values())
+        #: Cycles the weight word enters after its activation word (and sideband).
+        self.wgt_lag = self.stages["act_fanout"]
+        assert self.stages["operands"] or not self.wgt_lag
         self.acc_copies = acc_copies
         super().__init__({
             "en": In(1, init=1), "valid": In(1), "first": In(1), "last": In(1), "tag": In(tag_bits),
@@ -83,8 +88,10 @@ class MacArray(wiring.Component):
             sb = {"valid": self.valid, "first": self.first, "last": self.last, "tag": self.tag}
             acts, wgt = [self.act] * M, self.wgt
             if self.stages["operands"]:
+                # The weight word, wgt_lag cycles behind, meets the activation's last copy here.
                 acts, wgt = self._operand_registers(m), delay(m, wgt, 1, "wgt_in", reset_less=rl)
-                sb = side(sb)
+                for _ in range(1 + self.wgt_lag):
+                    sb = side(sb)
             sb = side(sb)
             if self.multipliers is not None:
                 level, corr = self._board_products(m, acts, wgt)
@@ -148,19 +155,28 @@ class MacArray(wiring.Component):
             m.d.comb += self.acc_addr.eq((history[-2] if rl else before)["tag"])
         return m
 
-    #: Copies of the registered activation word, each feeding a group of rows.
+    #: Copies of the registered activation word, each feeding a group of rows (with ``act_fanout``:
+    #: :attr:`ACT_FANOUT`).
     ACT_COPIES = 4
+    #: Copies of the activation word after ``act_fanout``'s second register.
+    ACT_FANOUT = 8
 
     def _operand_registers(self, m):
         """The registered activation word, one copy per group of rows: returns each row's copy.
 
         One register would fan every activation bit out to every row's multipliers across the die
         (CONV's routed critical path, 13 ns of wire); :func:`~tessera.hdl.common.register_copies`.
+        With ``act_fanout`` a second level (:func:`~tessera.hdl.common.register_fanout`) gives every
+        one or two rows a copy that is not inverted: an inverted copy's inverter LUT before the soft
+        multipliers' carry chains drove four rows, 9.5 ns of wire (docs/synthesis.md, session 20).
         """
         c = self.config
-        words = register_copies(m, self.act, min(self.ACT_COPIES, c.rows), "act_in", self.reset_less)
-        per = c.rows // len(words)
-        return [words[r // per] for r in range(c.rows)]
+        if self.wgt_lag:
+            assert self.wgt_lag == 1, self.wgt_lag
+            words = register_fanout(m, self.act, min(self.ACT_FANOUT, c.rows), "act_in", self.reset_less)
+        else:
+            words = register_copies(m, self.act, min(self.ACT_COPIES, c.rows), "act_in", self.reset_less)
+        return [words[r * len(words) // c.rows] for r in range(c.rows)]
 
     def _products(self, m, acts, wgt):
         """Stage 1: registered ``a * w`` products, signed weights (then ``products`` delays)."""

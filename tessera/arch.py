@@ -194,7 +194,9 @@ class NpuConfig:
     def epilogue_stages(self) -> dict[str, int]:
         """Registers ``timing_stages`` adds to each step of EPILOGUE's pipeline (hdl/post.py).
 
-        A multiply registers its 18 × 18 partial products (``split_mul``), a float32 rounding its
+        A multiply registers its 18 × 18 partial products (``split_mul``), ``product_pieces`` the
+        scale multiply's pieces once more in fabric (on the ECP5 its hard multipliers sit at the die's
+        edges), a float32 rounding its
         bit length, that length decoded, its kept bits and increment, and its result
         (``round_sig``), a rounding shift its shifted value and rounding decision
         (``round_shift``); ``clamp`` registers the requantized value plus its zero points, then
@@ -202,7 +204,7 @@ class NpuConfig:
         products' operands, ``residual_clamp`` the residual sum plus the output zero point. The
         cycle model adds the sum.
         """
-        steps = {"round_in": 4, "multiply": 1, "round_product": 4, "shift": 1, "clamp": 2,
+        steps = {"round_in": 4, "multiply": 1, "product_pieces": 1, "round_product": 4, "shift": 1, "clamp": 2,
                  "residual_operands": 1, "residual_multiply": 1, "residual_shift": 1, "residual_clamp": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
@@ -219,10 +221,12 @@ class NpuConfig:
     def mac_stages(self) -> dict[str, int]:
         """Registers ``timing_stages`` adds to the MAC array (hdl/mac.py): ``operands`` registers the
         activation and weight words at its input (after CONV's padding select, apart from the buffer
-        reads), ``products`` delays every product in fabric registers before its row's adder tree (on
-        the ECP5 a row's hard multipliers span much of the die). The cycle model adds the sum to CONV.
+        reads), ``act_fanout`` copies the registered activation word once more into a register per
+        one or two rows (the weight word is read that much later rather than delayed in registers),
+        ``products`` delays every product in fabric registers before its row's adder tree (on the
+        ECP5 a row's hard multipliers span much of the die). The cycle model adds the sum to CONV.
         """
-        steps = {"operands": 1, "products": 2}
+        steps = {"operands": 1, "act_fanout": 1, "products": 2}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property

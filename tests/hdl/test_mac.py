@@ -27,7 +27,10 @@ def _run(c, terms, gaps, rng, multipliers=None, old=None, add=True):
             ctx.set(dut.acc_add, 1)
         pixels = list(terms)
         sent = 0
+        # The weight word enters wgt_lag cycles after its activation word (MacArray's interface).
+        wgts = [0] * dut.wgt_lag
         for cycle in range(10_000):
+            wgts.append(0)
             if ctx.get(dut.o_valid):
                 got.append((ctx.get(dut.o_tag), [ctx.get(dut.o_sum[32 * r:32 * r + 32]) for r in range(M)], cycle))
             if sent < sum(len(t) for _, t in pixels) and not (gaps and rng.random() < 0.3):
@@ -41,12 +44,13 @@ def _run(c, terms, gaps, rng, multipliers=None, old=None, add=True):
                         ctx.set(dut.last, idx == len(ts) - 1)
                         ctx.set(dut.tag, tag)
                         ctx.set(dut.act, int.from_bytes(a.astype(np.int8).tobytes(), "little"))
-                        ctx.set(dut.wgt, int.from_bytes(pack_weights(w, c.weight_bits), "little"))
+                        wgts[-1] = int.from_bytes(pack_weights(w, c.weight_bits), "little")
                         break
                     idx -= len(ts)
                 sent += 1
             else:
                 ctx.set(dut.valid, 0)
+            ctx.set(dut.wgt, wgts[-1 - dut.wgt_lag])
             await ctx.tick()
             if len(got) == len(pixels):
                 break

@@ -319,14 +319,18 @@ def shift_decode(m, s, cycles: int = 0, name: str = "sh", reset_less: bool = Fal
 
 
 def shift_decode_copies(m, s, lanes: int, name: str, registered: bool = True, reset_less: bool = False) -> list:
-    """:func:`shift_decode` of ``s`` for each of ``lanes`` lanes: registered a cycle later (as
-    ``cycles=1``) when ``registered``, else the one combinational decode for all.
+    """:func:`shift_decode` of ``s`` for each of ``lanes`` lanes: two cycles later when
+    ``registered``, else the one combinational decode for all.
 
     An instruction's shift decoded once fans out to every lane's rounding shift (134 bits each):
     the decoded register is kept in up to 4 :func:`register_copies`, lane ``n`` reading copy
-    ``n * copies // lanes``, so each copy drives a contiguous share of the lanes. The copies may differ
-    from the decode in the first cycle after reset, when no instruction runs.
+    ``n * copies // lanes``, so each copy drives a contiguous share of the lanes. ``s`` passes a
+    register of its own before the decode: the instruction register's wire to the decode and on
+    to the copies was 12 ns in the routed NPU (docs/synthesis.md, session 20). The copies may differ
+    from the decode in the first two cycles after reset, when no instruction runs.
     """
+    if registered:
+        s = delay(m, s, 1, f"{name}_in", reset_less)
     s_eff, mask, half = shift_decode(m, s)
     if not registered:
         return [(s_eff, mask, half)] * lanes

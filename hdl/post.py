@@ -198,6 +198,14 @@ class EpilogueEngine(wiring.Component):
             vr, jgr, oar = Signal(), Signal(len(jg1)), Signal(16)
             gr, lgr = Signal(range(G)), Signal()
             m.d.sync += [vr.eq(v1), jgr.eq(jg1), oar.eq(oa1), gr.eq(g1), lgr.eq(lg1)]
+            # With timing_stages the words read are registered as they leave the block RAMs, before their
+            # slices are selected: a block RAM's clock-to-out, its wire and the select into the lanes'
+            # registers were 11-12 ns in the routed NPU (docs/synthesis.md, session 20).
+            RD = X["read_data"]
+            acc_data, prm_data, res_data = (delay(m, d, RD, f"{k}_rd_data", reset_less=True) for k, d in
+                                            (("acc", self.acc_rd.data), ("prm", self.prm_rd.data), ("res", self.act_rd.data)))
+            vr = delay(m, vr, RD, "vr")
+            jgr, oar, gr, lgr = (dly(x, RD) for x in (jgr, oar, gr, lgr))
             # S2: the word's channels.
             v2, oa2, g2, lg2 = Signal(), Signal(16), Signal(range(G)), Signal()
             m.d.sync += [v2.eq(vr), oa2.eq(oar), g2.eq(gr), lg2.eq(lgr)]
@@ -205,17 +213,17 @@ class EpilogueEngine(wiring.Component):
             # become its own full-width selector (48 of 1536 bits here), slow to convert and to simulate.
             accw, prmw, resw = Signal(32 * E), Signal(96 * E), Signal(8 * E)
             if k * G == 1:
-                m.d.comb += accw.eq(self.acc_rd.data)
+                m.d.comb += accw.eq(acc_data)
             else:
-                m.d.comb += accw.eq(word_at(self.acc_rd.data, jgr, 32 * E))
+                m.d.comb += accw.eq(word_at(acc_data, jgr, 32 * E))
             if c.bram_buffers or k * G == 1:
-                m.d.comb += prmw.eq(self.prm_rd.data)
+                m.d.comb += prmw.eq(prm_data)
             else:
-                m.d.comb += prmw.eq(word_at(self.prm_rd.data, jgr, 96 * E))
+                m.d.comb += prmw.eq(word_at(prm_data, jgr, 96 * E))
             if G == 1:
-                m.d.comb += resw.eq(self.act_rd.data)
+                m.d.comb += resw.eq(res_data)
             else:
-                m.d.comb += resw.eq(word_at(self.act_rd.data, gr, 8 * E))
+                m.d.comb += resw.eq(word_at(res_data, gr, 8 * E))
             lanes = []
             for n in range(E):
                 L = {"acc": Data(signed(32)), "bias": Data(signed(32)), "mult": Data(signed(32)), "shift": Data(6),
@@ -226,7 +234,7 @@ class EpilogueEngine(wiring.Component):
                 lanes.append(L)
             # S3 .. S8, per lane.
             v, oa, gs, lgs = [v2], [oa2], [g2], [lg2]
-            for _ in range(6 + extra):
+            for _ in range(6 + extra - RD):            # read_data's register is before S2
                 nv, no = Signal(), Data(16)
                 m.d.sync += [nv.eq(v[-1]), no.eq(oa[-1])]
                 v.append(nv)

@@ -535,7 +535,7 @@ class _Copies(wiring.Component):
         m.d.comb += self.fanout.eq(Cat(*register_fanout(m, self.v, 8, "fo")))
         m.d.comb += self.alone.eq(Cat(register_copy(m, self.v, 0, "a"), register_copy(m, self.v, 2, "b")))
         m.d.comb += self.shifts.eq(Cat(*(Cat(*d) for d in shift_decode_copies(m, self.s, 5, "sh"))))
-        m.d.comb += self.want_shift.eq(Cat(*shift_decode(m, self.s, 1)))
+        m.d.comb += self.want_shift.eq(Cat(*shift_decode(m, self.s, 2)))
         return m
 
 

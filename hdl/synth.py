@@ -11,9 +11,10 @@ report.json (the CLI contract in DESIGN.md, plus a few informative keys)::
      "resources": {KIND: {"used", "available", "primitive"}}, "bitstream",
      "device", "clock_mhz", "timing_met", "core", "dsp_products", "soft_products", "seconds", ...}
 
-After a routed build ``critical_path`` names the slowest path and ``long_wires`` where the long
-routed wires are, part by part (:func:`tessera.hdl.boards.reports.wire_breakdown`, from nextpnr's
-JSON timing report ``build/top.timing.json``); summary.md shows both.
+After a routed build ``critical_path`` names the slowest path and ``late_endpoints`` which
+registers get their data too late for the requested clock, part by part and register group by
+group (:func:`tessera.hdl.boards.reports.late_endpoints`, from nextpnr's JSON timing report
+``build/top.timing.json``); summary.md shows both.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .boards.reports import (
     parse_fmax,
     parse_utilisation,
     parse_yosys_cells,
-    wire_breakdown,
+    late_endpoints,
 )
 from .boards.top import BoardTop
 from .npu import collision_free_buffers
@@ -133,7 +134,7 @@ def _tool_env(board: Board) -> dict:
     return env
 
 
-#: nextpnr's JSON timing report in the build folder (read by :func:`tessera.hdl.boards.reports.wire_breakdown`).
+#: nextpnr's JSON timing report in the build folder (read by :func:`tessera.hdl.boards.reports.late_endpoints`).
 TIMING_JSON = f"{TOP_NAME}.timing.json"
 
 #: nextpnr placers ``synthesize(placer=...)`` and TESSERA_SYNTH_PLACER accept.
@@ -326,7 +327,7 @@ def synthesize(board: Board | str, config, out_dir, *, core=None, core_desc=None
         if not timing.is_file():
             raise ReportError(f"{timing}: nextpnr wrote no timing report")
         try:
-            report["long_wires"] = wire_breakdown(json.loads(timing.read_text()), 1e3 / report["clock_mhz"])
+            report["late_endpoints"] = late_endpoints(json.loads(timing.read_text()), 1e3 / report["clock_mhz"])
         except json.JSONDecodeError as e:
             raise ReportError(f"{timing}: not JSON ({e})") from None
         bit = build_dir / f"{TOP_NAME}.{board.bitstream}"
@@ -397,15 +398,15 @@ def summary_markdown(report: dict) -> str:
     if cp:
         lines += ["", f"Critical path: {cp['ns']:g} ns ({cp['logic_ns']:g} logic, {cp['routing_ns']:g} routing, "
                       f"{cp['steps']} logic cells) from `{cp['from']}` to `{cp['to']}`."]
-    lw = report.get("long_wires")
-    if lw:
-        parts = ", ".join(f"{part} {n:,}" for part, n in list(lw["by_part"].items())[:8])
-        lines += ["", f"Long wires: {lw['sinks']:,} sinks wait at least {lw['threshold_ns']:g} ns (3/4 of the clock "
-                      f"period) on routing alone" + (f"; by part: {parts}." if parts else ".")]
-        if lw["longest_nets"]:
-            lines += ["", "| longest nets | from | to | ns | fanout |", "|---|---|---|---:|---:|"]
-            lines += [f"| `{n['net'][:60]}` | {n['driver']} | {n['sink']} | {n['delay_ns']:g} | {n['fanout']} |"
-                      for n in lw["longest_nets"]]
+    le = report.get("late_endpoints")
+    if le:
+        parts = ", ".join(f"{part} {n:,}" for part, n in list(le["by_part"].items())[:8])
+        lines += ["", f"Late endpoints: {le['late']:,} register, block RAM or multiplier inputs get their data "
+                      f"{le['period_ns']:g} ns (a clock period) or more after the edge, {le['near']:,} at 3/4 of it"
+                      + (f"; late by part: {parts}." if parts else ".")]
+        if le["groups"]:
+            lines += ["", "| late registers | endpoints | worst arrival (ns) |", "|---|---:|---:|"]
+            lines += [f"| `{g['group'][:70]}` | {g['late']:,} | {g['worst_ns']:g} |" for g in le["groups"]]
     if report.get("bitstream"):
         lines += ["", f"Bitstream: `{report['bitstream']}`."]
     if report.get("project"):

@@ -1,5 +1,5 @@
 """Read the open toolchain's logs: nextpnr's ``<name>.tim`` and yosys' ``<name>.rpt``, and
-nextpnr's JSON timing report (:func:`wire_breakdown`).
+nextpnr's JSON timing report (:func:`late_endpoints`).
 
 The logs are text the tools print for people, so the parsers are strict about the lines they use
 and say which file lacks what.
@@ -9,7 +9,7 @@ import re
 from collections import Counter
 
 __all__ = ["ReportError", "parse_utilisation", "parse_fmax", "parse_yosys_cells", "parse_critical_path",
-           "design_part", "wire_breakdown"]
+           "design_part", "late_endpoints", "register_group"]
 
 
 class ReportError(Exception):
@@ -132,8 +132,9 @@ def parse_yosys_cells(text: str, source: str = "yosys log") -> dict:
     return cells
 
 
-#: Sinks whose routed wire alone takes this share of the requested clock period count as long.
-LONG_WIRE_SHARE = 0.75
+#: Endpoints whose data arrives this share of the requested clock period after the edge count as near;
+#: at a whole period they are late (they fail at the requested clock, setup aside).
+NEAR_SHARE = 0.75
 
 
 def design_part(cell: str) -> str:
@@ -158,39 +159,58 @@ def design_part(cell: str) -> str:
     return ".".join(["board"] + rest[:2]) if rest else "board"
 
 
-def wire_breakdown(timing: dict, period_ns: float, longest: int = 8) -> dict:
-    """Where a routed design's long wires are, from nextpnr's ``--report --detailed-timing-report`` JSON.
+def register_group(cell: str) -> str:
+    """The group of registers (or block) a nextpnr endpoint cell belongs to, the same for every bit.
 
-    A sink counts when its net's routed delay alone is at least :data:`LONG_WIRE_SHARE` of
-    ``period_ns`` (the requested clock's period): with a clock-to-out, a LUT or two and a setup
-    time besides, such a path is at or past the period. Returns ``{"threshold_ns", "sinks",
-    "by_part": {part: sinks}, "longest_nets": [{"net", "driver", "sink", "delay_ns", "fanout"}]}``
-    with parts as :func:`design_part` names them, most sinks first. The counts say which parts of
-    the design the wire is in, not which of them set Fmax (that is the critical path).
+    The cell's packing suffixes (``_TRELLIS_FF_Q_3``, ``_LUT4_Z``, ``$CCU2_COMB0``) are dropped and
+    every number but an anonymous signal's (``$signal$194``) becomes ``#``, so ``npu.post.epi.res_shift2_TRELLIS_FF_Q_17`` and
+    ``...res_shift3_TRELLIS_FF_Q_4`` are both ``npu.post.epi.res_shift#``; the prefix is
+    :func:`design_part`'s part.
+    """
+    levels = cell.split(".")
+    if levels[-1].isdigit():
+        # A memory's block RAMs (<memory>.<i>.<j>): the memory is the group, whichever block it is.
+        return re.sub(r"(?<![$\d])\d+", "#", design_part(cell))
+    name = re.sub(r"(_TRELLIS_|_LUT4|_CCU2C|\$CCU2|_PFUMX|_L6MUX|_MULT18X18D|_DP16KD).*$", "", levels[-1])
+    # Numbers in a name are bits, lanes and copies, apart from Amaranth's anonymous $signal$<n>, r$<n>.
+    name = re.sub(r"(?<![$\d])\d+", "#", name)
+    return f"{design_part(cell)}.{name}"
+
+
+def late_endpoints(timing: dict, period_ns: float, groups: int = 10) -> dict:
+    """Which registers get their data late, from nextpnr's ``--report --detailed-timing-report`` JSON.
+
+    That report lists, net by net, when the net's value arrives at each timing endpoint it drives
+    (a flip-flop's data, enable or reset pin, a block RAM's or multiplier's input) after the launching
+    clock edge: the whole path's delay, logic and routing. An endpoint is *late* when its arrival
+    is at least ``period_ns`` (the requested clock's period; setup times aside, it fails there) and
+    *near* at :data:`NEAR_SHARE` of it. Returns ``{"period_ns", "late", "near",
+    "by_part": {part: late}, "groups": [{"group", "late", "worst_ns"}]}`` with parts as
+    :func:`design_part` and groups as :func:`register_group` names them, most late endpoints first:
+    the groups say which registers a change must reach, the critical path only the worst of them.
     """
     nets = timing.get("detailed_net_timings")
     if not isinstance(nets, list):
         raise ReportError("nextpnr timing report: no 'detailed_net_timings' list (was it run with "
                           "--detailed-timing-report?)")
-    thr = LONG_WIRE_SHARE * period_ns
-    parts, total, worst = Counter(), 0, []
+    near_ns = NEAR_SHARE * period_ns
+    parts, grp, worst, late, near = Counter(), Counter(), {}, 0, 0
     for net in nets:
-        ends = net.get("endpoints") or []
-        far = None
-        for e in ends:
+        for e in net.get("endpoints") or []:
             d = e.get("delay")
-            d = max(d) if isinstance(d, list) else d
+            d = max(d) if isinstance(d, list) and d else d
             if not isinstance(d, (int, float)):
-                raise ReportError(f"nextpnr timing report: net {net.get('net')!r} has a sink without a delay")
-            if d >= thr:
-                total += 1
-                parts[design_part(e.get("cell", ""))] += 1
-            if far is None or d > far[0]:
-                far = (d, e.get("cell", ""))
-        if far is not None:
-            worst.append((far[0], net.get("net", ""), net.get("driver", ""), far[1], len(ends)))
-    worst.sort(key=lambda w: -w[0])
-    return {"threshold_ns": round(thr, 3), "sinks": total,
+                raise ReportError(f"nextpnr timing report: net {net.get('net')!r} has an endpoint without a delay")
+            near += d >= near_ns
+            if d < period_ns:
+                continue
+            late += 1
+            cell = e.get("cell", "")
+            parts[design_part(cell)] += 1
+            g = register_group(cell)
+            grp[g] += 1
+            worst[g] = max(worst.get(g, 0.0), d)
+    return {"period_ns": round(period_ns, 3), "late": late, "near": near,
             "by_part": dict(sorted(parts.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "longest_nets": [{"net": n, "driver": design_part(drv), "sink": design_part(snk),
-                              "delay_ns": round(d, 2), "fanout": f} for d, n, drv, snk, f in worst[:longest]]}
+            "groups": [{"group": g, "late": n, "worst_ns": round(worst[g], 2)}
+                       for g, n in sorted(grp.items(), key=lambda kv: (-kv[1], -worst[kv[0]], kv[0]))[:groups]]}

@@ -17,7 +17,8 @@ from tessera.hdl.boards.reports import (
     parse_fmax,
     parse_utilisation,
     parse_yosys_cells,
-    wire_breakdown,
+    late_endpoints,
+    register_group,
 )
 from tessera.hdl.synth import TIMING_JSON, TOP_NAME, estimate_resources, summary_markdown, synthesize
 
@@ -207,36 +208,50 @@ TIMING = {"fmax": {"clk": {"achieved": 60.0, "constraint": 100}}, "critical_path
 ]}
 
 
-def test_wire_breakdown_counts_sinks_past_three_quarters_of_the_period_by_part():
-    lw = wire_breakdown(TIMING, 10.0, longest=2)
-    assert lw["threshold_ns"] == 7.5 and lw["sinks"] == 3
-    assert lw["by_part"] == {"board.link": 1, "npu.load": 1, "npu.post": 1}
-    assert lw["longest_nets"] == [
-        {"net": "b", "driver": "npu.load", "sink": "npu.load", "delay_ns": 16.7, "fanout": 1},
-        {"net": "a", "driver": "npu.dispatch.q_post", "sink": "npu.post", "delay_ns": 9.0, "fanout": 3}]
-    # A slower clock has more room: at 50 MHz only the 16.7 ns wire is long.
-    assert wire_breakdown(TIMING, 20.0)["sinks"] == 1
+def test_late_endpoints_counts_arrivals_past_the_period_by_part_and_register_group():
+    le = late_endpoints(TIMING, 10.0, groups=2)
+    assert le["period_ns"] == 10.0 and le["late"] == 1 and le["near"] == 3
+    assert le["by_part"] == {"npu.load": 1}
+    assert le["groups"] == [{"group": "npu.load.r$11_FF", "late": 1, "worst_ns": 16.7}]
+    # A faster clock has less room: at 125 MHz the 9.0 ns arrivals are late too, the 7.5 ns one near.
+    le = late_endpoints(TIMING, 8.0)
+    assert le["late"] == 2 and le["near"] == 4
+    assert le["by_part"] == {"npu.load": 1, "npu.post": 1}
+    assert [g["group"] for g in le["groups"]] == ["npu.load.r$11_FF", "npu.post.ctl__instr_FF_#"]
 
 
-def test_wire_breakdown_names_a_report_without_net_timings():
+@pytest.mark.parametrize("cell, group", [
+    ("core.system.linked.npu.core.post.epi.res_shift2_TRELLIS_FF_Q_17", "npu.post.epi.res_shift#"),
+    ("core.system.linked.npu.core.post.epi.res_shift3_TRELLIS_FF_Q_4", "npu.post.epi.res_shift#"),
+    ("core.system.linked.npu.core.post.epi.$signal$194_TRELLIS_FF_Q_36", "npu.post.epi.$signal$194"),
+    ("core.system.linked.npu.core.conv.array.mul12_5_aa0_ccu4$CCU2_COMB1", "npu.conv.array.mul#_#_aa#_ccu#"),
+    ("core.system.linked.npu.core.wgt_buf_1.0.29", "npu.wgt_buf_#"),
+    ("core.system.linked.npu.core.post.epi.hard_product8", "npu.post.epi.hard_product#"),
+])
+def test_register_group_is_the_same_for_every_bit_lane_and_copy(cell, group):
+    assert register_group(cell) == group
+
+
+def test_late_endpoints_names_a_report_without_net_timings():
     with pytest.raises(ReportError, match="detailed-timing-report"):
-        wire_breakdown({"fmax": {}}, 10.0)
+        late_endpoints({"fmax": {}}, 10.0)
     bad = {"detailed_net_timings": [{"net": "n", "endpoints": [{"cell": "x"}]}]}
     with pytest.raises(ReportError, match="'n'"):
-        wire_breakdown(bad, 10.0)
+        late_endpoints(bad, 10.0)
 
 
-def test_summary_shows_the_critical_path_and_the_long_wires():
+def test_summary_shows_the_critical_path_and_the_late_endpoints():
     report = {"board": "ulx3s-85f", "device": "LFE5U-85F", "config": "c", "core": "Npu", "macs_per_cycle": 128,
               "target_mhz": 100.0, "clock_mhz": 100.0, "fmax_mhz": 60.0, "timing_met": False, "resources": {},
               "seconds": 1.0, "bitstream": "build/top.bit",
               "critical_path": {"clock": "clk", "from": "x.Q", "to": "y.DI", "ns": 16.7, "logic_ns": 0.5,
                                 "routing_ns": 16.2, "steps": 0},
-              "long_wires": wire_breakdown(TIMING, 10.0)}
+              "late_endpoints": late_endpoints(TIMING, 8.0)}
     text = summary_markdown(report)
     assert "Critical path: 16.7 ns (0.5 logic, 16.2 routing, 0 logic cells) from `x.Q` to `y.DI`" in text
-    assert "Long wires: 3 sinks wait at least 7.5 ns" in text and "board.link 1, npu.load 1, npu.post 1" in text
-    assert "| `b` | npu.load | npu.load | 16.7 | 1 |" in text
+    assert "Late endpoints: 2 register, block RAM or multiplier inputs get their data 8 ns" in text
+    assert "4 at 3/4 of it; late by part: npu.load 1, npu.post 1." in text
+    assert "| `npu.load.r$11_FF` | 1 | 16.7 |" in text
 
 
 @pytest.mark.parametrize("fn, text, match", [
@@ -329,12 +344,13 @@ def test_synth_cli_builds_the_smallest_ice40_design_end_to_end(tmp_path):
     bit = tmp_path / "out" / report["bitstream"]
     assert bit.is_file() and bit.stat().st_size > 1000
     assert "achieved Fmax" in r.stdout and "| DSP | SB_MAC16 | 4 | 8 |" in r.stdout
-    # nextpnr's JSON timing report is kept and read: the long wires are measured against 24 MHz.
+    # nextpnr's JSON timing report is kept and read: arrivals are measured against 24 MHz's period.
     assert (tmp_path / "out" / "build" / TIMING_JSON).is_file()
-    lw = report["long_wires"]
-    assert lw["threshold_ns"] == pytest.approx(0.75 * 1e3 / report["clock_mhz"], abs=1e-3)
-    assert lw["sinks"] == sum(lw["by_part"].values()) and lw["longest_nets"]
-    assert "Long wires:" in r.stdout and report["critical_path"]["ns"] > 0
+    le = report["late_endpoints"]
+    assert le["period_ns"] == pytest.approx(1e3 / report["clock_mhz"], abs=1e-3)
+    assert le["late"] == sum(le["by_part"].values()) <= le["near"]
+    assert le["late"] == 0 or le["groups"]
+    assert "Late endpoints:" in r.stdout and report["critical_path"]["ns"] > 0
 
 
 def test_synth_icebreaker_sequential_npu_fits_the_up5k(tmp_path):

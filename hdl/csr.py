@@ -28,6 +28,14 @@ class CsrBlock(wiring.Component):
     or failed run drains the memory reads still in flight (``reads_idle``)
     before STATUS shows DONE, so a new run never sees an old answer.
     ``cycles`` is the CYCLES counter (cycles since the run started).
+
+    With ``timing_stages`` the block takes its inputs from registers of its own: a bus write takes
+    effect a cycle later (reads stay combinational), the units' per-cycle ``mac``, ``stall`` and
+    ``progress`` are counted a cycle later (every cycle of a run still counts once: the last one in
+    the first cycle of the drain), and the watchdog's verdict is registered, so it fires a cycle
+    later. The counters' enables and the start decode then begin at flip-flops beside them: from
+    the units and the host link across the die they were 350 late endpoints of the routed NPU
+    (docs/synthesis.md, session 20).
     """
 
     bus: In(CsrSignature())
@@ -77,36 +85,58 @@ class CsrBlock(wiring.Component):
                 with m.Case(r):
                     m.d.comb += self.bus.rdata.eq(s)
 
-        with m.If(self.bus.we), m.Switch(self.bus.addr):
-            with m.Case(Csr.PROG_ADDR), m.If(~busy):
-                m.d.sync += self.prog_addr.eq(self.bus.wdata)
-            with m.Case(Csr.IRQ_ENABLE):
-                m.d.sync += regs[Csr.IRQ_ENABLE].eq(self.bus.wdata)
-            with m.Case(Csr.WATCHDOG):
-                m.d.sync += regs[Csr.WATCHDOG].eq(self.bus.wdata)
+        timed = c.timing_stages
 
-        start = self.bus.we & (self.bus.addr == Csr.CTRL) & (self.bus.wdata == CTRL_START) & ~busy
-        soft_reset = self.bus.we & (self.bus.addr == Csr.CTRL) & (self.bus.wdata == CTRL_RESET)
+        def late(v, name):
+            if not timed:
+                return v
+            r = Signal.like(v, name=f"{name}_r")
+            m.d.sync += r.eq(v)
+            return r
+
+        we, addr, wdata = late(self.bus.we, "bus_we"), late(self.bus.addr, "bus_addr"), late(self.bus.wdata, "bus_wdata")
+        with m.If(we), m.Switch(addr):
+            with m.Case(Csr.PROG_ADDR), m.If(~busy):
+                m.d.sync += self.prog_addr.eq(wdata)
+            with m.Case(Csr.IRQ_ENABLE):
+                m.d.sync += regs[Csr.IRQ_ENABLE].eq(wdata)
+            with m.Case(Csr.WATCHDOG):
+                m.d.sync += regs[Csr.WATCHDOG].eq(wdata)
+
+        start = we & (addr == Csr.CTRL) & (wdata == CTRL_START) & ~busy
+        soft_reset = we & (addr == Csr.CTRL) & (wdata == CTRL_RESET)
+        # The counters count a run's cycles (as `counting` says) from registers of the units' inputs.
+        counting, mac, stall, progress = (late(state_run, "run"), late(self.mac, "mac"), late(self.stall, "stall"),
+                                          late(self.progress, "progress"))
+        expired = Signal()
+        m.d.comb += expired.eq((regs[Csr.WATCHDOG] != 0) & (wd >= regs[Csr.WATCHDOG]) & (wd >= c.pc_stages))
+        if timed:
+            expired_r = Signal()
+            m.d.sync += expired_r.eq(expired & ~start)
+            expired = expired_r
 
         def fail(code, pc):
             m.d.sync += [regs[Csr.ERROR].eq(code), regs[Csr.ERROR_PC].eq(pc), err_f.eq(1),
                          state_run.eq(0), state_drain.eq(1)]
 
         with m.If(start):
-            m.d.sync += [state_run.eq(1), done_f.eq(0), err_f.eq(0), regs[Csr.ERROR].eq(0),
-                         regs[Csr.ERROR_PC].eq(0), cycles.eq(0), macs.eq(0), wd.eq(0)]
+            m.d.sync += [macs.eq(0), wd.eq(0)]
             m.d.sync += [s.eq(0) for s in stalls]
+        with m.Elif(counting):
+            m.d.sync += [macs.eq(macs + Mux(mac, c.macs_per_cycle, 0)), wd.eq(Mux(progress, 0, wd + 1))]
+            m.d.sync += [s.eq(s + stall[i]) for i, s in enumerate(stalls)]
+        with m.If(start):
+            m.d.sync += [state_run.eq(1), done_f.eq(0), err_f.eq(0), regs[Csr.ERROR].eq(0),
+                         regs[Csr.ERROR_PC].eq(0), cycles.eq(0)]
         with m.Elif(state_run):
-            m.d.sync += [cycles.eq(cycles + 1), macs.eq(macs + Mux(self.mac, c.macs_per_cycle, 0))]
-            m.d.sync += [s.eq(s + self.stall[i]) for i, s in enumerate(stalls)]
-            m.d.sync += wd.eq(Mux(self.progress, 0, wd + 1))
+            m.d.sync += cycles.eq(cycles + 1)
             with m.If(soft_reset):
                 m.d.sync += [state_run.eq(0), state_drain.eq(1)]
             with m.Elif(self.core_err):
                 fail(self.core_err_code.as_value(), self.core_err_pc)
             # oldest_pc lags pc_stages cycles (hdl/dispatch.py): it names the stalled instruction only
             # after that many cycles without progress.
-            with m.Elif((regs[Csr.WATCHDOG] != 0) & (wd >= regs[Csr.WATCHDOG]) & (wd >= c.pc_stages)):
+            with m.Elif(expired):
                 fail(ErrorCode.WATCHDOG.value, self.oldest_pc)
             with m.Elif(self.core_done):
                 m.d.sync += [done_f.eq(1), state_run.eq(0), state_drain.eq(1)]

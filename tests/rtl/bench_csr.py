@@ -6,7 +6,8 @@ stalls and progress, and the run's end (done, a fault) when the test asks.
 :class:`CsrSpec` is the register map of tessera.isa.Csr and docs/hardware.md
 as a cycle-level Python model; every output and every read must equal it.
 Under ``TB_BACKPRESSURE`` the memory reads of a stopped run drain slowly
-(``reads_idle`` mostly low) and progress is rarer.
+(``reads_idle`` mostly low) and progress is rarer. With ``timing_stages`` the spec takes the bus
+write, the counted inputs and the watchdog's verdict a cycle late, as the block does.
 """
 
 import cocotb
@@ -27,6 +28,9 @@ class CsrSpec:
         self.error = self.error_pc = self.prog_addr = self.irq_en = self.watchdog = 0
         self.cycles = self.macs = self.idle_cycles = 0
         self.stalls = [0] * len(Unit)
+        # timing_stages: the bus write, the units' counted inputs, the run for counting and the
+        # watchdog's verdict, each a cycle late.
+        self.host_r, self.core_r, self.run_r, self.expired_r = (0, Csr.CTRL, 0), None, False, False
 
     @property
     def busy(self):
@@ -48,7 +52,15 @@ class CsrSpec:
                 Csr.MACS_HI: self.macs >> 32, Csr.CONFIG_HASH: int(self.c.hash(), 16) & M32}[reg]
 
     def step(self, we, reg, wdata, core):
+        if self.c.timing_stages:
+            (we, reg, wdata), self.host_r = self.host_r, (we, reg, wdata)
+            counted, self.core_r = self.core_r, core
+            counting, self.run_r = self.run_r, self.run
+        else:
+            counted, counting = core, self.run
         busy = self.busy
+        expiring = bool(self.watchdog) and self.idle_cycles >= self.watchdog and self.idle_cycles >= self.c.pc_stages
+        expired = self.expired_r if self.c.timing_stages else expiring
         if we:
             if reg == Csr.PROG_ADDR and not busy:
                 self.prog_addr = wdata
@@ -58,16 +70,19 @@ class CsrSpec:
                 self.watchdog = wdata
         start = we and reg == Csr.CTRL and wdata == CTRL_START and not busy
         soft = we and reg == Csr.CTRL and wdata == CTRL_RESET
+        self.expired_r = expiring and not start
+        if start:
+            self.macs = self.idle_cycles = 0
+            self.stalls = [0] * len(Unit)
+        elif counting:
+            self.macs += self.c.macs_per_cycle * counted["mac"]
+            self.stalls = [s + (counted["stall"] >> u.value & 1) for u, s in zip(Unit, self.stalls)]
+            self.idle_cycles = 0 if counted["progress"] else self.idle_cycles + 1
         if start:
             self.run, self.done_f, self.err_f = True, False, False
-            self.error = self.error_pc = self.cycles = self.macs = self.idle_cycles = 0
-            self.stalls = [0] * len(Unit)
+            self.error = self.error_pc = self.cycles = 0
         elif self.run:
             self.cycles += 1
-            self.macs += self.c.macs_per_cycle * core["mac"]
-            self.stalls = [s + (core["stall"] >> u.value & 1) for u, s in zip(Unit, self.stalls)]
-            expired = self.watchdog and self.idle_cycles >= self.watchdog
-            self.idle_cycles = 0 if core["progress"] else self.idle_cycles + 1
             if soft:
                 self.run, self.drain = False, True
             elif core["err"]:

@@ -2,9 +2,10 @@
 
 import pytest
 
-from .components import run_units
+from .components import TIMED, UNITS, run_units
 
 
+@pytest.mark.parametrize("config", [UNITS, TIMED], ids=["plain", "timed"])
 @pytest.mark.parametrize("backpressure", [False, True], ids=["steady", "backpressure"])
-def test_csr_bench(tmp_path, backpressure):
-    run_units("bench_csr", tmp_path, backpressure=backpressure)
+def test_csr_bench(tmp_path, backpressure, config):
+    run_units("bench_csr", tmp_path, config, backpressure=backpressure)

@@ -258,8 +258,13 @@ class EpilogueEngine(wiring.Component):
                 v3 = round_sig(m, s3v, 33, X["round_in"], rl)
                 s3m, s3s, s3r = (dly(x, X["round_in"]) for x in (s3m, s3s, s3r))
                 s4p, s4s, s4r = Data(signed(63)), Data(6), Data(signed(8))
-                MP = X["multiply"] + X["product_pieces"]
-                m.d.sync += [s4p.eq(split_mul(m, v3, s3m, X["multiply"], rl, hard, piece_register=X["product_pieces"] > 0)),
+                # With timing_stages the operands enter the multiply from registers (on the ECP5 its
+                # MULT18X18D's input registers: the rounding's result into a far block's unregistered
+                # input was a routed critical path, docs/synthesis.md, session 20) and its pieces are
+                # registered again in fabric before their adds.
+                MP = X["multiply_operands"] + X["multiply"] + X["product_pieces"]
+                m.d.sync += [s4p.eq(split_mul(m, v3, s3m, X["multiply"], rl, hard, operand_register=X["multiply_operands"] > 0,
+                                              piece_register=X["product_pieces"] > 0)),
                              s4s.eq(dly(s3s, MP)), s4r.eq(dly(s3r, MP))]
                 p4 = round_sig(m, s4p, 63, X["round_product"], rl)
                 # The lane's shift decoded while the rounding runs (with timing_stages): out of the shift's cycle.

@@ -195,9 +195,10 @@ class NpuConfig:
         """Registers ``timing_stages`` adds to each step of EPILOGUE's pipeline (hdl/post.py).
 
         ``read_data`` registers the ACC, PARAM and ACT words as they leave the block RAMs (before
-        their slices are selected). A multiply registers its 18 × 18 partial products (``split_mul``), ``product_pieces`` the
-        scale multiply's pieces once more in fabric (on the ECP5 its hard multipliers sit at the die's
-        edges), a float32 rounding its
+        their slices are selected). A multiply registers its 18 × 18 partial products (``split_mul``);
+        ``multiply_operands`` registers the scale multiply's operands (on the ECP5 in its hard
+        multipliers' input registers) and ``product_pieces`` its pieces once more in fabric (those
+        blocks sit at the die's edges); a float32 rounding its
         bit length, that length decoded, its kept bits and increment, and its result
         (``round_sig``), a rounding shift its shifted value and rounding decision
         (``round_shift``); ``clamp`` registers the requantized value plus its zero points, then
@@ -205,7 +206,8 @@ class NpuConfig:
         products' operands, ``residual_clamp`` the residual sum plus the output zero point. The
         cycle model adds the sum.
         """
-        steps = {"read_data": 1, "round_in": 4, "multiply": 1, "product_pieces": 1, "round_product": 4, "shift": 1, "clamp": 2,
+        steps = {"read_data": 1, "round_in": 4, "multiply_operands": 1, "multiply": 1, "product_pieces": 1,
+                 "round_product": 4, "shift": 1, "clamp": 2,
                  "residual_operands": 1, "residual_multiply": 1, "residual_shift": 1, "residual_clamp": 1}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 

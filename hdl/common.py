@@ -322,21 +322,24 @@ def shift_decode_copies(m, s, lanes: int, name: str, registered: bool = True, re
     """:func:`shift_decode` of ``s`` for each of ``lanes`` lanes: two cycles later when
     ``registered``, else the one combinational decode for all.
 
-    An instruction's shift decoded once fans out to every lane's rounding shift (134 bits each):
-    the decoded register is kept in up to 4 :func:`register_copies`, lane ``n`` reading copy
-    ``n * copies // lanes``, so each copy drives a contiguous share of the lanes. ``s`` passes a
-    register of its own before the decode: the instruction register's wire to the decode and on
-    to the copies was 12 ns in the routed NPU (docs/synthesis.md, session 20). The copies may differ
-    from the decode in the first two cycles after reset, when no instruction runs.
+    An instruction's shift decoded fans out to every lane's rounding shift (134 bits each). So the
+    6-bit shift is kept in up to 4 :func:`register_copies`, and each copy is decoded into a
+    register of its own, lane ``n`` reading copy ``n * copies // lanes``: each decode drives a
+    contiguous share of the lanes. One decode for all, even behind a register of its own, sent
+    its 134 bits to registers by every lane, 12 ns in the routed NPU (docs/synthesis.md, session
+    20). The copies may differ from the decode in the first two cycles after reset, when no
+    instruction runs.
     """
-    if registered:
-        s = delay(m, s, 1, f"{name}_in", reset_less)
-    s_eff, mask, half = shift_decode(m, s)
     if not registered:
-        return [(s_eff, mask, half)] * lanes
+        return [shift_decode(m, s)] * lanes
     n = min(4, lanes)
-    copies = register_copies(m, Cat(s_eff, mask, half), n, name, reset_less)
-    return [(x[:6], x[6:70], x[70:134]) for x in (copies[k * n // lanes] for k in range(lanes))]
+    decoded = []
+    for k, sk in enumerate(register_copies(m, s, n, f"{name}_in", reset_less)):
+        s_eff, mask, half = shift_decode(m, sk)
+        r = Signal(134, name=f"{name}{k}", reset_less=reset_less)
+        m.d.sync += r.eq(Cat(s_eff, mask, half))
+        decoded.append(r)
+    return [(x[:6], x[6:70], x[70:134]) for x in (decoded[k * n // lanes] for k in range(lanes))]
 
 
 def round_shift(x, s, width: int, m=None, stages: int = 0, reset_less: bool = False):

@@ -131,10 +131,19 @@ class Fetch(wiring.Component):
         idle = started & ~halted & ~self.finished
         if ipb == 1:
             cnt = Signal(range(ib))
-            m.d.comb += word.eq(Cat(cur[:8 * B * (ib - 1)], beats.r_data))
+            # With timing_stages the decode reads its own copy of the beats gathered so far (it starts
+            # as all ones, so yosys keeps it apart from `cur`): `cur` sits by dispatch's queues, which
+            # take it, and its wire back to the decode was a routed critical path (16.2 ns,
+            # docs/synthesis.md, session 20).
+            gathered = cur
+            if c.timing_stages:
+                gathered = Signal(INSTR_BITS, init=(1 << INSTR_BITS) - 1, reset_less=True, name="cur_dec")
+            m.d.comb += word.eq(Cat(gathered[:8 * B * (ib - 1)], beats.r_data))
             with m.If(idle & ~cur_valid & beats.r_rdy):
                 m.d.comb += beats.r_en.eq(1)
                 m.d.sync += cur.word_select(cnt, 8 * B).eq(beats.r_data)
+                if gathered is not cur:
+                    m.d.sync += gathered.word_select(cnt, 8 * B).eq(beats.r_data)
                 m.d.sync += cnt.eq(Mux(cnt == ib - 1, 0, cnt + 1))
                 with m.If(cnt == ib - 1):
                     m.d.comb += complete.eq(1)

@@ -333,13 +333,9 @@ def shift_decode_copies(m, s, lanes: int, name: str, registered: bool = True, re
     if not registered:
         return [shift_decode(m, s)] * lanes
     n = min(4, lanes)
-    decoded = []
-    for k, sk in enumerate(register_copies(m, s, n, f"{name}_in", reset_less)):
-        s_eff, mask, half = shift_decode(m, sk)
-        r = Signal(134, name=f"{name}{k}", reset_less=reset_less)
-        m.d.sync += r.eq(Cat(s_eff, mask, half))
-        decoded.append(r)
-    return [(x[:6], x[6:70], x[70:134]) for x in (decoded[k * n // lanes] for k in range(lanes))]
+    decoded = [shift_decode(m, sk, 1, f"{name}{k}", reset_less)
+               for k, sk in enumerate(register_copies(m, s, n, f"{name}_in", reset_less))]
+    return [decoded[k * n // lanes] for k in range(lanes)]
 
 
 def round_shift(x, s, width: int, m=None, stages: int = 0, reset_less: bool = False):

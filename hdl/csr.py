@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from tessera.arch import NpuConfig
 from tessera.isa import Csr, ErrorCode, Status, Unit
 
-from .common import ADDR_BITS
+from .common import ADDR_BITS, delay
 
 __all__ = ["CTRL_RESET", "CTRL_START", "CsrBlock", "CsrSignature"]
 
@@ -88,11 +88,7 @@ class CsrBlock(wiring.Component):
         timed = c.timing_stages
 
         def late(v, name):
-            if not timed:
-                return v
-            r = Signal.like(v, name=f"{name}_r")
-            m.d.sync += r.eq(v)
-            return r
+            return delay(m, v, 1 if timed else 0, name)
 
         we, addr, wdata = late(self.bus.we, "bus_we"), late(self.bus.addr, "bus_addr"), late(self.bus.wdata, "bus_wdata")
         with m.If(we), m.Switch(addr):

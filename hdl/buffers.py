@@ -6,8 +6,9 @@ which synthesis can only build from flip-flops and multiplexers. Here:
 
 - **ACT**: one write port, shared. POST's writes go first (its pipeline cannot wait); LOAD's wait
   in a FIFO of ``mem_outstanding`` entries, which LOAD counts as reads in flight (``backlog``), so
-  it never overflows, and LOAD is done only when it is empty. With ``timing_stages`` the chosen
-  write passes a register on its way to the block RAMs. Two copies take every write:
+  it never overflows, and LOAD is done only when it is empty. With ``timing_stages`` LOAD's word
+  passes a register before the choice (``act_write_stages``), the FIFO's head is a register, and
+  the chosen write passes a register on its way to the block RAMs. Two copies take every write:
   CONV reads one alone; POST and STORE share the other's read port, POST first (only while it
   reads: a POOL or an EPILOGUE with a residual), STORE when granted (``act_grant``).
 - **PARAM**: one entry per ``post_lanes`` records instead of one per word (see
@@ -81,22 +82,31 @@ def bram_act_buffer(m, c: NpuConfig, load, conv, post, store):
     """The ACT buffer with one write port and two read copies (see the module docstring)."""
     width, depth = word_bits(c, Buffer.ACT), c.abuf_words
     lanes = write_lanes(c, Buffer.ACT)
-    lw = load.act_wr
-    m.submodules.act_wq = q = fifo.SyncFIFO(width=len(lw.addr) + width + lanes, depth=c.mem_outstanding)
-    m.d.comb += load.backlog.eq(q.level)
+    # With timing_stages (act_write_stages) LOAD's word is registered here first: it was written
+    # straight from the memory response into the FIFO's distributed RAM and the write register, a
+    # late path (docs/synthesis.md, session 21). The registered word counts in LOAD's backlog, so
+    # LOAD is done only when it has left the register (a LOAD into ACT takes a cycle more). The
+    # FIFO's head then comes from a register too (SyncFIFOBuffered): it waits only while POST writes.
+    st = c.act_write_stages
+    wq = fifo.SyncFIFOBuffered if st else fifo.SyncFIFO
+    m.submodules.act_wq = q = wq(width=len(load.act_wr.addr) + width + lanes, depth=c.mem_outstanding)
+    lw_addr, lw_data = (delay(m, v, st, f"act_ld_{k}", reset_less=True)
+                        for k, v in (("addr", load.act_wr.addr), ("data", load.act_wr.data)))
+    lw_en = delay(m, load.act_wr.en, st, "act_ld_en")
+    load_wr = lw_en.any()
+    m.d.comb += load.backlog.eq(q.level + load_wr if st else q.level)
 
     post_wr = post.act_wr.en
-    load_wr = lw.en.any()
-    addr, dat, en = Signal.like(lw.addr), Signal(width), Signal(lanes)
+    addr, dat, en = Signal.like(lw_addr), Signal(width), Signal(lanes)
     with m.If(post_wr):
         m.d.comb += [addr.eq(post.act_wr.addr), dat.eq(post.act_wr.data), en.eq(-1)]
     with m.Elif(q.r_rdy):
         m.d.comb += [addr.eq(q.r_data[:len(addr)]), dat.eq(q.r_data[len(addr):len(addr) + width]),
                      en.eq(q.r_data[len(addr) + width:]), q.r_en.eq(1)]
     with m.Else():
-        m.d.comb += [addr.eq(lw.addr), dat.eq(lw.data), en.eq(lw.en)]
+        m.d.comb += [addr.eq(lw_addr), dat.eq(lw_data), en.eq(lw_en)]
     # LOAD's word waits when the port is POST's or older LOAD words wait before it.
-    m.d.comb += [q.w_en.eq(load_wr & (post_wr | q.r_rdy)), q.w_data.eq(Cat(lw.addr, lw.data, lw.en))]
+    m.d.comb += [q.w_en.eq(load_wr & (post_wr | q.r_rdy)), q.w_data.eq(Cat(lw_addr, lw_data, lw_en))]
     if c.timing_stages:
         # The chosen write reaches the block RAMs a cycle later, from a register: the choice (POST's
         # engines, the FIFO, LOAD) and the enables' fan-out to every block RAM of both copies were

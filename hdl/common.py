@@ -216,10 +216,16 @@ def load_instr(m, ir, instr, idle, when=1):
     register's clock enable is then the unit's own state, not ``start``: that pulse comes from
     dispatch's compares across the die, and its fan-out to every bit of the register was the last
     wire of the whole NPU's routed critical path (docs/synthesis.md). ``when`` narrows the load
-    (POST's per-engine registers).
+    (POST's per-engine registers). ``idle`` may be a list of copies of the state (as
+    :func:`register_copies` makes): the register is then cut into as many slices, each enabled by
+    its own copy, so no one enable net reaches every bit.
     """
-    with m.If(idle & when):
-        m.d.sync += ir.eq(instr)
+    idles = list(idle) if isinstance(idle, (list, tuple)) else [idle]
+    n = len(idles)
+    for g, i in enumerate(idles):
+        lo, hi = len(ir) * g // n, len(ir) * (g + 1) // n
+        with m.If(i & when):
+            m.d.sync += ir[lo:hi].eq(instr[lo:hi])
 
 
 def instr_copy(m, config: NpuConfig, ins):
@@ -308,8 +314,11 @@ def shift_decode(m, s, cycles: int = 0, name: str = "sh", reset_less: bool = Fal
         s = delay(m, s, cycles - 1, name, reset_less)
     s6 = s[:6]
     s_eff = Mux(s6 > 62, 62, s6)
-    mask = Const((1 << 64) - 1, 64) >> (64 - s_eff).as_unsigned()[:7]   # low s bits
-    half = mask ^ (mask >> 1)                                 # bit s-1 (0 when s = 0)
+    # Each bit its own compare of the 6 shift bits (one LUT6 level), not a bit of a 64-bit shifter of a
+    # constant: a mask register's input was then a subtract and a shifter deep (docs/synthesis.md,
+    # session 21). Bit i of the mask (the s low bits) is i < s; bit s - 1 (0 when s = 0) is alone in half.
+    mask = Cat(*[(s6 > i) if i < 62 else Const(0) for i in range(64)])
+    half = Cat(*[(s6 == i + 1) if i + 1 < 62 else (s6 >= 62) if i + 1 == 62 else Const(0) for i in range(64)])
     if not cycles:
         return s_eff, mask, half
     rs, rm, rh = (Signal(w, name=f"{name}_{k}", reset_less=reset_less)

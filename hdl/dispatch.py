@@ -30,13 +30,21 @@ class HeadQueue(wiring.Component):
     so this costs no cycle; what it buys is a head whose clock enable is a register's (``full``),
     not the start decision's, which fanned out to every head bit (docs/synthesis.md, session 18).
 
+    With ``write_stage`` an accepted entry is first registered beside the queue and written into
+    its distributed RAM a cycle later (one more cycle to an empty head), and ``w_rdy`` is a
+    register: the count of entries (the one in that register too) decides it a cycle ahead. The
+    RAM's write data, address and enable then start at registers of the queue's own, not at
+    fetch's instruction register and the level compare behind ``w_rdy`` (docs/synthesis.md,
+    session 21). ``r_level`` counts the registered entry, so the capacity stays ``depth``.
+
     Parameters
     ----------
     width, depth : int
+    write_stage : bool
     """
 
-    def __init__(self, width: int, depth: int):
-        self.width, self.depth = width, depth
+    def __init__(self, width: int, depth: int, write_stage: bool = False):
+        self.width, self.depth, self.write_stage = width, depth, write_stage
         super().__init__({"w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
                           "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1), "r_level": Out(range(depth + 1))})
 
@@ -51,10 +59,21 @@ class HeadQueue(wiring.Component):
         copies = register_copies(m, full_next, 4, "full")
         full = copies[0]
         m.d.comb += [full_next.eq(Mux(full, ~self.r_en, body.r_rdy)),
-                     body.w_data.eq(self.w_data), body.w_en.eq(self.w_en & self.w_rdy),
                      body.r_en.eq(~full & body.r_rdy),
-                     self.r_data.eq(head), self.r_rdy.eq(full),
-                     self.r_level.eq(body.r_level + full), self.w_rdy.eq(self.r_level < self.depth)]
+                     self.r_data.eq(head), self.r_rdy.eq(full)]
+        if self.write_stage:
+            take = self.w_en & self.w_rdy
+            count = Signal(range(self.depth + 1))
+            count_next = count + take - (self.r_en & full)
+            ready = Signal(init=1)
+            w_data, w_en = Signal(self.width, reset_less=True), Signal()
+            m.d.sync += [count.eq(count_next), ready.eq(count_next < self.depth),
+                         w_data.eq(self.w_data), w_en.eq(take)]
+            m.d.comb += [body.w_data.eq(w_data), body.w_en.eq(w_en),
+                         self.r_level.eq(count), self.w_rdy.eq(ready)]
+        else:
+            m.d.comb += [body.w_data.eq(self.w_data), body.w_en.eq(self.w_en & self.w_rdy),
+                         self.r_level.eq(body.r_level + full), self.w_rdy.eq(self.r_level < self.depth)]
         bounds = [self.width * g // 4 for g in range(5)]
         for g, copy in enumerate(copies):
             with m.If(~copy):
@@ -97,7 +116,7 @@ class Dispatch(wiring.Component):
         qs = []
         for u in UNITS:
             if c.queue_stages:
-                q = HeadQueue(INSTR_BITS + ADDR_BITS, c.queue_depth)
+                q = HeadQueue(INSTR_BITS + ADDR_BITS, c.queue_depth, write_stage=c.queue_stages > 1)
             else:
                 q = fifo.SyncFIFO(width=INSTR_BITS + ADDR_BITS, depth=c.queue_depth)
             m.submodules[f"q_{u.name.lower()}"] = q
@@ -151,11 +170,11 @@ class Dispatch(wiring.Component):
         queued = Cat(*[q.r_level != 0 for q in qs]).any()
         m.d.comb += self.idle.eq(self.fetch_finished & ~queued & ~any_active)
         stuck = ~any_active & ~Cat(*can).any() & queued & (self.fetch_finished | (self.i_valid & ~self.i_ready))
-        # Stuck for 2 + pc_stages cycles: with queue_stages an entry can reach its registered head in the
-        # first stuck cycle, so from the second on the heads stand still, and deadlock_pc (pc_stages
-        # registers below) is theirs once those registers have filled.
+        # Stuck for 1 + max(1, queue_stages) + pc_stages cycles: with queue_stages an entry can reach its
+        # registered head in the queue_stages-th stuck cycle, so from the next on the heads stand still,
+        # and deadlock_pc (pc_stages registers below) is theirs once those registers have filled.
         stuck_hist, prev = [], stuck
-        for i in range(1 + c.pc_stages):
+        for i in range(max(1, c.queue_stages) + c.pc_stages):
             d = Signal(name=f"stuck_d{i + 1}")
             m.d.sync += d.eq(prev)
             stuck_hist.append(d)

@@ -172,8 +172,12 @@ class MacArray(wiring.Component):
         """
         c = self.config
         if self.wgt_lag:
-            assert self.wgt_lag == 1, self.wgt_lag
-            words = register_fanout(m, self.act, min(self.ACT_FANOUT, c.rows), "act_in", self.reset_less)
+            assert self.wgt_lag in (1, 2), self.wgt_lag
+            # With a lag of 2 the word is registered once first, beside the buffer read and CONV's
+            # padding select that make it: from there straight into the four parent copies, spread
+            # by their rows, was 12.8 ns (docs/synthesis.md, session 21).
+            act = delay(m, self.act, self.wgt_lag - 1, "act_rd", self.reset_less)
+            words = register_fanout(m, act, min(self.ACT_FANOUT, c.rows), "act_in", self.reset_less)
         else:
             words = register_copies(m, self.act, min(self.ACT_COPIES, c.rows), "act_in", self.reset_less)
         return [words[r * len(words) // c.rows] for r in range(c.rows)]

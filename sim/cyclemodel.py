@@ -188,7 +188,8 @@ class CycleModel:
             return t.pool_overhead + n + self.pool_bank_drain, n, 0
         if op == Opcode.LOAD:
             n = self.beats(ins)
-            return t.load_overhead + self.read_cycles(n), n, 0
+            tail = self.config.act_write_stages if ins.buf == Buffer.ACT else 0
+            return t.load_overhead + tail + self.read_cycles(n), n, 0
         if op == Opcode.STORE:
             n = self.beats(ins)
             return t.store_overhead + n, n, 0

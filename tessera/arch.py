@@ -224,12 +224,13 @@ class NpuConfig:
     def mac_stages(self) -> dict[str, int]:
         """Registers ``timing_stages`` adds to the MAC array (hdl/mac.py): ``operands`` registers the
         activation and weight words at its input (after CONV's padding select, apart from the buffer
-        reads), ``act_fanout`` copies the registered activation word once more into a register per
-        one or two rows (the weight word is read that much later rather than delayed in registers),
+        reads), ``act_fanout`` registers the activation word once where it is read and copies it
+        twice more, into a register per one or two rows (the weight word is read that much later
+        rather than delayed in registers),
         ``products`` delays every product in fabric registers before its row's adder tree (on the
         ECP5 a row's hard multipliers span much of the die). The cycle model adds the sum to CONV.
         """
-        steps = {"operands": 1, "act_fanout": 1, "products": 2}
+        steps = {"operands": 1, "act_fanout": 2, "products": 2}
         return {k: (v if self.timing_stages else 0) for k, v in steps.items()}
 
     @property
@@ -244,8 +245,16 @@ class NpuConfig:
 
     @property
     def queue_stages(self) -> int:
-        """Cycles a unit queue's registered head adds from fetch to start (hdl/dispatch.py)."""
-        return 1 if self.timing_stages else 0
+        """Cycles a unit queue adds from fetch to start (hdl/dispatch.py): with ``timing_stages``
+        two, its registered head and the register an entry passes before the queue's RAM."""
+        return 2 if self.timing_stages else 0
+
+    @property
+    def act_write_stages(self) -> int:
+        """Registers a LOAD's ACT word passes before the ACT buffer's shared write port (hdl/buffers.py,
+        ``bram_buffers``): one with ``timing_stages``. LOAD is done once its last word has left
+        them, so a LOAD into ACT takes that many cycles more (the cycle model adds them)."""
+        return 1 if self.timing_stages and self.bram_buffers else 0
 
     @property
     def err_stages(self) -> int:
@@ -262,7 +271,8 @@ class NpuConfig:
     def pc_stages(self) -> int:
         """Registers in dispatch's oldest-pc trees (``oldest_pc`` for the watchdog, ``deadlock_pc``):
         one per level of compares with ``timing_stages``. They only matter when nothing moves: a
-        deadlock is reported after ``2 + pc_stages`` stuck cycles (2 without), and the watchdog
+        deadlock is reported after ``1 + max(1, queue_stages) + pc_stages`` stuck cycles, one more for
+        its registered verdict (6 with ``timing_stages``, 2 without), and the watchdog
         fires after at least ``max(WATCHDOG, pc_stages)`` cycles without progress."""
         return 2 if self.timing_stages else 0
 

@@ -58,6 +58,37 @@ def test_round_shift_matches_numerics_including_ties():
     np.testing.assert_array_equal(np.array(got, dtype=np.int64), want)
 
 
+class _Decode(wiring.Component):
+    s: In(unsigned(7))
+    eff: Out(unsigned(6))
+    mask: Out(unsigned(64))
+    half: Out(unsigned(64))
+
+    def elaborate(self, platform):
+        from tessera.hdl.common import shift_decode
+        m = Module()
+        eff, mask, half = shift_decode(m, self.s)
+        m.d.comb += [self.eff.eq(eff), self.mask.eq(mask), self.half.eq(half)]
+        return m
+
+
+def test_shift_decode_gives_the_clamped_shift_its_low_mask_and_half_bit_for_every_shift():
+    # Every 7-bit shift (bit 6 ignored): s is taken & 63, at most 62; the mask holds its s low
+    # bits and half bit s - 1 alone (nothing for s = 0).
+    dut = _Decode()
+
+    async def bench(ctx):
+        for s in range(128):
+            ctx.set(dut.s, s)
+            e = min(s & 63, 62)
+            assert (ctx.get(dut.eff), ctx.get(dut.mask), ctx.get(dut.half)) == \
+                (e, (1 << e) - 1, (1 << (e - 1)) if e else 0), s
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 def test_clamp_follows_numpy_when_bounds_cross():
     dut = _Rnd()
     out = []

@@ -30,7 +30,7 @@ from tessera.isa import Buffer
 
 from .common import acc_slices, delay, word_bits
 from .dma import wgt_groups, write_lanes
-from .post import param_read_shape
+from .post import param_read_shape, prm_groups
 
 __all__ = ["acc_buffer", "bram_act_buffer", "bram_param_buffer", "group_memory", "wgt_groups", "wgt_buffer"]
 
@@ -138,10 +138,17 @@ def bram_param_buffer(m, c: NpuConfig, load, post):
     per_word = c.rows // E                   # entries per PARAM word
     Q = c.bus_bytes // 4                     # 32-bit fields per beat
     R = 3 * E // Q                           # beats per entry
-    mem = memory.Memory(shape=unsigned(width), depth=depth, init=[])
-    m.submodules.prm_buf = mem
-    rp = mem.read_port()
-    m.d.comb += [rp.addr.eq(post.prm_rd.addr), post.prm_rd.data.eq(rp.data)]
+    n = prm_groups(c)                        # column groups, each read at its own address copy
+    r_addrs = [post.prm_rd.addr, *getattr(post, "prm_rd_addrx", [])]
+    assert len(r_addrs) == n, (len(r_addrs), n)
+    gw = width // n
+    wps = []
+    for g in range(n):
+        mem = memory.Memory(shape=unsigned(gw), depth=depth, init=[])
+        m.submodules[group_memory("prm_buf", g)] = mem
+        rp = mem.read_port()
+        m.d.comb += [rp.addr.eq(r_addrs[g]), post.prm_rd.data[g * gw:(g + 1) * gw].eq(rp.data)]
+        wps.append(mem.write_port(granularity=32))
 
     lw = load.prm_wr
     beats = write_lanes(c, Buffer.PARAM)     # one enable bit per beat of the word: at most one is set
@@ -155,7 +162,6 @@ def bram_param_buffer(m, c: NpuConfig, load, post):
                 m.d.comb += entry.eq(t)
     for r in range(R):
         m.d.comb += local[r].eq(Cat(*[lw.en[t * R + r] for t in range(per_word)]).any())
-    wp = mem.write_port(granularity=32)
     beat = lw.data[:8 * c.bus_bytes]         # LOAD repeats the beat over the word
     # Field s of an entry (lane s // 3; bias, mult, shift) is the beat's field s % Q, in beat s // Q.
     addr = Cat(entry[:max(0, per_word.bit_length() - 1)], lw.addr) if per_word > 1 else lw.addr
@@ -169,4 +175,6 @@ def bram_param_buffer(m, c: NpuConfig, load, post):
         addr = delay(m, addr, 1, "prm_wr_addr", reset_less=True)
         data = delay(m, data, 1, "prm_wr_data", reset_less=True)
         en = delay(m, en, 1, "prm_wr_en")
-    m.d.comb += [wp.addr.eq(addr), wp.data.eq(data), wp.en.eq(en)]
+    fields = 3 * E // n
+    for g, wp in enumerate(wps):
+        m.d.comb += [wp.addr.eq(addr), wp.data.eq(data[g * gw:(g + 1) * gw]), wp.en.eq(en[g * fields:(g + 1) * fields])]

@@ -314,11 +314,16 @@ def shift_decode(m, s, cycles: int = 0, name: str = "sh", reset_less: bool = Fal
         s = delay(m, s, cycles - 1, name, reset_less)
     s6 = s[:6]
     s_eff = Mux(s6 > 62, 62, s6)
-    # Each bit its own compare of the 6 shift bits (one LUT6 level), not a bit of a 64-bit shifter of a
+    # Each bit its own function of the 6 shift bits (one LUT6 level), not a bit of a 64-bit shifter of a
     # constant: a mask register's input was then a subtract and a shifter deep (docs/synthesis.md,
-    # session 21). Bit i of the mask (the s low bits) is i < s; bit s - 1 (0 when s = 0) is alone in half.
-    mask = Cat(*[(s6 > i) if i < 62 else Const(0) for i in range(64)])
-    half = Cat(*[(s6 == i + 1) if i + 1 < 62 else (s6 >= 62) if i + 1 == 62 else Const(0) for i in range(64)])
+    # session 21). Bit i of the mask (the s low bits) is i < s; bit s - 1 (0 when s = 0) is alone in
+    # half. Each is a bit of a 64-entry table indexed by the shift: written as compares, yosys made
+    # every one a carry chain (125 CCU2C per decode).
+    def table(bit):
+        return Cat(*[Const(sum(1 << v for v in range(64) if bit(i, min(v, 62))), 64).bit_select(s6, 1)
+                     for i in range(64)])
+    mask = table(lambda i, e: i < e)
+    half = table(lambda i, e: e == i + 1)
     if not cycles:
         return s_eff, mask, half
     rs, rm, rh = (Signal(w, name=f"{name}_{k}", reset_less=reset_less)

@@ -16,7 +16,7 @@ from .csr import CsrBlock, CsrSignature
 from .dispatch import Dispatch
 from .dma import LoadDma, StoreDma, write_lanes
 from .fetch import Fetch
-from .post import PostUnit
+from .post import PostUnit, prm_groups
 
 __all__ = ["Npu", "NpuCore", "TraceSignature", "collision_free_buffers"]
 
@@ -183,7 +183,8 @@ def collision_free_buffers(config: NpuConfig) -> dict[str, int]:
     if acc_groups(config) > 1:
         names.update({group_memory("acc_buf_post", g): 1 for g in range(acc_groups(config))})
     if config.bram_buffers:
-        names.update(act_buf=1, act_buf_post=1, prm_buf=1)
+        names.update(act_buf=1, act_buf_post=1)
+        names.update({group_memory("prm_buf", g): 1 for g in range(prm_groups(config))})
     else:
         names.update(param_buf=1)
     return names

@@ -36,7 +36,7 @@ from .common import (
     word_bits,
 )
 
-__all__ = ["EpilogueEngine", "PoolEngine", "PostUnit", "param_read_shape"]
+__all__ = ["EpilogueEngine", "PoolEngine", "PostUnit", "param_read_shape", "prm_groups"]
 
 
 def param_read_shape(c: NpuConfig) -> tuple[int, int]:
@@ -49,6 +49,23 @@ def param_read_shape(c: NpuConfig) -> tuple[int, int]:
     if c.bram_buffers:
         return c.pbuf_words * (c.rows // c.post_lanes_eff), 96 * c.post_lanes_eff
     return c.pbuf_words, word_bits(c, Buffer.PARAM)
+
+
+def prm_groups(c: NpuConfig) -> int:
+    """Column groups of the block-RAM PARAM buffer (hdl/buffers.py): up to four, whole lanes each,
+    with ``timing_stages``, each read at its own register copy of EPILOGUE's PARAM address (one
+    register drove all of the buffer's block RAMs: 17 ns in a routed build, docs/synthesis.md,
+    session 20); 1 otherwise."""
+    if not (c.bram_buffers and c.timing_stages):
+        return 1
+    E = c.post_lanes_eff
+    return max(g for g in range(1, 5) if E % g == 0)
+
+
+def _prm_addr_copies(c: NpuConfig) -> dict:
+    """Copies of ``prm_rd.addr``, one per further PARAM column group (:func:`prm_groups`)."""
+    n = prm_groups(c)
+    return {"prm_rd_addrx": Out(range(param_read_shape(c)[0])).array(n - 1)} if n > 1 else {}
 
 
 def _acc_addr_copies(c: NpuConfig) -> dict:
@@ -102,7 +119,7 @@ class EpilogueEngine(wiring.Component):
         self.config = c = config
         super().__init__(_engine_signature(c, {
             "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))), **_acc_addr_copies(c),
-            "prm_rd": Out(BufReadSignature(*param_read_shape(c))),
+            "prm_rd": Out(BufReadSignature(*param_read_shape(c))), **_prm_addr_copies(c),
         }))
 
     def elaborate(self, platform):
@@ -190,7 +207,14 @@ class EpilogueEngine(wiring.Component):
             if c.bram_buffers:
                 # One PARAM entry per channel group: rows // post_lanes entries per word.
                 groups = c.rows // E
-                m.d.comb += self.prm_rd.addr.eq(Cat(jg1, pa1) if groups > 1 else pa1)
+                if prm_groups(c) > 1:
+                    # The address in a register per PARAM column group, kept apart (as ACC's above).
+                    jg = Cat(g, j) if G > 1 else j
+                    pa_next = Cat(jg, ins.param_addr + b) if groups > 1 else ins.param_addr + b
+                    pax = register_copies(m, pa_next[:len(self.prm_rd.addr)], prm_groups(c), "prm_rd_addr", rl)
+                    m.d.comb += [self.prm_rd.addr.eq(pax[0])] + [x.eq(a) for x, a in zip(self.prm_rd_addrx, pax[1:])]
+                else:
+                    m.d.comb += self.prm_rd.addr.eq(Cat(jg1, pa1) if groups > 1 else pa1)
             else:
                 m.d.comb += self.prm_rd.addr.eq(pa1)
             m.d.comb += [self.acc_rd.addr.eq(aa1), self.act_rd.addr.eq(ra1)]
@@ -621,7 +645,7 @@ class PostUnit(wiring.Component):
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
             "acc_rd": Out(BufReadSignature(c.accbuf_words, word_bits(c, Buffer.ACC))), **_acc_addr_copies(c),
-            "prm_rd": Out(BufReadSignature(*param_read_shape(c))),
+            "prm_rd": Out(BufReadSignature(*param_read_shape(c))), **_prm_addr_copies(c),
             # ``bram_buffers``: POST reads ACT this cycle (POOL, or an EPILOGUE with a residual).
             **({"act_rd_use": Out(1)} if c.bram_buffers else {}),
         })
@@ -654,6 +678,7 @@ class PostUnit(wiring.Component):
         m.d.comb += [epi.instr.eq(ir_epi), pool.instr.eq(ir_pool)]
         wiring.connect(m, wiring.flipped(self.acc_rd), epi.acc_rd)
         m.d.comb += [x.eq(a) for x, a in zip(getattr(self, "acc_rd_addrx", []), getattr(epi, "acc_rd_addrx", []))]
+        m.d.comb += [x.eq(a) for x, a in zip(getattr(self, "prm_rd_addrx", []), getattr(epi, "prm_rd_addrx", []))]
         wiring.connect(m, wiring.flipped(self.prm_rd), epi.prm_rd)
         m.d.comb += [pool.act_rd.data.eq(self.act_rd.data), epi.act_rd.data.eq(self.act_rd.data)]
         with m.If(is_pool):

@@ -118,11 +118,15 @@ class RequestRegister(wiring.Component):
                      dn.rd_req.valid.eq(full & ~is_wr), dn.wr_req.valid.eq(full & is_wr),
                      up.rd_resp.valid.eq(dn.rd_resp.valid), up.rd_resp.payload.eq(dn.rd_resp.payload)]
         with m.If(~full):
-            m.d.sync += turn.eq(~turn)
+            # The payloads load in every empty cycle (the one taken is the last loaded), so their clock
+            # enable is ``full`` alone, not the masters' valids: that enable's LUT was a late net
+            # to every payload bit (docs/synthesis.md, session 21).
+            m.d.sync += [turn.eq(~turn), dn.rd_req.payload.eq(up.rd_req.payload),
+                         dn.wr_req.payload.eq(up.wr_req.payload)]
             with m.If(~turn & up.rd_req.valid):
-                m.d.sync += [full.eq(1), is_wr.eq(0), dn.rd_req.payload.eq(up.rd_req.payload)]
+                m.d.sync += [full.eq(1), is_wr.eq(0)]
             with m.If(turn & up.wr_req.valid):
-                m.d.sync += [full.eq(1), is_wr.eq(1), dn.wr_req.payload.eq(up.wr_req.payload)]
+                m.d.sync += [full.eq(1), is_wr.eq(1)]
         with m.Elif((dn.rd_req.valid & dn.rd_req.ready) | (dn.wr_req.valid & dn.wr_req.ready)):
             m.d.sync += full.eq(0)
         return m
@@ -172,6 +176,13 @@ class Link(wiring.Component):
         strb = Signal(B)
         rlen = Signal(16)
         timed_out = idle == self.idle_cycles
+        # A sent byte enters the CRC a cycle later, from a register: the byte's select (state, count,
+        # the beat's lane) straight into the CRC's XORs and its enable was a late path (docs/synthesis.md,
+        # session 21). TX_CRC waits for a pending byte.
+        tx_byte, tx_crc = Signal(8), Signal()
+        m.d.sync += tx_crc.eq(0)
+        with m.If(tx_crc):
+            m.d.sync += crc.eq(crc16_next(crc, tx_byte))
 
         with m.If(got):
             m.d.sync += idle.eq(0)
@@ -315,7 +326,7 @@ class Link(wiring.Component):
                 with m.If(tx.ready):
                     m.d.sync += count.eq(count + 1)
                     with m.If(count != 0):
-                        m.d.sync += crc.eq(crc16_next(crc, tx.payload))
+                        m.d.sync += [tx_byte.eq(tx.payload), tx_crc.eq(1)]
                     with m.If(count == len(hdr_bytes) - 1):
                         m.d.sync += count.eq(0)
                         with m.If(rlen == 0):
@@ -327,7 +338,7 @@ class Link(wiring.Component):
             with m.State("TX_CSR"):
                 m.d.comb += [tx.valid.eq(1), tx.payload.eq(data32.word_select(count[:2], 8))]
                 with m.If(tx.ready):
-                    m.d.sync += [crc.eq(crc16_next(crc, tx.payload)), count.eq(count + 1)]
+                    m.d.sync += [tx_byte.eq(tx.payload), tx_crc.eq(1), count.eq(count + 1)]
                     with m.If(count == CSR_BYTES - 1):
                         m.d.sync += count.eq(0)
                         m.next = "TX_CRC"
@@ -338,21 +349,22 @@ class Link(wiring.Component):
                     m.next = "RD_WAIT"
             with m.State("RD_WAIT"):
                 m.d.comb += self.mem_active.eq(1)
+                # Loaded in every waiting cycle (the response's is the last), so the enable is the state's.
+                m.d.sync += beat.eq(self.mem.rd_resp.payload.data)
                 with m.If(self.mem.rd_resp.valid):
-                    m.d.sync += beat.eq(self.mem.rd_resp.payload.data)
                     m.next = "RD_SEND"
             with m.State("RD_SEND"):
                 m.d.comb += [self.mem_active.eq(1), tx.valid.eq(1), tx.payload.eq(beat.word_select(cur[:lb], 8))]
                 with m.If(tx.ready):
-                    m.d.sync += [crc.eq(crc16_next(crc, tx.payload)), cur.eq(cur + 1), left.eq(left - 1)]
+                    m.d.sync += [tx_byte.eq(tx.payload), tx_crc.eq(1), cur.eq(cur + 1), left.eq(left - 1)]
                     with m.If(left == 1):
                         m.d.sync += count.eq(0)
                         m.next = "TX_CRC"
                     with m.Elif(cur[:lb] == B - 1):
                         m.next = "RD_REQ"
             with m.State("TX_CRC"):
-                m.d.comb += [tx.valid.eq(1), tx.payload.eq(Mux(count[0], crc[:8], crc[8:]))]
-                with m.If(tx.ready):
+                m.d.comb += [tx.valid.eq(~tx_crc), tx.payload.eq(Mux(count[0], crc[:8], crc[8:]))]
+                with m.If(tx.ready & ~tx_crc):
                     m.d.sync += count.eq(count + 1)
                     with m.If(count == 1):
                         m.next = "HUNT"

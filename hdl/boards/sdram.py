@@ -224,6 +224,9 @@ class SdramController(wiring.Component):
 
             with m.State("IDLE"):
                 m.d.comb += self.init_done.eq(1)
+                # The write's data and strobes load in every idle cycle (a taken write's are the last), so
+                # their enable is the state's, not the request's valid (docs/synthesis.md, session 21).
+                m.d.sync += [wdata.eq(bus.wr_req.payload.data), wstrb.eq(bus.wr_req.payload.strb)]
                 take_wr = bus.wr_req.valid & (turn | ~bus.rd_req.valid)
                 with m.If(ref_due):
                     issue(_REFRESH)
@@ -232,8 +235,7 @@ class SdramController(wiring.Component):
                     m.next = "REFRESH"
                 with m.Elif(take_wr):
                     m.d.comb += bus.wr_req.ready.eq(1)
-                    m.d.sync += [beat.eq(bus.wr_req.payload.addr), wdata.eq(bus.wr_req.payload.data),
-                                 wstrb.eq(bus.wr_req.payload.strb), is_write.eq(1), turn.eq(0)]
+                    m.d.sync += [beat.eq(bus.wr_req.payload.addr), is_write.eq(1), turn.eq(0)]
                     m.next = "ACTIVATE"
                 with m.Elif(bus.rd_req.valid):
                     m.d.comb += bus.rd_req.ready.eq(1)

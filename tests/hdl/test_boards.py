@@ -281,10 +281,15 @@ def test_ulx3s_core_puts_the_board_system_on_the_sdram_and_uart_pins():
         assert f'SITE "{site}"' in lpf, site
     il = plan.files["top.il"]
     assert "ODDRX1F" in il  # the SDRAM clock leaves through a DDR flop
-    # The NPU core's reset (thousands of flip-flops at full size) enters one global network.
-    assert il.count("cell \\DCCA ") == 1
-    dcca = il[il.index("cell \\DCCA "):].split("end", 1)[0]
-    assert "connect \\CLKI \\core_rst" in dcca and "connect \\CLKO \\core_rst" in dcca
+    # The NPU core's reset (thousands of flip-flops at full size) enters one global network, and the
+    # board's synchronized reset (the sync domain's, from the PLL lock) another.
+    assert il.count("cell \\DCCA ") == 2
+    cells = [c.split("end", 1)[0] for c in il.split("cell \\DCCA ")[1:]]
+    core = [c for c in cells if "connect \\CLKI \\core_rst" in c]
+    assert len(core) == 1 and "connect \\CLKO \\core_rst" in core[0]
+    board = [c for c in cells if c not in core][0]
+    # (yosys names the global's net after the sync domain's reset it becomes)
+    assert "connect \\CLKI \\por_rst" in board and "connect \\CLKO \\rst\n" in board
 
 
 def test_unit_harness_feeds_every_input_and_observes_every_output():

@@ -1,4 +1,4 @@
-"""The board link's memory-side parts under Amaranth's Python simulator."""
+"""The board link under Amaranth's Python simulator: its request register, and its answers to reads."""
 
 import numpy as np
 import pytest
@@ -68,3 +68,62 @@ def test_request_register_passes_every_request_once_in_the_order_taken_under_ran
     sim.run()
     assert len(taken) == n_reads + n_writes
     assert passed == taken
+
+
+def _memory_byte(a: int) -> int:
+    return (a * 7 + 3) & 0xFF
+
+
+@pytest.mark.parametrize("tx_ready", ["always", "random"])
+def test_link_answers_reads_with_the_protocol_frame_and_its_crc(tx_ready):
+    # The host's view of two reads: every response byte, CRC included, as encode_response makes it.
+    # With the sink always ready the CRC's first byte goes out in the cycle after the last data byte,
+    # before a CRC computed a cycle late could have caught up unless TX_CRC waits for it.
+    from tessera.hdl.boards.link import Link
+    from tessera.hdl.boards.protocol import Command, LinkStatus, encode_request, encode_response
+    from tessera.isa import Csr
+
+    c = PRESETS["ulx3s-85f"].replace(bus_bytes=8)
+    B = c.bus_bytes
+    dut = Link(c, idle_cycles=1000)
+    rng = np.random.default_rng(5)
+    csr_value = 0x12345678
+    reads = [(Command.READ_CSR, Csr.PROG_ADDR.value, 4, csr_value.to_bytes(4, "little")),
+             (Command.READ_MEM, 5, 13, bytes(_memory_byte(a) for a in range(5, 18)))]
+    got = []
+
+    async def bench(ctx):
+        pending = []                             # beat addresses requested, answered a cycle later
+        for cmd, addr, length, data in reads:
+            frame = encode_request(cmd, addr, length)
+            want = encode_response(cmd, LinkStatus.OK, data)
+            out, i = [], 0
+            for _ in range(4000):
+                ctx.set(dut.csr.rdata, csr_value if ctx.get(dut.csr.addr) in (Csr.PROG_ADDR, Csr.PROG_ADDR.value) else 0)
+                ctx.set(dut.i_stream.valid, i < len(frame))
+                ctx.set(dut.i_stream.payload, frame[i] if i < len(frame) else 0)
+                ready = tx_ready == "always" or rng.random() < 0.5
+                ctx.set(dut.o_stream.ready, ready)
+                ctx.set(dut.mem.rd_req.ready, 1)
+                ctx.set(dut.mem.rd_resp.valid, bool(pending))
+                if pending:
+                    beat = pending.pop(0)
+                    ctx.set(dut.mem.rd_resp.payload.data,
+                            int.from_bytes(bytes(_memory_byte(beat * B + k) for k in range(B)), "little"))
+                if i < len(frame) and ctx.get(dut.i_stream.ready):
+                    i += 1
+                if ctx.get(dut.o_stream.valid) and ready:
+                    out.append(ctx.get(dut.o_stream.payload))
+                if ctx.get(dut.mem.rd_req.valid):
+                    pending.append(ctx.get(dut.mem.rd_req.payload.addr))
+                await ctx.tick()
+                if len(out) == len(want):
+                    break
+            got.append((bytes(out), want))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    for out, want in got:
+        assert out == want

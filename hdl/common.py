@@ -633,11 +633,16 @@ def round_sig(m, x, width: int, stages: int = 0, reset_less: bool = False):
     m.d.comb += [mask.eq(mask64[:n]), half.eq(half64[:n]), unit.eq((half64 << 1)[:n + 1])]
     xu = xs.as_unsigned()
     up = (xu & half).any() & ((xu & (mask >> 1)).any() | (xu & unit[:w]).any())
-    # 2**s as a decoded bit, not mask + 1: no carry chain (s = 0 never rounds up).
-    kept, inc = Signal(w), Signal(w + 1)
-    m.d.comb += [kept.eq(xu & ~mask), inc.eq(Mux(up, unit, 0))]
+    # 2**s as a decoded bit, not mask + 1: no carry chain (s = 0 never rounds up). With stages the
+    # rounding decision and the bit are registered apart and meet at the add's inputs: registered as
+    # one, the late decision became the set/reset of every bit of the increment (docs/synthesis.md,
+    # session 21).
+    kept = Signal(w)
+    m.d.comb += kept.eq(xu & ~mask)
     if stages >= 2:
-        kept, inc = delay(m, kept, 1, reset_less=reset_less), delay(m, inc, 1, reset_less=reset_less)
+        kept, unit, up = (delay(m, v, 1, reset_less=reset_less) for v in (kept, unit, up))
+    inc = Signal(w + 1)
+    m.d.comb += inc.eq(Mux(up, unit, 0))
     r = Signal(signed(w + 1))
     m.d.comb += r.eq(kept.as_signed() + inc)
     limit = (1 << (width - 1)) - 1

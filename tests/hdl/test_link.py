@@ -76,7 +76,7 @@ def _memory_byte(a: int) -> int:
 
 @pytest.mark.parametrize("tx_ready", ["always", "random"])
 def test_link_answers_reads_with_the_protocol_frame_and_its_crc(tx_ready):
-    # The host's view of two reads: every response byte, CRC included, as encode_response makes it.
+    # The host's view of four reads (the last past the memory's end): every response byte, CRC included, as encode_response makes it.
     # With the sink always ready the CRC's first byte goes out in the cycle after the last data byte,
     # before a CRC computed a cycle late could have caught up unless TX_CRC waits for it.
     from tessera.hdl.boards.link import Link
@@ -88,15 +88,19 @@ def test_link_answers_reads_with_the_protocol_frame_and_its_crc(tx_ready):
     dut = Link(c, idle_cycles=1000)
     rng = np.random.default_rng(5)
     csr_value = 0x12345678
-    reads = [(Command.READ_CSR, Csr.PROG_ADDR.value, 4, csr_value.to_bytes(4, "little")),
-             (Command.READ_MEM, 5, 13, bytes(_memory_byte(a) for a in range(5, 18)))]
+    top = c.dram_bytes
+    # (command, address, length, status, data): the last two end at and one byte past the memory's end.
+    reads = [(Command.READ_CSR, Csr.PROG_ADDR.value, 4, LinkStatus.OK, csr_value.to_bytes(4, "little")),
+             (Command.READ_MEM, 5, 13, LinkStatus.OK, bytes(_memory_byte(a) for a in range(5, 18))),
+             (Command.READ_MEM, top - 8, 8, LinkStatus.OK, bytes(_memory_byte(a) for a in range(top - 8, top))),
+             (Command.READ_MEM, top - 7, 8, LinkStatus.BAD_ADDRESS, b"")]
     got = []
 
     async def bench(ctx):
         pending = []                             # beat addresses requested, answered a cycle later
-        for cmd, addr, length, data in reads:
+        for cmd, addr, length, status, data in reads:
             frame = encode_request(cmd, addr, length)
-            want = encode_response(cmd, LinkStatus.OK, data)
+            want = encode_response(cmd, status, data)
             out, i = [], 0
             for _ in range(4000):
                 ctx.set(dut.csr.rdata, csr_value if ctx.get(dut.csr.addr) in (Csr.PROG_ADDR, Csr.PROG_ADDR.value) else 0)

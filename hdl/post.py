@@ -196,27 +196,21 @@ class EpilogueEngine(wiring.Component):
             blk = bk + j
             m.d.sync += [v1.eq(gen), j1.eq(j), oa1.eq(ins.out_addr + p_out + blk), g1.eq(g),
                          lg1.eq(last_g)]
-            pa1, ra1 = Signal(16), Signal(16)
-            m.d.sync += [pa1.eq(ins.param_addr + b), ra1.eq(ins.res_addr + p_res + blk)]
+            ra1 = Signal(16)
+            m.d.sync += ra1.eq(ins.res_addr + p_res + blk)
             # The ACC address in a register per ACC column group, kept apart (register_copies; a copy may
             # differ in the first cycle after reset, when nothing reads).
             aa1, *aax = register_copies(m, (ins.acc_addr + acc_cnt)[:16], acc_groups(c), "acc_rd_addr", rl)
             m.d.comb += [x.eq(a) for x, a in zip(getattr(self, "acc_rd_addrx", []), aax)]
             # Channel group of the block (j, g) selects the ACC/PARAM slice.
             jg1 = Cat(g1, j1) if G > 1 else j1
-            if c.bram_buffers:
-                # One PARAM entry per channel group: rows // post_lanes entries per word.
-                groups = c.rows // E
-                if prm_groups(c) > 1:
-                    # The address in a register per PARAM column group, kept apart (as ACC's above).
-                    jg = Cat(g, j) if G > 1 else j
-                    pa_next = Cat(jg, ins.param_addr + b) if groups > 1 else ins.param_addr + b
-                    pax = register_copies(m, pa_next[:len(self.prm_rd.addr)], prm_groups(c), "prm_rd_addr", rl)
-                    m.d.comb += [self.prm_rd.addr.eq(pax[0])] + [x.eq(a) for x, a in zip(self.prm_rd_addrx, pax[1:])]
-                else:
-                    m.d.comb += self.prm_rd.addr.eq(Cat(jg1, pa1) if groups > 1 else pa1)
-            else:
-                m.d.comb += self.prm_rd.addr.eq(pa1)
+            # The PARAM address (with bram_buffers one entry per channel group: rows // post_lanes entries
+            # per word) in a register per PARAM column group, kept apart (prm_groups, as ACC's above).
+            pa = (ins.param_addr + b)[:16]
+            if c.bram_buffers and c.rows // E > 1:
+                pa = Cat(Cat(g, j) if G > 1 else j, pa)
+            pa1, *pax = register_copies(m, pa[:len(self.prm_rd.addr)], prm_groups(c), "prm_rd_addr", rl)
+            m.d.comb += [self.prm_rd.addr.eq(pa1)] + [x.eq(a) for x, a in zip(getattr(self, "prm_rd_addrx", []), pax)]
             m.d.comb += [self.acc_rd.addr.eq(aa1), self.act_rd.addr.eq(ra1)]
             # R: the read data of S1's addresses arrives; its sideband waits one cycle with it.
             vr, jgr, oar = Signal(), Signal(len(jg1)), Signal(16)

@@ -94,7 +94,17 @@ def bram_act_buffer(m, c: NpuConfig, load, conv, post, store):
                         for k, v in (("addr", load.act_wr.addr), ("data", load.act_wr.data)))
     lw_en = delay(m, load.act_wr.en, st, "act_ld_en")
     load_wr = lw_en.any()
-    m.d.comb += load.backlog.eq(q.level + load_wr if st else q.level)
+    if st:
+        # The backlog (``q.level + load_wr``) kept in a counter of its own: the sum's adders ran on
+        # through LOAD's request valid and the read port's arbitration into fetch's request address
+        # enable (docs/synthesis.md, session 22). A word enters the register, then either goes
+        # straight to the port or into the FIFO, and leaves the FIFO when read.
+        backlog = Signal(range(c.mem_outstanding + 1))
+        leave = (load_wr & ~q.w_en) + (q.r_en & q.r_rdy)
+        m.d.sync += backlog.eq(backlog + load.act_wr.en.any() - leave)
+        m.d.comb += load.backlog.eq(backlog)
+    else:
+        m.d.comb += load.backlog.eq(q.level)
 
     post_wr = post.act_wr.en
     addr, dat, en = Signal.like(lw_addr), Signal(width), Signal(lanes)

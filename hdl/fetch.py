@@ -98,7 +98,11 @@ class Fetch(wiring.Component):
         m.submodules.beats = beats = fifo_kind(width=8 * B, depth=fd)
         started, halted = Signal(), Signal()
         iss = Signal(ADDR_BITS + 1)
-        inflight = Signal(range(fd + 1))
+        # Beats requested and not yet taken out of the FIFO, in flight or queued: one counter rather
+        # than the sum of an in-flight count and the FIFO's level, whose adder and compare ran on
+        # through the read port's arbitration into the request address's enable (``iss``, late in
+        # every routed build of sessions 20 and 21).
+        used = Signal(range(fd + 1))
         # iss_in: the beat at iss lies in memory, kept beside iss (registered with it) rather than
         # compared after it: the compare's carry chain ran on through the memory port's arbitration
         # into LOAD's walker (session 15's routed critical path with seed 2).
@@ -116,13 +120,13 @@ class Fetch(wiring.Component):
 
         # Requests: sequential beats while the beat FIFO has room for their answers.
         req = self.mem.req
-        m.d.comb += [req.valid.eq(started & ~halted & ~self.finished & (inflight + beats.level < fd) & iss_in),
+        m.d.comb += [req.valid.eq(started & ~halted & ~self.finished & (used < fd) & iss_in),
                      req.payload.eq(iss >> log2(B))]
         acc = req.valid & req.ready
         with m.If(acc):
             m.d.sync += [iss.eq(iss + B), iss_in.eq(iss + 2 * B <= c.dram_bytes)]
-        m.d.sync += inflight.eq(inflight + acc - self.mem.resp.valid)
         m.d.comb += [beats.w_en.eq(self.mem.resp.valid), beats.w_data.eq(self.mem.resp.payload)]
+        m.d.sync += used.eq(used + acc - (beats.r_en & beats.r_rdy))
 
         # Assembly. ``word`` is the instruction ``cur`` holds from the next cycle on, when ``complete``.
         # With timing_stages the word has no reset (cur_valid has): fewer loads on the core's reset.

@@ -121,8 +121,10 @@ class NpuCore(wiring.Component):
             m.d.comb += [rq.payload.addr.eq(load.mem.req.payload), rq.payload.id.eq(1),
                          load.mem.req.ready.eq(rq.ready)]
         with m.Else():
-            m.d.comb += [rq.payload.addr.eq(fetch.mem.req.payload), rq.payload.id.eq(0),
-                         fetch.mem.req.ready.eq(rq.ready)]
+            m.d.comb += [rq.payload.addr.eq(fetch.mem.req.payload), rq.payload.id.eq(0)]
+        # Fetch's ready leaves its own valid out (a request it makes is refused only on LOAD's turn), so
+        # its request address's enable does not wait for fetch's valid to pass take_load first.
+        m.d.comb += fetch.mem.req.ready.eq(rq.ready & ~(prio & load.mem.req.valid))
         with m.If(rq.valid & rq.ready):
             m.d.sync += prio.eq(~take_load)
         rs = self.mem.rd_resp

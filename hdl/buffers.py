@@ -95,14 +95,9 @@ def bram_act_buffer(m, c: NpuConfig, load, conv, post, store):
     lw_en = delay(m, load.act_wr.en, st, "act_ld_en")
     load_wr = lw_en.any()
     if st:
-        # The backlog (``q.level + load_wr``) kept in a counter of its own: the sum's adders ran on
-        # through LOAD's request valid and the read port's arbitration into fetch's request address
-        # enable (docs/synthesis.md, session 22). A word enters the register, then either goes
-        # straight to the port or into the FIFO, and leaves the FIFO when read.
-        backlog = Signal(range(c.mem_outstanding + 1))
-        leave = (load_wr & ~q.w_en) + (q.r_en & q.r_rdy)
-        m.d.sync += backlog.eq(backlog + load.act_wr.en.any() - leave)
-        m.d.comb += load.backlog.eq(backlog)
+        # LOAD counts the backlog (``q.level + load_wr``) with its reads in flight (hdl/dma.py) from
+        # the words that leave it: the register's word written straight to the port, the FIFO's head.
+        m.d.comb += load.backlog_leave.eq((load_wr & ~q.w_en) + (q.r_en & q.r_rdy))
     else:
         m.d.comb += load.backlog.eq(q.level)
 

@@ -99,8 +99,11 @@ class CsrBlock(wiring.Component):
             with m.Case(Csr.WATCHDOG):
                 m.d.sync += regs[Csr.WATCHDOG].eq(wdata)
 
-        start = we & (addr == Csr.CTRL) & (wdata == CTRL_START) & ~busy
-        soft_reset = we & (addr == Csr.CTRL) & (wdata == CTRL_RESET)
+        # The CTRL commands are decoded before that register (with timing_stages): the 32-bit compare
+        # after it ran on through ``start`` into every counter's clear (docs/synthesis.md, session 22).
+        ctrl = self.bus.we & (self.bus.addr == Csr.CTRL)
+        start = late(ctrl & (self.bus.wdata == CTRL_START), "ctrl_start") & ~busy
+        soft_reset = late(ctrl & (self.bus.wdata == CTRL_RESET), "ctrl_reset")
         # The counters count a run's cycles (as `counting` says) from registers of the units' inputs.
         counting, mac, stall, progress = (late(state_run, "run"), late(self.mac, "mac"), late(self.stall, "stall"),
                                           late(self.progress, "progress"))

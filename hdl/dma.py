@@ -167,8 +167,10 @@ class LoadDma(wiring.Component):
             "prm_wr": Out(BufWriteSignature(c.pbuf_words, word_bits(c, Buffer.PARAM), write_lanes(c, Buffer.PARAM))),
             **{f"{p}x": Out(BufWriteSignature(c.buffer_words(b), word_bits(c, b))).array(words_per_beat(c, b) - 1)
                for b, p in self.PORTS.items() if words_per_beat(c, b) > 1},
-            # ``bram_buffers``: ACT words written but still waiting for the buffer's write port.
-            **({"backlog": In(range(c.mem_outstanding + 1))} if c.bram_buffers else {}),
+            # ``bram_buffers``: ACT words written but still waiting for the buffer's write port; with
+            # ``act_write_stages`` instead how many of them leave for the port in this cycle (0-2).
+            **({"backlog_leave": In(range(3))} if c.act_write_stages else
+               {"backlog": In(range(c.mem_outstanding + 1))} if c.bram_buffers else {}),
             # Copies of wgt_wr's address, one per further column group of the WGT buffer (hdl/buffers.py).
             **({"wgt_wr_addrx": Out(range(c.wbuf_words)).array(wgt_groups(c) - 1)} if wgt_groups(c) > 1 else {}),
         })
@@ -223,8 +225,20 @@ class LoadDma(wiring.Component):
         # Requests.
         byte = Signal(34)
         m.d.comb += byte.eq(w.word_dram + narrow_mul(w.e, B))
-        backlog = self.backlog if c.bram_buffers else 0
-        can = w.active & (inflight + backlog < c.mem_outstanding) & meta.w_rdy
+        if c.act_write_stages:
+            # Reads in flight and ACT words not yet written (the backlog) in one counter: its sum of the
+            # two, and the sum's compare, ran on through the request's valid into the walker's enables
+            # (the 128-MAC build's critical path, docs/synthesis.md, session 22). An ACT response joins
+            # the backlog, any other is written. The meta FIFO then has room (its level is inflight).
+            pending = Signal(range(c.mem_outstanding + 1))
+            m.d.sync += pending.eq(pending + (self.mem.req.valid & self.mem.req.ready)
+                                   - (self.mem.resp.valid & ~sel[Buffer.ACT]) - self.backlog_leave)
+            can = w.active & (pending < c.mem_outstanding)
+            drained = pending == 0
+        else:
+            backlog = self.backlog if c.bram_buffers else 0
+            can = w.active & (inflight + backlog < c.mem_outstanding) & meta.w_rdy
+            drained = (inflight == 0) & (backlog == 0)
         m.d.comb += [self.mem.req.valid.eq(can), self.mem.req.payload.eq(byte >> log2(B))]
         chunk = Mux(wb < B, (byte & (B - 1)) // Mux(wb < B, wb, 1), w.e)
         m.d.comb += [meta.w_data.eq(Cat(w.word_buf[:32], chunk[:16], n)), meta.w_en.eq(self.mem.req.valid & self.mem.req.ready)]
@@ -296,7 +310,7 @@ class LoadDma(wiring.Component):
                 m.next = "CHECK"
             with m.State("CHECK"):
                 _check_then_run(m, self.ctl, running, w, ins_chk.buf == Buffer.ACC, mis, dram, bufr, ready)
-            with m.State("RUN"), m.If(~w.active & (inflight == 0) & (backlog == 0)):
+            with m.State("RUN"), m.If(~w.active & drained):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)
                 m.next = "IDLE"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,25 +23,37 @@ from .common import ADDR_BITS, ReadClientSignature, log2
 __all__ = ["Fetch", "decode_checks"]
 
 
-def decode_checks(m: Module, raw):
+def decode_checks(m: Module, raw, beat_bits: int | None = None, beat: int | None = None):
     """Combinational decode of one instruction word, built from :data:`tessera.isa.FORMATS`.
 
     Returns ``(legal_opcode, bad_field, unit, is_end)``: ``bad_field`` covers
     illegal enum values, zero counts, non-zero reserved bits and a unit waiting
     for or signalling itself (``ErrorCode.BAD_FIELD`` in the emulator).
+
+    With ``beat_bits`` and ``beat``, ``bad_field`` covers only the checks whose field ends in
+    beat ``beat`` of ``beat_bits`` bits (reserved bits: those in that beat): bits of ``raw``
+    after that beat are not read, so a fetch can check each beat as it arrives. The checks of
+    all beats together are ``bad_field`` of the whole word.
     """
     opcode = raw[:4]
     legal = Signal()
     bad = Signal()
     unit = Signal(Unit)
     is_end = Signal()
+
+    def here(lo, width):
+        return beat is None or (lo + width - 1) // beat_bits == beat
+
     m.d.comb += [legal.eq(0), bad.eq(0), is_end.eq(opcode == Opcode.END.value)]
     with m.Switch(opcode):
         for op, fmt in FORMATS.items():
             with m.Case(op.value):
-                v = data.View(layout(op), raw)
+                lay = layout(op)
+                v = data.View(lay, raw)
                 terms = []
                 for f in HEADER[1:] + fmt.fields:
+                    if not here(lay[f.name].offset, f.width):
+                        continue
                     val = getattr(v, f.name)
                     if isinstance(f.kind, type) and issubclass(f.kind, enum.Enum):
                         raw_v = val.as_value()
@@ -52,15 +64,23 @@ def decode_checks(m: Module, raw):
                             terms.append(~ok)
                     elif f.nonzero:
                         terms.append(val == 0)
-                if "_reserved" in layout(op).members:
-                    terms.append(v["_reserved"] != 0)
+                if "_reserved" in lay.members:
+                    lo, width = lay["_reserved"].offset, lay["_reserved"].width
+                    if beat is not None:
+                        lo, hi = max(lo, beat * beat_bits), min(lo + width, (beat + 1) * beat_bits)
+                        width = hi - lo
+                    if width > 0:
+                        terms.append(raw[lo:lo + width] != 0)
+                # The unit's own wait and signal bits (and SYNC's unit) lie in the first beat.
                 if fmt.unit is not None:
                     u = fmt.unit.value
                     m.d.comb += unit.eq(fmt.unit)
-                    terms.append((v.wait | v.signal).bit_select(u, 1))
+                    if here(0, lay["signal"].offset + 4):
+                        terms.append((v.wait | v.signal).bit_select(u, 1))
                 elif op == Opcode.SYNC:
                     m.d.comb += unit.eq(v.unit)
-                    terms.append((v.wait | v.signal).bit_select(v.unit.as_value(), 1))
+                    if here(0, lay["unit"].offset + 2):
+                        terms.append((v.wait | v.signal).bit_select(v.unit.as_value(), 1))
                 m.d.comb += [legal.eq(1), bad.eq(Cat(*terms).any() if terms else 0)]
     return legal, bad, unit, is_end
 
@@ -143,11 +163,18 @@ class Fetch(wiring.Component):
             if c.timing_stages:
                 gathered = Signal(INSTR_BITS, init=(1 << INSTR_BITS) - 1, reset_less=True, name="cur_dec")
             m.d.comb += word.eq(Cat(gathered[:8 * B * (ib - 1)], beats.r_data))
+            if c.timing_stages:
+                # The beat slot ``cnt`` loads the FIFO's head in every cycle until it is taken (then
+                # ``cnt`` moves on): its enable is ``cur_valid`` and ``cnt``, not the FIFO's ready and
+                # fetch's state, which reached the 256 enables of ``cur`` by dispatch's queues late
+                # (docs/synthesis.md, session 22). A slot's value matters only once taken.
+                with m.If(~cur_valid):
+                    m.d.sync += [cur.word_select(cnt, 8 * B).eq(beats.r_data),
+                                 gathered.word_select(cnt, 8 * B).eq(beats.r_data)]
             with m.If(idle & ~cur_valid & beats.r_rdy):
                 m.d.comb += beats.r_en.eq(1)
-                m.d.sync += cur.word_select(cnt, 8 * B).eq(beats.r_data)
-                if gathered is not cur:
-                    m.d.sync += gathered.word_select(cnt, 8 * B).eq(beats.r_data)
+                if not c.timing_stages:
+                    m.d.sync += cur.word_select(cnt, 8 * B).eq(beats.r_data)
                 m.d.sync += cnt.eq(Mux(cnt == ib - 1, 0, cnt + 1))
                 with m.If(cnt == ib - 1):
                     m.d.comb += complete.eq(1)
@@ -170,7 +197,21 @@ class Fetch(wiring.Component):
         # Decode as the word completes, registered beside it: decoded from ``cur`` in the hand-over cycle, the
         # checks ran on through dispatch's queue selects into their write enables (the whole NPU's routed
         # critical path, docs/synthesis.md). The same values, in the same cycles.
-        dec = decode_checks(m, word)
+        if c.timing_stages and ipb == 1 and ib > 1:
+            # Each beat's field checks as it is taken, gathered in ``bad_beats``: the last beat's
+            # decode then checks only its own fields (mostly reserved bits), not the whole word's.
+            # From the beat FIFO's head through the whole decode into ``dec_bad`` was a routed
+            # critical path (17.1 ns, docs/synthesis.md, session 21).
+            bb = 8 * B
+            beat_bad = [decode_checks(m, Cat(gathered[:bb * i], beats.r_data, Const(0, INSTR_BITS - bb * (i + 1))),
+                                      bb, i)[1] for i in range(ib - 1)]
+            bad_beats = Signal(reset_less=True)
+            with m.If(beats.r_en):
+                m.d.sync += bad_beats.eq(Mux(cnt == 0, 0, bad_beats) | Array(beat_bad)[cnt])
+            dec = decode_checks(m, word, bb, ib - 1)
+            dec = (dec[0], bad_beats | dec[1], *dec[2:])
+        else:
+            dec = decode_checks(m, word)
         legal, bad, unit, is_end = (Signal.like(v, name=f"dec_{k}") for k, v in
                                     zip(("legal", "bad", "unit", "is_end"), dec))
         with m.If(complete):

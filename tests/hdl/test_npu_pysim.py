@@ -6,7 +6,7 @@ from tessera.sim.emulator import Emulator
 
 from tessera.sim.emulator import NpuError
 
-from tessera.isa import ErrorCode, encode_program
+from tessera.isa import ErrorCode, Unit, encode_program
 from tessera.isa import Instruction as I
 from tests.rtl.programs import ACT, OUT, conv_layer, dma_pattern, pool_layer
 from tests.rtl.test_npu import CONFIG
@@ -94,6 +94,42 @@ def _fault_matches_emulator(config, program):
     regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
     assert regs["STATUS"] == 6, "the NPU did not stop with an error"
     assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)
+
+
+def _raw_fault_matches_emulator(config, code: bytes):
+    prog = np.frombuffer(code, np.uint8)
+    dram = np.zeros(config.dram_bytes, np.uint8)
+    dram[:len(prog)] = prog
+    emu = Emulator(config)
+    emu.write(0, dram)
+    with pytest.raises(NpuError) as err:
+        emu.run(0)
+    regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
+    assert regs["STATUS"] == 6, "the NPU did not stop with an error"
+    assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)
+
+
+#: A LOAD word made bad in one place (bit offsets from tessera.isa's LOAD layout): fetch with
+#: timing_stages checks each beat as it arrives, so a fault in every beat of an 8- and a 16-byte bus.
+DECODE_FAULTS = {
+    "self_signal": lambda w: w | 1 << (8 + Unit.LOAD.value),       # signal, bits 8-11: beat 0
+    "zero_rows": lambda w: w & ~(0xFFFF << 110),                   # rows, 110-125: beat 1 of 8 bytes
+    "zero_cols": lambda w: w & ~(0xFFFF << 126),                   # cols, 126-141: across beats 1 and 2
+    "reserved_mid": lambda w: w | 1 << 150,                        # beat 2 of 8 bytes, 1 of 16
+    "reserved_last": lambda w: w | 1 << 255,                       # the last beat
+    "illegal_opcode": lambda w: w | 0xF,
+}
+
+
+@pytest.mark.parametrize("config", [TIMED, TIMED_BRAM], ids=lambda c: f"bus{c.bus_bytes}")
+@pytest.mark.parametrize("fault", sorted(DECODE_FAULTS))
+def test_npu_pysim_decode_fault_in_each_beat_matches_emulator(config, fault):
+    # The bad word follows a good one of the same kind, so the beat checks gathered for it start over.
+    ok = I("load", buf="act", dram_addr=ACT, rows=1, cols=1)
+    code = bytearray(encode_program([ok, ok, I("end")]))
+    word = int.from_bytes(code[32:64], "little")
+    code[32:64] = DECODE_FAULTS[fault](word).to_bytes(32, "little")
+    _raw_fault_matches_emulator(config, bytes(code))
 
 
 def _conv(**kw):

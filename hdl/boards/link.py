@@ -67,6 +67,11 @@ class MemArbiter(wiring.Component):
     ``sel_link`` may change only when neither master has a read in flight: the link selects
     itself only while the NPU is idle (an idle NPU has drained its reads) and finishes its own
     reads before it lets go. The NPU's read responses pass a register (one cycle more latency).
+
+    ``sel_link`` takes effect a cycle later, from a register: the link's state decode ran on
+    through the choice of ready into the NPU's request enables (fetch's request address, LOAD's
+    walker: the routed critical path of a 128-MAC build, docs/synthesis.md, session 22). The
+    link's first request then waits a cycle; the NPU is idle whenever the link is selected.
     """
 
     def __init__(self, config: NpuConfig):
@@ -76,19 +81,21 @@ class MemArbiter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         out = self.out
+        link = Signal()
+        m.d.sync += link.eq(self.sel_link)
         for name in ("rd_req", "wr_req"):
             o = getattr(out, name)
-            for master, sel in ((self.link, self.sel_link), (self.npu, ~self.sel_link)):
+            for master, sel in ((self.link, link), (self.npu, ~link)):
                 i = getattr(master, name)
                 with m.If(sel):
                     m.d.comb += [o.valid.eq(i.valid), o.payload.eq(i.payload), i.ready.eq(o.ready)]
         rs = out.rd_resp
-        m.d.comb += [self.link.rd_resp.valid.eq(rs.valid & self.sel_link), self.link.rd_resp.payload.eq(rs.payload)]
+        m.d.comb += [self.link.rd_resp.valid.eq(rs.valid & link), self.link.rd_resp.payload.eq(rs.payload)]
         # The NPU's responses a cycle later (a register, never stalled): from the controller's read id
         # through LOAD's write logic to a buffer's write address was the routed 128-MAC build's critical
         # path (18.7 ns, docs/synthesis.md, session 14). The NPU counts its reads in flight, so it only
         # goes idle, and lets the link take the port, after the register has passed its last response.
-        m.d.sync += [self.npu.rd_resp.valid.eq(rs.valid & ~self.sel_link), self.npu.rd_resp.payload.eq(rs.payload)]
+        m.d.sync += [self.npu.rd_resp.valid.eq(rs.valid & ~link), self.npu.rd_resp.payload.eq(rs.payload)]
         return m
 
 

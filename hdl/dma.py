@@ -219,35 +219,35 @@ class LoadDma(wiring.Component):
         buffered = c.timing_stages and c.mem_latency >= 2
         meta = (fifo.SyncFIFOBuffered if buffered else fifo.SyncFIFO)(width=32 + 16 + len(n), depth=c.mem_outstanding)
         m.submodules.meta = meta
-        inflight = Signal(range(c.mem_outstanding + 1))
         m.d.comb += self.ctl.busy.eq(running)
 
         # Requests.
         byte = Signal(34)
         m.d.comb += byte.eq(w.word_dram + narrow_mul(w.e, B))
+        took = self.mem.req.valid & self.mem.req.ready
         if c.act_write_stages:
             # Reads in flight and ACT words not yet written (the backlog) in one counter: its sum of the
             # two, and the sum's compare, ran on through the request's valid into the walker's enables
             # (the 128-MAC build's critical path, docs/synthesis.md, session 22). An ACT response joins
-            # the backlog, any other is written. The meta FIFO then has room (its level is inflight).
+            # the backlog, any other is written. The meta FIFO then has room (its level is the reads in flight).
             pending = Signal(range(c.mem_outstanding + 1))
-            m.d.sync += pending.eq(pending + (self.mem.req.valid & self.mem.req.ready)
-                                   - (self.mem.resp.valid & ~sel[Buffer.ACT]) - self.backlog_leave)
+            m.d.sync += pending.eq(pending + took - (self.mem.resp.valid & ~sel[Buffer.ACT]) - self.backlog_leave)
             can = w.active & (pending < c.mem_outstanding)
             drained = pending == 0
         else:
+            inflight = Signal(range(c.mem_outstanding + 1))
+            m.d.sync += inflight.eq(inflight + took - self.mem.resp.valid)
             backlog = self.backlog if c.bram_buffers else 0
             can = w.active & (inflight + backlog < c.mem_outstanding) & meta.w_rdy
             drained = (inflight == 0) & (backlog == 0)
         m.d.comb += [self.mem.req.valid.eq(can), self.mem.req.payload.eq(byte >> log2(B))]
         chunk = Mux(wb < B, (byte & (B - 1)) // Mux(wb < B, wb, 1), w.e)
-        m.d.comb += [meta.w_data.eq(Cat(w.word_buf[:32], chunk[:16], n)), meta.w_en.eq(self.mem.req.valid & self.mem.req.ready)]
-        with m.If(self.mem.req.valid & self.mem.req.ready):
+        m.d.comb += [meta.w_data.eq(Cat(w.word_buf[:32], chunk[:16], n)), meta.w_en.eq(took)]
+        with m.If(took):
             w.advance(m)
         got = self.mem.resp.valid
-        m.d.sync += inflight.eq(inflight + (self.mem.req.valid & self.mem.req.ready) - got)
         m.d.comb += self.ctl.stall.eq(self.mem.req.valid & ~self.mem.req.ready)
-        m.d.comb += self.ctl.progress.eq((self.mem.req.valid & self.mem.req.ready) | got)
+        m.d.comb += self.ctl.progress.eq(took | got)
 
         # Responses: write the beat into the buffer word it belongs to.
         m.d.comb += meta.r_en.eq(got)

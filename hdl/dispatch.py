@@ -121,9 +121,10 @@ class Dispatch(wiring.Component):
         c = self.config
         ctl = [getattr(self, f"u_{u.name.lower()}") for u in UNITS]
         qs = []
+        write_stage = c.queue_stages > 1
         for u in UNITS:
             if c.queue_stages:
-                q = HeadQueue(INSTR_BITS + ADDR_BITS, c.queue_depth, write_stage=c.queue_stages > 1)
+                q = HeadQueue(INSTR_BITS + ADDR_BITS, c.queue_depth, write_stage=write_stage)
             else:
                 q = fifo.SyncFIFO(width=INSTR_BITS + ADDR_BITS, depth=c.queue_depth)
             m.submodules[f"q_{u.name.lower()}"] = q
@@ -132,7 +133,7 @@ class Dispatch(wiring.Component):
         m.d.comb += self.i_ready.eq(Cat(*[q.w_rdy for q in qs]).bit_select(sel, 1))
         for i, q in enumerate(qs):
             m.d.comb += [q.w_data.eq(Cat(self.i_instr, self.i_pc)), q.w_en.eq(self.i_valid & (sel == i))]
-            if c.queue_stages > 1:
+            if write_stage:
                 m.d.comb += q.w_sel.eq(sel == i)
 
         n = len(UNITS)

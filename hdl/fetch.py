@@ -203,13 +203,13 @@ class Fetch(wiring.Component):
             # From the beat FIFO's head through the whole decode into ``dec_bad`` was a routed
             # critical path (17.1 ns, docs/synthesis.md, session 21).
             bb = 8 * B
+            last = decode_checks(m, word, bb, ib - 1)
             beat_bad = [decode_checks(m, Cat(gathered[:bb * i], beats.r_data, Const(0, INSTR_BITS - bb * (i + 1))),
-                                      bb, i)[1] for i in range(ib - 1)]
+                                      bb, i)[1] for i in range(ib - 1)] + [last[1]]
             bad_beats = Signal(reset_less=True)
             with m.If(beats.r_en):
                 m.d.sync += bad_beats.eq(Mux(cnt == 0, 0, bad_beats) | Array(beat_bad)[cnt])
-            dec = decode_checks(m, word, bb, ib - 1)
-            dec = (dec[0], bad_beats | dec[1], *dec[2:])
+            dec = (last[0], bad_beats | last[1], *last[2:])
         else:
             dec = decode_checks(m, word)
         legal, bad, unit, is_end = (Signal.like(v, name=f"dec_{k}") for k, v in

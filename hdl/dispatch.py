@@ -139,6 +139,10 @@ class Dispatch(wiring.Component):
         n = len(UNITS)
         tok = {(s, d): Signal(range(c.token_depth + 1), name=f"tok_{s}_{d}")
                for s in range(n) for d in range(n) if s != d}
+        # Whether each count is non-zero and whether it is full, as registers beside it: a head's start
+        # then ANDs flags, not the counts' compares (the counts were late endpoints, through that start).
+        tok_nz = {k: Signal(name=f"tok_nz_{k[0]}_{k[1]}") for k in tok}
+        tok_full = {k: Signal(name=f"tok_full_{k[0]}_{k[1]}") for k in tok}
         active = [Signal(name=f"active{u}") for u in range(n)]
         sync_done = [Signal(name=f"sync_done{u}") for u in range(n)]
         cur_sig = [Signal(4, name=f"cur_sig{u}") for u in range(n)]
@@ -157,8 +161,8 @@ class Dispatch(wiring.Component):
             ok = qs[u].r_rdy & ~active[u] & ~self.hold
             for s in range(n):
                 if s != u:
-                    ok = ok & (~hwait[u][s] | (tok[(s, u)] != 0))
-                    ok = ok & (~hsig[u][s] | (tok[(u, s)] != c.token_depth))
+                    ok = ok & (~hwait[u][s] | tok_nz[(s, u)])
+                    ok = ok & (~hsig[u][s] | ~tok_full[(u, s)])
             is_sync = qs[u].r_data[:4] == Opcode.SYNC.value
             m.d.comb += [can[u].eq(ok), start[u].eq(ok), qs[u].r_en.eq(ok),
                          ctl[u].start.eq(ok & ~is_sync), ctl[u].instr.eq(qs[u].r_data[:INSTR_BITS]),
@@ -173,7 +177,9 @@ class Dispatch(wiring.Component):
         for (s, d), t in tok.items():
             inc = finish[s] & cur_sig[s][d]
             dec = start[d] & hwait[d][s]
-            m.d.sync += t.eq(t + inc - dec)
+            nxt = Signal.like(t, name=f"tok_next_{s}_{d}")
+            m.d.comb += nxt.eq(t + inc - dec)
+            m.d.sync += [t.eq(nxt), tok_nz[(s, d)].eq(nxt != 0), tok_full[(s, d)].eq(nxt == c.token_depth)]
 
         any_active = Cat(*active).any()
         # An entry on its way to a registered head is queued too (the program is not finished).

@@ -31,6 +31,7 @@ __all__ = [
     "clamp",
     "delay",
     "instr_register",
+    "last_flag",
     "load_instr",
     "log2",
     "narrow_mul",
@@ -172,8 +173,8 @@ class CheckStages:
             m.d.sync += wait.eq(wait - 1)
         m.d.comb += self.ready.eq(wait == 0)
 
-    def _depth_of(self, deps):
-        depth = 1 + max((self._depth.get(id(d), 0) for d in deps), default=0)
+    def _depth_of(self, deps, steps=1):
+        depth = steps + max((self._depth.get(id(d), 0) for d in deps), default=0)
         if depth > self.cycles:
             raise ValueError(f"a range check of {depth} steps does not fit check_cycles={self.cycles}")
         return depth
@@ -197,6 +198,44 @@ class CheckStages:
         self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True, hard=self.hard))
         self._depth[id(r)] = depth
         return r
+
+    def product(self, a, b, *deps):
+        """``a * b`` as two steps: its operands registered, then the product (on the ECP5 a hard
+        multiplier's input and output registers, :func:`split_mul`'s ``operand_register``).
+
+        For a product of instruction fields, or of a step and a field: through an unregistered
+        multiplier into a fabric register, the wire from the instruction register to the block,
+        the block's 3.9 ns and the wire on to the register were one path (up to 14.9 ns in the
+        routed NPU, docs/synthesis.md, session 23). A product of this one is best a :meth:`mul`,
+        from block to block.
+        """
+        if not self.on:
+            return a * b
+        if is_narrow(a) or is_narrow(b):        # shifted adds, no multiplier (STORE's word size)
+            return self.step(narrow_mul(a, b), *deps)
+        depth = self._depth_of(deps, steps=2)
+        r = Signal((Value.cast(a) * Value.cast(b)).shape())
+        self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True, hard=self.hard, operand_register=True))
+        self._depth[id(r)] = depth
+        return r
+
+
+def last_flag(m, v, last, restart, advance, name=None):
+    """``v == last`` as a register beside a loop counter ``v``, for the counters of a nested loop.
+
+    ``v`` restarts at 0 with ``restart`` and with ``advance`` steps to 0 after ``last``, else to
+    ``v + 1``; the flag follows it (``v + 1 == last`` is decided a cycle ahead, beside the counter).
+    An outer counter advances on the AND of its inner counters' flags: as compares they were LUT
+    levels ahead of that AND (CONV's generator: six LUTs to ``pcnt``'s enable, 13.0 ns of which 11.0
+    wire, a critical path of session 22). ``last`` must hold still while the counter runs (a
+    registered instruction field), and may be out of reach (-1 for a zero field: never last).
+    """
+    flag = Signal(name=name)
+    with m.If(restart):
+        m.d.sync += flag.eq(last == 0)
+    with m.Elif(advance):
+        m.d.sync += flag.eq(Mux(flag, last == 0, v + 1 == last))
+    return flag
 
 
 def instr_register(c: NpuConfig, name: str = "ir") -> Signal:

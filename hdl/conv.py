@@ -18,6 +18,7 @@ from .common import (
     delay,
     instr_copy,
     instr_register,
+    last_flag,
     load_instr,
     narrow_mul,
     register_copies,
@@ -76,19 +77,20 @@ class ConvUnit(wiring.Component):
         hard = registered_hard_product(platform)
         chk = CheckStages(m, c, self.ctl.start, hard)
         ic = ins_chk
+        # A product of fields takes two steps (CheckStages.product: operands, then product); a product of
+        # a product is a mul, from one hard multiplier's output register to the next's.
         kk = chk.step(narrow_mul(ic.k_h, ic.k_w))
-        hw = chk.step(ic.in_h * ic.in_w)
-        P = chk.step(ic.out_h * ic.out_w)                    # pixels per block
-        K = chk.step((kk * ic.in_cb)[:18], kk)               # terms per pixel: k_h*k_w*in_cb
-        obk = chk.step(ic.ob_count * kk, kk)
+        hw = chk.product(ic.in_h, ic.in_w)
+        P = chk.product(ic.out_h, ic.out_w)                  # pixels per block
+        kcb = chk.mul(kk, ic.in_cb, kk)                      # terms per pixel: k_h*k_w*in_cb
+        K = chk.step(kcb[:18], kcb)                          # (in fabric for RUN's weight step)
         # The products wider than one MULT18X18D register their partial products (the step using them adds
         # them): a hard multiplier far from the instruction register, then the adds, was CONV's path.
         hwc = chk.mul(hw, ic.in_cb, hw)
         obp = chk.mul(ic.ob_count, P, P)
-        wgt_terms = chk.mul(obk, ic.in_cb, obk)
-        act_bad = chk.step(ic.in_addr + hwc > c.abuf_words, hwc)
-        acc_bad = chk.step(ic.acc_addr + obp > c.accbuf_words, obp)
-        bad_range = chk.step(act_bad | acc_bad | (ic.w_addr + wgt_terms > c.wbuf_words), act_bad, acc_bad, wgt_terms)
+        wgt_terms = chk.mul(kcb[:18], ic.ob_count, kcb)
+        bad_range = chk.step((ic.in_addr + hwc > c.abuf_words) | (ic.acc_addr + obp > c.accbuf_words)
+                             | (ic.w_addr + wgt_terms > c.wbuf_words), hwc, obp, wgt_terms)
 
         # Generator counters.
         b, y, x = Signal(10), Signal(10), Signal(10)
@@ -97,12 +99,15 @@ class ConvUnit(wiring.Component):
         gen = Signal()
         # The counters' last values, registered with timing_stages (the subtracts then leave the
         # counters' compare-and-wrap cycle, CONV's critical path from the instruction register).
-        last_c = cb == chk.step(ic.in_cb - 1)
-        last_kx = kx == chk.step(ic.k_w - 1)
-        last_ky = ky == chk.step(ic.k_h - 1)
+        # Each counter's "last" is a register of its own (last_flag): an enable is then an AND of flags.
+        go, adv = Signal(), Signal()        # counters restart (CHECK passed) / advance (RUN, generating)
+        last_c = last_flag(m, cb, chk.step(ic.in_cb - 1), go, adv, "last_c")
+        last_kx = last_flag(m, kx, chk.step(ic.k_w - 1), go, adv & last_c, "last_kx")
+        last_ky = last_flag(m, ky, chk.step(ic.k_h - 1), go, adv & last_c & last_kx, "last_ky")
         pix_end = last_c & last_kx & last_ky
-        last_x, last_y = x == chk.step(ic.out_w - 1), y == chk.step(ic.out_h - 1)
-        last_b = b == chk.step(ic.ob_count - 1)
+        last_x = last_flag(m, x, chk.step(ic.out_w - 1), go, adv & pix_end, "last_x")
+        last_y = last_flag(m, y, chk.step(ic.out_h - 1), go, adv & pix_end & last_x, "last_y")
+        last_b = last_flag(m, b, chk.step(ic.ob_count - 1), go, adv & pix_end & last_x & last_y, "last_b")
 
         X = c.conv_stages
         drain = Signal(range(64))
@@ -121,11 +126,13 @@ class ConvUnit(wiring.Component):
                     m.d.sync += running.eq(0)
                     m.next = "IDLE"
                 with m.Else():
+                    m.d.comb += go.eq(1)
                     m.d.sync += [b.eq(0), y.eq(0), x.eq(0), ky.eq(0), kx.eq(0), cb.eq(0), t.eq(0),
                                  wbase.eq(ins.w_addr), pcnt.eq(0), gen.eq(1)]
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(gen):
+                    m.d.comb += adv.eq(1)
                     m.d.sync += [cb.eq(Mux(last_c, 0, cb + 1)), t.eq(Mux(pix_end, 0, t + 1))]
                     with m.If(last_c):
                         m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))

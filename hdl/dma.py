@@ -73,7 +73,7 @@ def _checks(m, c: NpuConfig, ins, wb, depth, start, hard=None):
     mis = chk.step(((ins.dram_addr & (align - 1)) != 0) | ((ins.rows > 1) & ((ins.dram_stride & (align - 1)) != 0)))
     rm1 = chk.step(ins.rows - 1)            # apart from the multiplies: it fed their operand pins
     rows_dram = chk.mul(rm1, ins.dram_stride, rm1)
-    row_bytes = chk.step(ins.cols * wb)
+    row_bytes = chk.product(ins.cols, wb)    # LOAD's word size is a field's choice: a hard multiplier
     rows_buf = chk.mul(rm1, ins.buf_stride, rm1)
     last_row = chk.step(ins.dram_addr + rows_dram, rows_dram)
     # end > limit as start > limit - length: the subtract has a step of its own (signed, can be < 0).

@@ -21,6 +21,7 @@ from .common import (
     delay,
     instr_copy,
     instr_register,
+    last_flag,
     load_instr,
     narrow_mul,
     register_copies,
@@ -135,15 +136,19 @@ class EpilogueEngine(wiring.Component):
         # Registered steps with timing_stages; PostUnit's CHECK state waits for them.
         hard = registered_hard_product(platform)
         chk = CheckStages(m, c, None, hard)
-        obp = chk.step(ob * P)
+        # The products take two steps each (CheckStages.product), so the last row's address is
+        # (addr - stride) + P * stride: its subtract runs beside the multiply, not after P - 1.
+        obp = chk.product(ob, P)
         pm1 = chk.step(P - 1)
-        out_rows = chk.step(pm1 * ins_chk.out_stride, pm1)
-        res_rows = chk.step(pm1 * ins_chk.res_stride, pm1)
+        out_rows = chk.product(P, ins_chk.out_stride)
+        res_rows = chk.product(P, ins_chk.res_stride)
+        out_base = chk.step(ins_chk.out_addr - ins_chk.out_stride)
+        res_base = chk.step(ins_chk.res_addr - ins_chk.res_stride)
         obk = chk.step(narrow_mul(ob, k))
         acc_bad = chk.step(ins_chk.acc_addr + obp > c.accbuf_words, obp)
         prm_bad = chk.step(ins_chk.param_addr + ob > c.pbuf_words)
-        out_end = chk.step(ins_chk.out_addr + out_rows, out_rows)
-        res_end = chk.step(ins_chk.res_addr + res_rows, res_rows)
+        out_end = chk.step(out_base + out_rows, out_base, out_rows)
+        res_end = chk.step(res_base + res_rows, res_base, res_rows)
         m.d.comb += self.bad.eq(chk.step(acc_bad | prm_bad | (out_end + obk > c.abuf_words)
                                          | (ins_chk.residual & (res_end + obk > c.abuf_words)),
                                          acc_bad, prm_bad, out_end, res_end, obk))
@@ -157,8 +162,11 @@ class EpilogueEngine(wiring.Component):
         p_out, p_res, bk = Signal(16), Signal(16), Signal(16)
         gen = Signal()
         last_g = g == G - 1
-        # pm1 and ob - 1 registered with timing_stages: no subtract in the counters' wrap cycle.
-        last_j, last_p, last_b = j == k - 1, p == pm1, b == chk.step(ob - 1)
+        # pm1 and ob - 1 registered with timing_stages: no subtract in the counters' wrap cycle; the
+        # pixel and block counters' "last" are flags (last_flag), so their enables are ANDs of flags.
+        last_j = j == k - 1
+        last_p = last_flag(m, p, pm1, self.start, gen & last_g & last_j, "last_p")
+        last_b = last_flag(m, b, chk.step(ob - 1), self.start, gen & last_g & last_j & last_p, "last_b")
         with m.If(self.start):
             m.d.sync += [b.eq(0), p.eq(0), j.eq(0), g.eq(0), acc_cnt.eq(0), gen.eq(1),
                          p_out.eq(0), p_res.eq(0), bk.eq(0)]
@@ -426,22 +434,25 @@ class PoolEngine(wiring.Component):
             m.d.comb += self.bad_field.eq(fl32_avg(ins_chk))
         hard = registered_hard_product(platform)
         chk = CheckStages(m, c, None, hard)
-        ihw, ohw = chk.step(ins_chk.in_h * ins_chk.in_w), chk.step(ins_chk.out_h * ins_chk.out_w)
+        ihw, ohw = chk.product(ins_chk.in_h, ins_chk.in_w), chk.product(ins_chk.out_h, ins_chk.out_w)
         # Registered partial products (one 18 x 18 and a narrow rest in LUTs): as one product of 20 x 10
         # bits yosys put the 2-bit rest on a second hard multiplier.
         ihwc, ohwc = chk.mul(ihw, ins_chk.cb, ihw), chk.mul(ohw, ins_chk.cb, ohw)
-        in_bad = chk.step(ins_chk.in_addr + ihwc > c.abuf_words, ihwc)
-        out_bad = chk.step(ins_chk.out_addr + ohwc > c.abuf_words, ohwc)
-        m.d.comb += self.bad.eq(chk.step(in_bad | out_bad, in_bad, out_bad))
+        # Both ends compared in the last step (the products' two steps leave no step for the OR alone).
+        m.d.comb += self.bad.eq(chk.step((ins_chk.in_addr + ihwc > c.abuf_words)
+                                         | (ins_chk.out_addr + ohwc > c.abuf_words), ihwc, ohwc))
         oy, ox, cc, ky, kx = Signal(10), Signal(10), Signal(10), Signal(4), Signal(4)
         ocnt = Signal(30)
         gen = Signal()
-        # The counters' last values, registered with timing_stages (as CONV's).
-        last_kx, last_ky = kx == chk.step(ins_chk.k_w - 1), ky == chk.step(ins_chk.k_h - 1)
-        last_c, last_x, last_y = (cc == chk.step(ins_chk.cb - 1), ox == chk.step(ins_chk.out_w - 1),
-                                  oy == chk.step(ins_chk.out_h - 1))
-        win_end = last_kx & last_ky
         adv = Signal()          # the generator emits a tap this cycle
+        # The counters' last values, registered with timing_stages, and flags of their own (as CONV's).
+        last_kx = last_flag(m, kx, chk.step(ins_chk.k_w - 1), self.start, adv, "last_kx")
+        last_ky = last_flag(m, ky, chk.step(ins_chk.k_h - 1), self.start, adv & last_kx, "last_ky")
+        win_end = last_kx & last_ky
+        last_c = last_flag(m, cc, chk.step(ins_chk.cb - 1), self.start, adv & win_end, "last_c")
+        last_x = last_flag(m, ox, chk.step(ins_chk.out_w - 1), self.start, adv & win_end & last_c, "last_x")
+        last_y = last_flag(m, oy, chk.step(ins_chk.out_h - 1), self.start, adv & win_end & last_c & last_x,
+                           "last_y")
         if G > 1:
             # Windows at least G cycles apart: the bank below holds one pixel's sums for G cycles.
             wc = Signal(range(G))

@@ -227,6 +227,112 @@ def test_check_stages_mul_is_one_step_of_registered_partial_products():
     assert dut.depth == 2           # rows - 1, then the partial products
 
 
+class _CheckProduct(wiring.Component):
+    """A range check's product of two fields (two steps) and of a field and a constant (a shift)."""
+
+    a: In(unsigned(16))
+    b: In(unsigned(16))
+    prod: Out(unsigned(32))
+    scaled: Out(unsigned(32))
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Const
+
+        from tessera.arch import PRESETS
+        from tessera.hdl.common import CheckStages
+        m = Module()
+        chk = CheckStages(m, PRESETS["sim"].replace(timing_stages=True), None)
+        prod, scaled = chk.product(self.a, self.b), chk.product(self.a, Const(16, 16))
+        m.d.comb += [self.prod.eq(prod), self.scaled.eq(scaled)]
+        self.depths = chk._depth[id(prod)], chk._depth[id(scaled)]
+        return m
+
+
+def test_check_stages_product_registers_operands_then_product():
+    import pytest
+    rng = np.random.default_rng(11)
+    vals = [(0, 0), (2**16 - 1, 2**16 - 1), (1, 2**16 - 1)] + \
+        [(int(rng.integers(0, 2**16)), int(rng.integers(0, 2**16))) for _ in range(30)]
+    dut = _CheckProduct()
+    seen = []
+
+    async def bench(ctx):
+        # A new pair each cycle: the product follows two cycles behind, the constant's one.
+        for i in range(len(vals) + 2):
+            if i < len(vals):
+                ctx.set(dut.a, vals[i][0])
+                ctx.set(dut.b, vals[i][1])
+            await ctx.tick()
+            seen.append((ctx.get(dut.prod), ctx.get(dut.scaled)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert [p for p, _ in seen[1:len(vals) + 1]] == [a * b for a, b in vals]
+    assert [s for _, s in seen[:len(vals)]] == [a * 16 for a, _ in vals]
+    assert dut.depths == (2, 1)
+
+    from tessera.arch import PRESETS
+    from tessera.hdl.common import CheckStages
+    config = PRESETS["sim"].replace(timing_stages=True)
+    chk = CheckStages(Module(), config, None)
+    x = chk.step(dut.a + 1)
+    for _ in range(config.check_cycles - 2):
+        x = chk.step(x + 1, x)
+    with pytest.raises(ValueError, match="does not fit check_cycles"):
+        chk.product(x, dut.b, x)
+
+
+class _LastFlag(wiring.Component):
+    """A counter that wraps after ``last``, with its last_flag beside it."""
+
+    last: In(signed(6))
+    restart: In(1)
+    advance: In(1)
+    v: Out(4)
+    flag: Out(1)
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Mux
+        from tessera.hdl.common import last_flag
+        m = Module()
+        flag = last_flag(m, self.v, self.last, self.restart, self.advance)
+        with m.If(self.restart):
+            m.d.sync += self.v.eq(0)
+        with m.Elif(self.advance):
+            m.d.sync += self.v.eq(Mux(flag, 0, self.v + 1))
+        m.d.comb += self.flag.eq(flag)
+        return m
+
+
+def test_last_flag_equals_its_counters_compare():
+    rng = np.random.default_rng(2)
+    dut = _LastFlag()
+    bad = []
+
+    async def bench(ctx):
+        # Limits as fields give them: 0 (always last), inside, the counter's top, and -1 (a zero field).
+        for last in (0, 1, 5, 15, -1):
+            ctx.set(dut.last, last)
+            ctx.set(dut.restart, 1)
+            await ctx.tick()
+            ctx.set(dut.restart, 0)
+            for i in range(80):
+                ctx.set(dut.advance, int(rng.integers(0, 2)))
+                ctx.set(dut.restart, int(rng.integers(0, 40) == 0))
+                await ctx.tick()
+                v, flag = ctx.get(dut.v), ctx.get(dut.flag)
+                if flag != (v == last):
+                    bad.append((last, i, v, flag))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert not bad
+
+
 class _Staged(wiring.Component):
     """round_sig, round_shift and split_mul with their timing_stages registers, fed a value per cycle."""
 
@@ -537,14 +643,25 @@ def test_npu_for_the_ecp5_puts_its_wide_partial_products_on_registered_mult18x18
     top = Npu(config)
     text = rtlil.convert(top, platform=_Ecp5(), ports=_ports(top))
     cells = text.count("cell \\MULT18X18D ")
-    # Every piece has its register in the block. Only EPILOGUE's products register their operands
-    # there too: per lane the scale multiply's four pieces (33 × 32 bits: two pieces each) and two
-    # residual products of two pieces each (the 31-bit res_mult is a 17-bit and a 14-bit piece).
+    # Every piece has its register in the block. These register their operands there too: per
+    # EPILOGUE lane the scale multiply's four pieces (33 × 32 bits: two pieces each) and two
+    # residual products of two pieces each (the 31-bit res_mult is a 17-bit and a 14-bit piece);
+    # and the range checks' products of instruction fields (CheckStages.product): EPILOGUE's
+    # ob * pixels and pixels * each stride, POOL's and CONV's height * width (in and out), LOAD's
+    # cols * word size. STORE's word size is a constant: a shift, on no multiplier.
     per_lane = 4 + 2 * 2
+    want = {"top.core.post.epi": per_lane * config.post_lanes_eff + 3, "top.core.post.pool": 2,
+            "top.core.conv": 2, "top.core.load": 1}
+    inputs, module = {}, None
+    for line in text.splitlines():
+        if line.startswith("module "):
+            module = line.split("\\", 1)[1]
+        if 'parameter \\REG_INPUTA_CLK "CLK0"' in line:
+            inputs[module] = inputs.get(module, 0) + 1
     assert cells > 20
     assert text.count('parameter \\REG_OUTPUT_CLK "CLK0"') == cells
-    assert text.count('parameter \\REG_INPUTA_CLK "CLK0"') == per_lane * config.post_lanes_eff
-    assert text.count('parameter \\REG_INPUTA_CLK "NONE"') == cells - per_lane * config.post_lanes_eff
+    assert inputs == want
+    assert text.count('parameter \\REG_INPUTA_CLK "NONE"') == cells - sum(want.values())
     # Simulation keeps plain registers after an inferred multiply.
     top = Npu(config)
     assert "MULT18X18D" not in rtlil.convert(top, ports=_ports(top))

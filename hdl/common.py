@@ -44,6 +44,7 @@ __all__ = [
     "round_shift",
     "round_shift_sat",
     "split_mul",
+    "split_mul_pieces",
     "round_sig",
     "saturate",
     "shift_decode",
@@ -198,6 +199,17 @@ class CheckStages:
         self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True, hard=self.hard))
         self._depth[id(r)] = depth
         return r
+
+    def mul_pieces(self, a, b, *deps):
+        """:meth:`mul`'s registered partial products unsummed (:func:`split_mul_pieces`), a list of
+        ``(piece, shift)``; without ``timing_stages`` ``[(a * b, 0)]``."""
+        if not self.on:
+            return [(a * b, 0)]
+        depth = self._depth_of(deps)
+        pieces = split_mul_pieces(self.m, a, b, reset_less=True, hard=self.hard)
+        for r, _ in pieces:
+            self._depth[id(r)] = depth
+        return pieces
 
     def product(self, a, b, *deps):
         """``a * b`` as two steps: its operands registered, then the product (on the ECP5 a hard
@@ -573,9 +585,30 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None, ope
     """
     assert stages in (0, 1), stages
     assert stages or not (operand_register or piece_register)
-    a, b = (v if v.shape().signed else Cat(v, Const(0, 1)).as_signed() for v in (Value.cast(a), Value.cast(b)))
+    a, b = (_as_signed_operand(v) for v in (a, b))
     if not stages:
         return a * b
+    pieces = split_mul_pieces(m, a, b, reset_less, hard, operand_register, piece_register)
+    terms = [r.as_signed() << s if s else r.as_signed() for r, s in pieces]
+    if piece_register:
+        while len(terms) > 1:                     # a tree: two adds in a row for four pieces, not three
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total[:len(a) + len(b)].as_signed()
+
+
+def _as_signed_operand(v):
+    v = Value.cast(v)
+    return v if v.shape().signed else Cat(v, Const(0, 1)).as_signed()
+
+
+def split_mul_pieces(m, a, b, reset_less: bool = False, hard=None, operand_register: bool = False,
+                     piece_register: bool = False):
+    """:func:`split_mul`'s registered partial products with ``stages=1``, unsummed: a list of
+    ``(piece, shift)`` with ``a * b == sum(piece << shift)`` (signed pieces, ``a``'s low part first)."""
+    a, b = _as_signed_operand(a), _as_signed_operand(b)
 
     def parts(v):
         if len(v) <= 18:
@@ -597,14 +630,8 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None, ope
                 m.d.sync += r.eq(narrow_mul(pa, pb))  # an operand just over 18 bits leaves a narrow part
             if piece_register:
                 r = delay(m, r, 1, reset_less=reset_less)
-            terms.append(r.as_signed() << (sa + sb) if sa + sb else r.as_signed())
-    if piece_register:
-        while len(terms) > 1:                     # a tree: two adds in a row for four pieces, not three
-            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total[:len(a) + len(b)].as_signed()
+            terms.append((r, sa + sb))
+    return terms
 
 
 def bit_length(v):

@@ -63,22 +63,30 @@ def words_per_beat(c: NpuConfig, buf: Buffer) -> int:
     return max(1, c.bus_bytes // c.word_bytes(buf))
 
 
-def _checks(m, c: NpuConfig, ins, wb, depth, start, hard=None):
+def _checks(m, c: NpuConfig, ins, wb, row_bytes, depth, start, hard=None):
     """(misaligned, dram_range, buffer_range, ready, rows - 1) of a DMA instruction, the faults as the
-    emulator orders them.
+    emulator orders them. ``row_bytes`` is ``ins.cols * wb`` as the unit forms it.
 
     With ``timing_stages`` each is a few registered steps (:class:`.common.CheckStages`)."""
     chk = CheckStages(m, c, start, hard)
     align = Mux(wb < c.bus_bytes, wb, c.bus_bytes)
     mis = chk.step(((ins.dram_addr & (align - 1)) != 0) | ((ins.rows > 1) & ((ins.dram_stride & (align - 1)) != 0)))
     rm1 = chk.step(ins.rows - 1)            # apart from the multiplies: it fed their operand pins
-    rows_dram = chk.mul(rm1, ins.dram_stride, rm1)
-    row_bytes = chk.product(ins.cols, wb)    # LOAD's word size is a field's choice: a hard multiplier
+    # The last row ends past the DRAM when dram_addr + rm1 * dram_stride > dram_bytes - row_bytes. As
+    # one three-operand add of 50 bits (the product's two pieces and the address), then a compare, it
+    # was a late group of LOAD's and STORE's checks; here the right side forms beside the multiply, the
+    # low piece is subtracted from it, and the high piece is compared with what is left, shifted down
+    # (top << s > t exactly when top > t >> s, for an integer top).
+    rb = chk.step(row_bytes)
+    room = chk.step(c.dram_bytes - ins.dram_addr)
+    lim = chk.step(room - rb, room, rb)
+    pieces = chk.mul_pieces(rm1, ins.dram_stride, rm1)
+    top, shift = max(pieces, key=lambda p: p[1])
+    rest = [(p, s) for p, s in pieces if p is not top]
+    t = chk.step(lim - sum(p << s for p, s in rest), lim, *[p for p, _ in rest])
+    top_r = chk.step(top, top)              # a copy by the compare, not at the multiplier
+    dram = chk.step(top_r > (t >> shift), t, top_r)
     rows_buf = chk.mul(rm1, ins.buf_stride, rm1)
-    last_row = chk.step(ins.dram_addr + rows_dram, rows_dram)
-    # end > limit as start > limit - length: the subtract has a step of its own (signed, can be < 0).
-    dram_room = chk.step(c.dram_bytes - row_bytes, row_bytes)
-    dram = chk.step(last_row > dram_room, last_row, dram_room)
     buf_row = chk.step(ins.buf_addr + rows_buf, rows_buf)
     buf_room = chk.step(depth - ins.cols)
     bufr = chk.step(buf_row > buf_room, buf_row, buf_room)
@@ -202,7 +210,8 @@ class LoadDma(wiring.Component):
         depth = Signal(17)
         m.d.comb += [wb.eq(per_buf(c.word_bytes)), lwb.eq(per_buf(lambda b: log2(c.word_bytes(b)) if c.word_bytes(b) < B else 0)),
                      bpw_m1.eq(per_buf(lambda b: write_lanes(c, b) - 1)), depth.eq(per_buf(c.buffer_words))]
-        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, wb, depth, self.ctl.start,
+        row_bytes = per_buf(lambda b: narrow_mul(ins_chk.cols, Const(c.word_bytes(b), 16)))
+        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, wb, row_bytes, depth, self.ctl.start,
                                                       registered_hard_product(platform))
 
         # Words per request: a narrow word's request takes the rest of its beat, up to the row's end.
@@ -339,8 +348,9 @@ class StoreDma(wiring.Component):
         ins = instr_copy(m, c, ins_chk)         # the walker's (see instr_copy)
         running = Signal()
         load_instr(m, ir, self.ctl.instr, ~running)
-        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, Const(N, 16), c.abuf_words, self.ctl.start,
-                                                      registered_hard_product(platform))
+        wb = Const(N, 16)
+        mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, wb, narrow_mul(ins_chk.cols, wb), c.abuf_words,
+                                                  self.ctl.start, registered_hard_product(platform))
         w = _Walker(m, ins, N, 0, rows_m1)
         fd = 4
         m.submodules.q = q = fifo.SyncFIFO(width=8 * N + 34, depth=fd)

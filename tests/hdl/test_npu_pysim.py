@@ -157,7 +157,15 @@ RANGE_FAULTS = {
     "load_misaligned": lambda c: I("load", buf="param", dram_addr=ACT, rows=2, cols=1, dram_stride=4),
     "store_dram": lambda c: I("store", buf="act", dram_addr=c.dram_bytes - 4 * c.act_word_bytes, rows=1, cols=5),
     "store_buffer": lambda c: I("store", buf="act", dram_addr=OUT, buf_addr=c.abuf_words - 2, rows=1, cols=3),
+    # Strides of 2**17 and more: the row offset's high partial product is the one compared (hdl/dma.py).
+    "load_dram_wide_stride": lambda c: I("load", buf="act", rows=3, cols=2, dram_stride=WIDE,
+                                         dram_addr=c.dram_bytes - 2 * WIDE - c.act_word_bytes),
+    "store_dram_wide_stride": lambda c: I("store", buf="act", rows=2, cols=1, dram_stride=2 * WIDE,
+                                          dram_addr=c.dram_bytes - 2 * WIDE),
 }
+
+#: A DRAM stride above the 17 bits of a range check's low partial product.
+WIDE = (1 << 20) + 16
 
 
 @pytest.mark.parametrize("config", [CONFIG, TIMED], ids=lambda c: c.name)
@@ -169,6 +177,23 @@ def test_npu_pysim_range_fault_matches_emulator(config, fault):
           "store": I("store", buf="act", dram_addr=OUT, rows=1, cols=1)}
     bad = RANGE_FAULTS[fault](config)
     _fault_matches_emulator(config, [ok[bad.op.name.lower()], bad, I("end")])
+
+
+@pytest.mark.parametrize("config", [CONFIG, TIMED], ids=lambda c: c.name)
+def test_npu_pysim_dma_ending_at_the_dram_end_runs(config):
+    # The wide-stride faults above a word earlier, so their last rows end at the DRAM's end: both run them.
+    rows = [I("load", buf="act", rows=3, cols=2, dram_stride=WIDE,
+              dram_addr=config.dram_bytes - 2 * WIDE - 2 * config.act_word_bytes),
+            I("store", buf="act", rows=2, cols=1, dram_stride=2 * WIDE,
+              dram_addr=config.dram_bytes - 2 * WIDE - config.act_word_bytes)]
+    prog = encode_program([*rows, I("end")])
+    dram = np.zeros(config.dram_bytes, np.uint8)
+    dram[:len(prog)] = np.frombuffer(prog, np.uint8)
+    emu = Emulator(config)
+    emu.write(0, dram)
+    emu.run(0)
+    regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
+    assert regs["STATUS"] == 2 and regs["ERROR"] == 0
 
 
 #: Faults that depend on the queues: a deadlock, and a fault raised while fetch waits on a full queue.

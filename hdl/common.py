@@ -35,6 +35,7 @@ __all__ = [
     "load_instr",
     "log2",
     "narrow_mul",
+    "past_room",
     "word_at",
     "register_copies",
     "register_fanout",
@@ -248,6 +249,19 @@ def last_flag(m, v, last, restart, advance, name=None):
     with m.Elif(advance):
         m.d.sync += flag.eq(Mux(flag, last == 0, v + 1 == last))
     return flag
+
+
+def past_room(pieces, room):
+    """Whether a product of non-negative values, as :func:`split_mul_pieces`' ``(piece, shift)``,
+    exceeds ``room``: a buffer's words less an address, so below ``2**17`` (buffers hold at most
+    ``2**16`` words). A piece above the lowest, if not zero, makes the product at least ``2**17``,
+    so only the lowest is compared: a range check's last step is then a compare and an OR, not the
+    pieces' add, an address add and a compare (three of those in one step were 37 cells, CONV's
+    critical path in session 23's first build).
+    """
+    (low, shift), *high = sorted(pieces, key=lambda p: p[1])
+    assert shift == 0 and all(s >= 17 for _, s in high), pieces
+    return Cat(low > room, *[p != 0 for p, _ in high]).any()
 
 
 def instr_register(c: NpuConfig, name: str = "ir") -> Signal:

@@ -21,6 +21,7 @@ from .common import (
     last_flag,
     load_instr,
     narrow_mul,
+    past_room,
     register_copies,
     register_copy,
     registered_hard_product,
@@ -86,11 +87,15 @@ class ConvUnit(wiring.Component):
         K = chk.step(kcb[:18], kcb)                          # (in fabric for RUN's weight step)
         # The products wider than one MULT18X18D register their partial products (the step using them adds
         # them): a hard multiplier far from the instruction register, then the adds, was CONV's path.
-        hwc = chk.mul(hw, ic.in_cb, hw)
-        obp = chk.mul(ic.ob_count, P, P)
-        wgt_terms = chk.mul(kcb[:18], ic.ob_count, kcb)
-        bad_range = chk.step((ic.in_addr + hwc > c.abuf_words) | (ic.acc_addr + obp > c.accbuf_words)
-                             | (ic.w_addr + wgt_terms > c.wbuf_words), hwc, obp, wgt_terms)
+        hwc = chk.mul_pieces(hw, ic.in_cb, hw)
+        obp = chk.mul_pieces(ic.ob_count, P, P)
+        wgt_terms = chk.mul_pieces(kcb[:18], ic.ob_count, kcb)
+        # Each extent against the room its buffer has past the address (past_room: compares, no adds).
+        rooms = [chk.step(c.abuf_words - ic.in_addr), chk.step(c.accbuf_words - ic.acc_addr),
+                 chk.step(c.wbuf_words - ic.w_addr)]
+        extents = [hwc, obp, wgt_terms]
+        bad_range = chk.step(Cat(*[past_room(e, r) for e, r in zip(extents, rooms)]).any(),
+                             *rooms, *[p for e in extents for p, _ in e])
 
         # Generator counters.
         b, y, x = Signal(10), Signal(10), Signal(10)

@@ -24,6 +24,7 @@ from .common import (
     last_flag,
     load_instr,
     narrow_mul,
+    past_room,
     register_copies,
     round_shift,
     round_shift_sat,
@@ -437,10 +438,12 @@ class PoolEngine(wiring.Component):
         ihw, ohw = chk.product(ins_chk.in_h, ins_chk.in_w), chk.product(ins_chk.out_h, ins_chk.out_w)
         # Registered partial products (one 18 x 18 and a narrow rest in LUTs): as one product of 20 x 10
         # bits yosys put the 2-bit rest on a second hard multiplier.
-        ihwc, ohwc = chk.mul(ihw, ins_chk.cb, ihw), chk.mul(ohw, ins_chk.cb, ohw)
-        # Both ends compared in the last step (the products' two steps leave no step for the OR alone).
-        m.d.comb += self.bad.eq(chk.step((ins_chk.in_addr + ihwc > c.abuf_words)
-                                         | (ins_chk.out_addr + ohwc > c.abuf_words), ihwc, ohwc))
+        ihwc, ohwc = chk.mul_pieces(ihw, ins_chk.cb, ihw), chk.mul_pieces(ohw, ins_chk.cb, ohw)
+        # Both extents against their rooms in the last step (past_room: compares, no adds; the
+        # products' two steps leave no step for an OR alone).
+        rooms = [chk.step(c.abuf_words - ins_chk.in_addr), chk.step(c.abuf_words - ins_chk.out_addr)]
+        m.d.comb += self.bad.eq(chk.step(past_room(ihwc, rooms[0]) | past_room(ohwc, rooms[1]),
+                                         *rooms, *[p for e in (ihwc, ohwc) for p, _ in e]))
         oy, ox, cc, ky, kx = Signal(10), Signal(10), Signal(10), Signal(4), Signal(4)
         ocnt = Signal(30)
         gen = Signal()

@@ -284,6 +284,54 @@ def test_check_stages_product_registers_operands_then_product():
         chk.product(x, dut.b, x)
 
 
+class _PastRoom(wiring.Component):
+    """A range check's extent (a 20-bit by 10-bit product, in pieces) against a buffer's room."""
+
+    a: In(unsigned(20))
+    b: In(unsigned(10))
+    room: In(signed(18))
+    past: Out(1)
+
+    def elaborate(self, platform):
+        from tessera.arch import PRESETS
+        from tessera.hdl.common import CheckStages, past_room
+        m = Module()
+        chk = CheckStages(m, PRESETS["sim"].replace(timing_stages=True), None)
+        pieces = chk.mul_pieces(self.a, self.b)
+        assert len(pieces) == 2                 # the 20-bit operand's low 17 bits and its rest
+        m.d.comb += self.past.eq(chk.step(past_room(pieces, self.room), *[p for p, _ in pieces]))
+        return m
+
+
+def test_past_room_equals_the_products_compare():
+    rng = np.random.default_rng(4)
+    # Rooms from a buffer's words less an address (-2**16..2**16); products below, at and above them,
+    # and ones whose high piece alone is set (a multiple of 2**17).
+    vals = [(0, 0, 0), (1, 1, 0), (1, 1, 1), (2**17, 1, 2**16), (2**20 - 1, 1023, 2**16), (2**17 - 1, 1, 2**16),
+            (2**16, 1, 2**16), (2**16 + 1, 1, 2**16), (5, 3, -4)]
+    for _ in range(60):
+        a, b, room = int(rng.integers(0, 2**20)) >> int(rng.integers(0, 20)), int(rng.integers(0, 1024)), \
+            int(rng.integers(-2**16, 2**16 + 1))
+        vals.append((a, b, room))
+    vals += [(room, 1, room) for _, _, room in vals if room >= 0]       # exactly at the room
+    dut = _PastRoom()
+    got = []
+
+    async def bench(ctx):
+        for a, b, room in vals:
+            ctx.set(dut.a, a)
+            ctx.set(dut.b, b)
+            ctx.set(dut.room, room)
+            await ctx.tick().repeat(2)
+            got.append(ctx.get(dut.past))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [int(a * b > room) for a, b, room in vals]
+
+
 class _LastFlag(wiring.Component):
     """A counter that wraps after ``last``, with its last_flag beside it."""
 

@@ -46,6 +46,7 @@ __all__ = [
     "round_shift_sat",
     "split_mul",
     "split_mul_pieces",
+    "sum_pieces",
     "round_sig",
     "saturate",
     "shift_decode",
@@ -195,10 +196,10 @@ class CheckStages:
         the step that uses it adds them (a wide product is hard multipliers and their adds)."""
         if not self.on:
             return a * b
-        depth = self._depth_of(deps)
+        pieces = self.mul_pieces(a, b, *deps)
         r = Signal(signed(len(Value.cast(a)) + len(Value.cast(b)) + 2))
-        self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True, hard=self.hard))
-        self._depth[id(r)] = depth
+        self.m.d.comb += r.eq(sum_pieces(pieces))
+        self._depth[id(r)] = self._depth[id(pieces[0][0])]
         return r
 
     def mul_pieces(self, a, b, *deps):
@@ -603,14 +604,20 @@ def split_mul(m, a, b, stages: int = 0, reset_less: bool = False, hard=None, ope
     if not stages:
         return a * b
     pieces = split_mul_pieces(m, a, b, reset_less, hard, operand_register, piece_register)
+    return sum_pieces(pieces, tree=piece_register)[:len(a) + len(b)].as_signed()
+
+
+def sum_pieces(pieces, tree: bool = False):
+    """The sum of :func:`split_mul_pieces`' ``(piece, shift)``: a chain of adds, or with ``tree`` a
+    balanced tree (two adds in a row for four pieces, not three)."""
     terms = [r.as_signed() << s if s else r.as_signed() for r, s in pieces]
-    if piece_register:
-        while len(terms) > 1:                     # a tree: two adds in a row for four pieces, not three
+    if tree:
+        while len(terms) > 1:
             terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
     total = terms[0]
     for t in terms[1:]:
         total = total + t
-    return total[:len(a) + len(b)].as_signed()
+    return total
 
 
 def _as_signed_operand(v):

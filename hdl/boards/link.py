@@ -204,7 +204,14 @@ class Link(wiring.Component):
         csr_wdata, csr_we = Signal(32), Signal()
         m.d.comb += [self.csr.addr.eq(csr_addr), self.csr.wdata.eq(csr_wdata), self.csr.we.eq(csr_we)]
         m.d.sync += [csr_addr.eq(Csr.STATUS), csr_we.eq(0)]
-        npu_busy = self.csr.rdata[Status.BUSY.value.bit_length() - 1]
+        # The read data a cycle later, from a register: the CSR block's read multiplexer runs on from the
+        # address register across the die and back, and into the verdicts on it (BUSY, a read's value)
+        # it was a routed critical path (csr_addr into the CRC's enable, 12.6 ns, docs/synthesis.md,
+        # session 24). The STATUS that EXEC sees is then a cycle older: the NPU only starts from a
+        # write of this link, many cycles before, so BUSY can be stale only towards "busy".
+        csr_rdata = Signal(32)
+        m.d.sync += csr_rdata.eq(self.csr.rdata)
+        npu_busy = csr_rdata[Status.BUSY.value.bit_length() - 1]
         is_mem = (cmd == Command.WRITE_MEM) | (cmd == Command.READ_MEM)
         is_csr = (cmd == Command.WRITE_CSR) | (cmd == Command.READ_CSR)
         is_write = (cmd == Command.WRITE_MEM) | (cmd == Command.WRITE_CSR)
@@ -292,7 +299,7 @@ class Link(wiring.Component):
                     respond(LinkStatus.OK)
                 with m.Case(Command.READ_CSR):
                     m.d.sync += csr_addr.eq(addr)
-                    m.next = "CSR_READ"
+                    m.next = "CSR_WAIT"
                 with m.Default():
                     m.d.sync += [cur.eq(addr), left.eq(length), strb.eq(0)]
                     with m.If(npu_busy):
@@ -303,8 +310,11 @@ class Link(wiring.Component):
                     with m.Else():
                         respond(LinkStatus.OK, length)
 
+            with m.State("CSR_WAIT"):
+                # The addressed register is on the bus now and in csr_rdata next cycle.
+                m.next = "CSR_READ"
             with m.State("CSR_READ"):
-                m.d.sync += data32.eq(self.csr.rdata)
+                m.d.sync += data32.eq(csr_rdata)
                 respond(LinkStatus.OK, CSR_BYTES)
 
             # WRITE_MEM: payload bytes into beats with byte strobes, one write per touched beat.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -93,19 +93,34 @@ def _checks(m, c: NpuConfig, ins, wb, row_bytes, depth, start, hard=None):
     return mis, dram, bufr, chk.ready, rm1
 
 
-def _check_then_run(m, ctl, running, walker, bad_buf, mis, dram, bufr, ready):
+def _check_then_run(m, c: NpuConfig, ctl, running, walker, bad_buf, mis, dram, bufr, ready):
     """The CHECK state of LOAD and STORE: once the check is ``ready``, stop with the first fault in
-    the emulator's order (buffer kind, alignment, DRAM range, buffer range), else start the transfer."""
+    the emulator's order (buffer kind, alignment, DRAM range, buffer range), else run the transfer.
+
+    Without ``timing_stages`` the walker starts with RUN. With it, the walker starts in CHECK's
+    second cycle (its copy of the instruction is loaded then) and fills its request queue
+    (:func:`walk_ahead`) while the check runs; a fault stops it.
+    """
     code = Mux(bad_buf, ErrorCode.BAD_FIELD.value, Mux(mis, ErrorCode.MISALIGNED.value,
                Mux(dram, ErrorCode.DRAM_RANGE.value, ErrorCode.BUFFER_RANGE.value)))
+    early = c.timing_stages
+    if early:
+        assert c.check_cycles >= 2, "the walker's early start would follow the check's verdict"
+        with m.If(walker.early):
+            walker.start(m)
     with m.If(~ready):
         pass
     with m.Elif(bad_buf | mis | dram | bufr):
         m.d.comb += [ctl.err.eq(1), ctl.err_code.eq(code)]
         m.d.sync += running.eq(0)
+        if early:
+            m.d.sync += walker.active.eq(0)
         m.next = "IDLE"
     with m.Else():
-        walker.start(m)
+        if early:
+            m.d.sync += walker.go.eq(1)
+        else:
+            walker.start(m)
         m.next = "RUN"
 
 
@@ -149,6 +164,35 @@ class _Walker:
             with m.Else():
                 m.d.sync += [self.left.eq(self.left - self.step), self.word_dram.eq(self.word_dram + self.dstep),
                              self.word_buf.eq(self.word_buf + self.step)]
+
+
+def walk_ahead(m, c: NpuConfig, w: _Walker, fields, start, flush):
+    """The walker's next request (``fields``, a value of its registers) as the head of a queue.
+
+    Returns ``(valid, head, take)``: the request offered, its fields, and the signal to drive when it
+    is taken. With ``timing_stages`` the walker fills a two-entry queue whenever the queue has room
+    and the taker pops its head: the take (a far memory port's or buffer port's readiness) then
+    reaches only the queue's pointers, not the walker's ~170 counter and address registers and
+    their adds (late endpoints of every routed 128-MAC build, docs/synthesis.md, session 24). The
+    walker then starts early, in CHECK (:func:`_check_then_run`), so the first request is offered
+    in RUN's first cycle as before; ``flush`` (the unit idle) empties the queue of a transfer whose
+    check failed (``start``: the unit's start pulse). Without ``timing_stages`` the head is the
+    walker itself, which advances on the take.
+    """
+    take = Signal()
+    if not c.timing_stages:
+        with m.If(take):
+            w.advance(m)
+        return w.active, fields, take
+    w.early = delay(m, start, 2, "walk_start")     # CHECK's second cycle
+    w.go = Signal()                                 # RUN: the check passed, the head may leave
+    with m.If(flush):
+        m.d.sync += w.go.eq(0)
+    m.submodules.ahead = q = ResetInserter(flush)(fifo.SyncFIFO(width=len(fields), depth=2))
+    m.d.comb += [q.w_data.eq(fields), q.w_en.eq(w.active), q.r_en.eq(take)]
+    with m.If(w.active & q.w_rdy):
+        w.advance(m)
+    return q.r_rdy & w.go, q.r_data, take
 
 
 class LoadDma(wiring.Component):
@@ -233,7 +277,14 @@ class LoadDma(wiring.Component):
         # Requests.
         byte = Signal(34)
         m.d.comb += byte.eq(w.word_dram + narrow_mul(w.e, B))
+        chunk = Mux(wb < B, (byte & (B - 1)) // Mux(wb < B, wb, 1), w.e)
+        beat_addr = Signal(len(self.mem.req.payload))
+        m.d.comb += beat_addr.eq(byte >> log2(B))
+        idle = Signal()
+        offered, head, take = walk_ahead(m, c, w, Cat(beat_addr, w.word_buf[:32], chunk[:16], n), self.ctl.start, idle)
+        head_addr, head_meta = head[:len(beat_addr)], head[len(beat_addr):]
         took = self.mem.req.valid & self.mem.req.ready
+        m.d.comb += take.eq(took)
         if c.act_write_stages:
             # Reads in flight and ACT words not yet written (the backlog) in one counter: its sum of the
             # two, and the sum's compare, ran on through the request's valid into the walker's enables
@@ -241,19 +292,16 @@ class LoadDma(wiring.Component):
             # the backlog, any other is written. The meta FIFO then has room (its level is the reads in flight).
             pending = Signal(range(c.mem_outstanding + 1))
             m.d.sync += pending.eq(pending + took - (self.mem.resp.valid & ~sel[Buffer.ACT]) - self.backlog_leave)
-            can = w.active & (pending < c.mem_outstanding)
-            drained = pending == 0
+            can = offered & (pending < c.mem_outstanding)
+            drained = (pending == 0) & ~offered
         else:
             inflight = Signal(range(c.mem_outstanding + 1))
             m.d.sync += inflight.eq(inflight + took - self.mem.resp.valid)
             backlog = self.backlog if c.bram_buffers else 0
-            can = w.active & (inflight + backlog < c.mem_outstanding) & meta.w_rdy
-            drained = (inflight == 0) & (backlog == 0)
-        m.d.comb += [self.mem.req.valid.eq(can), self.mem.req.payload.eq(byte >> log2(B))]
-        chunk = Mux(wb < B, (byte & (B - 1)) // Mux(wb < B, wb, 1), w.e)
-        m.d.comb += [meta.w_data.eq(Cat(w.word_buf[:32], chunk[:16], n)), meta.w_en.eq(took)]
-        with m.If(took):
-            w.advance(m)
+            can = offered & (inflight + backlog < c.mem_outstanding) & meta.w_rdy
+            drained = (inflight == 0) & (backlog == 0) & ~offered
+        m.d.comb += [self.mem.req.valid.eq(can), self.mem.req.payload.eq(head_addr)]
+        m.d.comb += [meta.w_data.eq(head_meta), meta.w_en.eq(took)]
         got = self.mem.resp.valid
         m.d.comb += self.ctl.stall.eq(self.mem.req.valid & ~self.mem.req.ready)
         m.d.comb += self.ctl.progress.eq(took | got)
@@ -314,11 +362,13 @@ class LoadDma(wiring.Component):
                     f"{pname}{j}")
 
         with m.FSM():
-            with m.State("IDLE"), m.If(self.ctl.start):
-                m.d.sync += running.eq(1)
-                m.next = "CHECK"
+            with m.State("IDLE"):
+                m.d.comb += idle.eq(1)
+                with m.If(self.ctl.start):
+                    m.d.sync += running.eq(1)
+                    m.next = "CHECK"
             with m.State("CHECK"):
-                _check_then_run(m, self.ctl, running, w, ins_chk.buf == Buffer.ACC, mis, dram, bufr, ready)
+                _check_then_run(m, c, self.ctl, running, w, ins_chk.buf == Buffer.ACC, mis, dram, bufr, ready)
             with m.State("RUN"), m.If(~w.active & drained):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)
@@ -359,13 +409,15 @@ class StoreDma(wiring.Component):
         # Reads: one ACT word per cycle while the FIFO has room for it.
         pending = Signal()
         rd_dram = Signal(34)
-        issue = w.active & (q.level + pending < fd - 1)
+        buf_addr = Signal(len(self.act_rd.addr))
+        m.d.comb += buf_addr.eq(w.word_buf)
+        idle = Signal()
+        offered, head, take = walk_ahead(m, c, w, Cat(buf_addr, w.word_dram), self.ctl.start, idle)
+        issue = offered & (q.level + pending < fd - 1)
         if c.bram_buffers:
             issue = issue & self.act_grant
-        m.d.comb += self.act_rd.addr.eq(w.word_buf)
-        m.d.sync += [pending.eq(issue), rd_dram.eq(w.word_dram)]
-        with m.If(issue):
-            w.advance(m)
+        m.d.comb += [take.eq(issue), self.act_rd.addr.eq(head[:len(buf_addr)])]
+        m.d.sync += [pending.eq(issue), rd_dram.eq(head[len(buf_addr):])]
         m.d.comb += [q.w_en.eq(pending), q.w_data.eq(Cat(self.act_rd.data, rd_dram))]
 
         # Beats.
@@ -389,12 +441,14 @@ class StoreDma(wiring.Component):
         m.d.comb += [self.ctl.stall.eq(req.valid & ~req.ready), self.ctl.progress.eq(req.valid & req.ready)]
 
         with m.FSM():
-            with m.State("IDLE"), m.If(self.ctl.start):
-                m.d.sync += running.eq(1)
-                m.next = "CHECK"
+            with m.State("IDLE"):
+                m.d.comb += idle.eq(1)
+                with m.If(self.ctl.start):
+                    m.d.sync += running.eq(1)
+                    m.next = "CHECK"
             with m.State("CHECK"):
-                _check_then_run(m, self.ctl, running, w, ins_chk.buf != Buffer.ACT, mis, dram, bufr, ready)
-            with m.State("RUN"), m.If(~w.active & ~pending & ~q.r_rdy):
+                _check_then_run(m, c, self.ctl, running, w, ins_chk.buf != Buffer.ACT, mis, dram, bufr, ready)
+            with m.State("RUN"), m.If(~w.active & ~offered & ~pending & ~q.r_rdy):
                 m.d.comb += self.ctl.done.eq(1)
                 m.d.sync += running.eq(0)
                 m.next = "IDLE"

@@ -83,7 +83,8 @@ def test_npu_pysim_timed_load_at_its_least_latency_matches_emulator(case):
 
 
 def _fault_matches_emulator(config, program):
-    """Run a faulting program on the emulator and the NPU: the same error code at the same pc."""
+    """Run a faulting program on the emulator and the NPU: the same error code at the same pc, and the
+    same memory (a faulting STORE writes nothing, though its walker starts during the check)."""
     _raw_fault_matches_emulator(config, encode_program(program))
 
 
@@ -99,6 +100,7 @@ def _raw_fault_matches_emulator(config, code: bytes):
     regs = run_npu(config, dram, 0, latency=3, max_cycles=5_000)
     assert regs["STATUS"] == 6, "the NPU did not stop with an error"
     assert (ErrorCode(regs["ERROR"]), regs["ERROR_PC"]) == (err.value.code, err.value.pc)
+    assert bytes(dram) == emu.read(0, config.dram_bytes), "the NPU's memory differs from the emulator's"
 
 
 #: A LOAD word made bad in one place (bit offsets from tessera.isa's LOAD layout): fetch with

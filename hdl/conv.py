@@ -121,6 +121,28 @@ class ConvUnit(wiring.Component):
         depth = 4 + sum(X.values()) + array.latency + 2
 
         m.d.comb += self.ctl.busy.eq(running)
+        # The counters rest at their start values while the generator is off (it is, for the CHECK cycles
+        # before any start; the instruction copy is loaded by then): their clears and enables are then
+        # ``gen``, a register, not the CHECK verdict or the FSM's state, whose LUTs drove them
+        # (late endpoints of the routed 128-MAC builds, docs/synthesis.md, session 24).
+        m.d.comb += adv.eq(gen)
+        with m.If(~gen):
+            m.d.sync += [b.eq(0), y.eq(0), x.eq(0), ky.eq(0), kx.eq(0), cb.eq(0), t.eq(0),
+                         wbase.eq(ins.w_addr), pcnt.eq(0)]
+        with m.Else():
+            m.d.sync += [cb.eq(Mux(last_c, 0, cb + 1)), t.eq(Mux(pix_end, 0, t + 1))]
+            with m.If(last_c):
+                m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
+            with m.If(last_c & last_kx):
+                m.d.sync += ky.eq(Mux(last_ky, 0, ky + 1))
+            with m.If(pix_end):
+                m.d.sync += [pcnt.eq(pcnt + 1), x.eq(Mux(last_x, 0, x + 1))]
+                with m.If(last_x):
+                    m.d.sync += y.eq(Mux(last_y, 0, y + 1))
+                    with m.If(last_y):
+                        m.d.sync += [b.eq(b + 1), wbase.eq(wbase + K)]
+                        with m.If(last_b):
+                            m.d.sync += [gen.eq(0), drain.eq(depth)]
         with m.FSM():
             with m.State("IDLE"), m.If(self.ctl.start):
                 m.next = "CHECK"
@@ -132,26 +154,10 @@ class ConvUnit(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.comb += go.eq(1)
-                    m.d.sync += [b.eq(0), y.eq(0), x.eq(0), ky.eq(0), kx.eq(0), cb.eq(0), t.eq(0),
-                                 wbase.eq(ins.w_addr), pcnt.eq(0), gen.eq(1)]
+                    m.d.sync += gen.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
-                with m.If(gen):
-                    m.d.comb += adv.eq(1)
-                    m.d.sync += [cb.eq(Mux(last_c, 0, cb + 1)), t.eq(Mux(pix_end, 0, t + 1))]
-                    with m.If(last_c):
-                        m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
-                    with m.If(last_c & last_kx):
-                        m.d.sync += ky.eq(Mux(last_ky, 0, ky + 1))
-                    with m.If(pix_end):
-                        m.d.sync += [pcnt.eq(pcnt + 1), x.eq(Mux(last_x, 0, x + 1))]
-                        with m.If(last_x):
-                            m.d.sync += y.eq(Mux(last_y, 0, y + 1))
-                            with m.If(last_y):
-                                m.d.sync += [b.eq(b + 1), wbase.eq(wbase + K)]
-                                with m.If(last_b):
-                                    m.d.sync += [gen.eq(0), drain.eq(depth)]
-                with m.Else():
+                with m.If(~gen):
                     m.d.sync += drain.eq(drain - 1)
                     with m.If(drain == 0):
                         m.d.comb += self.ctl.done.eq(1)

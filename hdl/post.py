@@ -168,10 +168,15 @@ class EpilogueEngine(wiring.Component):
         last_j = j == k - 1
         last_p = last_flag(m, p, pm1, self.start, gen & last_g & last_j, "last_p")
         last_b = last_flag(m, b, chk.step(ob - 1), self.start, gen & last_g & last_j & last_p, "last_b")
+        # The counters rest at zero while the generator is off (a start only sets ``gen``): their clear is
+        # then ``~gen``, a register, not the start decision (PostUnit's CHECK verdict), whose LUTs drove
+        # their resets across the unit (late endpoints of the routed 128-MAC builds, docs/synthesis.md,
+        # session 24). The generator is off for cycles (drain, done, CHECK) before any start.
         with m.If(self.start):
-            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), g.eq(0), acc_cnt.eq(0), gen.eq(1),
-                         p_out.eq(0), p_res.eq(0), bk.eq(0)]
-        with m.Elif(gen):
+            m.d.sync += gen.eq(1)
+        with m.If(~gen):
+            m.d.sync += [b.eq(0), p.eq(0), j.eq(0), g.eq(0), acc_cnt.eq(0), p_out.eq(0), p_res.eq(0), bk.eq(0)]
+        with m.Else():
             m.d.sync += g.eq(Mux(last_g, 0, g + 1))
             with m.If(last_g):
                 m.d.sync += j.eq(Mux(last_j, 0, j + 1))
@@ -460,16 +465,17 @@ class PoolEngine(wiring.Component):
             # Windows at least G cycles apart: the bank below holds one pixel's sums for G cycles.
             wc = Signal(range(G))
             m.d.comb += adv.eq(gen & ~(win_end & (wc < G - 1)))
-            with m.If(self.start):
-                m.d.sync += wc.eq(0)
-            with m.Elif(adv & win_end):
+            with m.If(~gen | (adv & win_end)):
                 m.d.sync += wc.eq(0)
             with m.Elif(gen & (wc < G - 1)):
                 m.d.sync += wc.eq(wc + 1)
         else:
             m.d.comb += adv.eq(gen)
+        # The counters rest at zero while the generator is off, as EPILOGUE's.
         with m.If(self.start):
-            m.d.sync += [oy.eq(0), ox.eq(0), cc.eq(0), ky.eq(0), kx.eq(0), ocnt.eq(0), gen.eq(1)]
+            m.d.sync += gen.eq(1)
+        with m.If(~gen):
+            m.d.sync += [oy.eq(0), ox.eq(0), cc.eq(0), ky.eq(0), kx.eq(0), ocnt.eq(0)]
         with m.Elif(adv):
             m.d.sync += kx.eq(Mux(last_kx, 0, kx + 1))
             with m.If(last_kx):

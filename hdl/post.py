@@ -26,6 +26,7 @@ from .common import (
     narrow_mul,
     past_room,
     register_copies,
+    register_fanout,
     round_shift,
     round_shift_sat,
     round_sig,
@@ -279,8 +280,20 @@ class EpilogueEngine(wiring.Component):
             # The residual shift is the instruction's: decoded once; with timing_stages registered, each
             # lane (or share of the lanes) reading its own copy.
             res_shifts = shift_decode_copies(m, ins.res_shift, len(lanes), "res_shift", X["residual_shift"] > 0, rl)
+            # With timing_stages the lanes read the instruction's zero points, bounds and residual
+            # multipliers from copies of their own (register_fanout, two cycles later: the lanes first use
+            # them many cycles after the generator starts), each copy by a share of the lanes: the one
+            # copy's wires to every lane were a routed critical path (14.5 ns, docs/synthesis.md, session 24).
+            if c.timing_stages:
+                nf = min(E, 4)
+                lane_ins = [data.View(ins.shape(), cp)
+                            for cp in register_fanout(m, ins.as_value(), nf, "lane_ins", reset_less=True)]
+                lane_ins = [lane_ins[n * nf // E] for n in range(E)]
+            else:
+                lane_ins = [ins] * E
             ys = []
             for n, L in enumerate(lanes):
+                li = lane_ins[n]
                 s3v, s3m, s3s, s3r = Data(signed(32)), Data(signed(32)), Data(6), Data(signed(8))
                 m.d.sync += [s3v.eq((L["acc"] + L["bias"])[:32]), s3m.eq(L["mult"]), s3s.eq(L["shift"]), s3r.eq(L["r"])]
                 # scale_product(v, mult) = round_sig(round_sig(v) * mult): each rounding shares a stage
@@ -306,32 +319,32 @@ class EpilogueEngine(wiring.Component):
                 q11, s5r = Data(signed(11), name=f"q11_{n}"), Data(signed(8))
                 m.d.sync += [q11.eq(round_shift_sat(p4, s4s, 11, m, X["shift"], rl)), s5r.eq(dly(s4r, X["shift"]))]
                 za, zy = Signal(signed(12), name=f"za{n}"), Signal(signed(12), name=f"zy{n}")
-                m.d.comb += [za.eq(q11 + ins.zp_mid), zy.eq(q11 + ins.zp_out)]
+                m.d.comb += [za.eq(q11 + li.zp_mid), zy.eq(q11 + li.zp_out)]
                 # With timing_stages the zero-point adds and the clamps (three carry chains in a row) get a
                 # stage each, apart from the residual products.
                 C = X["clamp"]
                 za, zy, r6 = (dly(x, max(C - 1, 0)) for x in (za, zy, s5r))
                 a, y6 = Signal(signed(9), name=f"a{n}"), Signal(signed(8), name=f"y6_{n}")
-                m.d.comb += [a.eq(clamp(za, -128, 127)), y6.eq(clamp(zy, ins.out_min, ins.out_max))]
+                m.d.comb += [a.eq(clamp(za, -128, 127)), y6.eq(clamp(zy, li.out_min, li.out_max))]
                 a, y6, r6 = (dly(x, min(C, 1)) for x in (a, y6, r6))
                 s6y, s6s = Data(signed(8)), Data(signed(48))
                 da, db = Signal(signed(10), name=f"da{n}"), Signal(signed(10), name=f"db{n}")
-                m.d.comb += [da.eq(a - ins.zp_mid), db.eq(r6 - ins.zp_res)]
+                m.d.comb += [da.eq(a - li.zp_mid), db.eq(r6 - li.zp_res)]
                 # With timing_stages the products' operands are registered first (in the MULT18X18D's input
                 # registers on the ECP5): the subtract's wire into a far multiplier plus its setup was
                 # 11.9 ns of a routed critical path (docs/synthesis.md, session 19).
                 M, O = X["residual_multiply"], X["residual_operands"]
                 m.d.sync += [s6y.eq(dly(y6, M + O)),
-                             s6s.eq(split_mul(m, da, ins.res_mult_a, M, rl, hard, operand_register=O > 0)
-                                    + split_mul(m, db, ins.res_mult_b, M, rl, hard, operand_register=O > 0))]
+                             s6s.eq(split_mul(m, da, li.res_mult_a, M, rl, hard, operand_register=O > 0)
+                                    + split_mul(m, db, li.res_mult_b, M, rl, hard, operand_register=O > 0))]
                 s7q, s7y = Data(signed(11)), Data(signed(8))
                 m.d.sync += [s7q.eq(round_shift_sat(s6s, res_shifts[n], 11, m, X["residual_shift"], rl)),
                              s7y.eq(dly(s6y, X["residual_shift"]))]
                 zr = Signal(signed(12), name=f"zr{n}")
-                m.d.comb += zr.eq(s7q + ins.zp_out)
+                m.d.comb += zr.eq(s7q + li.zp_out)
                 zr, s7y = dly(zr, X["residual_clamp"]), dly(s7y, X["residual_clamp"])
                 s8y = Data(signed(8))
-                m.d.sync += s8y.eq(Mux(ins.residual, clamp(zr, ins.out_min, ins.out_max), s7y))
+                m.d.sync += s8y.eq(Mux(li.residual, clamp(zr, li.out_min, li.out_max), s7y))
                 ys.append(s8y)
             if G > 1:
                 # Earlier groups of the word wait here; the word is written with its last group.
@@ -677,15 +690,18 @@ class PostUnit(wiring.Component):
         with m.If(self.ctl.start):
             m.d.sync += is_pool.eq(starts_pool)
         if c.timing_stages:
-            # An instruction register per engine, each loaded only with its own opcode (so yosys keeps both)
-            # and placed by its engine: one register's fan-out to both engines was a long wire. Each is
-            # enabled in four slices by four copies of ``running``: one enable for the ~190 bits of
-            # EPILOGUE's was 11.3 ns late (docs/synthesis.md, session 21). A copy may differ in the first
-            # cycle after reset, when no instruction can start.
+            # An instruction register per engine, placed by its engine: one register's fan-out to both
+            # engines was a long wire. Each is enabled in four slices by four copies of ``running``: one
+            # enable for the ~190 bits of EPILOGUE's was 11.3 ns late (docs/synthesis.md, session 21). A
+            # copy may differ in the first cycle after reset, when no instruction can start. Both load
+            # every idle cycle, so their enables are those copies alone (loading each only with its own
+            # opcode put dispatch's queue head into them: 23-51 late endpoints, session 24); POOL's starts
+            # as all ones, so yosys does not merge the two.
             idle = [~r for r in register_copies(m, running_next, 4, "running_ir")]
-            ir_epi, ir_pool = instr_register(c, "ir_epi"), instr_register(c, "ir_pool")
-            load_instr(m, ir_pool, self.ctl.instr, idle, starts_pool)
-            load_instr(m, ir_epi, self.ctl.instr, idle, ~starts_pool)
+            ir_epi = instr_register(c, "ir_epi")
+            ir_pool = Signal(INSTR_BITS, name="ir_pool", init=(1 << INSTR_BITS) - 1, reset_less=True)
+            load_instr(m, ir_pool, self.ctl.instr, idle)
+            load_instr(m, ir_epi, self.ctl.instr, idle)
         else:
             ir_epi = ir_pool = instr_register(c, "ir_epi")
             load_instr(m, ir_epi, self.ctl.instr, ~running)

@@ -16,6 +16,53 @@ __all__ = ["Dispatch"]
 UNITS = list(Unit)
 
 
+class _Body:
+    """HeadQueue's entries behind the head with ``write_stage``: distributed RAM in four column
+    slices, each written with an enable register of its own.
+
+    The queue's count already keeps the body from overflowing, so a write needs no check of its
+    own: a ``SyncFIFO`` ANDed its level compare into the one write enable of all ~60 RAM cells, and
+    that LUT's net across the die was a routed critical path (13.1 ns, 11.8 of it wire,
+    docs/synthesis.md, session 24). Here the write enables are registers of the accepted write,
+    one per slice, kept apart as :func:`register_copies` keeps copies (an inverted copy's inverter
+    drives its slice alone); a copy that starts as ones writes a slot in the first cycle after
+    reset, which the first real write to it overwrites before it is read.
+    """
+
+    def __init__(self, m, width: int, depth: int, bounds: list):
+        from amaranth.lib import memory
+        self.depth = depth
+        self.w_data, self.r_data = Signal(width), Signal(width)
+        self.r_en, self.r_rdy = Signal(), Signal()
+        self.w_ptr, self.r_ptr = Signal(range(depth)), Signal(range(depth))
+        self.level = Signal(range(depth + 1))
+        self.ports = []
+        for g in range(4):
+            lo, hi = bounds[g], bounds[g + 1]
+            mem = memory.Memory(shape=hi - lo, depth=depth, init=[])
+            m.submodules[f"body{g}"] = mem
+            wp, rp = mem.write_port(), mem.read_port(domain="comb")
+            m.d.comb += [wp.addr.eq(self.w_ptr), wp.data.eq(self.w_data[lo:hi]),
+                         rp.addr.eq(self.r_ptr), self.r_data[lo:hi].eq(rp.data)]
+            self.ports.append(wp)
+        m.d.comb += self.r_rdy.eq(self.level != 0)
+
+    def write_enables(self, m, take):
+        """Writes ``w_data`` a cycle after each ``take`` (a write accepted into the queue's register)."""
+        ens = register_copies(m, take, 4, "body_we")
+        wrote = ens[0]
+        m.d.comb += [wp.en.eq(en) for wp, en in zip(self.ports, ens)]
+        read = self.r_en & self.r_rdy
+
+        def nxt(p):
+            return Mux(p == self.depth - 1, 0, p + 1)
+        with m.If(wrote):
+            m.d.sync += self.w_ptr.eq(nxt(self.w_ptr))
+        with m.If(read):
+            m.d.sync += self.r_ptr.eq(nxt(self.r_ptr))
+        m.d.sync += self.level.eq(self.level + wrote - read)
+
+
 class HeadQueue(wiring.Component):
     """A unit's instruction queue with its head in a register (``timing_stages``).
 
@@ -56,7 +103,11 @@ class HeadQueue(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.body = body = fifo.SyncFIFO(width=self.width, depth=self.depth)
+        bounds = [self.width * g // 4 for g in range(5)]
+        if self.write_stage:
+            body = _Body(m, self.width, self.depth, bounds)
+        else:
+            m.submodules.body = body = fifo.SyncFIFO(width=self.width, depth=self.depth)
         head = Signal(self.width, reset_less=True)     # data: ``full`` says whether it holds an entry
         # The head holds an entry: ``full``, copy 0 of four registers of it. Each copy enables a quarter
         # of the head's bits (240 at the ulx3s presets, spread towards the unit that latches them). The
@@ -72,16 +123,15 @@ class HeadQueue(wiring.Component):
             count = Signal(range(self.depth + 1))
             count_next = count + take - (self.r_en & full)
             ready = Signal(init=1)
-            w_data, w_en = Signal(self.width, reset_less=True), Signal()
-            m.d.sync += [count.eq(count_next), ready.eq(count_next < self.depth), w_en.eq(take)]
+            w_data = Signal(self.width, reset_less=True)
+            m.d.sync += [count.eq(count_next), ready.eq(count_next < self.depth)]
             with m.If(self.w_sel):
                 m.d.sync += w_data.eq(self.w_data)
-            m.d.comb += [body.w_data.eq(w_data), body.w_en.eq(w_en),
-                         self.r_level.eq(count), self.w_rdy.eq(ready)]
+            m.d.comb += [body.w_data.eq(w_data), self.r_level.eq(count), self.w_rdy.eq(ready)]
+            body.write_enables(m, take)
         else:
             m.d.comb += [body.w_data.eq(self.w_data), body.w_en.eq(self.w_en & self.w_rdy),
                          self.r_level.eq(body.r_level + full), self.w_rdy.eq(self.r_level < self.depth)]
-        bounds = [self.width * g // 4 for g in range(5)]
         for g, copy in enumerate(copies):
             with m.If(~copy):
                 m.d.sync += head[bounds[g]:bounds[g + 1]].eq(body.r_data[bounds[g]:bounds[g + 1]])

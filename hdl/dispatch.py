@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import fifo, wiring
+from amaranth.lib import fifo, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from tessera.arch import NpuConfig
@@ -30,7 +30,6 @@ class _Body:
     """
 
     def __init__(self, m, width: int, depth: int, bounds: list):
-        from amaranth.lib import memory
         self.depth = depth
         self.w_data, self.r_data = Signal(width), Signal(width)
         self.r_en, self.r_rdy = Signal(), Signal()

@@ -138,6 +138,9 @@ class _Walker:
         self.row_dram, self.word_dram = Signal(34), Signal(34)
         self.row_buf, self.word_buf = Signal(32), Signal(32)
         self.active = Signal()
+        # With timing_stages (walk_ahead): the pulse that starts the walker in CHECK, and the register
+        # that lets its queue's head leave once the check has passed.
+        self.early, self.go = None, None
         self.last_e = self.e == bpw_m1
         self.last_col = self.left == step
         self.last_r = self.r == rows_m1

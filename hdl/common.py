@@ -265,24 +265,24 @@ def past_room(pieces, room):
     return Cat(low > room, *[p != 0 for p, _ in high]).any()
 
 
-def instr_register(c: NpuConfig, name: str = "ir") -> Signal:
+def instr_register(c: NpuConfig, name: str = "ir", ones: bool = False) -> Signal:
     """A unit's instruction register, for :func:`load_instr`: without reset with ``timing_stages``.
 
     It is loaded in every idle cycle before any start, so no reset is needed; dropping it takes
-    these bits off the core's reset net (docs/synthesis.md, session 11).
+    these bits off the core's reset net (docs/synthesis.md, session 11). ``ones`` starts it as all
+    ones, so synthesis keeps it apart from another register loaded with the same instruction.
     """
-    return Signal(INSTR_BITS, name=name, reset_less=c.timing_stages)
+    return Signal(INSTR_BITS, name=name, init=(1 << INSTR_BITS) - 1 if ones else 0, reset_less=c.timing_stages)
 
 
-def load_instr(m, ir, instr, idle, when=1):
+def load_instr(m, ir, instr, idle):
     """Loads a unit's instruction register ``ir`` from ``instr`` in every cycle the unit is ``idle``.
 
     Dispatch only starts an idle unit, so in the cycle after its ``start`` pulse the register holds
     the started instruction, as if ``start`` loaded it; while the unit runs it holds. The
     register's clock enable is then the unit's own state, not ``start``: that pulse comes from
     dispatch's compares across the die, and its fan-out to every bit of the register was the last
-    wire of the whole NPU's routed critical path (docs/synthesis.md). ``when`` narrows the load
-    (POST's per-engine registers). ``idle`` may be a list of copies of the state (as
+    wire of the whole NPU's routed critical path (docs/synthesis.md). ``idle`` may be a list of copies of the state (as
     :func:`register_copies` makes): the register is then cut into as many slices, each enabled by
     its own copy, so no one enable net reaches every bit.
     """
@@ -290,7 +290,7 @@ def load_instr(m, ir, instr, idle, when=1):
     n = len(idles)
     for g, i in enumerate(idles):
         lo, hi = len(ir) * g // n, len(ir) * (g + 1) // n
-        with m.If(i & when):
+        with m.If(i):
             m.d.sync += ir[lo:hi].eq(instr[lo:hi])
 
 

@@ -699,7 +699,7 @@ class PostUnit(wiring.Component):
             # as all ones, so yosys does not merge the two.
             idle = [~r for r in register_copies(m, running_next, 4, "running_ir")]
             ir_epi = instr_register(c, "ir_epi")
-            ir_pool = Signal(INSTR_BITS, name="ir_pool", init=(1 << INSTR_BITS) - 1, reset_less=True)
+            ir_pool = instr_register(c, "ir_pool", ones=True)
             load_instr(m, ir_pool, self.ctl.instr, idle)
             load_instr(m, ir_epi, self.ctl.instr, idle)
         else:

@@ -66,7 +66,7 @@ class MemArbiter(wiring.Component):
 
     ``sel_link`` may change only when neither master has a read in flight: the link selects
     itself only while the NPU is idle (an idle NPU has drained its reads) and finishes its own
-    reads before it lets go. The NPU's read responses pass a register (one cycle more latency).
+    reads before it lets go. The read responses pass a register (one cycle more latency).
 
     ``sel_link`` takes effect a cycle later, from a register: the link's state decode ran on
     through the choice of ready into the NPU's request enables (fetch's request address, LOAD's
@@ -90,12 +90,14 @@ class MemArbiter(wiring.Component):
                 with m.If(sel):
                     m.d.comb += [o.valid.eq(i.valid), o.payload.eq(i.payload), i.ready.eq(o.ready)]
         rs = out.rd_resp
-        m.d.comb += [self.link.rd_resp.valid.eq(rs.valid & link), self.link.rd_resp.payload.eq(rs.payload)]
-        # The NPU's responses a cycle later (a register, never stalled): from the controller's read id
+        # Both masters' responses a cycle later (registers, never stalled): from the controller's read id
         # through LOAD's write logic to a buffer's write address was the routed 128-MAC build's critical
-        # path (18.7 ns, docs/synthesis.md, session 14). The NPU counts its reads in flight, so it only
-        # goes idle, and lets the link take the port, after the register has passed its last response.
-        m.d.sync += [self.npu.rd_resp.valid.eq(rs.valid & ~link), self.npu.rd_resp.payload.eq(rs.payload)]
+        # path (18.7 ns, docs/synthesis.md, session 14), and from the controller's state into the link's
+        # beat and state, late endpoints of session 24's builds. The NPU counts its reads in flight, so
+        # it only goes idle, and lets the link take the port, after the register has passed its last
+        # response; the link waits for its one read's answer before it lets go.
+        m.d.sync += [self.npu.rd_resp.valid.eq(rs.valid & ~link), self.npu.rd_resp.payload.eq(rs.payload),
+                     self.link.rd_resp.valid.eq(rs.valid & link), self.link.rd_resp.payload.eq(rs.payload)]
         return m
 
 
@@ -115,12 +117,13 @@ class RequestRegister(wiring.Component):
 
     def __init__(self, config: NpuConfig):
         sig = MemPortSignature(config)
-        super().__init__({"up": In(sig), "down": Out(sig)})
+        super().__init__({"up": In(sig), "down": Out(sig), "busy": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
         up, dn = self.up, self.down
         full, is_wr, turn = Signal(), Signal(), Signal()
+        m.d.comb += self.busy.eq(full)
         m.d.comb += [up.rd_req.ready.eq(~full & ~turn), up.wr_req.ready.eq(~full & turn),
                      dn.rd_req.valid.eq(full & ~is_wr), dn.wr_req.valid.eq(full & is_wr),
                      up.rd_resp.valid.eq(dn.rd_resp.valid), up.rd_resp.payload.eq(dn.rd_resp.payload)]
@@ -152,6 +155,8 @@ class Link(wiring.Component):
     """
 
     def __init__(self, config: NpuConfig, *, idle_cycles: int):
+        if idle_cycles < 1:
+            raise ValueError(f"idle_cycles={idle_cycles}: must be at least 1")
         self.config, self.idle_cycles = config, idle_cycles
         super().__init__({"i_stream": In(stream.Signature(8)), "o_stream": Out(stream.Signature(8)),
                           "csr": Out(CsrSignature()), "mem": Out(MemPortSignature(config)), "mem_active": Out(1)})
@@ -161,6 +166,15 @@ class Link(wiring.Component):
         c = self.config
         B = c.bus_bytes
         lb = log2(B)
+        # The FSM's requests leave through a register of its own, so the readies it waits on are that
+        # register's state, not the arbiter's and the system's request register's across the die
+        # (their readies ran on through this FSM's next state into cur, count, rlen and status: late
+        # endpoints of session 24's builds). The port stays the link's while a request is held.
+        m.submodules.req = req = RequestRegister(c)
+        wiring.connect(m, req.down, wiring.flipped(self.mem))
+        mem = req.up
+        mem_active = Signal()
+        m.d.comb += self.mem_active.eq(mem_active | req.busy)
         m.submodules.buf = buf = memory.Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         bw = buf.write_port()
         br = buf.read_port()
@@ -179,10 +193,14 @@ class Link(wiring.Component):
         idle = Signal(range(self.idle_cycles + 1))
         cur = Signal(32)               # byte address of the current memory byte
         left = Signal(range(MAX_PAYLOAD + 1))
-        beat = Signal(8 * B)
+        # A read's beat and a write's beat in registers of their own: as one register its data was a
+        # choice between the response and the payload buffer's byte, by the state and the byte lane.
+        beat, wbeat = Signal(8 * B), Signal(8 * B)
         strb = Signal(B)
         rlen = Signal(16)
-        timed_out = idle == self.idle_cycles
+        # Whether the line has been idle for idle_cycles, from a register (the same cycles as the compare
+        # on ``idle``, whose LUTs ran on into most states' choices).
+        timed_out = Signal()
         # A sent byte enters the CRC a cycle later, from a register: the byte's select (state, count,
         # the beat's lane) straight into the CRC's XORs and its enable was a late path (docs/synthesis.md,
         # session 21). TX_CRC waits for a pending byte.
@@ -192,9 +210,9 @@ class Link(wiring.Component):
             m.d.sync += crc.eq(crc16_next(crc, tx_byte))
 
         with m.If(got):
-            m.d.sync += idle.eq(0)
+            m.d.sync += [idle.eq(0), timed_out.eq(0)]
         with m.Elif(~timed_out):
-            m.d.sync += idle.eq(idle + 1)
+            m.d.sync += [idle.eq(idle + 1), timed_out.eq(idle == self.idle_cycles - 1)]
 
         # The CSR bus from registers: a write's decode in the CSR block (start, soft reset: the
         # counters' and error registers' resets) then begins at a flip-flop, not at this FSM's
@@ -319,21 +337,21 @@ class Link(wiring.Component):
 
             # WRITE_MEM: payload bytes into beats with byte strobes, one write per touched beat.
             with m.State("WR_FETCH"):
-                m.d.comb += [self.mem_active.eq(1), br.addr.eq(count)]
+                m.d.comb += [mem_active.eq(1), br.addr.eq(count)]
                 m.next = "WR_PLACE"
             with m.State("WR_PLACE"):
-                m.d.comb += self.mem_active.eq(1)
+                m.d.comb += mem_active.eq(1)
                 lane = cur[:lb]
-                m.d.sync += [beat.word_select(lane, 8).eq(br.data), strb.bit_select(lane, 1).eq(1)]
+                m.d.sync += [wbeat.word_select(lane, 8).eq(br.data), strb.bit_select(lane, 1).eq(1)]
                 with m.If((lane == B - 1) | (left == 1)):
                     m.next = "WR_ISSUE"
                 with m.Else():
                     m.d.sync += [cur.eq(cur + 1), left.eq(left - 1), count.eq(count + 1)]
                     m.next = "WR_FETCH"
             with m.State("WR_ISSUE"):
-                wq = self.mem.wr_req
-                m.d.comb += [self.mem_active.eq(1), wq.valid.eq(1), wq.payload.addr.eq(cur[lb:]),
-                             wq.payload.data.eq(beat), wq.payload.strb.eq(strb)]
+                wq = mem.wr_req
+                m.d.comb += [mem_active.eq(1), wq.valid.eq(1), wq.payload.addr.eq(cur[lb:]),
+                             wq.payload.data.eq(wbeat), wq.payload.strb.eq(strb)]
                 with m.If(wq.ready):
                     m.d.sync += [strb.eq(0), cur.eq(cur + 1), left.eq(left - 1), count.eq(count + 1)]
                     with m.If(left == 1):
@@ -369,18 +387,18 @@ class Link(wiring.Component):
                         m.d.sync += count.eq(0)
                         m.next = "TX_CRC"
             with m.State("RD_REQ"):
-                rq = self.mem.rd_req
-                m.d.comb += [self.mem_active.eq(1), rq.valid.eq(1), rq.payload.addr.eq(cur[lb:]), rq.payload.id.eq(0)]
+                rq = mem.rd_req
+                m.d.comb += [mem_active.eq(1), rq.valid.eq(1), rq.payload.addr.eq(cur[lb:]), rq.payload.id.eq(0)]
                 with m.If(rq.ready):
                     m.next = "RD_WAIT"
             with m.State("RD_WAIT"):
-                m.d.comb += self.mem_active.eq(1)
+                m.d.comb += mem_active.eq(1)
                 # Loaded in every waiting cycle (the response's is the last), so the enable is the state's.
-                m.d.sync += beat.eq(self.mem.rd_resp.payload.data)
-                with m.If(self.mem.rd_resp.valid):
+                m.d.sync += beat.eq(mem.rd_resp.payload.data)
+                with m.If(mem.rd_resp.valid):
                     m.next = "RD_SEND"
             with m.State("RD_SEND"):
-                m.d.comb += [self.mem_active.eq(1), tx.valid.eq(1), tx.payload.eq(beat.word_select(cur[:lb], 8))]
+                m.d.comb += [mem_active.eq(1), tx.valid.eq(1), tx.payload.eq(beat.word_select(cur[:lb], 8))]
                 with m.If(tx.ready):
                     m.d.sync += [tx_byte.eq(tx.payload), tx_crc.eq(1), cur.eq(cur + 1), left.eq(left - 1)]
                     with m.If(left == 1):

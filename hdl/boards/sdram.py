@@ -161,6 +161,9 @@ class SdramController(wiring.Component):
         wstrb = Signal(self.config.bus_bytes)
         rid = Signal()
         rdata = Signal(8 * self.config.bus_bytes)
+        # The response's payload is the registers themselves (meaningful while valid): gated by the
+        # state it was a LUT more between them and the masters' response registers.
+        m.d.comb += [bus.rd_resp.payload.data.eq(rdata), bus.rd_resp.payload.id.eq(rid)]
 
         # Registered pins; every cycle sends NOP and releases the data bus unless a state says otherwise.
         cmd = Signal(3)
@@ -287,8 +290,7 @@ class SdramController(wiring.Component):
                 with m.If(count == W - 1 + self.read_delay):
                     m.next = "RESPOND"
             with m.State("RESPOND"):
-                m.d.comb += [bus.rd_resp.valid.eq(1), bus.rd_resp.payload.data.eq(rdata),
-                             bus.rd_resp.payload.id.eq(rid)]
+                m.d.comb += bus.rd_resp.valid.eq(1)
                 m.next = "IDLE"
             with m.State("RECOVER"):
                 m.d.sync += wait.eq(wait + 1)

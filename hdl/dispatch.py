@@ -82,11 +82,12 @@ class HeadQueue(wiring.Component):
     RAM's write data, address and enable then start at registers of the queue's own, not at
     fetch's instruction register and the level compare behind ``w_rdy`` (docs/synthesis.md,
     session 21). ``r_level`` counts the registered entry, so the capacity stays ``depth``.
-    That register loads ``w_data`` in every cycle ``w_sel`` is high, which must be whenever
-    ``w_en`` is (dispatch: the offered instruction's unit is this queue's): so it loads apart from
-    the other queues' registers (with one input and no enable of their own, yosys made one
-    register of all four, a late fan-out to four queues' RAMs; docs/synthesis.md, session 22),
-    and its enable is not fetch's valid.
+    That register loads ``w_data`` in every cycle the queue has room (``w_rdy``, a register, so in
+    every cycle an entry can be taken; the RAM writes a taken entry at the next clock edge, as the
+    register loads again), so it loads apart from the other queues' registers (with one input and
+    no enable of their own, yosys made one register of all four, a late fan-out to four queues'
+    RAMs; docs/synthesis.md, session 22), and its enable is neither fetch's valid nor the decode
+    of fetch's unit (that LUT's fan-out to the register was late in session 24's builds).
 
     Parameters
     ----------
@@ -97,7 +98,6 @@ class HeadQueue(wiring.Component):
     def __init__(self, width: int, depth: int, write_stage: bool = False):
         self.width, self.depth, self.write_stage = width, depth, write_stage
         super().__init__({"w_data": In(width), "w_en": In(1), "w_rdy": Out(1),
-                          **({"w_sel": In(1)} if write_stage else {}),
                           "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1), "r_level": Out(range(depth + 1))})
 
     def elaborate(self, platform):
@@ -124,7 +124,7 @@ class HeadQueue(wiring.Component):
             ready = Signal(init=1)
             w_data = Signal(self.width, reset_less=True)
             m.d.sync += [count.eq(count_next), ready.eq(count_next < self.depth)]
-            with m.If(self.w_sel):
+            with m.If(ready):
                 m.d.sync += w_data.eq(self.w_data)
             m.d.comb += [body.w_data.eq(w_data), self.r_level.eq(count), self.w_rdy.eq(ready)]
             body.write_enables(m, take)
@@ -182,8 +182,6 @@ class Dispatch(wiring.Component):
         m.d.comb += self.i_ready.eq(Cat(*[q.w_rdy for q in qs]).bit_select(sel, 1))
         for i, q in enumerate(qs):
             m.d.comb += [q.w_data.eq(Cat(self.i_instr, self.i_pc)), q.w_en.eq(self.i_valid & (sel == i))]
-            if write_stage:
-                m.d.comb += q.w_sel.eq(sel == i)
 
         n = len(UNITS)
         tok = {(s, d): Signal(range(c.token_depth + 1), name=f"tok_{s}_{d}")

@@ -33,6 +33,7 @@ __all__ = [
     "instr_register",
     "last_flag",
     "load_instr",
+    "loop_counters",
     "log2",
     "narrow_mul",
     "past_room",
@@ -232,6 +233,19 @@ class CheckStages:
         self.m.d.comb += r.eq(split_mul(self.m, a, b, 1, reset_less=True, hard=self.hard, operand_register=True))
         self._depth[id(r)] = depth
         return r
+
+
+def loop_counters(**shapes) -> list:
+    """A generator's loop counters, ``name=shape``, in that order, without the domain's reset.
+
+    A generator's counters rest at their start values while it is off (its ``gen`` register, which
+    has the reset, clears them), so the domain's reset adds nothing. With it, each counter's
+    synchronous clear was an OR of the core's reset, from its clock-network buffer, and the loop's
+    wrap: out of the global network into a LUT, the most common late endpoint in the routed
+    128-MAC builds (the LSR pins of CONV's ``t``, ``cb`` and ``pcnt``, EPILOGUE's and POOL's
+    counters; docs/synthesis.md, session 25).
+    """
+    return [Signal(shape, name=name, reset_less=True) for name, shape in shapes.items()]
 
 
 def last_flag(m, v, last, restart, advance, name=None):

@@ -20,6 +20,7 @@ from .common import (
     instr_register,
     last_flag,
     load_instr,
+    loop_counters,
     narrow_mul,
     past_room,
     register_copies,
@@ -98,9 +99,8 @@ class ConvUnit(wiring.Component):
                              *rooms, *[p for e in extents for p, _ in e])
 
         # Generator counters.
-        b, y, x = Signal(10), Signal(10), Signal(10)
-        ky, kx, cb = Signal(4), Signal(4), Signal(10)
-        t, wbase, pcnt = Signal(18), Signal(28), Signal(30)
+        b, y, x, ky, kx, cb, t, wbase, pcnt = loop_counters(b=10, y=10, x=10, ky=4, kx=4, cb=10, t=18, wbase=28,
+                                                            pcnt=30)
         gen = Signal()
         # The counters' last values, registered with timing_stages (the subtracts then leave the
         # counters' compare-and-wrap cycle, CONV's critical path from the instruction register).

@@ -23,6 +23,7 @@ from .common import (
     instr_register,
     last_flag,
     load_instr,
+    loop_counters,
     narrow_mul,
     past_room,
     register_copies,
@@ -157,11 +158,10 @@ class EpilogueEngine(wiring.Component):
 
         E = c.post_lanes_eff
         G = N // E                      # channel groups per ACT word, one per cycle
-        b, p, j, g = Signal(10), Signal(16), Signal(range(k)), Signal(range(G))
-        acc_cnt = Signal(26)
         # p * out_stride, p * res_stride and b * k kept as running sums (16-bit addresses wrap alike):
         # S1's addresses are then adds only, with no multiplier in the cycle or on a DSP.
-        p_out, p_res, bk = Signal(16), Signal(16), Signal(16)
+        b, p, j, g, acc_cnt, p_out, p_res, bk = loop_counters(b=10, p=16, j=range(k), g=range(G), acc_cnt=26,
+                                                              p_out=16, p_res=16, bk=16)
         gen = Signal()
         last_g = g == G - 1
         # pm1 and ob - 1 registered with timing_stages: no subtract in the counters' wrap cycle; the
@@ -462,8 +462,7 @@ class PoolEngine(wiring.Component):
         rooms = [chk.step(c.abuf_words - ins_chk.in_addr), chk.step(c.abuf_words - ins_chk.out_addr)]
         m.d.comb += self.bad.eq(chk.step(past_room(ihwc, rooms[0]) | past_room(ohwc, rooms[1]),
                                          *rooms, *[p for e in (ihwc, ohwc) for p, _ in e]))
-        oy, ox, cc, ky, kx = Signal(10), Signal(10), Signal(10), Signal(4), Signal(4)
-        ocnt = Signal(30)
+        oy, ox, cc, ky, kx, ocnt = loop_counters(oy=10, ox=10, cc=10, ky=4, kx=4, ocnt=30)
         gen = Signal()
         adv = Signal()          # the generator emits a tap this cycle
         # The counters' last values, registered with timing_stages, and flags of their own (as CONV's).
@@ -476,7 +475,7 @@ class PoolEngine(wiring.Component):
                            "last_y")
         if G > 1:
             # Windows at least G cycles apart: the bank below holds one pixel's sums for G cycles.
-            wc = Signal(range(G))
+            wc, = loop_counters(wc=range(G))
             m.d.comb += adv.eq(gen & ~(win_end & (wc < G - 1)))
             with m.If(~gen | (adv & win_end)):
                 m.d.sync += wc.eq(0)

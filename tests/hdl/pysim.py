@@ -4,16 +4,19 @@ from collections import deque
 
 import numpy as np
 from amaranth.sim import Simulator
+from tessera.hdl.csr import CTRL_RESET, CTRL_START
 from tessera.hdl.npu import Npu
 
-from tessera.isa import Csr
+from tessera.isa import Csr, Status
 
 
 def run_npu(config, dram: np.ndarray, prog_addr: int, *, max_cycles=200_000, latency=None, backpressure=0.0,
-            watchdog=0, seed=0, vcd=None, trace=None, stall_after=None):
-    """Run one program; ``dram`` (uint8, dram_bytes) is updated in place. Returns the CSRs by name.
+            watchdog=0, seed=0, vcd=None, trace=None, stall_after=None, reset_at=()):
+    """Run programs; ``dram`` (uint8, dram_bytes) is updated in place. Returns the CSRs by name.
 
     From cycle ``stall_after`` on the memory accepts no request (a hung memory, for the watchdog).
+    ``reset_at``: cycles, counted from each start, at which the run is stopped by a soft reset (CTRL)
+    and started again once the memory has answered the reads in flight; the last run goes to its end.
     """
     c = config
     B = c.bus_bytes
@@ -65,11 +68,20 @@ def run_npu(config, dram: np.ndarray, prog_addr: int, *, max_cycles=200_000, lat
 
         await csr_write(Csr.PROG_ADDR.value, prog_addr)
         await csr_write(Csr.WATCHDOG.value, watchdog)
-        await csr_write(Csr.CTRL.value, 1)
-        for _ in range(max_cycles):
-            await step()
-            if ctx.get(dut.done):
-                break
+        for stop in [*reset_at, None]:
+            await csr_write(Csr.CTRL.value, CTRL_START)
+            for i in range(max_cycles):
+                if i == stop:
+                    await csr_write(Csr.CTRL.value, CTRL_RESET)
+                    ctx.set(dut.csr.addr, Csr.STATUS.value)
+                    for _ in range(max_cycles):
+                        if not ctx.get(dut.csr.rdata) & Status.BUSY.value:
+                            break
+                        await step()
+                    break
+                await step()
+                if ctx.get(dut.done):
+                    break
         for r in Csr:
             ctx.set(dut.csr.addr, r.value)
             out[r.name] = ctx.get(dut.csr.rdata)

@@ -79,9 +79,11 @@ def _acc_addr_copies(c: NpuConfig) -> dict:
 
 
 def _engine_signature(c: NpuConfig, extra: dict) -> dict:
+    # ``act_wr_next``: with timing_stages (the pipeline moves in every cycle), ``act_wr.en`` of the next cycle.
     return {"start": In(1), "instr": In(INSTR_BITS), "bad": Out(1), "done": Out(1), "active": Out(1),
             "act_rd": Out(BufReadSignature(c.abuf_words, word_bits(c, Buffer.ACT))),
-            "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))), **extra}
+            "act_wr": Out(BufWriteSignature(c.abuf_words, word_bits(c, Buffer.ACT))), "act_wr_next": Out(1),
+            **extra}
 
 
 class _Drain:
@@ -354,10 +356,10 @@ class EpilogueEngine(wiring.Component):
                         with m.If(gs[-1] == i):
                             m.d.sync += h.eq(Cat(*[y.as_unsigned() for y in ys]))
         if G > 1:
-            m.d.comb += [self.act_wr.en.eq(v[-1] & lgs[-1]), self.act_wr.addr.eq(oa[-1]),
-                         self.act_wr.data.eq(Cat(*held, *[y.as_unsigned() for y in ys]))]
+            m.d.comb += [self.act_wr.en.eq(v[-1] & lgs[-1]), self.act_wr_next.eq(v[-2] & lgs[-2]),
+                         self.act_wr.addr.eq(oa[-1]), self.act_wr.data.eq(Cat(*held, *[y.as_unsigned() for y in ys]))]
         else:
-            m.d.comb += [self.act_wr.en.eq(v[-1]), self.act_wr.addr.eq(oa[-1]),
+            m.d.comb += [self.act_wr.en.eq(v[-1]), self.act_wr_next.eq(v[-2]), self.act_wr.addr.eq(oa[-1]),
                          self.act_wr.data.eq(Cat(*[y.as_unsigned() for y in ys]))]
         return m
 
@@ -604,14 +606,17 @@ class PoolEngine(wiring.Component):
                 s6v, s6a, s6g = Signal(), Signal(16), Signal(range(G))
                 m.d.sync += [s6v.eq(bv), s6a.eq(ba), s6g.eq(bg)]
                 s7v, s7a, s7g, s8v, s8a, s8g = Signal(), Signal(16), Signal(range(G)), Signal(), Signal(16), Signal(range(G))
+                s8v_d, s8g_d = delay(m, s7v, X["clamp"]), delay(m, s7g, X["clamp"])
                 m.d.sync += [s7v.eq(delay(m, s6v, pre)), s7a.eq(delay(m, s6a, pre)), s7g.eq(delay(m, s6g, pre)),
-                             s8v.eq(delay(m, s7v, X["clamp"])), s8a.eq(delay(m, s7a, X["clamp"])),
-                             s8g.eq(delay(m, s7g, X["clamp"]))]
+                             s8v.eq(s8v_d), s8a.eq(delay(m, s7a, X["clamp"])), s8g.eq(s8g_d)]
+                m.d.comb += self.act_wr_next.eq(s8v_d & (s8g_d == G - 1))
             else:
                 lanes = s5
                 s6v, s6a, s7v, s7a, s8v, s8a = Signal(), Signal(16), Signal(), Signal(16), Signal(), Signal(16)
+                s8v_d = delay(m, s7v, X["clamp"])
                 m.d.sync += [s6v.eq(s5v), s6a.eq(s5a), s7v.eq(delay(m, s6v, pre)), s7a.eq(delay(m, s6a, pre)),
-                             s8v.eq(delay(m, s7v, X["clamp"])), s8a.eq(delay(m, s7a, X["clamp"]))]
+                             s8v.eq(s8v_d), s8a.eq(delay(m, s7a, X["clamp"]))]
+                m.d.comb += self.act_wr_next.eq(s8v_d)
             # With timing_stages each lane (or share of the lanes) reads its own register of the decoded shift.
             pool_shift = shift_decode_copies(m, ins.shift, len(lanes), "pool_shift", X["shift"] > 0, rl)
             ys = []
@@ -712,10 +717,21 @@ class PostUnit(wiring.Component):
         m.d.comb += [pool.act_rd.data.eq(self.act_rd.data), epi.act_rd.data.eq(self.act_rd.data)]
         with m.If(is_pool):
             m.d.comb += [self.act_rd.addr.eq(pool.act_rd.addr), self.act_wr.addr.eq(pool.act_wr.addr),
-                         self.act_wr.data.eq(pool.act_wr.data), self.act_wr.en.eq(pool.act_wr.en)]
+                         self.act_wr.data.eq(pool.act_wr.data)]
         with m.Else():
             m.d.comb += [self.act_rd.addr.eq(epi.act_rd.addr), self.act_wr.addr.eq(epi.act_wr.addr),
-                         self.act_wr.data.eq(epi.act_wr.data), self.act_wr.en.eq(epi.act_wr.en)]
+                         self.act_wr.data.eq(epi.act_wr.data)]
+        if c.timing_stages:
+            # The write's enable from a register of its own, loaded with what the engines' enables will be:
+            # the idle engine's pipeline is empty (one instruction at a time, each drained before its
+            # done), so an OR chooses as ``is_pool`` does. As that choice of two engines' registers it
+            # was, through the ACT write queue's pop, the clock enable of the queue's 84-bit head: up to
+            # 77 late endpoints of session 24's builds (docs/synthesis.md, session 25).
+            post_wr = Signal(name="post_wr")
+            m.d.sync += post_wr.eq(epi.act_wr_next | pool.act_wr_next)
+            m.d.comb += self.act_wr.en.eq(post_wr)
+        else:
+            m.d.comb += self.act_wr.en.eq(Mux(is_pool, pool.act_wr.en, epi.act_wr.en))
         m.d.comb += [self.ctl.busy.eq(running), self.ctl.progress.eq(epi.active | pool.active)]
         if c.bram_buffers:
             residual = data.View(layout(Opcode.EPILOGUE), ir_epi).residual

@@ -21,6 +21,7 @@ from .common import (
     delay,
     instr_copy,
     instr_register,
+    last_flag,
     load_instr,
     log2,
     narrow_mul,
@@ -131,29 +132,68 @@ class _Walker:
     passes the row's end. The row's words still to go (``left``), not the column, are counted, and
     the limits (``bpw_m1``: beats per word - 1, ``rows_m1``) come in precomputed, so deciding the
     row's or the transfer's end takes a compare, not an add and a compare.
+
+    ``step_of(left, dram)`` is the step (words) at a position with ``left`` words to go in the row
+    and DRAM byte address ``dram`` (only its low ``log2(bus_bytes)`` bits matter), ``dstep_of(step)``
+    its DRAM bytes. With ``registered`` (``timing_stages``) the step, its bytes and the three "last"
+    verdicts are registers, decided for the position the walker moves to as it moves (the word's
+    and the rows' ends as :func:`~tessera.hdl.common.last_flag`): the step's compares and the
+    verdicts' then no longer lie between the walker's counters and their own enables and adds
+    (from the DRAM address's low bits through the room in its beat and two compares into ~150
+    registers' enables: LOAD's walker, up to 169 late endpoints of session 25's first builds).
+    The limits must hold from the start pulse on (instruction fields, registered check steps).
     """
 
-    def __init__(self, m, ins, wb, bpw_m1, rows_m1, step=1, dstep=None):
-        self.r, self.left, self.e = Signal(16), Signal(16), Signal(16)
-        self.row_dram, self.word_dram = Signal(34), Signal(34)
-        self.row_buf, self.word_buf = Signal(32), Signal(32)
-        self.active = Signal()
+    def __init__(self, m, ins, bpw_m1, rows_m1, step_of, dstep_of, bus_bytes, registered=False):
+        self.r, self.left, self.e = Signal(16, name="w_r"), Signal(16, name="w_left"), Signal(16, name="w_e")
+        self.row_dram, self.word_dram = Signal(34, name="w_row_dram"), Signal(34, name="w_word_dram")
+        self.row_buf, self.word_buf = Signal(32, name="w_row_buf"), Signal(32, name="w_word_buf")
+        self.active = Signal(name="w_active")
         # With timing_stages (walk_ahead): the pulse that starts the walker in CHECK, and the register
         # that lets its queue's head leave once the check has passed.
         self.early, self.go = None, None
-        self.last_e = self.e == bpw_m1
-        self.last_col = self.left == step
-        self.last_r = self.r == rows_m1
-        self.ins, self.step, self.dstep = ins, step, wb if dstep is None else dstep
+        self.ins = ins
+        lb = log2(bus_bytes)
+        if not registered:
+            self.step = step_of(self.left, self.word_dram)
+            self.dstep = dstep_of(self.step)
+            self.last_e = self.e == bpw_m1
+            self.last_col = self.left == self.step
+            self.last_r = self.r == rows_m1
+            self.moves = None
+            return
+        # The position after this cycle: where a start or a step leads (comb), and which of them happens.
+        restart, adv = Signal(), Signal()
+        self.moves = restart, adv
+        left_n, dram_n = Signal(16), Signal(lb)
+        step_n = step_of(left_n, dram_n)
+        self.step = Signal.like(step_n, name="w_step")
+        self.dstep = Signal.like(dstep_of(step_n), name="w_dstep")
+        self.last_col = Signal(name="w_last_col")
+        self.last_e = last_flag(m, self.e, bpw_m1, restart, adv, "w_last_e")
+        row_end = adv & self.last_e & self.last_col
+        self.last_r = last_flag(m, self.r, rows_m1, restart, row_end, "w_last_r")
+        with m.If(restart):
+            m.d.comb += [left_n.eq(ins.cols), dram_n.eq(ins.dram_addr[:lb])]
+        with m.Elif(row_end):
+            m.d.comb += [left_n.eq(ins.cols), dram_n.eq((self.row_dram + ins.dram_stride)[:lb])]
+        with m.Else():
+            m.d.comb += [left_n.eq(self.left - self.step), dram_n.eq((self.word_dram + self.dstep)[:lb])]
+        with m.If(restart | (adv & self.last_e)):
+            m.d.sync += [self.step.eq(step_n), self.dstep.eq(dstep_of(step_n)), self.last_col.eq(left_n == step_n)]
 
     def start(self, m):
         ins = self.ins
         m.d.sync += [self.r.eq(0), self.left.eq(ins.cols), self.e.eq(0), self.row_dram.eq(ins.dram_addr),
                      self.word_dram.eq(ins.dram_addr), self.row_buf.eq(ins.buf_addr),
                      self.word_buf.eq(ins.buf_addr), self.active.eq(1)]
+        if self.moves:
+            m.d.comb += self.moves[0].eq(1)
 
     def advance(self, m):
         ins = self.ins
+        if self.moves:
+            m.d.comb += self.moves[1].eq(1)
         m.d.sync += self.e.eq(Mux(self.last_e, 0, self.e + 1))
         with m.If(self.last_e):
             with m.If(self.last_col):
@@ -263,12 +303,17 @@ class LoadDma(wiring.Component):
 
         # Words per request: a narrow word's request takes the rest of its beat, up to the row's end.
         kmax = max(words_per_beat(c, b) for b in bufs)
-        n = Signal(range(kmax + 1))
-        w = _Walker(m, ins, wb, bpw_m1, rows_m1, step=n, dstep=Signal(34))
-        room = Signal(range(c.bus_bytes + 1))
-        left = w.left
-        m.d.comb += [room.eq((B - (w.word_dram & (B - 1))) >> lwb),
-                     n.eq(Mux(wb < B, Mux(room < left, room, left), 1)), w.dstep.eq(Mux(wb < B, n << lwb, wb))]
+
+        def step_of(left, dram):
+            room = Signal(range(B + 1))
+            m.d.comb += room.eq((B - (dram & (B - 1))) >> lwb)
+            n = Signal(range(kmax + 1))
+            m.d.comb += n.eq(Mux(wb < B, Mux(room < left, room, left), 1))
+            return n
+
+        w = _Walker(m, ins, bpw_m1, rows_m1, step_of, lambda n: Mux(wb < B, n << lwb, wb)[:34], B,
+                    registered=c.timing_stages)
+        n = w.step
         # The head of the destinations comes from flip-flops where a response cannot follow its request
         # in the next cycle (the head shows an entry one cycle later than a SyncFIFO's): the buffer
         # write's address then starts at a register, not at a LUT-RAM read (session 15's critical path).
@@ -404,7 +449,8 @@ class StoreDma(wiring.Component):
         wb = Const(N, 16)
         mis, dram, bufr, ready, rows_m1 = _checks(m, c, ins_chk, wb, narrow_mul(ins_chk.cols, wb), c.abuf_words,
                                                   self.ctl.start, registered_hard_product(platform))
-        w = _Walker(m, ins, N, 0, rows_m1)
+        w = _Walker(m, ins, 0, rows_m1, lambda left, dram: Const(1, 1), lambda n: Const(N, 16), B,
+                    registered=c.timing_stages)
         fd = 4
         m.submodules.q = q = fifo.SyncFIFO(width=8 * N + 34, depth=fd)
         m.d.comb += self.ctl.busy.eq(running)

@@ -63,18 +63,20 @@ def wgt_buffer(m, c: NpuConfig, load, conv):
 
 def acc_buffer(m, c: NpuConfig, conv, post):
     """The ACC buffer as :func:`acc_groups` memories side by side for each reader (CONV's accumulate
-    read, ``acc_buf``; EPILOGUE's, ``acc_buf_post``), group ``g`` of both at CONV's write copy ``g``
-    and each reader's read address copy ``g``. yosys would make the two readers' copies of one
-    memory itself; written out, each copy of a group has its own address registers."""
+    read, ``acc_buf``; EPILOGUE's, ``acc_buf_post``), group ``g`` of both at CONV's write address
+    copy ``g`` and each reader's read address copy ``g``, each reader's memories written with an
+    enable of their own. yosys would make the two readers' copies of one memory itself; written
+    out, each copy of a group has its own address registers."""
     wr = conv.acc_wr
-    w_addr, w_en = [wr.addr, *conv.acc_wr_addrx], [wr.en, *conv.acc_wr_enx]
-    for name, rd, r_addr in (("acc_buf", conv.acc_rd, [conv.acc_rd.addr, *conv.acc_rd_addrx]),
-                             ("acc_buf_post", post.acc_rd, [post.acc_rd.addr, *post.acc_rd_addrx])):
+    w_addr = [wr.addr, *conv.acc_wr_addrx]
+    post_en = getattr(conv, "acc_wr_en_post", wr.en)
+    for name, rd, r_addr, w_en in (("acc_buf", conv.acc_rd, [conv.acc_rd.addr, *conv.acc_rd_addrx], wr.en),
+                                   ("acc_buf_post", post.acc_rd, [post.acc_rd.addr, *post.acc_rd_addrx], post_en)):
         for g, (lo, hi) in enumerate(acc_slices(c)):
             mem = memory.Memory(shape=unsigned(hi - lo), depth=c.accbuf_words, init=[])
             m.submodules[group_memory(name, g)] = mem
             wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.addr.eq(w_addr[g]), wp.data.eq(wr.data[lo:hi]), wp.en.eq(w_en[g]),
+            m.d.comb += [wp.addr.eq(w_addr[g]), wp.data.eq(wr.data[lo:hi]), wp.en.eq(w_en),
                          rp.addr.eq(r_addr[g]), rd.data[lo:hi].eq(rp.data)]
 
 

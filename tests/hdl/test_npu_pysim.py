@@ -59,9 +59,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("backpressure", [0.4])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_npu_pysim_matches_emulator(case, backpressure, latency=3):
+def _case_matches_emulator(case, **run_kw):
+    """Run a case on the emulator and the NPU (``run_npu`` options ``run_kw``): the same outputs."""
     config, (prog, segs, outs) = CASES[case](np.random.default_rng(3))
     dram = np.zeros(config.dram_bytes, np.uint8)
     for a, b in [(0, encode_program(prog))] + segs:
@@ -69,38 +68,33 @@ def test_npu_pysim_matches_emulator(case, backpressure, latency=3):
     emu = Emulator(config)
     emu.write(0, dram)
     emu.run(0)
-    regs = run_npu(config, dram, 0, backpressure=backpressure, latency=latency, max_cycles=20_000)
+    regs = run_npu(config, dram, 0, max_cycles=20_000, **run_kw)
     assert regs["STATUS"] == 2 and regs["ERROR"] == 0
     for a, n in outs:
         np.testing.assert_array_equal(dram[a:a + n], emu.dram[a:a + n])
+    return regs
+
+
+@pytest.mark.parametrize("backpressure", [0.4])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_npu_pysim_matches_emulator(case, backpressure):
+    _case_matches_emulator(case, backpressure=backpressure, latency=3)
 
 
 @pytest.mark.parametrize("case", ["timed_dma_act", "timed_bram_conv3x3"])
 def test_npu_pysim_timed_load_at_its_least_latency_matches_emulator(case):
     # With timing_stages LOAD's destination queue shows an entry a cycle later (hdl/dma.py): answers two
     # cycles after their requests, the least latency it allows, still find their destination.
-    test_npu_pysim_matches_emulator(case, 0.0, latency=2)
+    _case_matches_emulator(case, latency=2)
 
 
 @pytest.mark.parametrize("case", ["timed_conv_residual", "timed_bram_pool_avg", "bram_conv_residual"])
 def test_npu_pysim_soft_reset_mid_run_then_rerun_matches_emulator(case):
     # The generators' loop counters have no reset of their own (hdl.common.loop_counters): runs stopped
-    # at a quarter, half and three quarters of the way (inside CONV's, EPILOGUE's or POOL's loops)
-    # must leave nothing that the next run sees.
-    config, (prog, segs, outs) = CASES[case](np.random.default_rng(3))
-    dram = np.zeros(config.dram_bytes, np.uint8)
-    for a, b in [(0, encode_program(prog))] + segs:
-        dram[a:a + len(b)] = np.frombuffer(b, np.uint8)
-    emu = Emulator(config)
-    emu.write(0, dram)
-    emu.run(0)
-    whole = run_npu(config, dram.copy(), 0, latency=3, max_cycles=20_000)["sim_cycles"]
-    for a, n in outs:
-        dram[a:a + n] = 0
-    regs = run_npu(config, dram, 0, latency=3, max_cycles=20_000, reset_at=[whole * k // 4 for k in (1, 2, 3)])
-    assert regs["STATUS"] == 2 and regs["ERROR"] == 0
-    for a, n in outs:
-        np.testing.assert_array_equal(dram[a:a + n], emu.dram[a:a + n])
+    # by a soft reset at a quarter, half and three quarters of the way (inside CONV's, EPILOGUE's or
+    # POOL's loops) must leave nothing that the next run sees.
+    whole = _case_matches_emulator(case, latency=3)["sim_cycles"]
+    _case_matches_emulator(case, latency=3, reset_at=[whole * k // 4 for k in (1, 2, 3)])
 
 
 def _fault_matches_emulator(config, program):
